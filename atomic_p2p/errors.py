@@ -1,0 +1,111 @@
+"""Every error atomic-p2p raises, in one tree rooted at :class:`AtomicError`.
+
+    AtomicError
+    ├── ProtocolError                 INVALID_ARGUMENT     malformed message or field
+    │   └── TensorError               INVALID_ARGUMENT     bad dtype, shape or byte length
+    ├── SignatureError                UNAUTHENTICATED      missing, forged or mismatched signature
+    ├── PreconditionError             FAILED_PRECONDITION
+    │   ├── UnknownModelError                              no such model / capability here
+    │   ├── BidExpiredError                                bid or request past its validity
+    │   └── ReplayError                                    request id seen, or issued out of window
+    ├── LimitExceededError            RESOURCE_EXHAUSTED   size, count or rate limit
+    ├── DeadlineError                 DEADLINE_EXCEEDED    the request's deadline passed
+    ├── UnavailableError              UNAVAILABLE          node draining or unreachable
+    ├── ExecutionError                INTERNAL             the model raised while running
+    ├── ConfigError                   (local only)         a bad config or key file
+    └── AuctionError                  (local only)         a request got no usable bid / result
+        └── NoBidsError                                    nobody bid
+
+Each error knows its gRPC status code; the servicer aborts with it in one place
+(``atomic_p2p.peer.server``), and the client maps codes back with :func:`from_status`.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class AtomicError(Exception):
+    """Base of every atomic-p2p error."""
+
+    code: grpc.StatusCode = grpc.StatusCode.UNKNOWN
+
+
+class ProtocolError(AtomicError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class TensorError(ProtocolError):
+    pass
+
+
+class SignatureError(AtomicError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PreconditionError(AtomicError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class UnknownModelError(PreconditionError):
+    pass
+
+
+class BidExpiredError(PreconditionError):
+    pass
+
+
+class ReplayError(PreconditionError):
+    pass
+
+
+class LimitExceededError(AtomicError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class DeadlineError(AtomicError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class UnavailableError(AtomicError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ExecutionError(AtomicError):
+    code = grpc.StatusCode.INTERNAL
+
+
+class ConfigError(AtomicError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class AuctionError(AtomicError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class NoBidsError(AuctionError):
+    pass
+
+
+class RemoteError(AtomicError):
+    """A peer answered with a status code that has no closer local class."""
+
+
+_BY_CODE: dict[grpc.StatusCode, type[AtomicError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: ProtocolError,
+    grpc.StatusCode.UNAUTHENTICATED: SignatureError,
+    grpc.StatusCode.FAILED_PRECONDITION: PreconditionError,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: LimitExceededError,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+    grpc.StatusCode.INTERNAL: ExecutionError,
+}
+
+
+def from_status(code: grpc.StatusCode, details: str | None) -> AtomicError:
+    """Map a gRPC status received from a peer back to the local exception class."""
+    cls = _BY_CODE.get(code, RemoteError)
+    error = cls(f"{code.name}: {details or 'no details'}")
+    if cls is RemoteError:
+        error.code = code
+    return error

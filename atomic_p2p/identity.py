@@ -1,0 +1,210 @@
+"""Keys, peer ids and signed envelopes: the one place atomic-p2p signs and verifies.
+
+How this works
+--------------
+Every node owns an Ed25519 key. Its peer id is ``sha256(raw 32-byte public key)``; a record or
+bid is trusted for a peer id only when the key that signed it hashes to that id.
+
+A signed object travels as an :class:`Envelope` ``{public_key, payload_type, payload, signature}``.
+The signature covers a fixed domain prefix, the payload type and the payload, each length-prefixed
+(big-endian), so a signature made for one purpose or one message type can never be replayed as
+another::
+
+    u32(len(DOMAIN)) || DOMAIN || u32(len(type)) || type || u64(len(payload)) || payload
+
+Verification checks the bytes exactly as received and only then lets the caller parse them; a
+message is never re-serialized to be checked (protobuf encoding is not canonical across
+implementations). docs/protocol.md states the same rule for implementers in other languages.
+
+Key files are PKCS#8 PEM, created with mode 0600 and refused when group or others can read them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import struct
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from atomic_p2p.errors import ConfigError, SignatureError
+
+DOMAIN = b"atomic-p2p/envelope/v1"
+PUBLIC_KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+MAX_PAYLOAD_TYPE_BYTES = 128
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class PeerId:
+    """sha256 of a peer's raw Ed25519 public key."""
+
+    raw: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.raw) != 32:
+            raise SignatureError(f"a peer id is 32 bytes, got {len(self.raw)}")
+
+    @classmethod
+    def from_public_key(cls, public_key: bytes) -> PeerId:
+        return cls(hashlib.sha256(public_key).digest())
+
+    @classmethod
+    def from_hex(cls, text: str) -> PeerId:
+        return cls(bytes.fromhex(text))
+
+    @property
+    def hex(self) -> str:
+        return self.raw.hex()
+
+    @property
+    def short(self) -> str:
+        """First 8 hex digits, for tables and logs."""
+        return self.raw.hex()[:8]
+
+    def __str__(self) -> str:
+        return self.hex
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A signed payload, as it travels (see the module docstring for what is signed)."""
+
+    public_key: bytes
+    payload_type: str
+    payload: bytes
+    signature: bytes
+
+    @property
+    def signer(self) -> PeerId:
+        return PeerId.from_public_key(self.public_key)
+
+    @property
+    def digest(self) -> bytes:
+        """sha256 of the payload bytes: how bids and results refer to each other."""
+        return hashlib.sha256(self.payload).digest()
+
+
+def signing_input(payload_type: str, payload: bytes) -> bytes:
+    """The exact bytes an envelope signature covers."""
+    type_bytes = payload_type.encode()
+    return b"".join(
+        (
+            struct.pack(">I", len(DOMAIN)),
+            DOMAIN,
+            struct.pack(">I", len(type_bytes)),
+            type_bytes,
+            struct.pack(">Q", len(payload)),
+            payload,
+        )
+    )
+
+
+class Identity:
+    """A node's Ed25519 key pair."""
+
+    __slots__ = ("_private", "peer_id", "public_key")
+
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        self._private = private_key
+        self.public_key = private_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        self.peer_id = PeerId.from_public_key(self.public_key)
+
+    def __repr__(self) -> str:  # never print key material
+        return f"Identity(peer_id={self.peer_id.short}…)"
+
+    @classmethod
+    def generate(cls) -> Identity:
+        return cls(Ed25519PrivateKey.generate())
+
+    @classmethod
+    def from_seed(cls, seed: bytes) -> Identity:
+        """Deterministic key from a 32-byte seed (tests and simulations only)."""
+        return cls(Ed25519PrivateKey.from_private_bytes(hashlib.sha256(seed).digest()))
+
+    @classmethod
+    def load(cls, path: Path) -> Identity:
+        path = Path(path)
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigError(
+                f"key file {path} is readable by others (mode {oct(mode & 0o777)}); run: chmod 600 {path}"
+            )
+        try:
+            key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        except ValueError as exc:
+            raise ConfigError(f"key file {path} is not a PEM private key: {exc}") from exc
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ConfigError(f"key file {path} holds a {type(key).__name__}, not an Ed25519 key")
+        return cls(key)
+
+    @classmethod
+    def load_or_create(cls, path: Path) -> Identity:
+        path = Path(path)
+        if path.exists():
+            return cls.load(path)
+        identity = cls.generate()
+        identity.save(path)
+        return identity
+
+    def save(self, path: Path) -> None:
+        """Write the key as PKCS#8 PEM with mode 0600 (created so, never widened)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pem = self._private.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pem)
+
+    def sign(self, payload_type: str, payload: bytes) -> Envelope:
+        signature = self._private.sign(signing_input(payload_type, payload))
+        return Envelope(self.public_key, payload_type, payload, signature)
+
+
+@lru_cache(maxsize=4096)
+def _public_key(raw: bytes) -> Ed25519PublicKey:
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
+def verify(envelope: Envelope, expected_type: str, expected_signer: PeerId | None = None) -> PeerId:
+    """Check an envelope and return its signer's peer id, or raise :class:`SignatureError`.
+
+    Checks, in order: sizes, the payload type, the signature over the bytes as received, and
+    (when given) that the signer is the expected peer.
+    """
+    if len(envelope.public_key) != PUBLIC_KEY_BYTES:
+        raise SignatureError(f"public key must be {PUBLIC_KEY_BYTES} bytes, got {len(envelope.public_key)}")
+    if len(envelope.signature) != SIGNATURE_BYTES:
+        raise SignatureError(f"signature must be {SIGNATURE_BYTES} bytes, got {len(envelope.signature)}")
+    if envelope.payload_type != expected_type:
+        raise SignatureError(f"expected a signed {expected_type}, got {envelope.payload_type or 'nothing'}")
+    try:
+        key = _public_key(envelope.public_key)
+        key.verify(envelope.signature, signing_input(envelope.payload_type, envelope.payload))
+    except (InvalidSignature, ValueError) as exc:
+        raise SignatureError(f"signature on {expected_type} does not verify") from exc
+    signer = envelope.signer
+    if expected_signer is not None and signer != expected_signer:
+        raise SignatureError(f"{expected_type} signed by {signer.short}, expected {expected_signer.short}")
+    return signer
+
+
+def verify_many(items: list[tuple[Envelope, str]]) -> list[PeerId | SignatureError]:
+    """Verify a batch (meant to run in a worker thread: Ed25519 verification releases the GIL)."""
+    results: list[PeerId | SignatureError] = []
+    for envelope, expected_type in items:
+        try:
+            results.append(verify(envelope, expected_type))
+        except SignatureError as exc:
+            results.append(exc)
+    return results

@@ -1,0 +1,130 @@
+"""Tensor <-> wire codec: dtype + shape + raw little-endian bytes, with limits.
+
+A :class:`WireTensor` is what travels: a dtype name from a fixed whitelist, a shape and the
+elements as C-order little-endian bytes. Decoding validates everything a hostile sender controls
+(dtype, rank, element count, byte length) before a tensor exists, so a bad tensor costs the node
+a status code and nothing else.
+
+Copies: encoding makes exactly one (tensor storage -> the ``bytes`` protobuf needs); decoding makes
+exactly one (the immutable ``bytes`` protobuf hands us -> writable tensor storage; a model must
+never write through to a message buffer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from atomic_p2p.errors import LimitExceededError, TensorError
+
+# Wire name -> torch dtype. The names match the DType enum in protos/atomic/v1/tensor.proto.
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float64": torch.float64,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+NAMES: dict[torch.dtype, str] = {dtype: name for name, dtype in DTYPES.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class TensorLimits:
+    """What a node accepts in one tensor (documented in docs/protocol.md)."""
+
+    max_elements: int = 16 * 1024 * 1024
+    max_bytes: int = 64 * 1024 * 1024
+    max_rank: int = 8
+    dtypes: frozenset[str] = frozenset(DTYPES)
+
+
+DEFAULT_LIMITS = TensorLimits()
+
+
+@dataclass(frozen=True, slots=True)
+class WireTensor:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    data: bytes
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def itemsize(dtype: str) -> int:
+    return torch.empty((), dtype=DTYPES[dtype]).element_size()
+
+
+_ITEMSIZE = {name: itemsize(name) for name in DTYPES}
+
+
+def check_spec(dtype: str, shape: Sequence[int], limits: TensorLimits = DEFAULT_LIMITS) -> int:
+    """Validate a dtype and shape against limits; return the expected byte length."""
+    if dtype not in limits.dtypes:
+        raise TensorError(f"dtype {dtype or '(unset)'} is not accepted; use one of {sorted(limits.dtypes)}")
+    if len(shape) > limits.max_rank:
+        raise TensorError(f"rank {len(shape)} exceeds the limit of {limits.max_rank}")
+    if any(dim < 0 for dim in shape):
+        raise TensorError(f"negative dimension in shape {tuple(shape)}")
+    numel = math.prod(shape)
+    if numel > limits.max_elements:
+        raise LimitExceededError(f"{numel} elements exceed the limit of {limits.max_elements}")
+    nbytes = numel * _ITEMSIZE[dtype]
+    if nbytes > limits.max_bytes:
+        raise LimitExceededError(f"{nbytes} bytes exceed the limit of {limits.max_bytes}")
+    return nbytes
+
+
+def encode(tensor: torch.Tensor, name: str = "") -> WireTensor:
+    """Torch tensor -> wire form (moves it to the CPU if needed)."""
+    if tensor.dtype not in NAMES:
+        raise TensorError(f"dtype {tensor.dtype} cannot travel; convert to one of {sorted(DTYPES)}")
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    raw = flat.view(torch.uint8).numpy()
+    if sys.byteorder == "big" and flat.element_size() > 1:
+        raw = flat.numpy().byteswap().view("u1")
+    return WireTensor(name, NAMES[tensor.dtype], tuple(tensor.shape), raw.tobytes())
+
+
+def decode(wire: WireTensor, limits: TensorLimits = DEFAULT_LIMITS) -> torch.Tensor:
+    """Wire form -> torch tensor, validated against ``limits`` before anything is allocated."""
+    expected = check_spec(wire.dtype, wire.shape, limits)
+    if len(wire.data) != expected:
+        raise TensorError(
+            f"tensor {wire.name or '(unnamed)'}: {len(wire.data)} bytes for {wire.dtype}{list(wire.shape)}, "
+            f"expected {expected}"
+        )
+    dtype = DTYPES[wire.dtype]
+    if expected == 0:
+        return torch.empty(wire.shape, dtype=dtype)
+    flat = torch.frombuffer(bytearray(wire.data), dtype=torch.uint8).view(dtype)
+    if sys.byteorder == "big" and flat.element_size() > 1:
+        flat = torch.from_numpy(flat.numpy().byteswap())
+    return flat.reshape(wire.shape)
+
+
+def digest(tensors: Iterable[WireTensor]) -> bytes:
+    """sha256 over every tensor's name, dtype, shape and bytes, in order (docs/protocol.md).
+
+    Per tensor: u32(len(name)) name u32(len(dtype)) dtype u32(rank) u64(dim)... u64(len(data)) data.
+    """
+    hasher = hashlib.sha256()
+    for wire in tensors:
+        name, dtype = wire.name.encode(), wire.dtype.encode()
+        hasher.update(struct.pack(">I", len(name)) + name)
+        hasher.update(struct.pack(">I", len(dtype)) + dtype)
+        hasher.update(struct.pack(f">I{len(wire.shape)}Q", len(wire.shape), *wire.shape))
+        hasher.update(struct.pack(">Q", len(wire.data)))
+        hasher.update(wire.data)
+    return hasher.digest()
