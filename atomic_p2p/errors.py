@@ -7,7 +7,8 @@
     ├── PreconditionError             FAILED_PRECONDITION
     │   ├── UnknownModelError                              no such model / capability here
     │   ├── BidExpiredError                                bid or request past its validity
-    │   └── ReplayError                                    request id seen, or issued out of window
+    │   └── StaleRequestError                              issued outside the skew window or before start
+    ├── ReplayError                   ALREADY_EXISTS       request id already seen / task already run
     ├── LimitExceededError            RESOURCE_EXHAUSTED   size, count or rate limit
     ├── DeadlineError                 DEADLINE_EXCEEDED    the request's deadline passed
     ├── UnavailableError              UNAVAILABLE          node draining or unreachable
@@ -55,8 +56,12 @@ class BidExpiredError(PreconditionError):
     pass
 
 
-class ReplayError(PreconditionError):
+class StaleRequestError(PreconditionError):
     pass
+
+
+class ReplayError(AtomicError):
+    code = grpc.StatusCode.ALREADY_EXISTS
 
 
 class LimitExceededError(AtomicError):
@@ -99,6 +104,7 @@ _BY_CODE: dict[grpc.StatusCode, type[AtomicError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineError,
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.INTERNAL: ExecutionError,
+    grpc.StatusCode.ALREADY_EXISTS: ReplayError,
 }
 
 
