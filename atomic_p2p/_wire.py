@@ -13,7 +13,7 @@ from google.protobuf.message import DecodeError, Message
 
 from atomic_p2p._proto.atomic.v1 import envelope_pb2, tensor_pb2
 from atomic_p2p.errors import ProtocolError, TensorError
-from atomic_p2p.identity import Envelope
+from atomic_p2p.identity import Envelope, Identity
 from atomic_p2p.tensors import DTYPES, WireTensor
 
 _DTYPE_TO_ENUM = {name: tensor_pb2.DType.Value(f"D_TYPE_{name.upper()}") for name in DTYPES}
@@ -39,7 +39,7 @@ def payload_type(message_class: type[Message]) -> str:
     return str(message_class.DESCRIPTOR.full_name)
 
 
-def sign_message(identity, message: Message):  # type: ignore[no-untyped-def]
+def sign_message(identity: Identity, message: Message) -> Envelope:
     """Serialize ``message`` once and sign those bytes; returns the domain Envelope."""
     return identity.sign(payload_type(type(message)), message.SerializeToString())
 
