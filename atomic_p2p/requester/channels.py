@@ -1,0 +1,61 @@
+"""One gRPC channel per peer address, reused for every call (DESIGN section 6).
+
+A channel is an HTTP/2 connection with its own reconnect backoff; opening one per call costs a
+TCP (and later TLS) handshake each time and throws away that backoff state. The pool opens a
+channel the first time an address is used and closes them all at once.
+"""
+
+from __future__ import annotations
+
+import grpc
+from grpc import aio
+
+from atomic_p2p._proto.atomic.v1 import market_pb2_grpc
+from atomic_p2p.tensors import DEFAULT_LIMITS
+
+# Room for one maximal tensor plus the envelopes and framing around it.
+MAX_MESSAGE_BYTES = DEFAULT_LIMITS.max_bytes + 4 * 1024 * 1024
+
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    # Fail fast on a dead peer and try again soon: the auction has its own fallback.
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+    ("grpc.keepalive_time_ms", 30_000),
+)
+
+
+class ChannelPool:
+    """Channels and stubs keyed by address. Create and use it inside one event loop."""
+
+    def __init__(self, options: tuple[tuple[str, int], ...] = CHANNEL_OPTIONS) -> None:
+        self._options = options
+        self._channels: dict[str, aio.Channel] = {}
+        self._stubs: dict[str, market_pb2_grpc.PeerStub] = {}
+        self._closed = False
+
+    def __len__(self) -> int:
+        return len(self._channels)
+
+    def stub(self, address: str) -> market_pb2_grpc.PeerStub:
+        """The Peer stub for ``address``, opening its channel on first use."""
+        if self._closed:
+            raise RuntimeError("the channel pool is closed")
+        stub = self._stubs.get(address)
+        if stub is None:
+            channel = aio.insecure_channel(address, options=list(self._options))
+            self._channels[address] = channel
+            stub = self._stubs[address] = market_pb2_grpc.PeerStub(channel)
+        return stub
+
+    def channel_state(self, address: str) -> grpc.ChannelConnectivity | None:
+        channel = self._channels.get(address)
+        return None if channel is None else channel.get_state(try_to_connect=False)
+
+    async def close(self, grace_s: float | None = None) -> None:
+        """Close every channel; in-flight calls are cancelled after ``grace_s``."""
+        self._closed = True
+        channels, self._channels, self._stubs = list(self._channels.values()), {}, {}
+        for channel in channels:
+            await channel.close(grace=grace_s)

@@ -1,0 +1,127 @@
+"""Execute on the winner; on failure fall back down the ranking, inside the request's deadline.
+
+How this works (DESIGN sections 2 and 10)
+-----------------------------------------
+Walk the ranking best first. Each attempt signs an ExecuteOrder for that bid and calls Execute
+with a timeout of ``min(time left, the call's own timeout)``; the call's own timeout scales with
+the latency the peer promised (``latency_slack`` times it, at least ``min_call_s``, at most
+``max_call_s``), so a winner that hangs costs a bounded slice of the budget and leaves time for
+the runner-up. A bid that expired while earlier attempts ran is skipped without a call.
+
+An attempt succeeds only when the signed ExecuteResult verifies against the bid (signer, request,
+task, bid digest, outputs digest); a peer that answers with a bad receipt is treated exactly like
+one that failed. Every attempt, failed or not, is returned in order so the caller can report it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from atomic_p2p.errors import AtomicError, BidExpiredError
+from atomic_p2p.identity import Envelope, Identity
+from atomic_p2p.requester.messages import ResultReceipt, check_result, sign_order
+from atomic_p2p.requester.transport import PeerTransport
+from atomic_p2p.requester.types import Attempt, BidInfo
+from atomic_p2p.tensors import WireTensor
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionPolicy:
+    """How long one Execute call may take before the requester moves to the runner-up."""
+
+    max_call_s: float = 30.0
+    min_call_s: float = 0.5
+    latency_slack: float = 4.0
+
+    def call_timeout(self, bid: BidInfo, remaining_s: float) -> float:
+        own = max(self.min_call_s, self.latency_slack * bid.expected_latency_ms / 1000.0)
+        return max(0.0, min(remaining_s, self.max_call_s, own))
+
+
+@dataclass(frozen=True, slots=True)
+class Success:
+    bid: BidInfo
+    receipt: ResultReceipt
+    result: Envelope
+
+
+@dataclass(frozen=True, slots=True)
+class Executed:
+    """Every attempt in order, and the one that worked (None when all failed)."""
+
+    attempts: tuple[Attempt, ...]
+    success: Success | None
+    untried: int  # bids never attempted because the deadline passed
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    """The encoded inputs of one task and their digest (computed once, signed per attempt)."""
+
+    inputs: tuple[WireTensor, ...]
+    digest: bytes
+
+
+class Executor:
+    """Runs the fallback walk for one request (see the module docstring)."""
+
+    def __init__(
+        self,
+        transport: PeerTransport,
+        identity: Identity,
+        policy: ExecutionPolicy,
+        now_ms: Callable[[], int],
+    ) -> None:
+        self._transport = transport
+        self._identity = identity
+        self._policy = policy
+        self._now_ms = now_ms
+
+    async def run(
+        self, request_id: bytes, ranked: Sequence[BidInfo], payload: Payload, deadline: float
+    ) -> Executed:
+        """Try ``ranked`` in order until one succeeds; ``deadline`` is a ``time.monotonic`` instant."""
+        attempts: list[Attempt] = []
+        for index, bid in enumerate(ranked):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return Executed(tuple(attempts), None, untried=len(ranked) - index)
+            if bid.valid_until_ms <= self._now_ms():
+                attempts.append(Attempt(bid, 0.0, BidExpiredError("the bid expired before its turn")))
+                continue
+            attempt, success = await self._attempt(request_id, bid, payload, remaining)
+            attempts.append(attempt)
+            if success is not None:
+                return Executed(tuple(attempts), success, untried=0)
+        return Executed(tuple(attempts), None, untried=0)
+
+    async def _attempt(
+        self, request_id: bytes, bid: BidInfo, payload: Payload, remaining_s: float
+    ) -> tuple[Attempt, Success | None]:
+        timeout_s = self._policy.call_timeout(bid, remaining_s)
+        now = self._now_ms()
+        order = sign_order(self._identity, request_id, bid, payload.digest, now, now + int(timeout_s * 1000))
+        started = time.perf_counter()
+        try:
+            result, outputs = await self._transport.execute(
+                bid.address, order, bid.envelope, payload.inputs, timeout_s
+            )
+            receipt = await asyncio.to_thread(check_result, result, outputs, request_id, bid)
+        except AtomicError as error:
+            elapsed = (time.perf_counter() - started) * 1000
+            logger.warning(
+                "execution on %s (%s) failed after %.0f ms: %s",
+                bid.address,
+                bid.peer_id.short,
+                elapsed,
+                error,
+            )
+            return Attempt(bid, elapsed, error), None
+        elapsed = (time.perf_counter() - started) * 1000
+        return Attempt(bid, elapsed), Success(bid, receipt, result)

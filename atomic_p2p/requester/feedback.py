@@ -1,0 +1,90 @@
+"""Win, loss and outcome notices, sent in the background so a result never waits for them.
+
+Who hears what after one auction: the peer whose result was accepted gets a WIN with the
+clearing price; every bid that was tried and failed gets an OUTCOME with score 0 (so a
+learning strategy sees the failure); every other bidder gets a LOSS with the score it would
+have needed to win. Delivery is best effort: a notice that fails is logged at debug level and
+dropped; the requester never retries it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from atomic_p2p.errors import AtomicError
+from atomic_p2p.identity import Envelope, Identity
+from atomic_p2p.requester.execution import Executed
+from atomic_p2p.requester.messages import sign_feedback
+from atomic_p2p.requester.scoring import Ranking
+from atomic_p2p.requester.transport import PeerTransport
+from atomic_p2p.requester.types import BidInfo
+
+logger = logging.getLogger(__name__)
+
+
+def notices(
+    identity: Identity, request_id: bytes, ranking: Ranking[BidInfo], executed: Executed, now_ms: int
+) -> list[tuple[str, Envelope]]:
+    """Sign one notice per bidder (see the module docstring); returns (address, notice) pairs."""
+    winner = executed.success.bid if executed.success else None
+    winning_score = next((s.score for s in ranking.ranked if s.item is winner), 0.0)
+    price = executed.success.receipt.cost_charged if executed.success else 0.0
+    failed = {id(attempt.bid) for attempt in executed.attempts if not attempt.ok}
+    bids = [scored.item for scored in ranking.ranked] + [excluded.item for excluded in ranking.excluded]
+    signed: list[tuple[str, Envelope]] = []
+    for bid in bids:
+        if bid is winner:
+            notice = sign_feedback(identity, request_id, bid, "win", now_ms, clearing_price=price)
+        elif id(bid) in failed:
+            notice = sign_feedback(identity, request_id, bid, "outcome", now_ms, outcome_score=0.0)
+        else:
+            notice = sign_feedback(
+                identity, request_id, bid, "loss", now_ms, clearing_price=price, score_to_win=winning_score
+            )
+        signed.append((bid.address, notice))
+    return signed
+
+
+class FeedbackSender:
+    """Fire-and-forget delivery of notices, with a bounded drain at shutdown."""
+
+    def __init__(
+        self, transport: PeerTransport, identity: Identity, timeout_s: float, now_ms: Callable[[], int]
+    ) -> None:
+        self._transport = transport
+        self._identity = identity
+        self._timeout_s = timeout_s
+        self._now_ms = now_ms
+        # Strong references: the event loop only keeps weak ones to tasks.
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def send(self, request_id: bytes, ranking: Ranking[BidInfo], executed: Executed) -> None:
+        """Schedule the notices for one auction and return at once."""
+        task = asyncio.create_task(self._deliver(request_id, ranking, executed))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _deliver(self, request_id: bytes, ranking: Ranking[BidInfo], executed: Executed) -> None:
+        signed = notices(self._identity, request_id, ranking, executed, self._now_ms())
+        results = await asyncio.gather(
+            *(self._transport.feedback(address, notice, self._timeout_s) for address, notice in signed),
+            return_exceptions=True,
+        )
+        for (address, _), outcome in zip(signed, results, strict=True):
+            if isinstance(outcome, AtomicError):
+                logger.debug("feedback to %s not delivered: %s", address, outcome)
+            elif isinstance(outcome, BaseException):
+                logger.warning("feedback to %s failed unexpectedly", address, exc_info=outcome)
+
+    async def drain(self) -> None:
+        """Wait for notices in flight (each is bounded by its own timeout), then cancel leftovers."""
+        if not self._pending:
+            return
+        pending = list(self._pending)
+        _, late = await asyncio.wait(pending, timeout=self._timeout_s + 0.5)
+        for task in late:
+            task.cancel()
+        if late:
+            await asyncio.gather(*late, return_exceptions=True)

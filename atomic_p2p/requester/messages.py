@@ -1,0 +1,202 @@
+"""The requester's side of the market messages: build and sign what it sends, check what it gets.
+
+How this works (DESIGN section 4, binding)
+------------------------------------------
+- A task travels as serialized ``TaskSpec`` bytes inside a signed ``BidRequest``; a bid names
+  the task by ``sha256`` of exactly those bytes, so the requester keeps the bytes it sent.
+- A bid is trusted only after its envelope verifies (done in a batch off the event loop by the
+  auction) *and* its payload binds to this auction: same request id, a task we asked about with
+  the digest we computed, a peer id that is the hash of the signing key, and ``valid_until`` in
+  the future. :func:`parse_bid` checks the binding; it never sees an unverified envelope.
+- An ``ExecuteOrder`` names the bid by ``sha256`` of its payload and the inputs by their tensor
+  digest. The signed ``ExecuteResult`` must come from the winner, echo the request, task and bid
+  digest, and carry the digest of the outputs exactly as they arrived.
+
+This module and :mod:`~atomic_p2p.requester.transport` are the requester's only users of the
+generated protobuf code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from atomic_p2p import identity as signing
+from atomic_p2p import tensors
+from atomic_p2p._proto.atomic.v1 import market_pb2
+from atomic_p2p._wire import parse, payload_type, sign_message, spec_to_proto, tensor_to_proto
+from atomic_p2p.errors import BidExpiredError, ProtocolError
+from atomic_p2p.identity import Envelope, Identity, PeerId
+from atomic_p2p.requester.types import BidInfo
+
+BID_REQUEST_TYPE = payload_type(market_pb2.BidRequest)
+BID_TYPE = payload_type(market_pb2.Bid)
+ORDER_TYPE = payload_type(market_pb2.ExecuteOrder)
+RESULT_TYPE = payload_type(market_pb2.ExecuteResult)
+FEEDBACK_TYPE = payload_type(market_pb2.FeedbackNotice)
+
+# Inline previews let confidence-based strategies look at the data, but a large batch would
+# travel twice; above this size only the specs go out with the call for bids.
+MAX_PREVIEW_BYTES = 1024 * 1024
+
+FeedbackKind = Literal["win", "loss", "outcome"]
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRef:
+    """A task as the requester sent it: its id and the sha256 of its TaskSpec bytes."""
+
+    task_id: str
+    spec: bytes
+
+    @property
+    def digest(self) -> bytes:
+        return hashlib.sha256(self.spec).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class ResultReceipt:
+    """What a verified ExecuteResult says, with the decoded outputs."""
+
+    outputs: dict[str, torch.Tensor]
+    cost_charged: float
+    latency_ms: float
+
+
+def build_task(
+    task_id: str,
+    capability: str,
+    inputs: Sequence[tensors.WireTensor],
+    *,
+    preview: bool,
+    max_cost: float | None,
+    model_id: str = "",
+) -> TaskRef:
+    """Serialize one TaskSpec (inputs inline as a preview when asked and small enough)."""
+    spec = market_pb2.TaskSpec(
+        task_id=task_id,
+        capability=capability,
+        model_id=model_id,
+        inputs=[spec_to_proto(wire.name, wire.dtype, wire.shape) for wire in inputs],
+        max_cost=max_cost or 0.0,
+    )
+    if preview and sum(len(wire.data) for wire in inputs) <= MAX_PREVIEW_BYTES:
+        spec.preview.extend(tensor_to_proto(wire) for wire in inputs)
+    return TaskRef(task_id, spec.SerializeToString())
+
+
+def sign_bid_request(
+    identity: Identity, request_id: bytes, tasks: Sequence[TaskRef], issued_at_ms: int, deadline_ms: int
+) -> Envelope:
+    message = market_pb2.BidRequest(
+        request_id=request_id,
+        requester_id=identity.peer_id.raw,
+        issued_at_ms=issued_at_ms,
+        deadline_ms=deadline_ms,
+        tasks=[task.spec for task in tasks],
+    )
+    envelope: Envelope = sign_message(identity, message)
+    return envelope
+
+
+def parse_bid(
+    envelope: Envelope, signer: PeerId, address: str, request_id: bytes, task: TaskRef, now_ms: int
+) -> BidInfo:
+    """Check a verified bid envelope binds to this auction; return its terms or raise."""
+    bid = parse(market_pb2.Bid, envelope.payload, "bid")
+    if bid.peer_id != signer.raw:
+        raise ProtocolError("bid peer_id is not the hash of the key that signed it")
+    if bid.request_id != request_id:
+        raise ProtocolError("bid echoes a different request id")
+    if bid.task_id != task.task_id or bid.task_digest != task.digest:
+        raise ProtocolError(f"bid is for task {bid.task_id!r} with a digest that does not match ours")
+    if bid.valid_until_ms <= now_ms:
+        raise BidExpiredError(f"bid expired {now_ms - bid.valid_until_ms} ms ago")
+    return BidInfo(
+        peer_id=signer,
+        address=address,
+        task_id=bid.task_id,
+        model_id=bid.model_id,
+        confidence=float(bid.confidence_score),
+        expected_latency_ms=float(bid.expected_latency_ms),
+        cost=float(bid.cost_estimate),
+        valid_until_ms=int(bid.valid_until_ms),
+        strategy=bid.strategy,
+        envelope=envelope,
+    )
+
+
+def sign_order(
+    identity: Identity,
+    request_id: bytes,
+    bid: BidInfo,
+    inputs_digest: bytes,
+    issued_at_ms: int,
+    deadline_ms: int,
+) -> Envelope:
+    """Sign the order to run ``bid``; ``inputs_digest`` is :func:`atomic_p2p.tensors.digest` of the inputs."""
+    message = market_pb2.ExecuteOrder(
+        request_id=request_id,
+        task_id=bid.task_id,
+        bid_digest=bid.digest,
+        issued_at_ms=issued_at_ms,
+        inputs_digest=inputs_digest,
+        deadline_ms=deadline_ms,
+    )
+    envelope: Envelope = sign_message(identity, message)
+    return envelope
+
+
+def check_result(
+    envelope: Envelope, outputs: Sequence[tensors.WireTensor], request_id: bytes, bid: BidInfo
+) -> ResultReceipt:
+    """Verify a signed ExecuteResult against the bid it answers and decode the outputs.
+
+    CPU-bound (a signature check, a digest over every output byte, a copy per tensor): the
+    caller runs it in a worker thread.
+    """
+    signing.verify(envelope, RESULT_TYPE, expected_signer=bid.peer_id)
+    result = parse(market_pb2.ExecuteResult, envelope.payload, "execute result")
+    if result.request_id != request_id or result.task_id != bid.task_id:
+        raise ProtocolError("result echoes a different request or task")
+    if result.peer_id != bid.peer_id.raw or result.bid_digest != bid.digest:
+        raise ProtocolError("result does not name the winning bid")
+    if result.outputs_digest != tensors.digest(outputs):
+        raise ProtocolError("outputs do not match the digest the peer signed")
+    decoded: dict[str, torch.Tensor] = {}
+    for wire in outputs:
+        if wire.name in decoded:
+            raise ProtocolError(f"output {wire.name!r} appears twice")
+        decoded[wire.name] = tensors.decode(wire)
+    return ResultReceipt(decoded, float(result.cost_charged), float(result.latency_ms))
+
+
+def sign_feedback(
+    identity: Identity,
+    request_id: bytes,
+    bid: BidInfo,
+    kind: FeedbackKind,
+    issued_at_ms: int,
+    *,
+    clearing_price: float = 0.0,
+    score_to_win: float = 0.0,
+    outcome_score: float = 0.0,
+) -> Envelope:
+    """Sign a FeedbackNotice about ``bid``."""
+    message = market_pb2.FeedbackNotice(
+        request_id=request_id,
+        task_id=bid.task_id,
+        requester_id=identity.peer_id.raw,
+        kind=market_pb2.FeedbackKind.Value(f"FEEDBACK_KIND_{kind.upper()}"),
+        clearing_price=clearing_price,
+        score_to_win=score_to_win,
+        outcome_score=outcome_score,
+        issued_at_ms=issued_at_ms,
+        model_id=bid.model_id,
+    )
+    envelope: Envelope = sign_message(identity, message)
+    return envelope

@@ -1,0 +1,120 @@
+"""What a requester sees of one auction: bids, no-bids, attempts and the result.
+
+Every type here is a frozen value. They hold domain types only (peer ids, envelopes, torch
+tensors), never protobuf messages, so callers and the pure scoring code never touch the wire.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+import torch
+
+from atomic_p2p.errors import AtomicError
+from atomic_p2p.identity import Envelope, PeerId
+from atomic_p2p.requester.scoring import Excluded, Scored
+
+
+@dataclass(frozen=True, slots=True)
+class BidInfo:
+    """One verified bid: the terms a peer signed, and the envelope exactly as received."""
+
+    peer_id: PeerId
+    address: str
+    task_id: str
+    model_id: str
+    confidence: float
+    expected_latency_ms: float
+    cost: float
+    valid_until_ms: int
+    strategy: str
+    envelope: Envelope = field(repr=False)
+
+    @property
+    def digest(self) -> bytes:
+        """sha256 of the bid payload: how an ExecuteOrder and an ExecuteResult name this bid."""
+        return self.envelope.digest
+
+
+class NoBidKind(Enum):
+    """Why a peer produced no usable bid."""
+
+    DECLINED = "declined"  # the peer answered with a NoBid
+    UNREACHABLE = "unreachable"  # the RPC failed or timed out
+    INVALID = "invalid"  # a bid arrived but failed verification; it was dropped
+
+
+@dataclass(frozen=True, slots=True)
+class NoBidInfo:
+    """What one peer said instead of a usable bid."""
+
+    address: str
+    kind: NoBidKind
+    reason: str  # a NoBidReason name without its prefix ("unknown_capability"), or a status code name
+    detail: str = ""
+    peer_id: PeerId | None = None
+
+    def __str__(self) -> str:
+        who = self.address if self.peer_id is None else f"{self.address} ({self.peer_id.short})"
+        detail = f": {self.detail}" if self.detail else ""
+        return f"{who} {self.kind.value} [{self.reason}]{detail}"
+
+
+# A ranked bid with its score breakdown, and a bid that failed a hard constraint.
+ScoredBid = Scored[BidInfo]
+ExcludedBid = Excluded[BidInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One Execute call on one bid: it either produced the result or failed with ``error``."""
+
+    bid: BidInfo
+    elapsed_ms: float
+    error: AtomicError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True, slots=True)
+class Timings:
+    """Wall-clock milliseconds spent in each phase of one request."""
+
+    bids_ms: float
+    verify_ms: float
+    execute_ms: float
+    total_ms: float
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Result:
+    """The outcome of :meth:`Requester.run`: outputs plus the whole story of the auction.
+
+    ``bids`` is the ranking (best first); ``attempts`` lists every Execute call in order, so
+    ``attempts[:-1]`` are the fallbacks that failed and ``attempts[-1]`` produced ``outputs``.
+    """
+
+    request_id: bytes
+    task_id: str
+    capability: str
+    outputs: dict[str, torch.Tensor]
+    winner: BidInfo
+    price: float
+    bids: tuple[ScoredBid, ...]
+    excluded: tuple[ExcludedBid, ...]
+    no_bids: tuple[NoBidInfo, ...]
+    attempts: tuple[Attempt, ...]
+    timings: Timings
+    receipt: Envelope = field(repr=False)
+
+    @property
+    def fallbacks(self) -> tuple[Attempt, ...]:
+        """The attempts that failed before the one that succeeded."""
+        return tuple(attempt for attempt in self.attempts if not attempt.ok)
+
+    @property
+    def winner_score(self) -> ScoredBid:
+        return next(scored for scored in self.bids if scored.item is self.winner)
