@@ -88,6 +88,11 @@ async def _solicit(
     return answers
 
 
+def _detail(error: BaseException, reason: str) -> str:
+    # Errors mapped from a status read "CODE: details"; the code is already the reason.
+    return str(error).removeprefix(f"{reason}: ")
+
+
 def _sort_answer(
     address: str, answer: list[BidReply] | BaseException, tasks: Sequence[TaskRef]
 ) -> tuple[list[_Unverified], list[NoBidInfo]]:
@@ -99,7 +104,7 @@ def _sort_answer(
         else:  # a bug on our side, not the peer's fault: say so loudly
             logger.error("asking %s for bids failed", address, exc_info=answer)
             reason = "UNKNOWN"
-        return [], [NoBidInfo(address, NoBidKind.UNREACHABLE, reason, str(answer))]
+        return [], [NoBidInfo(address, NoBidKind.UNREACHABLE, reason, _detail(answer, reason))]
     if len(answer) != len(tasks):
         detail = f"{len(answer)} outcomes for {len(tasks)} tasks"
         logger.warning("dropped every answer from %s: %s", address, detail)
@@ -116,7 +121,8 @@ def _sort_answer(
 
 def _invalid(item: _Unverified, error: AtomicError, signer: PeerId | None) -> NoBidInfo:
     logger.warning("dropped a bid from %s for task %s: %s", item.address, item.task.task_id, error)
-    return NoBidInfo(item.address, NoBidKind.INVALID, status_name(error), str(error), signer)
+    reason = status_name(error)
+    return NoBidInfo(item.address, NoBidKind.INVALID, reason, _detail(error, reason), signer)
 
 
 def _bind(

@@ -222,6 +222,7 @@ def _result(
         winner=success.bid,
         price=success.receipt.cost_charged,
         bids=ranking.ranked,
+        weights=ranking.weights,
         excluded=ranking.excluded,
         no_bids=collected.no_bids,
         attempts=executed.attempts,

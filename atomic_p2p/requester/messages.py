@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 
 from atomic_p2p import identity as signing
@@ -103,6 +104,12 @@ def sign_bid_request(
     return envelope
 
 
+def _from_float32(value: float) -> float:
+    # proto float fields are float32: 0.9 arrives as 0.8999999761581421. The shortest decimal
+    # that round-trips through float32 is what the peer meant, and what reports should show.
+    return float(str(np.float32(value)))
+
+
 def parse_bid(
     envelope: Envelope, signer: PeerId, address: str, request_id: bytes, task: TaskRef, now_ms: int
 ) -> BidInfo:
@@ -121,8 +128,8 @@ def parse_bid(
         address=address,
         task_id=bid.task_id,
         model_id=bid.model_id,
-        confidence=float(bid.confidence_score),
-        expected_latency_ms=float(bid.expected_latency_ms),
+        confidence=_from_float32(bid.confidence_score),
+        expected_latency_ms=_from_float32(bid.expected_latency_ms),
         cost=float(bid.cost_estimate),
         valid_until_ms=int(bid.valid_until_ms),
         strategy=bid.strategy,

@@ -13,7 +13,7 @@ import torch
 
 from atomic_p2p.errors import AtomicError
 from atomic_p2p.identity import Envelope, PeerId
-from atomic_p2p.requester.scoring import Excluded, Scored
+from atomic_p2p.requester.scoring import Excluded, Scored, Weights
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +104,7 @@ class Result:
     winner: BidInfo
     price: float
     bids: tuple[ScoredBid, ...]
+    weights: Weights  # normalised, as used to score ``bids``
     excluded: tuple[ExcludedBid, ...]
     no_bids: tuple[NoBidInfo, ...]
     attempts: tuple[Attempt, ...]

@@ -1,0 +1,147 @@
+"""``atomic run``: auction one task among the given peers, print the auction and the result."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from atomic_p2p.cli.exits import ExitCode
+from atomic_p2p.cli.keygen import default_key_path
+from atomic_p2p.errors import AuctionError, ConfigError
+from atomic_p2p.identity import Identity
+from atomic_p2p.requester.scoring import PROFILES
+from atomic_p2p.tensors import DTYPES
+
+if TYPE_CHECKING:
+    import torch
+
+    from atomic_p2p.requester import Result
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a non-negative number")
+    return value
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="auction one task among peers and print the result",
+        description="Ask every --peer for a bid on one task, run it on the best bid (falling back to "
+        "runner-ups on failure) and print the bids, the winner, the price and the result.",
+    )
+    parser.add_argument(
+        "--peer",
+        dest="peers",
+        action="append",
+        required=True,
+        metavar="ADDR",
+        help="host:port of a peer (repeat for each peer)",
+    )
+    parser.add_argument("--capability", required=True, help='what to run, e.g. "classify/digits"')
+    parser.add_argument(
+        "--input",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help=".pt (a tensor or a dict of name -> tensor) or .npy",
+    )
+    parser.add_argument(
+        "--input-name",
+        default="x",
+        metavar="NAME",
+        help="name for an input file holding one bare tensor (default: x)",
+    )
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="cast every input to this dtype first")
+    parser.add_argument(
+        "--deadline",
+        type=_positive,
+        default=2.0,
+        metavar="S",
+        help="seconds for the whole auction, fallbacks included (default: 2)",
+    )
+    parser.add_argument(
+        "--priority",
+        choices=sorted(PROFILES),
+        default="balanced",
+        help="how to weigh accuracy, latency and cost (default: balanced)",
+    )
+    parser.add_argument("--max-cost", type=_non_negative, metavar="COST", help="exclude dearer bids")
+    parser.add_argument(
+        "--no-preview", action="store_true", help="do not send the inputs with the call for bids"
+    )
+    parser.add_argument(
+        "--key",
+        type=Path,
+        metavar="PATH",
+        help=f"signing key (default: {default_key_path()} if it exists, else a fresh one)",
+    )
+    parser.add_argument("--output", type=Path, metavar="FILE", help="save the outputs (.pt or .npy)")
+    parser.add_argument("--json", action="store_true", help="print one JSON document instead of a report")
+    parser.set_defaults(handler=handle)
+
+
+def load_identity(path: Path | None) -> Identity:
+    if path is None:
+        path = default_key_path()
+        if not path.exists():
+            print(
+                "note: no key file; signing with a throwaway key (create one with: atomic keygen)",
+                file=sys.stderr,
+            )
+            return Identity.generate()
+    if not path.exists():
+        raise ConfigError(f"key file {path} does not exist (create one with: atomic keygen --out {path})")
+    return Identity.load(path)
+
+
+async def _auction(args: argparse.Namespace, inputs: dict[str, torch.Tensor], identity: Identity) -> Result:
+    from atomic_p2p.requester import Requester
+
+    async with Requester(args.peers, identity) as requester:
+        return await requester.run(
+            args.capability,
+            inputs,
+            deadline_s=args.deadline,
+            weights=args.priority,
+            max_cost=args.max_cost,
+            preview=not args.no_preview,
+        )
+
+
+def handle(args: argparse.Namespace) -> ExitCode:
+    # torch and the SDK load here rather than at import, so `atomic --help` and `atomic keygen`
+    # do not pay the seconds torch takes to import.
+    from atomic_p2p.cli import report, tensor_files
+
+    if args.output is not None:
+        tensor_files.check_suffix(args.output, "output file")  # fail before the auction, not after
+    inputs = tensor_files.load_inputs(args.input, args.input_name, args.dtype)
+    identity = load_identity(args.key)
+    try:
+        result = asyncio.run(_auction(args, inputs, identity))
+    except AuctionError as error:
+        print(
+            report.render_failure(error, args.capability, args.json),
+            file=sys.stdout if args.json else sys.stderr,
+        )
+        return ExitCode.FAILED
+    if args.output is not None:
+        tensor_files.save_outputs(result.outputs, args.output)
+    print(
+        report.render_json(result, args.priority) if args.json else report.render_text(result, args.priority)
+    )
+    return ExitCode.OK
