@@ -1,0 +1,357 @@
+"""Peer configuration: one TOML file per peer, loaded into frozen dataclasses.
+
+A config file has one ``[peer]`` table (node settings) and one ``[[models]]`` table per hosted
+model. Relative paths (``data_dir``, ``cache_dir``, a ``factory`` given as ``file.py:function``)
+are relative to the config file. ``peers/*.toml`` are annotated examples::
+
+    [peer]
+    name = "small"
+    port = 0                       # 0 = any free port
+
+    [[models]]
+    model_id = "digits-small"
+    capabilities = ["classify/digits"]
+    factory = "digits.py:small"    # or "package.module:function"
+    price_per_example = 0.001
+    strategy = "confidence"
+    extra_latency_ms = 0           # simulated slower hardware: added to every call
+    [models.constraints]
+    max_batch = 256
+
+Every mistake raises :class:`~atomic_p2p.errors.ConfigError` naming the file, the table and the
+key, and saying what to write instead.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from atomic_p2p.errors import ConfigError
+from atomic_p2p.peer.strategy import STRATEGIES, make_strategy
+
+MIB = 1024 * 1024
+# Tensors are capped at 64 MiB each (atomic_p2p.tensors); a message also carries envelopes, names,
+# shapes and sometimes a second small tensor, so the cap leaves 8 MiB of headroom (docs/protocol.md).
+DEFAULT_MAX_MESSAGE_BYTES = 72 * MIB
+DEFAULT_MAX_TASKS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Constraints:
+    """Hard limits a model advertises and enforces (wire: ``ModelConstraints``)."""
+
+    max_batch: int = 256
+    max_input_tokens: int = 0  # 0: the model does not look at tokens
+    supported_languages: tuple[str, ...] = ()  # empty: language-agnostic
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """What one call costs the host (wire: ``ResourceRequirements``)."""
+
+    cpu_cores: float = 1.0
+    memory_mb: float = 0.0
+    gpu_memory_mb: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    model_id: str
+    capabilities: tuple[str, ...]
+    # "package.module:function", or "/absolute/path/file.py:function" (relative paths are resolved
+    # against the config file when it is loaded).
+    factory: str
+    price_per_example: float
+    strategy: str = "confidence"
+    strategy_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    # Keyword arguments for the factory (hyperparameters, seeds).
+    options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    constraints: Constraints = Constraints()
+    resources: Resources = Resources()
+    # Simulates slower hardware: every call sleeps this long after the forward pass, and bids
+    # quote it. Lets one machine host a "slow" and a "fast" peer for tests and demos.
+    extra_latency_ms: float = 0.0
+    # Free text for people (e.g. "digits 0-4 only"); machines read the capabilities.
+    domain: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerConfig:
+    name: str
+    models: tuple[ModelConfig, ...]
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    # Trained-weight cache; None means data_dir / "models".
+    cache_dir: Path | None = None
+    max_concurrency: int = 2
+    queue_limit: int = 32
+    replay_window_s: float = 30.0
+    bid_validity_s: float = 10.0
+    max_tasks_per_request: int = DEFAULT_MAX_TASKS
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    # Request ids, issued bids and results remembered at once (each table); beyond that, new work
+    # is refused with RESOURCE_EXHAUSTED rather than forgetting something a replay check needs.
+    max_remembered: int = 100_000
+
+    @property
+    def weights_dir(self) -> Path:
+        return self.cache_dir if self.cache_dir is not None else self.data_dir / "models"
+
+    @property
+    def key_path(self) -> Path:
+        return self.data_dir / "key.pem"
+
+    def with_overrides(self, **changes: Any) -> PeerConfig:
+        """A copy with some fields replaced (``None`` values are ignored: "not given")."""
+        return replace(self, **{key: value for key, value in changes.items() if value is not None})
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> PeerConfig:
+        return load_config(path)
+
+
+_PEER_KEYS = {
+    "name",
+    "host",
+    "port",
+    "data_dir",
+    "cache_dir",
+    "max_concurrency",
+    "queue_limit",
+    "replay_window_s",
+    "bid_validity_s",
+    "max_tasks_per_request",
+    "max_message_bytes",
+    "max_remembered",
+}
+_MODEL_KEYS = {
+    "model_id",
+    "capabilities",
+    "factory",
+    "price_per_example",
+    "strategy",
+    "strategy_options",
+    "options",
+    "constraints",
+    "resources",
+    "extra_latency_ms",
+    "domain",
+}
+
+
+def load_config(path: str | Path) -> PeerConfig:
+    """Read one TOML config file."""
+    path = Path(path).expanduser().resolve()
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; pass the path to a peer TOML file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    return config_from_dict(data, base_dir=path.parent, source=str(path))
+
+
+def load_configs(paths: Sequence[str | Path]) -> PeerConfig:
+    """Several files, one node: node settings from the first, models from all (ids must differ)."""
+    if not paths:
+        raise ConfigError("no config file given; pass at least one peer TOML file")
+    configs = [load_config(path) for path in paths]
+    return merge(configs)
+
+
+def merge(configs: Sequence[PeerConfig]) -> PeerConfig:
+    models: list[ModelConfig] = []
+    for config in configs:
+        for model in config.models:
+            if any(model.model_id == seen.model_id for seen in models):
+                raise ConfigError(
+                    f"model_id {model.model_id!r} appears in more than one config; give each model its own id"
+                )
+            models.append(model)
+    return replace(configs[0], models=tuple(models))
+
+
+def config_from_dict(data: Mapping[str, Any], base_dir: Path, source: str = "config") -> PeerConfig:
+    _reject_unknown(data, {"peer", "models"}, source, "top level")
+    peer = _table(data, "peer", source, "top level")
+    _reject_unknown(peer, _PEER_KEYS, source, "[peer]")
+    where = f"{source} [peer]"
+    name = _string(peer, "name", where, default=None)
+    model_tables = data.get("models", [])
+    if not isinstance(model_tables, list) or not model_tables:
+        raise ConfigError(f"{source}: add at least one [[models]] table (a model this peer hosts)")
+    models = tuple(
+        _model(table, base_dir, f"{source} [[models]] #{index + 1}")
+        for index, table in enumerate(model_tables)
+    )
+    merged = merge([_placeholder(models)])  # duplicate ids within one file are an error too
+    data_dir = _path(peer, "data_dir", base_dir, where) or Path.home() / ".atomic-p2p" / name
+    config = PeerConfig(
+        name=name,
+        models=merged.models,
+        data_dir=data_dir,
+        host=_string(peer, "host", where, default="127.0.0.1"),
+        port=_integer(peer, "port", where, default=0, low=0, high=65535),
+        cache_dir=_path(peer, "cache_dir", base_dir, where),
+        max_concurrency=_integer(peer, "max_concurrency", where, default=2, low=1),
+        queue_limit=_integer(peer, "queue_limit", where, default=32, low=0),
+        replay_window_s=_number(peer, "replay_window_s", where, default=30.0, low=0.001),
+        bid_validity_s=_number(peer, "bid_validity_s", where, default=10.0, low=0.001),
+        max_tasks_per_request=_integer(
+            peer, "max_tasks_per_request", where, default=DEFAULT_MAX_TASKS, low=1
+        ),
+        max_message_bytes=_integer(
+            peer, "max_message_bytes", where, default=DEFAULT_MAX_MESSAGE_BYTES, low=1024
+        ),
+        max_remembered=_integer(peer, "max_remembered", where, default=100_000, low=1),
+    )
+    return config
+
+
+def _placeholder(models: tuple[ModelConfig, ...]) -> PeerConfig:
+    return PeerConfig(name="", models=models, data_dir=Path())
+
+
+def _model(table: Any, base_dir: Path, where: str) -> ModelConfig:
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where}: each [[models]] entry must be a table")
+    _reject_unknown(table, _MODEL_KEYS, where, "")
+    capabilities = table.get("capabilities")
+    if (
+        not isinstance(capabilities, list)
+        or not capabilities
+        or not all(isinstance(c, str) and c for c in capabilities)
+    ):
+        raise ConfigError(
+            f'{where}: capabilities must be a non-empty list of strings, e.g. ["classify/digits"]'
+        )
+    strategy = _string(table, "strategy", where, default="confidence")
+    strategy_options = _table(table, "strategy_options", where, "")
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"{where}: strategy {strategy!r} is unknown; use one of {sorted(STRATEGIES)}")
+    try:
+        make_strategy(strategy, strategy_options)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return ModelConfig(
+        model_id=_string(table, "model_id", where, default=None),
+        capabilities=tuple(capabilities),
+        factory=_factory(table, base_dir, where),
+        price_per_example=_number(table, "price_per_example", where, default=None, low=0.0),
+        strategy=strategy,
+        strategy_options=strategy_options,
+        options=_table(table, "options", where, ""),
+        constraints=_constraints(_table(table, "constraints", where, ""), f"{where} constraints"),
+        resources=_resources(_table(table, "resources", where, ""), f"{where} resources"),
+        extra_latency_ms=_number(table, "extra_latency_ms", where, default=0.0, low=0.0),
+        domain=_string(table, "domain", where, default=""),
+    )
+
+
+def _factory(table: Mapping[str, Any], base_dir: Path, where: str) -> str:
+    text = _string(table, "factory", where, default=None)
+    target, _, function = text.rpartition(":")
+    if not target or not function.isidentifier():
+        raise ConfigError(
+            f"{where}: factory {text!r} must be 'package.module:function' or 'file.py:function'"
+        )
+    if target.endswith(".py") or "/" in target:
+        file = (base_dir / target).resolve()
+        if not file.is_file():
+            raise ConfigError(
+                f"{where}: factory file {file} does not exist (paths are relative to the config)"
+            )
+        return f"{file}:{function}"
+    return text
+
+
+def _constraints(table: Mapping[str, Any], where: str) -> Constraints:
+    _reject_unknown(table, {"max_batch", "max_input_tokens", "supported_languages"}, where, "")
+    languages = table.get("supported_languages", [])
+    if not isinstance(languages, list) or not all(isinstance(x, str) for x in languages):
+        raise ConfigError(f'{where}: supported_languages must be a list of strings, e.g. ["en"]')
+    return Constraints(
+        max_batch=_integer(table, "max_batch", where, default=256, low=1),
+        max_input_tokens=_integer(table, "max_input_tokens", where, default=0, low=0),
+        supported_languages=tuple(languages),
+    )
+
+
+def _resources(table: Mapping[str, Any], where: str) -> Resources:
+    _reject_unknown(table, {"cpu_cores", "memory_mb", "gpu_memory_mb"}, where, "")
+    return Resources(
+        cpu_cores=_number(table, "cpu_cores", where, default=1.0, low=0.0),
+        memory_mb=_number(table, "memory_mb", where, default=0.0, low=0.0),
+        gpu_memory_mb=_number(table, "gpu_memory_mb", where, default=0.0, low=0.0),
+    )
+
+
+# --- typed field readers: each names the key and the fix -------------------------------------
+
+
+def _reject_unknown(table: Mapping[str, Any], allowed: set[str], source: str, what: str) -> None:
+    unknown = sorted(set(table) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{source} {what}: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(sorted(allowed))}"
+        )
+
+
+def _table(table: Mapping[str, Any], key: str, source: str, what: str) -> dict[str, Any]:
+    value = table.get(key, {})
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source} {what}: {key} must be a table ([{key}] or {key} = {{...}})")
+    return value
+
+
+def _string(table: Mapping[str, Any], key: str, where: str, default: str | None) -> str:
+    value = table.get(key, default)
+    if value is None:
+        raise ConfigError(f"{where}: {key} is required (a string)")
+    if not isinstance(value, str) or (default is None and not value):
+        raise ConfigError(f"{where}: {key} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _number(table: Mapping[str, Any], key: str, where: str, default: float | None, low: float) -> float:
+    value = table.get(key, default)
+    if value is None:
+        raise ConfigError(f"{where}: {key} is required (a number >= {low})")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or value < low
+    ):
+        raise ConfigError(f"{where}: {key} must be a number >= {low}, got {value!r}")
+    return float(value)
+
+
+def _integer(
+    table: Mapping[str, Any], key: str, where: str, default: int, low: int, high: int | None = None
+) -> int:
+    value = table.get(key, default)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < low
+        or (high is not None and value > high)
+    ):
+        bounds = f">= {low}" if high is None else f"in {low}..{high}"
+        raise ConfigError(f"{where}: {key} must be an integer {bounds}, got {value!r}")
+    return value
+
+
+def _path(table: Mapping[str, Any], key: str, base_dir: Path, where: str) -> Path | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: {key} must be a path string")
+    return (base_dir / Path(value).expanduser()).resolve()

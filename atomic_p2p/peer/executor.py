@@ -1,0 +1,151 @@
+"""Runs paid model calls: bounded concurrency, a bounded queue, at most once per order.
+
+How this works
+--------------
+Each call is keyed by ``(request_id, task_id)`` and carries a fingerprint of the order (the bid
+digest and the inputs digest). The first call for a key starts one asyncio task that waits for a
+worker slot (a semaphore of ``max_concurrency``) and then runs the job in a thread pool of the
+same size; torch releases the GIL, so calls really overlap.
+
+- Admission: at most ``max_concurrency`` jobs run and ``queue_limit`` wait; one more is refused
+  at once with :class:`~atomic_p2p.errors.LimitExceededError` (RESOURCE_EXHAUSTED), never queued.
+- At most once: while a key's task runs, a duplicate with the same fingerprint awaits the same
+  task; after it finished, a retry gets the first result (or the first failure) back for
+  ``result_ttl_s``. A different fingerprint for a known key is a :class:`ReplayError`.
+- A job that never started (its deadline passed while queued, or it was cancelled) leaves no
+  trace, so the requester may retry it.
+- Remembered results are capped at ``max_results``; when full of unexpired results, new work is
+  refused rather than forgetting a result whose order could still be replayed.
+- Callers wait through ``asyncio.shield``: a caller that disconnects does not cancel work that a
+  duplicate, or :meth:`Executor.drain`, is waiting for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from atomic_p2p.errors import DeadlineError, LimitExceededError, ReplayError, UnavailableError
+from atomic_p2p.peer.strategy import Load
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class _Call(Generic[T]):
+    fingerprint: bytes
+    task: asyncio.Task[T] = field(init=False)
+    started: bool = False
+    expires_at: float = 0.0
+
+
+class Executor(Generic[T]):
+    def __init__(
+        self,
+        *,
+        max_concurrency: int,
+        queue_limit: int,
+        result_ttl_s: float,
+        max_results: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_concurrency = max_concurrency
+        self.queue_limit = queue_limit
+        self.result_ttl_s = result_ttl_s
+        self.max_results = max_results
+        self._clock = clock
+        self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="atomic-model")
+        self._slots = asyncio.Semaphore(max_concurrency)
+        self._running_calls: dict[Hashable, _Call[T]] = {}
+        self._finished: OrderedDict[Hashable, _Call[T]] = OrderedDict()  # in expiry order
+        self._running = 0
+        self._closed = False
+
+    def load(self, draining: bool = False) -> Load:
+        pending = len(self._running_calls)
+        return Load(
+            in_flight=self._running,
+            queued=pending - self._running,
+            capacity=self.max_concurrency,
+            queue_limit=self.queue_limit,
+            draining=draining,
+        )
+
+    async def run(
+        self, key: Hashable, fingerprint: bytes, job: Callable[[], T], timeout: float | None = None
+    ) -> T:
+        """Run ``job`` in a worker thread at most once for ``key``; see the module docstring.
+
+        ``timeout`` bounds the wait for a worker slot (the order's remaining deadline).
+        """
+        self._expire()
+        known = self._running_calls.get(key) or self._finished.get(key)
+        if known is not None:
+            if known.fingerprint != fingerprint:
+                raise ReplayError("this task was already ordered with a different bid or inputs")
+            return await asyncio.shield(known.task)
+        if self._closed:
+            raise UnavailableError("the node is shutting down and takes no new work")
+        if len(self._running_calls) >= self.max_concurrency + self.queue_limit:
+            raise LimitExceededError(
+                f"{self.max_concurrency} calls running and {self.queue_limit} queued; retry later"
+            )
+        if len(self._finished) >= self.max_results:
+            raise LimitExceededError(f"{self.max_results} results held for retries; retry later")
+        call: _Call[T] = _Call(fingerprint)
+        call.task = asyncio.get_running_loop().create_task(self._execute(call, job, timeout))
+        call.task.add_done_callback(lambda _: self._settle(key, call))
+        self._running_calls[key] = call
+        return await asyncio.shield(call.task)
+
+    async def drain(self, timeout: float) -> bool:
+        """Refuse new work and wait for everything admitted; True if it all finished in time."""
+        self._closed = True
+        tasks = [call.task for call in self._running_calls.values()]
+        if not tasks:
+            return True
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        return not pending
+
+    def close(self) -> None:
+        """Cancel what has not started and release the worker threads (call after drain)."""
+        self._closed = True
+        for call in list(self._running_calls.values()):
+            call.task.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # --- internals ----------------------------------------------------------------------------
+
+    async def _execute(self, call: _Call[T], job: Callable[[], T], timeout: float | None) -> T:
+        try:
+            await asyncio.wait_for(self._slots.acquire(), timeout)
+        except TimeoutError:
+            raise DeadlineError("the order's deadline passed while it waited for a worker") from None
+        call.started = True
+        self._running += 1
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, job)
+        finally:
+            self._running -= 1
+            self._slots.release()
+
+    def _settle(self, key: Hashable, call: _Call[T]) -> None:
+        self._running_calls.pop(key, None)
+        if not call.task.cancelled():
+            call.task.exception()  # marks a failure as retrieved even if every caller went away
+        if call.started and not call.task.cancelled():
+            call.expires_at = self._clock() + self.result_ttl_s
+            self._finished[key] = call
+
+    def _expire(self) -> None:
+        now = self._clock()
+        while self._finished:
+            key, call = next(iter(self._finished.items()))
+            if call.expires_at > now:
+                break
+            del self._finished[key]

@@ -1,0 +1,196 @@
+"""A running peer: its key, its hosted models, its executor and its gRPC server.
+
+Contract
+--------
+``node = await PeerNode.start(config)`` loads (or creates, mode 0600) ``data_dir/key.pem``,
+loads every model in the config (training or reading cached weights; on CUDA when there is one),
+binds ``host:port`` (port 0: any free port; see :attr:`PeerNode.address`) and serves
+``atomic.v1.Peer``, ``grpc.health.v1.Health`` and server reflection.
+
+``await node.drain(timeout)`` stops taking new work: new RequestBids and Execute calls get
+UNAVAILABLE and health says NOT_SERVING, while calls already admitted run to completion.
+``await node.stop()`` drains (if not yet drained) and closes the server. ``async with node:``
+stops on exit. The node never stops serving because of a bad request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from enum import Enum
+from types import MappingProxyType, TracebackType
+
+import grpc
+import torch
+from grpc_health.v1 import health, health_pb2
+
+from atomic_p2p.errors import ConfigError
+from atomic_p2p.identity import Identity, PeerId
+from atomic_p2p.peer.config import PeerConfig
+from atomic_p2p.peer.executor import Executor
+from atomic_p2p.peer.models import HostedModel, default_device
+from atomic_p2p.peer.server import SERVICE_NAME, PeerService, build_server, wall_ms
+from atomic_p2p.tensors import DEFAULT_LIMITS, TensorLimits
+
+log = logging.getLogger(__name__)
+
+# After drain, how long in-flight RPCs get to send their (already computed) answers.
+STOP_GRACE_S = 5.0
+_WILDCARD_HOSTS = {"0.0.0.0", "::", "[::]", ""}
+
+
+class NodeState(Enum):
+    SERVING = "serving"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class PeerNode:
+    """Use :meth:`start`; the constructor only assembles parts that are already running."""
+
+    def __init__(
+        self,
+        config: PeerConfig,
+        identity: Identity,
+        models: Mapping[str, HostedModel],
+        service: PeerService,
+        server: grpc.aio.Server,
+        health_servicer: health.aio.HealthServicer,
+        port: int,
+    ) -> None:
+        self.config = config
+        self.identity = identity
+        self._models = MappingProxyType(dict(models))
+        self._service = service
+        self._server = server
+        self._health = health_servicer
+        self._port = port
+        self.state = NodeState.SERVING
+
+    @classmethod
+    async def start(
+        cls,
+        config: PeerConfig,
+        identity: Identity | None = None,
+        *,
+        device: torch.device | None = None,
+        limits: TensorLimits = DEFAULT_LIMITS,
+    ) -> PeerNode:
+        """Load the key and models, bind, serve; see the module docstring."""
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        if identity is None:
+            identity = Identity.load_or_create(config.key_path)
+        models = await asyncio.to_thread(load_models, config, device)
+        executor: Executor[bytes] = Executor(
+            max_concurrency=config.max_concurrency,
+            queue_limit=config.queue_limit,
+            # A retry needs a live bid, so results need not outlive the bids they answer.
+            result_ttl_s=config.bid_validity_s + config.replay_window_s,
+            max_results=config.max_remembered,
+        )
+        service = PeerService(
+            identity=identity,
+            models=models,
+            config=config,
+            executor=executor,
+            started_at_ms=wall_ms(),
+            limits=limits,
+        )
+        server, health_servicer = build_server(service, max_message_bytes=config.max_message_bytes)
+        port = _bind(server, config)
+        await server.start()
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        node = cls(config, identity, models, service, server, health_servicer, port)
+        log.info("peer %s serving on %s: %s", identity.peer_id.short, node.address, ", ".join(models))
+        return node
+
+    @property
+    def address(self) -> str:
+        """``host:port`` to dial this node at (a wildcard bind is reported as 127.0.0.1)."""
+        host = "127.0.0.1" if self.config.host in _WILDCARD_HOSTS else self.config.host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"{host}:{self._port}"
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def peer_id(self) -> PeerId:
+        return self.identity.peer_id
+
+    @property
+    def models(self) -> Mapping[str, HostedModel]:
+        return self._models
+
+    @property
+    def draining(self) -> bool:
+        return self.state is not NodeState.SERVING
+
+    async def drain(self, timeout: float = 30.0) -> bool:
+        """Take no new work and wait for admitted work; True when all of it finished in time."""
+        if self.state is NodeState.SERVING:
+            self.state = NodeState.DRAINING
+            self._service.draining = True
+            await self._health.enter_graceful_shutdown()
+            log.info("peer %s draining", self.peer_id.short)
+        finished = await self._service.executor.drain(timeout)
+        if not finished:
+            log.warning("peer %s: work still running after %.1f s of draining", self.peer_id.short, timeout)
+        return finished
+
+    async def stop(self, grace: float = STOP_GRACE_S) -> None:
+        if self.state is NodeState.STOPPED:
+            return
+        await self.drain(grace)
+        await self._server.stop(grace)
+        self._service.executor.close()
+        self.state = NodeState.STOPPED
+        log.info("peer %s stopped", self.peer_id.short)
+
+    async def __aenter__(self) -> PeerNode:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+def load_models(config: PeerConfig, device: torch.device | None = None) -> dict[str, HostedModel]:
+    """Build every hosted model of a config (blocking: factories may train)."""
+    device = device or default_device()
+    models: dict[str, HostedModel] = {}
+    for model_config in config.models:
+        model = HostedModel.load(model_config, config.weights_dir, device)
+        log.info(
+            "model %s on %s: held-out accuracy %.3f, %.2f ms per call",
+            model.model_id,
+            device,
+            model.validation_accuracy,
+            model.latency.value,
+        )
+        models[model.model_id] = model
+    return models
+
+
+def _bind(server: grpc.aio.Server, config: PeerConfig) -> int:
+    target = f"{config.host}:{config.port}"
+    try:
+        port = server.add_insecure_port(target)
+    except RuntimeError as exc:
+        port, reason = 0, str(exc)
+    else:
+        reason = "the address was refused"
+    if not port:
+        raise ConfigError(
+            f"cannot listen on {target} ({reason}); is another process using the port? "
+            "Pick a free one with --port, or --port 0 for any free port"
+        )
+    return port

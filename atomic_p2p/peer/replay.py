@@ -1,0 +1,180 @@
+"""Replay protection and the book of issued bids (pure: the caller passes the time).
+
+How this works
+--------------
+A signed BidRequest could be captured and sent again. :class:`RequestGuard` accepts one only when
+
+1. its ``issued_at`` lies within ``window`` of the node's clock (either side: clocks differ),
+2. it was not issued before the node started, so a restart cannot reopen old requests that the
+   previous process had already seen (it kept no memory of them), and
+3. its 16-byte request id was not seen before. An id must be remembered as long as a request
+   carrying it could pass check 1: ``issued_at`` may lie up to ``window`` ahead, and is
+   accepted until ``window`` after it, so ids are kept for ``2 * window``.
+
+:class:`BidBook` remembers every bid this node signed, keyed by (request id, task id): its
+digest, the requester it was made for, the model, price and input spec, so Execute can check that
+an order names a bid this node issued, is signed by the requester that asked for it, and comes
+before the bid expires. Entries outlive ``valid_until`` by the skew window, so a late order is
+told "expired" rather than "unknown", and late feedback can still be attributed.
+
+Both tables are bounded. When one is full of unexpired entries new requests are refused
+(RESOURCE_EXHAUSTED): forgetting an id early would let its request be replayed.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from atomic_p2p.errors import (
+    BidExpiredError,
+    DeadlineError,
+    LimitExceededError,
+    PreconditionError,
+    ProtocolError,
+    ReplayError,
+    SignatureError,
+    StaleRequestError,
+)
+from atomic_p2p.identity import PeerId
+from atomic_p2p.peer.strategy import FeedbackKind, InputSpec
+
+REQUEST_ID_BYTES = 16
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+class ExpiringMap(Generic[K, V]):
+    """A bounded map whose entries expire ``ttl_ms`` after insertion, oldest first."""
+
+    def __init__(self, ttl_ms: int, capacity: int, what: str) -> None:
+        self.ttl_ms = ttl_ms
+        self.capacity = capacity
+        self.what = what
+        self._entries: OrderedDict[K, tuple[int, V]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def contains(self, key: K, now_ms: int) -> bool:
+        self.prune(now_ms)
+        return key in self._entries
+
+    def get(self, key: K, now_ms: int) -> V | None:
+        self.prune(now_ms)
+        entry = self._entries.get(key)
+        return None if entry is None else entry[1]
+
+    def put(self, key: K, value: V, now_ms: int) -> None:
+        self.prune(now_ms)
+        if key not in self._entries and len(self._entries) >= self.capacity:
+            raise LimitExceededError(f"{self.capacity} {self.what} remembered already; retry later")
+        self._entries[key] = (now_ms + self.ttl_ms, value)
+
+    def prune(self, now_ms: int) -> None:
+        # One TTL per map, so insertion order is expiry order (a clock that steps back only delays).
+        while self._entries:
+            key, (expires_at, _) = next(iter(self._entries.items()))
+            if expires_at > now_ms:
+                return
+            del self._entries[key]
+
+
+@dataclass(frozen=True, slots=True)
+class BidRequestHeader:
+    """The fields of a verified BidRequest that replay protection looks at."""
+
+    request_id: bytes
+    requester_id: bytes  # as claimed in the payload
+    signer: PeerId  # as proven by the envelope
+    issued_at_ms: int
+    deadline_ms: int  # 0: none
+    task_count: int
+
+
+class RequestGuard:
+    def __init__(self, started_at_ms: int, window_ms: int, max_tasks: int, capacity: int) -> None:
+        self.started_at_ms = started_at_ms
+        self.window_ms = window_ms
+        self.max_tasks = max_tasks
+        self._seen: ExpiringMap[bytes, None] = ExpiringMap(2 * window_ms, capacity, "request ids")
+
+    def admit(self, header: BidRequestHeader, now_ms: int) -> None:
+        """Raise the error the request deserves, or remember its id and return."""
+        if len(header.request_id) != REQUEST_ID_BYTES:
+            raise ProtocolError(f"request_id must be {REQUEST_ID_BYTES} bytes, got {len(header.request_id)}")
+        if header.requester_id != header.signer.raw:
+            raise SignatureError("requester_id is not sha256 of the key that signed the request")
+        skew = header.issued_at_ms - now_ms
+        if abs(skew) > self.window_ms:
+            raise StaleRequestError(
+                f"issued_at is {skew / 1000:+.1f} s from this node's clock; the window is "
+                f"±{self.window_ms / 1000:g} s (check the requester's clock)"
+            )
+        if header.issued_at_ms < self.started_at_ms:
+            raise StaleRequestError("the request was issued before this node started; send a new one")
+        if self._seen.contains(header.request_id, now_ms):
+            raise ReplayError("this request id was already used; every BidRequest needs a fresh one")
+        self._seen.put(header.request_id, None, now_ms)
+        if header.deadline_ms and header.deadline_ms <= now_ms:
+            raise DeadlineError("the request's deadline has passed")
+        if header.task_count > self.max_tasks:
+            raise LimitExceededError(
+                f"{header.task_count} tasks in one request; the limit is {self.max_tasks}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedBid:
+    request_id: bytes
+    task_id: str
+    digest: bytes  # sha256 of the signed Bid payload
+    requester: PeerId
+    model_id: str
+    valid_until_ms: int
+    cost: float
+    input: InputSpec
+
+
+class BidBook:
+    def __init__(self, validity_ms: int, grace_ms: int, capacity: int) -> None:
+        self.validity_ms = validity_ms
+        self._bids: ExpiringMap[tuple[bytes, str], IssuedBid] = ExpiringMap(
+            validity_ms + grace_ms, capacity, "issued bids"
+        )
+        self._feedback: ExpiringMap[tuple[bytes, str, FeedbackKind], None] = ExpiringMap(
+            validity_ms + grace_ms, capacity, "feedback notices"
+        )
+
+    def has_room(self, now_ms: int, count: int) -> bool:
+        self._bids.prune(now_ms)
+        return len(self._bids) + count <= self._bids.capacity
+
+    def record(self, bid: IssuedBid, now_ms: int) -> None:
+        self._bids.put((bid.request_id, bid.task_id), bid, now_ms)
+
+    def find(self, request_id: bytes, task_id: str, now_ms: int) -> IssuedBid | None:
+        return self._bids.get((request_id, task_id), now_ms)
+
+    def lookup(self, request_id: bytes, task_id: str, digest: bytes, now_ms: int) -> IssuedBid:
+        """The live bid an order names, or the precondition it fails."""
+        bid = self.find(request_id, task_id, now_ms)
+        if bid is None or bid.digest != digest:
+            raise PreconditionError(
+                "this node issued no such bid (or forgot it long ago); ask for bids again"
+            )
+        if now_ms > bid.valid_until_ms:
+            raise BidExpiredError(
+                f"the bid expired {(now_ms - bid.valid_until_ms) / 1000:.1f} s ago; ask for bids again"
+            )
+        return bid
+
+    def note_feedback(self, bid: IssuedBid, kind: FeedbackKind, now_ms: int) -> None:
+        """Count each kind of notice once per bid; a repeat is a replay."""
+        key = (bid.request_id, bid.task_id, kind)
+        if self._feedback.contains(key, now_ms):
+            raise ReplayError(f"a {kind.value} notice for this task was already received")
+        self._feedback.put(key, None, now_ms)

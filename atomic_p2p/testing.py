@@ -1,0 +1,264 @@
+"""Test helpers: example peers in-process, and a requester that builds messages by hand.
+
+Example peers (the configs in ``peers/`` of a source checkout)::
+
+    async with running_peers(["small", "large"], tmp_path) as (small, large):
+        small.address, small.peer_id, small.models["digits-small"]
+
+Every example peer gets its own ``data_dir`` under ``tmp_path``, port 0, and one shared
+trained-weight cache (:func:`weights_cache_dir`), so only the first test of a session trains.
+
+:class:`HandBuyer` speaks the wire protocol with the generated stub and hand-signed messages,
+independent of the requester SDK, so protocol tests can forge, replay and tamper at will and the
+SDK and the peer can each be checked against a second implementation::
+
+    async with HandBuyer(node.address) as buyer:
+        response = await buyer.request_bids([buyer.task("t1", batch=4)])
+        bid = response.outcomes[0].bid
+        result = await buyer.execute(bid, [buyer.inputs(4)])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import os
+import secrets
+import tempfile
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import grpc
+import torch
+
+from atomic_p2p._proto.atomic.v1 import envelope_pb2, market_pb2, market_pb2_grpc
+from atomic_p2p._wire import envelope_to_proto, payload_type, spec_to_proto, tensor_to_proto
+from atomic_p2p.identity import Identity
+from atomic_p2p.peer.config import PeerConfig, load_config
+from atomic_p2p.peer.node import PeerNode
+from atomic_p2p.tensors import WireTensor, digest, encode
+
+PEERS_DIR = Path(__file__).resolve().parent.parent / "peers"
+EXAMPLE_PEERS = ("small", "large", "specialist", "slow")
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 128 * 1024 * 1024),
+    ("grpc.max_send_message_length", 128 * 1024 * 1024),
+]
+
+
+def weights_cache_dir() -> Path:
+    """Where example peers in tests keep trained weights: ``$ATOMIC_P2P_WEIGHTS_CACHE``, else a
+    per-user directory under the system temp dir. Entries are keyed by recipe and source, so
+    sharing it across runs is safe."""
+    override = os.environ.get("ATOMIC_P2P_WEIGHTS_CACHE")
+    if override:
+        return Path(override)
+    return Path(tempfile.gettempdir()) / f"atomic-p2p-weights-{os.getuid()}"
+
+
+def example_config(
+    name: str, tmp_path: Path, *, model_overrides: Mapping[str, Any] | None = None, **overrides: Any
+) -> PeerConfig:
+    """``peers/<name>.toml`` set up for a test: data_dir under ``tmp_path``, port 0, shared weights.
+
+    ``overrides`` replace :class:`PeerConfig` fields (``queue_limit=1``); ``model_overrides``
+    replace :class:`ModelConfig` fields of every model (``extra_latency_ms=500``).
+    """
+    path = PEERS_DIR / f"{name}.toml"
+    if not path.exists():
+        raise FileNotFoundError(f"no example peer {name!r}; there are {', '.join(EXAMPLE_PEERS)}")
+    config = load_config(path)
+    models = tuple(dataclasses.replace(m, **(model_overrides or {})) for m in config.models)
+    settings: dict[str, Any] = {"data_dir": tmp_path / name, "port": 0, "cache_dir": weights_cache_dir()}
+    settings.update(overrides)
+    return dataclasses.replace(config, models=models, **settings)
+
+
+async def start_example_peers(names: Sequence[str], tmp_path: Path, **overrides: Any) -> list[PeerNode]:
+    """Start one in-process node per example name (``overrides`` as for :func:`example_config`)."""
+    nodes: list[PeerNode] = []
+    try:
+        for name in names:  # one at a time: a first run trains, and two trainings only contend
+            nodes.append(await PeerNode.start(example_config(name, tmp_path, **overrides)))
+    except BaseException:
+        for node in nodes:
+            await node.stop()
+        raise
+    return nodes
+
+
+@contextlib.asynccontextmanager
+async def running_peers(
+    names: Sequence[str], tmp_path: Path, **overrides: Any
+) -> AsyncIterator[list[PeerNode]]:
+    """:func:`start_example_peers`, stopped on exit."""
+    nodes = await start_example_peers(names, tmp_path, **overrides)
+    try:
+        yield nodes
+    finally:
+        for node in nodes:
+            await node.stop(grace=1.0)
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def digits_batch(batch: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``batch`` real digits images as float32 [B, 64] in [0, 1], and their labels."""
+    x, y = _digits()
+    return x[offset : offset + batch].clone(), y[offset : offset + batch].clone()
+
+
+@functools.lru_cache(maxsize=1)
+def _digits() -> tuple[torch.Tensor, torch.Tensor]:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    return torch.tensor(data.data / 16.0, dtype=torch.float32), torch.tensor(data.target, dtype=torch.int64)
+
+
+class HandBuyer:
+    """A requester that signs every message by hand and calls a peer through the raw stub."""
+
+    def __init__(self, address: str, identity: Identity | None = None) -> None:
+        self.address = address
+        self.identity = identity or Identity.generate()
+        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.stub = market_pb2_grpc.PeerStub(self.channel)
+
+    async def __aenter__(self) -> HandBuyer:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.channel.close()
+
+    def raw(self, method: str) -> grpc.aio.UnaryUnaryMultiCallable:
+        """``/atomic.v1.Peer/<method>`` taking and returning raw bytes (for garbage tests)."""
+        return self.channel.unary_unary(f"/atomic.v1.Peer/{method}")
+
+    # --- building messages --------------------------------------------------------------------
+
+    @staticmethod
+    def inputs(batch: int, *, name: str = "x", offset: int = 0) -> WireTensor:
+        return encode(digits_batch(batch, offset)[0], name)
+
+    @staticmethod
+    def task(
+        task_id: str = "t1",
+        batch: int = 4,
+        *,
+        capability: str = "classify/digits",
+        model_id: str = "",
+        dtype: str = "float32",
+        shape: Sequence[int] | None = None,
+        preview: Sequence[WireTensor] = (),
+        max_cost: float = 0.0,
+    ) -> bytes:
+        """Serialized TaskSpec bytes (what BidRequest.tasks carries)."""
+        spec = market_pb2.TaskSpec(
+            task_id=task_id,
+            capability=capability,
+            model_id=model_id,
+            inputs=[spec_to_proto("x", dtype, shape if shape is not None else (batch, 64))],
+            preview=[tensor_to_proto(wire) for wire in preview],
+            max_cost=max_cost,
+        )
+        return spec.SerializeToString()
+
+    def bid_request(
+        self,
+        tasks: Sequence[bytes],
+        *,
+        request_id: bytes | None = None,
+        issued_at_ms: int | None = None,
+        deadline_ms: int | None = None,
+        signer: Identity | None = None,
+    ) -> market_pb2.RequestBidsRequest:
+        now = now_ms()
+        payload = market_pb2.BidRequest(
+            request_id=request_id or secrets.token_bytes(16),
+            requester_id=self.identity.peer_id.raw,
+            issued_at_ms=now if issued_at_ms is None else issued_at_ms,
+            deadline_ms=now + 30_000 if deadline_ms is None else deadline_ms,
+            tasks=list(tasks),
+        )
+        return market_pb2.RequestBidsRequest(request=self.sign(payload, signer))
+
+    def order(
+        self,
+        bid: envelope_pb2.SignedEnvelope,
+        inputs: Sequence[WireTensor],
+        *,
+        deadline_ms: int | None = None,
+        inputs_digest: bytes | None = None,
+        signer: Identity | None = None,
+    ) -> market_pb2.ExecuteRequest:
+        terms = market_pb2.Bid.FromString(bid.payload)
+        now = now_ms()
+        order = market_pb2.ExecuteOrder(
+            request_id=terms.request_id,
+            task_id=terms.task_id,
+            bid_digest=hashlib.sha256(bid.payload).digest(),
+            issued_at_ms=now,
+            inputs_digest=digest(inputs) if inputs_digest is None else inputs_digest,
+            deadline_ms=now + 30_000 if deadline_ms is None else deadline_ms,
+        )
+        return market_pb2.ExecuteRequest(
+            order=self.sign(order, signer), bid=bid, inputs=[tensor_to_proto(w) for w in inputs]
+        )
+
+    def feedback(
+        self,
+        bid: envelope_pb2.SignedEnvelope,
+        kind: str = "win",
+        *,
+        signer: Identity | None = None,
+        **fields: Any,
+    ) -> market_pb2.FeedbackRequest:
+        terms = market_pb2.Bid.FromString(bid.payload)
+        notice = market_pb2.FeedbackNotice(
+            request_id=terms.request_id,
+            task_id=terms.task_id,
+            requester_id=(signer or self.identity).peer_id.raw,
+            kind=market_pb2.FeedbackKind.Value(f"FEEDBACK_KIND_{kind.upper()}"),
+            issued_at_ms=now_ms(),
+            model_id=terms.model_id,
+            **fields,
+        )
+        return market_pb2.FeedbackRequest(notice=self.sign(notice, signer))
+
+    def sign(self, message: Any, signer: Identity | None = None) -> envelope_pb2.SignedEnvelope:
+        identity = signer or self.identity
+        return envelope_to_proto(identity.sign(payload_type(type(message)), message.SerializeToString()))
+
+    # --- calling ------------------------------------------------------------------------------
+
+    async def request_bids(self, tasks: Sequence[bytes], **fields: Any) -> market_pb2.RequestBidsResponse:
+        response: market_pb2.RequestBidsResponse = await self.stub.RequestBids(
+            self.bid_request(tasks, **fields), timeout=30
+        )
+        return response
+
+    async def win(self, batch: int = 4, **task_fields: Any) -> envelope_pb2.SignedEnvelope:
+        """Ask for bids on one task and return the bid envelope (fails if the peer declines)."""
+        response = await self.request_bids([self.task("t1", batch, **task_fields)])
+        outcome = response.outcomes[0]
+        if not outcome.HasField("bid"):
+            raise AssertionError(f"the peer declined: {outcome.no_bid}")
+        return outcome.bid
+
+    async def execute(
+        self, bid: envelope_pb2.SignedEnvelope, inputs: Sequence[WireTensor], **fields: Any
+    ) -> market_pb2.ExecuteResponse:
+        response: market_pb2.ExecuteResponse = await self.stub.Execute(
+            self.order(bid, inputs, **fields), timeout=60
+        )
+        return response

@@ -1,0 +1,248 @@
+"""Bidding: the shared screening in decide() and the built-in strategies (pure, no sockets)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from atomic_p2p.errors import ConfigError
+from atomic_p2p.peer.config import Constraints, ModelConfig
+from atomic_p2p.peer.models import BuiltModel, HostedModel
+from atomic_p2p.peer.strategy import (
+    STRATEGIES,
+    BidTerms,
+    ConfidenceStrategy,
+    FeedbackKind,
+    InputSpec,
+    Load,
+    ModelView,
+    NoBid,
+    NoBidReason,
+    Notice,
+    Strategy,
+    Task,
+    decide,
+    make_strategy,
+    register_strategy,
+)
+
+IDLE = Load(in_flight=0, queued=0, capacity=2, queue_limit=4)
+
+
+def constant_logits(logits: list[float]) -> nn.Module:
+    """A model whose output is the same logits for every row, so its softmax is known."""
+    layer = nn.Linear(64, len(logits))
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.bias.copy_(torch.tensor(logits))
+    return layer
+
+
+def hosted(
+    model_id: str = "m",
+    *,
+    logits: list[float] | None = None,
+    accuracy: float = 0.9,
+    price: float = 0.01,
+    strategy: str = "confidence",
+    strategy_options: Mapping[str, Any] | None = None,
+    capabilities: tuple[str, ...] = ("classify/digits",),
+    extra_latency_ms: float = 0.0,
+    **constraints: Any,
+) -> HostedModel:
+    config = ModelConfig(
+        model_id=model_id,
+        capabilities=capabilities,
+        factory="unused:unused",
+        price_per_example=price,
+        strategy=strategy,
+        strategy_options=strategy_options or {},
+        constraints=Constraints(**{"max_batch": 16, **constraints}),
+        extra_latency_ms=extra_latency_ms,
+    )
+    module = constant_logits(logits or [0.0] * 10)
+    built = BuiltModel(module=module, input_shape=(64,), validation_accuracy=accuracy)
+    return HostedModel(config, built, torch.device("cpu"))
+
+
+def task(batch: int = 4, **fields: Any) -> Task:
+    defaults: dict[str, Any] = {
+        "task_id": "t",
+        "capability": "classify/digits",
+        "inputs": (InputSpec("x", "float32", (batch, 64)),),
+    }
+    return Task(**{**defaults, **fields})
+
+
+def offer(*models: HostedModel) -> list[tuple[HostedModel, Strategy]]:
+    return [(model, model.strategy) for model in models]
+
+
+def bid_of(answer: tuple[HostedModel, BidTerms] | NoBid) -> BidTerms:
+    assert not isinstance(answer, NoBid), answer
+    return answer[1]
+
+
+def reason_of(answer: tuple[HostedModel, BidTerms] | NoBid) -> NoBidReason:
+    assert isinstance(answer, NoBid), answer
+    return answer.reason
+
+
+def test_hosted_model_satisfies_the_model_view_protocol() -> None:
+    view: ModelView = hosted()  # mypy checks the structure; this checks it at run time too
+    assert view.model_id == "m"
+
+
+def test_confidence_without_preview_is_the_held_out_accuracy() -> None:
+    terms = bid_of(decide(task(), offer(hosted(accuracy=0.83)), IDLE))
+    assert terms.confidence == pytest.approx(0.83)
+    assert terms.strategy == "confidence"
+
+
+def test_confidence_with_preview_is_the_mean_max_softmax_on_it() -> None:
+    model = hosted(logits=[2.0, 0.0] + [-math.inf] * 8, accuracy=0.1)
+    preview = (torch.rand(3, 64),)
+    terms = bid_of(decide(task(preview=preview), offer(model), IDLE))
+    assert terms.confidence == pytest.approx(math.exp(2) / (math.exp(2) + 1), rel=1e-5)
+
+
+def test_fixed_strategy_declares_its_confidence_whatever_the_input() -> None:
+    model = hosted(strategy="fixed", strategy_options={"confidence": 0.42}, logits=[9.0] + [0.0] * 9)
+    assert bid_of(decide(task(preview=(torch.rand(2, 64),)), offer(model), IDLE)).confidence == pytest.approx(
+        0.42
+    )
+
+
+def test_cost_is_price_times_batch_and_latency_adds_the_simulated_slowdown() -> None:
+    model = hosted(price=0.25, extra_latency_ms=500.0)
+    terms = bid_of(decide(task(batch=8), offer(model), IDLE))
+    assert terms.cost == pytest.approx(2.0)
+    assert terms.expected_latency_ms == pytest.approx(model.latency.value + 500.0)
+    assert 500.0 < terms.expected_latency_ms < 600.0
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"capability": "translate/en-de"}, NoBidReason.UNKNOWN_CAPABILITY),
+        ({"model_id": "nope"}, NoBidReason.UNKNOWN_MODEL),
+        ({"inputs": (InputSpec("x", "float64", (4, 64)),)}, NoBidReason.BAD_INPUT_SPEC),
+        ({"inputs": (InputSpec("x", "float32", (4, 63)),)}, NoBidReason.BAD_INPUT_SPEC),
+        ({"inputs": (InputSpec("x", "float32", (4, 8, 8)),)}, NoBidReason.BAD_INPUT_SPEC),
+        ({"inputs": (InputSpec("image", "float32", (4, 64)),)}, NoBidReason.BAD_INPUT_SPEC),
+        ({"inputs": (InputSpec("x", "float32", (0, 64)),)}, NoBidReason.BAD_INPUT_SPEC),
+        ({"inputs": ()}, NoBidReason.BAD_INPUT_SPEC),
+        ({"inputs": (InputSpec("x", "float32", (17, 64)),)}, NoBidReason.CONSTRAINT_VIOLATED),
+        ({"preview": (torch.rand(2, 32),)}, NoBidReason.BAD_INPUT_SPEC),
+        ({"preview": (torch.rand(2, 64, dtype=torch.float64),)}, NoBidReason.BAD_INPUT_SPEC),
+        ({"preview": (torch.rand(17, 64),)}, NoBidReason.CONSTRAINT_VIOLATED),
+        ({"max_cost": 0.01}, NoBidReason.BELOW_COST),
+    ],
+)
+def test_tasks_a_model_cannot_do_get_a_reasoned_no_bid(changes: dict[str, Any], reason: NoBidReason) -> None:
+    answer = decide(dataclasses.replace(task(), **changes), offer(hosted()), IDLE)
+    assert reason_of(answer) is reason
+    assert isinstance(answer, NoBid) and answer.detail
+
+
+def test_token_and_language_constraints_are_enforced() -> None:
+    model = hosted(max_input_tokens=100, supported_languages=("en",))
+    assert reason_of(decide(task(input_tokens=101), offer(model), IDLE)) is NoBidReason.CONSTRAINT_VIOLATED
+    assert reason_of(decide(task(language="de"), offer(model), IDLE)) is NoBidReason.CONSTRAINT_VIOLATED
+    assert bid_of(decide(task(input_tokens=100, language="en"), offer(model), IDLE))
+
+
+def test_load_decides_before_any_strategy() -> None:
+    busy = Load(in_flight=2, queued=4, capacity=2, queue_limit=4)
+    assert busy.saturated and busy.utilization == 1.0
+    assert reason_of(decide(task(), offer(hosted()), busy)) is NoBidReason.OVERLOADED
+    draining = dataclasses.replace(IDLE, draining=True)
+    assert reason_of(decide(task(), offer(hosted()), draining)) is NoBidReason.DRAINING
+
+
+def test_the_best_offer_wins_by_confidence_then_cost() -> None:
+    cheap = hosted("cheap", accuracy=0.8, price=0.001)
+    good = hosted("good", accuracy=0.95, price=0.1)
+    good_cheaper = hosted("good-cheaper", accuracy=0.95, price=0.05)
+    model, terms = decide(task(), offer(cheap, good, good_cheaper), IDLE)  # type: ignore[misc]
+    assert model is good_cheaper and terms.model_id == "good-cheaper"
+
+
+def test_a_requested_model_id_restricts_the_choice() -> None:
+    cheap, good = hosted("cheap", accuracy=0.8), hosted("good", accuracy=0.95)
+    model, _ = decide(task(model_id="cheap"), offer(cheap, good), IDLE)  # type: ignore[misc]
+    assert model is cheap
+
+
+def test_a_model_that_cannot_take_the_task_does_not_block_one_that_can() -> None:
+    narrow = hosted("narrow", accuracy=0.99, max_batch=2)
+    wide = hosted("wide", accuracy=0.7, max_batch=64)
+    model, _ = decide(task(batch=8), offer(narrow, wide), IDLE)  # type: ignore[misc]
+    assert model is wide
+
+
+def test_feedback_is_counted() -> None:
+    strategy = ConfidenceStrategy()
+    for kind, extra in [
+        (FeedbackKind.WIN, {"clearing_price": 0.5}),
+        (FeedbackKind.WIN, {"clearing_price": 0.25}),
+        (FeedbackKind.LOSS, {"score_to_win": 0.9}),
+        (FeedbackKind.OUTCOME, {"outcome_score": 1.0}),
+        (FeedbackKind.OUTCOME, {"outcome_score": 0.5}),
+    ]:
+        strategy.learn(Notice(kind=kind, model_id="m", request_id=b"r" * 16, task_id="t", **extra))
+    record = strategy.record
+    assert (record.wins, record.losses, record.outcomes) == (2, 1, 2)
+    assert record.revenue == pytest.approx(0.75)
+    assert record.mean_outcome == pytest.approx(0.75)
+
+
+def test_strategy_factories_validate_their_options() -> None:
+    with pytest.raises(ConfigError, match="unknown"):
+        make_strategy("psychic", {})
+    with pytest.raises(ConfigError, match=r"confidence, a number in \[0, 1\]"):
+        make_strategy("fixed", {})
+    with pytest.raises(ConfigError, match=r"a number in \[0, 1\]"):
+        make_strategy("fixed", {"confidence": 1.5})
+    with pytest.raises(ConfigError, match="takes no option"):
+        make_strategy("confidence", {"greed": 2})
+
+
+class _Greedy:
+    """A strategy from outside the package: bids only above a floor price, NaN on request."""
+
+    name = "greedy"
+
+    def __init__(self, floor: float, broken: bool = False) -> None:
+        self.floor, self.broken, self.heard = floor, broken, 0
+
+    def bid(self, task: Task, model: ModelView, load: Load) -> BidTerms | NoBid:
+        cost = max(self.floor, model.price_per_example * task.batch_size)
+        confidence = math.nan if self.broken else 0.5
+        return BidTerms(model.model_id, confidence, model.expected_latency_ms, cost, self.name)
+
+    def learn(self, notice: Notice) -> None:
+        self.heard += 1
+
+
+def test_new_strategies_plug_in_by_name() -> None:
+    register_strategy("greedy", lambda options: _Greedy(float(options.get("floor", 1.0))))
+    try:
+        model = hosted(strategy="greedy", strategy_options={"floor": 3.0})
+        terms = bid_of(decide(task(), offer(model), IDLE))
+        assert (terms.cost, terms.strategy) == (3.0, "greedy")
+        assert reason_of(decide(task(max_cost=2.0), offer(model), IDLE)) is NoBidReason.BELOW_COST
+    finally:
+        del STRATEGIES["greedy"]
+
+
+def test_a_strategy_that_produces_nan_does_not_get_it_signed() -> None:
+    model = hosted()
+    answer = decide(task(), [(model, _Greedy(0.0, broken=True))], IDLE)
+    assert reason_of(answer) is NoBidReason.UNSPECIFIED
