@@ -13,8 +13,10 @@ from atomic_p2p.cli.exits import ExitCode
 from atomic_p2p.cli.keygen import default_key_path
 from atomic_p2p.errors import AuctionError, ConfigError
 from atomic_p2p.identity import Identity
-from atomic_p2p.requester.scoring import PROFILES
-from atomic_p2p.tensors import DTYPES
+
+# The profile names of atomic_p2p.requester.scoring.PROFILES (a test keeps them equal), spelled
+# out so that parsing arguments does not import the SDK, and with it torch (seconds).
+PRIORITIES = ("accuracy", "balanced", "speed")
 
 if TYPE_CHECKING:
     import torch
@@ -65,7 +67,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="NAME",
         help="name for an input file holding one bare tensor (default: x)",
     )
-    parser.add_argument("--dtype", choices=sorted(DTYPES), help="cast every input to this dtype first")
+    parser.add_argument("--dtype", metavar="NAME", help="cast every input to this dtype first (e.g. float32)")
     parser.add_argument(
         "--deadline",
         type=_positive,
@@ -75,7 +77,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument(
         "--priority",
-        choices=sorted(PROFILES),
+        choices=PRIORITIES,
         default="balanced",
         help="how to weigh accuracy, latency and cost (default: balanced)",
     )

@@ -50,6 +50,8 @@ def load_inputs(path: Path, default_name: str, dtype: str | None = None) -> dict
     else:
         raise ConfigError(f"{path} must hold a tensor or a non-empty dict of name -> tensor")
     if dtype is not None:
+        if dtype not in DTYPES:
+            raise ConfigError(f"--dtype {dtype} cannot travel; use one of {', '.join(sorted(DTYPES))}")
         inputs = {name: tensor.to(DTYPES[dtype]) for name, tensor in inputs.items()}
     return inputs
 

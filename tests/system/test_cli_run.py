@@ -1,0 +1,248 @@
+"""The ``atomic`` command line: keygen, and run against real example peers on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytest_asyncio
+import torch
+
+from atomic_p2p.cli.main import main
+from atomic_p2p.identity import Identity
+from atomic_p2p.peer.node import PeerNode
+from atomic_p2p.testing import digits_batch, start_example_peers
+
+pytestmark = pytest.mark.system
+
+
+@pytest.fixture(autouse=True)
+def isolated_config_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Keep the default key path inside the test (subprocesses inherit it too)."""
+    home = tmp_path / "config-home"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    return home
+
+
+def atomic(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run the real command in a fresh interpreter, as a user would."""
+    env = {**os.environ, "GRPC_VERBOSITY": "ERROR"}
+    return subprocess.run(
+        [sys.executable, "-m", "atomic_p2p.cli.main", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
+    )
+
+
+def test_keygen_writes_a_private_key_and_prints_its_peer_id(tmp_path: Path) -> None:
+    path = tmp_path / "keys" / "me.pem"
+    done = atomic("keygen", "--out", str(path), timeout=30)
+    assert done.returncode == 0, done.stderr
+    peer_id = done.stdout.strip()
+    assert len(peer_id) == 64 and int(peer_id, 16) >= 0
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert Identity.load(path).peer_id.hex == peer_id
+    assert "BEGIN PRIVATE KEY" not in done.stdout + done.stderr
+
+
+def test_keygen_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "me.pem"
+    assert main(["keygen", "--out", str(path)]) == 0
+    before = path.read_bytes()
+    capsys.readouterr()
+    assert main(["keygen", "--out", str(path)]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+    assert path.read_bytes() == before
+
+
+def test_keygen_default_path_follows_xdg(
+    isolated_config_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["keygen"]) == 0
+    key = isolated_config_home / "atomic-p2p" / "requester.pem"
+    assert Identity.load(key).peer_id.hex == capsys.readouterr().out.strip()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--input", "missing.pt"], "does not exist"),
+        (["--input", "inputs.txt"], "must end in"),
+        (["--input", "x.pt", "--output", "out.csv"], "must end in"),
+        (["--input", "x.pt", "--key", "nokey.pem"], "does not exist"),
+        (["--input", "x.pt", "--dtype", "complex64"], "cannot travel"),
+    ],
+)
+def test_run_usage_errors_exit_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], args, message
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    torch.save(torch.zeros(2, 64), tmp_path / "x.pt")
+    (tmp_path / "inputs.txt").write_text("1 2 3")
+    code = main(["run", "--peer", "127.0.0.1:1", "--capability", "classify/digits", *args])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_priority_choices_are_the_scoring_profiles() -> None:
+    from atomic_p2p.cli.run import PRIORITIES
+    from atomic_p2p.requester.scoring import PROFILES
+
+    assert tuple(sorted(PROFILES)) == PRIORITIES
+
+
+def test_help_does_not_import_torch() -> None:
+    # `atomic --help` and `atomic keygen` must stay fast: torch alone takes seconds to import.
+    code = "import sys; from atomic_p2p.cli.main import build_parser; build_parser(); print('torch' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert done.stdout.strip() == "False"
+
+
+def test_run_rejects_a_bad_deadline(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--peer", "a:1", "--capability", "c", "--input", "x.pt", "--deadline", "-1"])
+    assert exited.value.code == 2
+    assert "positive" in capsys.readouterr().err
+
+
+def test_run_refuses_a_key_others_can_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    key = tmp_path / "key.pem"
+    Identity.generate().save(key)
+    key.chmod(0o644)
+    torch.save(torch.zeros(2, 64), tmp_path / "x.pt")
+    code = main(
+        [
+            "run",
+            "--peer",
+            "127.0.0.1:1",
+            "--capability",
+            "c",
+            "--input",
+            str(tmp_path / "x.pt"),
+            "--key",
+            str(key),
+        ]
+    )
+    assert code == 2
+    assert "chmod 600" in capsys.readouterr().err
+
+
+def test_json_output_reports_no_bids_with_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.save({"x": torch.zeros(2, 64)}, tmp_path / "x.pt")
+    # Port 1 refuses connections: the peer is unreachable, so nobody bids.
+    code = main(
+        ["run", "--peer", "127.0.0.1:1", "--capability", "c", "--input", str(tmp_path / "x.pt"), "--json"]
+    )
+    assert code == 1
+    document = json.loads(capsys.readouterr().out)
+    assert document["ok"] is False and document["error"] == "NoBidsError"
+    assert "127.0.0.1:1" in document["message"] and document["hint"]
+
+
+# --- atomic run against real example peers ---------------------------------------------------
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def peers(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[list[PeerNode]]:
+    nodes = await asyncio.wait_for(
+        start_example_peers(["small", "large", "specialist"], tmp_path_factory.mktemp("peers")), timeout=120
+    )
+    yield nodes
+    for node in nodes:
+        await node.stop(grace=1.0)
+
+
+async def atomic_async(*args: str, timeout: float = 60) -> tuple[int, str, str]:
+    """Like :func:`atomic`, without blocking the event loop the in-process peers serve on."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "atomic_p2p.cli.main",
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "GRPC_VERBOSITY": "ERROR"},
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), timeout=timeout)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+def peer_args(nodes: list[PeerNode]) -> list[str]:
+    return [arg for node in nodes for arg in ("--peer", node.address)]
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_run_prints_the_auction_and_saves_outputs(peers: list[PeerNode], tmp_path: Path) -> None:
+    x, y = digits_batch(12, offset=100)
+    torch.save(x, tmp_path / "x.pt")
+    key = tmp_path / "me.pem"
+    Identity.generate().save(key)
+    code, out, err = await atomic_async(
+        "run", *peer_args(peers), "--capability", "classify/digits", "--input", str(tmp_path / "x.pt"),
+        "--key", str(key), "--priority", "speed", "--output", str(tmp_path / "out.pt"),
+    )  # fmt: skip
+    assert code == 0, err
+    assert "priority speed" in out
+    for node in peers:  # one table row per peer
+        assert node.peer_id.short in out
+    winner_line = next(line for line in out.splitlines() if line.startswith("winner"))
+    winner = next(node for node in peers if node.peer_id.short in winner_line)
+    assert winner.address in winner_line
+    assert "fallbacks none" in out and "argmax per row" in out
+    outputs = torch.load(tmp_path / "out.pt", weights_only=True)
+    assert outputs["logits"].shape == (12, 10)
+    assert (outputs["logits"].argmax(dim=1) == y).float().mean().item() >= 0.75
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_run_json_is_machine_readable(peers: list[PeerNode], tmp_path: Path) -> None:
+    x, _ = digits_batch(5, offset=200)
+    np.save(tmp_path / "x.npy", x.numpy())
+    code, out, err = await atomic_async(
+        "run", *peer_args(peers), "--capability", "classify/digits", "--input", str(tmp_path / "x.npy"),
+        "--priority", "accuracy", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    document = json.loads(out)
+    assert document["ok"] is True and document["priority"] == "accuracy"
+    assert {bid["peer_id"] for bid in document["bids"]} == {node.peer_id.hex for node in peers}
+    assert document["winner"]["peer_id"] == document["bids"][0]["peer_id"]
+    assert document["bids"][0]["rank"] == 1 and set(document["bids"][0]["components"]) == {
+        "accuracy",
+        "latency",
+        "cost",
+    }
+    assert document["attempts"][-1]["ok"] is True and document["no_bids"] == []
+    logits = document["outputs"]["logits"]
+    assert logits["shape"] == [5, 10] and len(logits["argmax"]) == 5
+    assert document["price"] == pytest.approx(document["winner"]["cost"])
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_run_with_no_bids_exits_1_and_says_what_next(peers: list[PeerNode], tmp_path: Path) -> None:
+    torch.save(torch.zeros(2, 64), tmp_path / "x.pt")
+    code, _, err = await atomic_async(
+        "run", *peer_args(peers), "--capability", "translate/en-fr", "--input", str(tmp_path / "x.pt"),
+    )  # fmt: skip
+    assert code == 1
+    assert err.count("unknown_capability") == len(peers)
+    assert "what next:" in err
