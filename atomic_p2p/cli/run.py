@@ -45,6 +45,12 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         description="Ask every --peer for a bid on one task, run it on the best bid (falling back to "
         "runner-ups on failure) and print the bids, the winner, the price and the result.",
     )
+    _add_auction_arguments(parser)
+    _add_io_arguments(parser)
+    parser.set_defaults(handler=handle)
+
+
+def _add_auction_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--peer",
         dest="peers",
@@ -54,20 +60,6 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help="host:port of a peer (repeat for each peer)",
     )
     parser.add_argument("--capability", required=True, help='what to run, e.g. "classify/digits"')
-    parser.add_argument(
-        "--input",
-        type=Path,
-        required=True,
-        metavar="FILE",
-        help=".pt (a tensor or a dict of name -> tensor) or .npy",
-    )
-    parser.add_argument(
-        "--input-name",
-        default="x",
-        metavar="NAME",
-        help="name for an input file holding one bare tensor (default: x)",
-    )
-    parser.add_argument("--dtype", metavar="NAME", help="cast every input to this dtype first (e.g. float32)")
     parser.add_argument(
         "--deadline",
         type=_positive,
@@ -91,9 +83,25 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         metavar="PATH",
         help=f"signing key (default: {default_key_path()} if it exists, else a fresh one)",
     )
+
+
+def _add_io_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--input",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help=".pt (a tensor or a dict of name -> tensor) or .npy",
+    )
+    parser.add_argument(
+        "--input-name",
+        default="x",
+        metavar="NAME",
+        help="name for an input file holding one bare tensor (default: x)",
+    )
+    parser.add_argument("--dtype", metavar="NAME", help="cast every input to this dtype first (e.g. float32)")
     parser.add_argument("--output", type=Path, metavar="FILE", help="save the outputs (.pt or .npy)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a report")
-    parser.set_defaults(handler=handle)
 
 
 def load_identity(path: Path | None) -> Identity:

@@ -58,7 +58,19 @@ def _encode(inputs: Mapping[str, torch.Tensor]) -> Payload:
     return Payload(wires, tensors.digest(wires))
 
 
-def _check_inputs(inputs: Mapping[str, torch.Tensor]) -> int:
+def _check_run_arguments(
+    capability: str,
+    inputs: Mapping[str, torch.Tensor],
+    deadline_s: float,
+    weights: WeightsSpec,
+    max_cost: float | None,
+) -> int:
+    """Fail on bad arguments before any network traffic; returns the input size in bytes."""
+    if not isinstance(capability, str) or not capability:
+        raise ConfigError("capability must be a non-empty string")
+    _check_number("deadline_s", deadline_s, positive=True)
+    _check_number("max_cost", max_cost, positive=False)
+    resolve_weights(weights)
     if not isinstance(inputs, Mapping) or not inputs:
         raise ConfigError("inputs must be a non-empty mapping of name -> torch.Tensor")
     for name, tensor in inputs.items():
@@ -160,12 +172,7 @@ class Requester:
         dearer bids. ``preview`` sends small inputs with the call for bids so peers can judge them.
         Raises :class:`NoBidsError` or :class:`AuctionError`; bad arguments raise ConfigError.
         """
-        if not isinstance(capability, str) or not capability:
-            raise ConfigError("capability must be a non-empty string")
-        _check_number("deadline_s", deadline_s, positive=True)
-        _check_number("max_cost", max_cost, positive=False)
-        resolve_weights(weights)  # fail on bad weights before any network traffic
-        input_bytes = _check_inputs(inputs)
+        input_bytes = _check_run_arguments(capability, inputs, deadline_s, weights, max_cost)
 
         started = time.perf_counter()
         deadline = time.monotonic() + deadline_s

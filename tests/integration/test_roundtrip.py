@@ -13,6 +13,7 @@ import hashlib
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any, ClassVar
 
 import grpc
 import pytest
@@ -211,6 +212,13 @@ def wrong_payload_type(bid: market_pb2.Bid, identity: Identity) -> Envelope:
 class Forger(market_pb2_grpc.PeerServicer):
     """Bids irresistible terms (sure, instant, free) with one flaw; counts Execute calls."""
 
+    terms: ClassVar[dict[str, Any]] = {
+        "model_id": "too-good-to-be-true",
+        "confidence_score": 1.0,
+        "expected_latency_ms": 0.0,
+        "cost_estimate": 0.0,
+    }
+
     def __init__(self, forgery: Forgery) -> None:
         self.identity = Identity.generate()
         self.forgery = forgery
@@ -229,12 +237,9 @@ class Forger(market_pb2_grpc.PeerServicer):
                 task_id=task.task_id,
                 task_digest=hashlib.sha256(spec).digest(),
                 peer_id=self.identity.peer_id.raw,
-                model_id="too-good-to-be-true",
-                confidence_score=1.0,
-                expected_latency_ms=0.0,
-                cost_estimate=0.0,
                 issued_at_ms=now,
                 valid_until_ms=now + 10_000,
+                **self.terms,
             )
             outcomes.append(market_pb2.BidOutcome(bid=envelope_to_proto(self.forgery(bid, self.identity))))
         return market_pb2.RequestBidsResponse(outcomes=outcomes)
@@ -245,6 +250,14 @@ class Forger(market_pb2_grpc.PeerServicer):
         self.executions += 1
         await context.abort(grpc.StatusCode.INTERNAL, "a forger never delivers")
         raise AssertionError("unreachable")
+
+
+async def serve(servicer: market_pb2_grpc.PeerServicer) -> tuple[grpc.aio.Server, str]:
+    server = grpc.aio.server()
+    market_pb2_grpc.add_PeerServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, f"127.0.0.1:{port}"
 
 
 @pytest.mark.parametrize(
@@ -261,11 +274,7 @@ class Forger(market_pb2_grpc.PeerServicer):
 )
 async def test_forged_bids_are_dropped(trio: dict[str, PeerNode], forgery: Forgery) -> None:
     forger = Forger(forgery)
-    server = grpc.aio.server()
-    market_pb2_grpc.add_PeerServicer_to_server(forger, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    forger_address = f"127.0.0.1:{port}"
+    server, forger_address = await serve(forger)
     x, _ = held_out_digits(16)
     try:
         async with Requester([forger_address, *addresses(trio)]) as requester:
@@ -278,3 +287,51 @@ async def test_forged_bids_are_dropped(trio: dict[str, PeerNode], forgery: Forge
     assert forger.identity.peer_id not in {scored.item.peer_id for scored in result.bids}
     (dropped,) = result.no_bids
     assert dropped.address == forger_address and dropped.kind is NoBidKind.INVALID
+
+
+class SulkingLoser(Forger):
+    """An honest peer with poor terms that hangs on every Feedback call."""
+
+    terms: ClassVar[dict[str, Any]] = {
+        "model_id": "guesswork",
+        "confidence_score": 0.1,
+        "expected_latency_ms": 50.0,
+        "cost_estimate": 1.0,
+    }
+
+    def __init__(self) -> None:
+        super().__init__(_resign)
+        self.notices: list[tuple[Envelope, market_pb2.FeedbackNotice]] = []
+
+    async def Feedback(  # the gRPC method name
+        self, request: market_pb2.FeedbackRequest, context: grpc.aio.ServicerContext
+    ) -> market_pb2.FeedbackResponse:
+        envelope = envelope_from_proto(request.notice)
+        self.notices.append((envelope, market_pb2.FeedbackNotice.FromString(envelope.payload)))
+        await asyncio.sleep(30)
+        return market_pb2.FeedbackResponse(accepted=True)
+
+
+async def test_feedback_never_holds_up_the_result(trio: dict[str, PeerNode]) -> None:
+    loser = SulkingLoser()
+    server, loser_address = await serve(loser)
+    x, _ = held_out_digits(8)
+    try:
+        requester = Requester([loser_address, *addresses(trio)], feedback_timeout_s=0.5)
+        result = await asyncio.wait_for(requester.run(CAPABILITY, {"x": x}), timeout=10)
+        async with asyncio.timeout(5):
+            while not loser.notices:  # the loss notice is on its way in the background
+                await asyncio.sleep(0.01)
+            started = time.perf_counter()
+            await requester.close()  # gives up on the hanging call after its timeout
+            assert time.perf_counter() - started < 2.0
+    finally:
+        await server.stop(None)
+
+    assert result.bids[-1].item.peer_id == loser.identity.peer_id
+    ((envelope, notice),) = loser.notices
+    verify(envelope, "atomic.v1.FeedbackNotice", expected_signer=requester.identity.peer_id)
+    assert notice.kind == market_pb2.FEEDBACK_KIND_LOSS
+    assert notice.request_id == result.request_id and notice.model_id == "guesswork"
+    assert notice.score_to_win == pytest.approx(result.bids[0].score)
+    assert notice.clearing_price == pytest.approx(result.price)
