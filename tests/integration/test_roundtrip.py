@@ -335,3 +335,12 @@ async def test_feedback_never_holds_up_the_result(trio: dict[str, PeerNode]) -> 
     assert notice.request_id == result.request_id and notice.model_id == "guesswork"
     assert notice.score_to_win == pytest.approx(result.bids[0].score)
     assert notice.clearing_price == pytest.approx(result.price)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+async def test_cuda_inputs_travel(trio: dict[str, PeerNode]) -> None:
+    x, y = held_out_digits(32)
+    async with Requester(addresses(trio)) as requester:
+        result = await asyncio.wait_for(requester.run(CAPABILITY, {"x": x.cuda()}), timeout=10)
+    logits = result.outputs["logits"]  # outputs arrive on the CPU, whatever device sent them
+    assert logits.device.type == "cpu" and (logits.argmax(dim=1) == y).float().mean().item() >= 0.8
