@@ -179,10 +179,7 @@ def merge(configs: Sequence[PeerConfig]) -> PeerConfig:
 
 def config_from_dict(data: Mapping[str, Any], base_dir: Path, source: str = "config") -> PeerConfig:
     _reject_unknown(data, {"peer", "models"}, source, "top level")
-    peer = _table(data, "peer", source, "top level")
-    _reject_unknown(peer, _PEER_KEYS, source, "[peer]")
-    where = f"{source} [peer]"
-    name = _string(peer, "name", where, default=None)
+    settings = _peer_settings(_table(data, "peer", source, "top level"), base_dir, source)
     model_tables = data.get("models", [])
     if not isinstance(model_tables, list) or not model_tables:
         raise ConfigError(f"{source}: add at least one [[models]] table (a model this peer hosts)")
@@ -190,32 +187,31 @@ def config_from_dict(data: Mapping[str, Any], base_dir: Path, source: str = "con
         _model(table, base_dir, f"{source} [[models]] #{index + 1}")
         for index, table in enumerate(model_tables)
     )
-    merged = merge([_placeholder(models)])  # duplicate ids within one file are an error too
-    data_dir = _path(peer, "data_dir", base_dir, where) or Path.home() / ".atomic-p2p" / name
-    config = PeerConfig(
-        name=name,
-        models=merged.models,
-        data_dir=data_dir,
-        host=_string(peer, "host", where, default="127.0.0.1"),
-        port=_integer(peer, "port", where, default=0, low=0, high=65535),
-        cache_dir=_path(peer, "cache_dir", base_dir, where),
-        max_concurrency=_integer(peer, "max_concurrency", where, default=2, low=1),
-        queue_limit=_integer(peer, "queue_limit", where, default=32, low=0),
-        replay_window_s=_number(peer, "replay_window_s", where, default=30.0, low=0.001),
-        bid_validity_s=_number(peer, "bid_validity_s", where, default=10.0, low=0.001),
-        max_tasks_per_request=_integer(
+    return merge([PeerConfig(models=models, **settings)])  # merge checks that model ids differ
+
+
+def _peer_settings(peer: Mapping[str, Any], base_dir: Path, source: str) -> dict[str, Any]:
+    _reject_unknown(peer, _PEER_KEYS, source, "[peer]")
+    where = f"{source} [peer]"
+    name = _string(peer, "name", where, default=None)
+    return {
+        "name": name,
+        "data_dir": _path(peer, "data_dir", base_dir, where) or Path.home() / ".atomic-p2p" / name,
+        "host": _string(peer, "host", where, default="127.0.0.1"),
+        "port": _integer(peer, "port", where, default=0, low=0, high=65535),
+        "cache_dir": _path(peer, "cache_dir", base_dir, where),
+        "max_concurrency": _integer(peer, "max_concurrency", where, default=2, low=1),
+        "queue_limit": _integer(peer, "queue_limit", where, default=32, low=0),
+        "replay_window_s": _number(peer, "replay_window_s", where, default=30.0, low=0.001),
+        "bid_validity_s": _number(peer, "bid_validity_s", where, default=10.0, low=0.001),
+        "max_tasks_per_request": _integer(
             peer, "max_tasks_per_request", where, default=DEFAULT_MAX_TASKS, low=1
         ),
-        max_message_bytes=_integer(
+        "max_message_bytes": _integer(
             peer, "max_message_bytes", where, default=DEFAULT_MAX_MESSAGE_BYTES, low=1024
         ),
-        max_remembered=_integer(peer, "max_remembered", where, default=100_000, low=1),
-    )
-    return config
-
-
-def _placeholder(models: tuple[ModelConfig, ...]) -> PeerConfig:
-    return PeerConfig(name="", models=models, data_dir=Path())
+        "max_remembered": _integer(peer, "max_remembered", where, default=100_000, low=1),
+    }
 
 
 def _model(table: Any, base_dir: Path, where: str) -> ModelConfig:

@@ -77,29 +77,34 @@ class PeerNode:
         device: torch.device | None = None,
         limits: TensorLimits = DEFAULT_LIMITS,
     ) -> PeerNode:
-        """Load the key and models, bind, serve; see the module docstring."""
+        """Load the key, bind, load the models, serve; see the module docstring."""
         config.data_dir.mkdir(parents=True, exist_ok=True)
         if identity is None:
             identity = Identity.load_or_create(config.key_path)
-        models = await asyncio.to_thread(load_models, config, device)
-        executor: Executor[bytes] = Executor(
-            max_concurrency=config.max_concurrency,
-            queue_limit=config.queue_limit,
-            # A retry needs a live bid, so results need not outlive the bids they answer.
-            result_ttl_s=config.bid_validity_s + config.replay_window_s,
-            max_results=config.max_remembered,
-        )
-        service = PeerService(
-            identity=identity,
-            models=models,
-            config=config,
-            executor=executor,
-            started_at_ms=wall_ms(),
-            limits=limits,
-        )
-        server, health_servicer = build_server(service, max_message_bytes=config.max_message_bytes)
-        port = _bind(server, config)
-        await server.start()
+        server, health_servicer = build_server(max_message_bytes=config.max_message_bytes)
+        port = _bind(server, config)  # before the models: a busy port should not cost a training run
+        try:
+            models = await asyncio.to_thread(load_models, config, device)
+            executor: Executor[bytes] = Executor(
+                max_concurrency=config.max_concurrency,
+                queue_limit=config.queue_limit,
+                # A retry needs a live bid, and the bid book forgets bids after this long.
+                result_ttl_s=config.bid_validity_s + config.replay_window_s,
+                max_results=config.max_remembered,
+            )
+            service = PeerService(
+                identity=identity,
+                models=models,
+                config=config,
+                executor=executor,
+                started_at_ms=wall_ms(),
+                limits=limits,
+            )
+            server.add_generic_rpc_handlers((service.handler(),))
+            await server.start()
+        except BaseException:
+            await server.stop(None)  # release the port
+            raise
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         node = cls(config, identity, models, service, server, health_servicer, port)
@@ -184,13 +189,12 @@ def _bind(server: grpc.aio.Server, config: PeerConfig) -> int:
     target = f"{config.host}:{config.port}"
     try:
         port = server.add_insecure_port(target)
-    except RuntimeError as exc:
-        port, reason = 0, str(exc)
-    else:
-        reason = "the address was refused"
+    except RuntimeError as exc:  # gRPC's text only says "failed to bind" and how to debug gRPC
+        log.debug("binding %s failed: %s", target, exc)
+        port = 0
     if not port:
         raise ConfigError(
-            f"cannot listen on {target} ({reason}); is another process using the port? "
-            "Pick a free one with --port, or --port 0 for any free port"
+            f"cannot listen on {target}: the port is in use or the address is not on this machine; "
+            "pick a free port with --port (or --port 0 for any free port), or another --host"
         )
     return port

@@ -394,10 +394,8 @@ async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, detai
     raise AssertionError("context.abort returned")  # it raises; this keeps type checkers honest
 
 
-def build_server(
-    service: PeerService, *, max_message_bytes: int
-) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
-    """A grpc.aio server with the peer service, grpc.health.v1 and reflection (not yet bound)."""
+def build_server(*, max_message_bytes: int) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """A grpc.aio server with grpc.health.v1 and reflection; add :meth:`PeerService.handler` to it."""
     server = grpc.aio.server(
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
@@ -406,7 +404,6 @@ def build_server(
             ("grpc.so_reuseport", 0),
         ]
     )
-    server.add_generic_rpc_handlers((service.handler(),))
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(

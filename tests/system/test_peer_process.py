@@ -1,0 +1,125 @@
+"""``atomic-peer`` as a real process: the listening line, SIGTERM drains, errors exit 2."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import socket
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+
+from atomic_p2p._proto.atomic.v1 import market_pb2
+from atomic_p2p._wire import envelope_from_proto
+from atomic_p2p.cli.peer import main
+from atomic_p2p.identity import verify
+from atomic_p2p.testing import PEERS_DIR, HandBuyer
+
+pytestmark = pytest.mark.system
+
+START_TIMEOUT_S = 90.0  # a first start trains the model (a few seconds; more on a loaded box)
+EXIT_TIMEOUT_S = 20.0
+LISTENING = re.compile(r"^atomic-peer ([0-9a-f]{8}) listening on (\S+) hosting (.+)$")
+
+
+def peer_command() -> list[str]:
+    """The installed console script when there is one, else the same entry point via -m."""
+    script = shutil.which("atomic-peer", path=str(Path(sys.executable).parent))
+    return [script] if script else [sys.executable, "-m", "atomic_p2p.cli.peer"]
+
+
+@dataclass
+class PeerProcess:
+    process: asyncio.subprocess.Process
+    address: str
+    peer_id_short: str
+    models: list[str]
+    log: Path
+
+
+@pytest.fixture
+async def peer_process(tmp_path: Path) -> AsyncIterator[PeerProcess]:
+    log = tmp_path / "peer.log"
+    with log.open("wb") as stderr:
+        process = await asyncio.create_subprocess_exec(
+            *peer_command(),
+            str(PEERS_DIR / "small.toml"),
+            str(PEERS_DIR / "slow.toml"),
+            "--port",
+            "0",
+            "--data-dir",
+            str(tmp_path / "data"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=stderr,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), START_TIMEOUT_S)
+        match = LISTENING.match(line.decode().strip())
+        assert match, f"unexpected first line {line!r}; log:\n{log.read_text()}"
+        yield PeerProcess(process, match[2], match[1], match[3].split(", "), log)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_sigterm_drains_in_flight_work_then_exits_zero(peer_process: PeerProcess) -> None:
+    assert peer_process.models == ["digits-small", "digits-small-slow"]
+    async with HandBuyer(peer_process.address) as buyer:
+        slow_bid = await buyer.win(4, model_id="digits-small-slow")
+        spare_bid = await buyer.win(4, model_id="digits-small")
+        terms = market_pb2.Bid.FromString(slow_bid.payload)
+        assert terms.expected_latency_ms >= 2000  # the simulated slow hardware is quoted
+        assert terms.peer_id.hex().startswith(peer_process.peer_id_short)
+
+        in_flight = asyncio.ensure_future(buyer.execute(slow_bid, [buyer.inputs(4)]))
+        await asyncio.sleep(0.5)  # the order is admitted and the model is "running" for 2 s
+        assert not in_flight.done()
+        peer_process.process.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await buyer.request_bids([buyer.task()])
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await buyer.execute(spare_bid, [buyer.inputs(4)])
+        assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+
+        response = await asyncio.wait_for(in_flight, EXIT_TIMEOUT_S)
+        result = envelope_from_proto(response.result)
+        verify(result, "atomic.v1.ExecuteResult")
+        assert market_pb2.ExecuteResult.FromString(result.payload).latency_ms >= 2000
+
+    code = await asyncio.wait_for(peer_process.process.wait(), EXIT_TIMEOUT_S)
+    assert code == 0, peer_process.log.read_text()
+    assert "draining" in peer_process.log.read_text()
+
+
+def test_a_bad_config_exits_2_and_says_what_to_fix(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text('[peer]\nname = "bad"\nport = "eighty"\n')
+    assert main([str(config)]) == 2
+    assert "port must be an integer" in capsys.readouterr().err
+    assert main([str(tmp_path / "missing.toml")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_busy_port_exits_2_and_says_what_to_do(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        code = main([str(PEERS_DIR / "small.toml"), "--port", str(port), "--data-dir", str(tmp_path)])
+    assert code == 2
+    assert "--port 0" in capsys.readouterr().err
