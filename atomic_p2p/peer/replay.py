@@ -100,7 +100,8 @@ class RequestGuard:
         self.started_at_ms = started_at_ms
         self.window_ms = window_ms
         self.max_tasks = max_tasks
-        self._seen: ExpiringMap[bytes, None] = ExpiringMap(2 * window_ms, capacity, "request ids")
+        # +1: the window is inclusive (|skew| == window passes), expiry is not (gone at expires_at).
+        self._seen: ExpiringMap[bytes, None] = ExpiringMap(2 * window_ms + 1, capacity, "request ids")
 
     def admit(self, header: BidRequestHeader, now_ms: int) -> None:
         """Raise the error the request deserves, or remember its id and return."""
