@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import NoReturn
@@ -171,6 +172,8 @@ class PeerService:
         spec = parse(market_pb2.TaskSpec, raw, "TaskSpec")
         if not spec.task_id:
             raise ProtocolError("every TaskSpec needs a task_id")
+        if not math.isfinite(spec.max_cost) or spec.max_cost < 0:
+            raise ProtocolError(f"max_cost must be a finite number >= 0 (0: no cap), got {spec.max_cost}")
         inputs = []
         for input_spec in spec.inputs:
             name, dtype, shape = spec_from_proto(input_spec)

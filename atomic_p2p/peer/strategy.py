@@ -173,6 +173,9 @@ M = TypeVar("M", bound=ModelView)
 
 
 class Strategy(Protocol):
+    """Decides one model's bids. ``bid`` may run in a worker thread (when it scores previews)
+    while ``learn`` runs on the event loop: keep state they share consistent under that."""
+
     name: str
 
     def bid(self, task: Task, model: ModelView, load: Load) -> BidTerms | NoBid: ...

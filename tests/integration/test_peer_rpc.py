@@ -240,6 +240,11 @@ REQUEST_BIDS_REFUSALS: dict[str, tuple[BidRequestEdit, Code, str]] = {
         Code.RESOURCE_EXHAUSTED,
         "limit is 64",
     ),
+    "negative max cost": (
+        lambda b: b.bid_request([b.task(max_cost=-1.0)]),
+        Code.INVALID_ARGUMENT,
+        "max_cost",
+    ),
     "duplicate task ids": (
         lambda b: b.bid_request([b.task("t"), b.task("t")]),
         Code.INVALID_ARGUMENT,
