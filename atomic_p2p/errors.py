@@ -13,6 +13,7 @@
     ├── DeadlineError                 DEADLINE_EXCEEDED    the request's deadline passed
     ├── UnavailableError              UNAVAILABLE          node draining or unreachable
     ├── ExecutionError                INTERNAL             the model raised while running
+    ├── UnimplementedError            UNIMPLEMENTED        an RPC this release does not serve yet
     ├── ConfigError                   (local only)         a bad config or key file
     └── AuctionError                  (local only)         a request got no usable bid / result
         └── NoBidsError                                    nobody bid
@@ -80,6 +81,10 @@ class ExecutionError(AtomicError):
     code = grpc.StatusCode.INTERNAL
 
 
+class UnimplementedError(AtomicError):
+    code = grpc.StatusCode.UNIMPLEMENTED
+
+
 class ConfigError(AtomicError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -105,6 +110,7 @@ _BY_CODE: dict[grpc.StatusCode, type[AtomicError]] = {
     grpc.StatusCode.UNAVAILABLE: UnavailableError,
     grpc.StatusCode.INTERNAL: ExecutionError,
     grpc.StatusCode.ALREADY_EXISTS: ReplayError,
+    grpc.StatusCode.UNIMPLEMENTED: UnimplementedError,
 }
 
 

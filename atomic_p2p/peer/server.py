@@ -52,6 +52,7 @@ from atomic_p2p.errors import (
     ProtocolError,
     SignatureError,
     UnavailableError,
+    UnimplementedError,
 )
 from atomic_p2p.identity import Envelope, Identity, verify
 from atomic_p2p.peer.config import PeerConfig
@@ -79,12 +80,6 @@ _FEEDBACK_KINDS = {
 
 def wall_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-class NotServedError(AtomicError):
-    """An RPC of the contract that this release does not serve yet."""
-
-    code = grpc.StatusCode.UNIMPLEMENTED
 
 
 class PeerService:
@@ -361,13 +356,13 @@ class PeerService:
     # --- not yet served -----------------------------------------------------------------------
 
     async def gossip(self, raw: bytes) -> bytes:
-        raise NotServedError(
+        raise UnimplementedError(
             "Gossip is not served by atomic-p2p 0.1; membership gossip arrives with the gossip/directory "
             "release (0.2). Find peers by address for now."
         )
 
     async def bid_gradient(self, raw: bytes) -> bytes:
-        raise NotServedError(
+        raise UnimplementedError(
             "BidGradient is not served by atomic-p2p 0.1; gradient bidding arrives in a later release (0.3)."
         )
 
