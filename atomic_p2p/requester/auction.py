@@ -5,9 +5,9 @@ How this works
 1. One ``RequestBids`` per peer, all concurrently, each carrying every task of the call for
    bids (request batching) and a gRPC deadline of the bid window. Collection stops when every
    peer has answered or the window closes; a peer still silent then counts as unreachable.
-2. Every bid envelope from every peer is verified in one batch in a worker thread
-   (:func:`atomic_p2p.identity.verify_many`; Ed25519 releases the GIL), so a hundred bids do
-   not stall the event loop that is still receiving answers for other requests.
+2. Each peer's bid envelopes are verified in a worker thread as soon as its answer arrives
+   (:func:`atomic_p2p.identity.verify_many`; libsodium releases the GIL), so verification of
+   early answers overlaps the wait for later ones and never stalls the event loop.
 3. A verified bid must then bind to this call (:func:`~atomic_p2p.requester.messages.parse_bid`):
    our request id, our task digest, its signer's peer id, not expired. A peer gets one bid per
    task; a second one is dropped.
@@ -53,8 +53,8 @@ class Collected:
 
     bids: tuple[BidInfo, ...]
     no_bids: tuple[NoBidInfo, ...]
-    bids_ms: float
-    verify_ms: float
+    bids_ms: float  # from the first call until every answer was in and verified
+    verify_ms: float  # verification time summed over peers (it overlaps the waiting)
 
     def bids_for(self, task_id: str) -> tuple[BidInfo, ...]:
         return tuple(bid for bid in self.bids if bid.task_id == task_id)
@@ -67,24 +67,48 @@ class _Unverified:
     envelope: Envelope
 
 
+@dataclass(frozen=True, slots=True)
+class _PeerAnswer:
+    """One peer's answer, sorted into bids (with their signature checks) and no-bids."""
+
+    unverified: list[_Unverified]
+    checks: list[PeerId | SignatureError]
+    no_bids: list[NoBidInfo]
+    verify_ms: float
+
+
+async def _ask(transport: PeerTransport, address: str, call: CallForBids, timeout_s: float) -> _PeerAnswer:
+    """Ask one peer, then verify its bids at once in a worker thread: verification of early
+    answers overlaps the wait for later ones, so the auction pays only for the last answer's."""
+    answer: list[BidReply] | BaseException
+    try:
+        answer = await transport.request_bids(address, call.envelope, timeout_s)
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:
+        answer = error
+    unverified, no_bids = _sort_answer(address, answer, call.tasks)
+    started = time.perf_counter()
+    checks: list[PeerId | SignatureError] = []
+    if unverified:
+        checks = await asyncio.to_thread(verify_many, [(item.envelope, BID_TYPE) for item in unverified])
+    return _PeerAnswer(unverified, checks, no_bids, (time.perf_counter() - started) * 1000)
+
+
 async def _solicit(
-    transport: PeerTransport, addresses: Sequence[str], envelope: Envelope, timeout_s: float
-) -> dict[str, list[BidReply] | BaseException]:
-    calls = {
-        address: asyncio.create_task(transport.request_bids(address, envelope, timeout_s))
-        for address in addresses
-    }
+    transport: PeerTransport, addresses: Sequence[str], call: CallForBids, timeout_s: float
+) -> list[_PeerAnswer]:
+    calls = {address: asyncio.create_task(_ask(transport, address, call, timeout_s)) for address in addresses}
     if calls:
         await asyncio.wait(calls.values(), timeout=timeout_s + _STRAGGLER_MARGIN_S)
-    answers: dict[str, list[BidReply] | BaseException] = {}
-    for address, call in calls.items():
-        if not call.done():
-            call.cancel()
-            answers[address] = TimeoutError(f"no answer within {timeout_s:.2f} s")
-        elif call.cancelled():
-            answers[address] = TimeoutError("the call was cancelled")
-        else:
-            answers[address] = call.exception() or call.result()
+    answers: list[_PeerAnswer] = []
+    for address, pending in calls.items():
+        if pending.done() and not pending.cancelled():
+            answers.append(pending.result())
+            continue
+        pending.cancel()
+        error = TimeoutError(f"no answer within {timeout_s:.2f} s")
+        answers.append(_PeerAnswer([], [], _sort_answer(address, error, call.tasks)[1], 0.0))
     return answers
 
 
@@ -156,23 +180,14 @@ async def collect_bids(
 ) -> Collected:
     """Ask every address for bids on ``call`` and return the verified bids and the no-bids."""
     started = time.perf_counter()
-    answers = await _solicit(transport, addresses, call.envelope, timeout_s)
-    solicited = time.perf_counter()
-
-    unverified: list[_Unverified] = []
-    no_bids: list[NoBidInfo] = []
-    for address, answer in answers.items():
-        found, declined = _sort_answer(address, answer, call.tasks)
-        unverified.extend(found)
-        no_bids.extend(declined)
-
-    checks: list[PeerId | SignatureError] = []
-    if unverified:
-        checks = await asyncio.to_thread(verify_many, [(item.envelope, BID_TYPE) for item in unverified])
+    answers = await _solicit(transport, addresses, call, timeout_s)
+    unverified = [item for answer in answers for item in answer.unverified]
+    checks = [check for answer in answers for check in answer.checks]
+    no_bids = [no_bid for answer in answers for no_bid in answer.no_bids]
     bids, invalid = _bind(unverified, checks, call.request_id, now_ms())
     return Collected(
         bids=tuple(bids),
         no_bids=tuple(no_bids + invalid),
-        bids_ms=(solicited - started) * 1000,
-        verify_ms=(time.perf_counter() - solicited) * 1000,
+        bids_ms=(time.perf_counter() - started) * 1000,
+        verify_ms=sum(answer.verify_ms for answer in answers),
     )

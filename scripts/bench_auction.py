@@ -1,0 +1,253 @@
+#!/usr/bin/env python3
+"""Benchmark: one auction round over 10 peers on loopback, against a bare gRPC fan-out.
+
+    python scripts/bench_auction.py                 # 10 peers, 300 rounds, JSON to out/bench_auction.json
+    python scripts/bench_auction.py --rounds 1000 --peers 10
+
+What is measured, all in one run so the noisy machine cancels out (DESIGN section 11):
+
+- **auction round**: sign a BidRequest, one RequestBids per peer concurrently, every bid envelope
+  verified (in a worker thread) and bound to the request, bids scored. This is the requester's
+  real code path (``collect_bids`` + ``score``), minus Execute.
+- **bare fan-out**: the same number of concurrent unary calls to the same servers over the same
+  channels, to the cheapest handler they serve (grpc.health.v1 Check): the floor any protocol
+  on this gRPC stack pays.
+- **full request**: ``Requester.run`` (auction + Execute on the winner + result verification),
+  and **direct execute**: calling the same winner without an auction (a bid is still needed to
+  execute, so this is RequestBids to that one peer + Execute).
+- **Ed25519 verifications per second**, on one thread and on two.
+
+The peers run in a separate process (``--peer-procs`` of them, the peers split among them) so the
+requester's event loop measures only the requester's work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parent.parent
+CAPABILITY = "classify/digits"
+
+
+# --------------------------------------------------------------------------- peer farm (child)
+async def serve_peers(count: int, data_dir: Path) -> None:
+    """Child process: start ``count`` small digit peers, print their addresses, wait for EOF."""
+    from atomic_p2p.testing import start_example_peers
+
+    nodes = []
+    for index in range(count):
+        nodes += await start_example_peers(["small"], data_dir / f"p{index}")
+    print(json.dumps([node.address for node in nodes]), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    for node in nodes:
+        await node.stop(grace=0.5)
+
+
+def start_farms(peers: int, procs: int, data_dir: Path) -> tuple[list[subprocess.Popen[str]], list[str]]:
+    farms, addresses = [], []
+    share = [peers // procs + (1 if i < peers % procs else 0) for i in range(procs)]
+    for index, count in enumerate(share):
+        command = [
+            sys.executable,
+            __file__,
+            "--serve-peers",
+            str(count),
+            "--data-dir",
+            str(data_dir / str(index)),
+        ]
+        farm = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        farms.append(farm)
+    for farm in farms:
+        assert farm.stdout is not None
+        line = farm.stdout.readline()
+        if not line:
+            raise SystemExit("a peer process failed to start; run with --serve-peers 1 to see why")
+        addresses += json.loads(line)
+    return farms, addresses
+
+
+# --------------------------------------------------------------------------- measurements
+def percentiles(samples_ms: list[float]) -> dict[str, float]:
+    ordered = sorted(samples_ms)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+    return {
+        "p50_ms": at(0.50),
+        "p90_ms": at(0.90),
+        "p99_ms": at(0.99),
+        "mean_ms": statistics.fmean(ordered),
+        "n": len(ordered),
+    }
+
+
+async def timed(label: str, rounds: int, call: Callable[[], Awaitable[object]]) -> list[float]:
+    for _ in range(min(20, rounds)):  # warm channels, caches and the peers' models
+        await call()
+    samples = []
+    for _ in tqdm(range(rounds), desc=label, unit="round", file=sys.stderr, leave=False):
+        started = time.perf_counter()
+        await call()
+        samples.append((time.perf_counter() - started) * 1000)
+    return samples
+
+
+async def measure(addresses: list[str], rounds: int) -> dict[str, dict[str, float]]:
+    import torch
+
+    from atomic_p2p.requester import Requester, score
+    from atomic_p2p.requester.auction import collect_bids
+    from atomic_p2p.requester.client import TASK_ID, now_ms
+    from atomic_p2p.requester.messages import build_task
+    from atomic_p2p.tensors import encode
+
+    x = torch.rand(8, 64)
+    wire = [encode(x, "x")]
+    async with Requester(addresses) as requester:
+        transport = requester._transport  # the bench drives the requester's own transport
+        pool = requester._pool
+        for address in addresses:
+            pool.stub(address)  # opens the channel the auction uses too
+        health = [health_pb2_grpc.HealthStub(pool._channels[a]) for a in addresses]
+
+        async def auction_round() -> None:
+            task = build_task(TASK_ID, CAPABILITY, wire, preview=True, max_cost=None)
+            call = requester._call_for_bids(task, 2.0)
+            collected = await collect_bids(transport, addresses, call, 2.0, now_ms)
+            ranking = score(collected.bids_for(TASK_ID), None, 2000.0, None)
+            assert len(ranking.ranked) == len(addresses), collected.no_bids
+
+        async def bare_fanout() -> None:
+            request = health_pb2.HealthCheckRequest(service="")
+            await asyncio.gather(*(stub.Check(request, timeout=2.0) for stub in health))
+
+        async def full_request() -> None:
+            await requester.run(CAPABILITY, {"x": x}, deadline_s=2.0)
+
+        async with Requester(addresses[:1]) as direct:
+
+            async def direct_execute() -> None:
+                await direct.run(CAPABILITY, {"x": x}, deadline_s=2.0)
+
+            results = {}
+            for label, call in [
+                ("bare gRPC fan-out", bare_fanout),
+                ("auction round", auction_round),
+                ("full request (10 peers)", full_request),
+                ("direct (1 peer)", direct_execute),
+            ]:
+                results[label] = percentiles(await timed(label, rounds, call))
+    return results
+
+
+def verify_rate(count: int = 4000, threads: int = 1) -> float:
+    from atomic_p2p.identity import Identity, verify_many
+
+    signer = Identity.generate()
+    envelopes = [(signer.sign("atomic.v1.Bid", os.urandom(160)), "atomic.v1.Bid") for _ in range(count)]
+    chunks = [envelopes[i::threads] for i in range(threads)]
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        results = [r for chunk in pool.map(verify_many, chunks) for r in chunk]
+    elapsed = time.perf_counter() - started
+    assert all(not isinstance(r, Exception) for r in results)
+    return count / elapsed
+
+
+# --------------------------------------------------------------------------- report
+def report(results: dict[str, dict[str, float]], rates: dict[str, float], args: argparse.Namespace) -> dict:
+    bare = results["bare gRPC fan-out"]
+    auction = results["auction round"]
+    full, direct = results["full request (10 peers)"], results["direct (1 peer)"]
+    ratios = {
+        "auction_vs_bare_p50": auction["p50_ms"] / bare["p50_ms"],
+        "auction_vs_bare_p99": auction["p99_ms"] / bare["p99_ms"],
+        "full_vs_direct_p50": full["p50_ms"] / direct["p50_ms"],
+    }
+    print(
+        f"\nauction benchmark: {args.peers} peers in {args.peer_procs} process(es), {args.rounds} rounds each"
+    )
+    print(f"  {'what':<26}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'mean ms':>9}")
+    for label, row in results.items():
+        print(
+            f"  {label:<26}{row['p50_ms']:>9.2f}{row['p90_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['mean_ms']:>9.2f}"
+        )
+    print("\n  ratio                              measured   target")
+    print(f"  auction / bare fan-out, p50        {ratios['auction_vs_bare_p50']:>8.2f}x   <= 1.3x")
+    print(f"  auction / bare fan-out, p99        {ratios['auction_vs_bare_p99']:>8.2f}x")
+    print(f"  full request / direct, p50         {ratios['full_vs_direct_p50']:>8.2f}x   (see note)")
+    print(
+        f"  auction round p50 / p99 (ms)       {auction['p50_ms']:>5.2f} / {auction['p99_ms']:.2f}   <= 7 / 20"
+    )
+    print(
+        f"\n  Ed25519 verifications/s, 1 thread  {rates['verify_per_s_1_thread']:>10,.0f}   >= 7,000 per core"
+    )
+    print(f"  Ed25519 verifications/s, 2 threads {rates['verify_per_s_2_threads']:>10,.0f}")
+    return {
+        "peers": args.peers,
+        "peer_procs": args.peer_procs,
+        "rounds": args.rounds,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "latency": results,
+        "ratios": ratios,
+        "ed25519": rates,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--peers", type=int, default=10)
+    parser.add_argument("--peer-procs", type=int, default=1, help="processes the peers are split across")
+    parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument("--json", type=Path, default=ROOT / "out" / "bench_auction.json")
+    parser.add_argument("--serve-peers", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve_peers is not None:
+        asyncio.run(serve_peers(args.serve_peers, args.data_dir))
+        return 0
+    with tempfile.TemporaryDirectory(prefix="atomic-bench-") as tmp:
+        farms, addresses = start_farms(args.peers, args.peer_procs, Path(tmp))
+        try:
+            results = asyncio.run(measure(addresses, args.rounds))
+        finally:
+            for farm in farms:
+                assert farm.stdin is not None
+                farm.stdin.close()
+            for farm in farms:
+                farm.wait(timeout=30)
+    rates = {
+        "verify_per_s_1_thread": verify_rate(threads=1),
+        "verify_per_s_2_threads": verify_rate(threads=2),
+    }
+    document = report(results, rates, args)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(document, indent=2))
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
