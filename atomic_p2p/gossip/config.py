@@ -1,0 +1,74 @@
+"""Gossip tuning and limits, in one frozen value.
+
+Timeouts follow Lifeguard (Dadgar et al., 2018): they scale with ``max(1, log10(N))`` where N is
+the number of members not yet written off, because an epidemic needs O(log N) rounds to carry a
+heartbeat to everyone. With the defaults at a 1 s interval: a silent member is suspected after
+4 s (N <= 10), 8 s (N = 100) or 12 s (N = 1000), and declared dead as long again later.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from atomic_p2p.errors import ConfigError
+from atomic_p2p.gossip.records import RecordLimits
+
+
+@dataclass(frozen=True, slots=True)
+class GossipLimits:
+    """What one node accepts; floods past these are refused and counted."""
+
+    record: RecordLimits = field(default_factory=RecordLimits)
+    max_members: int = 10_000
+    """Records held, tombstones included; a record for an unknown peer past this is refused."""
+    max_updates_per_message: int = 512
+    """Envelopes in one request or response; extras are refused (and never sent)."""
+    rate_per_interval: float = 6.0
+    """Requests one sender address may make per interval, sustained (an honest one makes <= 2)."""
+    rate_burst: float = 20.0
+    max_senders_tracked: int = 20_000
+    max_clock_skew_s: float = 60.0
+    """A record or leave issued further than this in the future is refused."""
+
+
+@dataclass(frozen=True, slots=True)
+class GossipConfig:
+    interval: float = 1.0
+    """Seconds between rounds (calls to ``tick``)."""
+    fanout: int = 3
+    """Members contacted each round."""
+    suspicion_mult: float = 4.0
+    """Heartbeat silence, in ``interval * max(1, log10 N)`` units, before a member is suspect."""
+    dead_mult: float = 4.0
+    """Further time, in the same units, before a suspect member is declared dead."""
+    tombstone_ttl: float = 600.0
+    """Seconds a DEAD or LEFT member is remembered so that old gossip cannot resurrect it."""
+    push_rounds: int = 3
+    """Rounds a newly learned record or leave is pushed unasked (rumor mongering) besides the pull."""
+    heartbeat_slack: int | None = None
+    """A member's heartbeat is forwarded only to partners at least this many beats behind (its own
+    always), which bounds liveness traffic to about N / slack beats per node per round. ``None``:
+    a quarter of the suspicion timeout in rounds (1 for N <= 10, 2 for N = 100, 3 for N = 1000),
+    which leaves three quarters of it for the beat to travel."""
+    reconnect_probability: float = 0.1
+    """Chance per round of also contacting one DEAD member, so that healed partitions merge."""
+    limits: GossipLimits = field(default_factory=GossipLimits)
+
+    def __post_init__(self) -> None:
+        if self.interval <= 0 or self.fanout < 1 or (self.heartbeat_slack or 1) < 1:
+            raise ConfigError("interval must be positive, fanout and heartbeat_slack at least 1")
+
+    def scale(self, members: int) -> float:
+        return max(1.0, math.log10(max(members, 1)))
+
+    def suspicion_timeout(self, members: int) -> float:
+        return self.suspicion_mult * self.scale(members) * self.interval
+
+    def dead_timeout(self, members: int) -> float:
+        return self.dead_mult * self.scale(members) * self.interval
+
+    def slack(self, members: int) -> int:
+        if self.heartbeat_slack is not None:
+            return self.heartbeat_slack
+        return max(1, int(self.suspicion_mult * self.scale(members) / 4))

@@ -1,0 +1,687 @@
+"""Gossip membership: a sans-I/O state machine (values and the current time in, messages out).
+
+How this works
+--------------
+Every node holds a table of members: each member's latest signed :class:`PeerRecord` (``seq``
+only grows), its latest signed :class:`Heartbeat` (a counter its owner bumps every interval), and
+a state: ALIVE, SUSPECT, DEAD or LEFT. The node's *digest* maps each member to ``(seq,
+heartbeat)``; comparing two digests tells two nodes exactly what each lacks.
+
+Anti-entropy, Scuttlebutt style (van Renesse et al., "Efficient Reconciliation and Flow Control
+for Anti-Entropy Protocols", 2008). Every interval :meth:`tick` picks ``fanout`` random live
+members and sends each a :class:`GossipRequest`: the whole digest, the node's own new heartbeat,
+and records it learned in the last ``push_rounds`` rounds (push). The responder applies those,
+compares digests and answers with everything the initiator lacks (pull) plus the entries the
+initiator holds newer (``wanted``), which the initiator sends at once as a digest-less push. Each
+message carries at most ``max_updates_per_message`` envelopes, records before heartbeats
+(Scuttlebutt's flow control). A heartbeat is forwarded only to a partner ``heartbeat_slack`` or
+more beats behind, which bounds liveness traffic to about N / slack beats per node per round.
+
+Failure detection, SWIM / Lifeguard style (Das et al., 2002; Dadgar et al., 2018). A member whose
+heartbeat has not advanced for ``suspicion_timeout(N)`` becomes SUSPECT; one still silent
+``dead_timeout(N)`` later becomes DEAD. Both grow with ``log10 N`` (Lifeguard). A failed RPC to a
+member (reported by the transport through :meth:`failed`) makes it SUSPECT at once. Any newer
+heartbeat or record refutes suspicion, and revives a DEAD member: a newer signed beat is proof of
+life (this is how a healed partition merges; ``reconnect_probability`` keeps some traffic going
+to DEAD members so that it can). A signed :class:`Leave` makes a member LEFT; only a record with a
+larger ``seq`` (a restart: ``seq`` is a millisecond timestamp) brings it back.
+
+Tombstones. DEAD and LEFT members stay in the table for ``tombstone_ttl`` so that old gossip
+cannot resurrect them: anything not newer than the tombstone's ``(seq, heartbeat)`` is refused. A
+tombstone is never pushed to a node that does not know the member (that would keep tombstones
+alive forever), and the records of dead members are not handed out.
+
+Invariants: only the owner's key can advance a member (every record, beat and leave is verified
+by :mod:`atomic_p2p.gossip.codec` before it is looked at); a member's version never decreases; a
+node never suspects itself. Everything refused is counted in ``stats.rejected`` by reason.
+
+Driving it (what a transport does): call :meth:`tick` at ``next_tick_at`` and send what it
+returns; serve an incoming Gossip RPC with :meth:`handle_request`; pass the answer to
+:meth:`handle_response` (and send what that returns), or report a failed call with :meth:`failed`;
+drain :meth:`pop_events` after each call.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from atomic_p2p.errors import ConfigError, LimitExceededError
+from atomic_p2p.gossip.codec import Opener, sign_heartbeat, sign_leave, sign_record
+from atomic_p2p.gossip.config import GossipConfig
+from atomic_p2p.gossip.messages import (
+    EMPTY_DIGEST,
+    EMPTY_RESPONSE,
+    LEFT_HEARTBEAT,
+    Digest,
+    DigestEntry,
+    GossipRequest,
+    GossipResponse,
+    MemberForgotten,
+    MemberJoined,
+    MembershipEvent,
+    MemberState,
+    Outgoing,
+    RecordUpdated,
+    StateChanged,
+)
+from atomic_p2p.gossip.ratelimit import TokenBuckets
+from atomic_p2p.gossip.records import (
+    Heartbeat,
+    Leave,
+    LoadSummary,
+    ModelAdvert,
+    PeerRecord,
+    Rejection,
+    RejectReason,
+    check_record,
+)
+from atomic_p2p.identity import Envelope, Identity, PeerId
+
+ALIVE, SUSPECT, DEAD, LEFT = MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD, MemberState.LEFT
+_NOTHING = DigestEntry(0, 0, False)
+_entry = tuple.__new__  # builds a DigestEntry without NamedTuple's Python-level __new__ (3x faster)
+
+
+@dataclass(slots=True)
+class GossipStats:
+    """Live counters (mutable; read them, don't write them)."""
+
+    rejected: Counter[RejectReason] = field(default_factory=Counter)
+    requests_sent: int = 0
+    requests_received: int = 0
+    responses_received: int = 0
+    failed_rpcs: int = 0
+    updates_received: int = 0
+    updates_applied: int = 0
+    duplicates: int = 0
+    orphans: int = 0
+    """Heartbeats or leaves for a record this node does not hold yet (the record follows)."""
+    suspicions: int = 0
+    refutations: int = 0
+    deaths: int = 0
+    leaves: int = 0
+
+
+class _Member:
+    __slots__ = (
+        "address",
+        "advanced_at",
+        "beat",
+        "down_since",
+        "leave",
+        "load",
+        "peer_id",
+        "record",
+        "record_envelope",
+        "state",
+        "suspect_since",
+    )
+
+    def __init__(self, record: PeerRecord, envelope: Envelope, now: float) -> None:
+        self.peer_id = record.peer_id
+        self.record = record
+        self.record_envelope = envelope
+        self.address = record.addresses[0] if record.addresses else None
+        self.beat: Envelope | None = None
+        self.leave: Envelope | None = None
+        self.load = record.load
+        self.state = ALIVE
+        self.advanced_at = now
+        self.suspect_since = now
+        self.down_since = now
+
+
+class Membership:
+    """One node's view of the gossip membership (see the module docstring).
+
+    Times are wall-clock seconds since the Unix epoch (``time.time()`` in production, a virtual
+    clock in the simulator); ``seq`` and ``issued_at_ms`` are derived from them.
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        config: GossipConfig,
+        rng: random.Random,
+        *,
+        now: float,
+        addresses: Iterable[str] = (),
+        models: Iterable[ModelAdvert] = (),
+        load: LoadSummary | None = None,
+        seeds: Iterable[str] = (),
+        opener: Opener | None = None,
+    ) -> None:
+        self.identity = identity
+        self.config = config
+        self.stats = GossipStats()
+        self.next_tick_at = now
+        self._rng = rng
+        self._limits = config.limits
+        self._open = opener or Opener(config.limits.record)
+        self._raw = identity.peer_id.raw
+        self._members: dict[bytes, _Member] = {}
+        self._digest: dict[bytes, DigestEntry] = {}
+        self._gossipable: dict[bytes, None] = {}  # ALIVE or SUSPECT, not self, with an address
+        self._dead: dict[bytes, None] = {}
+        self._pending: list[tuple[str, PeerId | None]] = []  # this round's exchanges not yet started
+        self._hot: dict[bytes, float] = {}  # recently issued record or leave -> when to stop pushing
+        self._live = 1
+        self._slack = config.slack(1)
+        self._round = 0
+        self._beat = 0
+        self._load = load or LoadSummary()
+        self._events: list[MembershipEvent] = []
+        self._buckets = TokenBuckets(
+            config.limits.rate_per_interval / config.interval,
+            config.limits.rate_burst,
+            config.limits.max_senders_tracked,
+        )
+        record = PeerRecord(identity.peer_id, tuple(addresses), tuple(models), 0, 0, self._load)
+        self._seeds = tuple(s for s in seeds if s not in record.addresses)
+        self._self = self._publish(now, record)
+        self._members[self._raw] = self._self
+        self._sign_beat()
+
+    # --- the local member -------------------------------------------------------------------
+
+    @property
+    def peer_id(self) -> PeerId:
+        return self.identity.peer_id
+
+    @property
+    def local_record(self) -> PeerRecord:
+        return self._self.record
+
+    @property
+    def has_left(self) -> bool:
+        return self._self.state is LEFT
+
+    def update_record(
+        self,
+        now: float,
+        *,
+        addresses: Iterable[str] | None = None,
+        models: Iterable[ModelAdvert] | None = None,
+        load: LoadSummary | None = None,
+    ) -> PeerRecord:
+        """Re-sign the local record with a larger ``seq``; it is pushed for ``push_rounds`` rounds."""
+        old = self._self.record
+        if load is not None:
+            self._load = load
+        record = PeerRecord(
+            old.peer_id,
+            old.addresses if addresses is None else tuple(addresses),
+            old.models if models is None else tuple(models),
+            old.seq,
+            old.issued_at_ms,
+            self._load,
+        )
+        self._publish(now, record)
+        self._sign_beat()
+        return self._self.record
+
+    def set_load(self, load: LoadSummary) -> None:
+        """Carried by the next heartbeats (no new record)."""
+        self._load = load
+
+    def leave(self, now: float) -> list[Outgoing]:
+        """Sign a Leave and push it to ``fanout`` live members; later ticks send nothing."""
+        me = self._self
+        now_ms = int(now * 1000)
+        signed = sign_leave(self.identity, Leave(self.peer_id, me.record.seq, now_ms))
+        me.leave = signed.envelope
+        self._set_version(me, DigestEntry(me.record.seq, LEFT_HEARTBEAT, True))
+        me.state = LEFT
+        request = GossipRequest(None, EMPTY_DIGEST, (signed.envelope,))
+        return [Outgoing(a, p, request) for a, p in self._choose_targets(reconnect=False)]
+
+    def _publish(self, now: float, record: PeerRecord) -> _Member:
+        rejection = check_record(record, self._limits.record)
+        if rejection is not None:
+            raise ConfigError(f"local record is out of bounds: {rejection.reason.value} {rejection.detail}")
+        now_ms = int(now * 1000)
+        seq = max(record.seq + 1, now_ms)
+        record = PeerRecord(record.peer_id, record.addresses, record.models, seq, now_ms, record.load)
+        signed = sign_record(self.identity, record)
+        if len(signed.envelope.payload) > self._limits.record.max_record_bytes:
+            raise ConfigError(f"local record is {len(signed.envelope.payload)} bytes, over the limit")
+        member = self._members.get(self._raw) or _Member(record, signed.envelope, now)
+        member.record, member.record_envelope = record, signed.envelope
+        member.address = record.addresses[0] if record.addresses else None
+        self._set_version(member, DigestEntry(seq, self._beat, False))
+        return member
+
+    def _sign_beat(self) -> None:
+        me = self._self
+        beat = Heartbeat(self.peer_id, me.record.seq, self._beat, self._load)
+        me.beat = sign_heartbeat(self.identity, beat).envelope
+        self._set_version(me, DigestEntry(me.record.seq, self._beat, False))
+
+    # --- driving it ---------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Outgoing]:
+        """One gossip round: beat, update failure detection, and start this round's exchanges.
+
+        The round's ``fanout`` exchanges run one after another: the next starts when the transport
+        reports the previous one (:meth:`handle_response` or :meth:`failed` return it), so each
+        carries a digest that already includes what the previous one brought, and partners do not
+        all send the same news. A round's exchanges still unstarted at the next tick are dropped."""
+        self.next_tick_at = now + self.config.interval
+        if self.has_left:
+            return []
+        self._round += 1
+        self._beat += 1
+        self._sign_beat()
+        self._sweep(now)
+        self._pending = self._choose_targets(reconnect=True)
+        self._pending.reverse()  # popped from the end
+        return self._next_exchange(now)
+
+    def handle_request(self, now: float, request: GossipRequest, sender_address: str) -> GossipResponse:
+        """Serve an incoming exchange. Raises :class:`LimitExceededError` when the sender (keyed by
+        the address the transport saw) is over its rate or the digest is over the table limit."""
+        if not self._buckets.take(sender_address, now):
+            self.stats.rejected[RejectReason.RATE_LIMITED] += 1
+            raise LimitExceededError(f"gossip rate limit exceeded for {sender_address}")
+        if len(request.digest) > self._limits.max_members:
+            self.stats.rejected[RejectReason.TOO_LARGE] += 1
+            raise LimitExceededError(f"digest of {len(request.digest)} entries is over the table limit")
+        self.stats.requests_received += 1
+        if request.sender is not None:
+            self._apply(now, (request.sender,))
+        self._apply(now, request.updates)
+        if request.is_push:
+            return EMPTY_RESPONSE
+        updates, wanted = self._reconcile(request.digest)
+        return GossipResponse(updates, MappingProxyType(wanted) if wanted else EMPTY_DIGEST)
+
+    def handle_response(self, now: float, outgoing: Outgoing, response: GossipResponse) -> list[Outgoing]:
+        """Apply an answer. Returns what to send next: a push of what the responder wanted, and
+        the round's next exchange."""
+        self.stats.responses_received += 1
+        self._apply(now, response.updates)
+        if outgoing.request.is_push:
+            return []
+        out: list[Outgoing] = []
+        if response.wanted:
+            updates = self._updates_for(response.wanted)
+            if updates:
+                out.append(
+                    Outgoing(outgoing.address, outgoing.peer_id, GossipRequest(None, EMPTY_DIGEST, updates))
+                )
+        return out + self._next_exchange(now)
+
+    def failed(self, now: float, outgoing: Outgoing) -> list[Outgoing]:
+        """The transport could not complete ``outgoing`` (unreachable, timed out): the peer becomes
+        SUSPECT at once (Lifeguard). Returns the round's next exchange, if any.
+
+        Call it for transport failures only; a peer that answered with an error status (such as
+        RESOURCE_EXHAUSTED for a rate limit) is alive, so report nothing."""
+        self.stats.failed_rpcs += 1
+        peer = outgoing.peer_id
+        member = self._members.get(peer.raw) if peer is not None else None
+        if member is not None and member.state is ALIVE and member is not self._self:
+            self._suspect(member, now)
+        return [] if outgoing.request.is_push else self._next_exchange(now)
+
+    def _next_exchange(self, now: float) -> list[Outgoing]:
+        if not self._pending or self.has_left:
+            return []
+        address, peer = self._pending.pop()
+        request = GossipRequest(
+            self._self.record_envelope, MappingProxyType(dict(self._digest)), self._push_updates(now)
+        )
+        self.stats.requests_sent += 1
+        return [Outgoing(address, peer, request)]
+
+    def absorb(self, now: float, envelopes: Iterable[Envelope]) -> None:
+        """Apply signed records, beats and leaves from elsewhere (a saved snapshot, a seed list).
+
+        Not rate limited or capped, and nothing absorbed is pushed as news: it is the caller's."""
+        self._apply(now, tuple(envelopes), news=False)
+
+    def snapshot(self) -> list[Envelope]:
+        """Records and latest beats of every member not written off, for :meth:`absorb` later."""
+        out: list[Envelope] = []
+        for member in self._members.values():
+            if not member.state.is_down:
+                out.append(member.record_envelope)
+                if member.beat is not None:
+                    out.append(member.beat)
+        return out
+
+    def pop_events(self) -> list[MembershipEvent]:
+        events, self._events = self._events, []
+        return events
+
+    # --- queries ------------------------------------------------------------------------------
+
+    def live_members(self) -> list[PeerRecord]:
+        """Records of ALIVE members other than this node."""
+        return [m.record for m in self._members.values() if m.state is ALIVE and m is not self._self]
+
+    def state_of(self, peer: PeerId) -> MemberState | None:
+        member = self._members.get(peer.raw)
+        return member.state if member is not None else None
+
+    def record_of(self, peer: PeerId) -> PeerRecord | None:
+        member = self._members.get(peer.raw)
+        return member.record if member is not None else None
+
+    def load_of(self, peer: PeerId) -> LoadSummary | None:
+        """The latest load a member reported (from its last heartbeat, else its record)."""
+        member = self._members.get(peer.raw)
+        return member.load if member is not None else None
+
+    def counts(self) -> Counter[MemberState]:
+        return Counter(m.state for m in self._members.values())
+
+    def digest(self) -> Digest:
+        return MappingProxyType(dict(self._digest))
+
+    @property
+    def member_count(self) -> int:
+        """Members not written off (ALIVE or SUSPECT), this node included: the N of the timeouts."""
+        return self._live
+
+    # --- receiving ----------------------------------------------------------------------------
+
+    def _apply(self, now: float, envelopes: tuple[Envelope, ...], news: bool = True) -> None:
+        limit = self._limits.max_updates_per_message
+        if news and len(envelopes) > limit:
+            self.stats.rejected[RejectReason.TOO_MANY_UPDATES] += len(envelopes) - limit
+            envelopes = envelopes[:limit]
+        self.stats.updates_received += len(envelopes)
+        for envelope in envelopes:
+            opened = self._open(envelope)
+            if isinstance(opened, Rejection):
+                self.stats.rejected[opened.reason] += 1
+                continue
+            value = opened.value
+            if value.peer_id.raw == self._raw:
+                continue
+            if isinstance(value, Heartbeat):
+                self._apply_beat(now, envelope, value)
+            elif isinstance(value, PeerRecord):
+                self._apply_record(now, envelope, value, news)
+            else:
+                self._apply_leave(now, envelope, value, news)
+
+    def _apply_beat(self, now: float, envelope: Envelope, beat: Heartbeat) -> None:
+        raw = beat.peer_id.raw
+        version = self._digest.get(raw)
+        if version is None or beat.record_seq != version.seq:
+            if version is None or beat.record_seq > version.seq:
+                self.stats.orphans += 1
+            else:
+                self.stats.rejected[RejectReason.STALE] += 1
+            return
+        if beat.heartbeat <= version.heartbeat:
+            if version.dead:
+                self.stats.rejected[RejectReason.TOMBSTONED] += 1
+            else:
+                self.stats.duplicates += 1
+            return
+        member = self._members[raw]
+        member.beat = envelope
+        member.load = beat.load
+        member.advanced_at = now
+        self._digest[raw] = _entry(DigestEntry, (version.seq, beat.heartbeat, False))
+        self.stats.updates_applied += 1
+        if member.state is not ALIVE:
+            self.stats.refutations += 1
+            self._set_state(member, ALIVE, now)
+
+    def _apply_record(self, now: float, envelope: Envelope, record: PeerRecord, news: bool) -> None:
+        if record.issued_at_ms > (now + self._limits.max_clock_skew_s) * 1000:
+            self.stats.rejected[RejectReason.FROM_THE_FUTURE] += 1
+            return
+        raw = record.peer_id.raw
+        member = self._members.get(raw)
+        if member is None:
+            if len(self._members) >= self._limits.max_members:
+                self.stats.rejected[RejectReason.TABLE_FULL] += 1
+                return
+            member = self._members[raw] = _Member(record, envelope, now)
+            self._set_version(member, DigestEntry(record.seq, 0, False))
+            self._live += 1
+            self._index(member)
+            self._events.append(MemberJoined(record.peer_id, record))
+        elif record.seq <= member.record.seq:
+            self._not_newer(member, stale=record.seq < member.record.seq)
+            return
+        else:
+            member.record, member.record_envelope, member.load = record, envelope, record.load
+            member.address = record.addresses[0] if record.addresses else None
+            member.beat = member.leave = None
+            member.advanced_at = now
+            self._set_version(member, DigestEntry(record.seq, 0, False))
+            self._events.append(RecordUpdated(record.peer_id, record))
+            if member.state is not ALIVE:
+                self.stats.refutations += member.state is SUSPECT
+                self._set_state(member, ALIVE, now)
+            else:
+                self._index(member)
+        self.stats.updates_applied += 1
+        if news:
+            self._mark_hot(now, raw, record.issued_at_ms)
+
+    def _apply_leave(self, now: float, envelope: Envelope, leave: Leave, news: bool) -> None:
+        if leave.issued_at_ms > (now + self._limits.max_clock_skew_s) * 1000:
+            self.stats.rejected[RejectReason.FROM_THE_FUTURE] += 1
+            return
+        member = self._members.get(leave.peer_id.raw)
+        if member is None or leave.record_seq > member.record.seq:
+            self.stats.orphans += 1
+            return
+        if leave.record_seq < member.record.seq or member.state is LEFT:
+            self._not_newer(member, stale=leave.record_seq < member.record.seq)
+            return
+        member.leave = envelope
+        self._set_version(member, DigestEntry(leave.record_seq, LEFT_HEARTBEAT, True))
+        self.stats.updates_applied += 1
+        self.stats.leaves += 1
+        self._set_state(member, LEFT, now)
+        if news:
+            self._mark_hot(now, leave.peer_id.raw, leave.issued_at_ms)
+
+    def _not_newer(self, member: _Member, stale: bool = False) -> None:
+        if self._digest[member.peer_id.raw].dead:  # DEAD or LEFT, without an Enum property call
+            self.stats.rejected[RejectReason.TOMBSTONED] += 1
+        elif stale:
+            self.stats.rejected[RejectReason.STALE] += 1
+        else:
+            self.stats.duplicates += 1
+
+    # --- sending ------------------------------------------------------------------------------
+
+    def _choose_targets(self, reconnect: bool) -> list[tuple[str, PeerId | None]]:
+        fanout = self.config.fanout
+        pool = list(self._gossipable)
+        chosen = self._rng.sample(pool, min(fanout, len(pool)))
+        targets: list[tuple[str, PeerId | None]] = []
+        for raw in chosen:
+            member = self._members[raw]
+            assert member.address is not None
+            targets.append((member.address, member.peer_id))
+        if len(targets) < fanout and self._seeds:
+            known = {address for address, _ in targets}
+            spare = [s for s in self._seeds if s not in known]
+            targets += [(s, None) for s in self._rng.sample(spare, min(fanout - len(targets), len(spare)))]
+        if reconnect and self._dead and self._rng.random() < self.config.reconnect_probability:
+            member = self._members[self._rng.choice(list(self._dead))]
+            if member.address is not None:
+                targets.append((member.address, member.peer_id))
+        return targets
+
+    def _mark_hot(self, now: float, raw: bytes, issued_at_ms: int) -> None:
+        """Push news unasked while it is young: for ``push_rounds`` intervals after it was issued
+        (rumor mongering with an age limit), so a bulk download of old records pushes nothing."""
+        until = issued_at_ms / 1000 + self.config.push_rounds * self.config.interval
+        if until > now:
+            self._hot[raw] = until
+
+    def _push_updates(self, now: float) -> tuple[Envelope, ...]:
+        """The new own beat, plus records and leaves young enough to push (newest first)."""
+        assert self._self.beat is not None
+        updates = [self._self.beat]
+        for raw, until in list(self._hot.items()):
+            if until <= now or raw not in self._members:
+                del self._hot[raw]
+        budget = self._limits.max_updates_per_message // 4
+        young = sorted(self._hot, key=self._hot.__getitem__, reverse=True)[: budget // 2]
+        for raw in young:
+            member = self._members[raw]
+            if member.state is LEFT and member.leave is not None:
+                updates.append(member.leave)
+            elif not member.state.is_down:
+                updates.append(member.record_envelope)
+                if member.beat is not None:
+                    updates.append(member.beat)
+        return tuple(updates)
+
+    def _reconcile(self, theirs: Digest) -> tuple[tuple[Envelope, ...], dict[bytes, DigestEntry]]:
+        """What the initiator lacks (records first), and what it holds newer than this node.
+
+        The hot loop of the whole protocol (N entries, fanout times per node per round), so it is
+        written for speed: one pass, equal entries skipped first, heartbeat-only gaps inline."""
+        slack = self._slack
+        members, own = self._members, self._raw
+        records: list[_Member] = []
+        beats: list[Envelope] = []
+        wanted: dict[bytes, DigestEntry] = {}
+        get = theirs.get
+        for raw, mine in self._digest.items():
+            their = get(raw, _NOTHING)
+            if their == mine:
+                continue
+            if their.seq == mine.seq:
+                gap = mine.heartbeat - their.heartbeat
+                if gap >= slack or (gap > 0 and raw == own):
+                    member = members[raw]
+                    beat = member.leave if mine.heartbeat == LEFT_HEARTBEAT else member.beat
+                    if beat is not None:
+                        beats.append(beat)
+                elif -gap >= slack and (not their.dead or their.heartbeat == LEFT_HEARTBEAT):
+                    wanted[raw] = mine
+            elif their.seq < mine.seq:
+                self._offer(raw, mine, their, records, beats)
+            elif not their.dead or their.heartbeat == LEFT_HEARTBEAT:
+                wanted[raw] = mine
+        for raw in sorted(theirs.keys() - self._digest.keys()):  # sorted: set order is per-process
+            if not theirs[raw].dead:
+                wanted[raw] = _NOTHING
+        return self._within_budget(records, beats), wanted
+
+    def _updates_for(self, wanted: Digest) -> tuple[Envelope, ...]:
+        """The follow-up push: whatever this node holds newer than the responder's entries."""
+        records: list[_Member] = []
+        beats: list[Envelope] = []
+        for raw, their in wanted.items():
+            mine = self._digest.get(raw)
+            if mine is not None and mine != their:
+                self._offer(raw, mine, their, records, beats)
+        return self._within_budget(records, beats)
+
+    def _offer(
+        self, raw: bytes, mine: DigestEntry, their: DigestEntry, records: list[_Member], beats: list[Envelope]
+    ) -> None:
+        """Add what a partner holding ``their`` lacks of member ``raw`` (held here as ``mine``)."""
+        if mine.seq > their.seq:
+            # a tombstone is never handed to a node that does not know the member: that would keep
+            # tombstones alive forever; a leave goes to those holding an older version of it
+            if not mine.dead or (mine.heartbeat == LEFT_HEARTBEAT and their.seq > 0):
+                records.append(self._members[raw])
+        elif mine.seq == their.seq and mine.heartbeat > their.heartbeat:
+            gap = mine.heartbeat - their.heartbeat
+            member = self._members[raw]
+            beat = member.leave if mine.heartbeat == LEFT_HEARTBEAT else member.beat
+            if beat is not None and (gap >= self._slack or raw == self._raw):
+                beats.append(beat)
+
+    def _within_budget(self, records: list[_Member], beats: list[Envelope]) -> tuple[Envelope, ...]:
+        """Records (each with its beat or leave) first, then beats, at most the per-message limit.
+
+        Over the limit, a random subset goes: partners that all hold the same backlog then send
+        different parts of it instead of the same first few hundred."""
+        budget = self._limits.max_updates_per_message
+        if 2 * len(records) > budget:
+            records = self._rng.sample(records, budget // 2)
+        out: list[Envelope] = []
+        for member in records:
+            out.append(member.record_envelope)
+            beat = member.leave if member.state is LEFT else member.beat
+            if beat is not None:
+                out.append(beat)
+        room = budget - len(out)
+        if len(beats) > room:
+            beats = self._rng.sample(beats, room)
+        out += beats
+        return tuple(out)
+
+    # --- failure detection --------------------------------------------------------------------
+
+    def _sweep(self, now: float) -> None:
+        config = self.config
+        self._slack = config.slack(self._live)
+        suspect_after = config.suspicion_timeout(self._live)
+        dead_after = config.dead_timeout(self._live)
+        forget_before = now - config.tombstone_ttl
+        expired: list[_Member] = []
+        for member in self._members.values():
+            state = member.state
+            if state is ALIVE:
+                if now - member.advanced_at > suspect_after and member is not self._self:
+                    self._suspect(member, now)
+            elif state is SUSPECT:
+                if now - member.suspect_since > dead_after:
+                    self.stats.deaths += 1
+                    self._set_state(member, DEAD, now)
+            elif member.down_since < forget_before and member is not self._self:
+                expired.append(member)
+        for member in expired:
+            raw = member.peer_id.raw
+            del self._members[raw], self._digest[raw]
+            self._dead.pop(raw, None)
+            self._hot.pop(raw, None)
+            self._events.append(MemberForgotten(member.peer_id))
+
+    def _suspect(self, member: _Member, now: float) -> None:
+        self.stats.suspicions += 1
+        member.suspect_since = now
+        self._set_state(member, SUSPECT, now)
+
+    def _set_state(self, member: _Member, state: MemberState, now: float) -> None:
+        previous = member.state
+        if previous is state:
+            return
+        member.state = state
+        raw = member.peer_id.raw
+        if state.is_down and not previous.is_down:
+            member.down_since = now
+            self._live -= 1
+        elif previous.is_down and not state.is_down:
+            self._live += 1
+        if state is DEAD:
+            version = self._digest[raw]
+            self._set_version(member, DigestEntry(version.seq, version.heartbeat, True))
+        self._index(member)
+        self._events.append(StateChanged(member.peer_id, previous, state))
+
+    def _index(self, member: _Member) -> None:
+        raw = member.peer_id.raw
+        if member.state.is_down or member.address is None or member is self._self:
+            self._gossipable.pop(raw, None)
+        else:
+            self._gossipable[raw] = None
+        if member.state is DEAD and member.address is not None:
+            self._dead[raw] = None
+        else:
+            self._dead.pop(raw, None)
+
+    def _set_version(self, member: _Member, version: DigestEntry) -> None:
+        self._digest[member.peer_id.raw] = version

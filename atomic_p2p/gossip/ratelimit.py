@@ -1,0 +1,30 @@
+"""Token buckets per key, on a clock the caller passes in (so they work in virtual time too)."""
+
+from __future__ import annotations
+
+
+class TokenBuckets:
+    """``take(key, now)`` admits at most ``burst`` at once and ``rate`` per second sustained, per key.
+
+    At most ``max_keys`` keys are tracked; the least recently refilled one is forgotten first,
+    which can only ever be generous to it (a forgotten key starts again with a full bucket).
+    """
+
+    __slots__ = ("_buckets", "burst", "max_keys", "rate")
+
+    def __init__(self, rate: float, burst: float, max_keys: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_keys = max_keys
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str, now: float, cost: float = 1.0) -> bool:
+        tokens, then = self._buckets.pop(key, (self.burst, now))
+        tokens = min(self.burst, tokens + max(0.0, now - then) * self.rate)
+        allowed = tokens >= cost
+        if allowed:
+            tokens -= cost
+        if len(self._buckets) >= self.max_keys:
+            del self._buckets[next(iter(self._buckets))]
+        self._buckets[key] = (tokens, now)
+        return allowed

@@ -1,0 +1,178 @@
+"""Gossip codec: domain <-> protobuf, signing, and every way a received envelope is refused."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from atomic_p2p._proto.atomic.v1 import gossip_pb2
+from atomic_p2p.errors import ProtocolError
+from atomic_p2p.gossip import codec
+from atomic_p2p.gossip.messages import DigestEntry, GossipRequest, GossipResponse
+from atomic_p2p.gossip.records import (
+    Heartbeat,
+    Leave,
+    LoadSummary,
+    ModelAdvert,
+    ModelConstraints,
+    PeerRecord,
+    RecordLimits,
+    Rejection,
+    RejectReason,
+    Resources,
+    Signed,
+)
+from atomic_p2p.identity import Identity
+
+ALICE = Identity.from_seed(b"alice")
+BOB = Identity.from_seed(b"bob")
+LIMITS = RecordLimits()
+MODEL = ModelAdvert(
+    "resnet",
+    ("classify", "embed"),
+    ModelConstraints(max_input_tokens=512, supported_languages=("en", "fr"), max_batch=16),
+    price_hint=0.25,
+    resources=Resources(cpu_cores=2, memory_mb=512, gpu_memory_mb=0),
+    typical_latency_ms=4.5,
+    strategy="confidence",
+)
+
+
+def record(identity: Identity = ALICE, **changes: object) -> PeerRecord:
+    base = PeerRecord(
+        identity.peer_id,
+        ("10.0.0.1:7000",),
+        (MODEL,),
+        1_700_000_000_000,
+        1_700_000_000_000,
+        LoadSummary(1, 8, 0.125),
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_record_roundtrips_through_proto() -> None:
+    original = record()
+    assert codec.record_from_proto(codec.record_to_proto(original)) == original
+
+
+def test_sign_then_open_gives_back_each_kind() -> None:
+    for signed in (
+        codec.sign_record(ALICE, record()),
+        codec.sign_heartbeat(ALICE, Heartbeat(ALICE.peer_id, 5, 9, LoadSummary(2, 4, 0.5))),
+        codec.sign_leave(ALICE, Leave(ALICE.peer_id, 5, 1234)),
+    ):
+        opened = codec.open_envelope(signed.envelope, LIMITS)
+        assert isinstance(opened, Signed)
+        assert opened.value == signed.value
+
+
+def rejection(envelope: object, limits: RecordLimits = LIMITS) -> RejectReason:
+    result = codec.open_envelope(envelope, limits)  # type: ignore[arg-type]
+    assert isinstance(result, Rejection), result
+    return result.reason
+
+
+def test_forged_and_mismatched_envelopes_are_refused() -> None:
+    good = codec.sign_record(ALICE, record()).envelope
+    assert rejection(replace(good, payload=good.payload + b"\x00")) is RejectReason.BAD_SIGNATURE
+    assert rejection(replace(good, signature=bytes(64))) is RejectReason.BAD_SIGNATURE
+    assert rejection(replace(good, public_key=BOB.public_key)) is RejectReason.BAD_SIGNATURE
+    assert rejection(replace(good, payload_type="atomic.v1.Bid")) is RejectReason.WRONG_TYPE
+    # Bob signs a record claiming to be Alice: the signature is fine, the key does not match the id
+    claims_alice = codec.sign_record(BOB, record(ALICE)).envelope
+    assert rejection(claims_alice) is RejectReason.PEER_ID_MISMATCH
+
+
+def test_malformed_payload_is_refused_after_the_signature_checks() -> None:
+    garbage = ALICE.sign(codec.RECORD_TYPE, b"\xff\xff\xff")
+    assert rejection(garbage) is RejectReason.MALFORMED
+    short_id = ALICE.sign(codec.HEARTBEAT_TYPE, gossip_pb2.Heartbeat(peer_id=b"short").SerializeToString())
+    assert rejection(short_id) is RejectReason.MALFORMED
+
+
+def test_bounds() -> None:
+    tight = RecordLimits(max_record_bytes=200, max_models=2, max_addresses=1, max_string_length=16)
+    too_big = codec.sign_record(ALICE, record(models=(MODEL,) * 3)).envelope
+    assert rejection(too_big, tight) is RejectReason.TOO_LARGE
+    roomy = replace(tight, max_record_bytes=10_000)
+    assert rejection(too_big, roomy) is RejectReason.TOO_MANY_MODELS
+    two_addresses = codec.sign_record(ALICE, record(addresses=("a:1", "b:2"))).envelope
+    assert rejection(two_addresses, roomy) is RejectReason.TOO_MANY_ADDRESSES
+    long_capability = replace(MODEL, capabilities=("x" * 17,))
+    long = codec.sign_record(ALICE, record(models=(long_capability,))).envelope
+    assert rejection(long, roomy) is RejectReason.FIELD_TOO_LONG
+    negative = codec.sign_record(ALICE, record(models=(replace(MODEL, price_hint=-1.0),))).envelope
+    assert rejection(negative) is RejectReason.INVALID_FIELD
+
+
+def test_opener_verifies_each_envelope_once() -> None:
+    opener = codec.Opener(LIMITS, max_entries=4)
+    envelopes = [codec.sign_heartbeat(ALICE, Heartbeat(ALICE.peer_id, 1, n)).envelope for n in range(10)]
+    for envelope in envelopes[:3] * 5:
+        assert isinstance(opener(envelope), Signed)
+    assert opener.verified == 3
+    for envelope in envelopes:  # past max_entries the older half is dropped, nothing breaks
+        opener(envelope)
+    assert opener.verified == 10
+    forged = replace(envelopes[0], payload=envelopes[1].payload)  # same signature, other bytes
+    assert isinstance(opener(forged), Rejection)
+
+
+def test_request_and_response_map_one_to_one() -> None:
+    beat = codec.sign_heartbeat(ALICE, Heartbeat(ALICE.peer_id, 3, 4)).envelope
+    request = GossipRequest(
+        codec.sign_record(ALICE, record()).envelope,
+        {ALICE.peer_id.raw: DigestEntry(3, 4, False), BOB.peer_id.raw: DigestEntry(2, 0, True)},
+        (beat,),
+    )
+    again = codec.request_from_proto(codec.request_to_proto(request))
+    assert again.sender == request.sender and again.updates == request.updates
+    assert dict(again.digest) == dict(request.digest)
+    push = GossipRequest(None, {}, (beat,))
+    assert codec.request_from_proto(codec.request_to_proto(push)).sender is None
+    response = GossipResponse((beat,), {BOB.peer_id.raw: DigestEntry(1, 1, False)})
+    back = codec.response_from_proto(codec.response_to_proto(response))
+    assert back.updates == response.updates and dict(back.wanted) == dict(response.wanted)
+
+
+def test_digest_with_a_bad_or_repeated_peer_id_is_malformed() -> None:
+    with pytest.raises(ProtocolError):
+        codec.digest_from_proto([gossip_pb2.DigestEntry(peer_id=b"x" * 31)])
+    entry = gossip_pb2.DigestEntry(peer_id=b"x" * 32, seq=1)
+    with pytest.raises(ProtocolError):
+        codec.digest_from_proto([entry, entry])
+
+
+entries = st.tuples(
+    st.binary(min_size=32, max_size=32),
+    st.integers(0, 2**64 - 1),
+    st.integers(0, 2**64 - 1),
+    st.booleans(),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    digest=st.lists(entries, max_size=6),
+    beats=st.lists(st.integers(0, 2**40), max_size=4),
+    with_sender=st.booleans(),
+    payload_type=st.sampled_from(["", "atomic.v1.Heartbeat", "é" * 70]),
+)
+def test_wire_sizes_equal_the_encoded_sizes(
+    digest: list[tuple[bytes, int, int, bool]], beats: list[int], with_sender: bool, payload_type: str
+) -> None:
+    updates = tuple(
+        replace(
+            codec.sign_heartbeat(ALICE, Heartbeat(ALICE.peer_id, n, n)).envelope, payload_type=payload_type
+        )
+        for n in beats
+    )
+    mapping = {raw: DigestEntry(seq, beat, dead) for raw, seq, beat, dead in digest}
+    sender = codec.sign_record(ALICE, record()).envelope if with_sender else None
+    request = GossipRequest(sender, mapping, updates)
+    assert codec.request_wire_size(request) == len(codec.request_to_proto(request).SerializeToString())
+    response = GossipResponse(updates, mapping)
+    assert codec.response_wire_size(response) == len(codec.response_to_proto(response).SerializeToString())
