@@ -1,0 +1,550 @@
+"""The evaluator of DESIGN section 7: screen bids, score them from what the requester has learned,
+pick a winner, keep runner-ups, set the price and say why. Pure: values in, values out; the
+time and the random source are arguments.
+
+How this works
+--------------
+1. **Screen.** A bid is excluded, with an :class:`Exclusion` kind and a reason (and a log
+   line), when a field is missing or out of range (confidence outside [0, 1], NaN or inf,
+   negative latency or cost), when it does not offer the capability, when its constraints rule
+   the task out (batch above ``max_batch``, too many input tokens, an unsupported language),
+   when it needs more resources than the ask allows, when its cost exceeds the budget, or when
+   its *expected* latency (step 2) does not fit in the time left. Nothing a peer sends can raise.
+2. **Expect.** With the peer's profile for (peer, model, capability) (:mod:`.profiler`):
+
+   - the claim is corrected by the peer's measured bias: ``calibrated = claim - bias``;
+   - the corrected claim counts as ``claim_strength * trust`` pseudo-outcomes, where
+     ``trust = 1 - |bias| / bias_tolerance`` (clipped to [0, 1]), and is pooled with the
+     observed outcomes: ``accuracy = (k * calibrated + successes) / (k + successes + failures)``.
+     A peer whose promises overstate what it delivers soon has trust 0, and only what it
+     delivered counts;
+   - latency likewise: the claim times the measured delivered/promised ratio, worth
+     ``claim_strength`` samples, pooled with the observed quantile over the recent window.
+
+   Without a profile the claim is taken as it stands (this is what :func:`.scoring.score` does).
+3. **Score.** Components in [0, 1], higher is better: ``accuracy`` (step 2), ``latency``
+   (``1 - expected / time_left``), ``cost`` (``1 - cost / ceiling``, the ceiling being the
+   budget or else the dearest eligible offer), ``availability`` (``1 - utilization`` the peer
+   advertises), ``confidence`` (the calibrated claim). ``score = sum_k w_k * s_k`` with the
+   weights normalised to sum to 1, plus an exploration bonus, minus a utilization penalty:
+
+   - exploration, :class:`Exploration`: THOMPSON draws the accuracy component from the Beta
+     that step 2's pooling defines (both parameters floored at 1/2 so the draw is defined);
+     UCB adds ``ucb_c * sqrt(ln(1 + N) / (1 + n))`` with n the bid's evidence and N the total;
+   - utilization: ``utilization_weight * f / (f + utilization_half)`` with f the requester's
+     own tasks in flight at that peer.
+4. **Clear** (:mod:`.clearing`). Best score first; ties go to the lower expected latency, then
+   the lower cost, then the earlier bid. The anti-starvation floor may promote a starved peer.
+   The winner is paid its bid, or with ``Pricing.SECOND_SCORE`` the highest cost at which it
+   would still have won. A :class:`~.rationale.Rationale` records all of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import numbers
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from types import MappingProxyType
+from typing import Any, Generic
+
+from atomic_p2p.errors import ConfigError
+from atomic_p2p.requester.clearing import FloorRule, PriceTerms, WinShares, second_score_price, starved_pick
+from atomic_p2p.requester.profiler import Estimate, Profile, ProfileKey, ProfilerConfig, estimate
+from atomic_p2p.requester.ranking import (
+    Decision,
+    Excluded,
+    Exclusion,
+    Ranking,
+    Scorable,
+    Scored,
+    T,
+    label,
+    peer_key,
+)
+from atomic_p2p.requester.rationale import CandidateNote, ExclusionNote, Rationale
+from atomic_p2p.requester.weights import COMPONENTS, Weights, WeightsSpec, resolve_weights
+
+logger = logging.getLogger(__name__)
+
+
+class Exploration(Enum):
+    NONE = "none"
+    THOMPSON = "thompson"
+    UCB = "ucb"
+
+
+class Pricing(Enum):
+    FIRST = "first"  # the winner is paid its bid
+    SECOND_SCORE = "second_score"  # the highest cost at which it would still have won
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """Resource amounts; in an :class:`Ask`, the most a bid may need (0 = no limit)."""
+
+    cpu_cores: float = 0.0
+    memory_mb: float = 0.0
+    gpu_memory_mb: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """What the requester wants of one microtask. Zero or empty means "not constrained"."""
+
+    task_id: str
+    capability: str
+    time_left_ms: float
+    budget: float | None = None
+    weights: WeightsSpec = None
+    bucket: str = ""  # profiler.shape_bucket of the inputs: selects the per-bucket posterior
+    batch_size: int = 0
+    input_tokens: int = 0
+    language: str = ""
+    max_resources: Resources | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MarketView:
+    """What the requester knows besides the bids: profiles, its own in-flight tasks per peer,
+    the utilization each peer advertises (gossip LoadSummary), and recent win shares."""
+
+    profiles: Mapping[ProfileKey, Profile] = field(default_factory=lambda: MappingProxyType({}))
+    in_flight: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
+    utilization: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    shares: WinShares = field(default_factory=WinShares)
+
+
+@dataclass(frozen=True, slots=True)
+class EvaluatorConfig:
+    """Every knob of the evaluator. :meth:`greedy` turns exploration, floor and penalty off."""
+
+    exploration: Exploration = Exploration.THOMPSON
+    ucb_c: float = 0.2
+    claim_strength: float = 4.0
+    bias_tolerance: float = 0.25
+    latency_quantile: float = 0.5
+    shrink: float = 2.0
+    floor: FloorRule = field(default_factory=FloorRule)
+    utilization_weight: float = 0.1
+    utilization_half: float = 2.0
+    pricing: Pricing = Pricing.FIRST
+    profiler: ProfilerConfig = field(default_factory=ProfilerConfig)
+
+    def __post_init__(self) -> None:
+        numbers = {
+            "ucb_c": self.ucb_c,
+            "claim_strength": self.claim_strength,
+            "utilization_weight": self.utilization_weight,
+            "shrink": self.shrink,
+        }
+        for name, value in numbers.items():
+            if not (math.isfinite(value) and value >= 0):
+                raise ConfigError(f"{name} must be a finite non-negative number, got {value!r}")
+        if not (self.bias_tolerance > 0 and self.utilization_half > 0):
+            raise ConfigError("bias_tolerance and utilization_half must be positive")
+        if not 0 <= self.latency_quantile <= 1:
+            raise ConfigError("latency_quantile must lie in [0, 1]")
+
+    @classmethod
+    def greedy(cls, **overrides: Any) -> EvaluatorConfig:
+        """No exploration, no floor, no utilization penalty, first price: for benchmarks."""
+        settings: dict[str, Any] = {
+            "exploration": Exploration.NONE,
+            "floor": FloorRule(min_share=0.0),
+            "utilization_weight": 0.0,
+            "pricing": Pricing.FIRST,
+        }
+        return cls(**{**settings, **overrides})
+
+
+@dataclass(frozen=True, slots=True)
+class _Assessed(Generic[T]):
+    """An eligible bid and what the evaluator expects of it (steps 1-2)."""
+
+    index: int
+    item: T
+    peer: str
+    estimate: Estimate | None
+    calibrated: float  # the claim corrected by the measured bias
+    claim_weight: float  # pseudo-outcomes the calibrated claim is worth
+    expected_accuracy: float
+    expected_latency_ms: float
+
+    @property
+    def evidence(self) -> float:
+        return 0.0 if self.estimate is None else self.estimate.evidence
+
+
+def _clamp01(value: float) -> float:
+    return min(1.0, max(0.0, value))
+
+
+def _number(value: object) -> float | None:
+    """``value`` as a float if it is a real number (numpy scalars included, bools not)."""
+    if type(value) is float:  # the common case, without the ABC check
+        return value
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return None
+    return float(value)
+
+
+def _field_problem(bid: object) -> str | None:
+    confidence = _number(getattr(bid, "confidence", None))
+    latency = _number(getattr(bid, "expected_latency_ms", None))
+    cost = _number(getattr(bid, "cost", None))
+    if confidence is None or not (math.isfinite(confidence) and 0.0 <= confidence <= 1.0):
+        return f"confidence {getattr(bid, 'confidence', None)!r} is not a number in [0, 1]"
+    if latency is None or not (math.isfinite(latency) and latency >= 0.0):
+        return f"expected latency {getattr(bid, 'expected_latency_ms', None)!r} ms is not a finite non-negative number"
+    if cost is None or not (math.isfinite(cost) and cost >= 0.0):
+        return f"cost {getattr(bid, 'cost', None)!r} is not a finite non-negative number"
+    return None
+
+
+def _constraint_problem(bid: Scorable, ask: Ask) -> tuple[Exclusion, str] | None:
+    """The first hard constraint ``bid`` (whose fields are well formed) breaks, if any."""
+    capabilities = getattr(bid, "capabilities", None)
+    if ask.capability and capabilities and ask.capability not in capabilities:
+        return Exclusion.CAPABILITY, f"offers {sorted(capabilities)}, not {ask.capability!r}"
+    constraints = getattr(bid, "constraints", None)
+    max_batch = _number(getattr(constraints, "max_batch", None)) or 0
+    if ask.batch_size and max_batch and ask.batch_size > max_batch:
+        return Exclusion.CONSTRAINTS, f"batch {ask.batch_size} exceeds its max_batch {max_batch:g}"
+    max_tokens = _number(getattr(constraints, "max_input_tokens", None)) or 0
+    if ask.input_tokens and max_tokens and ask.input_tokens > max_tokens:
+        return Exclusion.CONSTRAINTS, f"{ask.input_tokens} input tokens exceed its max {max_tokens:g}"
+    languages = getattr(constraints, "supported_languages", None)
+    if ask.language and languages and ask.language not in languages:
+        return Exclusion.CONSTRAINTS, f"language {ask.language!r} not in {sorted(languages)}"
+    limits = ask.max_resources
+    needs = getattr(bid, "resources", None)
+    if limits is not None and needs is not None:
+        for name in ("cpu_cores", "memory_mb", "gpu_memory_mb"):
+            need, limit = _number(getattr(needs, name, None)), getattr(limits, name)
+            if need is None or not math.isfinite(need) or need < 0:
+                return (
+                    Exclusion.MALFORMED,
+                    f"resource {name} {getattr(needs, name, None)!r} is not a number >= 0",
+                )
+            if limit and need > limit:
+                return Exclusion.RESOURCES, f"needs {name} {need:g}, more than the {limit:g} allowed"
+    if ask.budget is not None and bid.cost > ask.budget:
+        return Exclusion.BUDGET, f"cost {bid.cost:g} exceeds the budget {ask.budget:g}"
+    return None
+
+
+def _expect(
+    index: int, bid: T, ask: Ask, estimate_: Estimate | None, config: EvaluatorConfig
+) -> _Assessed[T]:
+    """Step 2 of the module docstring."""
+    claim, claimed_latency = float(bid.confidence), float(bid.expected_latency_ms)
+    peer = peer_key(bid)
+    if estimate_ is None:
+        return _Assessed(index, bid, peer, None, claim, config.claim_strength, claim, claimed_latency)
+    bias = estimate_.confidence_bias
+    calibrated = _clamp01(claim - bias)
+    claim_weight = config.claim_strength * _clamp01(1.0 - abs(bias) / config.bias_tolerance)
+    total = claim_weight + estimate_.evidence
+    if total > 0:
+        accuracy = (claim_weight * calibrated + estimate_.successes) / total
+    else:
+        accuracy = estimate_.posterior.mean
+    latency = claimed_latency * estimate_.latency_ratio
+    if estimate_.latency_ms is not None:
+        samples = estimate_.latency_samples
+        latency = (config.claim_strength * latency + samples * estimate_.latency_ms) / (
+            config.claim_strength + samples
+        )
+    return _Assessed(index, bid, peer, estimate_, calibrated, claim_weight, accuracy, latency)
+
+
+def _lookup(bid: object, ask: Ask, view: MarketView, config: EvaluatorConfig) -> Estimate | None:
+    if not view.profiles:
+        return None
+    key = ProfileKey(peer_key(bid), str(getattr(bid, "model_id", "")), ask.capability)
+    profile = view.profiles.get(key)
+    if profile is None:
+        return None
+    return estimate(
+        profile,
+        config.profiler,
+        bucket=ask.bucket,
+        latency_quantile=config.latency_quantile,
+        shrink=config.shrink,
+    )
+
+
+def _problem(
+    index: int, bid: T, ask: Ask, view: MarketView, config: EvaluatorConfig, eligible: list[_Assessed[T]]
+) -> tuple[Exclusion, str] | None:
+    """Append ``bid`` to ``eligible`` and return None, or return why it is excluded."""
+    problem = _field_problem(bid)
+    found = (Exclusion.MALFORMED, problem) if problem else _constraint_problem(bid, ask)
+    if found is not None:
+        return found
+    assessed = _expect(index, bid, ask, _lookup(bid, ask, view, config), config)
+    if assessed.expected_latency_ms > ask.time_left_ms:
+        return (
+            Exclusion.DEADLINE,
+            f"expected latency {assessed.expected_latency_ms:.1f} ms (claimed "
+            f"{bid.expected_latency_ms:.1f}) exceeds the {ask.time_left_ms:.1f} ms left",
+        )
+    eligible.append(assessed)
+    return None
+
+
+def _screen(
+    bids: Sequence[T], ask: Ask, view: MarketView, config: EvaluatorConfig
+) -> tuple[list[_Assessed[T]], list[Excluded[T]]]:
+    eligible: list[_Assessed[T]] = []
+    excluded: list[Excluded[T]] = []
+    for index, bid in enumerate(bids):
+        try:
+            found = _problem(index, bid, ask, view, config, eligible)
+        except (TypeError, ValueError, AttributeError, OverflowError) as error:
+            # Odd types in optional fields (a capabilities list of mixed types, say) must not
+            # take the auction down with them.
+            found = Exclusion.MALFORMED, f"unreadable bid: {error!r}"
+        if found is None:
+            continue
+        kind, reason = found
+        level = logging.WARNING if kind is Exclusion.MALFORMED else logging.DEBUG
+        logger.log(
+            level, "task %s: bid from %s excluded (%s): %s", ask.task_id, label(bid), kind.value, reason
+        )
+        excluded.append(Excluded(bid, reason, kind))
+    return eligible, excluded
+
+
+def _accuracy_draw(assessed: _Assessed[Any], rng: random.Random) -> float:
+    """Thompson: a draw from Beta(k * calibrated + successes, k * (1 - calibrated) + failures)."""
+    successes = assessed.estimate.successes if assessed.estimate else 0.0
+    failures = assessed.estimate.failures if assessed.estimate else 0.0
+    alpha = assessed.claim_weight * assessed.calibrated + successes
+    beta = assessed.claim_weight * (1.0 - assessed.calibrated) + failures
+    return rng.betavariate(max(alpha, 0.5), max(beta, 0.5))
+
+
+def _components(
+    assessed: _Assessed[Any], ask: Ask, view: MarketView, ceiling: float, accuracy: float
+) -> dict[str, float]:
+    bid = assessed.item
+    latency = 1.0 - assessed.expected_latency_ms / ask.time_left_ms if ask.time_left_ms > 0 else 0.0
+    cost = 1.0 - float(bid.cost) / ceiling if ceiling > 0 else 1.0
+    utilization = _number(view.utilization.get(assessed.peer, 0.0)) if view.utilization else 0.0
+    availability = 1.0 - utilization if utilization is not None and math.isfinite(utilization) else 1.0
+    return {
+        "accuracy": _clamp01(accuracy),
+        "latency": _clamp01(latency),
+        "cost": _clamp01(cost),
+        "availability": _clamp01(availability),
+        "confidence": _clamp01(assessed.calibrated),
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class _Row(Generic[T]):
+    assessed: _Assessed[T]
+    score: float
+    components: Mapping[str, float]
+    details: Mapping[str, float]
+
+
+def _score_all(
+    eligible: Sequence[_Assessed[T]],
+    ask: Ask,
+    view: MarketView,
+    config: EvaluatorConfig,
+    weights: Weights,
+    rng: random.Random | None,
+) -> list[_Row[T]]:
+    ceiling = (
+        ask.budget if ask.budget is not None else max((float(a.item.cost) for a in eligible), default=0.0)
+    )
+    total_evidence = sum(assessed.evidence for assessed in eligible)
+    in_play = weights.in_play()
+    rows = []
+    for assessed in eligible:
+        accuracy = assessed.expected_accuracy
+        if config.exploration is Exploration.THOMPSON and rng is not None:
+            accuracy = _accuracy_draw(assessed, rng)
+        bonus = 0.0
+        if config.exploration is Exploration.UCB:
+            bonus = config.ucb_c * math.sqrt(math.log1p(total_evidence) / (1.0 + assessed.evidence))
+        in_flight = max(0, int(view.in_flight.get(assessed.peer, 0)))
+        penalty = config.utilization_weight * in_flight / (in_flight + config.utilization_half)
+        every = _components(assessed, ask, view, ceiling, accuracy)
+        components = {name: every[name] for name in in_play}
+        total = sum(getattr(weights, name) * value for name, value in components.items()) + bonus - penalty
+        details = {
+            "expected_accuracy": assessed.expected_accuracy,
+            "expected_latency_ms": assessed.expected_latency_ms,
+            "calibrated_confidence": assessed.calibrated,
+            "evidence": assessed.evidence,
+            "exploration_bonus": bonus,
+            "utilization_penalty": penalty,
+        }
+        rows.append(_Row(assessed, total, MappingProxyType(components), MappingProxyType(details)))
+    # Rounding keeps float noise (0.1 + 0.2 vs 0.3) from deciding between bids that score the same.
+    rows.sort(
+        key=lambda row: (
+            -round(row.score, 12),
+            row.assessed.expected_latency_ms,
+            float(row.assessed.item.cost),
+            row.assessed.index,
+        )
+    )
+    return rows
+
+
+def _price(
+    rows: Sequence[_Row[Any]], weights: Weights, ask: Ask, config: EvaluatorConfig, promoted: bool
+) -> tuple[float | None, str]:
+    if not rows:
+        return None, ""
+    winner_cost = float(rows[0].assessed.item.cost)
+    if config.pricing is Pricing.FIRST:
+        return winner_cost, "first price: its own bid"
+    if promoted:
+        return winner_cost, "promoted by the floor: its own bid"
+
+    def terms(row: _Row[Any]) -> PriceTerms:
+        cost_term = weights.cost * row.components.get("cost", 0.0)
+        return PriceTerms(row.score - cost_term, float(row.assessed.item.cost))
+
+    return second_score_price(terms(rows[0]), [terms(row) for row in rows[1:]], weights.cost, ask.budget)
+
+
+def _check(ask: Ask, config: EvaluatorConfig, rng: random.Random | None) -> None:
+    if not math.isfinite(ask.time_left_ms):
+        raise ConfigError(f"time left must be finite, got {ask.time_left_ms!r}")
+    if ask.budget is not None and not (math.isfinite(ask.budget) and ask.budget >= 0):
+        raise ConfigError(f"budget must be a finite non-negative number, got {ask.budget!r}")
+    if config.exploration is Exploration.THOMPSON and rng is None:
+        raise ConfigError(
+            "Thompson sampling needs an rng (random.Random); pass one or choose another exploration"
+        )
+
+
+def evaluate(
+    bids: Sequence[T],
+    ask: Ask,
+    view: MarketView | None = None,
+    config: EvaluatorConfig | None = None,
+    *,
+    rng: random.Random | None = None,
+    now_ms: int = 0,
+) -> Decision[T]:
+    """Screen, score and clear ``bids`` for ``ask`` (see the module docstring).
+
+    Bad arguments (the ask, the config, a missing rng for Thompson sampling) raise ConfigError;
+    bad bids never raise: they land in ``excluded`` with the reason.
+    """
+    view = view if view is not None else MarketView()
+    config = config if config is not None else EvaluatorConfig()
+    weights = resolve_weights(ask.weights).normalised()
+    _check(ask, config, rng)
+    eligible, excluded = _screen(bids, ask, view, config)
+    rows = _score_all(eligible, ask, view, config, weights, rng)
+    pick = starved_pick([(row.assessed.peer, row.score) for row in rows], view.shares, config.floor)
+    floor_note = ""
+    if pick is not None:
+        index, floor_note = pick
+        rows = [rows[index], *rows[:index], *rows[index + 1 :]]
+    price, price_note = _price(rows, weights, ask, config, promoted=pick is not None)
+    ranked = tuple(
+        Scored(row.assessed.item, row.score, row.components, rank, row.details)
+        for rank, row in enumerate(rows, start=1)
+    )
+    rationale = _rationale(ranked, excluded, weights, ask, config, now_ms, price, price_note, floor_note)
+    return Decision(ranked, tuple(excluded), weights, price, rationale)
+
+
+def _rationale(
+    ranked: Sequence[Scored[Any]],
+    excluded: Sequence[Excluded[Any]],
+    weights: Weights,
+    ask: Ask,
+    config: EvaluatorConfig,
+    now_ms: int,
+    price: float | None,
+    price_note: str,
+    floor_note: str,
+) -> Rationale:
+    candidates = tuple(
+        CandidateNote(
+            bid=label(scored.item),
+            rank=scored.rank,
+            score=scored.score,
+            components=scored.components,
+            claimed=MappingProxyType(
+                {
+                    "confidence": float(scored.item.confidence),
+                    "latency_ms": float(scored.item.expected_latency_ms),
+                    "cost": float(scored.item.cost),
+                }
+            ),
+            expected=MappingProxyType(
+                {
+                    name: scored.details[name]
+                    for name in (
+                        "expected_accuracy",
+                        "expected_latency_ms",
+                        "calibrated_confidence",
+                        "evidence",
+                    )
+                }
+            ),
+            adjustments=MappingProxyType(
+                {name: scored.details[name] for name in ("exploration_bonus", "utilization_penalty")}
+            ),
+        )
+        for scored in ranked
+    )
+    settings = {
+        "exploration": config.exploration.value,
+        "pricing": config.pricing.value,
+        "min_share": config.floor.min_share,
+        "utilization_weight": config.utilization_weight,
+        "time_left_ms": ask.time_left_ms,
+        "budget": ask.budget,
+        "bucket": ask.bucket,
+    }
+    return Rationale(
+        task_id=ask.task_id,
+        capability=ask.capability,
+        at_ms=now_ms,
+        weights=MappingProxyType(weights.as_dict()),
+        settings=MappingProxyType(settings),
+        candidates=candidates,
+        excluded=tuple(ExclusionNote(label(ex.item), ex.kind.value, ex.reason) for ex in excluded),
+        winner=candidates[0].bid if candidates else None,
+        runner_ups=tuple(note.bid for note in candidates[1:]),
+        price=price,
+        price_note=price_note,
+        floor_note=floor_note,
+    )
+
+
+__all__ = [
+    "COMPONENTS",
+    "Ask",
+    "Decision",
+    "EvaluatorConfig",
+    "Excluded",
+    "Exclusion",
+    "Exploration",
+    "MarketView",
+    "Pricing",
+    "Ranking",
+    "Resources",
+    "Scorable",
+    "Scored",
+    "evaluate",
+    "label",
+    "peer_key",
+]

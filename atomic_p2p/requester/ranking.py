@@ -1,0 +1,116 @@
+"""What an evaluation returns: ranked bids, excluded bids and the decision, generic over the bid type.
+
+The evaluator works on any bid object with ``confidence``, ``expected_latency_ms`` and ``cost``
+(:class:`Scorable`); results hold the caller's objects as they came (``item``), so the requester
+gets its own :class:`~.types.BidInfo` values back, best first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from types import MappingProxyType
+from typing import Generic, Protocol, TypeVar
+
+from atomic_p2p.requester.rationale import BidLabel, Rationale
+from atomic_p2p.requester.weights import Weights
+
+
+class Scorable(Protocol):
+    """The fields of a bid that scoring reads. The evaluator also reads, when present,
+    ``peer_id``, ``model_id``, ``address``, ``capabilities``, ``resources`` (cpu_cores,
+    memory_mb, gpu_memory_mb) and ``constraints`` (max_batch, max_input_tokens,
+    supported_languages)."""
+
+    @property
+    def confidence(self) -> float: ...
+
+    @property
+    def expected_latency_ms(self) -> float: ...
+
+    @property
+    def cost(self) -> float: ...
+
+
+T = TypeVar("T", bound=Scorable)
+
+
+class Exclusion(Enum):
+    """Why a bid got no score."""
+
+    MALFORMED = "malformed"
+    CAPABILITY = "capability"
+    CONSTRAINTS = "constraints"
+    RESOURCES = "resources"
+    BUDGET = "budget"
+    DEADLINE = "deadline"
+
+
+@dataclass(frozen=True, slots=True)
+class Scored(Generic[T]):
+    """One ranked bid: its total score, the components behind it, its 1-based rank.
+
+    ``details`` holds the rest of the story: expected_accuracy, expected_latency_ms,
+    calibrated_confidence, evidence, exploration_bonus, utilization_penalty.
+    """
+
+    item: T
+    score: float
+    components: Mapping[str, float]
+    rank: int
+    details: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class Excluded(Generic[T]):
+    """A bid that failed a hard constraint, which rule (``kind``) and the details."""
+
+    item: T
+    reason: str
+    kind: Exclusion = Exclusion.MALFORMED
+
+
+@dataclass(frozen=True, slots=True)
+class Ranking(Generic[T]):
+    """Eligible bids best first, the excluded ones, and the normalised weights used."""
+
+    ranked: tuple[Scored[T], ...]
+    excluded: tuple[Excluded[T], ...]
+    weights: Weights
+
+
+@dataclass(frozen=True, slots=True)
+class Decision(Ranking[T]):
+    """A ranking plus its clearing: ``ranked[0]`` won, the rest are fallbacks in order.
+
+    ``price`` is what the winner is paid (None when nothing was eligible).
+    """
+
+    price: float | None = None
+    rationale: Rationale | None = None
+
+    @property
+    def winner(self) -> Scored[T] | None:
+        return self.ranked[0] if self.ranked else None
+
+    @property
+    def runner_ups(self) -> tuple[Scored[T], ...]:
+        return self.ranked[1:]
+
+    def eligible_peers(self) -> tuple[str, ...]:
+        """Peer keys of every ranked bid (for :meth:`WinShares.after`)."""
+        return tuple(peer_key(scored.item) for scored in self.ranked)
+
+    def winner_peer(self) -> str | None:
+        return peer_key(self.ranked[0].item) if self.ranked else None
+
+
+def peer_key(bid: object) -> str:
+    """The key a bid's peer goes by in profiles, shares and load maps: its id as hex ("" if none)."""
+    peer = getattr(bid, "peer_id", None)
+    return "" if peer is None else str(peer)
+
+
+def label(bid: object) -> BidLabel:
+    return BidLabel(peer_key(bid), str(getattr(bid, "model_id", "")), str(getattr(bid, "address", "")))

@@ -1,0 +1,532 @@
+"""The evaluator (atomic_p2p.requester.evaluator): pure, so every rule is driven directly."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from atomic_p2p.errors import ConfigError
+from atomic_p2p.requester.clearing import FloorRule, WinShares
+from atomic_p2p.requester.evaluator import (
+    Ask,
+    Decision,
+    EvaluatorConfig,
+    Exclusion,
+    Exploration,
+    MarketView,
+    Pricing,
+    Resources,
+    evaluate,
+)
+from atomic_p2p.requester.profiler import Observation, Profile, ProfileKey, ProfilerConfig, record
+from atomic_p2p.requester.rationale import Rationale
+from atomic_p2p.requester.weights import PROFILES, Weights
+
+CAPABILITY = "classify/digits"
+GREEDY = EvaluatorConfig.greedy()
+
+
+@dataclass(frozen=True)
+class Constraints:
+    max_batch: int = 0
+    max_input_tokens: int = 0
+    supported_languages: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Bid:
+    peer_id: str
+    confidence: Any
+    expected_latency_ms: Any
+    cost: Any
+    model_id: str = "m"
+    address: str = ""
+    capabilities: tuple[str, ...] = ()
+    constraints: Constraints = field(default_factory=Constraints)
+    resources: Resources | None = None
+
+
+def ask(**overrides: Any) -> Ask:
+    return Ask(**{"task_id": "t", "capability": CAPABILITY, "time_left_ms": 1000.0, **overrides})
+
+
+def winner(decision: Decision[Bid]) -> str:
+    assert decision.winner is not None
+    return decision.winner.item.peer_id
+
+
+def key(peer: str) -> ProfileKey:
+    return ProfileKey(peer, "m", CAPABILITY)
+
+
+def history(
+    peer: str, n: int, *, claim: float, outcome_rate: float, promised_ms: float, took_ms: float
+) -> Profile:
+    """A profile after n tasks: outcomes alternate so the success rate is outcome_rate."""
+    config = ProfilerConfig()
+    profile = None
+    successes = 0
+    for i in range(n):
+        good = successes < outcome_rate * (i + 1)
+        successes += good
+        observation = Observation(
+            at_ms=i,
+            outcome=1.0 if good else 0.0,
+            latency_ms=took_ms,
+            cost=1.0,
+            promised_confidence=claim,
+            promised_latency_ms=promised_ms,
+            promised_cost=1.0,
+        )
+        profile = record(profile, key(peer), observation, config)
+    assert profile is not None
+    return profile
+
+
+FAST = Bid("fast", 0.80, 10.0, 1.0)
+SHARP = Bid("sharp", 0.99, 400.0, 2.0)
+
+
+# --- hard constraints -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("bid", "overrides", "kind", "words"),
+    [
+        (Bid("p", 0.9, 1200, 1), {}, Exclusion.DEADLINE, "exceeds"),
+        (Bid("p", 0.9, 10, 5), {"budget": 4.0}, Exclusion.BUDGET, "budget"),
+        (Bid("p", 0.9, 10, 1, capabilities=("translate",)), {}, Exclusion.CAPABILITY, "translate"),
+        (
+            Bid("p", 0.9, 10, 1, constraints=Constraints(max_batch=8)),
+            {"batch_size": 9},
+            Exclusion.CONSTRAINTS,
+            "max_batch",
+        ),
+        (
+            Bid("p", 0.9, 10, 1, constraints=Constraints(max_input_tokens=5)),
+            {"input_tokens": 6},
+            Exclusion.CONSTRAINTS,
+            "tokens",
+        ),
+        (
+            Bid("p", 0.9, 10, 1, constraints=Constraints(supported_languages=("en",))),
+            {"language": "fr"},
+            Exclusion.CONSTRAINTS,
+            "language",
+        ),
+        (
+            Bid("p", 0.9, 10, 1, resources=Resources(gpu_memory_mb=4096)),
+            {"max_resources": Resources(gpu_memory_mb=2048)},
+            Exclusion.RESOURCES,
+            "gpu_memory_mb",
+        ),
+    ],
+)
+def test_hard_constraints_exclude_with_a_kind_and_reason(
+    bid: Bid, overrides: dict[str, Any], kind: Exclusion, words: str
+) -> None:
+    decision = evaluate([bid, FAST], ask(**overrides), config=GREEDY)
+    assert [s.item for s in decision.ranked] == [FAST]
+    (excluded,) = decision.excluded
+    assert excluded.kind is kind and words in excluded.reason
+
+
+def test_constraints_that_fit_do_not_exclude() -> None:
+    bid = Bid(
+        "p", 0.9, 10, 1,
+        capabilities=(CAPABILITY,),
+        constraints=Constraints(max_batch=8, max_input_tokens=5, supported_languages=("en",)),
+        resources=Resources(1, 100, 0),
+    )  # fmt: skip
+    limits = Resources(cpu_cores=2, memory_mb=100)
+    decision = evaluate(
+        [bid], ask(batch_size=8, input_tokens=5, language="en", max_resources=limits), config=GREEDY
+    )
+    assert decision.excluded == () and winner(decision) == "p"
+
+
+def test_the_deadline_is_checked_against_expected_not_claimed_latency() -> None:
+    # Claims 5 ms, has delivered 600 ms every time: with 500 ms left it cannot make it.
+    late = history("late", 30, claim=0.9, outcome_rate=0.9, promised_ms=5, took_ms=600)
+    view = MarketView(profiles={key("late"): late})
+    decision = evaluate([Bid("late", 0.9, 5.0, 1.0)], ask(time_left_ms=500), view, GREEDY)
+    assert decision.ranked == ()
+    assert decision.excluded[0].kind is Exclusion.DEADLINE
+    assert "claimed 5.0" in decision.excluded[0].reason
+
+
+# --- weights, profiles, normalisation ------------------------------------------------------------
+
+
+def test_priority_profiles_and_their_winners() -> None:
+    assert PROFILES["speed"].as_dict() == {"accuracy": 0.3, "latency": 0.6, "cost": 0.1}
+    assert PROFILES["accuracy"].as_dict() == {"accuracy": 0.7, "latency": 0.2, "cost": 0.1}
+    assert PROFILES["balanced"].as_dict() == {"accuracy": 0.4, "latency": 0.3, "cost": 0.3}
+    assert winner(evaluate([SHARP, FAST], ask(weights="speed"), config=GREEDY)) == "fast"
+    assert winner(evaluate([SHARP, FAST], ask(weights="accuracy"), config=GREEDY)) == "sharp"
+    cheap = Bid("cheap", 0.7, 300.0, 0.1)
+    assert winner(evaluate([SHARP, cheap], ask(weights="balanced"), config=GREEDY)) == "cheap"
+
+
+def test_components_are_normalised_and_explain_the_score() -> None:
+    weights = {"accuracy": 2, "latency": 1, "cost": 1, "availability": 1, "confidence": 1}
+    view = MarketView(utilization={"fast": 0.25})
+    decision = evaluate([FAST, SHARP], ask(weights=weights, budget=4.0), view, GREEDY)
+    assert decision.weights == Weights(2 / 6, 1 / 6, 1 / 6, 1 / 6, 1 / 6)
+    fast = next(s for s in decision.ranked if s.item is FAST)
+    assert dict(fast.components) == pytest.approx(
+        {"accuracy": 0.8, "latency": 0.99, "cost": 0.75, "availability": 0.75, "confidence": 0.8}
+    )
+    as_dict = decision.weights.as_dict()
+    for scored in decision.ranked:
+        assert set(scored.components) == set(as_dict)
+        assert all(0.0 <= v <= 1.0 for v in scored.components.values())
+        assert scored.score == pytest.approx(sum(as_dict[k] * v for k, v in scored.components.items()))
+
+
+def test_unweighted_extra_components_stay_out_of_the_breakdown() -> None:
+    decision = evaluate([FAST], ask(weights="speed"), config=GREEDY)
+    assert set(decision.ranked[0].components) == {"accuracy", "latency", "cost"}
+
+
+# --- calibration: a lying peer loses weight by itself -------------------------------------------
+
+
+def test_calibration_discounts_a_lying_peer() -> None:
+    liar_bid = Bid("liar", 0.99, 5.0, 1.0)
+    honest_bid = Bid("honest", 0.85, 40.0, 1.0)
+    fresh = evaluate([liar_bid, honest_bid], ask(weights="balanced"), config=GREEDY)
+    assert winner(fresh) == "liar"  # with no history a claim is all there is
+
+    liar = history("liar", 40, claim=0.99, outcome_rate=0.5, promised_ms=5, took_ms=120)
+    honest = history("honest", 40, claim=0.85, outcome_rate=0.85, promised_ms=40, took_ms=40)
+    view = MarketView(profiles={key("liar"): liar, key("honest"): honest})
+    learned = evaluate([liar_bid, honest_bid], ask(weights="balanced"), view, GREEDY)
+    assert winner(learned) == "honest"
+    details = {s.item.peer_id: s.details for s in learned.ranked}
+    # Bias ~0.49 > tolerance: the claim counts for nothing, only delivered outcomes do.
+    assert details["liar"]["expected_accuracy"] == pytest.approx(0.5, abs=0.05)
+    assert details["liar"]["calibrated_confidence"] < 0.6
+    assert details["liar"]["expected_latency_ms"] == pytest.approx(120, rel=0.1)
+    assert details["honest"]["expected_accuracy"] == pytest.approx(0.85, abs=0.05)
+    assert details["honest"]["expected_latency_ms"] == pytest.approx(40, rel=0.05)
+
+
+def test_an_honest_claim_keeps_its_weight() -> None:
+    honest = history("honest", 40, claim=0.85, outcome_rate=0.85, promised_ms=40, took_ms=40)
+    view = MarketView(profiles={key("honest"): honest})
+    # A per-input claim above the peer's average counts: a confident input scores higher.
+    sure = evaluate([Bid("honest", 0.99, 40.0, 1.0)], ask(), view, GREEDY).ranked[0]
+    unsure = evaluate([Bid("honest", 0.50, 40.0, 1.0)], ask(), view, GREEDY).ranked[0]
+    assert sure.details["expected_accuracy"] > unsure.details["expected_accuracy"]
+
+
+# --- exploration -------------------------------------------------------------------------------
+
+
+def _known_and_new() -> tuple[list[Bid], MarketView]:
+    known = history("known", 60, claim=0.8, outcome_rate=0.8, promised_ms=10, took_ms=10)
+    bids = [Bid("known", 0.8, 10.0, 1.0), Bid("new", 0.75, 10.0, 1.0)]
+    return bids, MarketView(profiles={key("known"): known})
+
+
+def test_thompson_sampling_explores_and_is_reproducible_with_a_seed() -> None:
+    bids, view = _known_and_new()
+    assert winner(evaluate(bids, ask(), view, GREEDY)) == "known"
+    config = EvaluatorConfig.greedy(exploration=Exploration.THOMPSON)
+
+    def run(seed: int) -> list[str]:
+        rng = random.Random(seed)
+        return [winner(evaluate(bids, ask(), view, config, rng=rng)) for _ in range(200)]
+
+    first = run(7)
+    assert first == run(7)
+    assert 0.05 < first.count("new") / 200 < 0.6
+    with pytest.raises(ConfigError, match="rng"):
+        evaluate(bids, ask(), view, config)
+
+
+def test_ucb_bonus_favours_the_less_known() -> None:
+    bids, view = _known_and_new()
+    config = EvaluatorConfig.greedy(exploration=Exploration.UCB, ucb_c=0.2)
+    decision = evaluate(bids, ask(), view, config)
+    bonus = {s.item.peer_id: s.details["exploration_bonus"] for s in decision.ranked}
+    evidence = next(s.details["evidence"] for s in decision.ranked if s.item.peer_id == "known")
+    assert bonus["new"] == pytest.approx(0.2 * math.sqrt(math.log1p(evidence)))
+    assert bonus["known"] == pytest.approx(0.2 * math.sqrt(math.log1p(evidence) / (1 + evidence)))
+    assert winner(decision) == "new"
+    off = evaluate(bids, ask(), view, GREEDY)
+    assert all(s.details["exploration_bonus"] == 0 for s in off.ranked)
+
+
+# --- floor and utilization ---------------------------------------------------------------------
+
+
+def _starved_shares() -> WinShares:
+    shares = WinShares()
+    for _ in range(30):
+        shares = shares.after(["a", "b"], "a")
+    return shares
+
+
+def test_the_floor_promotes_a_starved_peer() -> None:
+    bids = [Bid("a", 0.9, 10.0, 1.0), Bid("b", 0.8, 10.0, 1.0)]
+    view = MarketView(shares=_starved_shares())
+    assert view.shares.share("b") == 0.0 and view.shares.share("a") == pytest.approx(1.0)
+    on = EvaluatorConfig.greedy(floor=FloorRule(min_share=0.1, warmup=20), pricing=Pricing.SECOND_SCORE)
+    decision = evaluate(bids, ask(), view, on)
+    assert winner(decision) == "b" and [s.rank for s in decision.ranked] == [1, 2]
+    assert decision.rationale is not None and "floor" in decision.rationale.floor_note
+    assert decision.price == 1.0  # a promoted winner is paid its own bid
+    assert winner(evaluate(bids, ask(), view, GREEDY)) == "a"
+    tight = EvaluatorConfig.greedy(floor=FloorRule(min_share=0.1, warmup=20, max_gap=0.01))
+    assert winner(evaluate(bids, ask(), view, tight)) == "a"
+    cold = EvaluatorConfig.greedy(floor=FloorRule(min_share=0.1, warmup=100))
+    assert winner(evaluate(bids, ask(), view, cold)) == "a"
+
+
+def test_win_shares_follow_decisions() -> None:
+    decision = evaluate([Bid("a", 0.9, 10.0, 1.0), Bid("b", 0.8, 10.0, 1.0)], ask(), config=GREEDY)
+    shares = WinShares().after(decision.eligible_peers(), decision.winner_peer())
+    assert shares.share("a") == 1.0 and shares.share("b") == 0.0 and shares.share("c") is None
+
+
+def test_utilization_penalty_spreads_load() -> None:
+    bids = [Bid("a", 0.9, 10.0, 1.0), Bid("b", 0.9, 10.0, 1.0)]
+    config = EvaluatorConfig.greedy(utilization_weight=0.1, utilization_half=2.0)
+    decision = evaluate(bids, ask(), MarketView(in_flight={"a": 4}), config)
+    assert winner(decision) == "b"
+    penalty = {s.item.peer_id: s.details["utilization_penalty"] for s in decision.ranked}
+    assert penalty == {"a": pytest.approx(0.1 * 4 / 6), "b": 0.0}
+    assert winner(evaluate(bids, ask(), MarketView(in_flight={"a": 4}), GREEDY)) == "a"
+
+
+# --- second-score pricing ----------------------------------------------------------------------
+
+SECOND = EvaluatorConfig.greedy(pricing=Pricing.SECOND_SCORE)
+
+
+def _margin_at(bids: list[Bid], index: int, cost: float, the_ask: Ask) -> float:
+    """Winner's score minus the best rival's, with bid ``index`` re-priced at ``cost``."""
+    repriced = list(bids)
+    repriced[index] = replace(bids[index], cost=cost)
+    decision = evaluate(repriced, the_ask, config=SECOND)
+    scores = {id(s.item): s.score for s in decision.ranked}
+    if id(repriced[index]) not in scores:
+        return -math.inf  # excluded (over budget): it does not win
+    rivals = [score for item, score in scores.items() if item != id(repriced[index])]
+    return scores[id(repriced[index])] - max(rivals, default=-math.inf)
+
+
+@pytest.mark.parametrize(
+    ("bids", "budget"),
+    [
+        ([Bid("a", 0.95, 20, 1.0), Bid("b", 0.80, 30, 1.5), Bid("c", 0.7, 50, 0.5)], 4.0),
+        ([Bid("a", 0.95, 20, 1.0), Bid("b", 0.80, 30, 1.5), Bid("c", 0.7, 50, 0.5)], None),
+        # The winner would win even as the dearest: the price is where a rival's cost score overtakes.
+        ([Bid("a", 0.99, 10, 1.0), Bid("b", 0.5, 300, 2.0)], None),
+        ([Bid("a", 0.9, 10, 0.0), Bid("b", 0.85, 15, 0.0)], None),
+    ],
+)
+def test_second_score_price_is_exact(bids: list[Bid], budget: float | None) -> None:
+    the_ask = ask(budget=budget)
+    decision = evaluate(bids, the_ask, config=SECOND)
+    assert decision.winner is not None and decision.price is not None
+    index = bids.index(decision.winner.item)
+    price = decision.price
+    assert price >= decision.winner.item.cost
+    assert _margin_at(bids, index, price, the_ask) >= -1e-9
+    assert _margin_at(bids, index, price + 1e-6 * max(1.0, price), the_ask) < 0
+    assert decision.rationale is not None and decision.rationale.price == price
+
+
+def test_second_score_without_rivals_pays_the_budget_or_the_bid() -> None:
+    assert evaluate([FAST], ask(budget=3.0), config=SECOND).price == 3.0
+    only = evaluate([FAST], ask(), config=SECOND)
+    assert only.price == FAST.cost and only.rationale is not None and "own bid" in only.rationale.price_note
+    assert evaluate([FAST, SHARP], ask(), config=GREEDY).price == FAST.cost  # first price
+
+
+# --- rationale ---------------------------------------------------------------------------------
+
+
+def test_rationale_records_the_whole_decision_and_round_trips_json() -> None:
+    bad = Bid("bad", math.nan, 10.0, 1.0)
+    dear = Bid("dear", 0.99, 10.0, 9.0, address="10.0.0.9:5000")
+    decision = evaluate(
+        [FAST, SHARP, bad, dear], ask(budget=5.0, weights="speed"), config=SECOND, now_ms=1234
+    )
+    rationale = decision.rationale
+    assert rationale is not None
+    assert rationale.task_id == "t" and rationale.capability == CAPABILITY and rationale.at_ms == 1234
+    assert dict(rationale.weights) == pytest.approx({"accuracy": 0.3, "latency": 0.6, "cost": 0.1})
+    assert rationale.winner is not None and rationale.winner.peer == "fast"
+    assert [label.peer for label in rationale.runner_ups] == ["sharp"]
+    assert [(n.bid.peer, n.rank) for n in rationale.candidates] == [("fast", 1), ("sharp", 2)]
+    top = rationale.candidates[0]
+    assert top.score == decision.ranked[0].score and dict(top.components) == dict(
+        decision.ranked[0].components
+    )
+    assert dict(top.claimed) == {"confidence": 0.8, "latency_ms": 10.0, "cost": 1.0}
+    assert set(top.expected) == {
+        "expected_accuracy",
+        "expected_latency_ms",
+        "calibrated_confidence",
+        "evidence",
+    }
+    assert {(n.bid.peer, n.kind) for n in rationale.excluded} == {("bad", "malformed"), ("dear", "budget")}
+    assert rationale.settings["pricing"] == "second_score" and rationale.settings["budget"] == 5.0
+    assert rationale.price == decision.price and rationale.price_note.startswith("second-score")
+    text = rationale.to_json()
+    assert json.loads(text)["winner"]["peer"] == "fast"
+    assert Rationale.from_json(text) == rationale
+    with pytest.raises(ConfigError):
+        Rationale.from_json('{"v": 1}')
+
+
+def test_an_empty_auction_has_no_winner_or_price() -> None:
+    decision = evaluate([], ask(), config=GREEDY)
+    assert decision.winner is None and decision.price is None and decision.runner_ups == ()
+    assert decision.rationale is not None and decision.rationale.winner is None
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NoCost:
+    peer_id: str
+    confidence: float
+    expected_latency_ms: float
+
+
+@pytest.mark.parametrize(
+    ("bid", "words"),
+    [
+        (Bid("x", 0.5, math.nan, 1.0), "latency"),
+        (Bid("x", 0.5, 10.0, -1.0), "cost"),
+        (Bid("x", 1.5, 10.0, 1.0), "confidence"),
+        (Bid("x", -0.1, 10.0, 1.0), "confidence"),
+        (Bid("x", 0.5, math.inf, 1.0), "latency"),
+        (Bid("x", 0.5, 10.0, math.inf), "cost"),
+        (Bid("x", "high", 10.0, 1.0), "confidence"),
+        (Bid("x", True, 10.0, 1.0), "confidence"),
+        (Bid("x", 0.5, None, 1.0), "latency"),
+        (NoCost("x", 0.5, 10.0), "cost"),
+        (Bid("x", 0.5, 10.0, 1.0, resources=Resources(memory_mb=math.nan)), "memory_mb"),
+        (Bid("x", 0.5, 10.0, 1.0, capabilities=(1, "a")), "unreadable"),  # type: ignore[arg-type]
+    ],
+)
+def test_bad_bids_are_excluded_with_a_logged_reason(
+    bid: Any, words: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="atomic_p2p.requester.evaluator")
+    the_ask = ask(max_resources=Resources(memory_mb=10))
+    decision = evaluate([bid, FAST], the_ask, config=EvaluatorConfig(), rng=random.Random(1))
+    assert [s.item for s in decision.ranked] == [FAST]
+    (excluded,) = decision.excluded
+    assert excluded.kind is Exclusion.MALFORMED and words in excluded.reason
+    assert any("excluded" in r.getMessage() and words in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    "overrides", [{"time_left_ms": math.nan}, {"budget": -1.0}, {"budget": math.inf}, {"weights": "fastest"}]
+)
+def test_bad_asks_are_config_errors(overrides: dict[str, Any]) -> None:
+    with pytest.raises(ConfigError):
+        evaluate([FAST], ask(**overrides), config=GREEDY)
+
+
+def test_bad_config_is_rejected() -> None:
+    with pytest.raises(ConfigError):
+        EvaluatorConfig(ucb_c=-1)
+    with pytest.raises(ConfigError):
+        EvaluatorConfig(latency_quantile=2)
+    with pytest.raises(ConfigError):
+        FloorRule(min_share=1.5)
+
+
+# --- properties --------------------------------------------------------------------------------
+
+junk = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-5, 5),
+    st.none(),
+    st.text(max_size=2),
+    st.booleans(),
+)
+sane_bids = st.builds(
+    Bid,
+    peer_id=st.sampled_from(["a", "b", "c", "d"]),
+    confidence=st.floats(0, 1),
+    expected_latency_ms=st.floats(0, 2000),
+    cost=st.floats(0, 100),
+)
+any_bids = st.one_of(
+    sane_bids, st.builds(Bid, peer_id=st.just("j"), confidence=junk, expected_latency_ms=junk, cost=junk)
+)
+configs = st.sampled_from(
+    [
+        GREEDY,
+        SECOND,
+        EvaluatorConfig(pricing=Pricing.SECOND_SCORE),
+        EvaluatorConfig(exploration=Exploration.UCB, floor=FloorRule(min_share=0.2, warmup=0)),
+    ]
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(any_bids, max_size=6), configs, st.one_of(st.none(), st.floats(0, 200)), st.integers(0, 2**32)
+)
+def test_any_bids_are_ranked_or_excluded_never_raise(
+    bids: list[Bid], config: EvaluatorConfig, budget: float | None, seed: int
+) -> None:
+    view = MarketView(shares=WinShares().after(["a"], "a"), in_flight={"b": 3})
+    decision = evaluate(bids, ask(budget=budget), view, config, rng=random.Random(seed))
+    assert len(decision.ranked) + len(decision.excluded) == len(bids)
+    assert all(math.isfinite(s.score) for s in decision.ranked)
+    assert [s.rank for s in decision.ranked] == list(range(1, len(decision.ranked) + 1))
+    if decision.winner is not None:
+        assert decision.price is not None and decision.price >= decision.winner.item.cost
+        if budget is not None:
+            assert decision.price <= budget
+    assert decision.rationale is not None
+    json.loads(decision.rationale.to_json())
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.builds(
+            Bid,
+            peer_id=st.sampled_from(["a", "b", "c", "d"]),
+            confidence=st.floats(0, 1),
+            expected_latency_ms=st.floats(0, 900),
+            cost=st.floats(0, 50),
+        ),
+        min_size=2,
+        max_size=5,
+    ),
+    st.one_of(st.none(), st.floats(50, 100)),
+    st.floats(0.05, 1.0),
+)
+def test_second_score_price_is_the_highest_winning_cost(
+    bids: list[Bid], budget: float | None, cost_weight: float
+) -> None:
+    the_ask = ask(budget=budget, weights={"accuracy": 0.5, "latency": 0.3, "cost": cost_weight})
+    decision = evaluate(bids, the_ask, config=SECOND)
+    assert decision.winner is not None and decision.price is not None and decision.rationale is not None
+    index = next(i for i, bid in enumerate(bids) if bid is decision.winner.item)
+    price = decision.price
+    assert _margin_at(bids, index, price, the_ask) >= -1e-9
+    if "own bid" not in decision.rationale.price_note:  # unbounded: nothing to cross
+        assert _margin_at(bids, index, price + 1e-6 * max(1.0, price), the_ask) < 0
