@@ -122,9 +122,7 @@ async def measure(addresses: list[str], rounds: int) -> dict[str, dict[str, floa
     async with Requester(addresses) as requester:
         transport = requester._transport  # the bench drives the requester's own transport
         pool = requester._pool
-        for address in addresses:
-            pool.stub(address)  # opens the channel the auction uses too
-        health = [health_pb2_grpc.HealthStub(pool._channels[a]) for a in addresses]
+        health = [health_pb2_grpc.HealthStub(pool.channel(a)) for a in addresses]  # the auction's channels
 
         async def auction_round() -> None:
             task = build_task(TASK_ID, CAPABILITY, wire, preview=True, max_cost=None)

@@ -33,7 +33,7 @@ from atomic_p2p import tensors
 from atomic_p2p.errors import AuctionError, ConfigError, NoBidsError
 from atomic_p2p.identity import Identity
 from atomic_p2p.requester.auction import CallForBids, Collected, collect_bids
-from atomic_p2p.requester.channels import ChannelPool
+from atomic_p2p.channels import ChannelPool
 from atomic_p2p.requester.execution import Executed, ExecutionPolicy, Executor, Payload, Success
 from atomic_p2p.requester.feedback import FeedbackSender
 from atomic_p2p.requester.messages import TaskRef, build_task, sign_bid_request

@@ -2,7 +2,9 @@
 
 A channel is an HTTP/2 connection with its own reconnect backoff; opening one per call costs a
 TCP (and later TLS) handshake each time and throws away that backoff state. The pool opens a
-channel the first time an address is used and closes them all at once.
+channel the first time an address is used and closes them all at once. The requester and the
+gossip transport share this pool; a :class:`~atomic_p2p.faults.FaultPlan` (from the environment by
+default) adds delay and loss to every outgoing call for fault-injection runs.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import grpc
 from grpc import aio
 
 from atomic_p2p._proto.atomic.v1 import market_pb2_grpc
+from atomic_p2p.faults import FaultInjector, FaultPlan
 from atomic_p2p.tensors import DEFAULT_LIMITS
 
 # Room for one maximal tensor plus the envelopes and framing around it.
@@ -29,8 +32,12 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
 class ChannelPool:
     """Channels and stubs keyed by address. Create and use it inside one event loop."""
 
-    def __init__(self, options: tuple[tuple[str, int], ...] = CHANNEL_OPTIONS) -> None:
+    def __init__(
+        self, options: tuple[tuple[str, int], ...] = CHANNEL_OPTIONS, faults: FaultPlan | None = None
+    ) -> None:
         self._options = options
+        plan = FaultPlan.from_env() if faults is None else faults
+        self.faults = FaultInjector(plan) if plan.active else None
         self._channels: dict[str, aio.Channel] = {}
         self._stubs: dict[str, market_pb2_grpc.PeerStub] = {}
         self._closed = False
@@ -44,10 +51,16 @@ class ChannelPool:
             raise RuntimeError("the channel pool is closed")
         stub = self._stubs.get(address)
         if stub is None:
-            channel = aio.insecure_channel(address, options=list(self._options))
+            interceptors = [self.faults] if self.faults is not None else None
+            channel = aio.insecure_channel(address, options=list(self._options), interceptors=interceptors)
             self._channels[address] = channel
             stub = self._stubs[address] = market_pb2_grpc.PeerStub(channel)
         return stub
+
+    def channel(self, address: str) -> aio.Channel:
+        """The channel for ``address`` (for other services on the same peer, e.g. health)."""
+        self.stub(address)
+        return self._channels[address]
 
     def channel_state(self, address: str) -> grpc.ChannelConnectivity | None:
         channel = self._channels.get(address)
