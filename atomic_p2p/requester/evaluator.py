@@ -206,11 +206,28 @@ def _field_problem(bid: object) -> str | None:
 
 
 def _constraint_problem(bid: Scorable, ask: Ask) -> tuple[Exclusion, str] | None:
-    """The first hard constraint ``bid`` (whose fields are well formed) breaks, if any."""
-    capabilities = getattr(bid, "capabilities", None)
-    if ask.capability and capabilities and ask.capability not in capabilities:
-        return Exclusion.CAPABILITY, f"offers {sorted(capabilities)}, not {ask.capability!r}"
-    constraints = getattr(bid, "constraints", None)
+    """The first hard constraint ``bid`` (whose fields are well formed) breaks, if any.
+
+    Only constraints the ask sets are looked up: a bid's optional fields cost nothing otherwise.
+    """
+    if ask.capability:
+        capabilities = getattr(bid, "capabilities", None)
+        if capabilities and ask.capability not in capabilities:
+            return Exclusion.CAPABILITY, f"offers {sorted(capabilities)}, not {ask.capability!r}"
+    if ask.batch_size or ask.input_tokens or ask.language:
+        found = _input_problem(getattr(bid, "constraints", None), ask)
+        if found is not None:
+            return found
+    if ask.max_resources is not None:
+        found = _resource_problem(getattr(bid, "resources", None), ask.max_resources)
+        if found is not None:
+            return found
+    if ask.budget is not None and bid.cost > ask.budget:
+        return Exclusion.BUDGET, f"cost {bid.cost:g} exceeds the budget {ask.budget:g}"
+    return None
+
+
+def _input_problem(constraints: object, ask: Ask) -> tuple[Exclusion, str] | None:
     max_batch = _number(getattr(constraints, "max_batch", None)) or 0
     if ask.batch_size and max_batch and ask.batch_size > max_batch:
         return Exclusion.CONSTRAINTS, f"batch {ask.batch_size} exceeds its max_batch {max_batch:g}"
@@ -220,20 +237,18 @@ def _constraint_problem(bid: Scorable, ask: Ask) -> tuple[Exclusion, str] | None
     languages = getattr(constraints, "supported_languages", None)
     if ask.language and languages and ask.language not in languages:
         return Exclusion.CONSTRAINTS, f"language {ask.language!r} not in {sorted(languages)}"
-    limits = ask.max_resources
-    needs = getattr(bid, "resources", None)
-    if limits is not None and needs is not None:
-        for name in ("cpu_cores", "memory_mb", "gpu_memory_mb"):
-            need, limit = _number(getattr(needs, name, None)), getattr(limits, name)
-            if need is None or not math.isfinite(need) or need < 0:
-                return (
-                    Exclusion.MALFORMED,
-                    f"resource {name} {getattr(needs, name, None)!r} is not a number >= 0",
-                )
-            if limit and need > limit:
-                return Exclusion.RESOURCES, f"needs {name} {need:g}, more than the {limit:g} allowed"
-    if ask.budget is not None and bid.cost > ask.budget:
-        return Exclusion.BUDGET, f"cost {bid.cost:g} exceeds the budget {ask.budget:g}"
+    return None
+
+
+def _resource_problem(needs: object, limits: Resources) -> tuple[Exclusion, str] | None:
+    if needs is None:
+        return None
+    for name in ("cpu_cores", "memory_mb", "gpu_memory_mb"):
+        need, limit = _number(getattr(needs, name, None)), getattr(limits, name)
+        if need is None or not math.isfinite(need) or need < 0:
+            return Exclusion.MALFORMED, f"resource {name} {getattr(needs, name, None)!r} is not a number >= 0"
+        if limit and need > limit:
+            return Exclusion.RESOURCES, f"needs {name} {need:g}, more than the {limit:g} allowed"
     return None
 
 
@@ -438,10 +453,12 @@ def evaluate(
     *,
     rng: random.Random | None = None,
     now_ms: int = 0,
+    explain: bool = True,
 ) -> Decision[T]:
     """Screen, score and clear ``bids`` for ``ask`` (see the module docstring).
 
-    Bad arguments (the ask, the config, a missing rng for Thompson sampling) raise ConfigError;
+    ``explain=False`` skips building the rationale (``Decision.rationale`` is then None), for
+    callers that only want the ranking. Bad arguments (the ask, the config, a missing rng for Thompson sampling) raise ConfigError;
     bad bids never raise: they land in ``excluded`` with the reason.
     """
     view = view if view is not None else MarketView()
@@ -460,7 +477,11 @@ def evaluate(
         Scored(row.assessed.item, row.score, row.components, rank, row.details)
         for rank, row in enumerate(rows, start=1)
     )
-    rationale = _rationale(ranked, excluded, weights, ask, config, now_ms, price, price_note, floor_note)
+    rationale = (
+        _rationale(ranked, excluded, weights, ask, config, now_ms, price, price_note, floor_note)
+        if explain
+        else None
+    )
     return Decision(ranked, tuple(excluded), weights, price, rationale)
 
 

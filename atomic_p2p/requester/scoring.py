@@ -44,7 +44,7 @@ def score(
     caller will pay for this task (None: no cap).
     """
     ask = Ask(task_id="", capability="", time_left_ms=time_left_ms, budget=budget, weights=weights)
-    decision = evaluate(bids, ask, config=_GREEDY)
+    decision = evaluate(bids, ask, config=_GREEDY, explain=False)
     return Ranking(decision.ranked, decision.excluded, decision.weights)
 
 

@@ -9,6 +9,7 @@ the evaluator's per-bid components list exactly the components in play, so
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -44,8 +45,7 @@ class Weights:
         return sum(getattr(self, name) for name in COMPONENTS)
 
     def normalised(self) -> Weights:
-        total = self.total()
-        return Weights(*(getattr(self, name) / total for name in COMPONENTS))
+        return _normalised(self)
 
     def in_play(self) -> tuple[str, ...]:
         """The core components, then any other with a positive weight."""
@@ -53,6 +53,13 @@ class Weights:
 
     def as_dict(self) -> dict[str, float]:
         return {name: float(getattr(self, name)) for name in self.in_play()}
+
+
+@functools.lru_cache(maxsize=64)
+def _normalised(weights: Weights) -> Weights:
+    # Cached: every evaluation normalises the same few profiles.
+    total = weights.total()
+    return Weights(*(getattr(weights, name) / total for name in COMPONENTS))
 
 
 # DESIGN section 7 priority profiles.

@@ -396,6 +396,7 @@ def test_an_empty_auction_has_no_winner_or_price() -> None:
     decision = evaluate([], ask(), config=GREEDY)
     assert decision.winner is None and decision.price is None and decision.runner_ups == ()
     assert decision.rationale is not None and decision.rationale.winner is None
+    assert evaluate([FAST], ask(), config=GREEDY, explain=False).rationale is None
 
 
 # --- bad input ---------------------------------------------------------------------------------
