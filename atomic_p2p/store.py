@@ -161,15 +161,17 @@ class Store:
             )
             store._thread.start()
             store._ready.result()  # migration errors surface here, in the caller's thread
-        store._reader = _connect(store.path, read_only=read_only)
-        if read_only:
+        try:
+            store._reader = _connect(store.path, read_only=read_only)
             version = schema_version(store._reader)
             if version != SCHEMA_VERSION:
-                store._reader.close()
                 raise ConfigError(
                     f"store schema version {version}, this code reads {SCHEMA_VERSION}; "
                     "open it read-write once to migrate"
                 )
+        except BaseException:
+            store.close()
+            raise
         return store
 
     def __enter__(self) -> Self:
