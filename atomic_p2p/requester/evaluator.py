@@ -62,10 +62,11 @@ from atomic_p2p.requester.ranking import (
     Scorable,
     Scored,
     T,
+    explain,
     label,
     peer_key,
 )
-from atomic_p2p.requester.rationale import CandidateNote, ExclusionNote, Rationale
+from atomic_p2p.requester.rationale import Rationale
 from atomic_p2p.requester.weights import COMPONENTS, Weights, WeightsSpec, resolve_weights
 
 logger = logging.getLogger(__name__)
@@ -478,7 +479,7 @@ def evaluate(
         for rank, row in enumerate(rows, start=1)
     )
     rationale = (
-        _rationale(ranked, excluded, weights, ask, config, now_ms, price, price_note, floor_note)
+        _rationale(ranked, excluded, weights, ask, config, now_ms, (price, price_note), floor_note)
         if explain
         else None
     )
@@ -492,40 +493,9 @@ def _rationale(
     ask: Ask,
     config: EvaluatorConfig,
     now_ms: int,
-    price: float | None,
-    price_note: str,
+    price: tuple[float | None, str],
     floor_note: str,
 ) -> Rationale:
-    candidates = tuple(
-        CandidateNote(
-            bid=label(scored.item),
-            rank=scored.rank,
-            score=scored.score,
-            components=scored.components,
-            claimed=MappingProxyType(
-                {
-                    "confidence": float(scored.item.confidence),
-                    "latency_ms": float(scored.item.expected_latency_ms),
-                    "cost": float(scored.item.cost),
-                }
-            ),
-            expected=MappingProxyType(
-                {
-                    name: scored.details[name]
-                    for name in (
-                        "expected_accuracy",
-                        "expected_latency_ms",
-                        "calibrated_confidence",
-                        "evidence",
-                    )
-                }
-            ),
-            adjustments=MappingProxyType(
-                {name: scored.details[name] for name in ("exploration_bonus", "utilization_penalty")}
-            ),
-        )
-        for scored in ranked
-    )
     settings = {
         "exploration": config.exploration.value,
         "pricing": config.pricing.value,
@@ -535,18 +505,16 @@ def _rationale(
         "budget": ask.budget,
         "bucket": ask.bucket,
     }
-    return Rationale(
+    return explain(
+        ranked,
+        excluded,
+        weights,
         task_id=ask.task_id,
         capability=ask.capability,
         at_ms=now_ms,
-        weights=MappingProxyType(weights.as_dict()),
-        settings=MappingProxyType(settings),
-        candidates=candidates,
-        excluded=tuple(ExclusionNote(label(ex.item), ex.kind.value, ex.reason) for ex in excluded),
-        winner=candidates[0].bid if candidates else None,
-        runner_ups=tuple(note.bid for note in candidates[1:]),
-        price=price,
-        price_note=price_note,
+        settings=settings,
+        price=price[0],
+        price_note=price[1],
         floor_note=floor_note,
     )
 

@@ -7,13 +7,13 @@ gets its own :class:`~.types.BidInfo` values back, best first.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
-from atomic_p2p.requester.rationale import BidLabel, Rationale
+from atomic_p2p.requester.rationale import BidLabel, CandidateNote, ExclusionNote, Rationale
 from atomic_p2p.requester.weights import Weights
 
 
@@ -114,3 +114,60 @@ def peer_key(bid: object) -> str:
 
 def label(bid: object) -> BidLabel:
     return BidLabel(peer_key(bid), str(getattr(bid, "model_id", "")), str(getattr(bid, "address", "")))
+
+
+_EXPECTED = ("expected_accuracy", "expected_latency_ms", "calibrated_confidence", "evidence")
+_ADJUSTMENTS = ("exploration_bonus", "utilization_penalty")
+
+
+def _note(scored: Scored[Any]) -> CandidateNote:
+    bid = scored.item
+    claimed = {
+        "confidence": float(bid.confidence),
+        "latency_ms": float(bid.expected_latency_ms),
+        "cost": float(bid.cost),
+    }
+    return CandidateNote(
+        bid=label(bid),
+        rank=scored.rank,
+        score=scored.score,
+        components=scored.components,
+        claimed=MappingProxyType(claimed),
+        expected=MappingProxyType(
+            {name: scored.details[name] for name in _EXPECTED if name in scored.details}
+        ),
+        adjustments=MappingProxyType(
+            {name: scored.details[name] for name in _ADJUSTMENTS if name in scored.details}
+        ),
+    )
+
+
+def explain(
+    ranked: Sequence[Scored[Any]],
+    excluded: Sequence[Excluded[Any]],
+    weights: Weights,
+    *,
+    task_id: str,
+    capability: str,
+    at_ms: int,
+    settings: Mapping[str, Any],
+    price: float | None,
+    price_note: str = "",
+    floor_note: str = "",
+) -> Rationale:
+    """The :class:`Rationale` of a ranking: ``ranked[0]`` is the winner, the rest runner-ups."""
+    candidates = tuple(_note(scored) for scored in ranked)
+    return Rationale(
+        task_id=task_id,
+        capability=capability,
+        at_ms=at_ms,
+        weights=MappingProxyType(weights.as_dict()),
+        settings=MappingProxyType(dict(settings)),
+        candidates=candidates,
+        excluded=tuple(ExclusionNote(label(ex.item), ex.kind.value, ex.reason) for ex in excluded),
+        winner=candidates[0].bid if candidates else None,
+        runner_ups=tuple(note.bid for note in candidates[1:]),
+        price=price,
+        price_note=price_note,
+        floor_note=floor_note,
+    )
