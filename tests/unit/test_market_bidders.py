@@ -159,3 +159,14 @@ def test_state_dict_round_trip() -> None:
     second.load_state_dict(first.state_dict())
     inputs = torch.randn(5, 3)
     assert torch.equal(first.bid(inputs), second.bid(inputs))
+
+
+def test_gradcheck_bid_functions_in_float64() -> None:
+    torch.manual_seed(0)
+    network = FeedForwardBid(3, hidden=4, n_capabilities=2).double()
+    inputs = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: network(x, capability=1), (inputs,))
+    scalar = ScalarBid(n_capabilities=2).double()
+    bids = scalar(torch.zeros(4, 1), capability=1)  # one parameter, broadcast to 4 examples
+    (gradient,) = torch.autograd.grad(bids.sum(), scalar.raw)
+    assert gradient.tolist() == pytest.approx([0.0, 4 * float(torch.sigmoid(scalar.raw.detach()[1]))])
