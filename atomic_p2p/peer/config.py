@@ -98,6 +98,12 @@ class PeerConfig:
     # Request ids, issued bids and results remembered at once (each table); beyond that, new work
     # is refused with RESOURCE_EXHAUSTED rather than forgetting something a replay check needs.
     max_remembered: int = 100_000
+    # Gossip (DESIGN section 5): seed addresses to join through, the address others should dial
+    # (default: the bound address; set it when listening on a wildcard), round interval and fanout.
+    bootstrap: tuple[str, ...] = ()
+    advertise: str | None = None
+    gossip_interval_s: float = 1.0
+    gossip_fanout: int = 3
 
     @property
     def weights_dir(self) -> Path:
@@ -129,6 +135,10 @@ _PEER_KEYS = {
     "max_tasks_per_request",
     "max_message_bytes",
     "max_remembered",
+    "bootstrap",
+    "advertise",
+    "gossip_interval_s",
+    "gossip_fanout",
 }
 _MODEL_KEYS = {
     "model_id",
@@ -211,7 +221,18 @@ def _peer_settings(peer: Mapping[str, Any], base_dir: Path, source: str) -> dict
             peer, "max_message_bytes", where, default=DEFAULT_MAX_MESSAGE_BYTES, low=1024
         ),
         "max_remembered": _integer(peer, "max_remembered", where, default=100_000, low=1),
+        "bootstrap": _addresses(peer, "bootstrap", where),
+        "advertise": peer.get("advertise") and _string(peer, "advertise", where, default=None),
+        "gossip_interval_s": _number(peer, "gossip_interval_s", where, default=1.0, low=0.01),
+        "gossip_fanout": _integer(peer, "gossip_fanout", where, default=3, low=1),
     }
+
+
+def _addresses(table: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
+    value = table.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(a, str) and ":" in a for a in value):
+        raise ConfigError(f'{where}: {key} must be a list of "host:port" strings, e.g. ["127.0.0.1:50051"]')
+    return tuple(value)
 
 
 def _model(table: Any, base_dir: Path, where: str) -> ModelConfig:

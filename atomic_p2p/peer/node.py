@@ -26,6 +26,8 @@ import torch
 from grpc_health.v1 import health, health_pb2
 
 from atomic_p2p.errors import ConfigError
+from atomic_p2p.gossip import GossipConfig, LoadSummary, ModelAdvert, ModelConstraints, Resources
+from atomic_p2p.gossip.transport import GossipAgent
 from atomic_p2p.identity import Identity, PeerId
 from atomic_p2p.peer.config import PeerConfig
 from atomic_p2p.peer.executor import Executor
@@ -67,6 +69,7 @@ class PeerNode:
         self._health = health_servicer
         self._port = port
         self.state = NodeState.SERVING
+        self.gossip: GossipAgent | None = None
 
     @classmethod
     async def start(
@@ -108,6 +111,7 @@ class PeerNode:
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         node = cls(config, identity, models, service, server, health_servicer, port)
+        await node._start_gossip()
         log.info("peer %s serving on %s: %s", identity.peer_id.short, node.address, ", ".join(models))
         return node
 
@@ -118,6 +122,27 @@ class PeerNode:
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
         return f"{host}:{self._port}"
+
+    @property
+    def advertised_address(self) -> str:
+        return self.config.advertise or self.address
+
+    async def _start_gossip(self) -> None:
+        config = self.config
+        self.gossip = GossipAgent(
+            self.identity,
+            GossipConfig(interval=config.gossip_interval_s, fanout=config.gossip_fanout),
+            addresses=[self.advertised_address],
+            models=[advert(model) for model in self._models.values()],
+            seeds=config.bootstrap,
+            load=self._load_summary,
+        )
+        self._service.gossip_agent = self.gossip
+        await self.gossip.start()
+
+    def _load_summary(self) -> LoadSummary:
+        load = self._service.executor.load(self.draining)
+        return LoadSummary(load.in_flight, load.capacity, load.in_flight / max(1, load.capacity))
 
     @property
     def port(self) -> int:
@@ -151,6 +176,8 @@ class PeerNode:
         if self.state is NodeState.STOPPED:
             return
         await self.drain(grace)
+        if self.gossip is not None:
+            await self.gossip.stop(leave=True)  # a signed leave, so others stop soliciting us now
         await self._server.stop(grace)
         self._service.executor.close()
         self.state = NodeState.STOPPED
@@ -166,6 +193,26 @@ class PeerNode:
         traceback: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def advert(model: HostedModel) -> ModelAdvert:
+    """How a hosted model is advertised in the node's gossip record."""
+    config = model.config
+    return ModelAdvert(
+        model_id=model.model_id,
+        capabilities=model.capabilities,
+        constraints=ModelConstraints(
+            max_input_tokens=config.constraints.max_input_tokens,
+            supported_languages=config.constraints.supported_languages,
+            max_batch=config.constraints.max_batch,
+        ),
+        price_hint=config.price_per_example,
+        resources=Resources(
+            config.resources.cpu_cores, config.resources.memory_mb, config.resources.gpu_memory_mb
+        ),
+        typical_latency_ms=model.expected_latency_ms,
+        strategy=config.strategy,
+    )
 
 
 def load_models(config: PeerConfig, device: torch.device | None = None) -> dict[str, HostedModel]:

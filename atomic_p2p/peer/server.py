@@ -54,6 +54,7 @@ from atomic_p2p.errors import (
     UnavailableError,
     UnimplementedError,
 )
+from atomic_p2p.gossip.transport import GossipAgent
 from atomic_p2p.identity import Envelope, Identity, verify
 from atomic_p2p.peer.config import PeerConfig
 from atomic_p2p.peer.executor import Executor
@@ -112,6 +113,7 @@ class PeerService:
         )
         self._book = BidBook(self._validity_ms, window_ms, config.max_remembered)
         self._candidates = [(model, model.strategy) for model in models.values()]
+        self.gossip_agent: GossipAgent | None = None  # set by the node once gossip runs
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods = {
@@ -361,11 +363,11 @@ class PeerService:
 
     # --- not yet served -----------------------------------------------------------------------
 
-    async def gossip(self, raw: bytes) -> bytes:
-        raise UnimplementedError(
-            "Gossip is not served by atomic-p2p 0.1; membership gossip arrives with the gossip/directory "
-            "release (0.2). Find peers by address for now."
-        )
+    async def gossip(self, raw: bytes, connection: str = "") -> bytes:
+        # Still served while draining: the leave, and others' view of us, travel through it.
+        if self.gossip_agent is None:
+            raise UnimplementedError("this node runs without gossip; reach it by address")
+        return self.gossip_agent.handle(raw, connection)
 
     async def bid_gradient(self, raw: bytes) -> bytes:
         raise UnimplementedError(
@@ -377,11 +379,14 @@ class PeerService:
             raise UnavailableError("this peer is draining and takes no new work; try another peer")
 
 
-def _rpc(name: str, method: Callable[[bytes], Awaitable[bytes]]) -> Callable[..., Awaitable[bytes]]:
+def _rpc(name: str, method: Callable[..., Awaitable[bytes]]) -> Callable[..., Awaitable[bytes]]:
     """Wrap a handler: the one place where errors become gRPC statuses."""
+    wants_connection = name == "Gossip"  # rate limits key on who is calling
 
     async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
+            if wants_connection:
+                return await method(raw, context.peer())
             return await method(raw)
         except AtomicError as err:
             log.debug("%s refused: %s %s", name, err.code.name, err)

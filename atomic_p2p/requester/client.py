@@ -30,10 +30,12 @@ from typing import Self
 import torch
 
 from atomic_p2p import tensors
+from atomic_p2p.channels import ChannelPool
 from atomic_p2p.errors import AuctionError, ConfigError, NoBidsError
+from atomic_p2p.gossip import GossipConfig
 from atomic_p2p.identity import Identity
 from atomic_p2p.requester.auction import CallForBids, Collected, collect_bids
-from atomic_p2p.channels import ChannelPool
+from atomic_p2p.requester.discovery import Discovery
 from atomic_p2p.requester.execution import Executed, ExecutionPolicy, Executor, Payload, Success
 from atomic_p2p.requester.feedback import FeedbackSender
 from atomic_p2p.requester.messages import TaskRef, build_task, sign_bid_request
@@ -120,16 +122,23 @@ class Requester:
 
     def __init__(
         self,
-        peers: Sequence[str],
+        peers: Sequence[str] = (),
         identity: Identity | None = None,
         *,
+        bootstrap: Sequence[str] = (),
+        gossip: GossipConfig | None = None,
         bid_timeout_s: float = 1.0,
         bid_share: float = 0.5,
         execution: ExecutionPolicy | None = None,
         feedback_timeout_s: float = 2.0,
     ) -> None:
-        if isinstance(peers, str) or not all(isinstance(peer, str) and peer for peer in peers):
-            raise ConfigError("peers must be a sequence of 'host:port' strings")
+        for name, addresses in (("peers", peers), ("bootstrap", bootstrap)):
+            if isinstance(addresses, str) or not all(isinstance(a, str) and a for a in addresses):
+                raise ConfigError(f"{name} must be a sequence of 'host:port' strings")
+        if not peers and not bootstrap:
+            raise ConfigError(
+                "give peers=[...] (addresses to ask) or bootstrap=[...] (gossip seeds), or both"
+            )
         _check_number("bid_timeout_s", bid_timeout_s, positive=True)
         if not 0 < bid_share < 1:
             raise ConfigError("bid_share must lie strictly between 0 and 1")
@@ -138,12 +147,25 @@ class Requester:
         self._bid_timeout_s = bid_timeout_s
         self._bid_share = bid_share
         self._pool = ChannelPool()
+        self.discovery = Discovery(self.identity, self.peers, bootstrap, self._pool, gossip)
         self._transport = PeerTransport(self._pool)
         self._executor = Executor(self._transport, self.identity, execution or ExecutionPolicy(), now_ms)
         self._feedback = FeedbackSender(self._transport, self.identity, feedback_timeout_s, now_ms)
 
     async def __aenter__(self) -> Self:
+        await self.start()
         return self
+
+    async def start(self) -> None:
+        """Join the gossip when bootstrap addresses were given (``async with`` calls this)."""
+        await self.discovery.start()
+
+    async def wait_for_peers(
+        self, capability: str, count: int = 1, timeout: float = 10.0, batch: int = 1
+    ) -> bool:
+        """Wait until gossip (or the fixed peers) offers ``count`` candidates for ``capability``."""
+        await self.start()
+        return await self.discovery.wait_for(capability, batch, count, timeout)
 
     async def __aexit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
@@ -151,8 +173,9 @@ class Requester:
         await self.close()
 
     async def close(self) -> None:
-        """Let pending notices finish (briefly), then close every channel."""
+        """Let pending notices finish (briefly), leave the gossip, then close every channel."""
         await self._feedback.drain()
+        await self.discovery.stop()
         await self._pool.close()
 
     async def run(
@@ -183,7 +206,9 @@ class Requester:
         task = build_task(TASK_ID, capability, payload.inputs, preview=preview, max_cost=max_cost)
         call = self._call_for_bids(task, deadline_s)
         window = min(self._bid_timeout_s, self._bid_share * deadline_s)
-        collected = await collect_bids(self._transport, self.peers, call, window, now_ms)
+        collected = await collect_bids(
+            self._transport, await self._candidates(capability, payload, window), call, window, now_ms
+        )
         ranking = score(collected.bids_for(TASK_ID), weights, (deadline - time.monotonic()) * 1000, max_cost)
         if not ranking.ranked:
             raise NoBidsError(_no_bids_message(capability, collected, ranking))
@@ -202,6 +227,14 @@ class Requester:
             total_ms=(finished - started) * 1000,
         )
         return _result(call, capability, collected, ranking, executed.success, executed, timings)
+
+    async def _candidates(self, capability: str, payload: Payload, window: float) -> list[str]:
+        await self.discovery.start()
+        batch = payload.inputs[0].shape[0] if payload.inputs and payload.inputs[0].shape else 1
+        # Just joined: the first exchange with a seed brings its whole table; give it part of
+        # the bid window to land rather than auction among whoever answered first.
+        await self.discovery.first_exchange(window)
+        return self.discovery.candidates(capability, batch)
 
     def _call_for_bids(self, task: TaskRef, deadline_s: float) -> CallForBids:
         request_id = os.urandom(16)

@@ -1,0 +1,198 @@
+"""The thin gRPC transport that drives a :class:`~atomic_p2p.gossip.membership.Membership`.
+
+How this works
+--------------
+The protocol lives in the sans-I/O core; this module only moves its messages. A background task
+calls :meth:`Membership.tick` at ``next_tick_at`` and runs each exchange it returns as a
+``Gossip`` RPC over the shared :class:`~atomic_p2p.channels.ChannelPool`; the answer (or the
+failure) goes back into the core, which may return the round's next exchange. Incoming ``Gossip``
+RPCs are served by :meth:`GossipAgent.handle`. After every step the core's events update the
+:class:`~atomic_p2p.gossip.directory.Directory` and wake anyone waiting in :meth:`wait_until`.
+
+Failures: ``UNAVAILABLE`` and ``DEADLINE_EXCEEDED`` mean the member may be gone (the core makes
+it SUSPECT at once, Lifeguard style); any other status means it answered, so it is alive.
+A node that stops gossips a signed Leave to ``fanout`` members first (:meth:`stop`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+
+import grpc
+from grpc import aio
+
+from atomic_p2p._proto.atomic.v1 import gossip_pb2
+from atomic_p2p._wire import parse
+from atomic_p2p.channels import ChannelPool
+from atomic_p2p.gossip.codec import (
+    request_from_proto,
+    request_to_proto,
+    response_from_proto,
+    response_to_proto,
+)
+from atomic_p2p.gossip.config import GossipConfig
+from atomic_p2p.gossip.directory import Directory
+from atomic_p2p.gossip.membership import Membership
+from atomic_p2p.gossip.messages import Outgoing
+from atomic_p2p.gossip.records import LoadSummary, ModelAdvert, Rejection
+from atomic_p2p.identity import Identity
+
+log = logging.getLogger(__name__)
+
+_SUSPICIOUS = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
+LEAVE_TIMEOUT_S = 1.0
+
+
+class GossipAgent:
+    """One node's gossip: membership, directory, and the task that keeps them moving.
+
+    Contract: create it inside a running event loop, ``await start()``, serve
+    :meth:`handle` from the node's Gossip RPC, ``await stop()`` (which gossips a leave).
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        config: GossipConfig,
+        *,
+        addresses: Iterable[str] = (),
+        models: Iterable[ModelAdvert] = (),
+        seeds: Iterable[str] = (),
+        pool: ChannelPool | None = None,
+        load: Callable[[], LoadSummary] | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self._clock = clock
+        self._load = load
+        self.membership = Membership(
+            identity,
+            config,
+            rng or random.Random(),
+            now=clock(),
+            addresses=addresses,
+            models=models,
+            seeds=seeds,
+            load=load() if load else None,
+        )
+        self.directory = Directory()
+        self._own_pool = pool is None
+        self._pool = pool or ChannelPool()
+        self._changed = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._runner: asyncio.Task[None] | None = None
+        self.exchanges_completed = 0
+        self._absorb_events()
+
+    @property
+    def rpc_timeout_s(self) -> float:
+        return max(0.5, 2 * self.config.interval)
+
+    async def start(self) -> None:
+        if self._runner is None:
+            self._runner = asyncio.create_task(self._run(), name="gossip")
+
+    async def stop(self, *, leave: bool = True) -> None:
+        """Gossip a signed leave (best effort, bounded), then stop every gossip task."""
+        if self._runner is not None:
+            self._runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._runner
+            self._runner = None
+        if leave and not self.membership.has_left:
+            sends = [self._send(out, LEAVE_TIMEOUT_S) for out in self.membership.leave(self._clock())]
+            await asyncio.gather(*sends, return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._own_pool:
+            await self._pool.close()
+
+    # --- serving --------------------------------------------------------------------------------
+
+    def handle(self, raw: bytes, connection: str) -> bytes:
+        """Serve one Gossip RPC (raw request bytes in, raw response bytes out).
+
+        The rate limit is keyed by the sender's peer id when its signed record verifies (so one
+        host can run many honest peers), else by the connection it came from."""
+        request = request_from_proto(parse(gossip_pb2.GossipRequest, raw, "GossipRequest"))
+        key = connection
+        if request.sender is not None and not isinstance(self.membership.opener(request.sender), Rejection):
+            key = request.sender.signer.hex
+        try:
+            response = self.membership.handle_request(self._clock(), request, key)
+        finally:
+            self._absorb_events()
+        return response_to_proto(response).SerializeToString()
+
+    # --- waiting --------------------------------------------------------------------------------
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout: float) -> bool:
+        """Wait until ``predicate()`` holds (checked after every membership change)."""
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(left, self.config.interval))
+        return True
+
+    # --- driving the core -----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            delay = self.membership.next_tick_at - self._clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if self._load is not None:
+                self.membership.set_load(self._load())
+            outgoing = self.membership.tick(self._clock())
+            self._absorb_events()
+            for out in outgoing:
+                self._spawn(out)
+
+    def _spawn(self, outgoing: Outgoing) -> None:
+        task = asyncio.create_task(self._exchange(outgoing))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _exchange(self, outgoing: Outgoing) -> None:
+        try:
+            follow_ups = await self._send(outgoing, self.rpc_timeout_s)
+        except Exception:  # a bug here must not kill gossip; say so loudly
+            log.exception("gossip exchange with %s failed unexpectedly", outgoing.address)
+            return
+        for follow_up in follow_ups:
+            self._spawn(follow_up)
+
+    async def _send(self, outgoing: Outgoing, timeout: float) -> list[Outgoing]:
+        stub = self._pool.stub(outgoing.address)
+        try:
+            answer = await stub.Gossip(request_to_proto(outgoing.request), timeout=timeout)
+            response = response_from_proto(answer)
+        except aio.AioRpcError as error:
+            suspect = error.code() in _SUSPICIOUS
+            log.debug("gossip to %s failed: %s", outgoing.address, error.code().name)
+            follow_ups = self.membership.failed(self._clock(), outgoing, suspect=suspect)
+        except Exception as error:  # a malformed answer: the member is up but misbehaving
+            log.warning("bad gossip answer from %s: %s", outgoing.address, error)
+            follow_ups = self.membership.failed(self._clock(), outgoing, suspect=False)
+        else:
+            follow_ups = self.membership.handle_response(self._clock(), outgoing, response)
+            self.exchanges_completed += 1
+        self._absorb_events()
+        return follow_ups
+
+    def _absorb_events(self) -> None:
+        events = self.membership.pop_events()
+        if events:
+            self.directory.apply(events)
+        self._changed.set()

@@ -1,0 +1,74 @@
+"""Where a requester finds peers: fixed addresses, gossip, or both.
+
+With ``bootstrap`` addresses the requester joins the gossip as a member that hosts nothing (a
+record with no models and no address: nobody gossips to it, it pulls). Its directory then names
+the live peers for a capability; a peer that joins later becomes a candidate on the next round,
+and one declared SUSPECT, DEAD or LEFT stops being solicited at once. Fixed ``peers`` are always
+asked, whatever gossip says.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from atomic_p2p.channels import ChannelPool
+from atomic_p2p.gossip import GossipConfig, Requirements
+from atomic_p2p.gossip.transport import GossipAgent
+from atomic_p2p.identity import Identity, PeerId
+
+
+class Discovery:
+    """Candidate addresses for a capability (see the module docstring)."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        peers: Sequence[str],
+        bootstrap: Sequence[str],
+        pool: ChannelPool,
+        gossip: GossipConfig | None = None,
+    ) -> None:
+        self.peers = tuple(dict.fromkeys(peers))
+        self.bootstrap = tuple(dict.fromkeys(bootstrap))
+        self._identity = identity
+        self._pool = pool
+        self._config = gossip or GossipConfig()
+        self.agent: GossipAgent | None = None
+
+    async def start(self) -> None:
+        if self.bootstrap and self.agent is None:
+            self.agent = GossipAgent(self._identity, self._config, seeds=self.bootstrap, pool=self._pool)
+            await self.agent.start()
+
+    async def stop(self) -> None:
+        if self.agent is not None:
+            await self.agent.stop(leave=True)
+            self.agent = None
+
+    def candidates(self, capability: str, batch: int) -> list[str]:
+        """Fixed peers first, then live gossip candidates that accept this batch (deduplicated)."""
+        addresses = list(self.peers)
+        if self.agent is not None:
+            found = self.agent.directory.candidates(capability, Requirements(batch=batch))
+            addresses += [c.record.addresses[0] for c in found if c.record.addresses]
+        return list(dict.fromkeys(addresses))
+
+    async def first_exchange(self, timeout: float) -> None:
+        """Return once one gossip exchange has completed (at once without gossip)."""
+        agent = self.agent
+        if agent is not None and agent.exchanges_completed == 0:
+            await agent.wait_until(lambda: agent.exchanges_completed > 0, timeout)
+
+    def peer_of(self, address: str) -> PeerId | None:
+        if self.agent is None:
+            return None
+        for record in self.agent.membership.live_members():
+            if address in record.addresses:
+                return record.peer_id
+        return None
+
+    async def wait_for(self, capability: str, batch: int, count: int, timeout: float) -> bool:
+        """Wait (up to ``timeout``) until at least ``count`` candidates are known."""
+        if self.agent is None:
+            return len(self.candidates(capability, batch)) >= count
+        return await self.agent.wait_until(lambda: len(self.candidates(capability, batch)) >= count, timeout)
