@@ -15,9 +15,9 @@ from grpc import aio
 
 from atomic_p2p._proto.atomic.v1 import market_pb2
 from atomic_p2p._wire import envelope_from_proto, envelope_to_proto, tensors_from_proto, tensors_to_proto
+from atomic_p2p.channels import ChannelPool
 from atomic_p2p.errors import AtomicError, DeadlineError, ProtocolError, from_status
 from atomic_p2p.identity import Envelope
-from atomic_p2p.channels import ChannelPool
 from atomic_p2p.tensors import WireTensor
 
 _REASON_PREFIX = "NO_BID_REASON_"
