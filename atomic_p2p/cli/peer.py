@@ -6,6 +6,11 @@
 Several configs make one node hosting every model they list: node settings (the ``[peer]``
 table) come from the first file, models from all of them (model ids must differ).
 
+Joining a network: ``--bootstrap ADDR`` (repeatable) names seed peers to gossip with first;
+``--advertise HOST:PORT`` is the address others should dial (needed behind a wildcard ``--host``).
+``--fault-*`` flags inject delay, jitter and loss into this node's outgoing calls for testing
+(field by field over ``ATOMIC_P2P_FAULTS``; see :mod:`atomic_p2p.faults`).
+
 Once serving, one line goes to stdout, so scripts can wait for it::
 
     atomic-peer 1a2b3c4d listening on 127.0.0.1:50051 hosting digits-small, digits-small-slow
@@ -18,12 +23,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
+import math
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 from atomic_p2p.errors import AtomicError, ConfigError
+from atomic_p2p.faults import FaultPlan
 from atomic_p2p.peer.config import PeerConfig, load_configs
 from atomic_p2p.peer.node import PeerNode
 
@@ -49,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir", type=Path, help="where key.pem and cached weights live (overrides data_dir)"
     )
     parser.add_argument(
+        "--cache-dir", type=Path, help="trained-weight cache, shareable between peers (overrides cache_dir)"
+    )
+    _add_gossip_arguments(parser)
+    _add_fault_arguments(parser)
+    parser.add_argument(
         "--drain-timeout",
         type=float,
         default=DEFAULT_DRAIN_S,
@@ -63,6 +77,80 @@ def build_parser() -> argparse.ArgumentParser:
         help="log verbosity on stderr (default INFO)",
     )
     return parser
+
+
+def _add_gossip_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("gossip")
+    group.add_argument(
+        "--bootstrap",
+        action="append",
+        type=_address,
+        metavar="ADDR",
+        help="host:port of a peer to join the network through; repeat for several "
+        "(replaces [peer] bootstrap)",
+    )
+    group.add_argument(
+        "--advertise",
+        type=_address,
+        metavar="HOST:PORT",
+        help="the address other peers should dial (default: the bound address)",
+    )
+    group.add_argument(
+        "--gossip-interval",
+        type=_positive,
+        metavar="S",
+        help="seconds between gossip rounds (overrides gossip_interval_s, default 1)",
+    )
+    group.add_argument(
+        "--gossip-fanout",
+        type=_positive_int,
+        metavar="K",
+        help="members contacted per round (overrides gossip_fanout, default 3)",
+    )
+
+
+def _add_fault_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "fault injection (outgoing calls of this node; each flag overrides ATOMIC_P2P_FAULTS)"
+    )
+    group.add_argument("--fault-delay-ms", type=_non_negative, metavar="MS", help="added to every call")
+    group.add_argument(
+        "--fault-jitter-ms", type=_non_negative, metavar="MS", help="plus a uniform random 0..MS"
+    )
+    group.add_argument(
+        "--fault-loss", type=_non_negative, metavar="P", help="probability a call is dropped (UNAVAILABLE)"
+    )
+    group.add_argument(
+        "--fault-seed", type=int, metavar="N", help="seed of the fault RNG (reproducible runs)"
+    )
+
+
+def _address(text: str) -> str:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not host:port (e.g. 127.0.0.1:50051)")
+    return text
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a non-negative number")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,7 +171,35 @@ def _config(args: argparse.Namespace) -> PeerConfig:
     if args.port is not None and not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port} is not a port; use 0..65535 (0 = any free port)")
     data_dir = args.data_dir.expanduser().resolve() if args.data_dir else None
-    return config.with_overrides(host=args.host, port=args.port, data_dir=data_dir)
+    cache_dir = args.cache_dir.expanduser().resolve() if args.cache_dir else None
+    return config.with_overrides(
+        host=args.host,
+        port=args.port,
+        data_dir=data_dir,
+        cache_dir=cache_dir,
+        bootstrap=tuple(args.bootstrap) if args.bootstrap else None,
+        advertise=args.advertise,
+        gossip_interval_s=args.gossip_interval,
+        gossip_fanout=args.gossip_fanout,
+        faults=fault_plan(args),
+    )
+
+
+def fault_plan(args: argparse.Namespace) -> FaultPlan | None:
+    """The environment's plan with the ``--fault-*`` flags given laid over it; None without flags."""
+    given: dict[str, Any] = {
+        field: value
+        for field, value in (
+            ("delay_ms", args.fault_delay_ms),
+            ("jitter_ms", args.fault_jitter_ms),
+            ("loss", args.fault_loss),
+            ("seed", args.fault_seed),
+        )
+        if value is not None
+    }
+    if not given:
+        return None  # the node's channel pool reads ATOMIC_P2P_FAULTS itself
+    return dataclasses.replace(FaultPlan.from_env(), **given)  # FaultPlan checks the ranges
 
 
 async def serve(config: PeerConfig, drain_timeout: float = DEFAULT_DRAIN_S) -> int:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from atomic_p2p.errors import ConfigError
+from atomic_p2p.faults import FaultPlan
 from atomic_p2p.peer.strategy import STRATEGIES, make_strategy
 
 MIB = 1024 * 1024
@@ -104,6 +105,9 @@ class PeerConfig:
     advertise: str | None = None
     gossip_interval_s: float = 1.0
     gossip_fanout: int = 3
+    # Delay, jitter and loss injected into this node's outgoing calls (atomic_p2p.faults); set by
+    # atomic-peer's --fault-* flags, not by TOML. None: read ATOMIC_P2P_FAULTS.
+    faults: FaultPlan | None = None
 
     @property
     def weights_dir(self) -> Path:

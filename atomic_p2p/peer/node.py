@@ -25,6 +25,7 @@ import grpc
 import torch
 from grpc_health.v1 import health, health_pb2
 
+from atomic_p2p.channels import ChannelPool
 from atomic_p2p.errors import ConfigError
 from atomic_p2p.gossip import GossipConfig, LoadSummary, ModelAdvert, ModelConstraints, Resources
 from atomic_p2p.gossip.transport import GossipAgent
@@ -70,6 +71,8 @@ class PeerNode:
         self._port = port
         self.state = NodeState.SERVING
         self.gossip: GossipAgent | None = None
+        # Every outgoing call this node makes (gossip) goes through this pool and its FaultPlan.
+        self._pool = ChannelPool(faults=config.faults)
 
     @classmethod
     async def start(
@@ -135,6 +138,7 @@ class PeerNode:
             addresses=[self.advertised_address],
             models=[advert(model) for model in self._models.values()],
             seeds=config.bootstrap,
+            pool=self._pool,
             load=self._load_summary,
         )
         self._service.gossip_agent = self.gossip
@@ -178,6 +182,7 @@ class PeerNode:
         await self.drain(grace)
         if self.gossip is not None:
             await self.gossip.stop(leave=True)  # a signed leave, so others stop soliciting us now
+        await self._pool.close()
         await self._server.stop(grace)
         self._service.executor.close()
         self.state = NodeState.STOPPED

@@ -1,0 +1,69 @@
+"""``atomic-peer`` flags become config fields (no server is started here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from atomic_p2p.cli.peer import _config, build_parser, main
+from atomic_p2p.faults import ENV_VAR, FaultPlan
+from atomic_p2p.peer.config import PeerConfig
+from atomic_p2p.testing import PEERS_DIR
+
+SMALL = str(PEERS_DIR / "small.toml")
+
+
+def parse(*flags: str) -> PeerConfig:
+    return _config(build_parser().parse_args([SMALL, *flags]))
+
+
+def test_gossip_flags_override_the_config(tmp_path: Path) -> None:
+    config = parse(
+        "--bootstrap",
+        "127.0.0.1:5001",
+        "--bootstrap",
+        "10.0.0.2:5002",
+        "--advertise",
+        "198.18.1.10:6000",
+        "--gossip-interval",
+        "0.25",
+        "--gossip-fanout",
+        "4",
+        "--cache-dir",
+        str(tmp_path),
+    )
+    assert config.bootstrap == ("127.0.0.1:5001", "10.0.0.2:5002")
+    assert config.advertise == "198.18.1.10:6000"
+    assert config.gossip_interval_s == 0.25
+    assert config.gossip_fanout == 4
+    assert config.cache_dir == tmp_path.resolve()
+    assert config.faults is None  # no flag: the pool reads the environment
+
+
+def test_fault_flags_lie_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(ENV_VAR, "delay_ms=5,jitter_ms=3,seed=1")
+    config = parse("--fault-loss", "0.2", "--fault-delay-ms", "40", "--fault-seed", "9")
+    assert config.faults == FaultPlan(delay_ms=40, jitter_ms=3, loss=0.2, seed=9)
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--bootstrap", "nohost"],
+        ["--bootstrap", "127.0.0.1:0"],
+        ["--gossip-interval", "0"],
+        ["--gossip-fanout", "0"],
+        ["--fault-jitter-ms", "-1"],
+    ],
+)
+def test_bad_flags_are_usage_errors(flags: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([SMALL, *flags])
+    assert exit_info.value.code == 2
+    assert flags[0] in capsys.readouterr().err
+
+
+def test_a_loss_of_one_exits_2_and_says_why(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([SMALL, "--fault-loss", "1"]) == 2
+    assert "loss" in capsys.readouterr().err
