@@ -7,6 +7,7 @@
     ├── PreconditionError             FAILED_PRECONDITION
     │   ├── UnknownModelError                              no such model / capability here
     │   ├── BidExpiredError                                bid or request past its validity
+    │   ├── UnknownTaskError                               report_outcome for a task never run here
     │   └── StaleRequestError                              issued outside the skew window or before start
     ├── ReplayError                   ALREADY_EXISTS       request id already seen / task already run
     ├── LimitExceededError            RESOURCE_EXHAUSTED   size, count or rate limit
@@ -54,6 +55,10 @@ class UnknownModelError(PreconditionError):
 
 
 class BidExpiredError(PreconditionError):
+    pass
+
+
+class UnknownTaskError(PreconditionError):
     pass
 
 

@@ -152,6 +152,8 @@ class Store:
         """
         if max_batch < 1 or linger_s < 0:
             raise ConfigError("max_batch must be >= 1 and linger_s >= 0")
+        if not read_only:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
         store = cls(
             Path(path), read_only=read_only, durability=durability, max_batch=max_batch, linger_s=linger_s
         )

@@ -18,6 +18,13 @@ def default_key_path() -> Path:
     return Path(config_home) / "atomic-p2p" / "requester.pem"
 
 
+def default_store_path() -> Path:
+    """``$XDG_DATA_HOME/atomic-p2p/requester.db`` (``~/.local/share/...`` when unset): the bid log,
+    decisions, profiles and ledger that ``atomic run`` writes and ``atomic bids``/``profile`` read."""
+    data_home = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "atomic-p2p" / "requester.db"
+
+
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "keygen",

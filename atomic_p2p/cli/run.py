@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from atomic_p2p.cli.exits import ExitCode
-from atomic_p2p.cli.keygen import default_key_path
+from atomic_p2p.cli.keygen import default_key_path, default_store_path
 from atomic_p2p.errors import AuctionError, ConfigError
 from atomic_p2p.identity import Identity
 
@@ -102,6 +102,18 @@ def _add_io_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", metavar="NAME", help="cast every input to this dtype first (e.g. float32)")
     parser.add_argument("--output", type=Path, metavar="FILE", help="save the outputs (.pt or .npy)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of a report")
+    parser.add_argument(
+        "--store",
+        type=Path,
+        metavar="DB",
+        help=f"SQLite store for the bid log, decisions, profiles and ledger (default {default_store_path()})",
+    )
+    parser.add_argument("--no-store", action="store_true", help="keep nothing of this auction")
+    parser.add_argument(
+        "--explore",
+        action="store_true",
+        help="Thompson-sample accuracy from the learned profiles instead of ranking greedily",
+    )
 
 
 def load_identity(path: Path | None) -> Identity:
@@ -120,8 +132,11 @@ def load_identity(path: Path | None) -> Identity:
 
 async def _auction(args: argparse.Namespace, inputs: dict[str, torch.Tensor], identity: Identity) -> Result:
     from atomic_p2p.requester import Requester
+    from atomic_p2p.requester.evaluator import EvaluatorConfig
 
-    async with Requester(args.peers, identity) as requester:
+    store = None if args.no_store else (args.store or default_store_path())
+    evaluator = EvaluatorConfig() if args.explore else EvaluatorConfig.greedy()
+    async with Requester(args.peers, identity, store=store, evaluator=evaluator) as requester:
         return await requester.run(
             args.capability,
             inputs,

@@ -24,6 +24,7 @@ import math
 import os
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Self
 
@@ -36,10 +37,14 @@ from atomic_p2p.gossip import GossipConfig
 from atomic_p2p.identity import Identity
 from atomic_p2p.requester.auction import CallForBids, Collected, collect_bids
 from atomic_p2p.requester.discovery import Discovery
-from atomic_p2p.requester.execution import Executed, ExecutionPolicy, Executor, Payload, Success
+from atomic_p2p.requester.evaluator import Ask, EvaluatorConfig
+from atomic_p2p.requester.execution import Executed, ExecutionPolicy, Executor, Payload
 from atomic_p2p.requester.feedback import FeedbackSender
+from atomic_p2p.requester.memory import MarketMemory
 from atomic_p2p.requester.messages import TaskRef, build_task, sign_bid_request
-from atomic_p2p.requester.scoring import Ranking, WeightsSpec, resolve_weights, score
+from atomic_p2p.requester.profiler import shape_bucket
+from atomic_p2p.requester.ranking import Decision
+from atomic_p2p.requester.scoring import Ranking, WeightsSpec, resolve_weights
 from atomic_p2p.requester.transport import PeerTransport, status_name
 from atomic_p2p.requester.types import BidInfo, Result, Timings
 
@@ -127,6 +132,9 @@ class Requester:
         *,
         bootstrap: Sequence[str] = (),
         gossip: GossipConfig | None = None,
+        store: str | Path | None = None,
+        evaluator: EvaluatorConfig | None = None,
+        seed: int | None = None,
         bid_timeout_s: float = 1.0,
         bid_share: float = 0.5,
         execution: ExecutionPolicy | None = None,
@@ -151,6 +159,7 @@ class Requester:
         self._transport = PeerTransport(self._pool)
         self._executor = Executor(self._transport, self.identity, execution or ExecutionPolicy(), now_ms)
         self._feedback = FeedbackSender(self._transport, self.identity, feedback_timeout_s, now_ms)
+        self.memory = MarketMemory.open(store, evaluator, seed)
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -177,6 +186,7 @@ class Requester:
         await self._feedback.drain()
         await self.discovery.stop()
         await self._pool.close()
+        await asyncio.to_thread(self.memory.close)  # flushes the store's last batch
 
     async def run(
         self,
@@ -209,28 +219,67 @@ class Requester:
         collected = await collect_bids(
             self._transport, await self._candidates(capability, payload, window), call, window, now_ms
         )
-        ranking = score(collected.bids_for(TASK_ID), weights, (deadline - time.monotonic()) * 1000, max_cost)
-        if not ranking.ranked:
-            raise NoBidsError(_no_bids_message(capability, collected, ranking))
+        shapes = {wire.name: wire.shape for wire in payload.inputs}
+        ask = Ask(
+            task_id=TASK_ID,
+            capability=capability,
+            time_left_ms=(deadline - time.monotonic()) * 1000,
+            budget=max_cost,
+            weights=weights,
+            bucket=shape_bucket(shapes),
+            batch_size=_batch_size(payload),
+        )
+        decision = self.memory.decide(collected.bids_for(TASK_ID), ask, self._utilization(collected))
+        self.memory.log(call.request_id, ask, decision, collected.no_bids)
+        if not decision.ranked:
+            raise NoBidsError(_no_bids_message(capability, collected, decision))
 
         executing = time.perf_counter()
-        ranked = [scored.item for scored in ranking.ranked]
-        executed = await self._executor.run(call.request_id, ranked, payload, deadline)
+        ranked = [scored.item for scored in decision.ranked]
+        executed = await self._executor.run(call.request_id, ranked, payload, deadline, self.memory)
         finished = time.perf_counter()
-        self._feedback.send(call.request_id, ranking, executed)
+        self._feedback.send(call.request_id, decision, executed)
+        for attempt in executed.attempts:
+            if not attempt.ok:
+                self.memory.failed(attempt.bid, ask)
         if executed.success is None:
             raise AuctionError(_failed_message(capability, executed))
+        success = executed.success
+        paid = success.receipt.cost_charged
+        if success.bid is ranked[0] and decision.price is not None:
+            paid = decision.price  # the clearing price (second-score pricing may lower it)
+        reference = self.memory.delivered(
+            call.request_id, success.bid, ask, executed.attempts[-1].elapsed_ms, paid
+        )
         timings = Timings(
             bids_ms=collected.bids_ms,
             verify_ms=collected.verify_ms,
             execute_ms=(finished - executing) * 1000,
             total_ms=(finished - started) * 1000,
         )
-        return _result(call, capability, collected, ranking, executed.success, executed, timings)
+        return _result(call, capability, collected, decision, executed, timings, reference, paid)
+
+    async def report_outcome(self, task: str | Result, score: float) -> None:
+        """Tell the requester how good a delivered result turned out (a label, a rating), in [0, 1].
+
+        ``task`` is a :class:`Result` or its ``task_ref``. The peer's profile learns from it and
+        the peer gets an OUTCOME notice. An unknown task raises :class:`UnknownTaskError`."""
+        if not (isinstance(score, int | float) and math.isfinite(score) and 0.0 <= score <= 1.0):
+            raise ConfigError(f"an outcome score is a number in [0, 1], got {score!r}")
+        reference = task.task_ref if isinstance(task, Result) else task
+        pending = self.memory.outcome(reference, float(score))
+        self._feedback.send_outcome(pending.request_id, pending.bid, float(score))
+
+    def _utilization(self, collected: Collected) -> dict[str, float]:
+        agent = self.discovery.agent
+        if agent is None:
+            return {}
+        loads = {bid.peer_id.hex: agent.membership.load_of(bid.peer_id) for bid in collected.bids}
+        return {peer: load.utilization for peer, load in loads.items() if load is not None}
 
     async def _candidates(self, capability: str, payload: Payload, window: float) -> list[str]:
         await self.discovery.start()
-        batch = payload.inputs[0].shape[0] if payload.inputs and payload.inputs[0].shape else 1
+        batch = _batch_size(payload)
         # Just joined: the first exchange with a seed brings its whole table; give it part of
         # the bid window to land rather than auction among whoever answered first.
         await self.discovery.first_exchange(window)
@@ -245,27 +294,37 @@ class Requester:
         return CallForBids(request_id, (task,), envelope)
 
 
+def _batch_size(payload: Payload) -> int:
+    first = payload.inputs[0] if payload.inputs else None
+    return first.shape[0] if first is not None and first.shape else 1
+
+
 def _result(
     call: CallForBids,
     capability: str,
     collected: Collected,
-    ranking: Ranking[BidInfo],
-    success: Success,
+    decision: Decision[BidInfo],
     executed: Executed,
     timings: Timings,
+    reference: str,
+    paid: float,
 ) -> Result:
+    success = executed.success
+    assert success is not None
     return Result(
         request_id=call.request_id,
         task_id=TASK_ID,
         capability=capability,
         outputs=success.receipt.outputs,
         winner=success.bid,
-        price=success.receipt.cost_charged,
-        bids=ranking.ranked,
-        weights=ranking.weights,
-        excluded=ranking.excluded,
+        price=paid,
+        bids=decision.ranked,
+        weights=decision.weights,
+        excluded=decision.excluded,
         no_bids=collected.no_bids,
         attempts=executed.attempts,
         timings=timings,
         receipt=success.result,
+        task_ref=reference,
+        rationale=decision.rationale,
     )

@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from atomic_p2p.errors import AtomicError, BidExpiredError
 from atomic_p2p.identity import Envelope, Identity
@@ -68,6 +69,11 @@ class Payload:
     digest: bytes
 
 
+class InFlight(Protocol):
+    def started(self, bid: BidInfo) -> None: ...
+    def finished(self, bid: BidInfo) -> None: ...
+
+
 class Executor:
     """Runs the fallback walk for one request (see the module docstring)."""
 
@@ -84,9 +90,16 @@ class Executor:
         self._now_ms = now_ms
 
     async def run(
-        self, request_id: bytes, ranked: Sequence[BidInfo], payload: Payload, deadline: float
+        self,
+        request_id: bytes,
+        ranked: Sequence[BidInfo],
+        payload: Payload,
+        deadline: float,
+        tracker: InFlight | None = None,
     ) -> Executed:
-        """Try ``ranked`` in order until one succeeds; ``deadline`` is a ``time.monotonic`` instant."""
+        """Try ``ranked`` in order until one succeeds; ``deadline`` is a ``time.monotonic`` instant.
+
+        ``tracker`` hears when each attempt starts and ends (the requester's own load per peer)."""
         attempts: list[Attempt] = []
         for index, bid in enumerate(ranked):
             remaining = deadline - time.monotonic()
@@ -95,7 +108,13 @@ class Executor:
             if bid.valid_until_ms <= self._now_ms():
                 attempts.append(Attempt(bid, 0.0, BidExpiredError("the bid expired before its turn")))
                 continue
-            attempt, success = await self._attempt(request_id, bid, payload, remaining)
+            if tracker is not None:
+                tracker.started(bid)
+            try:
+                attempt, success = await self._attempt(request_id, bid, payload, remaining)
+            finally:
+                if tracker is not None:
+                    tracker.finished(bid)
             attempts.append(attempt)
             if success is not None:
                 return Executed(tuple(attempts), success, untried=0)

@@ -78,6 +78,21 @@ class FeedbackSender:
             elif isinstance(outcome, BaseException):
                 logger.warning("feedback to %s failed unexpectedly", address, exc_info=outcome)
 
+    def send_outcome(self, request_id: bytes, bid: BidInfo, score: float) -> None:
+        """An OUTCOME notice for a delivered task whose quality became known later."""
+        notice = sign_feedback(
+            self._identity, request_id, bid, "outcome", self._now_ms(), outcome_score=score
+        )
+        task = asyncio.create_task(self._deliver_one(bid.address, notice))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _deliver_one(self, address: str, notice: Envelope) -> None:
+        try:
+            await self._transport.feedback(address, notice, self._timeout_s)
+        except AtomicError as error:
+            logger.debug("outcome notice to %s not delivered: %s", address, error)
+
     async def drain(self) -> None:
         """Wait for notices in flight (each is bounded by its own timeout), then cancel leftovers."""
         if not self._pending:

@@ -12,7 +12,9 @@ from enum import Enum
 import torch
 
 from atomic_p2p.errors import AtomicError
+from atomic_p2p.gossip.records import ModelConstraints, Resources
 from atomic_p2p.identity import Envelope, PeerId
+from atomic_p2p.requester.rationale import Rationale
 from atomic_p2p.requester.scoring import Excluded, Scored, Weights
 
 
@@ -30,6 +32,9 @@ class BidInfo:
     valid_until_ms: int
     strategy: str
     envelope: Envelope = field(repr=False)
+    capabilities: tuple[str, ...] = ()
+    constraints: ModelConstraints = field(default_factory=ModelConstraints, repr=False)
+    resources: Resources = field(default_factory=Resources, repr=False)
 
     @property
     def digest(self) -> bytes:
@@ -110,6 +115,8 @@ class Result:
     attempts: tuple[Attempt, ...]
     timings: Timings
     receipt: Envelope = field(repr=False)
+    task_ref: str = ""  # pass to Requester.report_outcome when the result's quality is known
+    rationale: Rationale | None = field(default=None, repr=False)
 
     @property
     def fallbacks(self) -> tuple[Attempt, ...]:

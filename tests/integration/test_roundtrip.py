@@ -27,6 +27,7 @@ from atomic_p2p.identity import Envelope, Identity, verify
 from atomic_p2p.peer.models import load_factory
 from atomic_p2p.peer.node import PeerNode
 from atomic_p2p.requester import NoBidKind, Requester
+from atomic_p2p.requester.evaluator import EvaluatorConfig
 from atomic_p2p.tensors import digest, encode
 from atomic_p2p.testing import PEERS_DIR, example_config
 
@@ -97,7 +98,8 @@ async def test_round_trip_with_three_real_peers(trio: dict[str, PeerNode]) -> No
 async def test_priority_profiles_pick_different_winners(trio: dict[str, PeerNode]) -> None:
     x, _ = held_out_digits(32)
     large = trio["large"].peer_id
-    async with Requester(addresses(trio)) as requester:
+    # Greedy: exploration would sometimes (rightly) try the other peer first.
+    async with Requester(addresses(trio), evaluator=EvaluatorConfig.greedy()) as requester:
         fast = await asyncio.wait_for(requester.run(CAPABILITY, {"x": x}, weights="speed"), timeout=10)
         sharp = await asyncio.wait_for(requester.run(CAPABILITY, {"x": x}, weights="accuracy"), timeout=10)
     assert fast.winner.peer_id != large
@@ -144,7 +146,8 @@ async def test_fallback_when_the_winner_dies_mid_execution(tmp_path: Path) -> No
     small = await asyncio.wait_for(PeerNode.start(example_config("small", tmp_path)), timeout=120)
     x, y = held_out_digits(32)
     try:
-        async with Requester([large.address, small.address]) as requester:
+        greedy = EvaluatorConfig.greedy()  # the large model must rank first, not be explored past
+        async with Requester([large.address, small.address], evaluator=greedy) as requester:
             run = asyncio.create_task(
                 requester.run(CAPABILITY, {"x": x}, deadline_s=6.0, weights={"accuracy": 1})
             )

@@ -26,9 +26,10 @@ pytestmark = pytest.mark.system
 
 @pytest.fixture(autouse=True)
 def isolated_config_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Keep the default key path inside the test (subprocesses inherit it too)."""
+    """Keep the default key and store paths inside the test (subprocesses inherit them too)."""
     home = tmp_path / "config-home"
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data-home"))
     return home
 
 

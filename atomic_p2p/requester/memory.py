@@ -1,0 +1,213 @@
+"""What a requester has learned, and where it is kept: profiles, win shares, load, the store.
+
+How this works
+--------------
+The evaluator is pure; this class holds the state it reads and that outcomes update:
+
+- ``profiles``: one :class:`~.profiler.Profile` per (peer, model, capability), fed by every
+  delivery (latency and cost against what the bid promised), every failure (outcome 0) and every
+  outcome reported later (:meth:`outcome`, behind :meth:`Requester.report_outcome`);
+- ``shares``: recent win shares, for the anti-starvation floor;
+- ``in_flight``: this requester's own tasks running at each peer, for the utilization penalty.
+
+With a :class:`~atomic_p2p.store.Store` every bid, every decision with its rationale, every
+payment and every profile change is written off the hot path (a writer thread batches them);
+profiles are reloaded from it at start, so a restarted requester knows what it knew. Tasks that
+can still receive an outcome are remembered in a bounded table (oldest forgotten first).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter, OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from atomic_p2p.errors import UnknownTaskError
+from atomic_p2p.requester.clearing import WinShares
+from atomic_p2p.requester.evaluator import Ask, EvaluatorConfig, MarketView, evaluate
+from atomic_p2p.requester.profiler import Observation, Profile, ProfileKey, record
+from atomic_p2p.requester.ranking import Decision
+from atomic_p2p.requester.types import BidInfo, NoBidInfo
+from atomic_p2p.store import (
+    BidRecord,
+    DecisionRecord,
+    PaymentKind,
+    PaymentRecord,
+    ProfileRecord,
+    Store,
+)
+
+MAX_PENDING_OUTCOMES = 100_000
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class PendingOutcome:
+    """A delivered task whose quality may be reported later."""
+
+    key: ProfileKey
+    bid: BidInfo
+    request_id: bytes
+    bucket: str
+
+
+class MarketMemory:
+    """Profiles, shares, load and (optionally) the store; see the module docstring."""
+
+    def __init__(
+        self,
+        config: EvaluatorConfig | None = None,
+        store: Store | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config or EvaluatorConfig()
+        self.store = store
+        self.rng = rng or random.Random()
+        self.profiles: dict[ProfileKey, Profile] = {}
+        self.shares = WinShares()
+        self.in_flight: Counter[str] = Counter()
+        self._pending: OrderedDict[str, PendingOutcome] = OrderedDict()
+        if store is not None:
+            for row in store.latest_profiles():
+                key = ProfileKey(row.peer, row.model_id, row.capability)
+                self.profiles[key] = Profile.from_dict(row.snapshot)
+
+    @classmethod
+    def open(cls, path: Path | str | None, config: EvaluatorConfig | None, seed: int | None) -> MarketMemory:
+        store = Store.open(Path(path)) if path is not None else None
+        return cls(config, store, random.Random(seed))
+
+    def close(self) -> None:
+        if self.store is not None:
+            self.store.close()
+
+    # --- deciding -----------------------------------------------------------------------------
+
+    def decide(
+        self, bids: Sequence[BidInfo], ask: Ask, utilization: Mapping[str, float]
+    ) -> Decision[BidInfo]:
+        view = MarketView(self.profiles, dict(self.in_flight), utilization, self.shares)
+        decision = evaluate(bids, ask, view, self.config, rng=self.rng, now_ms=now_ms())
+        self.shares = self.shares.after(decision.eligible_peers(), decision.winner_peer())
+        return decision
+
+    def log(
+        self,
+        request_id: bytes,
+        ask: Ask,
+        decision: Decision[BidInfo],
+        no_bids: Sequence[NoBidInfo],
+    ) -> None:
+        """Every bid and the decision with its rationale, in one transaction (off the hot path)."""
+        if self.store is None:
+            return
+        at = now_ms()
+        bids = [scored.item for scored in decision.ranked] + [e.item for e in decision.excluded]
+        winner = decision.ranked[0].item if decision.ranked else None
+        rationale = dict(decision.rationale.to_dict()) if decision.rationale is not None else {}
+        rationale["no_bids"] = [str(no_bid) for no_bid in no_bids]
+        self.store.log_decision(
+            DecisionRecord(
+                at_ms=at,
+                request_id=request_id,
+                task_id=ask.task_id,
+                capability=ask.capability,
+                winner_peer=winner.peer_id.hex if winner else None,
+                winner_model=winner.model_id if winner else None,
+                price=decision.price,
+                rationale=rationale,
+            ),
+            [_bid_record(at, request_id, ask.capability, bid) for bid in bids],
+        )
+
+    # --- outcomes -----------------------------------------------------------------------------
+
+    def started(self, bid: BidInfo) -> None:
+        self.in_flight[bid.peer_id.hex] += 1
+
+    def finished(self, bid: BidInfo) -> None:
+        key = bid.peer_id.hex
+        self.in_flight[key] -= 1
+        if self.in_flight[key] <= 0:
+            del self.in_flight[key]
+
+    def delivered(self, request_id: bytes, bid: BidInfo, ask: Ask, latency_ms: float, paid: float) -> str:
+        """A verified result arrived: learn latency and cost, pay, and remember the task for a
+        later outcome. Returns the task reference :meth:`outcome` takes."""
+        key = ProfileKey(bid.peer_id.hex, bid.model_id, ask.capability)
+        observation = Observation(
+            at_ms=now_ms(),
+            latency_ms=max(0.0, latency_ms),
+            cost=max(0.0, paid),
+            promised_latency_ms=bid.expected_latency_ms,
+            promised_cost=bid.cost,
+            bucket=ask.bucket,
+        )
+        self._learn(key, observation)
+        if self.store is not None:
+            self.store.record_payment(
+                PaymentRecord(now_ms(), request_id, ask.task_id, bid.peer_id.hex, paid, PaymentKind.CHARGE)
+            )
+        reference = task_reference(request_id, ask.task_id)
+        self._pending[reference] = PendingOutcome(key, bid, request_id, ask.bucket)
+        while len(self._pending) > MAX_PENDING_OUTCOMES:
+            self._pending.popitem(last=False)
+        return reference
+
+    def failed(self, bid: BidInfo, ask: Ask) -> None:
+        """An execution failed or timed out: an outcome of 0 against the confidence it claimed."""
+        key = ProfileKey(bid.peer_id.hex, bid.model_id, ask.capability)
+        self._learn(
+            key, Observation(now_ms(), outcome=0.0, promised_confidence=bid.confidence, bucket=ask.bucket)
+        )
+
+    def outcome(self, reference: str, score: float) -> PendingOutcome:
+        """The quality of a delivered task became known (a label, a rating), in [0, 1]."""
+        pending = self._pending.get(reference)
+        if pending is None:
+            raise UnknownTaskError(
+                f"no delivered task {reference!r} is awaiting an outcome here; pass Result.task_ref "
+                "of a result this requester returned (outcomes are kept for the most recent "
+                f"{MAX_PENDING_OUTCOMES} tasks)"
+            )
+        observation = Observation(
+            now_ms(), outcome=score, promised_confidence=pending.bid.confidence, bucket=pending.bucket
+        )
+        self._learn(pending.key, observation)
+        del self._pending[reference]
+        return pending
+
+    def _learn(self, key: ProfileKey, observation: Observation) -> None:
+        profile = record(self.profiles.get(key), key, observation, self.config.profiler)
+        self.profiles[key] = profile
+        if self.store is not None:
+            self.store.save_profile(
+                ProfileRecord(observation.at_ms, key.peer, key.model_id, key.capability, profile.to_dict())
+            )
+
+
+def task_reference(request_id: bytes, task_id: str) -> str:
+    return f"{request_id.hex()}/{task_id}"
+
+
+def _bid_record(at: int, request_id: bytes, capability: str, bid: BidInfo) -> BidRecord:
+    return BidRecord(
+        at_ms=at,
+        request_id=request_id,
+        task_id=bid.task_id,
+        capability=capability,
+        peer=bid.peer_id.hex,
+        model_id=bid.model_id,
+        address=bid.address,
+        confidence=bid.confidence,
+        expected_latency_ms=bid.expected_latency_ms,
+        cost=bid.cost,
+        strategy=bid.strategy,
+        digest=bid.digest,
+    )
