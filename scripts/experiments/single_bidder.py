@@ -309,9 +309,21 @@ def report(results: list[Result]) -> str:
         "original: MNIST, accuracy on training batches only; here: digits, training batches (mean of the last 100),",
         "the whole training split and the held-out 20% (noiseless gating for the last two).",
     ]
+    lines.append(observations(results))
     if config.masking == "intended":
         lines.append(MASKING_NOTE)
     return "\n".join(lines)
+
+
+def observations(results: list[Result]) -> str:
+    """What the bidder ended up buying, in numbers: how many experts it still pays above the shift."""
+    open_counts = [sum(m > 0 for m in r.masks_end) for r in results]
+    top_bids = [max(r.bids_end) for r in results]
+    top_masks = [max(r.masks_end) for r in results]
+    return (
+        f"at the end: experts with an open mask per seed {open_counts}; highest bid {min(top_bids):.3f}..{max(top_bids):.3f}"
+        f" (mask {min(top_masks):.4f}..{max(top_masks):.4f}) against the shift {results[0].config.market_shift}"
+    )
 
 
 def plots(results: list[Result], out: Path) -> Path:
