@@ -9,13 +9,16 @@ heartbeat)``; comparing two digests tells two nodes exactly what each lacks.
 
 Anti-entropy, Scuttlebutt style (van Renesse et al., "Efficient Reconciliation and Flow Control
 for Anti-Entropy Protocols", 2008). Every interval :meth:`tick` picks ``fanout`` random live
-members and sends each a :class:`GossipRequest`: the whole digest, the node's own new heartbeat,
-and records it learned in the last ``push_rounds`` rounds (push). The responder applies those,
-compares digests and answers with everything the initiator lacks (pull) plus the entries the
-initiator holds newer (``wanted``), which the initiator sends at once as a digest-less push. Each
-message carries at most ``max_updates_per_message`` envelopes, records before heartbeats
-(Scuttlebutt's flow control). A heartbeat is forwarded only to a partner ``heartbeat_slack`` or
-more beats behind, which bounds liveness traffic to about N / slack beats per node per round.
+members and exchanges with each in turn (the next exchange starts when the previous one is
+reported back, so each carries a digest that includes what the last one brought). A
+:class:`GossipRequest` carries the whole digest, the node's own new heartbeat, and records issued
+in the last ``push_rounds`` intervals (push, rumor mongering with an age limit). The responder
+applies those, compares digests and answers with everything the initiator lacks (pull) plus the
+entries the initiator holds newer (``wanted``), which the initiator sends at once as a digest-less
+push. Each message carries at most ``max_updates_per_message`` envelopes, records before
+heartbeats (Scuttlebutt's flow control). A heartbeat is forwarded only to a partner ``slack`` or
+more beats behind unless it has settled, which bounds liveness traffic to about N / slack beats
+per node per round; :mod:`atomic_p2p.gossip.table` holds these reconciliation rules.
 
 Failure detection, SWIM / Lifeguard style (Das et al., 2002; Dadgar et al., 2018). A member whose
 heartbeat has not advanced for ``suspicion_timeout(N)`` becomes SUSPECT; one still silent
@@ -79,10 +82,10 @@ from atomic_p2p.gossip.records import (
     RejectReason,
     check_record,
 )
+from atomic_p2p.gossip.table import MemberTable, Slot
 from atomic_p2p.identity import Envelope, Identity, PeerId
 
 ALIVE, SUSPECT, DEAD, LEFT = MemberState.ALIVE, MemberState.SUSPECT, MemberState.DEAD, MemberState.LEFT
-_NOTHING = DigestEntry(0, 0, False)
 _entry = tuple.__new__  # builds a DigestEntry without NamedTuple's Python-level __new__ (3x faster)
 
 
@@ -104,35 +107,6 @@ class GossipStats:
     refutations: int = 0
     deaths: int = 0
     leaves: int = 0
-
-
-class _Member:
-    __slots__ = (
-        "address",
-        "advanced_at",
-        "beat",
-        "down_since",
-        "leave",
-        "load",
-        "peer_id",
-        "record",
-        "record_envelope",
-        "state",
-        "suspect_since",
-    )
-
-    def __init__(self, record: PeerRecord, envelope: Envelope, now: float) -> None:
-        self.peer_id = record.peer_id
-        self.record = record
-        self.record_envelope = envelope
-        self.address = record.addresses[0] if record.addresses else None
-        self.beat: Envelope | None = None
-        self.leave: Envelope | None = None
-        self.load = record.load
-        self.state = ALIVE
-        self.advanced_at = now
-        self.suspect_since = now
-        self.down_since = now
 
 
 class Membership:
@@ -163,10 +137,9 @@ class Membership:
         self._limits = config.limits
         self._open = opener or Opener(config.limits.record)
         self._raw = identity.peer_id.raw
-        self._members: dict[bytes, _Member] = {}
-        self._digest: dict[bytes, DigestEntry] = {}
-        self._gossipable: dict[bytes, None] = {}  # ALIVE or SUSPECT, not self, with an address
-        self._dead: dict[bytes, None] = {}
+        self._table = MemberTable(self._raw)
+        self._members = self._table.slots  # aliases: the hot paths skip an attribute lookup
+        self._digest = self._table.digest
         self._pending: list[tuple[str, PeerId | None]] = []  # this round's exchanges not yet started
         self._hot: dict[bytes, float] = {}  # recently issued record or leave -> when to stop pushing
         self._live = 1
@@ -191,6 +164,12 @@ class Membership:
     @property
     def peer_id(self) -> PeerId:
         return self.identity.peer_id
+
+    @property
+    def opener(self) -> Opener:
+        """Verifies and caches envelopes. A transport may call it from a worker thread on a
+        request's envelopes before :meth:`handle_request`, which then finds them verified."""
+        return self._open
 
     @property
     def local_record(self) -> PeerRecord:
@@ -234,12 +213,12 @@ class Membership:
         now_ms = int(now * 1000)
         signed = sign_leave(self.identity, Leave(self.peer_id, me.record.seq, now_ms))
         me.leave = signed.envelope
-        self._set_version(me, DigestEntry(me.record.seq, LEFT_HEARTBEAT, True))
+        self._table.set_version(me, DigestEntry(me.record.seq, LEFT_HEARTBEAT, True))
         me.state = LEFT
         request = GossipRequest(None, EMPTY_DIGEST, (signed.envelope,))
         return [Outgoing(a, p, request) for a, p in self._choose_targets(reconnect=False)]
 
-    def _publish(self, now: float, record: PeerRecord) -> _Member:
+    def _publish(self, now: float, record: PeerRecord) -> Slot:
         rejection = check_record(record, self._limits.record)
         if rejection is not None:
             raise ConfigError(f"local record is out of bounds: {rejection.reason.value} {rejection.detail}")
@@ -249,17 +228,17 @@ class Membership:
         signed = sign_record(self.identity, record)
         if len(signed.envelope.payload) > self._limits.record.max_record_bytes:
             raise ConfigError(f"local record is {len(signed.envelope.payload)} bytes, over the limit")
-        member = self._members.get(self._raw) or _Member(record, signed.envelope, now)
+        member = self._members.get(self._raw) or Slot(record, signed.envelope, now)
         member.record, member.record_envelope = record, signed.envelope
         member.address = record.addresses[0] if record.addresses else None
-        self._set_version(member, DigestEntry(seq, self._beat, False))
+        self._table.set_version(member, DigestEntry(seq, self._beat, False))
         return member
 
     def _sign_beat(self) -> None:
         me = self._self
         beat = Heartbeat(self.peer_id, me.record.seq, self._beat, self._load)
         me.beat = sign_heartbeat(self.identity, beat).envelope
-        self._set_version(me, DigestEntry(me.record.seq, self._beat, False))
+        self._table.set_version(me, DigestEntry(me.record.seq, self._beat, False))
 
     # --- driving it ---------------------------------------------------------------------------
 
@@ -296,7 +275,9 @@ class Membership:
         self._apply(now, request.updates)
         if request.is_push:
             return EMPTY_RESPONSE
-        updates, wanted = self._reconcile(request.digest)
+        settled = now - self._slack * self.config.interval
+        records, beats, wanted = self._table.reconcile(request.digest, self._slack, settled)
+        updates = self._table.package(records, beats, self._limits.max_updates_per_message, self._rng)
         return GossipResponse(updates, MappingProxyType(wanted) if wanted else EMPTY_DIGEST)
 
     def handle_response(self, now: float, outgoing: Outgoing, response: GossipResponse) -> list[Outgoing]:
@@ -308,22 +289,23 @@ class Membership:
             return []
         out: list[Outgoing] = []
         if response.wanted:
-            updates = self._updates_for(response.wanted)
+            records, beats = self._table.updates_for(response.wanted)
+            updates = self._table.package(records, beats, self._limits.max_updates_per_message, self._rng)
             if updates:
                 out.append(
                     Outgoing(outgoing.address, outgoing.peer_id, GossipRequest(None, EMPTY_DIGEST, updates))
                 )
         return out + self._next_exchange(now)
 
-    def failed(self, now: float, outgoing: Outgoing) -> list[Outgoing]:
-        """The transport could not complete ``outgoing`` (unreachable, timed out): the peer becomes
-        SUSPECT at once (Lifeguard). Returns the round's next exchange, if any.
+    def failed(self, now: float, outgoing: Outgoing, suspect: bool = True) -> list[Outgoing]:
+        """``outgoing`` got no answer. Returns the round's next exchange, if any.
 
-        Call it for transport failures only; a peer that answered with an error status (such as
-        RESOURCE_EXHAUSTED for a rate limit) is alive, so report nothing."""
+        For a transport failure (unreachable, timed out: UNAVAILABLE, DEADLINE_EXCEEDED) the peer
+        becomes SUSPECT at once (Lifeguard). A peer that answered with an error status (say
+        RESOURCE_EXHAUSTED for a rate limit) is alive: pass ``suspect=False``."""
         self.stats.failed_rpcs += 1
         peer = outgoing.peer_id
-        member = self._members.get(peer.raw) if peer is not None else None
+        member = self._members.get(peer.raw) if peer is not None and suspect else None
         if member is not None and member.state is ALIVE and member is not self._self:
             self._suspect(member, now)
         return [] if outgoing.request.is_push else self._next_exchange(now)
@@ -333,7 +315,11 @@ class Membership:
             return []
         address, peer = self._pending.pop()
         request = GossipRequest(
-            self._self.record_envelope, MappingProxyType(dict(self._digest)), self._push_updates(now)
+            # a private copy, typed read-only; not wrapped in a MappingProxyType, whose extra
+            # indirection costs the responder ~10% of its hottest loop
+            self._self.record_envelope,
+            dict(self._digest),
+            self._push_updates(now),
         )
         self.stats.requests_sent += 1
         return [Outgoing(address, peer, request)]
@@ -446,10 +432,10 @@ class Membership:
             if len(self._members) >= self._limits.max_members:
                 self.stats.rejected[RejectReason.TABLE_FULL] += 1
                 return
-            member = self._members[raw] = _Member(record, envelope, now)
-            self._set_version(member, DigestEntry(record.seq, 0, False))
+            member = self._members[raw] = Slot(record, envelope, now)
+            self._table.set_version(member, DigestEntry(record.seq, 0, False))
             self._live += 1
-            self._index(member)
+            self._table.index(member)
             self._events.append(MemberJoined(record.peer_id, record))
         elif record.seq <= member.record.seq:
             self._not_newer(member, stale=record.seq < member.record.seq)
@@ -459,13 +445,13 @@ class Membership:
             member.address = record.addresses[0] if record.addresses else None
             member.beat = member.leave = None
             member.advanced_at = now
-            self._set_version(member, DigestEntry(record.seq, 0, False))
+            self._table.set_version(member, DigestEntry(record.seq, 0, False))
             self._events.append(RecordUpdated(record.peer_id, record))
             if member.state is not ALIVE:
                 self.stats.refutations += member.state is SUSPECT
                 self._set_state(member, ALIVE, now)
             else:
-                self._index(member)
+                self._table.index(member)
         self.stats.updates_applied += 1
         if news:
             self._mark_hot(now, raw, record.issued_at_ms)
@@ -482,14 +468,14 @@ class Membership:
             self._not_newer(member, stale=leave.record_seq < member.record.seq)
             return
         member.leave = envelope
-        self._set_version(member, DigestEntry(leave.record_seq, LEFT_HEARTBEAT, True))
+        self._table.set_version(member, DigestEntry(leave.record_seq, LEFT_HEARTBEAT, True))
         self.stats.updates_applied += 1
         self.stats.leaves += 1
         self._set_state(member, LEFT, now)
         if news:
             self._mark_hot(now, leave.peer_id.raw, leave.issued_at_ms)
 
-    def _not_newer(self, member: _Member, stale: bool = False) -> None:
+    def _not_newer(self, member: Slot, stale: bool = False) -> None:
         if self._digest[member.peer_id.raw].dead:  # DEAD or LEFT, without an Enum property call
             self.stats.rejected[RejectReason.TOMBSTONED] += 1
         elif stale:
@@ -501,19 +487,20 @@ class Membership:
 
     def _choose_targets(self, reconnect: bool) -> list[tuple[str, PeerId | None]]:
         fanout = self.config.fanout
-        pool = list(self._gossipable)
+        pool = list(self._table.gossipable)
         chosen = self._rng.sample(pool, min(fanout, len(pool)))
         targets: list[tuple[str, PeerId | None]] = []
         for raw in chosen:
             member = self._members[raw]
-            assert member.address is not None
-            targets.append((member.address, member.peer_id))
+            if member.address is not None:  # always, for gossipable members
+                targets.append((member.address, member.peer_id))
         if len(targets) < fanout and self._seeds:
             known = {address for address, _ in targets}
             spare = [s for s in self._seeds if s not in known]
             targets += [(s, None) for s in self._rng.sample(spare, min(fanout - len(targets), len(spare)))]
-        if reconnect and self._dead and self._rng.random() < self.config.reconnect_probability:
-            member = self._members[self._rng.choice(list(self._dead))]
+        dead = self._table.dead
+        if reconnect and dead and self._rng.random() < self.config.reconnect_probability:
+            member = self._members[self._rng.choice(list(dead))]
             if member.address is not None:
                 targets.append((member.address, member.peer_id))
         return targets
@@ -527,8 +514,7 @@ class Membership:
 
     def _push_updates(self, now: float) -> tuple[Envelope, ...]:
         """The new own beat, plus records and leaves young enough to push (newest first)."""
-        assert self._self.beat is not None
-        updates = [self._self.beat]
+        updates = [] if self._self.beat is None else [self._self.beat]
         for raw, until in list(self._hot.items()):
             if until <= now or raw not in self._members:
                 del self._hot[raw]
@@ -544,85 +530,6 @@ class Membership:
                     updates.append(member.beat)
         return tuple(updates)
 
-    def _reconcile(self, theirs: Digest) -> tuple[tuple[Envelope, ...], dict[bytes, DigestEntry]]:
-        """What the initiator lacks (records first), and what it holds newer than this node.
-
-        The hot loop of the whole protocol (N entries, fanout times per node per round), so it is
-        written for speed: one pass, equal entries skipped first, heartbeat-only gaps inline."""
-        slack = self._slack
-        members, own = self._members, self._raw
-        records: list[_Member] = []
-        beats: list[Envelope] = []
-        wanted: dict[bytes, DigestEntry] = {}
-        get = theirs.get
-        for raw, mine in self._digest.items():
-            their = get(raw, _NOTHING)
-            if their == mine:
-                continue
-            if their.seq == mine.seq:
-                gap = mine.heartbeat - their.heartbeat
-                if gap >= slack or (gap > 0 and raw == own):
-                    member = members[raw]
-                    beat = member.leave if mine.heartbeat == LEFT_HEARTBEAT else member.beat
-                    if beat is not None:
-                        beats.append(beat)
-                elif -gap >= slack and (not their.dead or their.heartbeat == LEFT_HEARTBEAT):
-                    wanted[raw] = mine
-            elif their.seq < mine.seq:
-                self._offer(raw, mine, their, records, beats)
-            elif not their.dead or their.heartbeat == LEFT_HEARTBEAT:
-                wanted[raw] = mine
-        for raw in sorted(theirs.keys() - self._digest.keys()):  # sorted: set order is per-process
-            if not theirs[raw].dead:
-                wanted[raw] = _NOTHING
-        return self._within_budget(records, beats), wanted
-
-    def _updates_for(self, wanted: Digest) -> tuple[Envelope, ...]:
-        """The follow-up push: whatever this node holds newer than the responder's entries."""
-        records: list[_Member] = []
-        beats: list[Envelope] = []
-        for raw, their in wanted.items():
-            mine = self._digest.get(raw)
-            if mine is not None and mine != their:
-                self._offer(raw, mine, their, records, beats)
-        return self._within_budget(records, beats)
-
-    def _offer(
-        self, raw: bytes, mine: DigestEntry, their: DigestEntry, records: list[_Member], beats: list[Envelope]
-    ) -> None:
-        """Add what a partner holding ``their`` lacks of member ``raw`` (held here as ``mine``)."""
-        if mine.seq > their.seq:
-            # a tombstone is never handed to a node that does not know the member: that would keep
-            # tombstones alive forever; a leave goes to those holding an older version of it
-            if not mine.dead or (mine.heartbeat == LEFT_HEARTBEAT and their.seq > 0):
-                records.append(self._members[raw])
-        elif mine.seq == their.seq and mine.heartbeat > their.heartbeat:
-            gap = mine.heartbeat - their.heartbeat
-            member = self._members[raw]
-            beat = member.leave if mine.heartbeat == LEFT_HEARTBEAT else member.beat
-            if beat is not None and (gap >= self._slack or raw == self._raw):
-                beats.append(beat)
-
-    def _within_budget(self, records: list[_Member], beats: list[Envelope]) -> tuple[Envelope, ...]:
-        """Records (each with its beat or leave) first, then beats, at most the per-message limit.
-
-        Over the limit, a random subset goes: partners that all hold the same backlog then send
-        different parts of it instead of the same first few hundred."""
-        budget = self._limits.max_updates_per_message
-        if 2 * len(records) > budget:
-            records = self._rng.sample(records, budget // 2)
-        out: list[Envelope] = []
-        for member in records:
-            out.append(member.record_envelope)
-            beat = member.leave if member.state is LEFT else member.beat
-            if beat is not None:
-                out.append(beat)
-        room = budget - len(out)
-        if len(beats) > room:
-            beats = self._rng.sample(beats, room)
-        out += beats
-        return tuple(out)
-
     # --- failure detection --------------------------------------------------------------------
 
     def _sweep(self, now: float) -> None:
@@ -631,7 +538,7 @@ class Membership:
         suspect_after = config.suspicion_timeout(self._live)
         dead_after = config.dead_timeout(self._live)
         forget_before = now - config.tombstone_ttl
-        expired: list[_Member] = []
+        expired: list[Slot] = []
         for member in self._members.values():
             state = member.state
             if state is ALIVE:
@@ -644,18 +551,16 @@ class Membership:
             elif member.down_since < forget_before and member is not self._self:
                 expired.append(member)
         for member in expired:
-            raw = member.peer_id.raw
-            del self._members[raw], self._digest[raw]
-            self._dead.pop(raw, None)
-            self._hot.pop(raw, None)
+            self._table.remove(member.peer_id.raw)
+            self._hot.pop(member.peer_id.raw, None)
             self._events.append(MemberForgotten(member.peer_id))
 
-    def _suspect(self, member: _Member, now: float) -> None:
+    def _suspect(self, member: Slot, now: float) -> None:
         self.stats.suspicions += 1
         member.suspect_since = now
         self._set_state(member, SUSPECT, now)
 
-    def _set_state(self, member: _Member, state: MemberState, now: float) -> None:
+    def _set_state(self, member: Slot, state: MemberState, now: float) -> None:
         previous = member.state
         if previous is state:
             return
@@ -668,20 +573,6 @@ class Membership:
             self._live += 1
         if state is DEAD:
             version = self._digest[raw]
-            self._set_version(member, DigestEntry(version.seq, version.heartbeat, True))
-        self._index(member)
+            self._table.set_version(member, DigestEntry(version.seq, version.heartbeat, True))
+        self._table.index(member)
         self._events.append(StateChanged(member.peer_id, previous, state))
-
-    def _index(self, member: _Member) -> None:
-        raw = member.peer_id.raw
-        if member.state.is_down or member.address is None or member is self._self:
-            self._gossipable.pop(raw, None)
-        else:
-            self._gossipable[raw] = None
-        if member.state is DEAD and member.address is not None:
-            self._dead[raw] = None
-        else:
-            self._dead.pop(raw, None)
-
-    def _set_version(self, member: _Member, version: DigestEntry) -> None:
-        self._digest[member.peer_id.raw] = version

@@ -356,3 +356,18 @@ def test_load_travels_in_heartbeats() -> None:
     net.round([b], T0 + 1)
     assert a.load_of(b.peer_id) == LoadSummary(3, 4, 0.75)
     assert a.load_of(PeerId(bytes(32))) is None
+
+
+def test_heartbeat_slack_holds_back_fresh_beats_but_not_settled_ones() -> None:
+    config = replace(CONFIG, heartbeat_slack=3)
+    a = node("a", config=config)
+    carol = identity("carol")
+    a.absorb(T0, [signed_record(carol, 5), beat(carol, 5, 7)])
+    behind_by_one = {carol.peer_id.raw: DigestEntry(5, 6), a.peer_id.raw: a.digest()[a.peer_id.raw]}
+    request = GossipRequest(None, behind_by_one, ())
+    fresh = a.handle_request(T0 + 1, request, "x")
+    assert beat(carol, 5, 7) not in fresh.updates  # 1 behind, and carol's beats are still flowing
+    settled = a.handle_request(T0 + 3 * config.interval + 1, request, "y")
+    assert beat(carol, 5, 7) in settled.updates  # carol went quiet: her last beat goes to everyone
+    far_behind = {carol.peer_id.raw: DigestEntry(5, 4), a.peer_id.raw: a.digest()[a.peer_id.raw]}
+    assert beat(carol, 5, 7) in a.handle_request(T0 + 1, GossipRequest(None, far_behind, ()), "z").updates
