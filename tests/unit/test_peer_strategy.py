@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,20 +17,25 @@ from atomic_p2p.errors import ConfigError
 from atomic_p2p.peer.config import Constraints, ModelConfig
 from atomic_p2p.peer.models import BuiltModel, HostedModel
 from atomic_p2p.peer.strategy import (
+    HISTORY_LENGTH,
     STRATEGIES,
     BidTerms,
     ConfidenceStrategy,
     FeedbackKind,
+    HistoryPoint,
     InputSpec,
+    JournalEntry,
     Load,
     ModelView,
     NoBid,
     NoBidReason,
     Notice,
     Strategy,
+    StrategyJournal,
     Task,
     decide,
     make_strategy,
+    read_journal,
     register_strategy,
 )
 
@@ -54,6 +61,8 @@ def hosted(
     strategy_options: Mapping[str, Any] | None = None,
     capabilities: tuple[str, ...] = ("classify/digits",),
     extra_latency_ms: float = 0.0,
+    class_accuracy: tuple[float, ...] = (),
+    kind: type[HostedModel] = HostedModel,
     **constraints: Any,
 ) -> HostedModel:
     config = ModelConfig(
@@ -67,8 +76,10 @@ def hosted(
         extra_latency_ms=extra_latency_ms,
     )
     module = constant_logits(logits or [0.0] * 10)
-    built = BuiltModel(module=module, input_shape=(64,), validation_accuracy=accuracy)
-    return HostedModel(config, built, torch.device("cpu"))
+    built = BuiltModel(
+        module=module, input_shape=(64,), validation_accuracy=accuracy, class_accuracy=class_accuracy
+    )
+    return kind(config, built, torch.device("cpu"))
 
 
 def task(batch: int = 4, **fields: Any) -> Task:
@@ -189,16 +200,18 @@ def test_a_model_that_cannot_take_the_task_does_not_block_one_that_can() -> None
 
 def test_feedback_is_counted() -> None:
     strategy = ConfidenceStrategy()
-    for kind, extra in [
+    feedback: list[tuple[FeedbackKind, dict[str, Any]]] = [
         (FeedbackKind.WIN, {"clearing_price": 0.5}),
         (FeedbackKind.WIN, {"clearing_price": 0.25}),
         (FeedbackKind.LOSS, {"score_to_win": 0.9}),
         (FeedbackKind.OUTCOME, {"outcome_score": 1.0}),
         (FeedbackKind.OUTCOME, {"outcome_score": 0.5}),
-    ]:
+        (FeedbackKind.WIN, {"clearing_price": math.nan}),  # a requester's NaN is not revenue
+    ]
+    for kind, extra in feedback:
         strategy.learn(Notice(kind=kind, model_id="m", request_id=b"r" * 16, task_id="t", **extra))
     record = strategy.record
-    assert (record.wins, record.losses, record.outcomes) == (2, 1, 2)
+    assert (record.wins, record.losses, record.outcomes) == (3, 1, 2)
     assert record.revenue == pytest.approx(0.75)
     assert record.mean_outcome == pytest.approx(0.75)
 
@@ -221,6 +234,10 @@ class _Greedy:
 
     def __init__(self, floor: float, broken: bool = False) -> None:
         self.floor, self.broken, self.heard = floor, broken, 0
+        self.history: list[HistoryPoint] = []
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"strategy": self.name, "floor": self.floor}
 
     def bid(self, task: Task, model: ModelView, load: Load) -> BidTerms | NoBid:
         cost = max(self.floor, model.price_per_example * task.batch_size)
@@ -246,3 +263,66 @@ def test_a_strategy_that_produces_nan_does_not_get_it_signed() -> None:
     model = hosted()
     answer = decide(task(), [(model, _Greedy(0.0, broken=True))], IDLE)
     assert reason_of(answer) is NoBidReason.UNSPECIFIED
+
+
+def test_the_old_module_name_still_exports_every_name() -> None:
+    import atomic_p2p.peer.strategies as package
+    import atomic_p2p.peer.strategy as facade
+
+    assert facade.__all__ == package.__all__
+    assert all(getattr(facade, name) is getattr(package, name) for name in package.__all__)
+
+
+BUILT_IN_OPTIONS: dict[str, dict[str, Any]] = {
+    "confidence": {},
+    "fixed": {"confidence": 0.7},
+}
+
+
+def test_every_built_in_strategy_is_registered_and_documented_here() -> None:
+    assert sorted(STRATEGIES) == sorted(BUILT_IN_OPTIONS)
+
+
+@pytest.mark.parametrize("name", sorted(BUILT_IN_OPTIONS))
+def test_every_built_in_strategy_snapshots_to_json_and_keeps_a_bounded_history(name: str) -> None:
+    model = hosted(strategy=name, strategy_options=BUILT_IN_OPTIONS[name])
+    strategy = model.strategy
+    assert bid_of(decide(task(), offer(model), IDLE)).strategy == name
+    for at_ms in range(HISTORY_LENGTH + 3):
+        strategy.learn(Notice(FeedbackKind.LOSS, "m", b"r" * 16, "t", at_ms=at_ms))
+    snapshot = json.loads(json.dumps(strategy.snapshot()))
+    assert snapshot["strategy"] == name and snapshot["losses"] == HISTORY_LENGTH + 3
+    assert {"price_multiplier", "confidence_offset", "wins", "parameters"} <= set(snapshot)
+    assert len(strategy.history) == HISTORY_LENGTH
+    assert strategy.history[-1] == HistoryPoint(
+        HISTORY_LENGTH + 2, snapshot["price_multiplier"], snapshot["confidence_offset"], 0, HISTORY_LENGTH + 3
+    )
+
+
+def test_the_journal_appends_rotates_and_reads_back(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "strategy-history.jsonl"
+    strategy = make_strategy("fixed", {"confidence": 0.5})
+    with StrategyJournal(path, max_bytes=1000) as journal:
+        journal.append("m", strategy)  # no history yet: nothing written
+        assert not path.exists()
+        for at_ms in range(40):
+            strategy.learn(Notice(FeedbackKind.WIN, "m", b"r" * 16, "t", at_ms=at_ms))
+            journal.append("m", strategy)
+    rotated = path.with_name(path.name + ".1")
+    assert rotated.stat().st_size >= 1000 and (not path.exists() or path.stat().st_size < 1000)
+    entries = read_journal(path)
+    assert entries[-1] == JournalEntry("m", "fixed", strategy.history[-1])
+    times = [entry.point.at_ms for entry in entries]
+    assert times == list(range(40 - len(times), 40)) and len(times) >= 5
+
+
+def test_reading_the_journal_skips_a_torn_line(tmp_path: Path) -> None:
+    path = tmp_path / "strategy-history.jsonl"
+    strategy = make_strategy("confidence", {})
+    strategy.learn(Notice(FeedbackKind.LOSS, "m", b"r" * 16, "t", at_ms=5))
+    with StrategyJournal(path) as journal:
+        journal.append("m", strategy)
+    with path.open("a") as file:
+        file.write('{"model_id": "m", "strategy": "conf')
+    assert [entry.point.at_ms for entry in read_journal(path)] == [5]
+    assert read_journal(tmp_path / "missing.jsonl") == []

@@ -1,0 +1,111 @@
+"""The two stages of a bid: the checks every strategy shares, then the best offer among models.
+
+How this works
+--------------
+:func:`decide` screens every hosted model against the task's hard requirements: capability,
+requested model id, input spec (dtype, feature shape, batch <= max_batch), token and language
+constraints, and the node's load. These checks are the same for every strategy, so a strategy
+cannot bid for work its model cannot do. Each model that passes asks its strategy for terms or
+a refusal; the node answers with the best offer among its models (the highest confidence, then
+the lowest cost). Terms that are not finite, or that cost more than the task's ``max_cost``,
+are dropped here, so a strategy bug never reaches a signed bid.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from atomic_p2p.peer.strategies.bidding import (
+    BidTerms,
+    Load,
+    M,
+    ModelView,
+    NoBid,
+    NoBidReason,
+    Strategy,
+    Task,
+)
+
+# --- stage 1: the checks every strategy shares --------------------------------------------------
+
+
+def screen(task: Task, model: ModelView) -> NoBid | None:
+    """The hard requirements a model must meet before its strategy is asked."""
+    if len(task.inputs) != 1:
+        return NoBid(
+            NoBidReason.BAD_INPUT_SPEC, f"{model.model_id} takes exactly one input, got {len(task.inputs)}"
+        )
+    spec = task.inputs[0]
+    problem = model.spec_problem(spec.name, spec.dtype, spec.shape)
+    if problem is not None:
+        return NoBid(NoBidReason.BAD_INPUT_SPEC, problem)
+    if task.batch_size > model.max_batch:
+        return NoBid(
+            NoBidReason.CONSTRAINT_VIOLATED, f"batch {task.batch_size} exceeds max_batch {model.max_batch}"
+        )
+    if model.max_input_tokens and task.input_tokens > model.max_input_tokens:
+        return NoBid(
+            NoBidReason.CONSTRAINT_VIOLATED,
+            f"{task.input_tokens} input tokens exceed max_input_tokens {model.max_input_tokens}",
+        )
+    if task.language and model.supported_languages and task.language not in model.supported_languages:
+        return NoBid(NoBidReason.CONSTRAINT_VIOLATED, f"language {task.language!r} is not supported")
+    return _screen_preview(task, model)
+
+
+def _screen_preview(task: Task, model: ModelView) -> NoBid | None:
+    rows = 0
+    for tensor in task.preview:
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        problem = model.spec_problem(task.inputs[0].name, dtype, tuple(tensor.shape))
+        if problem is not None:
+            return NoBid(NoBidReason.BAD_INPUT_SPEC, f"preview: {problem}")
+        rows += tensor.shape[0]
+    if rows > model.max_batch:
+        # Scoring a preview costs a forward pass; it may not be larger than a paid batch.
+        return NoBid(
+            NoBidReason.CONSTRAINT_VIOLATED, f"preview of {rows} rows exceeds max_batch {model.max_batch}"
+        )
+    return None
+
+
+# --- stage 2: ask the strategies, keep the best offer ------------------------------------------
+
+
+def decide(task: Task, candidates: Sequence[tuple[M, Strategy]], load: Load) -> tuple[M, BidTerms] | NoBid:
+    """The node's answer to one task: the best (model, terms), or why it declines."""
+    if load.draining:
+        return NoBid(NoBidReason.DRAINING, "the node is shutting down")
+    matching = [(m, s) for m, s in candidates if task.capability in m.capabilities]
+    if task.model_id:
+        if not any(m.model_id == task.model_id for m, _ in candidates):
+            return NoBid(NoBidReason.UNKNOWN_MODEL, f"no model {task.model_id!r} here")
+        matching = [(m, s) for m, s in matching if m.model_id == task.model_id]
+    if not matching:
+        return NoBid(NoBidReason.UNKNOWN_CAPABILITY, f"no model here offers {task.capability!r}")
+    if load.saturated:
+        return NoBid(NoBidReason.OVERLOADED, f"{load.in_flight} running and {load.queued} queued")
+    offers: list[tuple[M, BidTerms]] = []
+    declines: list[NoBid] = []
+    for model, strategy in matching:
+        answer = screen(task, model) or _ask(strategy, task, model, load)
+        if isinstance(answer, NoBid):
+            declines.append(answer)
+        else:
+            offers.append((model, answer))
+    if not offers:
+        return declines[0]
+    return max(offers, key=lambda offer: (offer[1].confidence, -offer[1].cost))
+
+
+def _ask(strategy: Strategy, task: Task, model: ModelView, load: Load) -> BidTerms | NoBid:
+    terms = strategy.bid(task, model, load)
+    if isinstance(terms, NoBid):
+        return terms
+    if not all(math.isfinite(x) for x in (terms.confidence, terms.expected_latency_ms, terms.cost)):
+        # A strategy bug must not put NaN into a signed bid.
+        return NoBid(NoBidReason.UNSPECIFIED, f"strategy {strategy.name!r} produced non-finite terms")
+    if task.max_cost and terms.cost > task.max_cost:
+        return NoBid(NoBidReason.BELOW_COST, f"cost {terms.cost:g} exceeds max_cost {task.max_cost:g}")
+    return terms
