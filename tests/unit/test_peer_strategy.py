@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -276,6 +276,7 @@ def test_the_old_module_name_still_exports_every_name() -> None:
 BUILT_IN_OPTIONS: dict[str, dict[str, Any]] = {
     "confidence": {},
     "fixed": {"confidence": 0.7},
+    "specialization": {"classes": [0, 1], "outside": "discount"},
 }
 
 
@@ -297,6 +298,36 @@ def test_every_built_in_strategy_snapshots_to_json_and_keeps_a_bounded_history(n
     assert strategy.history[-1] == HistoryPoint(
         HISTORY_LENGTH + 2, snapshot["price_multiplier"], snapshot["confidence_offset"], 0, HISTORY_LENGTH + 3
     )
+
+
+class ClassifyingModel(HostedModel):
+    """A hosted model that also names the class it predicts per preview row (ClassPredictor)."""
+
+    def preview_classes(self, preview: Sequence[torch.Tensor]) -> list[int]:
+        with torch.inference_mode():
+            return self.module(torch.cat(list(preview)).to(self.device)).argmax(dim=-1).tolist()
+
+
+def test_a_hosted_specialist_bids_inside_its_classes_and_declines_outside() -> None:
+    per_class = (0.99, 0.98, 0.97, 0.96, 0.95, 0.0, 0.0, 0.0, 0.0, 0.0)
+    options = {"classes": [0, 1, 2, 3, 4]}
+
+    def specialist(predicted: int) -> HostedModel:
+        logits = [0.0] * 10
+        logits[predicted] = 5.0
+        return hosted(
+            strategy="specialization",
+            strategy_options=options,
+            logits=logits,
+            class_accuracy=per_class,
+            kind=ClassifyingModel,
+        )
+
+    preview = (torch.rand(2, 64),)
+    inside = bid_of(decide(task(preview=preview), offer(specialist(3)), IDLE))
+    assert inside.confidence == pytest.approx(0.96) and inside.cost == pytest.approx(0.04)
+    outside = decide(task(preview=preview), offer(specialist(7)), IDLE)
+    assert reason_of(outside) is NoBidReason.CONSTRAINT_VIOLATED
 
 
 def test_the_journal_appends_rotates_and_reads_back(tmp_path: Path) -> None:

@@ -18,6 +18,8 @@ its factory; :func:`register_strategy` adds new ones. Built in (DESIGN section 6
 
 - ``confidence``: the model's own confidence on this input (:mod:`.confidence`).
 - ``fixed``: a declared confidence, whatever the input (:mod:`.confidence`).
+- ``specialization``: confident inside a declared domain, declines or discounts outside
+  (:mod:`.specialization`).
 
 :class:`StrategyJournal` keeps the history on disk as JSON lines (:mod:`.journal`).
 """
@@ -49,6 +51,7 @@ from atomic_p2p.peer.strategies.confidence import ConfidenceStrategy, FixedStrat
 from atomic_p2p.peer.strategies.journal import JOURNAL_NAME, JournalEntry, StrategyJournal, read_journal
 from atomic_p2p.peer.strategies.registry import STRATEGIES, StrategyFactory, make_strategy, register_strategy
 from atomic_p2p.peer.strategies.screening import decide, screen
+from atomic_p2p.peer.strategies.specialization import Outside, SpecializationSettings, SpecializationStrategy
 
 __all__ = [
     "HISTORY_LENGTH",
@@ -70,7 +73,10 @@ __all__ = [
     "NoBid",
     "NoBidReason",
     "Notice",
+    "Outside",
     "Record",
+    "SpecializationSettings",
+    "SpecializationStrategy",
     "Strategy",
     "StrategyFactory",
     "StrategyJournal",

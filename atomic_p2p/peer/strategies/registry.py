@@ -13,6 +13,7 @@ from atomic_p2p.errors import ConfigError
 from atomic_p2p.peer.strategies.bidding import Strategy
 from atomic_p2p.peer.strategies.confidence import ConfidenceStrategy, FixedStrategy
 from atomic_p2p.peer.strategies.options import Options
+from atomic_p2p.peer.strategies.specialization import SpecializationSettings, SpecializationStrategy
 
 StrategyFactory = Callable[[Mapping[str, Any]], Strategy]
 
@@ -33,9 +34,14 @@ def _fixed(options: Mapping[str, Any]) -> Strategy:
     return FixedStrategy(float(value))
 
 
+def _specialization(options: Mapping[str, Any]) -> Strategy:
+    return SpecializationStrategy(SpecializationSettings.parse(options))
+
+
 STRATEGIES: dict[str, StrategyFactory] = {
     "confidence": _confidence,
     "fixed": _fixed,
+    "specialization": _specialization,
 }
 
 

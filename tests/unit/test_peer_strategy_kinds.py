@@ -1,0 +1,190 @@
+"""The specialization strategy, driven with a fake model (pure, fast)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import torch
+
+from atomic_p2p.errors import ConfigError
+from atomic_p2p.peer.strategy import (
+    BidTerms,
+    FeedbackKind,
+    InputSpec,
+    Load,
+    NoBid,
+    NoBidReason,
+    Notice,
+    Strategy,
+    Task,
+    decide,
+    make_strategy,
+)
+
+IDLE = Load(in_flight=0, queued=0, capacity=2, queue_limit=8)
+# Held-out accuracy per class of a specialist on 0-4: near perfect there, useless elsewhere.
+SPECIALIST = (0.99, 0.98, 0.97, 0.96, 0.95, 0.0, 0.0, 0.1, 0.0, 0.0)
+
+
+@dataclass
+class FakeModel:
+    """A ModelView with every number chosen by the test; no torch module behind it."""
+
+    model_id: str = "m"
+    capabilities: tuple[str, ...] = ("classify/digits", "classify/digits/0-4")
+    max_batch: int = 64
+    max_input_tokens: int = 0
+    supported_languages: tuple[str, ...] = ()
+    price_per_example: float = 0.01
+    validation_accuracy: float = 0.5
+    class_accuracy: tuple[float, ...] = SPECIALIST
+    expected_latency_ms: float = 10.0
+    softmax: float = 0.93  # what preview_confidence answers
+    forward_passes: int = 0
+
+    def spec_problem(self, name: str, dtype: str, shape: tuple[int, ...]) -> str | None:
+        return None
+
+    def preview_confidence(self, preview: Sequence[torch.Tensor]) -> float:
+        self.forward_passes += 1
+        return self.softmax
+
+
+@dataclass
+class FakeClassifier(FakeModel):
+    """A FakeModel that also says which class it predicts for each preview row."""
+
+    predictions: list[int] = field(default_factory=list)
+
+    def preview_classes(self, preview: Sequence[torch.Tensor]) -> Sequence[int]:
+        self.forward_passes += 1
+        return self.predictions
+
+
+def task(batch: int = 4, capability: str = "classify/digits", preview_rows: int = 0) -> Task:
+    preview = (torch.zeros(preview_rows, 64),) if preview_rows else ()
+    return Task("t", capability, (InputSpec("x", "float32", (batch, 64)),), preview=preview)
+
+
+def terms_of(answer: BidTerms | NoBid) -> BidTerms:
+    assert isinstance(answer, BidTerms), answer
+    return answer
+
+
+def refusal_of(answer: BidTerms | NoBid) -> NoBid:
+    assert isinstance(answer, NoBid), answer
+    return answer
+
+
+def notice(kind: FeedbackKind, **fields: Any) -> Notice:
+    return Notice(kind=kind, model_id="m", request_id=b"r" * 16, task_id="t", **fields)
+
+
+WIN, LOSS, OUTCOME = FeedbackKind.WIN, FeedbackKind.LOSS, FeedbackKind.OUTCOME
+
+
+# --- specialization -------------------------------------------------------------------------
+
+
+def specialist(**options: Any) -> Strategy:
+    return make_strategy("specialization", {"classes": [0, 1, 2, 3, 4], **options})
+
+
+def test_a_declared_capability_bucket_is_inside_and_bids_the_domain_accuracy_at_list_price() -> None:
+    strategy = specialist(capabilities=["classify/digits/0-4"])
+    terms = terms_of(strategy.bid(task(capability="classify/digits/0-4"), FakeModel(), IDLE))
+    assert terms.confidence == pytest.approx(sum(SPECIALIST[:5]) / 5)
+    assert terms.cost == pytest.approx(0.04) and terms.expected_latency_ms == 10.0
+    assert terms.strategy == "specialization"
+
+
+def test_a_preview_predicted_inside_bids_the_expected_accuracy_of_the_predicted_classes() -> None:
+    model = FakeClassifier(predictions=[0, 1, 1, 4])
+    terms = terms_of(specialist().bid(task(preview_rows=4), model, IDLE))
+    assert terms.confidence == pytest.approx((0.99 + 0.98 + 0.98 + 0.95) / 4)
+    assert terms.cost == pytest.approx(0.04)
+
+
+def test_a_preview_predicted_outside_is_declined_with_the_share_it_found() -> None:
+    model = FakeClassifier(predictions=[0, 7, 8, 9])
+    refusal = refusal_of(specialist().bid(task(preview_rows=4), model, IDLE))
+    assert refusal.reason is NoBidReason.CONSTRAINT_VIOLATED
+    assert "25% of the preview rows" in refusal.detail and "min_share 1" in refusal.detail
+
+
+def test_min_share_admits_a_mostly_inside_preview() -> None:
+    model = FakeClassifier(predictions=[0, 1, 2, 7])
+    assert terms_of(specialist(min_share=0.75).bid(task(preview_rows=4), model, IDLE))
+    assert isinstance(specialist(min_share=0.8).bid(task(preview_rows=4), model, IDLE), NoBid)
+
+
+def test_a_general_task_without_evidence_is_outside() -> None:
+    for model in (FakeModel(), FakeClassifier(predictions=[0])):
+        refusal = refusal_of(specialist().bid(task(), model, IDLE))
+        assert "no preview it can classify" in refusal.detail
+    # A preview the model cannot classify is no evidence either.
+    assert isinstance(specialist().bid(task(preview_rows=2), FakeModel(), IDLE), NoBid)
+
+
+def test_outside_discount_bids_the_measured_outside_accuracy_at_a_discount() -> None:
+    strategy = specialist(outside="discount", outside_confidence_scale=0.5, outside_price_scale=0.25)
+    terms = terms_of(strategy.bid(task(), FakeModel(), IDLE))
+    assert terms.confidence == pytest.approx(0.5 * sum(SPECIALIST[5:]) / 5)
+    assert terms.cost == pytest.approx(0.01)
+    assert strategy.snapshot()["price_multiplier"] == 0.25
+    predicted = terms_of(strategy.bid(task(preview_rows=2), FakeClassifier(predictions=[7, 7]), IDLE))
+    assert predicted.confidence == pytest.approx(0.05)
+    assert terms_of(strategy.bid(task(preview_rows=1), FakeClassifier(predictions=[3]), IDLE)).cost == 0.04
+    assert strategy.snapshot()["price_multiplier"] == 1.0
+
+
+def test_without_class_accuracy_the_model_own_confidence_is_used() -> None:
+    model = FakeModel(class_accuracy=())
+    strategy = specialist(capabilities=["classify/digits/0-4"], outside="discount")
+    inside = terms_of(strategy.bid(task(capability="classify/digits/0-4", preview_rows=2), model, IDLE))
+    assert inside.confidence == 0.93  # the preview's softmax
+    outside = terms_of(strategy.bid(task(), model, IDLE))
+    assert outside.confidence == 0.5  # the overall held-out accuracy
+
+
+def test_predictions_are_only_computed_when_they_matter() -> None:
+    model = FakeClassifier(predictions=[0], class_accuracy=())
+    strategy = specialist(capabilities=["classify/digits/0-4"])
+    strategy.bid(task(capability="classify/digits/0-4", preview_rows=1), model, IDLE)
+    assert model.forward_passes == 1  # the softmax only: without class accuracy, classes say nothing
+
+
+def test_decide_passes_the_specialist_refusal_on() -> None:
+    model = FakeClassifier(predictions=[5, 6])
+    strategy = specialist()
+    assert decide(task(preview_rows=2), [(model, strategy)], IDLE) == NoBid(
+        NoBidReason.CONSTRAINT_VIOLATED, refusal_of(strategy.bid(task(preview_rows=2), model, IDLE)).detail
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({}, r"needs its domain in strategy_options: classes = \[0, 1, 2\]"),
+        ({"classes": []}, r"strategy_options.classes must be a non-empty list of distinct integers >= 0"),
+        ({"classes": [0, -1]}, "strategy_options.classes must be"),
+        ({"classes": [1, 1]}, "strategy_options.classes must be"),
+        ({"classes": [True]}, "strategy_options.classes must be"),
+        ({"classes": "0-4"}, r"e.g. classes = \[0, 1, 2, 3, 4\]; got '0-4'"),
+        ({"capabilities": ["ok", ""]}, "strategy_options.capabilities must be a non-empty list"),
+        ({"classes": [0], "outside": "ignore"}, "outside must be one of 'decline', 'discount'"),
+        ({"classes": [0], "min_share": 0}, r"min_share must be a number in \(0, 1\]"),
+        ({"classes": [0], "outside_price_scale": -1}, "outside_price_scale must be a number >= 0"),
+        (
+            {"classes": [0], "outside_confidence_scale": 2},
+            r"outside_confidence_scale must be a number in \[0, 1\]",
+        ),
+        ({"classes": [0], "domain": "digits"}, "takes no option.s. domain; it takes capabilities, classes"),
+    ],
+)
+def test_specialization_options_are_validated(options: Mapping[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make_strategy("specialization", options)
