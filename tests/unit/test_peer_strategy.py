@@ -277,6 +277,7 @@ BUILT_IN_OPTIONS: dict[str, dict[str, Any]] = {
     "confidence": {},
     "fixed": {"confidence": 0.7},
     "specialization": {"classes": [0, 1], "outside": "discount"},
+    "resource-aware": {},
 }
 
 

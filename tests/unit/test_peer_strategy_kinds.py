@@ -1,13 +1,18 @@
-"""The specialization strategy, driven with a fake model (pure, fast)."""
+"""The specialization and resource-aware strategies, driven with a fake model (pure, fast)."""
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from atomic_p2p.errors import ConfigError
 from atomic_p2p.peer.strategy import (
@@ -188,3 +193,99 @@ def test_decide_passes_the_specialist_refusal_on() -> None:
 def test_specialization_options_are_validated(options: Mapping[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         make_strategy("specialization", options)
+
+
+# --- resource-aware -------------------------------------------------------------------------
+
+
+def load(in_flight: int, queued: int = 0, capacity: int = 2, queue_limit: int = 8) -> Load:
+    return Load(in_flight=in_flight, queued=queued, capacity=capacity, queue_limit=queue_limit)
+
+
+def test_an_idle_node_asks_list_price_and_promises_the_measured_latency() -> None:
+    terms = terms_of(make_strategy("resource-aware", {}).bid(task(), FakeModel(), IDLE))
+    assert (terms.cost, terms.expected_latency_ms, terms.strategy) == (
+        pytest.approx(0.04),
+        10.0,
+        "resource-aware",
+    )
+    assert terms.confidence == 0.5  # the base strategy's: held-out accuracy without a preview
+
+
+def test_price_follows_alpha_times_utilization_to_the_power() -> None:
+    strategy = make_strategy("resource-aware", {"alpha": 2.0, "power": 1})
+    terms = terms_of(strategy.bid(task(), FakeModel(), load(2, 3)))  # 5 of 10 slots: u = 0.5
+    assert terms.cost == pytest.approx(0.04 * (1 + 2.0 * 0.5))
+    assert strategy.snapshot()["parameters"]["last_utilization"] == 0.5
+    assert strategy.snapshot()["price_multiplier"] == pytest.approx(2.0)
+
+
+def test_promised_latency_counts_the_calls_ahead_per_worker() -> None:
+    strategy = make_strategy("resource-aware", {"decline_above": 1.0})
+    loads = [load(1, 0), load(2, 0), load(2, 1), load(2, 3)]
+    latency = [terms_of(strategy.bid(task(), FakeModel(), at)).expected_latency_ms for at in loads]
+    assert latency == pytest.approx([10.0, 15.0, 20.0, 30.0])
+
+
+def test_price_and_latency_rise_with_load_until_it_declines() -> None:
+    strategy = make_strategy("resource-aware", {"decline_above": 0.8})
+    quotes = [terms_of(strategy.bid(task(), FakeModel(), load(min(n, 2), max(0, n - 2)))) for n in range(8)]
+    assert all(a.cost < b.cost for a, b in itertools.pairwise(quotes))
+    assert all(a.expected_latency_ms <= b.expected_latency_ms for a, b in itertools.pairwise(quotes))
+    refusal = refusal_of(strategy.bid(task(), FakeModel(), load(2, 6)))
+    assert refusal.reason is NoBidReason.OVERLOADED and "decline_above 0.8" in refusal.detail
+
+
+def test_resource_aware_wraps_any_base_strategy() -> None:
+    strategy = make_strategy(
+        "resource-aware", {"base": "specialization", "base_options": {"classes": [0, 1, 2, 3, 4]}}
+    )
+    assert refusal_of(strategy.bid(task(), FakeModel(), load(2, 3))).reason is NoBidReason.CONSTRAINT_VIOLATED
+    terms = terms_of(strategy.bid(task(preview_rows=1), FakeClassifier(predictions=[2]), load(2, 3)))
+    assert terms.confidence == 0.97 and terms.cost == pytest.approx(0.04 * 1.25)
+    assert strategy.snapshot()["base"]["strategy"] == "specialization"
+
+
+@given(
+    in_flight=st.integers(0, 8),
+    queued=st.integers(0, 30),
+    capacity=st.integers(1, 8),
+    queue_limit=st.integers(0, 32),
+    alpha=st.floats(0, 10),
+    power=st.floats(0.1, 4),
+)
+@settings(max_examples=200, deadline=None)
+def test_load_never_lowers_price_or_latency(
+    in_flight: int, queued: int, capacity: int, queue_limit: int, alpha: float, power: float
+) -> None:
+    strategy = make_strategy("resource-aware", {"alpha": alpha, "power": power, "decline_above": 1.0})
+    busy = Load(in_flight, queued, capacity, queue_limit)
+    busier = dataclasses.replace(busy, queued=queued + 1)
+    if busier.utilization >= 1.0:
+        return
+    now, later = (terms_of(strategy.bid(task(), FakeModel(), at)) for at in (busy, busier))
+    assert (
+        0.04 - 1e-12 <= now.cost <= later.cost
+        and 10.0 <= now.expected_latency_ms <= later.expected_latency_ms
+    )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"alpha": -1}, "alpha must be a number >= 0, e.g. alpha = 1.0"),
+        ({"power": 0}, "power must be a number > 0"),
+        ({"decline_above": 0}, r"decline_above must be a number in \(0, 1\]"),
+        ({"decline_above": 1.5}, "decline_above must be"),
+        ({"alpha": "high"}, "alpha must be a number"),
+        ({"alpha": math.nan}, "alpha must be a number"),
+        ({"base": "psychic"}, "strategy 'resource-aware': base: strategy 'psychic' is unknown"),
+        ({"base": "resource-aware"}, "base must name another strategy"),
+        ({"base": "fixed"}, "base: strategy 'fixed' needs strategy_options.confidence"),
+        ({"base_options": 3}, "base_options must be a table"),
+        ({"beta": 1}, "takes no option.s. beta; it takes alpha, base, base_options, decline_above, power"),
+    ],
+)
+def test_resource_aware_options_are_validated(options: Mapping[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        make_strategy("resource-aware", options)

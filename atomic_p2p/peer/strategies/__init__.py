@@ -20,6 +20,8 @@ its factory; :func:`register_strategy` adds new ones. Built in (DESIGN section 6
 - ``fixed``: a declared confidence, whatever the input (:mod:`.confidence`).
 - ``specialization``: confident inside a declared domain, declines or discounts outside
   (:mod:`.specialization`).
+- ``resource-aware``: price and promised latency rise with load; declines near full
+  (:mod:`.resource`).
 
 :class:`StrategyJournal` keeps the history on disk as JSON lines (:mod:`.journal`).
 """
@@ -50,6 +52,7 @@ from atomic_p2p.peer.strategies.bidding import (
 from atomic_p2p.peer.strategies.confidence import ConfidenceStrategy, FixedStrategy
 from atomic_p2p.peer.strategies.journal import JOURNAL_NAME, JournalEntry, StrategyJournal, read_journal
 from atomic_p2p.peer.strategies.registry import STRATEGIES, StrategyFactory, make_strategy, register_strategy
+from atomic_p2p.peer.strategies.resource import ResourceAwareStrategy, ResourceSettings
 from atomic_p2p.peer.strategies.screening import decide, screen
 from atomic_p2p.peer.strategies.specialization import Outside, SpecializationSettings, SpecializationStrategy
 
@@ -75,6 +78,8 @@ __all__ = [
     "Notice",
     "Outside",
     "Record",
+    "ResourceAwareStrategy",
+    "ResourceSettings",
     "SpecializationSettings",
     "SpecializationStrategy",
     "Strategy",

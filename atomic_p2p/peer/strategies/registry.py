@@ -2,6 +2,8 @@
 
 A factory takes the model's ``[models.strategy_options]`` table, validates it (raising
 :class:`~atomic_p2p.errors.ConfigError` that says what to write) and returns a fresh strategy.
+``resource-aware`` adjusts another strategy's terms: ``base`` names it
+(default ``"confidence"``) and ``base_options`` is its options table.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from typing import Any
 from atomic_p2p.errors import ConfigError
 from atomic_p2p.peer.strategies.bidding import Strategy
 from atomic_p2p.peer.strategies.confidence import ConfidenceStrategy, FixedStrategy
-from atomic_p2p.peer.strategies.options import Options
+from atomic_p2p.peer.strategies.options import BASE_OPTIONS, Options
+from atomic_p2p.peer.strategies.resource import ResourceAwareStrategy, ResourceSettings
 from atomic_p2p.peer.strategies.specialization import SpecializationSettings, SpecializationStrategy
 
 StrategyFactory = Callable[[Mapping[str, Any]], Strategy]
@@ -38,9 +41,29 @@ def _specialization(options: Mapping[str, Any]) -> Strategy:
     return SpecializationStrategy(SpecializationSettings.parse(options))
 
 
+def _resource_aware(options: Mapping[str, Any]) -> Strategy:
+    settings = ResourceSettings.parse(options)
+    return ResourceAwareStrategy(settings, _base("resource-aware", options))
+
+
+def _base(name: str, options: Mapping[str, Any]) -> Strategy:
+    """The strategy that ``name`` wraps, built from ``base`` and ``base_options``."""
+    read = Options(name, {key: options[key] for key in BASE_OPTIONS if key in options}, BASE_OPTIONS)
+    base_name = read.text("base", "confidence", '"confidence"')
+    if base_name == name:
+        raise ConfigError(f"strategy {name!r}: strategy_options.base must name another strategy, not itself")
+    base_options = read.table("base_options", "{ classes = [0, 1, 2, 3, 4] }")
+    try:
+        base = make_strategy(base_name, base_options)
+    except ConfigError as exc:
+        raise ConfigError(f"strategy {name!r}: base: {exc}") from None
+    return base
+
+
 STRATEGIES: dict[str, StrategyFactory] = {
     "confidence": _confidence,
     "fixed": _fixed,
+    "resource-aware": _resource_aware,
     "specialization": _specialization,
 }
 
