@@ -356,6 +356,23 @@ class Store:
         )
         return [BidRecord(*_parsed(row)) for row in rows]
 
+    def bid_history(
+        self,
+        *,
+        peer: str | None = None,
+        capability: str | None = None,
+        since_ms: int | None = None,
+        limit: int = 1000,
+    ) -> list[BidRecord]:
+        """Bids over time, oldest first (the newest ``limit`` of them): how a peer's prices moved."""
+        where, parameters = _filters({"peer": peer, "capability": capability}, since_ms=since_ms)
+        rows = self._query(
+            "SELECT at_ms, request_id, task_id, capability, peer, model_id, address, confidence, "
+            f"expected_latency_ms, cost, strategy, digest, fields FROM bids {where} ORDER BY id DESC LIMIT ?",
+            [*parameters, limit],
+        )
+        return [BidRecord(*_parsed(row)) for row in reversed(rows)]
+
     def latest_profiles(self) -> list[ProfileRecord]:
         """The newest snapshot of every (peer, model, capability): what a requester restores at start."""
         rows = self._query(

@@ -60,6 +60,9 @@ class PendingOutcome:
 class MarketMemory:
     """Profiles, shares, load and (optionally) the store; see the module docstring."""
 
+    # How a delivered task's payment is booked; a prober's memory books PaymentKind.PROBE.
+    payment_kind = PaymentKind.CHARGE
+
     def __init__(
         self,
         config: EvaluatorConfig | None = None,
@@ -123,7 +126,7 @@ class MarketMemory:
                 price=decision.price,
                 rationale=rationale,
             ),
-            [_bid_record(at, request_id, ask.capability, bid) for bid in bids],
+            [_bid_record(at, request_id, ask, bid) for bid in bids],
         )
 
     # --- outcomes -----------------------------------------------------------------------------
@@ -152,7 +155,7 @@ class MarketMemory:
         self._learn(key, observation)
         if self.store is not None:
             self.store.record_payment(
-                PaymentRecord(now_ms(), request_id, ask.task_id, bid.peer_id.hex, paid, PaymentKind.CHARGE)
+                PaymentRecord(now_ms(), request_id, ask.task_id, bid.peer_id.hex, paid, self.payment_kind)
             )
         reference = task_reference(request_id, ask.task_id)
         self._pending[reference] = PendingOutcome(key, bid, request_id, ask.bucket)
@@ -196,12 +199,12 @@ def task_reference(request_id: bytes, task_id: str) -> str:
     return f"{request_id.hex()}/{task_id}"
 
 
-def _bid_record(at: int, request_id: bytes, capability: str, bid: BidInfo) -> BidRecord:
+def _bid_record(at: int, request_id: bytes, ask: Ask, bid: BidInfo) -> BidRecord:
     return BidRecord(
         at_ms=at,
         request_id=request_id,
         task_id=bid.task_id,
-        capability=capability,
+        capability=ask.capability,
         peer=bid.peer_id.hex,
         model_id=bid.model_id,
         address=bid.address,
@@ -210,4 +213,5 @@ def _bid_record(at: int, request_id: bytes, capability: str, bid: BidInfo) -> Bi
         cost=bid.cost,
         strategy=bid.strategy,
         digest=bid.digest,
+        fields={"batch": ask.batch_size},  # cost / batch: the price per example over time
     )

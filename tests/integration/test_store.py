@@ -127,6 +127,9 @@ def test_batched_writes_read_back_after_a_restart(tmp_path: Path) -> None:
         (latest,) = again.latest_profiles()
         assert Profile.from_dict(latest.snapshot) == profile
         assert [p.at_ms for p in again.profile_history("aa")] == [1, 6]
+        history = again.bid_history(peer="aa", capability="classify/digits", since_ms=1298, limit=3)
+        assert [b.at_ms for b in history] == [1298, 1299, 2000]  # oldest first, the newest 3
+        assert history[-1] == replace_request(bid(1000)) and again.bid_history(peer="bb") == []
         totals = again.ledger_totals()
         assert totals == {"aa": {"charge": 20.0, "probe": 0.5}, "bb": {"charge": 10.0}}
         assert again.ledger_totals(peer="bb") == {"bb": {"charge": 10.0}}
