@@ -278,6 +278,7 @@ BUILT_IN_OPTIONS: dict[str, dict[str, Any]] = {
     "fixed": {"confidence": 0.7},
     "specialization": {"classes": [0, 1], "outside": "discount"},
     "resource-aware": {},
+    "learning": {},
 }
 
 
@@ -333,7 +334,7 @@ def test_a_hosted_specialist_bids_inside_its_classes_and_declines_outside() -> N
 
 def test_the_journal_appends_rotates_and_reads_back(tmp_path: Path) -> None:
     path = tmp_path / "data" / "strategy-history.jsonl"
-    strategy = make_strategy("fixed", {"confidence": 0.5})
+    strategy = make_strategy("learning", {})
     with StrategyJournal(path, max_bytes=1000) as journal:
         journal.append("m", strategy)  # no history yet: nothing written
         assert not path.exists()
@@ -343,7 +344,7 @@ def test_the_journal_appends_rotates_and_reads_back(tmp_path: Path) -> None:
     rotated = path.with_name(path.name + ".1")
     assert rotated.stat().st_size >= 1000 and (not path.exists() or path.stat().st_size < 1000)
     entries = read_journal(path)
-    assert entries[-1] == JournalEntry("m", "fixed", strategy.history[-1])
+    assert entries[-1] == JournalEntry("m", "learning", strategy.history[-1])
     times = [entry.point.at_ms for entry in entries]
     assert times == list(range(40 - len(times), 40)) and len(times) >= 5
 

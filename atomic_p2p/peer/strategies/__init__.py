@@ -22,6 +22,8 @@ its factory; :func:`register_strategy` adds new ones. Built in (DESIGN section 6
   (:mod:`.specialization`).
 - ``resource-aware``: price and promised latency rise with load; declines near full
   (:mod:`.resource`).
+- ``learning``: a price multiplier from wins and losses, a confidence offset from outcomes
+  (:mod:`.learning`).
 
 :class:`StrategyJournal` keeps the history on disk as JSON lines (:mod:`.journal`).
 """
@@ -51,6 +53,7 @@ from atomic_p2p.peer.strategies.bidding import (
 )
 from atomic_p2p.peer.strategies.confidence import ConfidenceStrategy, FixedStrategy
 from atomic_p2p.peer.strategies.journal import JOURNAL_NAME, JournalEntry, StrategyJournal, read_journal
+from atomic_p2p.peer.strategies.learning import LearningSettings, LearningStrategy
 from atomic_p2p.peer.strategies.registry import STRATEGIES, StrategyFactory, make_strategy, register_strategy
 from atomic_p2p.peer.strategies.resource import ResourceAwareStrategy, ResourceSettings
 from atomic_p2p.peer.strategies.screening import decide, screen
@@ -70,6 +73,8 @@ __all__ = [
     "HistoryPoint",
     "InputSpec",
     "JournalEntry",
+    "LearningSettings",
+    "LearningStrategy",
     "Load",
     "M",
     "ModelView",

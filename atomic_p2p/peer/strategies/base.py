@@ -67,8 +67,10 @@ class Record:
     def add(self, notice: Notice) -> None:
         if notice.kind is FeedbackKind.WIN:
             self.wins += 1
-            if math.isfinite(notice.clearing_price) and notice.clearing_price > 0:
-                self.revenue += notice.clearing_price
+            # The price is the requester's word: a NaN, negative or absurd one is not revenue.
+            revenue = self.revenue + notice.clearing_price
+            if notice.clearing_price > 0 and math.isfinite(revenue):
+                self.revenue = revenue
         elif notice.kind is FeedbackKind.LOSS:
             self.losses += 1
         elif math.isfinite(notice.outcome_score):

@@ -2,7 +2,7 @@
 
 A factory takes the model's ``[models.strategy_options]`` table, validates it (raising
 :class:`~atomic_p2p.errors.ConfigError` that says what to write) and returns a fresh strategy.
-``resource-aware`` adjusts another strategy's terms: ``base`` names it
+``resource-aware`` and ``learning`` adjust another strategy's terms: ``base`` names it
 (default ``"confidence"``) and ``base_options`` is its options table.
 """
 
@@ -14,6 +14,7 @@ from typing import Any
 from atomic_p2p.errors import ConfigError
 from atomic_p2p.peer.strategies.bidding import Strategy
 from atomic_p2p.peer.strategies.confidence import ConfidenceStrategy, FixedStrategy
+from atomic_p2p.peer.strategies.learning import LearningSettings, LearningStrategy
 from atomic_p2p.peer.strategies.options import BASE_OPTIONS, Options
 from atomic_p2p.peer.strategies.resource import ResourceAwareStrategy, ResourceSettings
 from atomic_p2p.peer.strategies.specialization import SpecializationSettings, SpecializationStrategy
@@ -46,6 +47,11 @@ def _resource_aware(options: Mapping[str, Any]) -> Strategy:
     return ResourceAwareStrategy(settings, _base("resource-aware", options))
 
 
+def _learning(options: Mapping[str, Any]) -> Strategy:
+    settings = LearningSettings.parse(options)
+    return LearningStrategy(settings, _base("learning", options))
+
+
 def _base(name: str, options: Mapping[str, Any]) -> Strategy:
     """The strategy that ``name`` wraps, built from ``base`` and ``base_options``."""
     read = Options(name, {key: options[key] for key in BASE_OPTIONS if key in options}, BASE_OPTIONS)
@@ -63,6 +69,7 @@ def _base(name: str, options: Mapping[str, Any]) -> Strategy:
 STRATEGIES: dict[str, StrategyFactory] = {
     "confidence": _confidence,
     "fixed": _fixed,
+    "learning": _learning,
     "resource-aware": _resource_aware,
     "specialization": _specialization,
 }
