@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -359,3 +360,12 @@ def test_reading_the_journal_skips_a_torn_line(tmp_path: Path) -> None:
         file.write('{"model_id": "m", "strategy": "conf')
     assert [entry.point.at_ms for entry in read_journal(path)] == [5]
     assert read_journal(tmp_path / "missing.jsonl") == []
+
+
+def test_the_strategy_examples_in_peers_readme_load() -> None:
+    readme = Path(__file__).parents[2] / "peers" / "README.md"
+    blocks = [b.split("```")[0] for b in readme.read_text().split("```toml\n")[1:]]
+    examples = [tomllib.loads(block) for block in blocks if block.startswith("strategy = ")]
+    assert [e["strategy"] for e in examples] == ["specialization", "resource-aware", "learning"]
+    for example in examples:
+        make_strategy(example["strategy"], example["models"]["strategy_options"])
