@@ -44,7 +44,7 @@ from atomic_p2p.peer.node import PeerNode
 from atomic_p2p.tensors import WireTensor, digest, encode
 
 PEERS_DIR = Path(__file__).resolve().parent.parent / "peers"
-EXAMPLE_PEERS = ("small", "large", "specialist", "slow")
+EXAMPLE_PEERS = ("small", "large", "specialist", "slow", "small-fixed", "large-discount")
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 128 * 1024 * 1024),
     ("grpc.max_send_message_length", 128 * 1024 * 1024),

@@ -1,14 +1,27 @@
 #!/usr/bin/env python3
 """A local atomic-p2p testnet with a demo workload (what ``make demo`` runs).
 
-    python scripts/testnet.py                     # small, large, specialist; 12 demo requests
-    python scripts/testnet.py --requests 30 --quiet
+    python scripts/testnet.py                        # 5 peers, 12 demo requests
+    python scripts/testnet.py --peers 20 --quiet     # 20 peers, summary only
+    sudo python scripts/testnet.py --hosts           # each peer in its own network namespace
+    python scripts/testnet.py --fault-delay-ms 20 --fault-jitter-ms 10 --fault-loss 0.05
 
-Starts one ``atomic-peer`` process per example peer on 127.0.0.1 (ephemeral ports), waits until
-each prints its listening line, then runs a demo requester over held-out digits with the three
-priority profiles in turn, printing every auction (bids, winner, price, result). Ends with a
-summary per peer (bids, wins, mean latency, revenue). Every process it started is stopped on exit,
-on error and on Ctrl-C.
+Starts N ``atomic-peer`` processes cycling through example configs (``--configs``; they differ in
+model, strategy and price). The first starts alone; every later one joins the gossip through
+``--bootstrap`` of a random peer already serving, a few starting at once. A requester that knows
+only the first peer's address then joins as a member hosting nothing, a progress bar follows its
+directory until all N peers are in it, and the demo workload runs through it: held-out digits,
+the three priority profiles in turn, every auction printed (bids, winner, price, result). A
+summary per peer ends the run (bids, wins, mean latency, revenue, accuracy).
+
+``--hosts`` puts every peer in its own network namespace with its own address on a veth bridge
+(:mod:`atomic_p2p.netns`; needs root), so gossip and auctions cross a real virtual network; the
+requester stays in the root namespace and reaches them over the bridge. ``--fault-*`` flags inject
+delay, jitter and loss into every peer's outgoing calls and the requester's (:mod:`atomic_p2p.faults`).
+
+Every process it started is stopped on exit, on error, on Ctrl-C and on SIGTERM (SIGTERM to each
+peer's process group, which drains it, then SIGKILL after a grace period), and in ``--hosts``
+mode every namespace and link is removed. Peer logs go to ``<data-dir>/<peer>/peer.log``.
 """
 
 from __future__ import annotations
@@ -18,6 +31,8 @@ import asyncio
 import contextlib
 import json
 import os
+import random
+import selectors
 import signal
 import subprocess
 import sys
@@ -26,6 +41,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -35,81 +51,220 @@ sys.path.insert(0, str(ROOT / "peers"))
 
 from atomic_p2p.cli.report import render_text  # noqa: E402
 from atomic_p2p.errors import AtomicError  # noqa: E402
+from atomic_p2p.faults import ENV_VAR as FAULTS_ENV  # noqa: E402
+from atomic_p2p.faults import FaultPlan  # noqa: E402
+from atomic_p2p.gossip import GossipConfig  # noqa: E402
+from atomic_p2p.netns import Host, VirtualNetwork  # noqa: E402
 from atomic_p2p.requester import Requester  # noqa: E402
 
-DEFAULT_PEERS = ("small", "large", "specialist")
+DEFAULT_CONFIGS = ("small", "large", "specialist", "small-fixed", "large-discount")
 PRIORITIES = ("balanced", "accuracy", "speed")
-START_TIMEOUT_S = 120.0
+CAPABILITY = "classify/digits"
+START_TIMEOUT_S = 180.0  # a cold first start trains the models
+STARTING_AT_ONCE = 4  # peer processes importing torch at once; more only thrash two cores
+STOP_GRACE_S = 10.0
+
+
+@dataclass(frozen=True)
+class Options:
+    peers: int = 5
+    configs: tuple[str, ...] = DEFAULT_CONFIGS
+    data_dir: Path = ROOT / ".data" / "testnet"
+    gossip_interval: float = 0.5
+    faults: FaultPlan = field(default_factory=FaultPlan)
+    hosts: bool = False
+    seed: int = 0
 
 
 @dataclass
 class PeerProcess:
     name: str
     process: subprocess.Popen[str]
+    log: Path
+    host: Host | None = None
     address: str = ""
     peer_id: str = ""
     models: list[str] = field(default_factory=list)
 
 
-def start_peer(name: str, data_root: Path) -> PeerProcess:
+@dataclass
+class Testnet:
+    peers: list[PeerProcess]
+    network: VirtualNetwork | None
+
+    @property
+    def seed_address(self) -> str:
+        return self.peers[0].address
+
+
+# --- starting and stopping peers ----------------------------------------------------------------
+
+
+def peer_command(
+    options: Options, index: int, name: str, bootstrap: str | None, host: Host | None
+) -> list[str]:
+    config = options.configs[index % len(options.configs)]
     command = [
         sys.executable,
         "-m",
         "atomic_p2p.cli.peer",
-        str(ROOT / "peers" / f"{name}.toml"),
+        str(ROOT / "peers" / f"{config}.toml"),
+        "--host",
+        host.address if host else "127.0.0.1",
         "--port",
         "0",
         "--data-dir",
-        str(data_root / name),
+        str(options.data_dir / name),
+        "--cache-dir",
+        str(options.data_dir / "weights"),  # shared: each recipe trains once
+        "--gossip-interval",
+        f"{options.gossip_interval:g}",
+        "--drain-timeout",
+        "5",
         "--log-level",
         "WARNING",
     ]
-    # Own process group: Ctrl-C in the terminal reaches us, and we drain the peers ourselves.
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, start_new_session=True)
-    return PeerProcess(name, process)
+    if bootstrap:
+        command += ["--bootstrap", bootstrap]
+    plan = options.faults
+    if plan.active:
+        command += [
+            "--fault-delay-ms",
+            f"{plan.delay_ms:g}",
+            "--fault-jitter-ms",
+            f"{plan.jitter_ms:g}",
+            "--fault-loss",
+            f"{plan.loss:g}",
+        ]
+        if plan.seed is not None:
+            command += ["--fault-seed", str(plan.seed + 1 + index)]
+    return host.exec_args(command) if host else command
 
 
-def wait_listening(peer: PeerProcess, deadline: float) -> None:
-    """Read the peer's stdout until its 'listening on' line (it trains its model first)."""
-    assert peer.process.stdout is not None
-    while time.monotonic() < deadline:
-        line = peer.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"peer {peer.name} exited with {peer.process.wait()} before serving")
-        words = line.split()
-        if "listening" in words:
-            peer.peer_id, peer.address = words[1], words[words.index("on") + 1]
-            peer.models = [m.strip(",") for m in words[words.index("hosting") + 1 :]]
-            return
-    raise RuntimeError(f"peer {peer.name} did not start within {START_TIMEOUT_S:.0f} s")
+def launch(options: Options, index: int, bootstrap: str | None, host: Host | None) -> PeerProcess:
+    name = f"{index:02d}-{options.configs[index % len(options.configs)]}"
+    log_path = options.data_dir / name / "peer.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("w") as log:
+        process = subprocess.Popen(
+            peer_command(options, index, name, bootstrap, host),
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            # Own process group: Ctrl-C in the terminal reaches only us, and we stop the peers.
+            start_new_session=True,
+        )
+    return PeerProcess(name, process, log_path, host)
 
 
-@contextlib.contextmanager
-def testnet(names: list[str], data_root: Path) -> Iterator[list[PeerProcess]]:
-    peers: list[PeerProcess] = []
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        for name in tqdm(names, desc="starting peers", unit="peer", file=sys.stderr):
-            peer = start_peer(name, data_root)
-            peers.append(peer)
-            wait_listening(peer, deadline)
-        yield peers
-    finally:
-        stop_all(peers)
+def parse_listening(peer: PeerProcess, line: str) -> None:
+    """``atomic-peer <id> listening on <addr> hosting <m1>, <m2>`` (the peer's one stdout line)."""
+    words = line.split()
+    if "listening" not in words:
+        raise RuntimeError(f"peer {peer.name} printed {line!r} instead of its listening line")
+    peer.peer_id, peer.address = words[1], words[words.index("on") + 1]
+    peer.models = [m.strip(",") for m in words[words.index("hosting") + 1 :]]
 
 
-def stop_all(peers: list[PeerProcess], timeout: float = 10.0) -> None:
-    """SIGTERM (the peers drain and exit 0), then SIGKILL whatever is left."""
+def start_peers(options: Options, network: VirtualNetwork | None, peers: list[PeerProcess]) -> None:
+    """Start ``options.peers`` peers into ``peers`` (so a caller can stop them on any failure)."""
+    rng = random.Random(options.seed)
+    hosts = network.hosts if network else [None] * options.peers
+    selector = selectors.DefaultSelector()
+    listening: list[PeerProcess] = []
+    next_index = 0
+    deadline = time.monotonic() + START_TIMEOUT_S
+    with tqdm(total=options.peers, desc="starting peers", unit="peer", file=sys.stderr) as bar:
+        while len(listening) < options.peers:
+            # the first peer starts alone; then a few at once, each joining through a serving one
+            starting = len(peers) - len(listening)
+            room = (STARTING_AT_ONCE if listening else 1) - starting
+            while room > 0 and next_index < options.peers:
+                seed = rng.choice(listening).address if listening else None
+                peer = launch(options, next_index, seed, hosts[next_index])
+                peers.append(peer)
+                assert peer.process.stdout is not None
+                selector.register(peer.process.stdout, selectors.EVENT_READ, peer)
+                next_index += 1
+                room -= 1
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(
+                    f"{options.peers - len(listening)} peers did not start within {START_TIMEOUT_S:.0f} s"
+                )
+            for key, _ in selector.select(timeout=min(left, 1.0)):
+                peer = key.data
+                line = peer.process.stdout.readline()
+                selector.unregister(key.fileobj)
+                if not line:
+                    tail = peer.log.read_text()[-2000:]
+                    raise RuntimeError(
+                        f"peer {peer.name} exited with {peer.process.wait()} before serving:\n{tail}"
+                    )
+                parse_listening(peer, line)
+                listening.append(peer)
+                bar.update()
+    selector.close()
+
+
+def stop_all(peers: list[PeerProcess], grace: float = STOP_GRACE_S) -> None:
+    """SIGTERM each peer's process group (the peer drains, leaves and exits 0), then SIGKILL."""
     for peer in peers:
         if peer.process.poll() is None:
-            peer.process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(peer.process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
     for peer in peers:
         with contextlib.suppress(subprocess.TimeoutExpired):
             peer.process.wait(max(0.1, deadline - time.monotonic()))
-        if peer.process.poll() is None:
-            os.killpg(peer.process.pid, signal.SIGKILL)
-            peer.process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(peer.process.pid, signal.SIGKILL)  # the group: anything the peer spawned too
+        peer.process.wait()
+        if peer.process.stdout is not None:
+            peer.process.stdout.close()
+
+
+@contextlib.contextmanager
+def testnet(options: Options) -> Iterator[Testnet]:
+    """Start the peers (in namespaces with ``options.hosts``); stop them and remove the network on
+    exit, whatever happens. A second Ctrl-C during the cleanup is ignored, not obeyed half-way."""
+    network = VirtualNetwork(options.peers) if options.hosts else None
+    peers: list[PeerProcess] = []
+    try:
+        if network is not None:
+            network.create()
+        start_peers(options, network, peers)
+        yield Testnet(peers, network)
+    finally:
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            stop_all(peers)
+            if network is not None:
+                network.destroy()
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+
+# --- the requester's side -----------------------------------------------------------------------
+
+
+async def wait_converged(requester: Requester, peers: int, timeout: float) -> float:
+    """Show a progress bar until the requester's directory lists ``peers`` live peers; seconds taken."""
+    await requester.start()
+    agent = requester.discovery.agent
+    assert agent is not None
+    started = time.monotonic()
+    with tqdm(total=peers, desc="gossip converging", unit="peer", file=sys.stderr) as bar:
+
+        def progress() -> bool:
+            bar.update(min(peers, len(agent.directory)) - bar.n)
+            return len(agent.directory) >= peers
+
+        if not await agent.wait_until(progress, timeout):
+            raise RuntimeError(
+                f"the requester's directory lists {len(agent.directory)} of {peers} peers after {timeout:g} s"
+            )
+    return time.monotonic() - started
 
 
 def held_out_digits() -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,62 +284,87 @@ class Tally:
     examples: int = 0
 
 
-async def workload(peers: list[PeerProcess], requests: int, batch: int, quiet: bool) -> dict[str, Tally]:
+async def workload(
+    requester: Requester, peers: list[PeerProcess], requests: int, batch: int, quiet: bool
+) -> dict[str, Tally]:
     x, y = held_out_digits()
     tallies: dict[str, Tally] = defaultdict(Tally)
     names = {peer.peer_id: peer.name for peer in peers}
     failures = 0
-    async with Requester([peer.address for peer in peers]) as requester:
-        for index in tqdm(
-            range(requests), desc="demo requests", unit="req", file=sys.stderr, disable=not quiet
-        ):
-            start = (index * batch) % (len(x) - batch)
-            priority = PRIORITIES[index % len(PRIORITIES)]
-            try:
-                result = await requester.run(
-                    "classify/digits", {"x": x[start : start + batch]}, deadline_s=3.0, weights=priority
-                )
-            except AtomicError as exc:
-                failures += 1
-                print(f"request {index}: {exc}", file=sys.stderr)
-                continue
-            for scored in result.bids:
-                tallies[names.get(scored.item.peer_id.short, scored.item.peer_id.short)].bids += 1
-            winner = tallies[names.get(result.winner.peer_id.short, result.winner.peer_id.short)]
-            winner.wins += 1
-            winner.latency_ms.append(result.attempts[-1].elapsed_ms)
-            winner.revenue += result.price
-            predicted = result.outputs["logits"].argmax(dim=1)
-            winner.correct += int((predicted == y[start : start + batch]).sum())
-            winner.examples += batch
-            if not quiet:
-                print(f"\n=== request {index + 1}/{requests} ({priority}) ===")
-                print(render_text(result, priority))
+    for index in tqdm(range(requests), desc="demo requests", unit="req", file=sys.stderr, disable=not quiet):
+        start = (index * batch) % (len(x) - batch)
+        priority = PRIORITIES[index % len(PRIORITIES)]
+        try:
+            result = await requester.run(
+                CAPABILITY, {"x": x[start : start + batch]}, deadline_s=3.0, weights=priority
+            )
+        except AtomicError as exc:
+            failures += 1
+            print(f"request {index}: {exc}", file=sys.stderr)
+            continue
+        for scored in result.bids:
+            tallies[names.get(scored.item.peer_id.short, scored.item.peer_id.short)].bids += 1
+        winner = tallies[names.get(result.winner.peer_id.short, result.winner.peer_id.short)]
+        winner.wins += 1
+        winner.latency_ms.append(result.attempts[-1].elapsed_ms)
+        winner.revenue += result.price
+        predicted = result.outputs["logits"].argmax(dim=1)
+        winner.correct += int((predicted == y[start : start + batch]).sum())
+        winner.examples += batch
+        if not quiet:
+            print(f"\n=== request {index + 1}/{requests} ({priority}) ===")
+            print(render_text(result, priority))
     if failures:
         print(f"{failures} of {requests} requests failed", file=sys.stderr)
     return tallies
 
 
+async def demo(net: Testnet, options: Options, requests: int, batch: int, quiet: bool) -> dict[str, Tally]:
+    if options.faults.active:  # the requester's channel pool reads it (the peers got flags)
+        plan = options.faults
+        seed = f",seed={plan.seed}" if plan.seed is not None else ""
+        os.environ[FAULTS_ENV] = (
+            f"delay_ms={plan.delay_ms:g},jitter_ms={plan.jitter_ms:g},loss={plan.loss:g}{seed}"
+        )
+    gossip = GossipConfig(interval=options.gossip_interval)
+    async with Requester(bootstrap=[net.seed_address], gossip=gossip) as requester:
+        took = await wait_converged(
+            requester, len(net.peers), timeout=max(30.0, 40 * options.gossip_interval)
+        )
+        print(f"the requester's directory lists all {len(net.peers)} peers, {took:.1f} s after joining")
+        return await workload(requester, net.peers, requests, batch, quiet)
+
+
 def print_summary(peers: list[PeerProcess], tallies: dict[str, Tally]) -> None:
     print("\nSummary")
-    header = f"  {'peer':<12}{'id':<10}{'models':<22}{'bids':>6}{'wins':>6}{'mean ms':>9}{'revenue':>10}{'accuracy':>10}"
-    print(header)
+    print(
+        f"  {'peer':<20}{'id':<10}{'address':<22}{'models':<24}"
+        f"{'bids':>6}{'wins':>6}{'mean ms':>9}{'revenue':>10}{'accuracy':>10}"
+    )
     for peer in peers:
         tally = tallies.get(peer.name, Tally())
         mean = sum(tally.latency_ms) / len(tally.latency_ms) if tally.latency_ms else float("nan")
         accuracy = tally.correct / tally.examples if tally.examples else float("nan")
         print(
-            f"  {peer.name:<12}{peer.peer_id:<10}{','.join(peer.models):<22}{tally.bids:>6}{tally.wins:>6}"
-            f"{mean:>9.1f}{tally.revenue:>10.4f}{accuracy:>10.3f}"
+            f"  {peer.name:<20}{peer.peer_id:<10}{peer.address:<22}{','.join(peer.models):<24}"
+            f"{tally.bids:>6}{tally.wins:>6}{mean:>9.1f}{tally.revenue:>10.4f}{accuracy:>10.3f}"
         )
 
 
-def main(argv: list[str] | None = None) -> int:
+# --- command line -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--peers", type=int, default=5, help="peer processes to start (default 5)")
     parser.add_argument(
-        "--peers", nargs="+", default=list(DEFAULT_PEERS), help="example peer names (peers/*.toml)"
+        "--configs",
+        nargs="+",
+        default=list(DEFAULT_CONFIGS),
+        metavar="NAME",
+        help=f"example configs (peers/NAME.toml) to cycle through (default {' '.join(DEFAULT_CONFIGS)})",
     )
     parser.add_argument("--requests", type=int, default=12, help="demo requests to run (default 12)")
     parser.add_argument("--batch", type=int, default=8, help="digits per request (default 8)")
@@ -192,28 +372,69 @@ def main(argv: list[str] | None = None) -> int:
         "--data-dir",
         type=Path,
         default=ROOT / ".data" / "testnet",
-        help="per-peer keys and cached weights, kept so reruns skip training (default .data/testnet)",
+        help="per-peer keys and logs, shared cached weights; kept so reruns skip training (default .data/testnet)",
     )
+    parser.add_argument("--gossip-interval", type=float, default=0.5, metavar="S", help="default 0.5")
+    parser.add_argument("--hosts", action="store_true", help="one network namespace per peer (root only)")
+    parser.add_argument("--fault-delay-ms", type=float, default=0.0, metavar="MS")
+    parser.add_argument("--fault-jitter-ms", type=float, default=0.0, metavar="MS")
+    parser.add_argument("--fault-loss", type=float, default=0.0, metavar="P")
+    parser.add_argument("--fault-seed", type=int, default=None, metavar="N")
+    parser.add_argument("--seed", type=int, default=0, help="who bootstraps from whom (default 0)")
     parser.add_argument("--quiet", action="store_true", help="summary only, with a progress bar")
     parser.add_argument("--json", type=Path, help="also write the summary as JSON here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def options_from(args: argparse.Namespace) -> Options:
+    if args.peers < 1:
+        raise ValueError("--peers must be at least 1")
+    missing = [name for name in args.configs if not (ROOT / "peers" / f"{name}.toml").exists()]
+    if missing:
+        raise ValueError(
+            f"no peers/{missing[0]}.toml; pick from {sorted(p.stem for p in (ROOT / 'peers').glob('*.toml'))}"
+        )
+    return Options(
+        peers=args.peers,
+        configs=tuple(args.configs),
+        data_dir=args.data_dir.resolve(),
+        gossip_interval=args.gossip_interval,
+        faults=FaultPlan(args.fault_delay_ms, args.fault_jitter_ms, args.fault_loss, args.fault_seed),
+        hosts=args.hosts,
+        seed=args.seed,
+    )
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C: through testnet()'s cleanup
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        with testnet(args.peers, args.data_dir) as peers:
-            for peer in peers:
+        options = options_from(args)
+    except (ValueError, AtomicError) as exc:
+        print(f"testnet: {exc}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        with testnet(options) as net:
+            for peer in net.peers:
                 print(
-                    f"peer {peer.name:<11} {peer.peer_id} at {peer.address} hosting {', '.join(peer.models)}"
+                    f"peer {peer.name:<20} {peer.peer_id} at {peer.address} hosting {', '.join(peer.models)}"
                 )
-            tallies = asyncio.run(workload(peers, args.requests, args.batch, args.quiet))
-            print_summary(peers, tallies)
+            tallies = asyncio.run(demo(net, options, args.requests, args.batch, args.quiet))
+            print_summary(net.peers, tallies)
     except KeyboardInterrupt:
         print("\ninterrupted: peers stopped", file=sys.stderr)
         return 130
-    except RuntimeError as exc:
+    except (RuntimeError, AtomicError) as exc:
         print(f"testnet: {exc}", file=sys.stderr)
         return 1
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({name: vars(t) for name, t in tallies.items()}, indent=2))
+        summary = {name: {**vars(t), "latency_ms": t.latency_ms} for name, t in tallies.items()}
+        args.json.write_text(json.dumps(summary, indent=2))
     return 0
 
 
