@@ -159,6 +159,12 @@ class HostedModel:
             logits = self.module(torch.cat(list(preview)).to(self.device))
             return float(torch.softmax(logits.float(), dim=-1).amax(dim=-1).mean())
 
+    def preview_classes(self, preview: Sequence[torch.Tensor]) -> list[int]:
+        """The class the model predicts for each preview row (specialization strategies ask)."""
+        with torch.inference_mode():
+            logits = self.module(torch.cat(list(preview)).to(self.device))
+            return [int(c) for c in logits.argmax(dim=-1).tolist()]
+
     # --- execution ----------------------------------------------------------------------------
 
     def check_inputs(self, named: Sequence[tuple[str, torch.Tensor]]) -> torch.Tensor:

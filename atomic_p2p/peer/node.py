@@ -34,6 +34,7 @@ from atomic_p2p.peer.config import PeerConfig
 from atomic_p2p.peer.executor import Executor
 from atomic_p2p.peer.models import HostedModel, default_device
 from atomic_p2p.peer.server import SERVICE_NAME, PeerService, build_server, wall_ms
+from atomic_p2p.peer.strategies.journal import JOURNAL_NAME, StrategyJournal
 from atomic_p2p.tensors import DEFAULT_LIMITS, TensorLimits
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,7 @@ class PeerNode:
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         node = cls(config, identity, models, service, server, health_servicer, port)
+        service.journal = StrategyJournal(config.data_dir / JOURNAL_NAME)
         await node._start_gossip()
         log.info("peer %s serving on %s: %s", identity.peer_id.short, node.address, ", ".join(models))
         return node
@@ -185,6 +187,8 @@ class PeerNode:
         await self._pool.close()
         await self._server.stop(grace)
         self._service.executor.close()
+        if self._service.journal is not None:
+            self._service.journal.close()
         self.state = NodeState.STOPPED
         log.info("peer %s stopped", self.peer_id.short)
 

@@ -138,6 +138,7 @@ class IssuedBid:
     valid_until_ms: int
     cost: float
     input: InputSpec
+    confidence: float = 0.0
 
 
 class BidBook:

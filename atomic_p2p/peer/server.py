@@ -60,6 +60,7 @@ from atomic_p2p.peer.config import PeerConfig
 from atomic_p2p.peer.executor import Executor
 from atomic_p2p.peer.models import HostedModel
 from atomic_p2p.peer.replay import BidBook, BidRequestHeader, IssuedBid, RequestGuard
+from atomic_p2p.peer.strategies.journal import StrategyJournal
 from atomic_p2p.peer.strategy import BidTerms, FeedbackKind, InputSpec, NoBid, Notice, Task, decide
 from atomic_p2p.tensors import DEFAULT_LIMITS, TensorLimits, check_spec, decode, digest, encode
 
@@ -114,6 +115,7 @@ class PeerService:
         self._book = BidBook(self._validity_ms, window_ms, config.max_remembered)
         self._candidates = [(model, model.strategy) for model in models.values()]
         self.gossip_agent: GossipAgent | None = None  # set by the node once gossip runs
+        self.journal: StrategyJournal | None = None  # strategy history under data_dir, set by the node
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods = {
@@ -218,6 +220,7 @@ class PeerService:
             valid_until_ms=now + self._validity_ms,
             cost=terms.cost,
             input=task.inputs[0],
+            confidence=terms.confidence,
         )
         self._book.record(issued, now)
         return market_pb2.BidOutcome(bid=envelope_to_proto(envelope))
@@ -348,7 +351,8 @@ class PeerService:
         if signer != issued.requester:
             raise SignatureError("the notice is not signed by the requester this bid was made for")
         self._book.note_feedback(issued, kind, now)
-        self.models[issued.model_id].strategy.learn(
+        strategy = self.models[issued.model_id].strategy
+        strategy.learn(
             Notice(
                 kind=kind,
                 model_id=issued.model_id,
@@ -357,8 +361,13 @@ class PeerService:
                 clearing_price=notice.clearing_price,
                 score_to_win=notice.score_to_win,
                 outcome_score=notice.outcome_score,
+                bid_cost=issued.cost,
+                bid_confidence=issued.confidence,
+                at_ms=now,
             )
         )
+        if self.journal is not None:
+            self.journal.append(issued.model_id, strategy)
         return market_pb2.FeedbackResponse(accepted=True).SerializeToString()
 
     # --- not yet served -----------------------------------------------------------------------

@@ -22,6 +22,7 @@ from atomic_p2p._wire import envelope_from_proto, envelope_to_proto, tensors_fro
 from atomic_p2p.identity import Identity, verify
 from atomic_p2p.peer.config import load_config
 from atomic_p2p.peer.node import PeerNode
+from atomic_p2p.peer.strategies.journal import JOURNAL_NAME, read_journal
 from atomic_p2p.tensors import decode, digest, encode
 from atomic_p2p.testing import HandBuyer, digits_batch, example_config, now_ms
 
@@ -594,6 +595,10 @@ async def test_feedback_reaches_the_strategy_once(node: PeerNode, buyer: HandBuy
     replay = buyer.feedback(won, "win", clearing_price=0.004)
     assert await code_of(buyer.stub.Feedback(replay, timeout=10)) is Code.ALREADY_EXISTS
     assert record.wins == 1
+    # Every accepted notice is journaled under the data dir, for `atomic profile` and restarts.
+    journal = read_journal(node.config.data_dir / JOURNAL_NAME)
+    assert [entry.model_id for entry in journal][-3:] == ["digits-small"] * 3
+    assert journal[-1].point.wins == 1 and journal[-1].point.losses == 1
     await buy_and_check(buyer, node)
 
 
