@@ -70,6 +70,7 @@ class Options:
     peers: int = 5
     configs: tuple[str, ...] = DEFAULT_CONFIGS
     data_dir: Path = ROOT / ".data" / "testnet"
+    cache_dir: Path | None = None  # trained weights; default data_dir / "weights"
     gossip_interval: float = 0.5
     faults: FaultPlan = field(default_factory=FaultPlan)
     hosts: bool = False
@@ -116,7 +117,7 @@ def peer_command(
         "--data-dir",
         str(options.data_dir / name),
         "--cache-dir",
-        str(options.data_dir / "weights"),  # shared: each recipe trains once
+        str(options.cache_dir or options.data_dir / "weights"),  # shared: each recipe trains once
         "--gossip-interval",
         f"{options.gossip_interval:g}",
         "--drain-timeout",
