@@ -25,7 +25,7 @@ class GossipLimits:
     max_updates_per_message: int = 512
     """Envelopes in one request or response; extras are refused (and never sent)."""
     rate_per_interval: float = 6.0
-    """Requests one sender address may make per interval, sustained (an honest one makes <= 2)."""
+    """Requests one sender may make per interval, sustained (an honest one makes about 2)."""
     rate_burst: float = 20.0
     max_senders_tracked: int = 20_000
     max_clock_skew_s: float = 60.0

@@ -260,12 +260,16 @@ class Membership:
         self._pending.reverse()  # popped from the end
         return self._next_exchange(now)
 
-    def handle_request(self, now: float, request: GossipRequest, sender_address: str) -> GossipResponse:
-        """Serve an incoming exchange. Raises :class:`LimitExceededError` when the sender (keyed by
-        the address the transport saw) is over its rate or the digest is over the table limit."""
-        if not self._buckets.take(sender_address, now):
+    def handle_request(self, now: float, request: GossipRequest, sender: str) -> GossipResponse:
+        """Serve an incoming exchange.
+
+        ``sender`` keys the per-sender rate limit: the transport's choice, e.g. the peer id of a
+        sender whose signed record verifies, else the connection's address. Raises
+        :class:`LimitExceededError` when that sender is over its rate or the digest is bigger
+        than the table may grow."""
+        if not self._buckets.take(sender, now):
             self.stats.rejected[RejectReason.RATE_LIMITED] += 1
-            raise LimitExceededError(f"gossip rate limit exceeded for {sender_address}")
+            raise LimitExceededError(f"gossip rate limit exceeded for {sender}")
         if len(request.digest) > self._limits.max_members:
             self.stats.rejected[RejectReason.TOO_LARGE] += 1
             raise LimitExceededError(f"digest of {len(request.digest)} entries is over the table limit")
