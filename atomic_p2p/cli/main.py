@@ -17,7 +17,13 @@ from collections.abc import Sequence
 
 from atomic_p2p.cli.exits import ExitCode
 
-COMMANDS = ("atomic_p2p.cli.keygen", "atomic_p2p.cli.run", "atomic_p2p.cli.peers")
+COMMANDS = (
+    "atomic_p2p.cli.keygen",
+    "atomic_p2p.cli.run",
+    "atomic_p2p.cli.peers",
+    "atomic_p2p.cli.bids",
+    "atomic_p2p.cli.profile",
+)
 
 EPILOG = "exit codes: 0 ok, 1 the command failed (e.g. no usable bid), 2 usage or input error"
 
