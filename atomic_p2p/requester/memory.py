@@ -60,7 +60,7 @@ class PendingOutcome:
 class MarketMemory:
     """Profiles, shares, load and (optionally) the store; see the module docstring."""
 
-    # How a delivered task's payment is booked; a prober's memory books PaymentKind.PROBE.
+    # How a delivered task's payment is booked (a prober's memory books PaymentKind.PROBE).
     payment_kind = PaymentKind.CHARGE
 
     def __init__(
@@ -76,6 +76,10 @@ class MarketMemory:
         self.shares = WinShares()
         self.in_flight: Counter[str] = Counter()
         self._pending: OrderedDict[str, PendingOutcome] = OrderedDict()
+        self._owns_store = True
+        # The latest decision and no-bids passed to log(): what a caller that caught a
+        # NoBidsError can inspect (meaningful when one auction at a time uses this memory).
+        self.last_auction: tuple[Decision[BidInfo], tuple[NoBidInfo, ...]] | None = None
         if store is not None:
             for row in store.latest_profiles():
                 key = ProfileKey(row.peer, row.model_id, row.capability)
@@ -87,8 +91,19 @@ class MarketMemory:
         return cls(config, store, random.Random(seed))
 
     def close(self) -> None:
-        if self.store is not None:
+        if self.store is not None and self._owns_store:
             self.store.close()
+
+    def follow(self, main: MarketMemory, payment_kind: PaymentKind) -> None:
+        """Learn into ``main`` from now on: its profiles, its load and its store, with payments
+        booked as ``payment_kind``; win shares and pending outcomes stay this memory's own.
+        A prober's one-peer requester does this, so what probes teach lands where the main
+        requester decides. :meth:`close` then leaves the store to ``main``."""
+        self.profiles = main.profiles
+        self.in_flight = main.in_flight
+        self.store = main.store
+        self.payment_kind = payment_kind
+        self._owns_store = False
 
     # --- deciding -----------------------------------------------------------------------------
 
@@ -108,6 +123,7 @@ class MarketMemory:
         no_bids: Sequence[NoBidInfo],
     ) -> None:
         """Every bid and the decision with its rationale, in one transaction (off the hot path)."""
+        self.last_auction = (decision, tuple(no_bids))
         if self.store is None:
             return
         at = now_ms()

@@ -7,9 +7,9 @@ A requester holds a held-out labelled set (:class:`ProbeSet`). Every ``interval_
 capability (the requester's fixed peers and what gossip offers) that the :class:`ProbeSchedule`
 says is due, one peer after another. Each probe is a one-candidate auction: a
 :class:`~.client.Requester` restricted to that peer's address, signing with the main requester's
-identity and sharing its memory through a :class:`ProbeMemory` (same profiles, load and store;
-its own win shares, since a probe is not a market win; payments booked as
-``PaymentKind.PROBE``). The outputs are scored against the labels (:func:`accuracy`, in [0, 1])
+identity, whose memory follows the main one (:meth:`MarketMemory.follow`: same profiles, load
+and store, payments booked as ``PaymentKind.PROBE``; its own win shares, since a probe is not a
+market win). The outputs are scored against the labels (:func:`accuracy`, in [0, 1])
 and reported with ``report_outcome``, so the profile learns exactly as from any later outcome and
 the peer gets an OUTCOME notice. Each probe also writes a ``probe_accuracy`` observation.
 
@@ -35,8 +35,7 @@ import torch
 
 from atomic_p2p.errors import AuctionError, ConfigError, NoBidsError
 from atomic_p2p.requester.client import Requester
-from atomic_p2p.requester.evaluator import Ask
-from atomic_p2p.requester.memory import MarketMemory, now_ms
+from atomic_p2p.requester.memory import now_ms
 from atomic_p2p.requester.ranking import Decision, Exclusion
 from atomic_p2p.requester.types import BidInfo, NoBidInfo
 from atomic_p2p.store import ObservationRecord, PaymentKind
@@ -180,38 +179,6 @@ class ProbeResult:
         return self.accuracy is not None
 
 
-class ProbeMemory(MarketMemory):
-    """The main requester's memory as a probe sees it (see the module docstring). It keeps the
-    last decision, so the prober can tell a bid refused for its price from other failures, and
-    leaves closing the store to its owner."""
-
-    payment_kind = PaymentKind.PROBE
-
-    def __init__(self, main: MarketMemory) -> None:
-        super().__init__(main.config, None, main.rng)
-        self.store = main.store
-        self.profiles = main.profiles
-        self.in_flight = main.in_flight
-        self.last_decision: Decision[BidInfo] | None = None
-        self.last_no_bids: tuple[NoBidInfo, ...] = ()
-
-    def log(
-        self, request_id: bytes, ask: Ask, decision: Decision[BidInfo], no_bids: Sequence[NoBidInfo]
-    ) -> None:
-        self.last_decision, self.last_no_bids = decision, tuple(no_bids)
-        super().log(request_id, ask, decision, no_bids)
-
-    def over_budget(self) -> bool:
-        """Did the last auction fail because the bid cost more than the budget?"""
-        excluded = self.last_decision.excluded if self.last_decision is not None else ()
-        return any(e.kind is Exclusion.BUDGET for e in excluded) or any(
-            no_bid.reason == "below_cost" for no_bid in self.last_no_bids
-        )
-
-    def close(self) -> None:
-        return None
-
-
 class Prober:
     """Probes every eligible peer of ``requester`` for ``capability`` (see the module docstring).
 
@@ -313,8 +280,7 @@ class Prober:
                 self.capability, inputs, deadline_s=self.config.deadline_s, max_cost=budget
             )
         except AuctionError as error:
-            memory = prober.memory
-            if isinstance(error, NoBidsError) and isinstance(memory, ProbeMemory) and memory.over_budget():
+            if isinstance(error, NoBidsError) and _over_budget(prober.memory.last_auction):
                 self.schedule.refused_as_too_dear(address)
             return self._keep(_failed(base, str(error)))
         self.schedule.paid(address, result.price)
@@ -360,7 +326,7 @@ class Prober:
         if prober is None:
             main = self.requester
             prober = Requester([address], main.identity, evaluator=main.memory.config)
-            prober.memory = ProbeMemory(main.memory)
+            prober.memory.follow(main.memory, PaymentKind.PROBE)
             self._probers[address] = prober
         return prober
 
@@ -369,6 +335,17 @@ class Prober:
         if not result.ok:
             logger.info("probe of %s for %s: %s", result.address, self.capability, result.error)
         return result
+
+
+def _over_budget(auction: tuple[Decision[BidInfo], tuple[NoBidInfo, ...]] | None) -> bool:
+    """Did this auction fail because the bid cost more than the budget (the evaluator excluded
+    it, or the peer declined a task whose max_cost it would exceed)?"""
+    if auction is None:
+        return False
+    decision, no_bids = auction
+    return any(e.kind is Exclusion.BUDGET for e in decision.excluded) or any(
+        no_bid.reason == "below_cost" for no_bid in no_bids
+    )
 
 
 def _failed(base: ProbeResult, error: str) -> ProbeResult:
