@@ -30,6 +30,7 @@ from atomic_p2p._proto.atomic.v1 import gossip_pb2
 from atomic_p2p._wire import parse
 from atomic_p2p.channels import ChannelPool
 from atomic_p2p.gossip.codec import (
+    Opener,
     request_from_proto,
     request_to_proto,
     response_from_proto,
@@ -67,7 +68,10 @@ class GossipAgent:
         load: Callable[[], LoadSummary] | None = None,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        opener: Opener | None = None,
     ) -> None:
+        """``opener`` verifies envelopes and caches the results; agents in one process may share
+        one, as the simulator's nodes do (it changes the CPU spent, never an outcome)."""
         self.config = config
         self._clock = clock
         self._load = load
@@ -80,6 +84,7 @@ class GossipAgent:
             models=models,
             seeds=seeds,
             load=load() if load else None,
+            opener=opener,
         )
         self.directory = Directory()
         self._own_pool = pool is None
