@@ -18,6 +18,13 @@ The schedule is pure (time is passed in). Invariants: a peer is probed at most o
 the peer declines or the evaluator excludes a bid that would overspend, and the total paid never
 exceeds ``budget``; a peer once found too dear for what is left is not asked again (what is left
 only shrinks). The prober stops once no eligible peer is affordable.
+
+Usage::
+
+    async with Requester(peers, store="requester.db") as requester:
+        config = ProbeConfig(budget=1.0, interval_s=60, max_rate_per_peer=1 / 300, batch=32)
+        async with Prober(requester, "classify/digits", {"x": held_out_x}, held_out_y, config):
+            ...  # the requester's own work; probes run in the background meanwhile
 """
 
 from __future__ import annotations
