@@ -1,20 +1,28 @@
-"""Solicit bids from every candidate at once and keep only the ones that verify (DESIGN section 6).
+"""Solicit bids from candidates at once and keep only the ones that verify (DESIGN section 6).
 
 How this works
 --------------
-1. One ``RequestBids`` per peer, all concurrently, each carrying every task of the call for
-   bids (request batching) and a gRPC deadline of the bid window. Collection stops when every
-   peer has answered or the window closes; a peer still silent then counts as unreachable.
-2. Each peer's bid envelopes are verified in a worker thread as soon as its answer arrives
+1. One ``RequestBids`` per peer, all concurrently, each carrying every task of that peer's call
+   for bids (request batching: a round may pair different peers with different calls, since a
+   peer is only asked about the tasks it is a candidate for), with the round's hard window as
+   its gRPC deadline.
+2. Collection stops at the first of: every peer answered; the hard window closed (a peer still
+   silent counts as unreachable); ``tmax`` passed once every task has at least one valid bid
+   (``tmax`` adapts to observed bid latency, so it is allowed to cut stragglers, never to leave
+   a task without an offer); or, with ``k_min`` > 0, ``grace_s`` passed after every task has
+   ``k_min`` valid bids. A peer still silent at such an early close is LATE, so one slow
+   bidder never holds an auction that already has enough offers.
+3. Each peer's bid envelopes are verified in a worker thread as soon as its answer arrives
    (:func:`atomic_p2p.identity.verify_many`; libsodium releases the GIL), so verification of
    early answers overlaps the wait for later ones and never stalls the event loop.
-3. A verified bid must then bind to this call (:func:`~atomic_p2p.requester.messages.parse_bid`):
-   our request id, our task digest, its signer's peer id, not expired. A peer gets one bid per
-   task; a second one is dropped.
+4. A verified bid must then bind to its call (:func:`~atomic_p2p.requester.messages.parse_bid`):
+   that call's request id, our task digest, its signer's peer id, not expired. A peer gets one
+   bid per task; a second one is dropped.
 
 Nothing is ever silently lost: each peer ends up with a :class:`BidInfo` or a
-:class:`NoBidInfo` per task (declined, unreachable, or invalid with the reason, which is also
-logged), and those no-bids are what :class:`~atomic_p2p.errors.NoBidsError` reports.
+:class:`NoBidInfo` per task (declined, unreachable, late, or invalid with the reason, which is
+also logged), and those no-bids are what :class:`~atomic_p2p.errors.NoBidsError` reports. How
+long each peer took to answer (or how long it was waited for) comes back too, for ``tmax``.
 """
 
 from __future__ import annotations
@@ -22,10 +30,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 
-from atomic_p2p.errors import AtomicError, ProtocolError, SignatureError
+from atomic_p2p.errors import AtomicError, SignatureError
 from atomic_p2p.identity import Envelope, PeerId, verify_many
 from atomic_p2p.requester.messages import BID_TYPE, TaskRef, parse_bid
 from atomic_p2p.requester.transport import BidReply, NoBidReply, PeerTransport, status_name
@@ -49,37 +57,61 @@ class CallForBids:
 
 @dataclass(frozen=True, slots=True)
 class Collected:
-    """Every verified bid and every no-bid of one call for bids, with how long each phase took."""
+    """Every verified bid and every no-bid of one round, with how long each phase took.
+
+    ``answer_ms`` holds, per address that answered, how long its answer took; ``waited_ms``,
+    per address still silent when collection stopped, how long it had been waited for.
+    """
 
     bids: tuple[BidInfo, ...]
     no_bids: tuple[NoBidInfo, ...]
     bids_ms: float  # from the first call until every answer was in and verified
     verify_ms: float  # verification time summed over peers (it overlaps the waiting)
+    answer_ms: Mapping[str, float] = field(default_factory=dict)
+    waited_ms: Mapping[str, float] = field(default_factory=dict)
 
     def bids_for(self, task_id: str) -> tuple[BidInfo, ...]:
         return tuple(bid for bid in self.bids if bid.task_id == task_id)
+
+    def no_bids_for(self, task_id: str) -> tuple[NoBidInfo, ...]:
+        return tuple(no_bid for no_bid in self.no_bids if no_bid.task_id == task_id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Window:
+    """How long a round may collect: ``hard_s`` at most; ``soft_s`` (tmax) once every task has
+    an offer; ``grace_s`` after every task has ``k_min`` (0: off)."""
+
+    hard_s: float
+    soft_s: float
+    k_min: int
+    grace_s: float
 
 
 @dataclass(frozen=True, slots=True)
 class _Unverified:
     address: str
     task: TaskRef
+    request_id: bytes
     envelope: Envelope
 
 
 @dataclass(frozen=True, slots=True)
 class _PeerAnswer:
-    """One peer's answer, sorted into bids (with their signature checks) and no-bids."""
+    """One peer's answer: its bids (verified and bound to the call) and its no-bids."""
 
-    unverified: list[_Unverified]
-    checks: list[PeerId | SignatureError]
+    bids: list[BidInfo]
     no_bids: list[NoBidInfo]
     verify_ms: float
+    answer_ms: float = 0.0
 
 
-async def _ask(transport: PeerTransport, address: str, call: CallForBids, timeout_s: float) -> _PeerAnswer:
-    """Ask one peer, then verify its bids at once in a worker thread: verification of early
-    answers overlaps the wait for later ones, so the auction pays only for the last answer's."""
+async def _ask(
+    transport: PeerTransport, address: str, call: CallForBids, timeout_s: float, now_ms: Callable[[], int]
+) -> _PeerAnswer:
+    """Ask one peer, then verify its bids at once in a worker thread and bind them: verification
+    of early answers overlaps the wait for later ones, so the auction pays only for the last."""
+    asked = time.perf_counter()
     answer: list[BidReply] | BaseException
     try:
         answer = await transport.request_bids(address, call.envelope, timeout_s)
@@ -87,29 +119,110 @@ async def _ask(transport: PeerTransport, address: str, call: CallForBids, timeou
         raise
     except Exception as error:
         answer = error
-    unverified, no_bids = _sort_answer(address, answer, call.tasks)
     started = time.perf_counter()
-    checks: list[PeerId | SignatureError] = []
+    unverified, no_bids = _sort_answer(address, answer, call)
+    bids: list[BidInfo] = []
     if unverified:
         checks = await asyncio.to_thread(verify_many, [(item.envelope, BID_TYPE) for item in unverified])
-    return _PeerAnswer(unverified, checks, no_bids, (time.perf_counter() - started) * 1000)
+        bids, invalid = _bind(unverified, checks, now_ms())
+        no_bids += invalid
+    verify_ms = (time.perf_counter() - started) * 1000
+    return _PeerAnswer(bids, no_bids, verify_ms, (started - asked) * 1000)
+
+
+class _Quorum:
+    """Counts valid bids per task: says when every task has one, and when it has ``k_min``."""
+
+    def __init__(self, asks: Sequence[tuple[str, CallForBids]], k_min: int) -> None:
+        askers: dict[str, int] = {}
+        for _, call in asks:
+            for task in call.tasks:
+                askers[task.task_id] = askers.get(task.task_id, 0) + 1
+        # A task asked of fewer peers than k_min is satisfied by all of them answering.
+        self._needed = {task: min(k_min, count) for task, count in askers.items()} if k_min > 0 else {}
+        self._valid: dict[str, set[str]] = {task: set() for task in askers}
+
+    def add(self, address: str, answer: _PeerAnswer) -> None:
+        for bid in answer.bids:
+            if bid.task_id in self._valid:
+                self._valid[bid.task_id].add(address)
+
+    def covered(self) -> bool:
+        return all(self._valid.values())
+
+    def reached(self) -> bool:
+        return bool(self._needed) and all(len(self._valid[t]) >= n for t, n in self._needed.items())
+
+
+@dataclass(slots=True)
+class _Closing:
+    """When collection stops, and which rule set that time (None: the hard window)."""
+
+    at: float
+    rule: str | None = None
+
+    def sooner(self, at: float, rule: str) -> None:
+        if at < self.at:
+            self.at, self.rule = at, rule
 
 
 async def _solicit(
-    transport: PeerTransport, addresses: Sequence[str], call: CallForBids, timeout_s: float
-) -> list[_PeerAnswer]:
-    calls = {address: asyncio.create_task(_ask(transport, address, call, timeout_s)) for address in addresses}
-    if calls:
-        await asyncio.wait(calls.values(), timeout=timeout_s + _STRAGGLER_MARGIN_S)
+    transport: PeerTransport,
+    asks: Sequence[tuple[str, CallForBids]],
+    window: _Window,
+    now_ms: Callable[[], int],
+) -> tuple[list[_PeerAnswer], dict[str, float], dict[str, float]]:
+    started = time.perf_counter()
+    calls = {
+        asyncio.create_task(_ask(transport, address, call, window.hard_s, now_ms)): (address, call)
+        for address, call in asks
+    }
+    quorum = _Quorum(asks, window.k_min)
+    closing = _Closing(started + window.hard_s + _STRAGGLER_MARGIN_S)
+    pending = set(calls)
     answers: list[_PeerAnswer] = []
-    for address, pending in calls.items():
-        if pending.done() and not pending.cancelled():
-            answers.append(pending.result())
-            continue
-        pending.cancel()
-        error = TimeoutError(f"no answer within {timeout_s:.2f} s")
-        answers.append(_PeerAnswer([], [], _sort_answer(address, error, call.tasks)[1], 0.0))
-    return answers
+    answered: dict[str, float] = {}
+    covered = graced = False
+    while pending:
+        left = closing.at - time.perf_counter()
+        if left <= 0:
+            break
+        done, pending = await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        for finished in done:
+            answer = finished.result()
+            answers.append(answer)
+            answered[calls[finished][0]] = answer.answer_ms
+            quorum.add(calls[finished][0], answer)
+        now = time.perf_counter()
+        if not covered and quorum.covered():  # tmax binds only once every task has an offer
+            covered = True
+            closing.sooner(max(started + window.soft_s, now + window.grace_s), "TMAX")
+        if not graced and quorum.reached():
+            graced = True
+            closing.sooner(now + window.grace_s, "GRACE")
+    waited: dict[str, float] = {}
+    for unfinished in pending:
+        unfinished.cancel()
+        address, call = calls[unfinished]
+        waited_ms = (time.perf_counter() - started) * 1000
+        waited[address] = waited_ms
+        answers.append(_PeerAnswer([], _silent(address, call, window.hard_s, closing.rule, waited_ms), 0.0))
+    return answers, answered, waited
+
+
+_CUT = {
+    "TMAX": "every task had an offer and tmax passed",
+    "GRACE": "k_min bids were in and the grace period passed",
+}
+
+
+def _silent(
+    address: str, call: CallForBids, timeout_s: float, rule: str | None, waited_ms: float
+) -> list[NoBidInfo]:
+    if rule is not None:
+        detail = f"no answer after {waited_ms:.0f} ms; {_CUT[rule]}"
+        return [NoBidInfo(address, NoBidKind.LATE, rule, detail, task_id=t.task_id) for t in call.tasks]
+    return _sort_answer(address, TimeoutError(f"no answer within {timeout_s:.2f} s"), call)[1]
 
 
 def _detail(error: BaseException, reason: str) -> str:
@@ -118,8 +231,9 @@ def _detail(error: BaseException, reason: str) -> str:
 
 
 def _sort_answer(
-    address: str, answer: list[BidReply] | BaseException, tasks: Sequence[TaskRef]
+    address: str, answer: list[BidReply] | BaseException, call: CallForBids
 ) -> tuple[list[_Unverified], list[NoBidInfo]]:
+    tasks = call.tasks
     if isinstance(answer, BaseException):
         if isinstance(answer, AtomicError):
             reason = status_name(answer)
@@ -128,47 +242,101 @@ def _sort_answer(
         else:  # a bug on our side, not the peer's fault: say so loudly
             logger.error("asking %s for bids failed", address, exc_info=answer)
             reason = "UNKNOWN"
-        return [], [NoBidInfo(address, NoBidKind.UNREACHABLE, reason, _detail(answer, reason))]
+        detail = _detail(answer, reason)
+        return [], [
+            NoBidInfo(address, NoBidKind.UNREACHABLE, reason, detail, task_id=t.task_id) for t in tasks
+        ]
     if len(answer) != len(tasks):
         detail = f"{len(answer)} outcomes for {len(tasks)} tasks"
         logger.warning("dropped every answer from %s: %s", address, detail)
-        return [], [NoBidInfo(address, NoBidKind.INVALID, "INVALID_ARGUMENT", detail)]
+        return [], [
+            NoBidInfo(address, NoBidKind.INVALID, "INVALID_ARGUMENT", detail, task_id=t.task_id)
+            for t in tasks
+        ]
     unverified: list[_Unverified] = []
     no_bids: list[NoBidInfo] = []
     for task, reply in zip(tasks, answer, strict=True):
         if isinstance(reply, NoBidReply):
-            no_bids.append(NoBidInfo(address, NoBidKind.DECLINED, reply.reason, reply.detail))
+            no_bids.append(
+                NoBidInfo(address, NoBidKind.DECLINED, reply.reason, reply.detail, task_id=task.task_id)
+            )
         else:
-            unverified.append(_Unverified(address, task, reply))
+            unverified.append(_Unverified(address, task, call.request_id, reply))
     return unverified, no_bids
 
 
 def _invalid(item: _Unverified, error: AtomicError, signer: PeerId | None) -> NoBidInfo:
     logger.warning("dropped a bid from %s for task %s: %s", item.address, item.task.task_id, error)
     reason = status_name(error)
-    return NoBidInfo(item.address, NoBidKind.INVALID, reason, _detail(error, reason), signer)
+    return NoBidInfo(
+        item.address, NoBidKind.INVALID, reason, _detail(error, reason), signer, item.task.task_id
+    )
 
 
 def _bind(
-    items: Sequence[_Unverified], checks: Sequence[PeerId | SignatureError], request_id: bytes, now_ms: int
+    items: Sequence[_Unverified], checks: Sequence[PeerId | SignatureError], now_ms: int
 ) -> tuple[list[BidInfo], list[NoBidInfo]]:
     bids: list[BidInfo] = []
     invalid: list[NoBidInfo] = []
-    seen: set[tuple[PeerId, str]] = set()
     for item, check in zip(items, checks, strict=True):
         if isinstance(check, SignatureError):
             invalid.append(_invalid(item, check, None))
             continue
         try:
-            bid = parse_bid(item.envelope, check, item.address, request_id, item.task, now_ms)
-            if (check, bid.task_id) in seen:
-                raise ProtocolError("a second bid from the same peer for the same task")
+            bids.append(parse_bid(item.envelope, check, item.address, item.request_id, item.task, now_ms))
         except AtomicError as error:
             invalid.append(_invalid(item, error, check))
-            continue
-        seen.add((check, bid.task_id))
-        bids.append(bid)
     return bids, invalid
+
+
+def _one_per_peer(bids: Sequence[BidInfo]) -> tuple[list[BidInfo], list[NoBidInfo]]:
+    """A peer gets one bid per task (it may sit behind two addresses); later ones are dropped."""
+    kept: list[BidInfo] = []
+    dropped: list[NoBidInfo] = []
+    seen: set[tuple[PeerId, str]] = set()
+    for bid in bids:
+        if (bid.peer_id, bid.task_id) in seen:
+            detail = "a second bid from the same peer for the same task"
+            logger.warning("dropped a bid from %s for task %s: %s", bid.address, bid.task_id, detail)
+            dropped.append(
+                NoBidInfo(
+                    bid.address, NoBidKind.INVALID, "INVALID_ARGUMENT", detail, bid.peer_id, bid.task_id
+                )
+            )
+            continue
+        seen.add((bid.peer_id, bid.task_id))
+        kept.append(bid)
+    return kept, dropped
+
+
+async def collect_round(
+    transport: PeerTransport,
+    asks: Sequence[tuple[str, CallForBids]],
+    timeout_s: float,
+    now_ms: Callable[[], int],
+    *,
+    tmax_s: float | None = None,
+    k_min: int = 0,
+    grace_s: float = 0.0,
+) -> Collected:
+    """Send each (address, call) pair its call for bids, all at once; return what verified.
+
+    ``timeout_s`` is the hard window (each call's gRPC deadline); ``tmax_s``, once every task
+    has a bid, and ``k_min`` with ``grace_s`` may close it sooner (see the module docstring)."""
+    started = time.perf_counter()
+    soft = timeout_s if tmax_s is None else min(tmax_s, timeout_s)
+    window = _Window(timeout_s, soft, k_min, grace_s)
+    answers, answered, waited = await _solicit(transport, asks, window, now_ms)
+    bids, duplicates = _one_per_peer([bid for answer in answers for bid in answer.bids])
+    no_bids = [no_bid for answer in answers for no_bid in answer.no_bids]
+    return Collected(
+        bids=tuple(bids),
+        no_bids=tuple(no_bids + duplicates),
+        bids_ms=(time.perf_counter() - started) * 1000,
+        verify_ms=sum(answer.verify_ms for answer in answers),
+        answer_ms=answered,
+        waited_ms=waited,
+    )
 
 
 async def collect_bids(
@@ -179,15 +347,4 @@ async def collect_bids(
     now_ms: Callable[[], int],
 ) -> Collected:
     """Ask every address for bids on ``call`` and return the verified bids and the no-bids."""
-    started = time.perf_counter()
-    answers = await _solicit(transport, addresses, call, timeout_s)
-    unverified = [item for answer in answers for item in answer.unverified]
-    checks = [check for answer in answers for check in answer.checks]
-    no_bids = [no_bid for answer in answers for no_bid in answer.no_bids]
-    bids, invalid = _bind(unverified, checks, call.request_id, now_ms())
-    return Collected(
-        bids=tuple(bids),
-        no_bids=tuple(no_bids + invalid),
-        bids_ms=(time.perf_counter() - started) * 1000,
-        verify_ms=sum(answer.verify_ms for answer in answers),
-    )
+    return await collect_round(transport, [(address, call) for address in addresses], timeout_s, now_ms)

@@ -99,7 +99,9 @@ class Executor:
     ) -> Executed:
         """Try ``ranked`` in order until one succeeds; ``deadline`` is a ``time.monotonic`` instant.
 
-        ``tracker`` hears when each attempt starts and ends (the requester's own load per peer)."""
+        Each order names the request id its bid carries (:attr:`BidInfo.request_id`: bids of one
+        round may come from several calls, and a bid reused from the cache is ordered under a
+        fresh id), else ``request_id``. ``tracker`` hears when each attempt starts and ends (the requester's own load per peer)."""
         attempts: list[Attempt] = []
         for index, bid in enumerate(ranked):
             remaining = deadline - time.monotonic()
@@ -111,7 +113,7 @@ class Executor:
             if tracker is not None:
                 tracker.started(bid)
             try:
-                attempt, success = await self._attempt(request_id, bid, payload, remaining)
+                attempt, success = await self._attempt(bid.request_id or request_id, bid, payload, remaining)
             finally:
                 if tracker is not None:
                     tracker.finished(bid)

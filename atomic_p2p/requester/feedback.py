@@ -35,13 +35,14 @@ def notices(
     bids = [scored.item for scored in ranking.ranked] + [excluded.item for excluded in ranking.excluded]
     signed: list[tuple[str, Envelope]] = []
     for bid in bids:
+        answered = bid.request_id or request_id  # the call this bid answered
         if bid is winner:
-            notice = sign_feedback(identity, request_id, bid, "win", now_ms, clearing_price=price)
+            notice = sign_feedback(identity, answered, bid, "win", now_ms, clearing_price=price)
         elif id(bid) in failed:
-            notice = sign_feedback(identity, request_id, bid, "outcome", now_ms, outcome_score=0.0)
+            notice = sign_feedback(identity, answered, bid, "outcome", now_ms, outcome_score=0.0)
         else:
             notice = sign_feedback(
-                identity, request_id, bid, "loss", now_ms, clearing_price=price, score_to_win=winning_score
+                identity, answered, bid, "loss", now_ms, clearing_price=price, score_to_win=winning_score
             )
         signed.append((bid.address, notice))
     return signed
@@ -81,7 +82,7 @@ class FeedbackSender:
     def send_outcome(self, request_id: bytes, bid: BidInfo, score: float) -> None:
         """An OUTCOME notice for a delivered task whose quality became known later."""
         notice = sign_feedback(
-            self._identity, request_id, bid, "outcome", self._now_ms(), outcome_score=score
+            self._identity, bid.request_id or request_id, bid, "outcome", self._now_ms(), outcome_score=score
         )
         task = asyncio.create_task(self._deliver_one(bid.address, notice))
         self._pending.add(task)

@@ -146,6 +146,9 @@ def parse_bid(
             bid.resource_requirements.memory_mb,
             bid.resource_requirements.gpu_memory_mb,
         ),
+        request_id=bid.request_id,
+        reusable_ttl_ms=int(bid.reusable_ttl_ms),
+        record_seq=int(bid.record_seq),
     )
 
 

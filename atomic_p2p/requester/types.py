@@ -35,6 +35,12 @@ class BidInfo:
     capabilities: tuple[str, ...] = ()
     constraints: ModelConstraints = field(default_factory=ModelConstraints, repr=False)
     resources: Resources = field(default_factory=Resources, repr=False)
+    # The request id an ExecuteOrder for this bid names: the id the bid was made for, or, for a
+    # bid reused from the cache, the fresh id of the request that reuses it.
+    request_id: bytes = field(default=b"", repr=False)
+    reusable_ttl_ms: int = field(default=0, repr=False)  # > 0: the peer lets the bid be reused
+    record_seq: int = field(default=0, repr=False)  # the peer's gossip record seq when it bid
+    reused: bool = False  # taken from the bid cache rather than from a call for bids
 
     @property
     def digest(self) -> bytes:
@@ -48,6 +54,7 @@ class NoBidKind(Enum):
     DECLINED = "declined"  # the peer answered with a NoBid
     UNREACHABLE = "unreachable"  # the RPC failed or timed out
     INVALID = "invalid"  # a bid arrived but failed verification; it was dropped
+    LATE = "late"  # still silent when k_min bids were in and the grace period had passed
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +66,7 @@ class NoBidInfo:
     reason: str  # a NoBidReason name without its prefix ("unknown_capability"), or a status code name
     detail: str = ""
     peer_id: PeerId | None = None
+    task_id: str = ""  # the task it concerns
 
     def __str__(self) -> str:
         who = self.address if self.peer_id is None else f"{self.address} ({self.peer_id.short})"
@@ -117,6 +125,7 @@ class Result:
     receipt: Envelope = field(repr=False)
     task_ref: str = ""  # pass to Requester.report_outcome when the result's quality is known
     rationale: Rationale | None = field(default=None, repr=False)
+    cached: bool = False  # the bids came from the bid cache: no call for bids was made
 
     @property
     def fallbacks(self) -> tuple[Attempt, ...]:
