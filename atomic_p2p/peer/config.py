@@ -94,6 +94,9 @@ class PeerConfig:
     queue_limit: int = 32
     replay_window_s: float = 30.0
     bid_validity_s: float = 10.0
+    # > 0: every bid says the requester may reuse it this long (never past its validity) for the
+    # same capability and input shape, until this node's gossip record changes. 0: bids are single-use.
+    bid_reuse_ttl_s: float = 0.0
     max_tasks_per_request: int = DEFAULT_MAX_TASKS
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     # Request ids, issued bids and results remembered at once (each table); beyond that, new work
@@ -136,6 +139,7 @@ _PEER_KEYS = {
     "queue_limit",
     "replay_window_s",
     "bid_validity_s",
+    "bid_reuse_ttl_s",
     "max_tasks_per_request",
     "max_message_bytes",
     "max_remembered",
@@ -218,6 +222,7 @@ def _peer_settings(peer: Mapping[str, Any], base_dir: Path, source: str) -> dict
         "queue_limit": _integer(peer, "queue_limit", where, default=32, low=0),
         "replay_window_s": _number(peer, "replay_window_s", where, default=30.0, low=0.001),
         "bid_validity_s": _number(peer, "bid_validity_s", where, default=10.0, low=0.001),
+        "bid_reuse_ttl_s": _number(peer, "bid_reuse_ttl_s", where, default=0.0, low=0.0),
         "max_tasks_per_request": _integer(
             peer, "max_tasks_per_request", where, default=DEFAULT_MAX_TASKS, low=1
         ),

@@ -47,8 +47,10 @@ from atomic_p2p._wire import (
 )
 from atomic_p2p.errors import (
     AtomicError,
+    BidExpiredError,
     DeadlineError,
     LimitExceededError,
+    PreconditionError,
     ProtocolError,
     SignatureError,
     UnavailableError,
@@ -108,6 +110,8 @@ class PeerService:
         self.draining = False
         self._now_ms = clock
         self._validity_ms = round(config.bid_validity_s * 1000)
+        # A reusable bid is still checked against the bid book, so reuse never outlives validity.
+        self._reuse_ms = min(round(config.bid_reuse_ttl_s * 1000), self._validity_ms)
         window_ms = round(config.replay_window_s * 1000)
         self._guard = RequestGuard(
             started_at_ms, window_ms, config.max_tasks_per_request, config.max_remembered
@@ -258,8 +262,27 @@ class PeerService:
             issued_at_ms=now,
             valid_until_ms=now + self._validity_ms,
             strategy=terms.strategy,
+            reusable_ttl_ms=self._reuse_ms,
+            record_seq=self._record_seq(),
         )
         return self.identity.sign(BID_TYPE, bid.SerializeToString())
+
+    def _record_seq(self) -> int:
+        agent = self.gossip_agent
+        return agent.membership.local_record.seq if agent is not None else 0
+
+    def _check_reuse(self, bid: market_pb2.Bid, order: market_pb2.ExecuteOrder, now: int) -> None:
+        """An order under new ids for a bid signed earlier: only for a reusable bid, within its
+        reuse period, while this node's record is the one it bid under, and with a deadline (a
+        replayed order then finds the result kept for retries, or a bid too old to reuse)."""
+        if not bid.reusable_ttl_ms:
+            raise ProtocolError("the order's request_id and task_id differ from the attached bid's")
+        if now > bid.issued_at_ms + bid.reusable_ttl_ms:
+            raise BidExpiredError("the bid's reuse period is over; ask for bids again")
+        if bid.record_seq != self._record_seq():
+            raise PreconditionError("this node's record changed since the bid; ask for bids again")
+        if not order.deadline_ms:
+            raise ProtocolError("an order that reuses a bid needs a deadline")
 
     # --- Execute ------------------------------------------------------------------------------
 
@@ -274,9 +297,9 @@ class PeerService:
         bid = parse(market_pb2.Bid, bid_envelope.payload, "Bid")
         if order.bid_digest != bid_envelope.digest:
             raise ProtocolError("the order's bid_digest is not sha256 of the attached bid's payload")
-        if order.request_id != bid.request_id or order.task_id != bid.task_id:
-            raise ProtocolError("the order's request_id and task_id differ from the attached bid's")
         now = self._now_ms()
+        if order.request_id != bid.request_id or order.task_id != bid.task_id:
+            self._check_reuse(bid, order, now)
         issued = self._book.lookup(bid.request_id, bid.task_id, bid_envelope.digest, now)
         if order_signer != issued.requester:
             raise SignatureError("the order is not signed by the requester this bid was made for")
@@ -285,9 +308,9 @@ class PeerService:
             raise DeadlineError("the order's deadline has passed")
         timeout = (order.deadline_ms - now) / 1000 if order.deadline_ms else None
         return await self.executor.run(
-            (issued.request_id, issued.task_id),
+            (order.request_id, order.task_id),  # the bid's own ids, unless it is being reused
             issued.digest + order.inputs_digest,
-            lambda: self._run(model, inputs, issued),
+            lambda: self._run(model, inputs, issued, order),
             timeout,
         )
 
@@ -308,13 +331,15 @@ class PeerService:
             )
         return model, inputs
 
-    def _run(self, model: HostedModel, inputs: torch.Tensor, issued: IssuedBid) -> bytes:
+    def _run(
+        self, model: HostedModel, inputs: torch.Tensor, issued: IssuedBid, order: market_pb2.ExecuteOrder
+    ) -> bytes:
         """The paid work, in a worker thread: forward pass, encode, sign the receipt."""
         started = time.perf_counter()
         outputs = encode(model.run(inputs), model.output_name)
         result = market_pb2.ExecuteResult(
-            request_id=issued.request_id,
-            task_id=issued.task_id,
+            request_id=order.request_id,
+            task_id=order.task_id,
             peer_id=self.identity.peer_id.raw,
             model_id=model.model_id,
             bid_digest=issued.digest,
