@@ -1,0 +1,374 @@
+#!/usr/bin/env python
+"""Gossip benchmark, in the simulator: convergence, crash detection, bytes, false deaths under loss.
+
+Every node is a real Membership with a real Ed25519 key, on a virtual clock (see
+atomic_p2p/gossip/simulator.py). Defaults: GossipConfig() (fanout 3, push-pull, 1 s interval) and a
+network delay uniform in 2-50 ms. Three kinds of trial per cluster size, each a fresh simulation
+with its own seed, started converged and warmed up for 3 rounds:
+
+- spread: ``--injections`` nodes each publish a new record (0.37 rounds apart); we count the rounds
+  until the record reached every other live node (ceil of elapsed / interval);
+- crash: the same, plus one random node crashes; we time its detection (first SUSPECT, first DEAD,
+  DEAD at every live node);
+- loss: ``--loss`` of all messages dropped, no crash, run past suspicion + dead timeouts; any DEAD
+  is a false death (and records are injected here too, to time spread under loss).
+
+Bytes per node per round are exact protobuf sizes of everything sent (requests, responses,
+follow-ups), measured over two rounds of each trial after warm-up.
+
+Targets (DESIGN.md section 11): 100 nodes <= 5 rounds and 1000 nodes <= 6 rounds in 99% of trials;
+no false deaths at 10% loss.
+
+    python scripts/bench_gossip.py                      # 100 and 1000 nodes, a few minutes
+    python scripts/bench_gossip.py --quick              # a smoke run, about a minute
+    python scripts/bench_gossip.py --nodes 100 --trials 60 --json out/g.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import multiprocessing
+import os
+import platform
+import random
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from atomic_p2p.gossip.config import GossipConfig
+from atomic_p2p.gossip.messages import MembershipEvent, MemberState, RecordUpdated, StateChanged
+from atomic_p2p.gossip.simulator import Network, Simulator
+from atomic_p2p.identity import PeerId
+
+WARMUP_ROUNDS = 3
+BYTES_ROUNDS = 2
+SPREAD_TARGETS = {100: 5, 1000: 6}
+# Trials per size when --trials is not given: (spread, crash, loss). A 100-node round costs ~0.07 s
+# of CPU here, a 1000-node round ~3.5 s (each node compares a 1000-entry digest three times a
+# round, in Python), so 1000 nodes get one simulation of each kind, each publishing 20 records:
+# about 5 minutes in all on two idle cores. --trials N scales both sizes up.
+DEFAULT_TRIALS = {100: (40, 10, 6), 1000: (1, 1, 1)}
+QUICK_TRIALS = {100: (10, 4, 2), 1000: (1, 0, 0)}
+
+
+def default_injections(nodes: int) -> int:
+    return 5 if nodes <= 300 else 20
+
+
+class Trial:
+    """One simulation and what it observed."""
+
+    def __init__(self, kind: str, nodes: int, seed: int, loss: float, injections: int) -> None:
+        self.kind, self.nodes, self.seed, self.loss = kind, nodes, seed, loss
+        self.injections = injections
+        self.config = GossipConfig()
+        self.sim = Simulator(nodes, config=self.config, network=Network(loss=loss), seed=seed)
+        self.rng = random.Random(f"bench/{seed}")
+        self.published: dict[PeerId, tuple[int, float]] = {}
+        self.reached: dict[PeerId, dict[int, float]] = {}
+        self.victim: PeerId | None = None
+        self.suspected: dict[int, float] = {}
+        self.dead: dict[int, float] = {}
+        self.false_deaths: list[tuple[int, str]] = []
+        self.false_suspicions = 0
+        self.sim.observer = self.observe
+
+    def observe(self, index: int, now: float, event: MembershipEvent) -> None:
+        if isinstance(event, RecordUpdated):
+            published = self.published.get(event.peer_id)
+            if published is not None and event.record.seq >= published[0]:
+                self.reached[event.peer_id].setdefault(index, now)
+        elif isinstance(event, StateChanged) and event.peer_id == self.victim:
+            if event.state is MemberState.SUSPECT:
+                self.suspected.setdefault(index, now)
+            elif event.state is MemberState.DEAD:
+                self.dead.setdefault(index, now)
+        elif isinstance(event, StateChanged) and event.state is MemberState.DEAD:
+            self.false_deaths.append((index, event.peer_id.short))
+        elif isinstance(event, StateChanged) and event.state is MemberState.SUSPECT:
+            self.false_suspicions += 1
+
+    def run(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        sim, interval = self.sim, self.config.interval
+        gc.freeze()  # a million long-lived objects: keep the cyclic collector off them
+        sim.run_rounds(WARMUP_ROUNDS)
+        crashed_at = None
+        if self.kind == "crash":
+            victim = self.rng.randrange(self.nodes)
+            sim.crash(victim)
+            self.victim = sim.nodes[victim].identity.peer_id
+            crashed_at = sim.now
+        bytes_per_node_round = self.measure_bytes()
+        origins = self.rng.sample([n.index for n in sim.live_nodes()], self.injections)
+        for origin in origins:
+            membership = sim.nodes[origin].membership
+            record = membership.update_record(sim.now, models=membership.local_record.models[:0])
+            self.published[membership.peer_id] = (record.seq, sim.now)
+            self.reached[membership.peer_id] = {}
+            sim.run_rounds(0.37)
+        limit = sim.now + self.horizon()
+        while sim.now < limit and not self.done():
+            sim.run_rounds(1)
+        gc.unfreeze()
+        live = {n.index for n in sim.live_nodes()}
+        spread_rounds = []
+        unreached = 0
+        for peer, (_, at) in self.published.items():
+            got = {i: t for i, t in self.reached[peer].items() if i in live}
+            if len(got) < len(live) - 1:
+                unreached += 1
+                continue
+            spread_rounds.append(math.ceil((max(got.values()) - at) / interval - 1e-9))
+        result: dict[str, Any] = {
+            "kind": self.kind,
+            "nodes": self.nodes,
+            "seed": self.seed,
+            "loss": self.loss,
+            "spread_rounds": spread_rounds,
+            "unreached": unreached,
+            "bytes_per_node_round": bytes_per_node_round,
+            "messages_per_node_round": sim.totals.messages
+            / self.nodes
+            / ((sim.now - 1_700_000_000) / interval),
+            "false_deaths": len(self.false_deaths),
+            "false_suspicions": self.false_suspicions,
+            "node_rounds": self.nodes * (sim.now - 1_700_000_000) / interval,
+            "wall_s": time.perf_counter() - started,
+        }
+        if crashed_at is not None:
+            result["crash"] = self.detection(crashed_at, live)
+        return result
+
+    def measure_bytes(self) -> float:
+        sim = self.sim
+        before = sum(n.bytes_sent for n in sim.nodes)
+        sim.measure_bytes = True
+        sim.run_rounds(BYTES_ROUNDS)
+        sim.measure_bytes = False
+        return (sum(n.bytes_sent for n in sim.nodes) - before) / self.nodes / BYTES_ROUNDS
+
+    def horizon(self) -> float:
+        config, n = self.config, self.nodes
+        if self.kind == "spread":
+            return 10 * config.interval
+        return config.suspicion_timeout(n) + config.dead_timeout(n) + 4 * config.interval
+
+    def done(self) -> bool:
+        if self.kind == "loss":
+            return False  # runs its whole horizon: false deaths need time to happen
+        live = len(self.sim.live_nodes())
+        spread = all(len(r) >= live - 1 for r in self.reached.values())
+        return spread and (self.victim is None or len(self.dead) >= live)
+
+    def detection(self, crashed_at: float, live: set[int]) -> dict[str, Any]:
+        interval = self.config.interval
+        dead = [t - crashed_at for i, t in self.dead.items() if i in live]
+        suspected = [t - crashed_at for i, t in self.suspected.items() if i in live]
+        complete = len(dead) == len(live)
+        return {
+            "complete": complete,
+            "first_suspect_s": min(suspected) if suspected else None,
+            "first_dead_s": min(dead) if dead else None,
+            "all_dead_s": max(dead) if complete else None,
+            "all_dead_rounds": math.ceil(max(dead) / interval - 1e-9) if complete else None,
+        }
+
+
+def run_trial(spec: tuple[str, int, int, float, int]) -> dict[str, Any]:
+    kind, nodes, seed, loss, injections = spec
+    return Trial(kind, nodes, seed, loss, injections).run()
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """Nearest-rank percentile (the value at or above which 1 - q of the samples lie)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def summary(values: list[float]) -> dict[str, Any]:
+    return {
+        "n": len(values),
+        "p50": percentile(values, 0.50),
+        "p99": percentile(values, 0.99),
+        "max": max(values) if values else None,
+        "mean": sum(values) / len(values) if values else None,
+    }
+
+
+def summarise(nodes: int, results: list[dict[str, Any]], loss: float) -> dict[str, Any]:
+    clean = [r for r in results if r["kind"] != "loss"]
+    lossy = [r for r in results if r["kind"] == "loss"]
+    spread = [x for r in clean for x in r["spread_rounds"]]
+    crashes = [r["crash"] for r in results if "crash" in r]
+    target = SPREAD_TARGETS.get(nodes)
+    within = sum(1 for x in spread if target is not None and x <= target)
+    return {
+        "nodes": nodes,
+        "trials": {
+            kind: sum(1 for r in results if r["kind"] == kind) for kind in ("spread", "crash", "loss")
+        },
+        "spread_rounds": summary(spread),
+        "spread_unreached": sum(r["unreached"] for r in clean),
+        "spread_target_rounds": target,
+        "spread_within_target": within / len(spread) if spread else None,
+        "spread_rounds_under_loss": summary([x for r in lossy for x in r["spread_rounds"]]),
+        "detect_all_dead_rounds": summary([c["all_dead_rounds"] for c in crashes if c["complete"]]),
+        "detect_all_dead_s": summary([c["all_dead_s"] for c in crashes if c["complete"]]),
+        "detect_first_dead_s": summary([c["first_dead_s"] for c in crashes if c["first_dead_s"] is not None]),
+        "detect_first_suspect_s": summary(
+            [c["first_suspect_s"] for c in crashes if c["first_suspect_s"] is not None]
+        ),
+        "detect_incomplete": sum(1 for c in crashes if not c["complete"]),
+        "bytes_per_node_round": summary([r["bytes_per_node_round"] for r in clean]),
+        "messages_per_node_round": summary([r["messages_per_node_round"] for r in clean]),
+        "loss": loss,
+        "false_deaths_under_loss": sum(r["false_deaths"] for r in lossy),
+        "false_deaths_clean": sum(r["false_deaths"] for r in clean),
+        "false_suspicions_per_node_round_under_loss": (
+            sum(r["false_suspicions"] for r in lossy) / sum(r["node_rounds"] for r in lossy)
+            if lossy
+            else None
+        ),
+        "node_rounds_under_loss": sum(r["node_rounds"] for r in lossy),
+        "wall_s": sum(r["wall_s"] for r in results),
+    }
+
+
+def fmt(value: Any, digits: int = 1) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float) and not value.is_integer():
+        return f"{value:.{digits}f}"
+    return f"{int(value):,}" if isinstance(value, int | float) else str(value)
+
+
+def table(summaries: list[dict[str, Any]], config: GossipConfig) -> str:
+    lines = [
+        f"gossip benchmark (simulated): fanout {config.fanout}, push-pull, interval {config.interval:g} s, "
+        f"suspicion x{config.suspicion_mult:g} + dead x{config.dead_mult:g} (x interval x log10 N)",
+        f"{'nodes':>5}  {'metric':<38} {'n':>5} {'p50':>9} {'p99':>9} {'max':>9}  {'target':<24} ok",
+    ]
+    for s in summaries:
+        n = s["nodes"]
+        target = s["spread_target_rounds"]
+        within = s["spread_within_target"]
+        rows = [
+            ("rounds until a new record is everywhere", s["spread_rounds"], None, None),
+            (
+                "  ... with target",
+                None,
+                f"<= {target} rounds in 99%" if target else "-",
+                None
+                if target is None or within is None
+                else (within >= 0.99 and s["spread_unreached"] == 0, f"{within:.1%}"),
+            ),
+            (f"rounds until everywhere @ {s['loss']:.0%} loss", s["spread_rounds_under_loss"], None, None),
+            ("crash -> first SUSPECT (s)", s["detect_first_suspect_s"], None, None),
+            ("crash -> first DEAD (s)", s["detect_first_dead_s"], None, None),
+            ("crash -> DEAD everywhere (s)", s["detect_all_dead_s"], None, None),
+            ("crash -> DEAD everywhere (rounds)", s["detect_all_dead_rounds"], None, None),
+            ("bytes sent per node per round", s["bytes_per_node_round"], None, None),
+            ("messages sent per node per round", s["messages_per_node_round"], None, None),
+        ]
+        for name, stats, target_text, verdict in rows:
+            cells = (
+                ("", "", "", "") if stats is None else (stats["n"], stats["p50"], stats["p99"], stats["max"])
+            )
+            ok = "" if verdict is None else ("yes" if verdict[0] else "NO") + f" ({verdict[1]})"
+            lines.append(
+                f"{n:>5}  {name:<38} {fmt(cells[0]):>5} {fmt(cells[1]):>9} {fmt(cells[2]):>9} {fmt(cells[3]):>9}"
+                f"  {target_text or '':<24} {ok}"
+            )
+        deaths = s["false_deaths_under_loss"] if s["trials"]["loss"] else None
+        ok = "" if deaths is None else ("yes" if deaths == 0 else "NO")
+        lines.append(
+            f"{n:>5}  {'false deaths @ ' + format(s['loss'], '.0%') + ' loss (total)':<38} {'':>5}"
+            f" {fmt(deaths):>9} {'':>9} {'':>9}  {'0':<24} {ok}"
+        )
+        lines.append(
+            f"{'':>5}    over {round(s['node_rounds_under_loss']):,} node-rounds in {s['trials']['loss']} trial(s);"
+            f" {fmt(s['false_suspicions_per_node_round_under_loss'], 3)} suspicions per node-round, all refuted;"
+            f" false deaths without loss: {s['false_deaths_clean']}; records never spread: {s['spread_unreached']};"
+            f" crashes never detected everywhere: {s['detect_incomplete']}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--nodes", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument(
+        "--trials", type=int, help="spread trials per size (crash and loss trials scale with it)"
+    )
+    parser.add_argument(
+        "--injections", type=int, help="records published per trial (5, or 10 from 300 nodes)"
+    )
+    parser.add_argument("--loss", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--json", type=Path, default=Path("out/bench_gossip.json"))
+    parser.add_argument("--quick", action="store_true", help="a few trials per size: a smoke run")
+    args = parser.parse_args(argv)
+
+    specs: list[tuple[str, int, int, float, int]] = []
+    for nodes in args.nodes:
+        if args.trials is not None:
+            counts = (args.trials, max(1, args.trials // 2), max(1, args.trials // 4))
+        else:
+            table_ = QUICK_TRIALS if args.quick else DEFAULT_TRIALS
+            counts = table_.get(nodes, table_[100] if nodes <= 300 else table_[1000])
+        for kind, count in zip(("spread", "crash", "loss"), counts, strict=True):
+            loss = args.loss if kind == "loss" else 0.0
+            injections = args.injections or default_injections(nodes)
+            seeds = (args.seed * 100_000 + nodes * 100 + i for i in range(count))
+            specs += [(kind, nodes, seed, loss, injections) for seed in seeds]
+    specs.sort(key=lambda s: -s[1])  # biggest first, so two workers finish together
+
+    started = time.perf_counter()
+    results: list[dict[str, Any]] = []
+    context = multiprocessing.get_context("spawn")
+    with (
+        context.Pool(args.workers) as pool,
+        tqdm(total=len(specs), unit="trial", desc="gossip trials") as bar,
+    ):
+        for result in pool.imap_unordered(run_trial, specs):
+            results.append(result)
+            bar.set_postfix(nodes=result["nodes"], kind=result["kind"], wall=f"{result['wall_s']:.0f}s")
+            bar.update()
+    elapsed = time.perf_counter() - started
+
+    config = GossipConfig()
+    summaries = [summarise(n, [r for r in results if r["nodes"] == n], args.loss) for n in args.nodes]
+    print(table(summaries, config))
+    print(f"{len(specs)} simulations in {elapsed:.0f} s wall on {args.workers} worker(s)")
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "benchmark": "gossip",
+        "command": " ".join(sys.argv),
+        "config": asdict(config),
+        "network": asdict(Network()),
+        "targets": {"spread_rounds_p99": SPREAD_TARGETS, "false_deaths_at_loss": 0},
+        "summaries": summaries,
+        "trials": sorted(results, key=lambda r: (r["nodes"], r["kind"], r["seed"])),
+        "wall_s": elapsed,
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
+    }
+    args.json.write_text(json.dumps(report, indent=2, default=str))
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
