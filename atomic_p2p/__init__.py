@@ -25,12 +25,15 @@ from atomic_p2p.identity import Envelope, Identity, PeerId
 
 if TYPE_CHECKING:
     from atomic_p2p.peer import PeerConfig, PeerNode
-    from atomic_p2p.requester import BidInfo, Requester, Result
+    from atomic_p2p.requester import BidInfo, GraphResult, Node, Request, Requester, Result
 
 _LAZY = {
     "BidInfo": "atomic_p2p.requester",
+    "GraphResult": "atomic_p2p.requester",
+    "Node": "atomic_p2p.requester",
     "PeerConfig": "atomic_p2p.peer",
     "PeerNode": "atomic_p2p.peer",
+    "Request": "atomic_p2p.requester",
     "Requester": "atomic_p2p.requester",
     "Result": "atomic_p2p.requester",
 }
@@ -41,12 +44,15 @@ __all__ = [
     "BidInfo",
     "ConfigError",
     "Envelope",
+    "GraphResult",
     "Identity",
     "NoBidsError",
+    "Node",
     "PeerConfig",
     "PeerId",
     "PeerNode",
     "ProtocolError",
+    "Request",
     "Requester",
     "Result",
     "SignatureError",

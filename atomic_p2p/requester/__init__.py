@@ -5,10 +5,22 @@ Usage::
     async with Requester(peers=["127.0.0.1:5001", "127.0.0.1:5002"]) as requester:
         result = await requester.run("classify/digits", {"x": batch}, deadline_s=2.0, weights="speed")
         result.outputs["logits"], result.winner, result.attempts
+
+        pipeline = Request.graph(
+            [Node("classify", "classify/digits", {"x": "inputs.x"}),
+             Node("probs", "calibrate/softmax", {"x": "classify.logits"})],
+            {"x": batch},
+        )
+        graph = await requester.submit(pipeline, deadline_s=5.0, priority="high")
+        graph.outputs["probs"], graph.results["classify"].winner, graph.price
 """
 
+from atomic_p2p.requester.admission import Priority
+from atomic_p2p.requester.bidpolicy import BidPolicy
 from atomic_p2p.requester.client import Requester
+from atomic_p2p.requester.decomposer import FromInput, FromNode, Node, Request, ShardPolicy
 from atomic_p2p.requester.execution import ExecutionPolicy
+from atomic_p2p.requester.graphrun import GraphResult
 from atomic_p2p.requester.scoring import PROFILES, Excluded, Ranking, Scored, Weights, resolve_weights, score
 from atomic_p2p.requester.types import (
     Attempt,
@@ -25,16 +37,24 @@ __all__ = [
     "PROFILES",
     "Attempt",
     "BidInfo",
+    "BidPolicy",
     "Excluded",
     "ExcludedBid",
     "ExecutionPolicy",
+    "FromInput",
+    "FromNode",
+    "GraphResult",
     "NoBidInfo",
     "NoBidKind",
+    "Node",
+    "Priority",
     "Ranking",
+    "Request",
     "Requester",
     "Result",
     "Scored",
     "ScoredBid",
+    "ShardPolicy",
     "Timings",
     "Weights",
     "resolve_weights",

@@ -126,14 +126,19 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class ShardPolicy:
-    """When to split a batch: more than ``max_rows`` rows or ``max_bytes`` input bytes (0 = no limit)."""
+    """When to split a batch: more than ``max_rows`` rows or ``max_bytes`` input bytes (0 = no
+    limit), or more than the largest batch ``min_candidates`` candidates accept (their
+    ``max_batch``, see :func:`batch_limit`)."""
 
     max_rows: int = 0
     max_bytes: int = 0
+    min_candidates: int = 1
 
     def __post_init__(self) -> None:
         if self.max_rows < 0 or self.max_bytes < 0:
             raise ConfigError("shard limits must be >= 0 (0 means no limit)")
+        if self.min_candidates < 1:
+            raise ConfigError("min_candidates must be >= 1")
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,23 @@ class Discovery:
             addresses += [c.record.addresses[0] for c in found if c.record.addresses]
         return list(dict.fromkeys(addresses))
 
+    def limits(self, capability: str) -> dict[str, int]:
+        """The ``max_batch`` each live gossip candidate advertises for ``capability`` (0: none),
+        by address; the largest when an address hosts several models for it."""
+        limits: dict[str, int] = {}
+        if self.agent is not None:
+            for found in self.agent.directory.candidates(capability):
+                if found.record.addresses:
+                    address = found.record.addresses[0]
+                    limit = found.model.constraints.max_batch
+                    known = limits.get(address)
+                    limits[address] = 0 if 0 in (limit, known) else max(limit, known or 0)
+        return limits
+
+    def version(self, peer: PeerId) -> int | None:
+        """The gossip record ``seq`` held for ``peer``; None without gossip or record."""
+        return self.agent.directory.version(peer) if self.agent is not None else None
+
     async def first_exchange(self, timeout: float) -> None:
         """Return once one gossip exchange has completed (at once without gossip)."""
         agent = self.agent

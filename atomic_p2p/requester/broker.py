@@ -1,0 +1,249 @@
+"""One microtask from its inputs to a verified result, for :meth:`Requester.run` and graphs alike.
+
+How this works (DESIGN section 2, per microtask)
+------------------------------------------------
+1. :meth:`Broker.prepare` encodes the inputs and serializes the TaskSpec (its digest is what
+   bids name), and notes the input-shape bucket and specs the bid cache keys on.
+2. :meth:`Broker.offers` finds each task's candidates (fixed peers, gossip) and hands all the
+   tasks to the :class:`~.bidmanager.BidManager` at once, so tasks that are ready together
+   share one RequestBids per peer (or come straight from the bid cache).
+3. :meth:`Broker.settle` clears one task: the evaluator ranks its bids (hard constraints,
+   profile-based expectations, exploration, rationale), the decision is logged, the executor
+   walks the ranking until a signed result verifies, notices go out in the background, and
+   the profile learns from the delivery. A reused bid that fails empties its peer's cache.
+
+Every task ends in a :class:`~.types.Result` or an :class:`~atomic_p2p.errors.AuctionError`
+(:class:`~atomic_p2p.errors.NoBidsError` when no usable bid came back) whose message says what
+each peer said or how each attempt failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from atomic_p2p import tensors
+from atomic_p2p.errors import AuctionError, NoBidsError
+from atomic_p2p.requester.bidmanager import BidManager, Offers, Wanted, input_specs
+from atomic_p2p.requester.bidpolicy import InputSpecs
+from atomic_p2p.requester.decomposer import batch_limit
+from atomic_p2p.requester.discovery import Discovery
+from atomic_p2p.requester.evaluator import Ask
+from atomic_p2p.requester.execution import Executed, Executor, Payload
+from atomic_p2p.requester.feedback import FeedbackSender
+from atomic_p2p.requester.memory import MarketMemory
+from atomic_p2p.requester.messages import TaskRef, build_task
+from atomic_p2p.requester.profiler import shape_bucket
+from atomic_p2p.requester.ranking import Decision
+from atomic_p2p.requester.scoring import WeightsSpec
+from atomic_p2p.requester.transport import status_name
+from atomic_p2p.requester.types import BidInfo, Result, Timings
+
+# Above this many input bytes, encoding and hashing move to a worker thread.
+INLINE_ENCODE_BYTES = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Terms:
+    """What the caller asked of a whole request; ``deadline`` is a ``time.monotonic`` instant."""
+
+    deadline: float
+    deadline_ms: int  # the same instant, wall clock (what peers see)
+    weights: WeightsSpec = None
+    max_cost: float | None = None
+    priority: int = 1
+    preview: bool = True
+
+    def left_s(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One microtask ready to auction: its TaskSpec, encoded inputs, and how the cache keys it."""
+
+    task: TaskRef
+    capability: str
+    payload: Payload
+    bucket: str
+    specs: InputSpecs
+    batch: int
+
+
+def encode(inputs: Mapping[str, torch.Tensor]) -> Payload:
+    wires = tuple(tensors.encode(tensor, name) for name, tensor in inputs.items())
+    return Payload(wires, tensors.digest(wires))
+
+
+class Broker:
+    """Prepares, solicits and settles microtasks (see the module docstring)."""
+
+    def __init__(
+        self,
+        discovery: Discovery,
+        bids: BidManager,
+        memory: MarketMemory,
+        executor: Executor,
+        feedback: FeedbackSender,
+        *,
+        bid_timeout_s: float,
+        bid_share: float,
+    ) -> None:
+        self.discovery = discovery
+        self.bids = bids
+        self.memory = memory
+        self._executor = executor
+        self._feedback = feedback
+        self._bid_timeout_s = bid_timeout_s
+        self._bid_share = bid_share
+
+    async def prepare(
+        self, task_id: str, capability: str, inputs: Mapping[str, torch.Tensor], terms: Terms
+    ) -> Prepared:
+        size = sum(tensor.numel() * tensor.element_size() for tensor in inputs.values())
+        payload = await asyncio.to_thread(encode, inputs) if size > INLINE_ENCODE_BYTES else encode(inputs)
+        task = build_task(task_id, capability, payload.inputs, preview=terms.preview, max_cost=terms.max_cost)
+        first = payload.inputs[0] if payload.inputs else None
+        return Prepared(
+            task=task,
+            capability=capability,
+            payload=payload,
+            bucket=shape_bucket({wire.name: wire.shape for wire in payload.inputs}),
+            specs=input_specs([(wire.name, wire.dtype, wire.shape) for wire in payload.inputs]),
+            batch=first.shape[0] if first is not None and first.shape else 1,
+        )
+
+    async def offers(self, prepared: Sequence[Prepared], terms: Terms, deadline_s: float) -> list[Offers]:
+        """Bids for every task in ``prepared``, solicited together."""
+        window = min(self._bid_timeout_s, self._bid_share * deadline_s)
+        await self.discovery.start()
+        # Just joined: the first exchange with a seed brings its whole table; give it part of
+        # the bid window to land rather than auction among whoever answered first.
+        await self.discovery.first_exchange(window)
+        wanted = [
+            Wanted(
+                task=item.task,
+                capability=item.capability,
+                candidates=tuple(self.discovery.candidates(item.capability, item.batch)),
+                bucket=item.bucket,
+                specs=item.specs,
+                window_s=window,
+                deadline_ms=terms.deadline_ms,
+                deadline=terms.deadline,
+                priority=terms.priority,
+            )
+            for item in prepared
+        ]
+        return await self.bids.offers(wanted)
+
+    def max_batch(self, capability: str, min_candidates: int) -> int:
+        """The largest batch ``min_candidates`` of the candidates for ``capability`` accept, from
+        their gossip adverts or, failing that, the constraints of their last bids (0: no limit)."""
+        advertised = self.discovery.limits(capability)
+        limits = []
+        for address in self.discovery.candidates(capability, 1):
+            limit = advertised.get(address)
+            if limit is None:
+                limit = self.bids.max_batch(address, capability)
+            limits.append(limit or 0)
+        return batch_limit(limits, min_candidates)
+
+    async def settle(
+        self, item: Prepared, offers: Offers, terms: Terms, *, started: float, bids_ms: float
+    ) -> Result:
+        """Clear, execute (with fallback) and learn for one task; see the module docstring.
+        ``started`` is the ``perf_counter`` instant the task's request began."""
+        ask = Ask(
+            task_id=item.task.task_id,
+            capability=item.capability,
+            time_left_ms=terms.left_s() * 1000,
+            budget=terms.max_cost,
+            weights=terms.weights,
+            bucket=item.bucket,
+            batch_size=item.batch,
+        )
+        decision = self.memory.decide(offers.bids, ask, self._utilization(offers.bids))
+        self.memory.log(offers.request_id, ask, decision, offers.no_bids)
+        if not decision.ranked:
+            raise NoBidsError(_no_bids_message(item.capability, offers, decision))
+
+        executing = time.perf_counter()
+        ranked = [scored.item for scored in decision.ranked]
+        executed = await self._executor.run(
+            offers.request_id, ranked, item.payload, terms.deadline, self.memory
+        )
+        finished = time.perf_counter()
+        self._feedback.send(offers.request_id, decision, executed)
+        for attempt in executed.attempts:
+            if not attempt.ok:
+                self.memory.failed(attempt.bid, ask)
+                if attempt.bid.reused:
+                    self.bids.forget(attempt.bid)
+        if executed.success is None:
+            raise AuctionError(_failed_message(item.capability, executed))
+        success = executed.success
+        paid = success.receipt.cost_charged
+        if success.bid is ranked[0] and decision.price is not None:
+            paid = decision.price  # the clearing price (second-score pricing may lower it)
+        request_id = success.bid.request_id or offers.request_id
+        elapsed_ms = executed.attempts[-1].elapsed_ms
+        reference = self.memory.delivered(request_id, success.bid, ask, elapsed_ms, paid)
+        timings = Timings(
+            bids_ms=bids_ms,
+            verify_ms=offers.verify_ms,
+            execute_ms=(finished - executing) * 1000,
+            total_ms=(finished - started) * 1000,
+        )
+        return Result(
+            request_id=offers.request_id,
+            task_id=item.task.task_id,
+            capability=item.capability,
+            outputs=success.receipt.outputs,
+            winner=success.bid,
+            price=paid,
+            bids=decision.ranked,
+            weights=decision.weights,
+            excluded=decision.excluded,
+            no_bids=offers.no_bids,
+            attempts=executed.attempts,
+            timings=timings,
+            receipt=success.result,
+            task_ref=reference,
+            rationale=decision.rationale,
+            cached=offers.cached,
+        )
+
+    def _utilization(self, bids: Sequence[BidInfo]) -> dict[str, float]:
+        agent = self.discovery.agent
+        if agent is None:
+            return {}
+        loads = {bid.peer_id.hex: agent.membership.load_of(bid.peer_id) for bid in bids}
+        return {peer: load.utilization for peer, load in loads.items() if load is not None}
+
+
+def _no_bids_message(capability: str, offers: Offers, decision: Decision[BidInfo]) -> str:
+    lines = [f"no usable bid for {capability!r} from {len(offers.no_bids) + len(offers.bids)} answers:"]
+    lines += [f"  {no_bid}" for no_bid in offers.no_bids]
+    lines += [
+        f"  {ex.item.address} ({ex.item.peer_id.short}) excluded: {ex.reason}" for ex in decision.excluded
+    ]
+    if offers.skipped:
+        lines.append(f"  {len(offers.skipped)} more candidate(s) not asked (pre-filtered)")
+    return "\n".join(lines)
+
+
+def _failed_message(capability: str, executed: Executed) -> str:
+    lines = [f"every bid for {capability!r} failed to execute:"]
+    for attempt in executed.attempts:
+        bid, error = attempt.bid, attempt.error
+        lines.append(
+            f"  {bid.address} ({bid.peer_id.short}, {bid.model_id}) after {attempt.elapsed_ms:.0f} ms: "
+            f"[{status_name(error) if error else 'OK'}] {error}"
+        )
+    if executed.untried:
+        lines.append(f"  {executed.untried} more bid(s) not tried: the deadline passed")
+    return "\n".join(lines)
