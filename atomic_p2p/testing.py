@@ -181,6 +181,7 @@ class HandBuyer:
         issued_at_ms: int | None = None,
         deadline_ms: int | None = None,
         signer: Identity | None = None,
+        gradient_mode: bool = False,
     ) -> market_pb2.RequestBidsRequest:
         now = now_ms()
         payload = market_pb2.BidRequest(
@@ -189,6 +190,7 @@ class HandBuyer:
             issued_at_ms=now if issued_at_ms is None else issued_at_ms,
             deadline_ms=now + 30_000 if deadline_ms is None else deadline_ms,
             tasks=list(tasks),
+            gradient_mode=gradient_mode,
         )
         return market_pb2.RequestBidsRequest(request=self.sign(payload, signer))
 
@@ -234,6 +236,26 @@ class HandBuyer:
             **fields,
         )
         return market_pb2.FeedbackRequest(notice=self.sign(notice, signer))
+
+    def gradient(
+        self,
+        bid: envelope_pb2.SignedEnvelope,
+        loss_grad: Sequence[float] = (),
+        *,
+        signer: Identity | None = None,
+        **fields: Any,
+    ) -> market_pb2.BidGradientRequest:
+        """A signed BidGradientUpdate for ``bid`` (``share_grad``, ``price``, ... as fields)."""
+        terms = market_pb2.Bid.FromString(bid.payload)
+        update = market_pb2.BidGradientUpdate(
+            request_id=terms.request_id,
+            task_id=terms.task_id,
+            requester_id=(signer or self.identity).peer_id.raw,
+            loss_grad=list(loss_grad),
+            issued_at_ms=now_ms(),
+            **fields,
+        )
+        return market_pb2.BidGradientRequest(update=self.sign(update, signer))
 
     def sign(self, message: Any, signer: Identity | None = None) -> envelope_pb2.SignedEnvelope:
         identity = signer or self.identity

@@ -52,6 +52,24 @@ class Constraints:
 
 
 @dataclass(frozen=True, slots=True)
+class GradientConfig:
+    """``[models.gradient]``: gradient bidding (DESIGN section 9, docs/protocol.md BidGradient)."""
+
+    enabled: bool = False
+    role: str = "cooperative"  # descend the requester's loss, or "competitive": ascend own payoff
+    bid_function: str = "scalar"  # one learnable bid, or "ffnn": a small network of the input
+    lr: float = 0.01
+    max_norm: float = 1.0  # received gradients are clipped to this L2 norm
+    reject_norm: float = 100.0  # and refused (RESOURCE_EXHAUSTED) above this one
+    initial_bid: float = 1.0
+    hidden: int = 16  # ffnn width
+    cost_per_bid: float = 0.0  # competitive: what a unit of bid costs the peer
+    seed: int = 0  # initialises an ffnn bid function
+    remote_training: bool = False  # accept dL/dy and train the model on it
+    model_lr: float = 0.001  # SGD step for remote training
+
+
+@dataclass(frozen=True, slots=True)
 class Resources:
     """What one call costs the host (wire: ``ResourceRequirements``)."""
 
@@ -79,6 +97,7 @@ class ModelConfig:
     extra_latency_ms: float = 0.0
     # Free text for people (e.g. "digits 0-4 only"); machines read the capabilities.
     domain: str = ""
+    gradient: GradientConfig = GradientConfig()
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +168,7 @@ _PEER_KEYS = {
     "gossip_fanout",
 }
 _MODEL_KEYS = {
+    "gradient",
     "model_id",
     "capabilities",
     "factory",
@@ -277,6 +297,7 @@ def _model(table: Any, base_dir: Path, where: str) -> ModelConfig:
         resources=_resources(_table(table, "resources", where, ""), f"{where} resources"),
         extra_latency_ms=_number(table, "extra_latency_ms", where, default=0.0, low=0.0),
         domain=_string(table, "domain", where, default=""),
+        gradient=_gradient(_table(table, "gradient", where, ""), f"{where} gradient"),
     )
 
 
@@ -307,6 +328,38 @@ def _constraints(table: Mapping[str, Any], where: str) -> Constraints:
         max_input_tokens=_integer(table, "max_input_tokens", where, default=0, low=0),
         supported_languages=tuple(languages),
     )
+
+
+_GRADIENT_CHOICES = {"role": ("cooperative", "competitive"), "bid_function": ("scalar", "ffnn")}
+
+
+def _gradient(table: Mapping[str, Any], where: str) -> GradientConfig:
+    _reject_unknown(table, set(GradientConfig.__slots__), where, "")
+    for key in ("enabled", "remote_training"):
+        if not isinstance(table.get(key, False), bool):
+            raise ConfigError(f"{where}: {key} must be true or false, got {table[key]!r}")
+    choices = {}
+    for key, allowed in _GRADIENT_CHOICES.items():
+        choices[key] = _string(table, key, where, default=allowed[0])
+        if choices[key] not in allowed:
+            raise ConfigError(f"{where}: {key} must be one of {', '.join(allowed)}, got {choices[key]!r}")
+    config = GradientConfig(
+        enabled=table.get("enabled", False),
+        role=choices["role"],
+        bid_function=choices["bid_function"],
+        lr=_number(table, "lr", where, default=0.01, low=0.0),
+        max_norm=_number(table, "max_norm", where, default=1.0, low=1e-12),
+        reject_norm=_number(table, "reject_norm", where, default=100.0, low=1e-12),
+        initial_bid=_number(table, "initial_bid", where, default=1.0, low=1e-6),
+        hidden=_integer(table, "hidden", where, default=16, low=1),
+        cost_per_bid=_number(table, "cost_per_bid", where, default=0.0, low=0.0),
+        seed=_integer(table, "seed", where, default=0, low=0),
+        remote_training=table.get("remote_training", False),
+        model_lr=_number(table, "model_lr", where, default=0.001, low=0.0),
+    )
+    if config.reject_norm < config.max_norm:
+        raise ConfigError(f"{where}: reject_norm must be >= max_norm (clip below it, refuse above it)")
+    return config
 
 
 def _resources(table: Mapping[str, Any], where: str) -> Resources:

@@ -17,6 +17,10 @@ Execute: verify the bid (signed by this node) and the order (signed by the reque
 for the bid) -> the order names that bid's digest and ids -> the bid is live -> decode the inputs
 under limits -> their digest matches the order -> dtype and shape fit the model and the bid ->
 deadline -> executor (at most once per (request id, task id)) -> a signed ExecuteResult.
+
+BidGradient (:mod:`atomic_p2p.peer.gradients`): verify the update -> requester_id is its signer
+-> a gradient-mode bid this node issued for (request id, task id), to that signer -> not already
+applied -> the learner checks shape, finiteness and norm, then steps and checkpoints.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import NoReturn
 
 import grpc
@@ -60,6 +64,7 @@ from atomic_p2p.gossip.transport import GossipAgent
 from atomic_p2p.identity import Envelope, Identity, verify
 from atomic_p2p.peer.config import PeerConfig
 from atomic_p2p.peer.executor import Executor
+from atomic_p2p.peer.gradients import GradientBook, GradientUpdate, load_learners
 from atomic_p2p.peer.models import HostedModel
 from atomic_p2p.peer.replay import BidBook, BidRequestHeader, IssuedBid, RequestGuard
 from atomic_p2p.peer.strategies.journal import StrategyJournal
@@ -74,6 +79,7 @@ BID_TYPE = payload_type(market_pb2.Bid)
 ORDER_TYPE = payload_type(market_pb2.ExecuteOrder)
 RESULT_TYPE = payload_type(market_pb2.ExecuteResult)
 FEEDBACK_TYPE = payload_type(market_pb2.FeedbackNotice)
+GRADIENT_TYPE = payload_type(market_pb2.BidGradientUpdate)
 # Below this measured forward time, a preview runs inline: a hop to a worker thread and back
 # (~0.2 ms on this 2-core box) would cost more than the forward pass it moves off the loop.
 INLINE_FORWARD_MS = 0.5
@@ -118,6 +124,8 @@ class PeerService:
         )
         self._book = BidBook(self._validity_ms, window_ms, config.max_remembered)
         self._candidates = [(model, model.strategy) for model in models.values()]
+        self._learners = load_learners(models, config.data_dir)
+        self._gradients = GradientBook(self._validity_ms + window_ms, config.max_remembered)
         self.gossip_agent: GossipAgent | None = None  # set by the node once gossip runs
         self.journal: StrategyJournal | None = None  # strategy history under data_dir, set by the node
 
@@ -169,7 +177,7 @@ class PeerService:
             decisions = [decide(task, self._candidates, load) for task in plain]
         now = self._now_ms()
         outcomes = [
-            self._outcome(header, task, task_digest, decision, now)
+            self._outcome(header, task, task_digest, decision, now, request.gradient_mode)
             for (task, task_digest), decision in zip(tasks, decisions, strict=True)
         ]
         return market_pb2.RequestBidsResponse(outcomes=outcomes).SerializeToString()
@@ -208,13 +216,15 @@ class PeerService:
         task_digest: bytes,
         decision: tuple[HostedModel, BidTerms] | NoBid,
         now: int,
+        gradient_mode: bool = False,
     ) -> market_pb2.BidOutcome:
         if isinstance(decision, NoBid):
             reason = market_pb2.NoBidReason.Value(f"NO_BID_REASON_{decision.reason.name}")
             no_bid = market_pb2.NoBid(task_id=task.task_id, reason=reason, detail=decision.detail)
             return market_pb2.BidOutcome(no_bid=no_bid)
         model, terms = decision
-        envelope = self._sign_bid(header, task, task_digest, model, terms, now)
+        bid_values = self._gradient_bid(header, task, model, now) if gradient_mode else []
+        envelope = self._sign_bid(header, task, task_digest, model, terms, now, bid_values)
         issued = IssuedBid(
             request_id=header.request_id,
             task_id=task.task_id,
@@ -237,6 +247,7 @@ class PeerService:
         model: HostedModel,
         terms: BidTerms,
         now: int,
+        bid_values: Sequence[float] = (),
     ) -> Envelope:
         resources, constraints = model.config.resources, model.config.constraints
         bid = market_pb2.Bid(
@@ -264,8 +275,27 @@ class PeerService:
             strategy=terms.strategy,
             reusable_ttl_ms=self._reuse_ms,
             record_seq=self._record_seq(),
+            bid_values=bid_values,
         )
         return self.identity.sign(BID_TYPE, bid.SerializeToString())
+
+    def _gradient_bid(
+        self, header: BidRequestHeader, task: Task, model: HostedModel, now: int
+    ) -> list[float]:
+        """The bid values of a gradient-mode bid (none if the model does not bid by gradient),
+        remembering the inputs they were computed on until the bid is forgotten."""
+        learner = self._learners.get(model.model_id)
+        batch = task.inputs[0].shape[0]
+        if learner is None:
+            return []
+        if task.preview and task.preview[0].shape[0] == batch:
+            inputs = task.preview[0]
+        elif learner.needs_preview:
+            return []  # it cannot bid per example on inputs it has not seen
+        else:
+            inputs = torch.zeros(batch, 1)  # a scalar bid reads the batch length only
+        self._gradients.remember(header.request_id, task.task_id, inputs, now)
+        return learner.bid(inputs)
 
     def _record_seq(self) -> int:
         agent = self.gossip_agent
@@ -395,6 +425,38 @@ class PeerService:
             self.journal.append(issued.model_id, strategy)
         return market_pb2.FeedbackResponse(accepted=True).SerializeToString()
 
+    # --- BidGradient --------------------------------------------------------------------------
+
+    async def bid_gradient(self, raw: bytes) -> bytes:
+        message = parse(market_pb2.BidGradientRequest, raw, "BidGradientRequest")
+        envelope = envelope_from_proto(message.update)
+        signer = verify(envelope, GRADIENT_TYPE)
+        update = parse(market_pb2.BidGradientUpdate, envelope.payload, "BidGradientUpdate")
+        if update.requester_id != signer.raw:
+            raise SignatureError("requester_id is not sha256 of the key that signed the update")
+        now = self._now_ms()
+        issued = self._book.find(update.request_id, update.task_id, now)
+        learner = None if issued is None else self._learners.get(issued.model_id)
+        if issued is None or learner is None:
+            raise PreconditionError("this peer never served a gradient-mode bid for that request and task")
+        if signer != issued.requester:
+            raise SignatureError("the update is not signed by the requester this bid was made for")
+        inputs = self._gradients.inputs(update.request_id, update.task_id, now)
+        output_grad = None
+        if update.HasField("output_grad"):
+            output_grad = decode(tensor_from_proto(update.output_grad), self.limits)
+        applied_norm = learner.apply(
+            inputs,
+            GradientUpdate(
+                loss_grad=torch.tensor(list(update.loss_grad), dtype=torch.float32),
+                share_grad=torch.tensor(list(update.share_grad), dtype=torch.float32),
+                output_grad=output_grad,
+                price=update.price,
+            ),
+        )
+        self._gradients.applied(update.request_id, update.task_id, now)
+        return market_pb2.BidGradientResponse(applied=True, applied_norm=applied_norm).SerializeToString()
+
     # --- not yet served -----------------------------------------------------------------------
 
     async def gossip(self, raw: bytes, connection: str = "") -> bytes:
@@ -402,11 +464,6 @@ class PeerService:
         if self.gossip_agent is None:
             raise UnimplementedError("this node runs without gossip; reach it by address")
         return self.gossip_agent.handle(raw, connection)
-
-    async def bid_gradient(self, raw: bytes) -> bytes:
-        raise UnimplementedError(
-            "BidGradient is not served by atomic-p2p 0.1; gradient bidding arrives in a later release (0.3)."
-        )
 
     def _refuse_new_work(self) -> None:
         if self.draining:

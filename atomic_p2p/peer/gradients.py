@@ -1,0 +1,202 @@
+"""A peer's side of gradient bidding: its bid functions, what it bid on, and received gradients.
+
+How this works
+--------------
+DESIGN section 9, seller-side. In gradient mode (``BidRequest.gradient_mode``) a model whose
+``[models.gradient]`` is enabled evaluates its bid function on the task's preview inputs and
+signs the values into its Bid (``bid_values``, one per example). :class:`GradientBook`
+remembers those inputs per (request id, task id), bounded and for as long as the bid itself is
+remembered, so no autograd graph is held while the requester runs its market.
+
+A BidGradient then meets :meth:`BidLearner.apply`, which checks everything before any parameter
+moves: the role's gradient is present with one value per example (INVALID_ARGUMENT), every value
+is finite (INVALID_ARGUMENT), its L2 norm is at most ``reject_norm`` (RESOURCE_EXHAUSTED; below it
+the market learner clips to ``max_norm``), a dL/dy only for a model that opted into remote
+training (FAILED_PRECONDITION). Then the learner takes one step (cooperative: descend dL/db;
+competitive: ascend price * g - cost * b from dg/db) and the state is checkpointed atomically
+(write a temporary file, then rename) to ``data_dir/bidfn/<model_id>.pt``, which is loaded again
+at start, so a restart keeps what the bid function learnt.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from atomic_p2p.errors import LimitExceededError, PreconditionError, ProtocolError, ReplayError, TensorError
+from atomic_p2p.market import CompetitiveLearner, CooperativeLearner, FeedForwardBid, ScalarBid
+from atomic_p2p.peer.config import GradientConfig
+from atomic_p2p.peer.models import HostedModel
+from atomic_p2p.peer.replay import ExpiringMap
+
+CHECKPOINT_DIR = "bidfn"
+
+
+@dataclass(frozen=True, slots=True)
+class GradientUpdate:
+    """A verified, parsed BidGradientUpdate's numbers (values not yet checked)."""
+
+    loss_grad: torch.Tensor  # dL/db, [batch] (empty if not sent)
+    share_grad: torch.Tensor  # dg/db, [batch] (empty if not sent)
+    output_grad: torch.Tensor | None  # dL/dy, [batch, ...]
+    price: float
+
+
+class BidLearner:
+    """One model's bid function and learner, checkpointed under the peer's data directory."""
+
+    def __init__(self, model: HostedModel, checkpoint: Path) -> None:
+        self.model = model
+        self.config: GradientConfig = model.config.gradient
+        self.checkpoint = checkpoint
+        config = self.config
+        bid_function: torch.nn.Module
+        if config.bid_function == "ffnn":
+            generator_state = torch.random.get_rng_state()
+            torch.manual_seed(config.seed)  # the same config starts from the same bid function
+            bid_function = FeedForwardBid(math.prod(model.input_shape), config.hidden)
+            torch.random.set_rng_state(generator_state)
+        else:
+            bid_function = ScalarBid(initial=config.initial_bid)
+        options: dict[str, Any] = {
+            "lr": config.lr,
+            "max_norm": config.max_norm,
+            "reject_norm": config.reject_norm,
+        }
+        self.learner: CooperativeLearner | CompetitiveLearner
+        if config.role == "competitive":
+            self.learner = CompetitiveLearner(bid_function, cost_per_bid=config.cost_per_bid, **options)
+        else:
+            self.learner = CooperativeLearner(bid_function, **options)
+        self._model_optimizer: torch.optim.Optimizer | None = None
+        if checkpoint.exists():
+            self.learner.load_state_dict(torch.load(checkpoint, weights_only=True))
+
+    @property
+    def needs_preview(self) -> bool:
+        """A network of the input cannot bid without seeing it; a scalar bid reads the length only."""
+        return self.config.bid_function == "ffnn"
+
+    def bid(self, inputs: torch.Tensor) -> list[float]:
+        return [float(value) for value in self.learner.bid(inputs.float())]
+
+    def apply(self, inputs: torch.Tensor, update: GradientUpdate) -> float:
+        """Check ``update`` against the ``inputs`` this peer bid on, learn from it, checkpoint.
+
+        Returns the applied norm (after clipping). Raises before anything changes if it is bad.
+        """
+        batch = inputs.shape[0]
+        cooperative = self.config.role == "cooperative"
+        name, chosen = ("loss_grad", update.loss_grad) if cooperative else ("share_grad", update.share_grad)
+        if chosen.numel() == 0:
+            raise ProtocolError(f"a {self.config.role} peer learns from {name}; the update has none")
+        for field, values in (("loss_grad", update.loss_grad), ("share_grad", update.share_grad)):
+            if values.numel() and tuple(values.shape) != (batch,):
+                raise TensorError(f"{field} has {values.numel()} values; the bid was for {batch} examples")
+            _check_finite(field, values)
+        norm = _checked_norm(name, chosen, self.config.reject_norm)
+        if not (math.isfinite(update.price) and update.price >= 0):
+            raise ProtocolError(f"price must be a finite number >= 0, got {update.price!r}")
+        model_step = self._output_gradient(inputs, update.output_grad)
+        if isinstance(self.learner, CompetitiveLearner):
+            self.learner.learn(inputs.float(), chosen, update.price)
+        else:
+            self.learner.learn(inputs.float(), chosen)
+        if model_step is not None:
+            model_step()
+        self.save()
+        return min(norm, self.config.max_norm)
+
+    def _output_gradient(
+        self, inputs: torch.Tensor, gradient: torch.Tensor | None
+    ) -> Callable[[], None] | None:
+        """Check a dL/dy; return the model step to take once every check has passed."""
+        if gradient is None:
+            return None
+        if not self.config.remote_training:
+            raise PreconditionError(
+                f"model {self.model.model_id} did not opt into remote training; send no output_grad"
+            )
+        module = self.model.module
+        with torch.enable_grad():
+            outputs = module(inputs.to(self.model.device))
+        if tuple(gradient.shape) != tuple(outputs.shape):
+            raise TensorError(
+                f"output_grad has shape {list(gradient.shape)}; outputs are {list(outputs.shape)}"
+            )
+        _check_finite("output_grad", gradient)
+        norm = _checked_norm("output_grad", gradient, self.config.reject_norm)
+        scale = min(1.0, self.config.max_norm / norm) if norm > 0 else 1.0
+        if self._model_optimizer is None:
+            self._model_optimizer = torch.optim.SGD(module.parameters(), lr=self.config.model_lr)
+        optimizer = self._model_optimizer
+
+        def step() -> None:
+            optimizer.zero_grad(set_to_none=True)
+            outputs.backward((gradient * scale).to(dtype=outputs.dtype, device=outputs.device))
+            optimizer.step()
+
+        return step
+
+    def save(self) -> None:
+        self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.checkpoint.with_suffix(f".tmp{os.getpid()}")
+        torch.save(self.learner.state_dict(), temporary)
+        os.replace(temporary, self.checkpoint)
+
+
+def _check_finite(field: str, values: torch.Tensor) -> None:
+    if not bool(torch.isfinite(values).all()):
+        raise TensorError(f"{field} holds NaN or inf")
+
+
+def _checked_norm(field: str, values: torch.Tensor, reject_norm: float) -> float:
+    norm = float(values.detach().double().norm())
+    if not math.isfinite(norm) or norm > reject_norm:
+        raise LimitExceededError(f"{field} has norm {norm:.3g}, above this peer's limit {reject_norm:.3g}")
+    return norm
+
+
+def load_learners(models: Mapping[str, HostedModel], data_dir: Path) -> dict[str, BidLearner]:
+    """A learner for every model with gradient bidding enabled, from its checkpoint if any."""
+    return {
+        model_id: BidLearner(model, data_dir / CHECKPOINT_DIR / f"{model_id}.pt")
+        for model_id, model in models.items()
+        if model.config.gradient.enabled
+    }
+
+
+class GradientBook:
+    """The inputs each gradient-mode bid was made on, and which bids already got their gradient."""
+
+    def __init__(self, ttl_ms: int, capacity: int) -> None:
+        self._inputs: ExpiringMap[tuple[bytes, str], torch.Tensor] = ExpiringMap(
+            ttl_ms, capacity, "gradient-mode bids"
+        )
+        self._applied: ExpiringMap[tuple[bytes, str], None] = ExpiringMap(
+            ttl_ms, capacity, "applied gradients"
+        )
+
+    def remember(self, request_id: bytes, task_id: str, inputs: torch.Tensor, now_ms: int) -> None:
+        self._inputs.put((request_id, task_id), inputs, now_ms)
+
+    def inputs(self, request_id: bytes, task_id: str, now_ms: int) -> torch.Tensor:
+        key = (request_id, task_id)
+        if self._applied.contains(key, now_ms):
+            raise ReplayError("this bid already got its gradient; one gradient per request and task")
+        inputs = self._inputs.get(key, now_ms)
+        if inputs is None:
+            raise PreconditionError(
+                "this peer never served a gradient-mode bid for that request and task (or forgot it)"
+            )
+        return inputs
+
+    def applied(self, request_id: bytes, task_id: str, now_ms: int) -> None:
+        """One gradient per bid: the next one for it is a replay."""
+        self._applied.put((request_id, task_id), None, now_ms)
