@@ -42,7 +42,7 @@ from atomic_p2p._wire import envelope_to_proto, parse, sign_message, tensor_to_p
 from atomic_p2p.channels import ChannelPool
 from atomic_p2p.errors import AtomicError, NoBidsError, ProtocolError, from_status
 from atomic_p2p.identity import Envelope, Identity
-from atomic_p2p.market import LossFunction, ShiftMode, market_gradients, masks, shift, top_k
+from atomic_p2p.market import LossFunction, ShiftMode, gates, market_gradients, masks, mixture, shift, top_k
 from atomic_p2p.requester.messages import BID_TYPE, TaskRef, build_task, check_result, parse_bid, sign_order
 from atomic_p2p.requester.transport import PeerTransport, status_name
 from atomic_p2p.requester.types import BidInfo
@@ -78,6 +78,8 @@ class GradientRound:
     loss: float
     output: torch.Tensor  # y, [batch, ...]
     peers: tuple[PeerRound, ...]
+    # Wall milliseconds per phase: "bids", "execute", "market" (loss and gradients), "send".
+    phases_ms: dict[str, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +130,14 @@ class GradientMarket:
         if self._own_pool:
             await self._pool.close()
 
-    async def step(self, inputs: torch.Tensor, targets: torch.Tensor) -> GradientRound:
-        """One round: bids, execution, loss, gradients to every bidder, payments."""
+    async def step(self, inputs: torch.Tensor, targets: torch.Tensor, *, learn: bool = True) -> GradientRound:
+        """One round: bids, execution, loss, gradients to every bidder, payments.
+
+        ``learn=False`` is the forward market alone: the same bids, execution, mixture, loss and
+        payments, with no gradient computed or sent (benchmarks compare the two).
+        """
+        phases: dict[str, float] = {}
+        clock = time.perf_counter()
         request_id = secrets.token_bytes(16)
         wire = tensors.encode(inputs, self.input_name)
         task = build_task(TASK_ID, self.capability, [wire], preview=True, max_cost=None)
@@ -138,12 +146,23 @@ class GradientMarket:
         bidders = await self._solicit(request_id, task, inputs.shape[0])
         if not bidders:
             raise NoBidsError("no candidate answered with a gradient-mode bid")
+        phases["bids"], clock = _lap(clock)
         bids = torch.stack([bidder.values for bidder in bidders])
         kept = top_k(masks(bids, shift(bids, self.shift_mode)), self.k or len(bidders))
         running = [bool(row.any()) for row in kept.selected]
         outputs = await self._execute(request_id, wire, bidders, running)
-        market = market_gradients(bids, outputs, targets, self.loss_fn, shift_mode=self.shift_mode, k=self.k)
+        phases["execute"], clock = _lap(clock)
         prices = [bidder.info.cost / inputs.shape[0] for bidder in bidders]
+        if not learn:
+            gate = gates(kept.masks)
+            output = mixture(gate, outputs)
+            loss = float(self.loss_fn(output, targets))
+            peers = [_unlearnt(bidder, gate[i], running[i], prices[i]) for i, bidder in enumerate(bidders)]
+            phases["market"], clock = _lap(clock)
+            self._record_payments(request_id, peers)
+            return GradientRound(request_id, loss, output, tuple(peers), phases)
+        market = market_gradients(bids, outputs, targets, self.loss_fn, shift_mode=self.shift_mode, k=self.k)
+        phases["market"], clock = _lap(clock)
         answers = await asyncio.gather(
             *(
                 self._send_gradient(
@@ -175,8 +194,9 @@ class GradientMarket:
                     refusal=refusal,
                 )
             )
+        phases["send"], clock = _lap(clock)
         self._record_payments(request_id, peers)
-        return GradientRound(request_id, float(market.loss), market.output, tuple(peers))
+        return GradientRound(request_id, float(market.loss), market.output, tuple(peers), phases)
 
     # --- the steps ------------------------------------------------------------------------------
 
@@ -291,3 +311,22 @@ class GradientMarket:
                 self.store.record_payment(
                     PaymentRecord(at, request_id, TASK_ID, peer.peer_id, peer.payment, PaymentKind.CHARGE)
                 )
+
+
+def _lap(started: float) -> tuple[float, float]:
+    now = time.perf_counter()
+    return (now - started) * 1000, now
+
+
+def _unlearnt(bidder: _Bidder, gate: torch.Tensor, executed: bool, price: float) -> PeerRound:
+    return PeerRound(
+        address=bidder.info.address,
+        peer_id=bidder.info.peer_id.hex,
+        model_id=bidder.info.model_id,
+        bids=bidder.values,
+        gates=gate,
+        executed=executed,
+        payment=price * float(gate.sum()) if executed else 0.0,
+        applied=False,
+        applied_norm=0.0,
+    )
