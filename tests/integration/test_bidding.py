@@ -237,14 +237,14 @@ async def test_a_peer_refuses_to_reuse_a_bid_made_under_an_older_record(trio: di
 
 async def test_a_slow_bidder_does_not_hold_the_auction_past_grace(trio: dict[str, PeerNode]) -> None:
     x, _ = digits_batch(8)
-    async with DelayProxy(trio["specialist"].address, delay_s=2.0) as slow:
+    async with DelayProxy(trio["specialist"].address, delay_s=3.0) as slow:
         peers = [trio["small"].address, trio["large"].address, slow.address]
         policy = BidPolicy(k_min=2, grace_s=0.05, cache=False)
-        async with Requester(peers, bids=policy, bid_timeout_s=3.0) as requester:
+        async with Requester(peers, bids=policy, bid_timeout_s=4.0) as requester:
             started = time.perf_counter()
             result = await asyncio.wait_for(requester.run(CAPABILITY, {"x": x}, deadline_s=8.0), timeout=10)
             elapsed = time.perf_counter() - started
-    assert elapsed < 1.0 and result.timings.bids_ms < 1000
+    assert elapsed < 2.0 and result.timings.bids_ms < 1500  # not held for the 3 s answer
     assert {scored.item.address for scored in result.bids} == set(peers[:2])
     (late,) = result.no_bids
     assert late.address == slow.address and (late.kind, late.reason) == (NoBidKind.LATE, "GRACE")
@@ -255,15 +255,16 @@ async def test_tmax_follows_observed_bid_latency(trio: dict[str, PeerNode]) -> N
     async with DelayProxy(trio["specialist"].address) as proxy:
         peers = [trio["small"].address, trio["large"].address, proxy.address]
         policy = BidPolicy(k_min=0, tmax_floor_s=0.3, cache=False)
-        async with Requester(peers, bids=policy, bid_timeout_s=3.0) as requester:
-            assert requester.bids.tmax_s(peers) == 3.0  # nobody timed yet: the ceiling
+        async with Requester(peers, bids=policy, bid_timeout_s=4.0) as requester:
+            assert requester.bids.tmax_s(peers) == 4.0  # nobody timed yet: the ceiling
             for _ in range(5):
-                await asyncio.wait_for(requester.run(CAPABILITY, {"x": x}, deadline_s=8.0), timeout=10)
-            assert requester.bids.tmax_s(peers) == pytest.approx(0.3)  # fast answers: the floor
-            proxy.delay_s = 2.0
-            result = await asyncio.wait_for(requester.run(CAPABILITY, {"x": x}, deadline_s=8.0), timeout=10)
-            assert result.timings.bids_ms < 1500  # cut at tmax, not the 3 s ceiling
-            assert requester.bids.tmax_s(peers) > 0.3  # silence pushed it back up
+                await asyncio.wait_for(requester.run(CAPABILITY, {"x": x}, deadline_s=10.0), timeout=12)
+            learned = requester.bids.tmax_s(peers)
+            assert 0.3 <= learned < 1.0  # fast answers: near the floor (this box is shared)
+            proxy.delay_s = 3.0
+            result = await asyncio.wait_for(requester.run(CAPABILITY, {"x": x}, deadline_s=10.0), timeout=12)
+            assert result.timings.bids_ms < 2500  # cut at tmax, not held for the slow answer
+            assert requester.bids.tmax_s(peers) > learned  # silence pushed it back up
     (silent,) = result.no_bids
     assert silent.address == proxy.address and (silent.kind, silent.reason) == (NoBidKind.LATE, "TMAX")
 
