@@ -134,7 +134,11 @@ class BidLearner:
         norm = _checked_norm("output_grad", gradient, self.config.reject_norm)
         scale = min(1.0, self.config.max_norm / norm) if norm > 0 else 1.0
         if self._model_optimizer is None:
-            self._model_optimizer = torch.optim.SGD(module.parameters(), lr=self.config.model_lr)
+            # A model may bring its own optimiser (the price-of-anarchy nodes replay TF1's Adam).
+            own = getattr(module, "remote_optimizer", None)
+            self._model_optimizer = (
+                own() if callable(own) else torch.optim.SGD(module.parameters(), lr=self.config.model_lr)
+            )
         optimizer = self._model_optimizer
 
         def step() -> None:
