@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,9 @@ from atomic_p2p.peer.models import HostedModel
 from atomic_p2p.peer.replay import ExpiringMap
 
 CHECKPOINT_DIR = "bidfn"
+# The previews an ffnn bid function or remote training needs are kept until their bid is
+# forgotten; this caps the memory they may take.
+GRADIENT_MEMORY_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +84,9 @@ class BidLearner:
 
     @property
     def needs_preview(self) -> bool:
-        """A network of the input cannot bid without seeing it; a scalar bid reads the length only."""
-        return self.config.bid_function == "ffnn"
+        """A network of the input cannot bid without seeing it, nor a model train on it; a scalar
+        bid alone reads the batch length only."""
+        return self.config.bid_function == "ffnn" or self.config.remote_training
 
     def bid(self, inputs: torch.Tensor) -> list[float]:
         return [float(value) for value in self.learner.bid(inputs.float())]
@@ -177,30 +182,66 @@ def load_learners(models: Mapping[str, HostedModel], data_dir: Path) -> dict[str
 
 
 class GradientBook:
-    """The inputs each gradient-mode bid was made on, and which bids already got their gradient."""
+    """The inputs each gradient-mode bid was made on, and which bids already got their gradient.
 
-    def __init__(self, ttl_ms: int, capacity: int) -> None:
-        self._inputs: ExpiringMap[tuple[bytes, str], torch.Tensor] = ExpiringMap(
-            ttl_ms, capacity, "gradient-mode bids"
-        )
+    Bounded twice: at most ``capacity`` entries and ``max_bytes`` of tensors (previews can be
+    large); a bid that would pass either is made without bid values instead.
+    """
+
+    def __init__(self, ttl_ms: int, capacity: int, max_bytes: int = GRADIENT_MEMORY_BYTES) -> None:
+        self.ttl_ms = ttl_ms
+        self.capacity = capacity
+        self.max_bytes = max_bytes
+        self._inputs: OrderedDict[tuple[bytes, str], tuple[int, torch.Tensor]] = OrderedDict()
+        self._bytes = 0
         self._applied: ExpiringMap[tuple[bytes, str], None] = ExpiringMap(
             ttl_ms, capacity, "applied gradients"
         )
 
-    def remember(self, request_id: bytes, task_id: str, inputs: torch.Tensor, now_ms: int) -> None:
-        self._inputs.put((request_id, task_id), inputs, now_ms)
+    @property
+    def bytes_held(self) -> int:
+        return self._bytes
+
+    def remember(self, request_id: bytes, task_id: str, inputs: torch.Tensor, now_ms: int) -> bool:
+        """Keep ``inputs`` until the bid is forgotten; False (nothing kept) when over a bound."""
+        self._prune(now_ms)
+        size = _nbytes(inputs)
+        if len(self._inputs) >= self.capacity or self._bytes + size > self.max_bytes:
+            return False
+        self._forget((request_id, task_id))
+        self._inputs[(request_id, task_id)] = (now_ms + self.ttl_ms, inputs)
+        self._bytes += size
+        return True
+
+    def _prune(self, now_ms: int) -> None:
+        # One TTL for all, so insertion order is expiry order.
+        while self._inputs:
+            key, (expires_at, _) = next(iter(self._inputs.items()))
+            if expires_at > now_ms:
+                return
+            self._forget(key)
+
+    def _forget(self, key: tuple[bytes, str]) -> None:
+        entry = self._inputs.pop(key, None)
+        if entry is not None:
+            self._bytes -= _nbytes(entry[1])
 
     def inputs(self, request_id: bytes, task_id: str, now_ms: int) -> torch.Tensor:
         key = (request_id, task_id)
         if self._applied.contains(key, now_ms):
             raise ReplayError("this bid already got its gradient; one gradient per request and task")
-        inputs = self._inputs.get(key, now_ms)
-        if inputs is None:
+        self._prune(now_ms)
+        entry = self._inputs.get(key)
+        if entry is None:
             raise PreconditionError(
                 "this peer never served a gradient-mode bid for that request and task (or forgot it)"
             )
-        return inputs
+        return entry[1]
 
     def applied(self, request_id: bytes, task_id: str, now_ms: int) -> None:
         """One gradient per bid: the next one for it is a replay."""
         self._applied.put((request_id, task_id), None, now_ms)
+
+
+def _nbytes(tensor: torch.Tensor) -> int:
+    return tensor.numel() * tensor.element_size()

@@ -288,13 +288,14 @@ class PeerService:
         batch = task.inputs[0].shape[0]
         if learner is None:
             return []
-        if task.preview and task.preview[0].shape[0] == batch:
-            inputs = task.preview[0]
-        elif learner.needs_preview:
-            return []  # it cannot bid per example on inputs it has not seen
-        else:
+        if not learner.needs_preview:
             inputs = torch.zeros(batch, 1)  # a scalar bid reads the batch length only
-        self._gradients.remember(header.request_id, task.task_id, inputs, now)
+        elif task.preview and task.preview[0].shape[0] == batch:
+            inputs = task.preview[0]
+        else:
+            return []  # it cannot bid per example on inputs it has not seen
+        if not self._gradients.remember(header.request_id, task.task_id, inputs, now):
+            return []  # over the memory for gradient-mode inputs: a plain bid, nothing to learn
         return learner.bid(inputs)
 
     def _record_seq(self) -> int:

@@ -237,3 +237,13 @@ async def test_an_ffnn_bid_function_bids_per_example(tmp_path: Path) -> None:
         again = await gradient_bid(buyer, 5)
         assert (await send(buyer, buyer.gradient(again, [0.3] * 5))).applied
         assert not bit_identical(before, learner_state(node))
+
+
+async def test_over_its_memory_a_peer_bids_without_bid_values(tmp_path: Path) -> None:
+    config = gradient_config(tmp_path, bid_function="ffnn")
+    async with await PeerNode.start(config) as node, HandBuyer(node.address) as buyer:
+        node._service._gradients.max_bytes = 100  # one 4 x 64 float32 preview is 1 KiB
+        bid = await gradient_bid(buyer)
+        assert list(market_pb2.Bid.FromString(bid.payload).bid_values) == []
+        code, details = await refused(buyer, buyer.gradient(bid, [0.1] * BATCH))
+        assert code == Code.FAILED_PRECONDITION and "never served" in details
