@@ -55,3 +55,29 @@ async def test_gradient_rounds_lower_the_loss_and_pay_by_gate(tmp_path: Path) ->
         assert sum(kinds.get("charge", 0.0) for kinds in totals.values()) == pytest.approx(paid, rel=1e-6)
     finally:
         store.close()
+
+
+async def test_only_peers_named_for_remote_training_get_output_gradients(tmp_path: Path) -> None:
+    gradient = GradientConfig(enabled=True, remote_training=True, model_lr=0.01)
+    async with running_peers(["small", "large"], tmp_path, model_overrides={"gradient": gradient}) as nodes:
+        weights = [
+            [p.detach().clone() for p in n.models[next(iter(n.models))].module.parameters()] for n in nodes
+        ]
+        async with GradientMarket(
+            Identity.generate(),
+            [node.address for node in nodes],
+            capability="classify/digits",
+            shift_mode=0.0,
+            train_outputs={nodes[0].address},
+        ) as market:
+            x, y = digits_batch(BATCH, offset=500)
+            result = await market.step(x, y)
+        assert all(p.applied for p in result.peers)
+        moved = [
+            any(
+                not torch.equal(w, p)
+                for w, p in zip(before, n.models[next(iter(n.models))].module.parameters(), strict=True)
+            )
+            for before, n in zip(weights, nodes, strict=True)
+        ]
+        assert moved == [True, False]
