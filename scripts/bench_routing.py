@@ -88,6 +88,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.quick:
         args.tasks, args.seeds, args.batch, args.window = 32, 2, 8, 8
     if args.tasks < 4 or args.seeds < 1 or args.batch < 1 or args.window < 1:
@@ -131,6 +132,25 @@ def spec(args: argparse.Namespace, seed: int) -> market.StreamSpec:
     return market.StreamSpec(tasks=args.tasks, batch=args.batch, seed=seed)
 
 
+def replay_all(
+    seed_streams: Sequence[Sequence[LoggedTask]], windows: report.Windows, progress: bool
+) -> dict[str, list[dict[str, Any]]]:
+    """Every policy and the oracle on every seed's stream: per policy, one metrics dict per seed."""
+    peers = sorted({peer for stream in seed_streams for task in stream for peer in task.bidders})
+    factories = policies()
+    per_seed: dict[str, list[dict[str, Any]]] = {name: [] for name in [*factories, "oracle"]}
+    jobs = tqdm(total=len(per_seed) * len(seed_streams), desc="replay", disable=not progress)
+    for seed, stream in enumerate(seed_streams):
+        oracle = replay(Oracle(), stream)
+        for name in per_seed:
+            steps = oracle if name == "oracle" else replay(factories[name](stream, seed), stream)
+            per_seed[name].append(report.seed_metrics(steps, oracle, peers, market.LIAR, windows))
+            jobs.update()
+    jobs.close()
+    report.add_gain_over_random(per_seed)
+    return per_seed
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Collect, replay every policy on every seed's stream, and build the report."""
     progress = not args.no_progress
@@ -138,39 +158,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     seed_streams, log = streams(args, progress)
     collected = time.perf_counter()
     windows = report.Windows(args.warmup, args.window, args.liar_after, rolling=max(5, args.window // 2))
-    peers = sorted({peer for stream in seed_streams for task in stream for peer in task.bidders})
-    factories = {**policies(), "oracle": lambda stream, seed: Oracle()}
-    per_seed: dict[str, list[dict[str, Any]]] = {name: [] for name in factories}
-    jobs = tqdm(total=len(factories) * len(seed_streams), desc="replay", disable=not progress)
-    for seed, stream in enumerate(seed_streams):
-        oracle = replay(Oracle(), stream)
-        for name, factory in factories.items():
-            steps = oracle if name == "oracle" else replay(factory(stream, seed), stream)
-            per_seed[name].append(report.seed_metrics(steps, oracle, peers, market.LIAR, windows))
-            jobs.update()
-    jobs.close()
-    report.add_gain_over_random(per_seed)
-    phases = market.phases(log)
-    degrade_task = next(
-        (
-            t.index
-            for t in log
-            if t.outcomes.get(market.DEGRADER, None) and t.outcomes[market.DEGRADER].degraded
-        ),
-        None,
+    per_seed = replay_all(seed_streams, windows, progress)
+    events = market.events(log)
+    logs = (
+        "one per seed" if args.fresh_logs else f"one (stream seed {args.stream_seed}), permuted within phases"
     )
-    join_task = next((t.index for t in log if market.LATECOMER in t.outcomes), None)
     result: dict[str, Any] = {
-        "command": " ".join(["python scripts/bench_routing.py", *sys.argv[1:]]) if sys.argv else "",
+        "command": " ".join(["python scripts/bench_routing.py", *args.argv]),
         "config": {
             "tasks": args.tasks,
             "seeds": args.seeds,
             "batch": args.batch,
-            "logs": "one per seed"
-            if args.fresh_logs
-            else f"one (stream seed {args.stream_seed}), permuted within phases per seed",
-            "phases": [[p.start, p.stop] for p in phases],
-            "events": {"latecomer joins": join_task, "degrader degrades": degrade_task},
+            "logs": logs,
+            "phases": [[phase.start, phase.stop] for phase in market.phases(log)],
+            "events": events,
             "warmup": args.warmup,
             "window": args.window,
             "rolling": windows.rolling,
@@ -182,8 +183,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "roster": market.roster_table(market.ROSTER),
         "policies": {name: report.aggregate(metrics) for name, metrics in per_seed.items()},
-        "calibration": report.calibration(log, degrade_task, market.DEGRADER),
+        "calibration": report.calibration(log, events["degrader degrades"], market.DEGRADER),
         "peer_utility_by_source": report.peer_utility(log),
+        "failed_executions": market.failures(log),
         "timings_s": {"collect": collected - started, "replay": time.perf_counter() - collected},
     }
     result["goals"] = goals(result["policies"], args)
@@ -250,6 +252,8 @@ def print_report(result: Mapping[str, Any]) -> None:
     for name, goal in result["goals"].items():
         value = goal["value"]
         print(f"  {name:<32} {'MET' if goal['met'] else 'NOT MET':<8} value {value:.4g}")
+    if result["failed_executions"]:
+        print(f"\nfailed executions in the log (utility 0): {result['failed_executions']}")
     timings = result["timings_s"]
     print(f"\ncollect {timings['collect']:.1f} s, replay {timings['replay']:.1f} s")
 

@@ -321,15 +321,33 @@ async def collect(
     return log
 
 
-def phases(log: Sequence[LoggedTask]) -> list[range]:
-    """The stretches of the log between events (the latecomer's join, the first degraded
-    execution): reordering tasks within one keeps every event at its place in task time."""
-    cuts = {0, len(log)}
-    joined = next((t.index for t in log if LATECOMER in t.outcomes), None)
+EVENTS = ("latecomer joins", "degrader degrades")
+
+
+def events(log: Sequence[LoggedTask]) -> dict[str, int | None]:
+    """Where in the log the latecomer first bid and the degrader first delivered noisy output."""
+    joined = next((task.index for task in log if LATECOMER in task.outcomes), None)
     degraded = next(
-        (t.index for t in log if t.outcomes.get(DEGRADER) and t.outcomes[DEGRADER].degraded), None
+        (task.index for task in log if (seen := task.outcomes.get(DEGRADER)) is not None and seen.degraded),
+        None,
     )
-    cuts |= {cut for cut in (joined, degraded) if cut is not None}
+    return dict(zip(EVENTS, (joined, degraded), strict=True))
+
+
+def failures(log: Sequence[LoggedTask]) -> dict[str, int]:
+    """Executions that failed (timed out on a busy box, say), per peer: they count as utility 0."""
+    counts: dict[str, int] = {}
+    for task in log:
+        for peer, outcome in task.outcomes.items():
+            if not outcome.ok:
+                counts[peer] = counts.get(peer, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def phases(log: Sequence[LoggedTask]) -> list[range]:
+    """The stretches of the log between :func:`events`: reordering tasks within one keeps every
+    event at its place in task time."""
+    cuts = {0, len(log)} | {at for at in events(log).values() if at is not None}
     ordered = sorted(cuts)
     return [range(start, end) for start, end in itertools.pairwise(ordered) if end > start]
 

@@ -242,7 +242,7 @@ def plot(report: Mapping[str, Any], out: Path, ours: str) -> list[Path]:
         for label, at in events.items():
             if at is not None:
                 axis.axvline(at, color="grey", linestyle=":", linewidth=1)
-                axis.text(at, axis.get_ylim()[1], f" {label}", va="top", fontsize=7, color="grey")
+                axis.text(at, axis.get_ylim()[0], f" {label}", va="bottom", fontsize=7, color="grey")
 
     def style(name: str) -> dict[str, Any]:
         if name == "oracle":

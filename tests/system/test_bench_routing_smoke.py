@@ -98,6 +98,7 @@ def test_quick_run_reports_every_policy_and_the_oracle_bounds_them(tmp_path: Pat
     assert calibration["liar"]["bias"] > 0.2  # it claims 0.99 and delivers a weak model's accuracy
     assert calibration["latecomer"]["tasks"] == args.tasks - 8
 
+    assert set(result["failed_executions"]) <= set(calibration) | {"degrader"}
     json.dumps(result)  # the report is plain JSON
     paths = bench.report.plot(result, tmp_path, bench.OURS)
     assert all(path.stat().st_size > 0 for path in paths)
