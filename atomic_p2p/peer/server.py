@@ -443,6 +443,8 @@ class PeerService:
         if signer != issued.requester:
             raise SignatureError("the update is not signed by the requester this bid was made for")
         inputs = self._gradients.inputs(update.request_id, update.task_id, now)
+        # Applied inline, with no await between the replay check and marking the bid applied: two
+        # copies of one update cannot both pass. The step is one small forward and backward pass.
         output_grad = None
         if update.HasField("output_grad"):
             output_grad = decode(tensor_from_proto(update.output_grad), self.limits)
