@@ -81,3 +81,23 @@ async def test_only_peers_named_for_remote_training_get_output_gradients(tmp_pat
             for before, n in zip(weights, nodes, strict=True)
         ]
         assert moved == [True, False]
+
+
+async def test_competitive_peers_bid_up_and_plain_peers_sit_out(tmp_path: Path) -> None:
+    competitive = GradientConfig(enabled=True, role="competitive", lr=0.05)
+    async with (
+        running_peers(["small", "large"], tmp_path, model_overrides={"gradient": competitive}) as bidders,
+        running_peers(["specialist"], tmp_path) as plain,  # no [models.gradient]: no bid values
+        GradientMarket(
+            Identity.generate(),
+            [node.address for node in [*bidders, *plain]],
+            capability="classify/digits",
+            shift_mode=0.0,
+        ) as market,
+    ):
+        rounds = [await market.step(*digits_batch(16, offset=16 * i)) for i in range(5)]
+    assert all(len(r.peers) == 2 and all(p.applied for p in r.peers) for r in rounds)
+    assert "digits-specialist-0-4" not in {p.model_id for r in rounds for p in r.peers}
+    # Paid per unit of gate, with dg/db > 0 and no cost per bid, each raises its bid.
+    for first, last in zip(rounds[0].peers, rounds[-1].peers, strict=True):
+        assert float(last.bids[0]) > float(first.bids[0])
