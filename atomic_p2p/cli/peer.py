@@ -25,12 +25,12 @@ import argparse
 import asyncio
 import dataclasses
 import logging
-import math
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from atomic_p2p.cli.arguments import non_negative, positive, positive_int
 from atomic_p2p.errors import AtomicError, ConfigError
 from atomic_p2p.faults import FaultPlan
 from atomic_p2p.peer.config import PeerConfig, load_configs
@@ -97,13 +97,13 @@ def _add_gossip_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--gossip-interval",
-        type=_positive,
+        type=positive,
         metavar="S",
         help="seconds between gossip rounds (overrides gossip_interval_s, default 1)",
     )
     group.add_argument(
         "--gossip-fanout",
-        type=_positive_int,
+        type=positive_int,
         metavar="K",
         help="members contacted per round (overrides gossip_fanout, default 3)",
     )
@@ -113,12 +113,12 @@ def _add_fault_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "fault injection (outgoing calls of this node; each flag overrides ATOMIC_P2P_FAULTS)"
     )
-    group.add_argument("--fault-delay-ms", type=_non_negative, metavar="MS", help="added to every call")
+    group.add_argument("--fault-delay-ms", type=non_negative, metavar="MS", help="added to every call")
     group.add_argument(
-        "--fault-jitter-ms", type=_non_negative, metavar="MS", help="plus a uniform random 0..MS"
+        "--fault-jitter-ms", type=non_negative, metavar="MS", help="plus a uniform random 0..MS"
     )
     group.add_argument(
-        "--fault-loss", type=_non_negative, metavar="P", help="probability a call is dropped (UNAVAILABLE)"
+        "--fault-loss", type=non_negative, metavar="P", help="probability a call is dropped (UNAVAILABLE)"
     )
     group.add_argument(
         "--fault-seed", type=int, metavar="N", help="seed of the fault RNG (reproducible runs)"
@@ -130,27 +130,6 @@ def _address(text: str) -> str:
     if not host or not port.isdigit() or not 0 < int(port) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not host:port (e.g. 127.0.0.1:50051)")
     return text
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a non-negative number")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
 
 
 def main(argv: list[str] | None = None) -> int:

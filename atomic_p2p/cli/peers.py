@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from atomic_p2p.cli.arguments import positive
 from atomic_p2p.cli.exits import ExitCode
 from atomic_p2p.errors import UnavailableError
 
@@ -28,13 +28,6 @@ if TYPE_CHECKING:
 DEFAULT_WAIT_S = 5.0
 DEFAULT_INTERVAL_S = 0.5
 _STATE_ORDER = {"alive": 0, "suspect": 1, "dead": 2, "left": 3}
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
-    return value
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -54,7 +47,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument(
         "--wait",
-        type=_positive,
+        type=positive,
         default=DEFAULT_WAIT_S,
         metavar="S",
         help=f"seconds to wait for the first exchange (default {DEFAULT_WAIT_S:g}); "
@@ -62,7 +55,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     parser.add_argument(
         "--interval",
-        type=_positive,
+        type=positive,
         default=DEFAULT_INTERVAL_S,
         metavar="S",
         help=f"the observer's gossip interval (default {DEFAULT_INTERVAL_S:g})",

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import math
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from atomic_p2p.cli.arguments import non_negative, positive
 from atomic_p2p.cli.exits import ExitCode
 from atomic_p2p.cli.keygen import default_key_path, default_store_path
 from atomic_p2p.errors import AuctionError, ConfigError
@@ -22,20 +22,6 @@ if TYPE_CHECKING:
     import torch
 
     from atomic_p2p.requester import Result
-
-
-def _positive(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
-    return value
-
-
-def _non_negative(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text} is not a non-negative number")
-    return value
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -62,7 +48,7 @@ def _add_auction_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--capability", required=True, help='what to run, e.g. "classify/digits"')
     parser.add_argument(
         "--deadline",
-        type=_positive,
+        type=positive,
         default=2.0,
         metavar="S",
         help="seconds for the whole auction, fallbacks included (default: 2)",
@@ -73,7 +59,7 @@ def _add_auction_arguments(parser: argparse.ArgumentParser) -> None:
         default="balanced",
         help="how to weigh accuracy, latency and cost (default: balanced)",
     )
-    parser.add_argument("--max-cost", type=_non_negative, metavar="COST", help="exclude dearer bids")
+    parser.add_argument("--max-cost", type=non_negative, metavar="COST", help="exclude dearer bids")
     parser.add_argument(
         "--no-preview", action="store_true", help="do not send the inputs with the call for bids"
     )
