@@ -424,7 +424,9 @@ class PeerService:
         )
         if self.journal is not None:
             self.journal.append(issued.model_id, strategy)
-        return market_pb2.FeedbackResponse(accepted=True).SerializeToString()
+        return market_pb2.FeedbackResponse(
+            accepted=True, strategy_parameters=numeric_parameters(strategy.snapshot())
+        ).SerializeToString()
 
     # --- BidGradient --------------------------------------------------------------------------
 
@@ -471,6 +473,15 @@ class PeerService:
     def _refuse_new_work(self) -> None:
         if self.draining:
             raise UnavailableError("this peer is draining and takes no new work; try another peer")
+
+
+def numeric_parameters(snapshot: Mapping[str, object]) -> dict[str, float]:
+    """The finite numbers at the top level of a strategy snapshot (what Feedback answers carry)."""
+    return {
+        key: float(value)
+        for key, value in snapshot.items()
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    }
 
 
 def _rpc(name: str, method: Callable[..., Awaitable[bytes]]) -> Callable[..., Awaitable[bytes]]:

@@ -145,7 +145,13 @@ class Requester:
         self._pool = ChannelPool()
         self.discovery = Discovery(self.identity, self.peers, bootstrap, self._pool, gossip)
         self._transport = PeerTransport(self._pool)
-        self._feedback = FeedbackSender(self._transport, self.identity, feedback_timeout_s, now_ms)
+        self._feedback = FeedbackSender(
+            self._transport,
+            self.identity,
+            feedback_timeout_s,
+            now_ms,
+            observe=lambda bid, parameters: self.memory.observe_strategy(bid, parameters),
+        )
         memory = MarketMemory.open(store, evaluator, seed)
         self.bids = BidManager(
             self._transport,

@@ -26,14 +26,14 @@ logger = logging.getLogger(__name__)
 
 def notices(
     identity: Identity, request_id: bytes, ranking: Ranking[BidInfo], executed: Executed, now_ms: int
-) -> list[tuple[str, Envelope]]:
-    """Sign one notice per bidder (see the module docstring); returns (address, notice) pairs."""
+) -> list[tuple[BidInfo, Envelope]]:
+    """Sign one notice per bidder (see the module docstring); returns (bid, notice) pairs."""
     winner = executed.success.bid if executed.success else None
     winning_score = next((s.score for s in ranking.ranked if s.item is winner), 0.0)
     price = executed.success.receipt.cost_charged if executed.success else 0.0
     failed = {id(attempt.bid) for attempt in executed.attempts if not attempt.ok}
     bids = [scored.item for scored in ranking.ranked] + [excluded.item for excluded in ranking.excluded]
-    signed: list[tuple[str, Envelope]] = []
+    signed: list[tuple[BidInfo, Envelope]] = []
     for bid in bids:
         answered = bid.request_id or request_id  # the call this bid answered
         if bid is winner:
@@ -44,7 +44,7 @@ def notices(
             notice = sign_feedback(
                 identity, answered, bid, "loss", now_ms, clearing_price=price, score_to_win=winning_score
             )
-        signed.append((bid.address, notice))
+        signed.append((bid, notice))
     return signed
 
 
@@ -52,8 +52,15 @@ class FeedbackSender:
     """Fire-and-forget delivery of notices, with a bounded drain at shutdown."""
 
     def __init__(
-        self, transport: PeerTransport, identity: Identity, timeout_s: float, now_ms: Callable[[], int]
+        self,
+        transport: PeerTransport,
+        identity: Identity,
+        timeout_s: float,
+        now_ms: Callable[[], int],
+        observe: Callable[[BidInfo, dict[str, float]], None] | None = None,
     ) -> None:
+        # ``observe`` hears each peer's strategy parameters as its Feedback answer reports them.
+        self._observe = observe
         self._transport = transport
         self._identity = identity
         self._timeout_s = timeout_s
@@ -69,30 +76,28 @@ class FeedbackSender:
 
     async def _deliver(self, request_id: bytes, ranking: Ranking[BidInfo], executed: Executed) -> None:
         signed = notices(self._identity, request_id, ranking, executed, self._now_ms())
-        results = await asyncio.gather(
-            *(self._transport.feedback(address, notice, self._timeout_s) for address, notice in signed),
-            return_exceptions=True,
-        )
-        for (address, _), outcome in zip(signed, results, strict=True):
-            if isinstance(outcome, AtomicError):
-                logger.debug("feedback to %s not delivered: %s", address, outcome)
-            elif isinstance(outcome, BaseException):
-                logger.warning("feedback to %s failed unexpectedly", address, exc_info=outcome)
+        await asyncio.gather(*(self._deliver_one(bid, notice) for bid, notice in signed))
 
     def send_outcome(self, request_id: bytes, bid: BidInfo, score: float) -> None:
         """An OUTCOME notice for a delivered task whose quality became known later."""
         notice = sign_feedback(
             self._identity, bid.request_id or request_id, bid, "outcome", self._now_ms(), outcome_score=score
         )
-        task = asyncio.create_task(self._deliver_one(bid.address, notice))
+        task = asyncio.create_task(self._deliver_one(bid, notice))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _deliver_one(self, address: str, notice: Envelope) -> None:
+    async def _deliver_one(self, bid: BidInfo, notice: Envelope) -> None:
         try:
-            await self._transport.feedback(address, notice, self._timeout_s)
+            parameters = await self._transport.feedback(bid.address, notice, self._timeout_s)
         except AtomicError as error:
-            logger.debug("outcome notice to %s not delivered: %s", address, error)
+            logger.debug("feedback to %s not delivered: %s", bid.address, error)
+            return
+        except Exception:
+            logger.warning("feedback to %s failed unexpectedly", bid.address, exc_info=True)
+            return
+        if parameters and self._observe is not None:
+            self._observe(bid, parameters)
 
     async def drain(self) -> None:
         """Wait for notices in flight (each is bounded by its own timeout), then cancel leftovers."""

@@ -34,6 +34,7 @@ from atomic_p2p.requester.types import BidInfo, NoBidInfo
 from atomic_p2p.store import (
     BidRecord,
     DecisionRecord,
+    ObservationRecord,
     PaymentKind,
     PaymentRecord,
     ProfileRecord,
@@ -201,6 +202,17 @@ class MarketMemory:
         self._learn(pending.key, observation)
         del self._pending[reference]
         return pending
+
+    def observe_strategy(self, bid: BidInfo, parameters: Mapping[str, float]) -> None:
+        """A peer's strategy parameters, as its Feedback answer reported them: kept over time
+        in the store's observations (what ``atomic profile`` plots), one series per name."""
+        if self.store is None:
+            return
+        at = now_ms()
+        for name, value in sorted(parameters.items()):
+            self.store.record_observation(
+                ObservationRecord(at, bid.peer_id.hex, bid.model_id, f"strategy.{name}", float(value))
+            )
 
     def _learn(self, key: ProfileKey, observation: Observation) -> None:
         profile = record(self.profiles.get(key), key, observation, self.config.profiler)

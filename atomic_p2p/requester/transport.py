@@ -92,14 +92,15 @@ class PeerTransport:
             raise ProtocolError("execute response carries no signed result")
         return envelope_from_proto(response.result), tensors_from_proto(response.outputs)
 
-    async def feedback(self, address: str, notice: Envelope, timeout_s: float) -> bool:
+    async def feedback(self, address: str, notice: Envelope, timeout_s: float) -> dict[str, float]:
+        """Deliver a notice; returns the peer's strategy parameters after it learned (may be empty)."""
         _check_budget(timeout_s, "feedback")
         message = market_pb2.FeedbackRequest(notice=envelope_to_proto(notice))
         try:
             response = await self._pool.stub(address).Feedback(message, timeout=timeout_s)
         except aio.AioRpcError as error:
             raise _mapped(error) from None
-        return bool(response.accepted)
+        return dict(response.strategy_parameters) if response.accepted else {}
 
 
 def status_name(error: BaseException) -> str:
