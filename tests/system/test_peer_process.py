@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
-import shutil
 import signal
 import socket
-import sys
+import tomllib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,19 +18,19 @@ from atomic_p2p._proto.atomic.v1 import market_pb2
 from atomic_p2p._wire import envelope_from_proto
 from atomic_p2p.cli.peer import main
 from atomic_p2p.identity import verify
-from atomic_p2p.testing import PEERS_DIR, HandBuyer
+from atomic_p2p.testing import (
+    LISTENING,
+    PEERS_DIR,
+    HandBuyer,
+    peer_command,
+    peer_processes,
+    weights_cache_dir,
+)
 
 pytestmark = pytest.mark.system
 
 START_TIMEOUT_S = 90.0  # a first start trains the model (a few seconds; more on a loaded box)
 EXIT_TIMEOUT_S = 20.0
-LISTENING = re.compile(r"^atomic-peer ([0-9a-f]{8}) listening on (\S+) hosting (.+)$")
-
-
-def peer_command() -> list[str]:
-    """The installed console script when there is one, else the same entry point via -m."""
-    script = shutil.which("atomic-peer", path=str(Path(sys.executable).parent))
-    return [script] if script else [sys.executable, "-m", "atomic_p2p.cli.peer"]
 
 
 @dataclass
@@ -123,3 +121,22 @@ def test_a_busy_port_exits_2_and_says_what_to_do(tmp_path: Path, capsys: pytest.
         code = main([str(PEERS_DIR / "small.toml"), "--port", str(port), "--data-dir", str(tmp_path)])
     assert code == 2
     assert "--port 0" in capsys.readouterr().err
+
+
+async def test_peer_processes_start_from_tables_serve_and_stop_cleanly(tmp_path: Path) -> None:
+    """The launcher the networked experiments use: two tables in, two serving processes out."""
+    table = tomllib.loads((PEERS_DIR / "small.toml").read_text())
+    table["peer"]["cache_dir"] = str(weights_cache_dir())
+    table["models"][0]["factory"] = str(PEERS_DIR / "digits.py") + ":small"
+    tables = [{**table, "peer": {**table["peer"], "name": f"proc-{i}"}} for i in range(2)]
+    async with peer_processes(tables, tmp_path) as peers:
+        assert [p.name for p in peers] == ["proc-0", "proc-1"]
+        assert all(p.models == ["digits-small"] for p in peers)
+        assert peers[0].address != peers[1].address
+        for peer in peers:
+            async with HandBuyer(peer.address) as buyer:
+                bid = await buyer.win()
+                result = await buyer.execute(bid, [buyer.inputs(4)])
+                assert result.HasField("result")
+            assert tomllib.loads(peer.config.read_text())["peer"]["name"] == peer.name
+    assert [p.process.returncode for p in peers] == [0, 0]
