@@ -49,7 +49,9 @@ Comparison: each seed also runs in-process (single_bidder.run / multiple_bidders
 seeds, streams and steps. The networked run is not bit-identical: y / m, the float64 bid gradient,
 the float64 mean over the stacked column and (multiple bidders) a 768-row instead of a 256-row
 matrix product round differently in the last bits, and the rounding compounds over the steps.
-:data:`TOLERANCE` states the agreement required on every seed (exit status 1 otherwise).
+:data:`TOLERANCE` states the agreement required on every seed (exit status 1 otherwise). In
+practice the differences stay at the rounding level (about 1e-6 in the loss after 1000 steps) and
+do not grow: the trajectories are the same.
 """
 
 from __future__ import annotations
@@ -92,12 +94,17 @@ class Tolerance:
     """How close the networked run must come to the in-process one, on every seed and bidder."""
 
     loss: float  # max over the steps of |loss_networked - loss_in_process|
-    accuracy: float  # |difference| of held-out and whole-training-split accuracy at the end
+    bid: float  # max over the steps and experts of |w_networked - w_in_process|
     revenue: float  # |difference| of the final revenue (self-weight)
+    accuracy: float  # |difference| of held-out and whole-training-split accuracy at the end
 
 
-# Chosen before the reported runs, from pilot runs of 1000 steps on seeds 0-2 (see the module doc).
-TOLERANCE = Tolerance(loss=0.05, accuracy=0.02, revenue=0.01)
+# Set after one pilot (seed 0, 1000 steps, both experiments), which differed by at most 1.2e-6 in
+# the loss, 5.1e-7 in a bid, 6e-8 in the final revenue and not at all in accuracy: about 100 times
+# the rounding seen, and accuracy within 3 of the 359 held-out examples (an argmax may flip on a
+# last-bit difference). A placeholder set before any run (loss 0.05, accuracy 0.02, revenue 0.01)
+# was tightened to these; none was loosened.
+TOLERANCE = Tolerance(loss=1e-4, bid=1e-4, revenue=1e-4, accuracy=0.01)
 
 
 # --- the peer's side ------------------------------------------------------------------------------
@@ -148,8 +155,10 @@ def expert_node(
     return BuiltModel(module=ExpertNode(expert, shift, lr), input_shape=(FEATURES + 1,), output_name="y")
 
 
-def expert_table(index: int, seed: int, config: single_bidder.Config, shift: Shift) -> dict[str, Any]:
-    """One expert peer's config (what its TOML holds)."""
+def expert_table(
+    index: int, seed: int, config: single_bidder.Config, shift: Shift, name: str = ""
+) -> dict[str, Any]:
+    """One expert peer's config (what its TOML holds); ``name`` defaults to expert-<index>."""
     options = {
         "seed": seed,
         "index": index,
@@ -161,7 +170,7 @@ def expert_table(index: int, seed: int, config: single_bidder.Config, shift: Shi
         "shift": shift,
     }
     return {
-        "peer": {"name": f"expert-{index}"},
+        "peer": {"name": name or f"expert-{index}"},
         "models": [
             {
                 "model_id": f"expert-{index}",
@@ -480,6 +489,7 @@ class Comparison:
     def within(self, tolerance: Tolerance = TOLERANCE) -> bool:
         return (
             self.max_loss_difference <= tolerance.loss
+            and self.max_bid_difference <= tolerance.bid
             and self.accuracy_difference <= tolerance.accuracy
             and self.revenue_difference <= tolerance.revenue
         )
@@ -569,6 +579,7 @@ def report(results: list[Comparison], setting: Setting) -> str:
     local_step = sum(r.in_process.seconds for r in results) / (steps * len(results))
     worst = {
         "loss": max(r.max_loss_difference for r in results),
+        "bid": max(r.max_bid_difference for r in results),
         "accuracy": max(r.accuracy_difference for r in results),
         "revenue": max(r.revenue_difference for r in results),
     }
@@ -580,10 +591,10 @@ def report(results: list[Comparison], setting: Setting) -> str:
         "",
         f"per step: networked {per_step * 1000:.0f} ms, in-process {local_step * 1000:.0f} ms;"
         f" peer start-up {sum(r.startup_seconds for r in results) / len(results):.1f} s",
-        f"tolerance: max per-step |loss diff| <= {TOLERANCE.loss}, |accuracy diff| <= {TOLERANCE.accuracy},"
-        f" |final revenue diff| <= {TOLERANCE.revenue}",
-        f"worst over seeds: loss {worst['loss']:.3g}, accuracy {worst['accuracy']:.3g},"
-        f" revenue {worst['revenue']:.3g}",
+        f"tolerance: max per-step |loss diff| <= {TOLERANCE.loss:g}, |bid diff| <= {TOLERANCE.bid:g},"
+        f" |final revenue diff| <= {TOLERANCE.revenue:g}, |accuracy diff| <= {TOLERANCE.accuracy:g}",
+        f"worst over seeds: loss {worst['loss']:.3g}, bid {worst['bid']:.3g}, revenue {worst['revenue']:.3g},"
+        f" accuracy {worst['accuracy']:.3g}",
         f"networked == in-process within tolerance on every seed: {'yes' if agree else 'NO'}",
     ]
     return "\n".join(lines)
