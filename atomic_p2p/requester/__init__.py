@@ -13,6 +13,11 @@ Usage::
         )
         graph = await requester.submit(pipeline, deadline_s=5.0, priority="high")
         graph.outputs["probs"], graph.results["classify"].winner, graph.price
+
+        # gradient bidding (DESIGN section 9): bids, execution, loss, a BidGradient to every bidder
+        async with requester.gradient_market("classify/digits", shift_mode=0.0) as market:
+            round_ = await market.step(batch, labels)
+            round_.loss, [(p.model_id, p.gates.mean(), p.payment, p.applied) for p in round_.peers]
 """
 
 from atomic_p2p.requester.admission import Priority
@@ -20,6 +25,7 @@ from atomic_p2p.requester.bidpolicy import BidPolicy
 from atomic_p2p.requester.client import Requester
 from atomic_p2p.requester.decomposer import FromInput, FromNode, Node, Request, ShardPolicy
 from atomic_p2p.requester.execution import ExecutionPolicy
+from atomic_p2p.requester.gradient import GradientMarket, GradientRound, PeerRound
 from atomic_p2p.requester.graphrun import GraphResult
 from atomic_p2p.requester.scoring import PROFILES, Excluded, Ranking, Scored, Weights, resolve_weights, score
 from atomic_p2p.requester.types import (
@@ -43,10 +49,13 @@ __all__ = [
     "ExecutionPolicy",
     "FromInput",
     "FromNode",
+    "GradientMarket",
+    "GradientRound",
     "GraphResult",
     "NoBidInfo",
     "NoBidKind",
     "Node",
+    "PeerRound",
     "Priority",
     "Ranking",
     "Request",

@@ -31,12 +31,12 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import torch
 
 from atomic_p2p.channels import ChannelPool
-from atomic_p2p.errors import ConfigError
+from atomic_p2p.errors import ConfigError, NoBidsError
 from atomic_p2p.gossip import GossipConfig
 from atomic_p2p.identity import Identity
 from atomic_p2p.requester.admission import Priority, RequestQueue, parse_priority
@@ -49,6 +49,7 @@ from atomic_p2p.requester.discovery import Discovery
 from atomic_p2p.requester.evaluator import EvaluatorConfig
 from atomic_p2p.requester.execution import ExecutionPolicy, Executor
 from atomic_p2p.requester.feedback import FeedbackSender
+from atomic_p2p.requester.gradient import GradientMarket
 from atomic_p2p.requester.graphrun import GraphResult, GraphRun
 from atomic_p2p.requester.memory import MarketMemory
 from atomic_p2p.requester.messages import TaskRef, sign_bid_request
@@ -211,6 +212,28 @@ class Requester:
         await self.discovery.stop()
         await self._pool.close()
         await asyncio.to_thread(self.memory.close)  # flushes the store's last batch
+
+    def gradient_market(self, capability: str, *, batch: int = 1, **options: Any) -> GradientMarket:
+        """A :class:`~atomic_p2p.requester.gradient.GradientMarket` (DESIGN section 9, seller-side)
+        over this requester's candidates for ``capability`` now (fixed peers, then live gossip
+        candidates that accept ``batch``): it signs with this requester's identity, shares its
+        channels and records every payment in its store. ``options`` are GradientMarket's
+        (``loss_fn``, ``shift_mode``, ``k``, ``train_outputs``, ``timeout_s``, ``input_name``).
+        The candidate list is fixed when it is made: make another to take in newcomers.
+        """
+        addresses = self.discovery.candidates(capability, batch)
+        if not addresses:
+            raise NoBidsError(
+                f"no candidate offers {capability!r} yet; pass peers=[...] or wait_for_peers() first"
+            )
+        return GradientMarket(
+            self.identity,
+            addresses,
+            capability=capability,
+            store=self.memory.store,
+            pool=self._pool,
+            **options,
+        )
 
     async def run(
         self,

@@ -473,7 +473,7 @@ def plots(results: Sequence[Result], out: Path, stem: str) -> tuple[Path, Path]:
         ],
     )
     out.mkdir(parents=True, exist_ok=True)
-    figure, axes = plt.subplots(1, 3, figsize=(15, 3.6))
+    figure, axes = plt.subplots(1, 3, figsize=(16, 3.8), layout="constrained")
     matrices = [
         ("win share, start", first.start.wins),
         (f"win share, after {first.end.step} rounds", first.end.wins),

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from atomic_p2p.errors import NoBidsError
 from atomic_p2p.identity import Identity
 from atomic_p2p.peer.config import GradientConfig
+from atomic_p2p.requester import Requester
 from atomic_p2p.requester.gradient import GradientMarket
 from atomic_p2p.store import Store
 from atomic_p2p.testing import digits_batch, running_peers
@@ -101,3 +103,32 @@ async def test_competitive_peers_bid_up_and_plain_peers_sit_out(tmp_path: Path) 
     # Paid per unit of gate, with dg/db > 0 and no cost per bid, each raises its bid.
     for first, last in zip(rounds[0].peers, rounds[-1].peers, strict=True):
         assert float(last.bids[0]) > float(first.bids[0])
+
+
+async def test_the_requester_sdk_opens_a_gradient_market_on_its_candidates(tmp_path: Path) -> None:
+    """Requester.gradient_market: the requester's identity, channels and store (ledger)."""
+    gradient = GradientConfig(enabled=True, lr=0.05)
+    async with running_peers(["small", "large"], tmp_path, model_overrides={"gradient": gradient}) as nodes:
+        async with Requester(
+            peers=[node.address for node in nodes], store=tmp_path / "requester.db"
+        ) as requester:
+            async with requester.gradient_market("classify/digits", shift_mode=0.0) as market:
+                result = await market.step(*digits_batch(BATCH, offset=64))
+                assert market.addresses == tuple(node.address for node in nodes)
+            assert {p.model_id for p in result.peers} == {"digits-small", "digits-large"}
+            assert all(p.applied and p.executed and p.payment > 0 for p in result.peers)
+            # Closing the market leaves the requester's shared channels open.
+            assert (await requester.run("classify/digits", {"x": digits_batch(4)[0]}, deadline_s=5.0)).winner
+            store = requester.memory.store
+            assert store is not None
+            store.flush(timeout=10)
+            charged = {peer: kinds.get("charge", 0.0) for peer, kinds in store.ledger_totals().items()}
+        paid = {p.peer_id: p.payment for p in result.peers}
+        for peer_id, payment in paid.items():
+            assert charged[peer_id] >= payment - 1e-12
+
+
+def test_a_gradient_market_needs_candidates() -> None:
+    unstarted = Requester(bootstrap=["127.0.0.1:9"])  # gossip not joined: no candidate known yet
+    with pytest.raises(NoBidsError, match="wait_for_peers"):
+        unstarted.gradient_market("classify/digits")
