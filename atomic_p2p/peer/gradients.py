@@ -15,13 +15,19 @@ the market learner clips to ``max_norm``), a dL/dy only for a model that opted i
 training (FAILED_PRECONDITION). Then the learner takes one step (cooperative: descend dL/db;
 competitive: ascend price * g - cost * b from dg/db) and the state is checkpointed atomically
 (write a temporary file, then rename) to ``data_dir/bidfn/<model_id>.pt``, which is loaded again
-at start, so a restart keeps what the bid function learnt.
+at start, so a restart keeps what the bid function learnt. A model trained remotely (dL/dy) is
+checkpointed the same way after each step it takes: its weights to ``data_dir/remote/<model_id>.pt``
+(loaded over the factory's weights at start) and its optimiser's state beside them
+(``<model_id>.optim.pt``; an optimiser whose state cannot be loaded safely starts afresh, with a
+warning).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import pickle
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -37,9 +43,12 @@ from atomic_p2p.peer.models import HostedModel
 from atomic_p2p.peer.replay import ExpiringMap
 
 CHECKPOINT_DIR = "bidfn"
+MODEL_CHECKPOINT_DIR = "remote"
 # The previews an ffnn bid function or remote training needs are kept until their bid is
 # forgotten; this caps the memory they may take.
 GRADIENT_MEMORY_BYTES = 256 * 1024 * 1024
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +64,11 @@ class GradientUpdate:
 class BidLearner:
     """One model's bid function and learner, checkpointed under the peer's data directory."""
 
-    def __init__(self, model: HostedModel, checkpoint: Path) -> None:
+    def __init__(self, model: HostedModel, checkpoint: Path, model_checkpoint: Path | None = None) -> None:
         self.model = model
         self.config: GradientConfig = model.config.gradient
         self.checkpoint = checkpoint
+        self.model_checkpoint = model_checkpoint
         config = self.config
         bid_function: torch.nn.Module
         if config.bid_function == "ffnn":
@@ -79,8 +89,27 @@ class BidLearner:
         else:
             self.learner = CooperativeLearner(bid_function, **options)
         self._model_optimizer: torch.optim.Optimizer | None = None
+        self._model_stepped = False
+        self._optimizer_state: dict[str, Any] | None = None  # loaded, applied when it is made
         if checkpoint.exists():
             self.learner.load_state_dict(torch.load(checkpoint, weights_only=True))
+        if config.remote_training and model_checkpoint is not None and model_checkpoint.exists():
+            self._load_model(model_checkpoint)
+
+    def _load_model(self, path: Path) -> None:
+        module = self.model.module
+        module.load_state_dict(torch.load(path, weights_only=True, map_location=self.model.device))
+        optimizer_path = _optimizer_path(path)
+        if optimizer_path.exists():
+            try:
+                self._optimizer_state = torch.load(optimizer_path, weights_only=True)
+            except (pickle.UnpicklingError, RuntimeError) as error:
+                log.warning(
+                    "model %s: optimiser state in %s cannot be loaded safely (%s); it starts afresh",
+                    self.model.model_id,
+                    optimizer_path,
+                    error,
+                )
 
     @property
     def needs_preview(self) -> bool:
@@ -144,20 +173,36 @@ class BidLearner:
             self._model_optimizer = (
                 own() if callable(own) else torch.optim.SGD(module.parameters(), lr=self.config.model_lr)
             )
+            if self._optimizer_state is not None:
+                self._model_optimizer.load_state_dict(self._optimizer_state)
+                self._optimizer_state = None
         optimizer = self._model_optimizer
 
         def step() -> None:
             optimizer.zero_grad(set_to_none=True)
             outputs.backward((gradient * scale).to(dtype=outputs.dtype, device=outputs.device))
             optimizer.step()
+            self._model_stepped = True
 
         return step
 
     def save(self) -> None:
-        self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.checkpoint.with_suffix(f".tmp{os.getpid()}")
-        torch.save(self.learner.state_dict(), temporary)
-        os.replace(temporary, self.checkpoint)
+        _save_atomically(self.learner.state_dict(), self.checkpoint)
+        if self._model_stepped and self.model_checkpoint is not None and self._model_optimizer is not None:
+            _save_atomically(self.model.module.state_dict(), self.model_checkpoint)
+            _save_atomically(self._model_optimizer.state_dict(), _optimizer_path(self.model_checkpoint))
+            self._model_stepped = False
+
+
+def _optimizer_path(model_checkpoint: Path) -> Path:
+    return model_checkpoint.with_name(f"{model_checkpoint.stem}.optim.pt")
+
+
+def _save_atomically(state: Mapping[str, Any], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(state, temporary)
+    os.replace(temporary, path)
 
 
 def _check_finite(field: str, values: torch.Tensor) -> None:
@@ -173,9 +218,14 @@ def _checked_norm(field: str, values: torch.Tensor, reject_norm: float) -> float
 
 
 def load_learners(models: Mapping[str, HostedModel], data_dir: Path) -> dict[str, BidLearner]:
-    """A learner for every model with gradient bidding enabled, from its checkpoint if any."""
+    """A learner for every model with gradient bidding enabled, from its checkpoints if any (a
+    remotely trained model's weights are loaded over what its factory built)."""
     return {
-        model_id: BidLearner(model, data_dir / CHECKPOINT_DIR / f"{model_id}.pt")
+        model_id: BidLearner(
+            model,
+            data_dir / CHECKPOINT_DIR / f"{model_id}.pt",
+            data_dir / MODEL_CHECKPOINT_DIR / f"{model_id}.pt",
+        )
         for model_id, model in models.items()
         if model.config.gradient.enabled
     }

@@ -18,7 +18,7 @@ from atomic_p2p._proto.atomic.v1 import envelope_pb2, market_pb2
 from atomic_p2p._wire import tensor_to_proto
 from atomic_p2p.identity import Identity
 from atomic_p2p.peer.config import GradientConfig, PeerConfig
-from atomic_p2p.peer.gradients import CHECKPOINT_DIR
+from atomic_p2p.peer.gradients import CHECKPOINT_DIR, MODEL_CHECKPOINT_DIR
 from atomic_p2p.peer.node import PeerNode
 from atomic_p2p.tensors import encode
 from atomic_p2p.testing import HandBuyer, example_config
@@ -222,10 +222,21 @@ async def test_remote_training_takes_output_gradients(tmp_path: Path) -> None:
         other = await gradient_bid(buyer)
         wrong = tensor_to_proto(encode(torch.zeros(BATCH, 3), "dy"))
         before = learner_state(node)
+        trained = {k: v.clone() for k, v in module.state_dict().items()}
         assert (await refused(buyer, buyer.gradient(other, [0.1] * BATCH, output_grad=wrong)))[0] == (
             Code.INVALID_ARGUMENT
         )
         assert bit_identical(before, learner_state(node))
+        assert bit_identical(trained, module.state_dict())
+    # A restart loads the remotely trained weights over the factory's, and the optimiser's state.
+    assert (config.data_dir / MODEL_CHECKPOINT_DIR / "digits-small.pt").is_file()
+    async with await PeerNode.start(config) as restarted:
+        assert bit_identical(trained, restarted.models["digits-small"].module.state_dict())
+        learner = restarted._service._learners["digits-small"]
+        assert learner._optimizer_state is not None  # SGD without momentum: param groups only
+        assert learner._optimizer_state["param_groups"][0]["lr"] == pytest.approx(0.01)
+    async with await PeerNode.start(gradient_config(tmp_path / "fresh")) as fresh:
+        assert not bit_identical(trained, fresh.models["digits-small"].module.state_dict())
 
 
 async def test_an_ffnn_bid_function_bids_per_example(tmp_path: Path) -> None:
