@@ -622,15 +622,25 @@ def plots(results: list[Comparison], setting: Setting, out: Path) -> Path:
             revenue[name] = (steps, [r[j] for r in run.history["revenue"]])
         for i in range(setting.expert.n_experts):
             bids[f"{label} w_0{i + 1}"] = (steps, [b[0][i] for b in run.history["bids"]])
+    net, local = first.networked.history, first.in_process.history
+    gap: common.Series = {
+        "max |dloss| over bidders": (net["step"], _step_gaps(net["loss"], local["loss"])),
+        "max |dbid| over bids": (net["step"], _step_gaps(net["bids"], local["bids"])),
+    }
     return common.plot_panels(
         out / f"bidders_networked_{setting.experiment}.png",
         [
             common.Panel("accuracy", "accuracy", accuracy),
             common.Panel("revenue (self-weight)", "revenue", revenue),
             common.Panel("bids of bidder 0", "w", bids),
+            common.Panel("networked - in-process", "|difference|", gap),
         ],
         suptitle=f"{setting.experiment} bidder(s), seed {first.seed}: networked vs in-process",
     )
+
+
+def _step_gaps(a: list, b: list) -> list[float]:
+    return [_max_difference(x, y) for x, y in zip(a, b, strict=True)]
 
 
 def _thin(history: dict[str, list], every: int = 10) -> dict[str, list]:
