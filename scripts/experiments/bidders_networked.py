@@ -519,7 +519,10 @@ def differences(seed: int, networked: Run, local: Run, startup_seconds: float) -
 async def compare(
     seed: int, setting: Setting, data: common.Digits, workdir: Path | None = None, show: bool = False
 ) -> Comparison:
-    """Start the expert peers, train over the network, then train in-process, and compare."""
+    """Start the expert peers, train over the network, then train in-process, and compare.
+
+    ``workdir`` (default: a temporary directory) must be empty: a peer loads the weights it
+    checkpointed there in an earlier run, and would not start from ``seed``."""
     with tempfile.TemporaryDirectory() as tmp:
         tables = [
             expert_table(i, seed, setting.expert, setting.shift) for i in range(setting.expert.n_experts)
