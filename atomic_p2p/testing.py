@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import importlib.util
 import os
 import re
 import secrets
@@ -41,7 +42,7 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
+from types import ModuleType, TracebackType
 from typing import Any
 
 import grpc
@@ -56,6 +57,7 @@ from atomic_p2p.peer.node import PeerNode
 from atomic_p2p.tensors import WireTensor, digest, encode
 
 PEERS_DIR = Path(__file__).resolve().parent.parent / "peers"
+EXPERIMENTS_DIR = PEERS_DIR.parent / "scripts" / "experiments"
 EXAMPLE_PEERS = ("small", "large", "specialist", "slow", "small-fixed", "large-discount")
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 128 * 1024 * 1024),
@@ -231,6 +233,25 @@ async def _stop_processes(peers: Sequence[PeerProcess], grace_s: float) -> None:
             await peer.process.wait()
 
     await asyncio.gather(*(reap(peer) for peer in peers))
+
+
+def load_experiment(name: str) -> ModuleType:
+    """Import ``scripts/experiments/<name>.py`` of a source checkout (scripts/ is not a package)
+    under its own name, once, with its folder on ``sys.path``: the scripts import ``common`` and
+    each other by name, and dataclasses look their module up in ``sys.modules``."""
+    path = EXPERIMENTS_DIR / f"{name}.py"
+    loaded = sys.modules.get(name)
+    if loaded is not None and getattr(loaded, "__file__", None) == str(path):
+        return loaded
+    if str(EXPERIMENTS_DIR) not in sys.path:
+        sys.path.insert(0, str(EXPERIMENTS_DIR))
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"no experiment script {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 def now_ms() -> int:

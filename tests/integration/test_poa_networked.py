@@ -5,34 +5,18 @@ bids; float64 end to end, so in practice exactly)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import tomllib
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 import tomli_w
 
-EXPERIMENTS = Path(__file__).resolve().parents[2] / "scripts" / "experiments"
+from atomic_p2p.testing import load_experiment
 
 pytestmark = pytest.mark.integration
 
 
-def load_script() -> ModuleType:
-    sys.path.insert(0, str(EXPERIMENTS))
-    spec = importlib.util.spec_from_file_location(
-        "price_of_anarchy_networked", EXPERIMENTS / "price_of_anarchy_networked.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 async def test_networked_nodes_replay_the_in_process_game() -> None:
-    script = load_script()
+    script = load_experiment("price_of_anarchy_networked")
     result = await script.compare(seed=3, steps=12, n=4, lr=0.05, gamma=0.5, in_process=True)
     assert result.max_row_difference <= script.TOLERANCE
     assert result.poa_networked == pytest.approx(result.poa_in_process, abs=1e-9)
@@ -41,7 +25,7 @@ async def test_networked_nodes_replay_the_in_process_game() -> None:
 
 def test_node_tables_keep_every_float64_row_exactly_through_toml() -> None:
     """The process mode writes the rows as TOML text: the peer must read back the very same bits."""
-    script = load_script()
+    script = load_experiment("price_of_anarchy_networked")
     games = {seed: script.poa.make_game(seed, 10, 1) for seed in range(20)}
     for index in range(10):
         table = script.node_table(index, games, 0.05)

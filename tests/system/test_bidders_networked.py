@@ -4,8 +4,6 @@ within the script's stated tolerance. A corrupted gradient is refused and moves 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -15,27 +13,16 @@ import grpc
 import pytest
 import torch
 
-from atomic_p2p.testing import peer_processes
+from atomic_p2p.testing import load_experiment, peer_processes
 
-EXPERIMENTS = Path(__file__).resolve().parents[2] / "scripts" / "experiments"
 STEPS, EVAL_EVERY = 20, 10
 
 pytestmark = pytest.mark.system
 
 
-def load_script() -> ModuleType:
-    sys.path.insert(0, str(EXPERIMENTS))
-    spec = importlib.util.spec_from_file_location("bidders_networked", EXPERIMENTS / "bidders_networked.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def script() -> ModuleType:
-    return load_script()
+    return load_experiment("bidders_networked")
 
 
 @pytest.fixture

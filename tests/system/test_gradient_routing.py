@@ -9,30 +9,17 @@ most of its half of the digits, and the market's held-out accuracy beats every s
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-EXPERIMENTS = Path(__file__).resolve().parents[2] / "scripts" / "experiments"
+from atomic_p2p.testing import load_experiment
 
 pytestmark = pytest.mark.system
 
 
-def load_script() -> ModuleType:
-    sys.path.insert(0, str(EXPERIMENTS))
-    spec = importlib.util.spec_from_file_location("gradient_routing", EXPERIMENTS / "gradient_routing.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 async def test_networked_rounds_equal_the_in_process_reference(tmp_path: Path) -> None:
-    routing = load_script()
+    routing = load_experiment("gradient_routing")
     config = routing.Config(steps=12, eval_every=6)
     networked = await routing.run(3, config, tmp_path, show=False)
     local = routing.simulate(3, config, show=False)
@@ -50,7 +37,7 @@ async def test_networked_rounds_equal_the_in_process_reference(tmp_path: Path) -
 
 
 def test_bids_specialise_and_the_market_beats_every_peer() -> None:
-    routing = load_script()
+    routing = load_experiment("gradient_routing")
     result = routing.simulate(0, routing.Config(steps=800, eval_every=800), show=False)
     start, end = result.start, result.end
     spec_low, spec_high = result.names.index("spec-0-4"), result.names.index("spec-5-9")

@@ -4,32 +4,15 @@ BidGradients across process boundaries, and the same seed gives the in-process n
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 
-EXPERIMENTS = Path(__file__).resolve().parents[2] / "scripts" / "experiments"
+from atomic_p2p.testing import load_experiment
 
 pytestmark = pytest.mark.system
 
 
-def load_script() -> ModuleType:
-    sys.path.insert(0, str(EXPERIMENTS))
-    spec = importlib.util.spec_from_file_location(
-        "price_of_anarchy_networked", EXPERIMENTS / "price_of_anarchy_networked.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 async def test_peer_processes_replay_the_in_process_game_exactly() -> None:
-    script = load_script()
+    script = load_experiment("price_of_anarchy_networked")
     experiment = await script.compare_seeds([3, 4], steps=12, n=4, lr=0.05, gamma=0.5)
     for result in experiment.comparisons:
         assert result.max_row_difference == 0.0  # float64 end to end: not merely within 1e-9

@@ -7,33 +7,16 @@ with a few dozen steps. The networked versions reuse these functions, so they ar
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
 from torch.nn import functional
 
-EXPERIMENTS = Path(__file__).resolve().parents[2] / "scripts" / "experiments"
-
-
-def load(name: str) -> ModuleType:
-    """Import scripts/experiments/<name>.py (registered so dataclasses can resolve it)."""
-    if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(
-        EXPERIMENTS / f"{name}.py"
-    ):
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, EXPERIMENTS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+from atomic_p2p.testing import load_experiment as load
 
 
 @pytest.fixture(scope="module")
