@@ -33,7 +33,7 @@ from typing import Any
 
 from atomic_p2p.errors import ConfigError
 from atomic_p2p.faults import FaultPlan
-from atomic_p2p.peer.strategy import STRATEGIES, make_strategy
+from atomic_p2p.peer.strategies import STRATEGIES, make_strategy
 
 MIB = 1024 * 1024
 # Tensors are capped at 64 MiB each (atomic_p2p.tensors); a message also carries envelopes, names,

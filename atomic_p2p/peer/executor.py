@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from atomic_p2p.errors import DeadlineError, LimitExceededError, ReplayError, UnavailableError
-from atomic_p2p.peer.strategy import Load
+from atomic_p2p.peer.strategies import Load
 
 T = TypeVar("T")
 

@@ -26,7 +26,7 @@ import torch
 
 from atomic_p2p.errors import ConfigError, ExecutionError, TensorError
 from atomic_p2p.peer.config import ModelConfig
-from atomic_p2p.peer.strategy import Strategy, make_strategy
+from atomic_p2p.peer.strategies import Strategy, make_strategy
 from atomic_p2p.tensors import DTYPES, NAMES
 
 WARM_UP_BATCH = 8
@@ -73,7 +73,7 @@ class LatencyEwma:
 
 
 class HostedModel:
-    """One model this node serves (implements :class:`~atomic_p2p.peer.strategy.ModelView`)."""
+    """One model this node serves (implements :class:`~atomic_p2p.peer.strategies.ModelView`)."""
 
     def __init__(self, config: ModelConfig, built: BuiltModel, device: torch.device | None = None) -> None:
         if built.input_dtype not in DTYPES:

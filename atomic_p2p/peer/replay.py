@@ -39,7 +39,7 @@ from atomic_p2p.errors import (
     StaleRequestError,
 )
 from atomic_p2p.identity import PeerId
-from atomic_p2p.peer.strategy import FeedbackKind, InputSpec
+from atomic_p2p.peer.strategies import FeedbackKind, InputSpec
 
 REQUEST_ID_BYTES = 16
 

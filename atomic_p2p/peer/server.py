@@ -67,8 +67,8 @@ from atomic_p2p.peer.executor import Executor
 from atomic_p2p.peer.gradients import GradientBook, GradientUpdate, load_learners
 from atomic_p2p.peer.models import HostedModel
 from atomic_p2p.peer.replay import BidBook, BidRequestHeader, IssuedBid, RequestGuard
+from atomic_p2p.peer.strategies import BidTerms, FeedbackKind, InputSpec, NoBid, Notice, Task, decide
 from atomic_p2p.peer.strategies.journal import StrategyJournal
-from atomic_p2p.peer.strategy import BidTerms, FeedbackKind, InputSpec, NoBid, Notice, Task, decide
 from atomic_p2p.tensors import DEFAULT_LIMITS, TensorLimits, check_spec, decode, digest, encode
 
 log = logging.getLogger(__name__)

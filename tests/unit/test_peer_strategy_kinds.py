@@ -16,7 +16,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from atomic_p2p.errors import ConfigError
-from atomic_p2p.peer.strategy import (
+from atomic_p2p.peer.strategies import (
     HISTORY_LENGTH,
     BidTerms,
     FeedbackKind,
