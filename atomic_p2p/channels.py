@@ -40,6 +40,7 @@ class ChannelPool:
         self.faults = FaultInjector(plan) if plan.active else None
         self._channels: dict[str, aio.Channel] = {}
         self._stubs: dict[str, market_pb2_grpc.PeerStub] = {}
+        self._methods: dict[tuple[str, str], aio.UnaryUnaryMultiCallable] = {}
         self._closed = False
 
     def __len__(self) -> int:
@@ -57,6 +58,15 @@ class ChannelPool:
             stub = self._stubs[address] = market_pb2_grpc.PeerStub(channel)
         return stub
 
+    def method(self, address: str, name: str) -> aio.UnaryUnaryMultiCallable:
+        """``/atomic.v1.Peer/<name>`` on ``address``, taking and returning raw bytes (the market
+        codec does the encoding)."""
+        callable_ = self._methods.get((address, name))
+        if callable_ is None:
+            callable_ = self.channel(address).unary_unary(f"/atomic.v1.Peer/{name}")
+            self._methods[(address, name)] = callable_
+        return callable_
+
     def channel(self, address: str) -> aio.Channel:
         """The channel for ``address`` (for other services on the same peer, e.g. health)."""
         self.stub(address)
@@ -70,5 +80,6 @@ class ChannelPool:
         """Close every channel; in-flight calls are cancelled after ``grace_s``."""
         self._closed = True
         channels, self._channels, self._stubs = list(self._channels.values()), {}, {}
+        self._methods = {}
         for channel in channels:
             await channel.close(grace=grace_s)

@@ -25,7 +25,6 @@ from itertools import islice
 from google.protobuf.message import DecodeError
 
 from atomic_p2p._proto.atomic.v1 import gossip_pb2
-from atomic_p2p._wire import envelope_from_proto, envelope_to_proto
 from atomic_p2p.errors import ProtocolError, SignatureError
 from atomic_p2p.gossip.messages import Digest, DigestEntry, GossipRequest, GossipResponse
 from atomic_p2p.gossip.records import (
@@ -43,6 +42,7 @@ from atomic_p2p.gossip.records import (
     check_record,
 )
 from atomic_p2p.identity import PUBLIC_KEY_BYTES, Envelope, Identity, PeerId, verify
+from atomic_p2p.protocol.wire import envelope_from_proto, envelope_to_proto
 
 RECORD_TYPE = gossip_pb2.PeerRecord.DESCRIPTOR.full_name
 HEARTBEAT_TYPE = gossip_pb2.Heartbeat.DESCRIPTOR.full_name

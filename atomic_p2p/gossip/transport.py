@@ -27,7 +27,6 @@ import grpc
 from grpc import aio
 
 from atomic_p2p._proto.atomic.v1 import gossip_pb2
-from atomic_p2p._wire import parse
 from atomic_p2p.channels import ChannelPool
 from atomic_p2p.gossip.codec import (
     Opener,
@@ -42,6 +41,7 @@ from atomic_p2p.gossip.membership import Membership
 from atomic_p2p.gossip.messages import Outgoing
 from atomic_p2p.gossip.records import LoadSummary, ModelAdvert, Rejection
 from atomic_p2p.identity import Identity
+from atomic_p2p.protocol.wire import parse
 
 log = logging.getLogger(__name__)
 

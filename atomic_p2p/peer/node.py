@@ -31,10 +31,12 @@ from atomic_p2p.gossip import GossipConfig, LoadSummary, ModelAdvert, ModelConst
 from atomic_p2p.gossip.transport import GossipAgent
 from atomic_p2p.identity import Identity, PeerId
 from atomic_p2p.peer.config import PeerConfig
-from atomic_p2p.peer.executor import Executor
 from atomic_p2p.peer.models import HostedModel, default_device
+from atomic_p2p.peer.seller import Seller
 from atomic_p2p.peer.server import SERVICE_NAME, PeerService, build_server, wall_ms
+from atomic_p2p.peer.strategies import Strategy
 from atomic_p2p.peer.strategies.journal import JOURNAL_NAME, StrategyJournal
+from atomic_p2p.peer.workers import WorkerPool
 from atomic_p2p.tensors import DEFAULT_LIMITS, TensorLimits
 
 log = logging.getLogger(__name__)
@@ -58,22 +60,43 @@ class PeerNode:
         config: PeerConfig,
         identity: Identity,
         models: Mapping[str, HostedModel],
-        service: PeerService,
         server: grpc.aio.Server,
         health_servicer: health.aio.HealthServicer,
         port: int,
+        limits: TensorLimits = DEFAULT_LIMITS,
     ) -> None:
         self.config = config
         self.identity = identity
         self._models = MappingProxyType(dict(models))
-        self._service = service
         self._server = server
         self._health = health_servicer
         self._port = port
+        # The node's state lives here, and only here: the service and the seller ask for it.
         self.state = NodeState.SERVING
         self.gossip: GossipAgent | None = None
+        self.journal = StrategyJournal(config.data_dir / JOURNAL_NAME)
         # Every outgoing call this node makes (gossip) goes through this pool and its FaultPlan.
         self._pool = ChannelPool(faults=config.faults)
+        self.workers: WorkerPool[bytes] = WorkerPool(
+            max_concurrency=config.max_concurrency,
+            queue_limit=config.queue_limit,
+            # A retry needs a live bid, and the bid book forgets bids after this long.
+            result_ttl_s=config.bid_validity_s + config.replay_window_s,
+            max_results=config.max_remembered,
+        )
+        self.seller = Seller(
+            identity=identity,
+            models=self._models,
+            config=config,
+            started_at_ms=wall_ms(),
+            limits=limits,
+            clock=wall_ms,
+            record_seq=self._record_seq,
+            learned=self._learned,
+        )
+        self.service = PeerService(
+            self.seller, self.workers, draining=lambda: self.draining, gossip=lambda: self.gossip
+        )
 
     @classmethod
     async def start(
@@ -90,32 +113,20 @@ class PeerNode:
             identity = Identity.load_or_create(config.key_path)
         server, health_servicer = build_server(max_message_bytes=config.max_message_bytes)
         port = _bind(server, config)  # before the models: a busy port should not cost a training run
+        node: PeerNode | None = None
         try:
             models = await asyncio.to_thread(load_models, config, device)
-            executor: Executor[bytes] = Executor(
-                max_concurrency=config.max_concurrency,
-                queue_limit=config.queue_limit,
-                # A retry needs a live bid, and the bid book forgets bids after this long.
-                result_ttl_s=config.bid_validity_s + config.replay_window_s,
-                max_results=config.max_remembered,
-            )
-            service = PeerService(
-                identity=identity,
-                models=models,
-                config=config,
-                executor=executor,
-                started_at_ms=wall_ms(),
-                limits=limits,
-            )
-            server.add_generic_rpc_handlers((service.handler(),))
+            node = cls(config, identity, models, server, health_servicer, port, limits)
+            server.add_generic_rpc_handlers((node.service.handler(),))
             await server.start()
         except BaseException:
             await server.stop(None)  # release the port
+            if node is not None:
+                node.workers.close()
+                node.journal.close()
             raise
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        node = cls(config, identity, models, service, server, health_servicer, port)
-        service.journal = StrategyJournal(config.data_dir / JOURNAL_NAME)
         await node._start_gossip()
         log.info("peer %s serving on %s: %s", identity.peer_id.short, node.address, ", ".join(models))
         return node
@@ -143,11 +154,16 @@ class PeerNode:
             pool=self._pool,
             load=self._load_summary,
         )
-        self._service.gossip_agent = self.gossip
         await self.gossip.start()
 
+    def _record_seq(self) -> int:
+        return self.gossip.membership.local_record.seq if self.gossip is not None else 0
+
+    def _learned(self, model_id: str, strategy: Strategy) -> None:
+        self.journal.append(model_id, strategy)
+
     def _load_summary(self) -> LoadSummary:
-        load = self._service.executor.load(self.draining)
+        load = self.workers.load(self.draining)
         return LoadSummary(load.in_flight, load.capacity, load.in_flight / max(1, load.capacity))
 
     @property
@@ -170,10 +186,9 @@ class PeerNode:
         """Take no new work and wait for admitted work; True when all of it finished in time."""
         if self.state is NodeState.SERVING:
             self.state = NodeState.DRAINING
-            self._service.draining = True
             await self._health.enter_graceful_shutdown()
             log.info("peer %s draining", self.peer_id.short)
-        finished = await self._service.executor.drain(timeout)
+        finished = await self.workers.drain(timeout)
         if not finished:
             log.warning("peer %s: work still running after %.1f s of draining", self.peer_id.short, timeout)
         return finished
@@ -186,9 +201,8 @@ class PeerNode:
             await self.gossip.stop(leave=True)  # a signed leave, so others stop soliciting us now
         await self._pool.close()
         await self._server.stop(grace)
-        self._service.executor.close()
-        if self._service.journal is not None:
-            self._service.journal.close()
+        self.workers.close()
+        self.journal.close()
         self.state = NodeState.STOPPED
         log.info("peer %s stopped", self.peer_id.short)
 

@@ -35,8 +35,10 @@ from dataclasses import dataclass, field
 
 from atomic_p2p.errors import AtomicError, SignatureError
 from atomic_p2p.identity import Envelope, PeerId, verify_many
-from atomic_p2p.requester.messages import BID_TYPE, TaskRef, parse_bid
-from atomic_p2p.requester.transport import BidReply, NoBidReply, PeerTransport, status_name
+from atomic_p2p.protocol.codec import BID_TYPE, no_bid_reason_name
+from atomic_p2p.protocol.messages import NoBid, RequestBidsCall
+from atomic_p2p.requester.messages import TaskRef, parse_bid
+from atomic_p2p.requester.transport import Transport, status_name
 from atomic_p2p.requester.types import BidInfo, NoBidInfo, NoBidKind
 
 logger = logging.getLogger(__name__)
@@ -107,14 +109,14 @@ class _PeerAnswer:
 
 
 async def _ask(
-    transport: PeerTransport, address: str, call: CallForBids, timeout_s: float, now_ms: Callable[[], int]
+    transport: Transport, address: str, call: CallForBids, timeout_s: float, now_ms: Callable[[], int]
 ) -> _PeerAnswer:
     """Ask one peer, then verify its bids at once in a worker thread and bind them: verification
     of early answers overlaps the wait for later ones, so the auction pays only for the last."""
     asked = time.perf_counter()
-    answer: list[BidReply] | BaseException
+    answer: Sequence[Envelope | NoBid] | BaseException
     try:
-        answer = await transport.request_bids(address, call.envelope, timeout_s)
+        answer = (await transport.request_bids(address, RequestBidsCall(call.envelope), timeout_s)).outcomes
     except asyncio.CancelledError:
         raise
     except Exception as error:
@@ -167,7 +169,7 @@ class _Closing:
 
 
 async def _solicit(
-    transport: PeerTransport,
+    transport: Transport,
     asks: Sequence[tuple[str, CallForBids]],
     window: _Window,
     now_ms: Callable[[], int],
@@ -231,7 +233,7 @@ def _detail(error: BaseException, reason: str) -> str:
 
 
 def _sort_answer(
-    address: str, answer: list[BidReply] | BaseException, call: CallForBids
+    address: str, answer: Sequence[Envelope | NoBid] | BaseException, call: CallForBids
 ) -> tuple[list[_Unverified], list[NoBidInfo]]:
     tasks = call.tasks
     if isinstance(answer, BaseException):
@@ -256,10 +258,9 @@ def _sort_answer(
     unverified: list[_Unverified] = []
     no_bids: list[NoBidInfo] = []
     for task, reply in zip(tasks, answer, strict=True):
-        if isinstance(reply, NoBidReply):
-            no_bids.append(
-                NoBidInfo(address, NoBidKind.DECLINED, reply.reason, reply.detail, task_id=task.task_id)
-            )
+        if isinstance(reply, NoBid):
+            reason = no_bid_reason_name(reply.reason)
+            no_bids.append(NoBidInfo(address, NoBidKind.DECLINED, reason, reply.detail, task_id=task.task_id))
         else:
             unverified.append(_Unverified(address, task, call.request_id, reply))
     return unverified, no_bids
@@ -310,7 +311,7 @@ def _one_per_peer(bids: Sequence[BidInfo]) -> tuple[list[BidInfo], list[NoBidInf
 
 
 async def collect_round(
-    transport: PeerTransport,
+    transport: Transport,
     asks: Sequence[tuple[str, CallForBids]],
     timeout_s: float,
     now_ms: Callable[[], int],
@@ -340,7 +341,7 @@ async def collect_round(
 
 
 async def collect_bids(
-    transport: PeerTransport,
+    transport: Transport,
     addresses: Sequence[str],
     call: CallForBids,
     timeout_s: float,

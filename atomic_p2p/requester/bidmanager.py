@@ -51,7 +51,7 @@ from atomic_p2p.requester.bidpolicy import (
 )
 from atomic_p2p.requester.messages import TaskRef, sign_bid_request
 from atomic_p2p.requester.profiler import Profile, ProfileKey
-from atomic_p2p.requester.transport import PeerTransport
+from atomic_p2p.requester.transport import Transport
 from atomic_p2p.requester.types import BidInfo, NoBidInfo
 
 logger = logging.getLogger(__name__)
@@ -106,7 +106,7 @@ class BidManager:
 
     def __init__(
         self,
-        transport: PeerTransport,
+        transport: Transport,
         identity: Identity,
         policy: BidPolicy,
         *,

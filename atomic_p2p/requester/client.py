@@ -54,7 +54,7 @@ from atomic_p2p.requester.graphrun import GraphResult, GraphRun
 from atomic_p2p.requester.memory import MarketMemory
 from atomic_p2p.requester.messages import TaskRef, sign_bid_request
 from atomic_p2p.requester.scoring import WeightsSpec, resolve_weights
-from atomic_p2p.requester.transport import PeerTransport
+from atomic_p2p.requester.transport import GrpcTransport, Transport
 from atomic_p2p.requester.types import Result
 
 TASK_ID = "task-0"  # the first task id a requester uses; later ones count up
@@ -145,7 +145,7 @@ class Requester:
         self._bid_share = bid_share
         self._pool = ChannelPool()
         self.discovery = Discovery(self.identity, self.peers, bootstrap, self._pool, gossip)
-        self._transport = PeerTransport(self._pool)
+        self._transport: Transport = GrpcTransport(self._pool)
         self._feedback = FeedbackSender(
             self._transport,
             self.identity,

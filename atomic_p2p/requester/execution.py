@@ -24,8 +24,9 @@ from typing import Protocol
 
 from atomic_p2p.errors import AtomicError, BidExpiredError
 from atomic_p2p.identity import Envelope, Identity
+from atomic_p2p.protocol.messages import ExecuteCall
 from atomic_p2p.requester.messages import ResultReceipt, check_result, sign_order
-from atomic_p2p.requester.transport import PeerTransport
+from atomic_p2p.requester.transport import Transport
 from atomic_p2p.requester.types import Attempt, BidInfo
 from atomic_p2p.tensors import WireTensor
 
@@ -81,7 +82,7 @@ class Executor:
 
     def __init__(
         self,
-        transport: PeerTransport,
+        transport: Transport,
         identity: Identity,
         policy: ExecutionPolicy,
         now_ms: Callable[[], int],
@@ -132,10 +133,10 @@ class Executor:
         order = sign_order(self._identity, request_id, bid, payload.digest, now, now + int(timeout_s * 1000))
         started = time.perf_counter()
         try:
-            result, outputs = await self._transport.execute(
-                bid.address, order, bid.envelope, payload.inputs, timeout_s
+            reply = await self._transport.execute(
+                bid.address, ExecuteCall(order, bid.envelope, payload.inputs), timeout_s
             )
-            receipt = await asyncio.to_thread(check_result, result, outputs, request_id, bid)
+            receipt = await asyncio.to_thread(check_result, reply.result, reply.outputs, request_id, bid)
         except AtomicError as error:
             elapsed = (time.perf_counter() - started) * 1000
             logger.warning(
@@ -147,4 +148,4 @@ class Executor:
             )
             return Attempt(bid, elapsed, error), None
         elapsed = (time.perf_counter() - started) * 1000
-        return Attempt(bid, elapsed), Success(bid, receipt, result)
+        return Attempt(bid, elapsed), Success(bid, receipt, reply.result)

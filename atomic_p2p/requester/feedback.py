@@ -15,10 +15,11 @@ from collections.abc import Callable
 
 from atomic_p2p.errors import AtomicError
 from atomic_p2p.identity import Envelope, Identity
+from atomic_p2p.protocol.messages import FeedbackCall
 from atomic_p2p.requester.execution import Executed
 from atomic_p2p.requester.messages import sign_feedback
 from atomic_p2p.requester.scoring import Ranking
-from atomic_p2p.requester.transport import PeerTransport
+from atomic_p2p.requester.transport import Transport
 from atomic_p2p.requester.types import BidInfo
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,7 @@ class FeedbackSender:
 
     def __init__(
         self,
-        transport: PeerTransport,
+        transport: Transport,
         identity: Identity,
         timeout_s: float,
         now_ms: Callable[[], int],
@@ -89,15 +90,16 @@ class FeedbackSender:
 
     async def _deliver_one(self, bid: BidInfo, notice: Envelope) -> None:
         try:
-            parameters = await self._transport.feedback(bid.address, notice, self._timeout_s)
+            reply = await self._transport.feedback(bid.address, FeedbackCall(notice), self._timeout_s)
         except AtomicError as error:
             logger.debug("feedback to %s not delivered: %s", bid.address, error)
             return
         except Exception:
             logger.warning("feedback to %s failed unexpectedly", bid.address, exc_info=True)
             return
-        if parameters and self._observe is not None:
-            self._observe(bid, parameters)
+        # An unattributed notice is declined; its answer carries no parameters worth keeping.
+        if reply.accepted and reply.strategy_parameters and self._observe is not None:
+            self._observe(bid, reply.strategy_parameters)
 
     async def drain(self) -> None:
         """Wait for notices in flight (each is bounded by its own timeout), then cancel leftovers."""

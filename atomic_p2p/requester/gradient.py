@@ -2,25 +2,31 @@
 
 How this works
 --------------
-DESIGN section 9, seller-side: one :meth:`GradientMarket.step` takes a batch of inputs and their
-targets and
+DESIGN section 9, seller-side (docs/gradient.md): one :meth:`GradientMarket.step` takes a batch of
+inputs and their targets and
 
-1. signs a BidRequest with ``gradient_mode`` and the batch as the task's preview, and asks every
-   candidate address at once; a verified bid that carries one ``bid_values`` entry per example
-   joins the market (a peer that bids without them, or declines, sits this round out);
+1. signs a BidRequest with ``gradient_mode`` and the batch as the task's preview, and collects
+   bids from every candidate address with the same auction round as every other purchase
+   (:func:`~atomic_p2p.requester.auction.collect_round`: one call per peer, bids verified off the
+   event loop and bound to the call); a bid that carries one ``bid_values`` entry per example
+   joins the market (a peer that bids without them, declines or fails sits this round out);
 2. runs the market on the bids (:func:`atomic_p2p.market.shift`, ``masks``, ``top_k``) and executes
-   the batch on every peer with a selected example: the top k by mask, or every positive mask when
-   ``k`` is None (the mixture);
-3. computes the loss and every gradient with :func:`atomic_p2p.market.market_gradients` (peers
-   that did not run contribute zeros; their gate is 0);
-4. signs one BidGradientUpdate per bidder (dL/db, dg/db, the price per unit of gate, and dL/dy for
-   the addresses named in ``train_outputs``, which opted into remote training) and sends them at
-   once; each peer's answer (applied, applied_norm, or the status it refused with) is returned;
+   the batch on every peer with a selected example (the top k by mask, or every positive mask
+   when ``k`` is None: the mixture) through the requester's fallback walk
+   (:class:`~atomic_p2p.requester.execution.Executor`: signed order, call timeout, verified
+   receipt). A peer whose Execute fails, or whose output has another shape than the others', is
+   dropped and the market is cleared again among the rest (so a runner-up takes its place under
+   top-k), until every selected peer has delivered or nobody is left;
+3. computes the loss and every gradient with :func:`atomic_p2p.market.market_gradients` over the
+   peers still in the market (peers that did not run contribute zeros; their gate is 0);
+4. signs one BidGradientUpdate per bidder in the market (dL/db, dg/db, the price per unit of gate,
+   and dL/dy for the addresses named in ``train_outputs``, which opted into remote training) and
+   sends them at once; each peer's answer (applied, applied_norm, or the status it refused with)
+   is returned;
 5. records the payment ``price_i * sum_b g_ib`` of every peer that ran in the store's ledger.
 
 The price of a bid is its ``cost_estimate`` per example, so a peer holding the whole gate of every
-example is paid exactly its quote. Everything on the wire goes through :mod:`transport` helpers'
-types and :mod:`messages` checks; the pure market never sees protobuf.
+example is paid exactly its quote. The pure market never sees the wire.
 """
 
 from __future__ import annotations
@@ -32,19 +38,19 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import torch
-from grpc import aio
 from torch.nn import functional
 
-from atomic_p2p import identity as signing
 from atomic_p2p import tensors
-from atomic_p2p._proto.atomic.v1 import market_pb2
-from atomic_p2p._wire import envelope_to_proto, parse, sign_message, tensor_to_proto
 from atomic_p2p.channels import ChannelPool
-from atomic_p2p.errors import AtomicError, NoBidsError, ProtocolError, from_status
-from atomic_p2p.identity import Envelope, Identity
+from atomic_p2p.errors import AtomicError, NoBidsError, ProtocolError
+from atomic_p2p.identity import Identity
 from atomic_p2p.market import LossFunction, ShiftMode, gates, market_gradients, masks, mixture, shift, top_k
-from atomic_p2p.requester.messages import BID_TYPE, TaskRef, build_task, check_result, parse_bid, sign_order
-from atomic_p2p.requester.transport import PeerTransport, status_name
+from atomic_p2p.protocol import codec
+from atomic_p2p.protocol.messages import BidGradientCall, BidGradientUpdate
+from atomic_p2p.requester.auction import CallForBids, collect_round
+from atomic_p2p.requester.execution import ExecutionPolicy, Executor, Payload
+from atomic_p2p.requester.messages import MAX_PREVIEW_BYTES, build_task, sign_bid_request
+from atomic_p2p.requester.transport import GrpcTransport, Transport, status_name
 from atomic_p2p.requester.types import BidInfo
 from atomic_p2p.store import Store
 from atomic_p2p.store_schema import PaymentKind, PaymentRecord
@@ -69,7 +75,7 @@ class PeerRound:
     payment: float  # price * sum(g), 0 if it did not run
     applied: bool  # the peer applied our gradient
     applied_norm: float
-    refusal: str = ""  # the status it refused the gradient with, if it did
+    refusal: str = ""  # the status it refused the gradient with, or its Execute failed with
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +92,15 @@ class GradientRound:
 class _Bidder:
     info: BidInfo
     values: torch.Tensor
+
+
+@dataclass(slots=True)
+class _Cleared:
+    """The bidders still in the market after execution, their outputs, and who dropped out why."""
+
+    bidders: list[_Bidder]
+    outputs: dict[int, torch.Tensor]  # index into bidders -> output, for those that ran
+    dropped: list[tuple[_Bidder, str]]
 
 
 class GradientMarket:
@@ -105,6 +120,7 @@ class GradientMarket:
         store: Store | None = None,
         pool: ChannelPool | None = None,
         timeout_s: float = 30.0,
+        transport: Transport | None = None,
     ) -> None:
         self.identity = identity
         self.addresses = tuple(addresses)
@@ -116,9 +132,12 @@ class GradientMarket:
         self.train_outputs = frozenset(train_outputs)
         self.store = store
         self.timeout_s = timeout_s
-        self._own_pool = pool is None
-        self._pool = pool or ChannelPool()
-        self._transport = PeerTransport(self._pool)
+        self._own_pool = pool is None and transport is None
+        self._pool = pool or ChannelPool() if transport is None else None
+        self._transport: Transport = transport or GrpcTransport(self._pool or ChannelPool())
+        # Each Execute may take the whole round timeout, as a gradient round waits for every peer.
+        policy = ExecutionPolicy(max_call_s=timeout_s, min_call_s=timeout_s)
+        self._executor = Executor(self._transport, identity, policy, now_ms)
 
     async def __aenter__(self) -> GradientMarket:
         return self
@@ -127,7 +146,7 @@ class GradientMarket:
         await self.close()
 
     async def close(self) -> None:
-        if self._own_pool:
+        if self._own_pool and self._pool is not None:
             await self._pool.close()
 
     async def step(self, inputs: torch.Tensor, targets: torch.Tensor, *, learn: bool = True) -> GradientRound:
@@ -140,27 +159,48 @@ class GradientMarket:
         clock = time.perf_counter()
         request_id = secrets.token_bytes(16)
         wire = tensors.encode(inputs, self.input_name)
-        task = build_task(TASK_ID, self.capability, [wire], preview=True, max_cost=None)
-        if not market_pb2.TaskSpec.FromString(task.spec).preview:
+        if len(wire.data) > MAX_PREVIEW_BYTES:
             raise ProtocolError("gradient mode sends the batch as a preview; this batch is too large for one")
-        bidders = await self._solicit(request_id, task, inputs.shape[0])
+        task = build_task(TASK_ID, self.capability, [wire], preview=True, max_cost=None)
+        issued = now_ms()
+        envelope = sign_bid_request(
+            self.identity,
+            request_id,
+            [task],
+            issued,
+            issued + round(self.timeout_s * 1000),
+            gradient_mode=True,
+        )
+        collected = await collect_round(
+            self._transport,
+            [(a, CallForBids(request_id, (task,), envelope)) for a in self.addresses],
+            self.timeout_s,
+            now_ms,
+        )
+        batch = inputs.shape[0]
+        bidders = [
+            _Bidder(bid, torch.tensor(bid.bid_values, dtype=torch.float32))
+            for bid in collected.bids
+            if len(bid.bid_values) == batch  # without per-example values it cannot take part
+        ]
         if not bidders:
             raise NoBidsError("no candidate answered with a gradient-mode bid")
         phases["bids"], clock = _lap(clock)
-        bids = torch.stack([bidder.values for bidder in bidders])
-        kept = top_k(masks(bids, shift(bids, self.shift_mode)), self.k or len(bidders))
-        running = [bool(row.any()) for row in kept.selected]
-        outputs = await self._execute(request_id, wire, bidders, running)
+        cleared = await self._execute(request_id, Payload((wire,), tensors.digest([wire])), bidders)
         phases["execute"], clock = _lap(clock)
-        prices = [bidder.info.cost / inputs.shape[0] for bidder in bidders]
+        bidders, outputs = cleared.bidders, _stacked(cleared)
+        bids = torch.stack([bidder.values for bidder in bidders])
+        running = [index in cleared.outputs for index in range(len(bidders))]
+        prices = [bidder.info.cost / batch for bidder in bidders]
+        dropped = [_dropped(bidder, reason) for bidder, reason in cleared.dropped]
         if not learn:
-            gate = gates(kept.masks)
+            gate = gates(top_k(masks(bids, shift(bids, self.shift_mode)), self.k or len(bidders)).masks)
             output = mixture(gate, outputs)
             loss = float(self.loss_fn(output, targets))
             peers = [_unlearnt(bidder, gate[i], running[i], prices[i]) for i, bidder in enumerate(bidders)]
             phases["market"], clock = _lap(clock)
             self._record_payments(request_id, peers)
-            return GradientRound(request_id, loss, output, tuple(peers), phases)
+            return GradientRound(request_id, loss, output, tuple(peers + dropped), phases)
         market = market_gradients(bids, outputs, targets, self.loss_fn, shift_mode=self.shift_mode, k=self.k)
         phases["market"], clock = _lap(clock)
         answers = await asyncio.gather(
@@ -196,83 +236,55 @@ class GradientMarket:
             )
         phases["send"], clock = _lap(clock)
         self._record_payments(request_id, peers)
-        return GradientRound(request_id, float(market.loss), market.output, tuple(peers), phases)
+        return GradientRound(request_id, float(market.loss), market.output, tuple(peers + dropped), phases)
 
     # --- the steps ------------------------------------------------------------------------------
 
-    async def _solicit(self, request_id: bytes, task: TaskRef, batch: int) -> list[_Bidder]:
-        issued = now_ms()
-        message = market_pb2.BidRequest(
-            request_id=request_id,
-            requester_id=self.identity.peer_id.raw,
-            issued_at_ms=issued,
-            deadline_ms=issued + round(self.timeout_s * 1000),
-            tasks=[task.spec],
-            gradient_mode=True,
-        )
-        request: Envelope = sign_message(self.identity, message)
-        replies = await asyncio.gather(
-            *(self._transport.request_bids(a, request, self.timeout_s) for a in self.addresses),
-            return_exceptions=True,
-        )
-        bidders = []
-        for address, reply in zip(self.addresses, replies, strict=True):
-            if isinstance(reply, BaseException):
-                if not isinstance(reply, AtomicError):
-                    raise reply
-                continue  # an unreachable or refusing peer sits the round out
-            for outcome in reply:
-                if not isinstance(outcome, Envelope):
-                    continue
-                bidder = self._bidder(outcome, address, request_id, task, batch)
-                if bidder is not None:
-                    bidders.append(bidder)
-        return bidders
-
-    def _bidder(
-        self, envelope: Envelope, address: str, request_id: bytes, task: TaskRef, batch: int
-    ) -> _Bidder | None:
-        try:
-            signer = signing.verify(envelope, BID_TYPE)
-            info = parse_bid(envelope, signer, address, request_id, task, now_ms())
-        except AtomicError:
-            return None
-        values = parse(market_pb2.Bid, envelope.payload, "bid").bid_values
-        if len(values) != batch:
-            return None  # no gradient-mode bid values: it cannot take part in this market
-        return _Bidder(info, torch.tensor(list(values), dtype=torch.float32))
-
-    async def _execute(
-        self, request_id: bytes, wire: tensors.WireTensor, bidders: Sequence[_Bidder], running: Sequence[bool]
-    ) -> torch.Tensor:
-        inputs_digest = tensors.digest([wire])
-
-        async def run(bidder: _Bidder) -> torch.Tensor:
-            issued = now_ms()
-            order = sign_order(
-                self.identity,
-                request_id,
-                bidder.info,
-                inputs_digest,
-                issued,
-                issued + round(self.timeout_s * 1000),
-            )
-            result, outputs = await self._transport.execute(
-                bidder.info.address, order, bidder.info.envelope, [wire], self.timeout_s
-            )
-            receipt = check_result(result, outputs, request_id, bidder.info)
-            if len(receipt.outputs) != 1:
-                raise ProtocolError(
-                    f"{bidder.info.model_id} returned {len(receipt.outputs)} outputs; one expected"
+    async def _execute(self, request_id: bytes, payload: Payload, bidders: list[_Bidder]) -> _Cleared:
+        """Execute on every selected bidder; drop those that fail and clear again among the rest."""
+        cleared = _Cleared(list(bidders), {}, [])
+        deadline = time.monotonic() + self.timeout_s
+        while cleared.bidders:
+            bids = torch.stack([bidder.values for bidder in cleared.bidders])
+            kept = top_k(masks(bids, shift(bids, self.shift_mode)), self.k or len(cleared.bidders))
+            selected = [i for i, row in enumerate(kept.selected) if bool(row.any())]
+            missing = [i for i in selected if i not in cleared.outputs]
+            if not selected:
+                raise NoBidsError("every bid fell below the market shift; no peer executes")
+            if not missing:
+                # Outputs of peers no longer selected would carry a zero gate: leave them out.
+                cleared.outputs = {i: cleared.outputs[i] for i in selected}
+                return cleared
+            runs = await asyncio.gather(
+                *(
+                    self._executor.run(request_id, [cleared.bidders[i].info], payload, deadline)
+                    for i in missing
                 )
-            return next(iter(receipt.outputs.values())).float()
-
-        results = await asyncio.gather(*(run(b) for b, on in zip(bidders, running, strict=True) if on))
-        if not results:
-            raise NoBidsError("every bid fell below the market shift; no peer executes")
-        template = torch.zeros_like(results[0])
-        ran = iter(results)
-        return torch.stack([next(ran) if on else template for on in running])
+            )
+            failed: dict[int, str] = {}
+            for index, executed in zip(missing, runs, strict=True):
+                if executed.success is None:
+                    error = executed.attempts[-1].error if executed.attempts else None
+                    failed[index] = f"execute failed: {status_name(error) if error else 'DEADLINE_EXCEEDED'}"
+                    continue
+                output = _single_output(executed.success.receipt.outputs, cleared.bidders[index].info)
+                if isinstance(output, str):
+                    failed[index] = output
+                else:
+                    cleared.outputs[index] = output
+            failed.update(_shape_misfits(cleared.outputs))
+            if not failed:
+                continue
+            cleared.dropped += [(cleared.bidders[i], reason) for i, reason in sorted(failed.items())]
+            survivors = [i for i in range(len(cleared.bidders)) if i not in failed]
+            cleared.outputs = {
+                new: cleared.outputs[old] for new, old in enumerate(survivors) if old in cleared.outputs
+            }
+            cleared.bidders = [cleared.bidders[i] for i in survivors]
+        raise NoBidsError(
+            "every selected peer failed to execute: "
+            + "; ".join(f"{bidder.info.address}: {reason}" for bidder, reason in cleared.dropped)
+        )
 
     async def _send_gradient(
         self,
@@ -283,24 +295,25 @@ class GradientMarket:
         price: float,
         output_grad: torch.Tensor | None,
     ) -> tuple[bool, float, str]:
-        update = market_pb2.BidGradientUpdate(
+        trains = output_grad is not None and bidder.info.address in self.train_outputs
+        update = BidGradientUpdate(
             request_id=request_id,
             task_id=TASK_ID,
             requester_id=self.identity.peer_id.raw,
-            loss_grad=loss_grad.tolist(),
-            share_grad=share_grad.tolist(),
+            loss_grad=tuple(loss_grad.tolist()),
+            share_grad=tuple(share_grad.tolist()),
+            output_grad=tensors.encode(output_grad, "output_grad")
+            if trains and output_grad is not None
+            else None,
             price=price,
             issued_at_ms=now_ms(),
         )
-        if output_grad is not None and bidder.info.address in self.train_outputs:
-            update.output_grad.CopyFrom(tensor_to_proto(tensors.encode(output_grad, "output_grad")))
-        envelope: Envelope = sign_message(self.identity, update)
-        message = market_pb2.BidGradientRequest(update=envelope_to_proto(envelope))
+        call = BidGradientCall(codec.sign(self.identity, update))
         try:
-            response = await self._pool.stub(bidder.info.address).BidGradient(message, timeout=self.timeout_s)
-        except aio.AioRpcError as error:
-            return False, 0.0, status_name(from_status(error.code(), error.details()))
-        return bool(response.applied), float(response.applied_norm), ""
+            reply = await self._transport.bid_gradient(bidder.info.address, call, self.timeout_s)
+        except AtomicError as error:
+            return False, 0.0, status_name(error)
+        return reply.applied, reply.applied_norm, ""
 
     def _record_payments(self, request_id: bytes, peers: Sequence[PeerRound]) -> None:
         if self.store is None:
@@ -313,9 +326,49 @@ class GradientMarket:
                 )
 
 
+def _single_output(outputs: dict[str, torch.Tensor], bid: BidInfo) -> torch.Tensor | str:
+    if len(outputs) != 1:
+        return f"{bid.model_id} returned {len(outputs)} outputs; one expected"
+    return next(iter(outputs.values())).float()
+
+
+def _shape_misfits(outputs: dict[int, torch.Tensor]) -> dict[int, str]:
+    """Outputs whose shape differs from the most common one (the mixture needs one shape)."""
+    if not outputs:
+        return {}
+    shapes = [tuple(output.shape) for output in outputs.values()]
+    common = max(set(shapes), key=shapes.count)
+    return {
+        index: f"output shape {list(output.shape)} differs from the others' {list(common)}"
+        for index, output in outputs.items()
+        if tuple(output.shape) != common
+    }
+
+
+def _stacked(cleared: _Cleared) -> torch.Tensor:
+    template = torch.zeros_like(next(iter(cleared.outputs.values())))
+    return torch.stack([cleared.outputs.get(i, template) for i in range(len(cleared.bidders))])
+
+
 def _lap(started: float) -> tuple[float, float]:
     now = time.perf_counter()
     return (now - started) * 1000, now
+
+
+def _dropped(bidder: _Bidder, reason: str) -> PeerRound:
+    zeros = torch.zeros_like(bidder.values)
+    return PeerRound(
+        address=bidder.info.address,
+        peer_id=bidder.info.peer_id.hex,
+        model_id=bidder.info.model_id,
+        bids=bidder.values,
+        gates=zeros,
+        executed=False,
+        payment=0.0,
+        applied=False,
+        applied_norm=0.0,
+        refusal=reason,
+    )
 
 
 def _unlearnt(bidder: _Bidder, gate: torch.Tensor, executed: bool, price: float) -> PeerRound:

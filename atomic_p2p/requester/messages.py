@@ -12,8 +12,8 @@ How this works (DESIGN section 4, binding)
   digest. The signed ``ExecuteResult`` must come from the winner, echo the request, task and bid
   digest, and carry the digest of the outputs exactly as they arrived.
 
-This module and :mod:`~atomic_p2p.requester.transport` are the requester's only users of the
-generated protobuf code.
+Every message is a value of :mod:`atomic_p2p.protocol.messages`, turned into bytes and signed by
+the market codec (:mod:`atomic_p2p.protocol.codec`); nothing here touches protobuf.
 """
 
 from __future__ import annotations
@@ -26,26 +26,28 @@ from typing import Literal
 import numpy as np
 import torch
 
-from atomic_p2p import identity as signing
 from atomic_p2p import tensors
-from atomic_p2p._proto.atomic.v1 import market_pb2
-from atomic_p2p._wire import parse, payload_type, sign_message, spec_to_proto, tensor_to_proto
 from atomic_p2p.errors import BidExpiredError, ProtocolError
-from atomic_p2p.gossip.records import ModelConstraints, Resources
 from atomic_p2p.identity import Envelope, Identity, PeerId
+from atomic_p2p.protocol import codec
+from atomic_p2p.protocol.messages import (
+    Bid,
+    BidRequest,
+    ExecuteOrder,
+    ExecuteResult,
+    FeedbackKind,
+    FeedbackNotice,
+    TaskSpec,
+    TensorSpec,
+)
 from atomic_p2p.requester.types import BidInfo
-
-BID_REQUEST_TYPE = payload_type(market_pb2.BidRequest)
-BID_TYPE = payload_type(market_pb2.Bid)
-ORDER_TYPE = payload_type(market_pb2.ExecuteOrder)
-RESULT_TYPE = payload_type(market_pb2.ExecuteResult)
-FEEDBACK_TYPE = payload_type(market_pb2.FeedbackNotice)
 
 # Inline previews let confidence-based strategies look at the data, but a large batch would
 # travel twice; above this size only the specs go out with the call for bids.
 MAX_PREVIEW_BYTES = 1024 * 1024
 
-FeedbackKind = Literal["win", "loss", "outcome"]
+# How callers name a notice's kind: the enum, or its value ("win", "loss", "outcome").
+KindName = FeedbackKind | Literal["win", "loss", "outcome"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,30 +81,38 @@ def build_task(
     model_id: str = "",
 ) -> TaskRef:
     """Serialize one TaskSpec (inputs inline as a preview when asked and small enough)."""
-    spec = market_pb2.TaskSpec(
+    inline = preview and sum(len(wire.data) for wire in inputs) <= MAX_PREVIEW_BYTES
+    spec = TaskSpec(
         task_id=task_id,
         capability=capability,
         model_id=model_id,
-        inputs=[spec_to_proto(wire.name, wire.dtype, wire.shape) for wire in inputs],
+        inputs=tuple(TensorSpec(wire.name, wire.dtype, wire.shape) for wire in inputs),
+        preview=tuple(inputs) if inline else (),
         max_cost=max_cost or 0.0,
     )
-    if preview and sum(len(wire.data) for wire in inputs) <= MAX_PREVIEW_BYTES:
-        spec.preview.extend(tensor_to_proto(wire) for wire in inputs)
-    return TaskRef(task_id, spec.SerializeToString())
+    return TaskRef(task_id, codec.encode(spec))
 
 
 def sign_bid_request(
-    identity: Identity, request_id: bytes, tasks: Sequence[TaskRef], issued_at_ms: int, deadline_ms: int
+    identity: Identity,
+    request_id: bytes,
+    tasks: Sequence[TaskRef],
+    issued_at_ms: int,
+    deadline_ms: int,
+    *,
+    gradient_mode: bool = False,
 ) -> Envelope:
-    message = market_pb2.BidRequest(
-        request_id=request_id,
-        requester_id=identity.peer_id.raw,
-        issued_at_ms=issued_at_ms,
-        deadline_ms=deadline_ms,
-        tasks=[task.spec for task in tasks],
+    return codec.sign(
+        identity,
+        BidRequest(
+            request_id=request_id,
+            requester_id=identity.peer_id.raw,
+            issued_at_ms=issued_at_ms,
+            deadline_ms=deadline_ms,
+            tasks=tuple(task.spec for task in tasks),
+            gradient_mode=gradient_mode,
+        ),
     )
-    envelope: Envelope = sign_message(identity, message)
-    return envelope
 
 
 def _from_float32(value: float) -> float:
@@ -115,7 +125,7 @@ def parse_bid(
     envelope: Envelope, signer: PeerId, address: str, request_id: bytes, task: TaskRef, now_ms: int
 ) -> BidInfo:
     """Check a verified bid envelope binds to this auction; return its terms or raise."""
-    bid = parse(market_pb2.Bid, envelope.payload, "bid")
+    bid = codec.decode(Bid, envelope.payload)
     if bid.peer_id != signer.raw:
         raise ProtocolError("bid peer_id is not the hash of the key that signed it")
     if bid.request_id != request_id:
@@ -135,20 +145,13 @@ def parse_bid(
         valid_until_ms=int(bid.valid_until_ms),
         strategy=bid.strategy,
         envelope=envelope,
-        capabilities=tuple(bid.capabilities),
-        constraints=ModelConstraints(
-            max_input_tokens=bid.constraints.max_input_tokens,
-            supported_languages=tuple(bid.constraints.supported_languages),
-            max_batch=bid.constraints.max_batch,
-        ),
-        resources=Resources(
-            bid.resource_requirements.cpu_cores,
-            bid.resource_requirements.memory_mb,
-            bid.resource_requirements.gpu_memory_mb,
-        ),
+        capabilities=bid.capabilities,
+        constraints=bid.constraints,
+        resources=bid.resource_requirements,
         request_id=bid.request_id,
         reusable_ttl_ms=int(bid.reusable_ttl_ms),
         record_seq=int(bid.record_seq),
+        bid_values=bid.bid_values,
     )
 
 
@@ -161,7 +164,7 @@ def sign_order(
     deadline_ms: int,
 ) -> Envelope:
     """Sign the order to run ``bid``; ``inputs_digest`` is :func:`atomic_p2p.tensors.digest` of the inputs."""
-    message = market_pb2.ExecuteOrder(
+    order = ExecuteOrder(
         request_id=request_id,
         task_id=bid.task_id,
         bid_digest=bid.digest,
@@ -169,8 +172,7 @@ def sign_order(
         inputs_digest=inputs_digest,
         deadline_ms=deadline_ms,
     )
-    envelope: Envelope = sign_message(identity, message)
-    return envelope
+    return codec.sign(identity, order)
 
 
 def check_result(
@@ -181,8 +183,7 @@ def check_result(
     CPU-bound (a signature check, a digest over every output byte, a copy per tensor): the
     caller runs it in a worker thread.
     """
-    signing.verify(envelope, RESULT_TYPE, expected_signer=bid.peer_id)
-    result = parse(market_pb2.ExecuteResult, envelope.payload, "execute result")
+    _, result = codec.open_signed(envelope, ExecuteResult, expected_signer=bid.peer_id)
     if result.request_id != request_id or result.task_id != bid.task_id:
         raise ProtocolError("result echoes a different request or task")
     if result.peer_id != bid.peer_id.raw or result.bid_digest != bid.digest:
@@ -201,7 +202,7 @@ def sign_feedback(
     identity: Identity,
     request_id: bytes,
     bid: BidInfo,
-    kind: FeedbackKind,
+    kind: KindName,
     issued_at_ms: int,
     *,
     clearing_price: float = 0.0,
@@ -209,16 +210,15 @@ def sign_feedback(
     outcome_score: float = 0.0,
 ) -> Envelope:
     """Sign a FeedbackNotice about ``bid``."""
-    message = market_pb2.FeedbackNotice(
+    notice = FeedbackNotice(
         request_id=request_id,
         task_id=bid.task_id,
         requester_id=identity.peer_id.raw,
-        kind=market_pb2.FeedbackKind.Value(f"FEEDBACK_KIND_{kind.upper()}"),
+        kind=FeedbackKind(kind),
         clearing_price=clearing_price,
         score_to_win=score_to_win,
         outcome_score=outcome_score,
         issued_at_ms=issued_at_ms,
         model_id=bid.model_id,
     )
-    envelope: Envelope = sign_message(identity, message)
-    return envelope
+    return codec.sign(identity, notice)

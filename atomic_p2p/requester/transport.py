@@ -1,106 +1,90 @@
-"""The requester's gRPC edge: one method per RPC, domain types in and out, errors mapped back.
+"""The requester's seam to the network: the :class:`Transport` protocol and its gRPC implementation.
 
-Every call carries a gRPC deadline (the caller passes the smaller of the request's remaining
-budget and the call's own timeout), and every failure surfaces as an :class:`AtomicError`
-subclass through :func:`atomic_p2p.errors.from_status`, so nothing above this module sees grpc.
+A transport carries the four market RPCs between a requester and a peer address: domain frames
+(:mod:`atomic_p2p.protocol.messages`) in, domain frames out, and every failure as an
+:class:`~atomic_p2p.errors.AtomicError` subclass, so nothing above this module sees grpc.
+:class:`GrpcTransport` sends codec bytes over a
+shared :class:`~atomic_p2p.channels.ChannelPool`; :class:`atomic_p2p.testing.InMemoryNetwork`
+hands the same bytes to peers in the same process, with no sockets.
+
+Every call carries a deadline (the caller passes the smaller of the request's remaining budget and
+the call's own timeout); a call with no time left fails at once with DeadlineError.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 import grpc
 from grpc import aio
 
-from atomic_p2p._proto.atomic.v1 import market_pb2
-from atomic_p2p._wire import envelope_from_proto, envelope_to_proto, tensors_from_proto, tensors_to_proto
 from atomic_p2p.channels import ChannelPool
-from atomic_p2p.errors import AtomicError, DeadlineError, ProtocolError, from_status
-from atomic_p2p.identity import Envelope
-from atomic_p2p.tensors import WireTensor
+from atomic_p2p.errors import DeadlineError, from_status
+from atomic_p2p.protocol import codec
+from atomic_p2p.protocol.messages import (
+    BidGradientCall,
+    BidGradientReply,
+    Call,
+    ExecuteCall,
+    ExecuteReply,
+    FeedbackCall,
+    FeedbackReply,
+    RequestBidsCall,
+    RequestBidsReply,
+)
 
-_REASON_PREFIX = "NO_BID_REASON_"
-
-
-@dataclass(frozen=True, slots=True)
-class NoBidReply:
-    """A peer's NoBid for one task; ``reason`` is the enum name without its prefix, lower case."""
-
-    task_id: str
-    reason: str
-    detail: str
-
-
-BidReply = Envelope | NoBidReply
+R = TypeVar("R")
 
 
-def _reason_name(value: int) -> str:
-    try:
-        name = market_pb2.NoBidReason.Name(value)  # type: ignore[arg-type]
-    except ValueError:
-        return f"reason_{value}"  # a newer peer may know reasons we do not
-    return name.removeprefix(_REASON_PREFIX).lower()
+class Transport(Protocol):
+    """Carries market calls to a peer address. Implementations raise AtomicError subclasses only."""
+
+    async def request_bids(
+        self, address: str, call: RequestBidsCall, timeout_s: float
+    ) -> RequestBidsReply: ...
+
+    async def execute(self, address: str, call: ExecuteCall, timeout_s: float) -> ExecuteReply: ...
+
+    async def feedback(self, address: str, call: FeedbackCall, timeout_s: float) -> FeedbackReply: ...
+
+    async def bid_gradient(
+        self, address: str, call: BidGradientCall, timeout_s: float
+    ) -> BidGradientReply: ...
 
 
-def _outcome(outcome: market_pb2.BidOutcome) -> BidReply:
-    which = outcome.WhichOneof("outcome")
-    if which == "bid":
-        return envelope_from_proto(outcome.bid)
-    if which == "no_bid":
-        no_bid = outcome.no_bid
-        return NoBidReply(no_bid.task_id, _reason_name(no_bid.reason), no_bid.detail)
-    raise ProtocolError("a bid outcome holds neither a bid nor a no-bid")
-
-
-def _mapped(error: aio.AioRpcError) -> AtomicError:
-    return from_status(error.code(), error.details())
-
-
-def _check_budget(timeout_s: float, what: str) -> None:
+def check_budget(timeout_s: float, what: str) -> None:
+    """No call goes out without time left for it."""
     if timeout_s <= 0:
         raise DeadlineError(f"no time left for {what}")
 
 
-class PeerTransport:
-    """Calls the ``atomic.v1.Peer`` service on any address, over a shared :class:`ChannelPool`."""
+class GrpcTransport:
+    """:class:`Transport` over gRPC: one call per RPC on the pool's channel for the address."""
 
     def __init__(self, pool: ChannelPool) -> None:
         self._pool = pool
 
-    async def request_bids(self, address: str, request: Envelope, timeout_s: float) -> list[BidReply]:
-        _check_budget(timeout_s, "bids")
-        message = market_pb2.RequestBidsRequest(request=envelope_to_proto(request))
-        try:
-            response = await self._pool.stub(address).RequestBids(message, timeout=timeout_s)
-        except aio.AioRpcError as error:
-            raise _mapped(error) from None
-        return [_outcome(outcome) for outcome in response.outcomes]
+    async def request_bids(self, address: str, call: RequestBidsCall, timeout_s: float) -> RequestBidsReply:
+        return await self._call(address, "RequestBids", call, RequestBidsReply, timeout_s, "bids")
 
-    async def execute(
-        self, address: str, order: Envelope, bid: Envelope, inputs: Sequence[WireTensor], timeout_s: float
-    ) -> tuple[Envelope, list[WireTensor]]:
-        _check_budget(timeout_s, "execution")
-        message = market_pb2.ExecuteRequest(
-            order=envelope_to_proto(order), bid=envelope_to_proto(bid), inputs=tensors_to_proto(inputs)
-        )
-        try:
-            response = await self._pool.stub(address).Execute(message, timeout=timeout_s)
-        except aio.AioRpcError as error:
-            raise _mapped(error) from None
-        if not response.HasField("result"):
-            raise ProtocolError("execute response carries no signed result")
-        return envelope_from_proto(response.result), tensors_from_proto(response.outputs)
+    async def execute(self, address: str, call: ExecuteCall, timeout_s: float) -> ExecuteReply:
+        return await self._call(address, "Execute", call, ExecuteReply, timeout_s, "execution")
 
-    async def feedback(self, address: str, notice: Envelope, timeout_s: float) -> dict[str, float]:
-        """Deliver a notice; returns the peer's strategy parameters after it learned (may be empty)."""
-        _check_budget(timeout_s, "feedback")
-        message = market_pb2.FeedbackRequest(notice=envelope_to_proto(notice))
+    async def feedback(self, address: str, call: FeedbackCall, timeout_s: float) -> FeedbackReply:
+        return await self._call(address, "Feedback", call, FeedbackReply, timeout_s, "feedback")
+
+    async def bid_gradient(self, address: str, call: BidGradientCall, timeout_s: float) -> BidGradientReply:
+        return await self._call(address, "BidGradient", call, BidGradientReply, timeout_s, "a gradient")
+
+    async def _call(
+        self, address: str, method: str, call: Call, reply: type[R], timeout_s: float, what: str
+    ) -> R:
+        check_budget(timeout_s, what)
         try:
-            response = await self._pool.stub(address).Feedback(message, timeout=timeout_s)
+            raw = await self._pool.method(address, method)(codec.encode(call), timeout=timeout_s)
         except aio.AioRpcError as error:
-            raise _mapped(error) from None
-        return dict(response.strategy_parameters) if response.accepted else {}
+            raise from_status(error.code(), error.details()) from None
+        return codec.decode(reply, raw)
 
 
 def status_name(error: BaseException) -> str:

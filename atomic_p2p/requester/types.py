@@ -41,6 +41,7 @@ class BidInfo:
     reusable_ttl_ms: int = field(default=0, repr=False)  # > 0: the peer lets the bid be reused
     record_seq: int = field(default=0, repr=False)  # the peer's gossip record seq when it bid
     reused: bool = False  # taken from the bid cache rather than from a call for bids
+    bid_values: tuple[float, ...] = field(default=(), repr=False)  # gradient mode: b per example
 
     @property
     def digest(self) -> bytes:

@@ -49,7 +49,7 @@ from atomic_p2p.requester.evaluator import Ask
 from atomic_p2p.requester.execution import ExecutionPolicy, Executor, Payload
 from atomic_p2p.requester.messages import build_task, sign_bid_request
 from atomic_p2p.requester.profiler import shape_bucket
-from atomic_p2p.requester.transport import PeerTransport
+from atomic_p2p.requester.transport import GrpcTransport
 from atomic_p2p.testing import weights_cache_dir
 
 from .policies import LoggedTask, Outcome
@@ -241,7 +241,7 @@ class _Market:
         self.nodes: dict[str, PeerNode] = {}
         self.identity = Identity.generate()
         self.pool = ChannelPool()
-        self.transport = PeerTransport(self.pool)
+        self.transport = GrpcTransport(self.pool)
         self.executor = Executor(self.transport, self.identity, ExecutionPolicy(), _now_ms)
 
     async def start(self, peer: PeerSpec) -> None:

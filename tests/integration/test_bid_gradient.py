@@ -46,7 +46,7 @@ async def buyer(node: PeerNode) -> AsyncIterator[HandBuyer]:
 
 
 def learner_state(node: PeerNode) -> dict[str, torch.Tensor]:
-    learner = node._service._learners["digits-small"]
+    learner = node.seller.learners["digits-small"]
     return {name: tensor.clone() for name, tensor in learner.learner.bid_function.state_dict().items()}
 
 
@@ -232,7 +232,7 @@ async def test_remote_training_takes_output_gradients(tmp_path: Path) -> None:
     assert (config.data_dir / MODEL_CHECKPOINT_DIR / "digits-small.pt").is_file()
     async with await PeerNode.start(config) as restarted:
         assert bit_identical(trained, restarted.models["digits-small"].module.state_dict())
-        learner = restarted._service._learners["digits-small"]
+        learner = restarted.seller.learners["digits-small"]
         assert learner._optimizer_state is not None  # SGD without momentum: param groups only
         assert learner._optimizer_state["param_groups"][0]["lr"] == pytest.approx(0.01)
     async with await PeerNode.start(gradient_config(tmp_path / "fresh")) as fresh:
@@ -253,7 +253,7 @@ async def test_an_ffnn_bid_function_bids_per_example(tmp_path: Path) -> None:
 async def test_over_its_memory_a_peer_bids_without_bid_values(tmp_path: Path) -> None:
     config = gradient_config(tmp_path, bid_function="ffnn")
     async with await PeerNode.start(config) as node, HandBuyer(node.address) as buyer:
-        node._service._gradients.max_bytes = 100  # one 4 x 64 float32 preview is 1 KiB
+        node.seller.gradients.max_bytes = 100  # one 4 x 64 float32 preview is 1 KiB
         bid = await gradient_bid(buyer)
         assert list(market_pb2.Bid.FromString(bid.payload).bid_values) == []
         code, details = await refused(buyer, buyer.gradient(bid, [0.1] * BATCH))

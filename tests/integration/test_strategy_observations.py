@@ -38,7 +38,7 @@ async def test_feedback_answers_land_in_the_store_as_strategy_series(tmp_path: P
 
 
 def test_only_finite_top_level_numbers_travel() -> None:
-    from atomic_p2p.peer.server import numeric_parameters
+    from atomic_p2p.peer.seller import numeric_parameters
 
     snapshot = {
         "wins": 3,

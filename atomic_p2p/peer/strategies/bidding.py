@@ -8,40 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
+
+from atomic_p2p.protocol.messages import FeedbackKind, NoBidReason, TensorSpec
 
 if TYPE_CHECKING:
     import torch
 
 
-class NoBidReason(Enum):
-    """Why a peer declines a task (mirrors the wire enum ``NoBidReason``)."""
-
-    UNSPECIFIED = "unspecified"
-    UNKNOWN_CAPABILITY = "unknown_capability"
-    UNKNOWN_MODEL = "unknown_model"
-    OVERLOADED = "overloaded"
-    CONSTRAINT_VIOLATED = "constraint_violated"
-    BAD_INPUT_SPEC = "bad_input_spec"
-    DEADLINE_TOO_SHORT = "deadline_too_short"
-    BELOW_COST = "below_cost"
-    DRAINING = "draining"
-
-
-class FeedbackKind(Enum):
-    WIN = "win"
-    LOSS = "loss"
-    OUTCOME = "outcome"
-
-
-@dataclass(frozen=True, slots=True)
-class InputSpec:
-    """dtype and full shape (batch first) of one input a task will carry."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
+# The wire's enums and tensor spec are the strategies' own: one type per concept.
+InputSpec = TensorSpec  # dtype and full shape (batch first) of one input a task will carry
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,7 +15,7 @@ from atomic_p2p.errors import (
     ReplayError,
     UnavailableError,
 )
-from atomic_p2p.peer.executor import Executor
+from atomic_p2p.peer.workers import WorkerPool
 
 WAIT_S = 10.0
 
@@ -61,14 +61,14 @@ class Clock:
 
 
 @pytest.fixture
-async def executor() -> AsyncIterator[Executor[str]]:
-    pool: Executor[str] = Executor(max_concurrency=2, queue_limit=1, result_ttl_s=60)
+async def executor() -> AsyncIterator[WorkerPool[str]]:
+    pool: WorkerPool[str] = WorkerPool(max_concurrency=2, queue_limit=1, result_ttl_s=60)
     yield pool
     await pool.drain(WAIT_S)
     pool.close()
 
 
-async def test_concurrent_duplicates_share_one_execution(executor: Executor[str]) -> None:
+async def test_concurrent_duplicates_share_one_execution(executor: WorkerPool[str]) -> None:
     gate = Gate()
     first = asyncio.ensure_future(executor.run("k", b"order", gate.job("result")))
     await gate.until_running(1)
@@ -78,7 +78,7 @@ async def test_concurrent_duplicates_share_one_execution(executor: Executor[str]
     assert gate.calls == 1
 
 
-async def test_a_retry_after_completion_gets_the_first_result(executor: Executor[str]) -> None:
+async def test_a_retry_after_completion_gets_the_first_result(executor: WorkerPool[str]) -> None:
     gate = Gate()
     gate.release.set()
     assert await executor.run("k", b"order", gate.job("first")) == "first"
@@ -86,7 +86,7 @@ async def test_a_retry_after_completion_gets_the_first_result(executor: Executor
     assert gate.calls == 1
 
 
-async def test_a_different_order_for_a_known_task_is_a_replay(executor: Executor[str]) -> None:
+async def test_a_different_order_for_a_known_task_is_a_replay(executor: WorkerPool[str]) -> None:
     gate = Gate()
     running = asyncio.ensure_future(executor.run("k", b"order", gate.job("a")))
     await gate.until_running(1)
@@ -99,7 +99,7 @@ async def test_a_different_order_for_a_known_task_is_a_replay(executor: Executor
     assert gate.calls == 1
 
 
-async def test_concurrency_is_bounded_and_the_queue_refuses_when_full(executor: Executor[str]) -> None:
+async def test_concurrency_is_bounded_and_the_queue_refuses_when_full(executor: WorkerPool[str]) -> None:
     gate = Gate()
     admitted = [asyncio.ensure_future(executor.run(i, b"o", gate.job(str(i)))) for i in range(3)]
     await gate.until_running(2)
@@ -116,7 +116,7 @@ async def test_concurrency_is_bounded_and_the_queue_refuses_when_full(executor: 
 
 
 async def test_an_order_whose_deadline_passes_in_the_queue_leaves_no_trace() -> None:
-    pool: Executor[str] = Executor(max_concurrency=1, queue_limit=1, result_ttl_s=60)
+    pool: WorkerPool[str] = WorkerPool(max_concurrency=1, queue_limit=1, result_ttl_s=60)
     gate = Gate()
     busy = asyncio.ensure_future(pool.run("busy", b"o", gate.job("busy")))
     await gate.until_running(1)
@@ -129,7 +129,7 @@ async def test_an_order_whose_deadline_passes_in_the_queue_leaves_no_trace() -> 
     pool.close()
 
 
-async def test_a_failure_is_remembered_like_a_result(executor: Executor[str]) -> None:
+async def test_a_failure_is_remembered_like_a_result(executor: WorkerPool[str]) -> None:
     calls = 0
 
     def broken() -> str:
@@ -145,7 +145,7 @@ async def test_a_failure_is_remembered_like_a_result(executor: Executor[str]) ->
 
 async def test_results_expire_after_their_ttl() -> None:
     clock = Clock()
-    pool: Executor[str] = Executor(max_concurrency=1, queue_limit=0, result_ttl_s=5, clock=clock)
+    pool: WorkerPool[str] = WorkerPool(max_concurrency=1, queue_limit=0, result_ttl_s=5, clock=clock)
     gate = Gate()
     gate.release.set()
     assert await pool.run("k", b"o", gate.job("first")) == "first"
@@ -157,7 +157,7 @@ async def test_results_expire_after_their_ttl() -> None:
 
 
 async def test_remembered_results_are_capped() -> None:
-    pool: Executor[str] = Executor(max_concurrency=1, queue_limit=0, result_ttl_s=60, max_results=2)
+    pool: WorkerPool[str] = WorkerPool(max_concurrency=1, queue_limit=0, result_ttl_s=60, max_results=2)
     for key in ("a", "b"):
         await pool.run(key, b"o", lambda: "done")
     with pytest.raises(LimitExceededError, match="results held"):
@@ -166,7 +166,7 @@ async def test_remembered_results_are_capped() -> None:
     pool.close()
 
 
-async def test_drain_finishes_admitted_work_and_refuses_new(executor: Executor[str]) -> None:
+async def test_drain_finishes_admitted_work_and_refuses_new(executor: WorkerPool[str]) -> None:
     gate = Gate()
     running = asyncio.ensure_future(executor.run("k", b"o", gate.job("done")))
     await gate.until_running(1)
@@ -180,7 +180,7 @@ async def test_drain_finishes_admitted_work_and_refuses_new(executor: Executor[s
     assert running.result() == "done"
 
 
-async def test_drain_reports_work_that_did_not_finish_in_time(executor: Executor[str]) -> None:
+async def test_drain_reports_work_that_did_not_finish_in_time(executor: WorkerPool[str]) -> None:
     gate = Gate()
     running = asyncio.ensure_future(executor.run("k", b"o", gate.job("done")))
     await gate.until_running(1)
@@ -189,7 +189,7 @@ async def test_drain_reports_work_that_did_not_finish_in_time(executor: Executor
     assert await asyncio.wait_for(running, WAIT_S) == "done"
 
 
-async def test_a_caller_that_goes_away_does_not_cancel_the_work(executor: Executor[str]) -> None:
+async def test_a_caller_that_goes_away_does_not_cancel_the_work(executor: WorkerPool[str]) -> None:
     gate = Gate()
     impatient = asyncio.ensure_future(executor.run("k", b"o", gate.job("done")))
     await gate.until_running(1)

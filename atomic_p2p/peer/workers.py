@@ -17,7 +17,7 @@ same size; torch releases the GIL, so calls really overlap.
 - Remembered results are capped at ``max_results``; when full of unexpired results, new work is
   refused rather than forgetting a result whose order could still be replayed.
 - Callers wait through ``asyncio.shield``: a caller that disconnects does not cancel work that a
-  duplicate, or :meth:`Executor.drain`, is waiting for.
+  duplicate, or :meth:`WorkerPool.drain`, is waiting for.
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ class _Call(Generic[T]):
     expires_at: float = 0.0
 
 
-class Executor(Generic[T]):
+class WorkerPool(Generic[T]):
+    """The worker pool that runs paid model calls; see the module docstring."""
+
     def __init__(
         self,
         *,

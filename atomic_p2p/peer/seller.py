@@ -1,0 +1,415 @@
+"""The seller: what a peer decides about every market message, with no I/O (sans-I/O core).
+
+How this works
+--------------
+:class:`Seller` takes decoded frames (:mod:`atomic_p2p.protocol.messages`) and the time, and
+returns the answer frames, or raises the :class:`~atomic_p2p.errors.AtomicError` the caller
+deserves. It holds the replay guard, the bid book, the strategies and the gradient learners; it
+never touches a socket, a thread or the event loop. The servicer
+(:class:`atomic_p2p.peer.server.PeerService`) decodes bytes, calls it, runs the slow parts where
+they belong (strategy previews and forward passes off the loop, at most once per order through
+the worker pool) and encodes the answer; the in-memory network of :mod:`atomic_p2p.testing`
+calls the same servicer without gRPC.
+
+RequestBids (:meth:`Seller.open_request`, :meth:`Seller.decide`, :meth:`Seller.answer`): verify
+the request -> admit it (skew window, node start, fresh request id, deadline, task count) -> parse
+each TaskSpec (its digest is sha256 of the bytes as received) -> the bid book has room -> the
+strategies decide -> sign each Bid and remember it.
+
+Execute (:meth:`Seller.open_order`, then :meth:`Seller.perform` in a worker): verify the bid
+(signed by this node) and the order (signed by the requester that asked for the bid) -> the order
+names that bid's digest and ids (or reuses a reusable bid) -> the bid is live -> decode the inputs
+under limits -> their digest matches the order -> dtype and shape fit the model and the bid ->
+deadline -> forward pass -> a signed ExecuteResult.
+
+Feedback: verify -> the notice's requester signed it -> a bid of ours, for that requester -> not a
+repeat -> the strategy learns. BidGradient (:mod:`atomic_p2p.peer.gradients`): verify -> the
+update's requester signed it -> a gradient-mode bid we issued to that signer -> not yet applied ->
+the learner checks shape, finiteness and norm, then steps and checkpoints.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from atomic_p2p.errors import (
+    BidExpiredError,
+    DeadlineError,
+    LimitExceededError,
+    PreconditionError,
+    ProtocolError,
+    SignatureError,
+)
+from atomic_p2p.identity import Envelope, Identity
+from atomic_p2p.peer.config import PeerConfig
+from atomic_p2p.peer.gradients import BidLearner, GradientBook, GradientUpdate, load_learners
+from atomic_p2p.peer.models import HostedModel
+from atomic_p2p.peer.replay import BidBook, BidRequestHeader, IssuedBid, RequestGuard
+from atomic_p2p.peer.strategies import BidTerms, Load, NoBid, Notice, Strategy, Task, decide
+from atomic_p2p.protocol import codec
+from atomic_p2p.protocol.messages import (
+    Bid,
+    BidGradientCall,
+    BidGradientReply,
+    BidGradientUpdate,
+    BidRequest,
+    ExecuteCall,
+    ExecuteOrder,
+    ExecuteReply,
+    ExecuteResult,
+    FeedbackCall,
+    FeedbackKind,
+    FeedbackNotice,
+    FeedbackReply,
+    RequestBidsCall,
+    RequestBidsReply,
+    TaskSpec,
+)
+from atomic_p2p.protocol.messages import NoBid as WireNoBid
+from atomic_p2p.tensors import DEFAULT_LIMITS, TensorLimits, check_spec, decode, digest, encode
+
+# Below this measured forward time, a preview runs inline: a hop to a worker thread and back
+# (~0.2 ms on a 2-core box) would cost more than the forward pass it moves off the loop.
+INLINE_FORWARD_MS = 0.5
+
+Decision = tuple[HostedModel, BidTerms] | NoBid
+
+
+@dataclass(frozen=True, slots=True)
+class OpenRequest:
+    """A verified, admitted BidRequest with its tasks parsed (and each task's digest)."""
+
+    header: BidRequestHeader
+    request: BidRequest
+    tasks: tuple[tuple[Task, bytes], ...]
+
+    @property
+    def has_preview(self) -> bool:
+        return any(task.preview for task, _ in self.tasks)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """An order that passed every check: what to run, and how the worker pool keys it."""
+
+    key: tuple[bytes, str]  # (request id, task id) of the order: at most once per key
+    fingerprint: bytes  # bid digest + inputs digest: a retry must match it
+    timeout_s: float | None  # how long it may wait for a worker (the order's deadline)
+    model: HostedModel
+    inputs: torch.Tensor
+    issued: IssuedBid
+    order: ExecuteOrder
+
+
+class Seller:
+    """A peer's decisions on every market message; see the module docstring.
+
+    ``record_seq`` reads the seq of the node's current gossip record (0 without gossip): a bid
+    names it, and a reused bid is honoured only while it is unchanged. ``learned`` hears every
+    model whose strategy learned from a notice (the node journals it). ``clock`` (Unix ms) stamps
+    results finished in a worker; every other method takes ``now_ms`` from its caller.
+    """
+
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        models: Mapping[str, HostedModel],
+        config: PeerConfig,
+        started_at_ms: int,
+        limits: TensorLimits = DEFAULT_LIMITS,
+        clock: Callable[[], int],
+        record_seq: Callable[[], int] = lambda: 0,
+        learned: Callable[[str, Strategy], None] | None = None,
+    ) -> None:
+        self.identity = identity
+        self.models = models
+        self.limits = limits
+        self._clock = clock
+        self._record_seq = record_seq
+        self._learned = learned
+        self._validity_ms = round(config.bid_validity_s * 1000)
+        # A reusable bid is still checked against the bid book, so reuse never outlives validity.
+        self._reuse_ms = min(round(config.bid_reuse_ttl_s * 1000), self._validity_ms)
+        window_ms = round(config.replay_window_s * 1000)
+        self._guard = RequestGuard(
+            started_at_ms, window_ms, config.max_tasks_per_request, config.max_remembered
+        )
+        self._book = BidBook(self._validity_ms, window_ms, config.max_remembered)
+        self._candidates = [(model, model.strategy) for model in models.values()]
+        self.learners: Mapping[str, BidLearner] = load_learners(models, config.data_dir)
+        self.gradients = GradientBook(self._validity_ms + window_ms, config.max_remembered)
+
+    # --- RequestBids --------------------------------------------------------------------------
+
+    def open_request(self, call: RequestBidsCall, now_ms: int) -> OpenRequest:
+        signer, request = codec.open_signed(call.request, BidRequest)
+        header = BidRequestHeader(
+            request.request_id,
+            request.requester_id,
+            signer,
+            request.issued_at_ms,
+            request.deadline_ms,
+            len(request.tasks),
+        )
+        self._guard.admit(header, now_ms)
+        tasks = tuple(self._parse_task(raw) for raw in request.tasks)
+        if len({task.task_id for task, _ in tasks}) != len(tasks):
+            raise ProtocolError("task ids must be unique within one BidRequest")
+        if not self._book.has_room(now_ms, len(tasks)):
+            raise LimitExceededError("too many live bids remembered; retry later")
+        return OpenRequest(header, request, tasks)
+
+    def previews_are_slow(self, opened: OpenRequest) -> bool:
+        """True when deciding runs a model slow enough to belong off the event loop."""
+        slowest = max((model.latency.value for model in self.models.values()), default=0.0)
+        return opened.has_preview and slowest > INLINE_FORWARD_MS
+
+    def decide(self, opened: OpenRequest, load: Load) -> list[Decision]:
+        """Each task's best offer among the hosted models, or why none (may run models on previews)."""
+        return [decide(task, self._candidates, load) for task, _ in opened.tasks]
+
+    def answer(self, opened: OpenRequest, decisions: Sequence[Decision], now_ms: int) -> RequestBidsReply:
+        """Sign a bid for every task that got an offer and remember it; a NoBid for the others."""
+        outcomes = [
+            self._outcome(opened, task, task_digest, decision, now_ms)
+            for (task, task_digest), decision in zip(opened.tasks, decisions, strict=True)
+        ]
+        return RequestBidsReply(tuple(outcomes))
+
+    def _parse_task(self, raw: bytes) -> tuple[Task, bytes]:
+        spec = codec.decode(TaskSpec, raw)
+        if not spec.task_id:
+            raise ProtocolError("every TaskSpec needs a task_id")
+        if not math.isfinite(spec.max_cost) or spec.max_cost < 0:
+            raise ProtocolError(f"max_cost must be a finite number >= 0 (0: no cap), got {spec.max_cost}")
+        for input_spec in spec.inputs:
+            check_spec(input_spec.dtype, input_spec.shape, self.limits)  # refused now, not at Execute
+        preview = tuple(decode(wire, self.limits) for wire in spec.preview)
+        task = Task(
+            task_id=spec.task_id,
+            capability=spec.capability,
+            inputs=spec.inputs,
+            model_id=spec.model_id,
+            preview=preview,
+            max_cost=spec.max_cost,
+            input_tokens=spec.input_tokens,
+            language=spec.language,
+        )
+        return task, hashlib.sha256(raw).digest()
+
+    def _outcome(
+        self, opened: OpenRequest, task: Task, task_digest: bytes, decision: Decision, now_ms: int
+    ) -> Envelope | WireNoBid:
+        if isinstance(decision, NoBid):
+            return WireNoBid(task.task_id, decision.reason, decision.detail)
+        model, terms = decision
+        header = opened.header
+        bid_values = self._gradient_bid(header, task, model, now_ms) if opened.request.gradient_mode else []
+        bid = Bid(
+            request_id=header.request_id,
+            task_id=task.task_id,
+            task_digest=task_digest,
+            peer_id=self.identity.peer_id.raw,
+            model_id=model.model_id,
+            confidence_score=terms.confidence,
+            expected_latency_ms=terms.expected_latency_ms,
+            resource_requirements=model.config.resources,  # type: ignore[arg-type]
+            cost_estimate=terms.cost,
+            capabilities=tuple(model.capabilities),
+            constraints=model.config.constraints,  # type: ignore[arg-type]
+            issued_at_ms=now_ms,
+            valid_until_ms=now_ms + self._validity_ms,
+            strategy=terms.strategy,
+            bid_values=tuple(bid_values),
+            reusable_ttl_ms=self._reuse_ms,
+            record_seq=self._record_seq(),
+        )
+        envelope = codec.sign(self.identity, bid)
+        self._book.record(
+            IssuedBid(
+                request_id=header.request_id,
+                task_id=task.task_id,
+                digest=envelope.digest,
+                requester=header.signer,
+                model_id=model.model_id,
+                valid_until_ms=now_ms + self._validity_ms,
+                cost=terms.cost,
+                input=task.inputs[0],
+                confidence=terms.confidence,
+            ),
+            now_ms,
+        )
+        return envelope
+
+    def _gradient_bid(
+        self, header: BidRequestHeader, task: Task, model: HostedModel, now_ms: int
+    ) -> list[float]:
+        """The bid values of a gradient-mode bid (none if the model does not bid by gradient),
+        remembering the inputs they were computed on until the bid is forgotten."""
+        learner = self.learners.get(model.model_id)
+        batch = task.inputs[0].shape[0]
+        if learner is None:
+            return []
+        if not learner.needs_preview:
+            inputs = torch.zeros(batch, 1)  # a scalar bid reads the batch length only
+        elif task.preview and task.preview[0].shape[0] == batch:
+            inputs = task.preview[0]
+        else:
+            return []  # it cannot bid per example on inputs it has not seen
+        if not self.gradients.remember(header.request_id, task.task_id, inputs, now_ms):
+            return []  # over the memory for gradient-mode inputs: a plain bid, nothing to learn
+        return learner.bid(inputs)
+
+    # --- Execute ------------------------------------------------------------------------------
+
+    def open_order(self, call: ExecuteCall, now_ms: int) -> Job:
+        _, bid = codec.open_signed(call.bid, Bid, expected_signer=self.identity.peer_id)
+        order_signer, order = codec.open_signed(call.order, ExecuteOrder)
+        bid_digest = call.bid.digest
+        if order.bid_digest != bid_digest:
+            raise ProtocolError("the order's bid_digest is not sha256 of the attached bid's payload")
+        if order.request_id != bid.request_id or order.task_id != bid.task_id:
+            self._check_reuse(bid, order, now_ms)
+        issued = self._book.lookup(bid.request_id, bid.task_id, bid_digest, now_ms)
+        if order_signer != issued.requester:
+            raise SignatureError("the order is not signed by the requester this bid was made for")
+        model, inputs = self._check_inputs(call, order, issued)
+        if order.deadline_ms and order.deadline_ms <= now_ms:
+            raise DeadlineError("the order's deadline has passed")
+        return Job(
+            key=(order.request_id, order.task_id),  # the bid's own ids, unless it is being reused
+            fingerprint=issued.digest + order.inputs_digest,
+            timeout_s=(order.deadline_ms - now_ms) / 1000 if order.deadline_ms else None,
+            model=model,
+            inputs=inputs,
+            issued=issued,
+            order=order,
+        )
+
+    def _check_reuse(self, bid: Bid, order: ExecuteOrder, now_ms: int) -> None:
+        """An order under new ids for a bid signed earlier: only for a reusable bid, within its
+        reuse period, while this node's record is the one it bid under, and with a deadline (a
+        replayed order then finds the result kept for retries, or a bid too old to reuse)."""
+        if not bid.reusable_ttl_ms:
+            raise ProtocolError("the order's request_id and task_id differ from the attached bid's")
+        if now_ms > bid.issued_at_ms + bid.reusable_ttl_ms:
+            raise BidExpiredError("the bid's reuse period is over; ask for bids again")
+        if bid.record_seq != self._record_seq():
+            raise PreconditionError("this node's record changed since the bid; ask for bids again")
+        if not order.deadline_ms:
+            raise ProtocolError("an order that reuses a bid needs a deadline")
+
+    def _check_inputs(
+        self, call: ExecuteCall, order: ExecuteOrder, issued: IssuedBid
+    ) -> tuple[HostedModel, torch.Tensor]:
+        decoded = [decode(wire, self.limits) for wire in call.inputs]
+        if digest(call.inputs) != order.inputs_digest:
+            raise ProtocolError("the inputs' digest differs from the order's inputs_digest")
+        model = self.models[issued.model_id]
+        inputs = model.check_inputs(
+            [(wire.name, tensor) for wire, tensor in zip(call.inputs, decoded, strict=True)]
+        )
+        if tuple(inputs.shape) != issued.input.shape:
+            raise ProtocolError(
+                f"inputs have shape {list(inputs.shape)}, but the bid was for {list(issued.input.shape)}"
+            )
+        return model, inputs
+
+    def perform(self, job: Job) -> ExecuteReply:
+        """The paid work (blocking; a worker thread runs it): forward pass, encode, sign the receipt."""
+        started = time.perf_counter()
+        outputs = encode(job.model.run(job.inputs), job.model.output_name)
+        result = ExecuteResult(
+            request_id=job.order.request_id,
+            task_id=job.order.task_id,
+            peer_id=self.identity.peer_id.raw,
+            model_id=job.model.model_id,
+            bid_digest=job.issued.digest,
+            outputs_digest=digest([outputs]),
+            latency_ms=(time.perf_counter() - started) * 1000,
+            finished_at_ms=self._clock(),
+            cost_charged=job.issued.cost,
+        )
+        return ExecuteReply(codec.sign(self.identity, result), (outputs,))
+
+    # --- Feedback -----------------------------------------------------------------------------
+
+    def feedback(self, call: FeedbackCall, now_ms: int) -> FeedbackReply:
+        signer, notice = codec.open_signed(call.notice, FeedbackNotice)
+        if notice.requester_id != signer.raw:
+            raise SignatureError("requester_id is not sha256 of the key that signed the notice")
+        kind = notice.kind
+        if kind is None:
+            raise ProtocolError("a FeedbackNotice needs kind WIN, LOSS or OUTCOME")
+        if kind is FeedbackKind.OUTCOME and not 0.0 <= notice.outcome_score <= 1.0:
+            raise ProtocolError(f"outcome_score must be in [0, 1], got {notice.outcome_score}")
+        issued = self._book.find(notice.request_id, notice.task_id, now_ms)
+        if issued is None:
+            # Feedback is advisory: one we cannot attribute to a bid of ours is declined, not an error.
+            return FeedbackReply(accepted=False)
+        if signer != issued.requester:
+            raise SignatureError("the notice is not signed by the requester this bid was made for")
+        self._book.note_feedback(issued, kind, now_ms)
+        strategy = self.models[issued.model_id].strategy
+        strategy.learn(
+            Notice(
+                kind=kind,
+                model_id=issued.model_id,
+                request_id=issued.request_id,
+                task_id=issued.task_id,
+                clearing_price=notice.clearing_price,
+                score_to_win=notice.score_to_win,
+                outcome_score=notice.outcome_score,
+                bid_cost=issued.cost,
+                bid_confidence=issued.confidence,
+                at_ms=now_ms,
+            )
+        )
+        if self._learned is not None:
+            self._learned(issued.model_id, strategy)
+        return FeedbackReply(accepted=True, strategy_parameters=numeric_parameters(strategy.snapshot()))
+
+    # --- BidGradient --------------------------------------------------------------------------
+
+    def gradient(self, call: BidGradientCall, now_ms: int) -> BidGradientReply:
+        signer, update = codec.open_signed(call.update, BidGradientUpdate)
+        if update.requester_id != signer.raw:
+            raise SignatureError("requester_id is not sha256 of the key that signed the update")
+        issued = self._book.find(update.request_id, update.task_id, now_ms)
+        learner = None if issued is None else self.learners.get(issued.model_id)
+        if issued is None or learner is None:
+            raise PreconditionError("this peer never served a gradient-mode bid for that request and task")
+        if signer != issued.requester:
+            raise SignatureError("the update is not signed by the requester this bid was made for")
+        inputs = self.gradients.inputs(update.request_id, update.task_id, now_ms)
+        # Applied in one call, with nothing in between the replay check and marking the bid
+        # applied: two copies of one update cannot both pass. The step is one small forward and
+        # backward pass.
+        output_grad = None if update.output_grad is None else decode(update.output_grad, self.limits)
+        applied_norm = learner.apply(
+            inputs,
+            GradientUpdate(
+                loss_grad=torch.tensor(list(update.loss_grad), dtype=torch.float32),
+                share_grad=torch.tensor(list(update.share_grad), dtype=torch.float32),
+                output_grad=output_grad,
+                price=update.price,
+            ),
+        )
+        self.gradients.applied(update.request_id, update.task_id, now_ms)
+        return BidGradientReply(applied=True, applied_norm=applied_norm)
+
+
+def numeric_parameters(snapshot: Mapping[str, object]) -> dict[str, float]:
+    """The finite numbers at the top level of a strategy snapshot (what Feedback answers carry)."""
+    return {
+        key: float(value)
+        for key, value in snapshot.items()
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    }

@@ -1,0 +1,464 @@
+"""Market messages <-> bytes, signing and opening envelopes: with the transports, the only market
+module that imports ``atomic_p2p._proto``.
+
+How this works
+--------------
+:func:`encode` turns any value of :mod:`atomic_p2p.protocol.messages` into the exact bytes the
+generated protobuf code would produce for it (field for field; a test holds the two equal), and
+:func:`decode` turns bytes back into a value, raising :class:`~atomic_p2p.errors.ProtocolError`
+(INVALID_ARGUMENT) for bytes that do not parse and :class:`~atomic_p2p.errors.TensorError` for a
+tensor or tensor spec with a dtype outside the whitelist. Decoding converts shapes and bytes but
+never allocates a tensor: :func:`atomic_p2p.tensors.decode` does that later, under limits.
+
+Signed payloads: :func:`sign` serializes a payload once and signs those bytes;
+:func:`open_signed` verifies an envelope's signature over the bytes exactly as received, then
+decodes them (never the other way round: re-serializing could change the bytes).
+
+The envelope, tensor and tensor-spec converters live in :mod:`.wire`, shared with the gossip
+codec, so one piece of code maps each wire type.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar, cast
+
+from google.protobuf.message import Message
+
+from atomic_p2p._proto.atomic.v1 import gossip_pb2, market_pb2
+from atomic_p2p.errors import ProtocolError
+from atomic_p2p.gossip.records import ModelConstraints, Resources
+from atomic_p2p.identity import Envelope, Identity, PeerId, verify
+from atomic_p2p.protocol.messages import (
+    Bid,
+    BidGradientCall,
+    BidGradientReply,
+    BidGradientUpdate,
+    BidRequest,
+    ExecuteCall,
+    ExecuteOrder,
+    ExecuteReply,
+    ExecuteResult,
+    FeedbackCall,
+    FeedbackKind,
+    FeedbackNotice,
+    FeedbackReply,
+    NoBid,
+    NoBidReason,
+    RequestBidsCall,
+    RequestBidsReply,
+    Signed,
+    TaskSpec,
+)
+from atomic_p2p.protocol.wire import (
+    envelope_from_proto,
+    envelope_to_proto,
+    parse,
+    spec_from_proto,
+    spec_to_proto,
+    tensor_from_proto,
+    tensor_to_proto,
+    tensors_from_proto,
+)
+
+T = TypeVar("T")
+S = TypeVar("S", bound=Signed)
+
+# The payload type each signed message travels under: its full protobuf name.
+PAYLOAD_TYPES: dict[type[Any], str] = {
+    BidRequest: market_pb2.BidRequest.DESCRIPTOR.full_name,
+    Bid: market_pb2.Bid.DESCRIPTOR.full_name,
+    ExecuteOrder: market_pb2.ExecuteOrder.DESCRIPTOR.full_name,
+    ExecuteResult: market_pb2.ExecuteResult.DESCRIPTOR.full_name,
+    FeedbackNotice: market_pb2.FeedbackNotice.DESCRIPTOR.full_name,
+    BidGradientUpdate: market_pb2.BidGradientUpdate.DESCRIPTOR.full_name,
+}
+BID_REQUEST_TYPE = PAYLOAD_TYPES[BidRequest]
+BID_TYPE = PAYLOAD_TYPES[Bid]
+ORDER_TYPE = PAYLOAD_TYPES[ExecuteOrder]
+RESULT_TYPE = PAYLOAD_TYPES[ExecuteResult]
+FEEDBACK_TYPE = PAYLOAD_TYPES[FeedbackNotice]
+GRADIENT_TYPE = PAYLOAD_TYPES[BidGradientUpdate]
+
+_NO_BID_PREFIX = "NO_BID_REASON_"
+_FEEDBACK_PREFIX = "FEEDBACK_KIND_"
+_REASON_TO_WIRE = {
+    reason: market_pb2.NoBidReason.Value(_NO_BID_PREFIX + reason.name) for reason in NoBidReason
+}
+_WIRE_TO_REASON = {value: reason for reason, value in _REASON_TO_WIRE.items()}
+_KIND_TO_WIRE = {kind: market_pb2.FeedbackKind.Value(_FEEDBACK_PREFIX + kind.name) for kind in FeedbackKind}
+_WIRE_TO_KIND = {value: kind for kind, value in _KIND_TO_WIRE.items()}
+
+
+# --- the public face ----------------------------------------------------------------------------
+
+
+def encode(message: Any) -> bytes:
+    """The wire bytes of a value of :mod:`atomic_p2p.protocol.messages`."""
+    to_proto = _TO_PROTO.get(type(message))
+    if to_proto is None:
+        raise TypeError(f"no wire form for {type(message).__name__}")
+    return cast(bytes, to_proto(message).SerializeToString())
+
+
+def decode(kind: type[T], data: bytes) -> T:
+    """Parse wire bytes as ``kind``; malformed bytes raise ProtocolError, bad dtypes TensorError."""
+    proto_class, from_proto = _FROM_PROTO[kind]
+    return cast(T, from_proto(parse(proto_class, data, proto_class.DESCRIPTOR.name)))
+
+
+def sign(identity: Identity, message: Signed) -> Envelope:
+    """Serialize a payload once and sign exactly those bytes."""
+    return identity.sign(PAYLOAD_TYPES[type(message)], encode(message))
+
+
+def open_signed(envelope: Envelope, kind: type[S], expected_signer: PeerId | None = None) -> tuple[PeerId, S]:
+    """Verify ``envelope`` as a signed ``kind`` (its bytes as received), then decode it.
+
+    Raises :class:`~atomic_p2p.errors.SignatureError` before looking at the payload, and
+    ProtocolError when verified bytes do not parse."""
+    signer = verify(envelope, PAYLOAD_TYPES[kind], expected_signer)
+    return signer, decode(kind, envelope.payload)
+
+
+def wire_size(message: Any) -> int:
+    """How many bytes ``message`` takes on the wire."""
+    return len(encode(message))
+
+
+# --- model terms ---------------------------------------------------------------------------------
+
+
+def constraints_to_proto(constraints: ModelConstraints) -> gossip_pb2.ModelConstraints:
+    return gossip_pb2.ModelConstraints(
+        max_input_tokens=constraints.max_input_tokens,
+        supported_languages=list(constraints.supported_languages),
+        max_batch=constraints.max_batch,
+    )
+
+
+def constraints_from_proto(message: gossip_pb2.ModelConstraints) -> ModelConstraints:
+    return ModelConstraints(
+        max_input_tokens=message.max_input_tokens,
+        supported_languages=tuple(message.supported_languages),
+        max_batch=message.max_batch,
+    )
+
+
+def resources_to_proto(resources: Resources) -> gossip_pb2.ResourceRequirements:
+    return gossip_pb2.ResourceRequirements(
+        cpu_cores=resources.cpu_cores, memory_mb=resources.memory_mb, gpu_memory_mb=resources.gpu_memory_mb
+    )
+
+
+def resources_from_proto(message: gossip_pb2.ResourceRequirements) -> Resources:
+    return Resources(message.cpu_cores, message.memory_mb, message.gpu_memory_mb)
+
+
+def no_bid_reason_name(reason: NoBidReason | int) -> str:
+    """The reason as reports show it: the enum name in lower case, or ``reason_<n>`` for a value
+    this release does not know (a newer peer may know more reasons)."""
+    return reason.value if isinstance(reason, NoBidReason) else f"reason_{reason}"
+
+
+# --- per message ----------------------------------------------------------------------------------
+
+
+def _task_to_proto(task: TaskSpec) -> market_pb2.TaskSpec:
+    return market_pb2.TaskSpec(
+        task_id=task.task_id,
+        capability=task.capability,
+        model_id=task.model_id,
+        inputs=[spec_to_proto(spec) for spec in task.inputs],
+        preview=[tensor_to_proto(wire) for wire in task.preview],
+        max_cost=task.max_cost,
+        input_tokens=task.input_tokens,
+        language=task.language,
+    )
+
+
+def _task_from_proto(message: market_pb2.TaskSpec) -> TaskSpec:
+    return TaskSpec(
+        task_id=message.task_id,
+        capability=message.capability,
+        model_id=message.model_id,
+        inputs=tuple(spec_from_proto(spec) for spec in message.inputs),
+        preview=tensors_from_proto(message.preview),
+        max_cost=message.max_cost,
+        input_tokens=message.input_tokens,
+        language=message.language,
+    )
+
+
+def _bid_request_to_proto(request: BidRequest) -> market_pb2.BidRequest:
+    return market_pb2.BidRequest(
+        request_id=request.request_id,
+        requester_id=request.requester_id,
+        issued_at_ms=request.issued_at_ms,
+        deadline_ms=request.deadline_ms,
+        tasks=list(request.tasks),
+        gradient_mode=request.gradient_mode,
+    )
+
+
+def _bid_request_from_proto(message: market_pb2.BidRequest) -> BidRequest:
+    return BidRequest(
+        request_id=message.request_id,
+        requester_id=message.requester_id,
+        issued_at_ms=message.issued_at_ms,
+        deadline_ms=message.deadline_ms,
+        tasks=tuple(message.tasks),
+        gradient_mode=message.gradient_mode,
+    )
+
+
+def _bid_to_proto(bid: Bid) -> market_pb2.Bid:
+    return market_pb2.Bid(
+        request_id=bid.request_id,
+        task_id=bid.task_id,
+        task_digest=bid.task_digest,
+        peer_id=bid.peer_id,
+        model_id=bid.model_id,
+        confidence_score=bid.confidence_score,
+        expected_latency_ms=bid.expected_latency_ms,
+        resource_requirements=resources_to_proto(bid.resource_requirements),
+        cost_estimate=bid.cost_estimate,
+        capabilities=list(bid.capabilities),
+        constraints=constraints_to_proto(bid.constraints),
+        issued_at_ms=bid.issued_at_ms,
+        valid_until_ms=bid.valid_until_ms,
+        strategy=bid.strategy,
+        bid_values=list(bid.bid_values),
+        reusable_ttl_ms=bid.reusable_ttl_ms,
+        record_seq=bid.record_seq,
+    )
+
+
+def _bid_from_proto(message: market_pb2.Bid) -> Bid:
+    return Bid(
+        request_id=message.request_id,
+        task_id=message.task_id,
+        task_digest=message.task_digest,
+        peer_id=message.peer_id,
+        model_id=message.model_id,
+        confidence_score=message.confidence_score,
+        expected_latency_ms=message.expected_latency_ms,
+        resource_requirements=resources_from_proto(message.resource_requirements),
+        cost_estimate=message.cost_estimate,
+        capabilities=tuple(message.capabilities),
+        constraints=constraints_from_proto(message.constraints),
+        issued_at_ms=message.issued_at_ms,
+        valid_until_ms=message.valid_until_ms,
+        strategy=message.strategy,
+        bid_values=tuple(message.bid_values),
+        reusable_ttl_ms=message.reusable_ttl_ms,
+        record_seq=message.record_seq,
+    )
+
+
+def _order_to_proto(order: ExecuteOrder) -> market_pb2.ExecuteOrder:
+    return market_pb2.ExecuteOrder(
+        request_id=order.request_id,
+        task_id=order.task_id,
+        bid_digest=order.bid_digest,
+        issued_at_ms=order.issued_at_ms,
+        inputs_digest=order.inputs_digest,
+        deadline_ms=order.deadline_ms,
+        buyer_bids=list(order.buyer_bids),
+    )
+
+
+def _order_from_proto(message: market_pb2.ExecuteOrder) -> ExecuteOrder:
+    return ExecuteOrder(
+        request_id=message.request_id,
+        task_id=message.task_id,
+        bid_digest=message.bid_digest,
+        issued_at_ms=message.issued_at_ms,
+        inputs_digest=message.inputs_digest,
+        deadline_ms=message.deadline_ms,
+        buyer_bids=tuple(message.buyer_bids),
+    )
+
+
+def _result_to_proto(result: ExecuteResult) -> market_pb2.ExecuteResult:
+    return market_pb2.ExecuteResult(
+        request_id=result.request_id,
+        task_id=result.task_id,
+        peer_id=result.peer_id,
+        model_id=result.model_id,
+        bid_digest=result.bid_digest,
+        outputs_digest=result.outputs_digest,
+        latency_ms=result.latency_ms,
+        finished_at_ms=result.finished_at_ms,
+        cost_charged=result.cost_charged,
+    )
+
+
+def _result_from_proto(message: market_pb2.ExecuteResult) -> ExecuteResult:
+    return ExecuteResult(
+        request_id=message.request_id,
+        task_id=message.task_id,
+        peer_id=message.peer_id,
+        model_id=message.model_id,
+        bid_digest=message.bid_digest,
+        outputs_digest=message.outputs_digest,
+        latency_ms=message.latency_ms,
+        finished_at_ms=message.finished_at_ms,
+        cost_charged=message.cost_charged,
+    )
+
+
+def _notice_to_proto(notice: FeedbackNotice) -> market_pb2.FeedbackNotice:
+    kind = market_pb2.FEEDBACK_KIND_UNSPECIFIED if notice.kind is None else _KIND_TO_WIRE[notice.kind]
+    return market_pb2.FeedbackNotice(
+        request_id=notice.request_id,
+        task_id=notice.task_id,
+        requester_id=notice.requester_id,
+        kind=kind,
+        clearing_price=notice.clearing_price,
+        score_to_win=notice.score_to_win,
+        outcome_score=notice.outcome_score,
+        issued_at_ms=notice.issued_at_ms,
+        model_id=notice.model_id,
+    )
+
+
+def _notice_from_proto(message: market_pb2.FeedbackNotice) -> FeedbackNotice:
+    return FeedbackNotice(
+        request_id=message.request_id,
+        task_id=message.task_id,
+        requester_id=message.requester_id,
+        kind=_WIRE_TO_KIND.get(message.kind),
+        clearing_price=message.clearing_price,
+        score_to_win=message.score_to_win,
+        outcome_score=message.outcome_score,
+        issued_at_ms=message.issued_at_ms,
+        model_id=message.model_id,
+    )
+
+
+def _gradient_to_proto(update: BidGradientUpdate) -> market_pb2.BidGradientUpdate:
+    message = market_pb2.BidGradientUpdate(
+        request_id=update.request_id,
+        task_id=update.task_id,
+        requester_id=update.requester_id,
+        loss_grad=list(update.loss_grad),
+        share_grad=list(update.share_grad),
+        price=update.price,
+        issued_at_ms=update.issued_at_ms,
+    )
+    if update.output_grad is not None:
+        message.output_grad.CopyFrom(tensor_to_proto(update.output_grad))
+    return message
+
+
+def _gradient_from_proto(message: market_pb2.BidGradientUpdate) -> BidGradientUpdate:
+    output_grad = tensor_from_proto(message.output_grad) if message.HasField("output_grad") else None
+    return BidGradientUpdate(
+        request_id=message.request_id,
+        task_id=message.task_id,
+        requester_id=message.requester_id,
+        loss_grad=tuple(message.loss_grad),
+        share_grad=tuple(message.share_grad),
+        output_grad=output_grad,
+        price=message.price,
+        issued_at_ms=message.issued_at_ms,
+    )
+
+
+def _outcome_to_proto(outcome: Envelope | NoBid) -> market_pb2.BidOutcome:
+    if isinstance(outcome, NoBid):
+        reason = outcome.reason
+        value = _REASON_TO_WIRE[reason] if isinstance(reason, NoBidReason) else reason
+        no_bid = market_pb2.NoBid(
+            task_id=outcome.task_id,
+            reason=cast(market_pb2.NoBidReason.ValueType, value),
+            detail=outcome.detail,
+        )
+        return market_pb2.BidOutcome(no_bid=no_bid)
+    return market_pb2.BidOutcome(bid=envelope_to_proto(outcome))
+
+
+def _outcome_from_proto(message: market_pb2.BidOutcome) -> Envelope | NoBid:
+    which = message.WhichOneof("outcome")
+    if which == "bid":
+        return envelope_from_proto(message.bid)
+    if which == "no_bid":
+        no_bid = message.no_bid
+        reason = _WIRE_TO_REASON.get(no_bid.reason, no_bid.reason)
+        return NoBid(no_bid.task_id, reason, no_bid.detail)
+    raise ProtocolError("a bid outcome holds neither a bid nor a no-bid")
+
+
+def _execute_reply_from_proto(message: market_pb2.ExecuteResponse) -> ExecuteReply:
+    if not message.HasField("result"):
+        raise ProtocolError("execute response carries no signed result")
+    return ExecuteReply(envelope_from_proto(message.result), tensors_from_proto(message.outputs))
+
+
+_TO_PROTO: dict[type[Any], Any] = {
+    TaskSpec: _task_to_proto,
+    BidRequest: _bid_request_to_proto,
+    Bid: _bid_to_proto,
+    ExecuteOrder: _order_to_proto,
+    ExecuteResult: _result_to_proto,
+    FeedbackNotice: _notice_to_proto,
+    BidGradientUpdate: _gradient_to_proto,
+    RequestBidsCall: lambda m: market_pb2.RequestBidsRequest(request=envelope_to_proto(m.request)),
+    RequestBidsReply: lambda m: market_pb2.RequestBidsResponse(
+        outcomes=[_outcome_to_proto(outcome) for outcome in m.outcomes]
+    ),
+    ExecuteCall: lambda m: market_pb2.ExecuteRequest(
+        order=envelope_to_proto(m.order),
+        bid=envelope_to_proto(m.bid),
+        inputs=[tensor_to_proto(wire) for wire in m.inputs],
+    ),
+    ExecuteReply: lambda m: market_pb2.ExecuteResponse(
+        result=envelope_to_proto(m.result), outputs=[tensor_to_proto(wire) for wire in m.outputs]
+    ),
+    FeedbackCall: lambda m: market_pb2.FeedbackRequest(notice=envelope_to_proto(m.notice)),
+    FeedbackReply: lambda m: market_pb2.FeedbackResponse(
+        accepted=m.accepted, strategy_parameters=m.strategy_parameters
+    ),
+    BidGradientCall: lambda m: market_pb2.BidGradientRequest(update=envelope_to_proto(m.update)),
+    BidGradientReply: lambda m: market_pb2.BidGradientResponse(
+        applied=m.applied, applied_norm=m.applied_norm
+    ),
+}
+
+_FROM_PROTO: dict[type[Any], tuple[type[Message], Any]] = {
+    TaskSpec: (market_pb2.TaskSpec, _task_from_proto),
+    BidRequest: (market_pb2.BidRequest, _bid_request_from_proto),
+    Bid: (market_pb2.Bid, _bid_from_proto),
+    ExecuteOrder: (market_pb2.ExecuteOrder, _order_from_proto),
+    ExecuteResult: (market_pb2.ExecuteResult, _result_from_proto),
+    FeedbackNotice: (market_pb2.FeedbackNotice, _notice_from_proto),
+    BidGradientUpdate: (market_pb2.BidGradientUpdate, _gradient_from_proto),
+    RequestBidsCall: (
+        market_pb2.RequestBidsRequest,
+        lambda m: RequestBidsCall(envelope_from_proto(m.request)),
+    ),
+    RequestBidsReply: (
+        market_pb2.RequestBidsResponse,
+        lambda m: RequestBidsReply(tuple(_outcome_from_proto(outcome) for outcome in m.outcomes)),
+    ),
+    ExecuteCall: (
+        market_pb2.ExecuteRequest,
+        lambda m: ExecuteCall(
+            envelope_from_proto(m.order), envelope_from_proto(m.bid), tensors_from_proto(m.inputs)
+        ),
+    ),
+    ExecuteReply: (market_pb2.ExecuteResponse, _execute_reply_from_proto),
+    FeedbackCall: (market_pb2.FeedbackRequest, lambda m: FeedbackCall(envelope_from_proto(m.notice))),
+    FeedbackReply: (
+        market_pb2.FeedbackResponse,
+        lambda m: FeedbackReply(bool(m.accepted), dict(m.strategy_parameters)),
+    ),
+    BidGradientCall: (
+        market_pb2.BidGradientRequest,
+        lambda m: BidGradientCall(envelope_from_proto(m.update)),
+    ),
+    BidGradientReply: (
+        market_pb2.BidGradientResponse,
+        lambda m: BidGradientReply(bool(m.applied), float(m.applied_norm)),
+    ),
+}

@@ -1,0 +1,74 @@
+"""Envelopes, tensors and tensor specs <-> their protobuf messages: the wire types that the market
+codec (:mod:`.codec`), the gossip codec and the transports share, mapped in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TypeVar
+
+from google.protobuf.message import DecodeError, Message
+
+from atomic_p2p._proto.atomic.v1 import envelope_pb2, tensor_pb2
+from atomic_p2p.errors import ProtocolError, TensorError
+from atomic_p2p.identity import Envelope
+from atomic_p2p.protocol.messages import TensorSpec
+from atomic_p2p.tensors import DTYPES, WireTensor
+
+_DTYPE_TO_WIRE = {name: tensor_pb2.DType.Value(f"D_TYPE_{name.upper()}") for name in DTYPES}
+_WIRE_TO_DTYPE = {value: name for name, value in _DTYPE_TO_WIRE.items()}
+
+M = TypeVar("M", bound=Message)
+
+
+def parse(message_class: type[M], data: bytes, what: str) -> M:
+    """Parse protobuf bytes; malformed bytes -> ProtocolError (INVALID_ARGUMENT)."""
+    message = message_class()
+    try:
+        message.ParseFromString(data)
+    except DecodeError as exc:
+        raise ProtocolError(f"malformed {what}: {exc}") from exc
+    return message
+
+
+def envelope_from_proto(message: envelope_pb2.SignedEnvelope) -> Envelope:
+    return Envelope(message.public_key, message.payload_type, message.payload, message.signature)
+
+
+def envelope_to_proto(envelope: Envelope) -> envelope_pb2.SignedEnvelope:
+    return envelope_pb2.SignedEnvelope(
+        public_key=envelope.public_key,
+        payload_type=envelope.payload_type,
+        payload=envelope.payload,
+        signature=envelope.signature,
+    )
+
+
+def tensor_from_proto(message: tensor_pb2.Tensor) -> WireTensor:
+    dtype = _WIRE_TO_DTYPE.get(message.dtype)
+    if dtype is None:
+        raise TensorError(
+            f"tensor {message.name or '(unnamed)'} has dtype {message.dtype}, which is not accepted; "
+            f"use one of {sorted(DTYPES)}"
+        )
+    return WireTensor(message.name, dtype, tuple(message.shape), message.data)
+
+
+def tensor_to_proto(wire: WireTensor) -> tensor_pb2.Tensor:
+    return tensor_pb2.Tensor(
+        name=wire.name, dtype=_DTYPE_TO_WIRE[wire.dtype], shape=list(wire.shape), data=wire.data
+    )
+
+
+def tensors_from_proto(messages: Iterable[tensor_pb2.Tensor]) -> tuple[WireTensor, ...]:
+    return tuple(tensor_from_proto(m) for m in messages)
+
+
+def spec_from_proto(message: tensor_pb2.TensorSpec) -> TensorSpec:
+    dtype = _WIRE_TO_DTYPE.get(message.dtype)
+    if dtype is None:
+        raise TensorError(f"input spec {message.name or '(unnamed)'} has an unaccepted dtype {message.dtype}")
+    return TensorSpec(message.name, dtype, tuple(message.shape))
+
+
+def spec_to_proto(spec: TensorSpec) -> tensor_pb2.TensorSpec:
+    return tensor_pb2.TensorSpec(name=spec.name, dtype=_DTYPE_TO_WIRE[spec.dtype], shape=list(spec.shape))
