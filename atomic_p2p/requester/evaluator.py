@@ -68,6 +68,7 @@ from atomic_p2p.requester.ranking import (
 )
 from atomic_p2p.requester.rationale import Rationale
 from atomic_p2p.requester.weights import COMPONENTS, Weights, WeightsSpec, resolve_weights
+from atomic_p2p.terms import ModelConstraints, Resources
 
 logger = logging.getLogger(__name__)
 
@@ -84,15 +85,6 @@ class Pricing(Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Resources:
-    """Resource amounts; in an :class:`Ask`, the most a bid may need (0 = no limit)."""
-
-    cpu_cores: float = 0.0
-    memory_mb: float = 0.0
-    gpu_memory_mb: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
 class Ask:
     """What the requester wants of one microtask. Zero or empty means "not constrained"."""
 
@@ -105,7 +97,7 @@ class Ask:
     batch_size: int = 0
     input_tokens: int = 0
     language: str = ""
-    max_resources: Resources | None = None
+    max_resources: Resources | None = None  # the most a bid may need; a 0 amount has no limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,20 +199,18 @@ def _field_problem(bid: object) -> str | None:
 
 
 def _constraint_problem(bid: Scorable, ask: Ask) -> tuple[Exclusion, str] | None:
-    """The first hard constraint ``bid`` (whose fields are well formed) breaks, if any.
+    """The first hard constraint ``bid`` (whose claims are well formed) breaks, if any.
 
-    Only constraints the ask sets are looked up: a bid's optional fields cost nothing otherwise.
+    Only the terms the ask constrains are read: a bid's other fields cost nothing.
     """
-    if ask.capability:
-        capabilities = getattr(bid, "capabilities", None)
-        if capabilities and ask.capability not in capabilities:
-            return Exclusion.CAPABILITY, f"offers {sorted(capabilities)}, not {ask.capability!r}"
+    if ask.capability and bid.capabilities and ask.capability not in bid.capabilities:
+        return Exclusion.CAPABILITY, f"offers {sorted(bid.capabilities)}, not {ask.capability!r}"
     if ask.batch_size or ask.input_tokens or ask.language:
-        found = _input_problem(getattr(bid, "constraints", None), ask)
+        found = _input_problem(bid.constraints, ask)
         if found is not None:
             return found
     if ask.max_resources is not None:
-        found = _resource_problem(getattr(bid, "resources", None), ask.max_resources)
+        found = _resource_problem(bid.resources, ask.max_resources)
         if found is not None:
             return found
     if ask.budget is not None and bid.cost > ask.budget:
@@ -228,26 +218,31 @@ def _constraint_problem(bid: Scorable, ask: Ask) -> tuple[Exclusion, str] | None
     return None
 
 
-def _input_problem(constraints: object, ask: Ask) -> tuple[Exclusion, str] | None:
-    max_batch = _number(getattr(constraints, "max_batch", None)) or 0
+def _input_problem(constraints: ModelConstraints, ask: Ask) -> tuple[Exclusion, str] | None:
+    """The input limit the task breaks; a limit of 0 (or no languages) was not declared."""
+    max_batch, max_tokens = constraints.max_batch, constraints.max_input_tokens
     if ask.batch_size and max_batch and ask.batch_size > max_batch:
         return Exclusion.CONSTRAINTS, f"batch {ask.batch_size} exceeds its max_batch {max_batch:g}"
-    max_tokens = _number(getattr(constraints, "max_input_tokens", None)) or 0
     if ask.input_tokens and max_tokens and ask.input_tokens > max_tokens:
         return Exclusion.CONSTRAINTS, f"{ask.input_tokens} input tokens exceed its max {max_tokens:g}"
-    languages = getattr(constraints, "supported_languages", None)
+    languages = constraints.supported_languages
     if ask.language and languages and ask.language not in languages:
         return Exclusion.CONSTRAINTS, f"language {ask.language!r} not in {sorted(languages)}"
     return None
 
 
-def _resource_problem(needs: object, limits: Resources) -> tuple[Exclusion, str] | None:
-    if needs is None:
-        return None
-    for name in ("cpu_cores", "memory_mb", "gpu_memory_mb"):
-        need, limit = _number(getattr(needs, name, None)), getattr(limits, name)
+def _resource_problem(needs: Resources, limits: Resources) -> tuple[Exclusion, str] | None:
+    """The resource the bid needs more of than ``limits`` allow (a 0 limit allows any amount).
+    The needs are doubles from the network: NaN, inf or a negative amount is malformed."""
+    amounts = (
+        ("cpu_cores", needs.cpu_cores, limits.cpu_cores),
+        ("memory_mb", needs.memory_mb, limits.memory_mb),
+        ("gpu_memory_mb", needs.gpu_memory_mb, limits.gpu_memory_mb),
+    )
+    for name, amount, limit in amounts:
+        need = _number(amount)
         if need is None or not math.isfinite(need) or need < 0:
-            return Exclusion.MALFORMED, f"resource {name} {getattr(needs, name, None)!r} is not a number >= 0"
+            return Exclusion.MALFORMED, f"resource {name} {amount!r} is not a number >= 0"
         if limit and need > limit:
             return Exclusion.RESOURCES, f"needs {name} {need:g}, more than the {limit:g} allowed"
     return None

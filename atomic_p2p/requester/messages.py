@@ -29,9 +29,16 @@ import torch
 from atomic_p2p import identity as signing
 from atomic_p2p import tensors
 from atomic_p2p._proto.atomic.v1 import market_pb2
-from atomic_p2p._wire import parse, payload_type, sign_message, spec_to_proto, tensor_to_proto
+from atomic_p2p._wire import (
+    constraints_from_proto,
+    parse,
+    payload_type,
+    resources_from_proto,
+    sign_message,
+    spec_to_proto,
+    tensor_to_proto,
+)
 from atomic_p2p.errors import BidExpiredError, ProtocolError
-from atomic_p2p.gossip.records import ModelConstraints, Resources
 from atomic_p2p.identity import Envelope, Identity, PeerId
 from atomic_p2p.requester.types import BidInfo
 
@@ -136,16 +143,8 @@ def parse_bid(
         strategy=bid.strategy,
         envelope=envelope,
         capabilities=tuple(bid.capabilities),
-        constraints=ModelConstraints(
-            max_input_tokens=bid.constraints.max_input_tokens,
-            supported_languages=tuple(bid.constraints.supported_languages),
-            max_batch=bid.constraints.max_batch,
-        ),
-        resources=Resources(
-            bid.resource_requirements.cpu_cores,
-            bid.resource_requirements.memory_mb,
-            bid.resource_requirements.gpu_memory_mb,
-        ),
+        constraints=constraints_from_proto(bid.constraints),
+        resources=resources_from_proto(bid.resource_requirements),
         request_id=bid.request_id,
         reusable_ttl_ms=int(bid.reusable_ttl_ms),
         record_seq=int(bid.record_seq),
