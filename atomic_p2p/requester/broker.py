@@ -39,9 +39,9 @@ from atomic_p2p.requester.memory import MarketMemory
 from atomic_p2p.requester.messages import TaskRef, build_task
 from atomic_p2p.requester.profiler import shape_bucket
 from atomic_p2p.requester.ranking import Decision
-from atomic_p2p.requester.scoring import WeightsSpec
 from atomic_p2p.requester.transport import status_name
 from atomic_p2p.requester.types import BidInfo, Result, Timings
+from atomic_p2p.requester.weights import WeightsSpec
 
 # Above this many input bytes, encoding and hashing move to a worker thread.
 INLINE_ENCODE_BYTES = 1024 * 1024

@@ -21,7 +21,7 @@ How this works
    - latency likewise: the claim times the measured delivered/promised ratio, worth
      ``claim_strength`` samples, pooled with the observed quantile over the recent window.
 
-   Without a profile the claim is taken as it stands (this is what :func:`.scoring.score` does).
+   Without a profile the claim is taken as it stands (this is what :func:`score` does).
 3. **Score.** Components in [0, 1], higher is better: ``accuracy`` (step 2), ``latency``
    (``1 - expected / time_left``), ``cost`` (``1 - cost / ceiling``, the ceiling being the
    budget or else the dearest eligible offer), ``availability`` (``1 - utilization`` the peer
@@ -481,6 +481,25 @@ def evaluate(
     return Decision(ranked, tuple(excluded), weights, price, rationale)
 
 
+_GREEDY = EvaluatorConfig.greedy()
+
+
+def score(
+    bids: Sequence[T], weights: WeightsSpec, time_left_ms: float, budget: float | None = None
+) -> Ranking[T]:
+    """Rank ``bids`` on their claims alone, best first; the ones that break a hard constraint
+    are excluded with a reason.
+
+    The evaluator with no profile, no exploration, no floor and no penalty
+    (:meth:`EvaluatorConfig.greedy`): a deterministic ranking without learning. ``time_left_ms``
+    is how long remains until the request's deadline; ``budget`` the most the caller will pay
+    for this task (None: no cap).
+    """
+    ask = Ask(task_id="", capability="", time_left_ms=time_left_ms, budget=budget, weights=weights)
+    decision = evaluate(bids, ask, config=_GREEDY, explain=False)
+    return Ranking(decision.ranked, decision.excluded, decision.weights)
+
+
 def _rationale(
     ranked: Sequence[Scored[Any]],
     excluded: Sequence[Excluded[Any]],
@@ -531,4 +550,5 @@ __all__ = [
     "evaluate",
     "label",
     "peer_key",
+    "score",
 ]
