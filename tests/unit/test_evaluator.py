@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from atomic_p2p.errors import ConfigError
-from atomic_p2p.requester.clearing import FloorRule, WinShares
+from atomic_p2p.requester.clearing import FloorRule, WinShares, payment
 from atomic_p2p.requester.evaluator import (
     Ask,
     Decision,
@@ -377,6 +377,24 @@ def test_second_score_without_rivals_pays_the_budget_or_the_bid() -> None:
 
 
 # --- rationale ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("price", "fallback", "paid"),
+    [(2.5, False, 2.5), (2.5, True, 1.0), (None, False, 1.0), (None, True, 1.0)],
+)
+def test_the_winner_is_paid_the_clearing_price_and_a_fallback_its_own_charge(
+    price: float | None, fallback: bool, paid: float
+) -> None:
+    assert payment(price, 1.0, fallback=fallback) == paid
+
+
+def test_a_fallback_that_delivers_is_not_paid_the_winners_second_score_price() -> None:
+    decision = evaluate([FAST, SHARP], ask(budget=5.0), config=SECOND)
+    assert decision.winner is not None and decision.price is not None
+    runner_up = decision.runner_ups[0].item
+    assert decision.price > decision.winner.item.cost  # second-score lifted the winner's price
+    assert payment(decision.price, runner_up.cost, fallback=True) == runner_up.cost
 
 
 def test_rationale_records_the_whole_decision_and_round_trips_json() -> None:
