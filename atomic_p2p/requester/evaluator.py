@@ -2,6 +2,37 @@
 pick a winner, keep runner-ups, set the price and say why. Pure: values in, values out; the
 time and the random source are arguments.
 
+Where a peer is chosen
+----------------------
+Three places, in this order, each with one job:
+
+1. **Who is asked.** :meth:`.discovery.Discovery.candidates` lists the peers that could take the
+   task (fixed peers, then live gossip adverts that accept the batch); :func:`.bidpolicy.prefilter`
+   alone decides which of them get a call for bids.
+2. **Who wins.** :func:`evaluate` screens, scores and ranks the bids that came in;
+   :mod:`.clearing` is its last step (the floor, the price) and also says what the bid that
+   finally delivers is paid (:func:`.clearing.payment`).
+3. **Fallback.** :meth:`.execution.Executor.run` walks the ranking, best first, until a result
+   verifies.
+
+Exploration is layered the same way; each layer reaches peers the one after it cannot, and each
+turns off on its own (one ``random.Random``, ``MarketMemory.rng``, draws for the first two):
+
+- **Asking** (``BidPolicy.top_m``, ``BidPolicy.exploration_share``): with more than ``top_m``
+  candidates, ``ceil(exploration_share * top_m)`` drawn at random from outside the top by prior
+  are asked too, so a peer the profile wrote off, or one that just joined, can bid at all. Off:
+  ``exploration_share=0`` asks the top ``top_m`` only; ``top_m=0`` asks everyone
+  (:meth:`.bidpolicy.BidPolicy.plain`).
+- **Scoring** (``EvaluatorConfig.exploration``, ``ucb_c``): among the bids in hand, a peer with
+  little evidence gets the benefit of its uncertain accuracy (Thompson draw or UCB bonus, step 3
+  below). Off: ``Exploration.NONE``.
+- **Clearing** (``EvaluatorConfig.floor``, a :class:`~.clearing.FloorRule`: ``min_share``,
+  ``warmup``, ``max_gap``): an eligible peer whose recent win share stays under ``min_share`` is
+  promoted to winner if it scores within ``max_gap`` of the top. Off: ``min_share=0`` (the default).
+
+:meth:`EvaluatorConfig.greedy` turns the last two off (and the utilization penalty, and
+second-score pricing); ``atomic run --explore`` chooses ``EvaluatorConfig()`` over it.
+
 How this works
 --------------
 1. **Screen.** A bid is excluded, with an :class:`Exclusion` kind and a reason (and a log
