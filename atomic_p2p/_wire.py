@@ -11,10 +11,11 @@ from typing import TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
-from atomic_p2p._proto.atomic.v1 import envelope_pb2, tensor_pb2
+from atomic_p2p._proto.atomic.v1 import envelope_pb2, gossip_pb2, tensor_pb2
 from atomic_p2p.errors import ProtocolError, TensorError
 from atomic_p2p.identity import Envelope, Identity
 from atomic_p2p.tensors import DTYPES, WireTensor
+from atomic_p2p.terms import ModelConstraints, Resources
 
 _DTYPE_TO_ENUM = {name: tensor_pb2.DType.Value(f"D_TYPE_{name.upper()}") for name in DTYPES}
 _ENUM_TO_DTYPE = {value: name for name, value in _DTYPE_TO_ENUM.items()}
@@ -87,3 +88,32 @@ def spec_from_proto(message: tensor_pb2.TensorSpec) -> tuple[str, str, tuple[int
 
 def spec_to_proto(name: str, dtype: str, shape: Iterable[int]) -> tensor_pb2.TensorSpec:
     return tensor_pb2.TensorSpec(name=name, dtype=_DTYPE_TO_ENUM[dtype], shape=list(shape))
+
+
+# A model's terms travel in gossip adverts and in bids as the same two messages.
+
+
+def constraints_to_proto(constraints: ModelConstraints) -> gossip_pb2.ModelConstraints:
+    return gossip_pb2.ModelConstraints(
+        max_input_tokens=constraints.max_input_tokens,
+        supported_languages=constraints.supported_languages,
+        max_batch=constraints.max_batch,
+    )
+
+
+def constraints_from_proto(message: gossip_pb2.ModelConstraints) -> ModelConstraints:
+    return ModelConstraints(
+        max_input_tokens=message.max_input_tokens,
+        supported_languages=tuple(message.supported_languages),
+        max_batch=message.max_batch,
+    )
+
+
+def resources_to_proto(resources: Resources) -> gossip_pb2.ResourceRequirements:
+    return gossip_pb2.ResourceRequirements(
+        cpu_cores=resources.cpu_cores, memory_mb=resources.memory_mb, gpu_memory_mb=resources.gpu_memory_mb
+    )
+
+
+def resources_from_proto(message: gossip_pb2.ResourceRequirements) -> Resources:
+    return Resources(message.cpu_cores, message.memory_mb, message.gpu_memory_mb)

@@ -14,7 +14,7 @@ from atomic_p2p.cli.keygen import default_key_path, default_store_path
 from atomic_p2p.errors import AuctionError, ConfigError
 from atomic_p2p.identity import Identity
 
-# The profile names of atomic_p2p.requester.scoring.PROFILES (a test keeps them equal), spelled
+# The profile names of atomic_p2p.requester.weights.PROFILES (a test keeps them equal), spelled
 # out so that parsing arguments does not import the SDK, and with it torch (seconds).
 PRIORITIES = ("accuracy", "balanced", "speed")
 

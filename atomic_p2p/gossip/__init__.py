@@ -28,13 +28,12 @@ from atomic_p2p.gossip.records import (
     Leave,
     LoadSummary,
     ModelAdvert,
-    ModelConstraints,
     PeerRecord,
     RecordLimits,
     Rejection,
     RejectReason,
-    Resources,
 )
+from atomic_p2p.terms import ModelConstraints, Resources
 
 __all__ = [
     "Candidate",

@@ -32,17 +32,22 @@ from atomic_p2p.gossip.records import (
     Leave,
     LoadSummary,
     ModelAdvert,
-    ModelConstraints,
     PeerRecord,
     RecordLimits,
     Rejection,
     RejectReason,
-    Resources,
     Signed,
     check_record,
 )
 from atomic_p2p.identity import PUBLIC_KEY_BYTES, Envelope, Identity, PeerId, verify
-from atomic_p2p.protocol.wire import envelope_from_proto, envelope_to_proto
+from atomic_p2p.protocol.wire import (
+    constraints_from_proto,
+    constraints_to_proto,
+    envelope_from_proto,
+    envelope_to_proto,
+    resources_from_proto,
+    resources_to_proto,
+)
 
 RECORD_TYPE = gossip_pb2.PeerRecord.DESCRIPTOR.full_name
 HEARTBEAT_TYPE = gossip_pb2.Heartbeat.DESCRIPTOR.full_name
@@ -65,40 +70,24 @@ def load_from_proto(message: gossip_pb2.LoadSummary) -> LoadSummary:
 
 
 def advert_to_proto(model: ModelAdvert) -> gossip_pb2.ModelAdvert:
-    constraints = model.constraints
-    resources = model.resources
     return gossip_pb2.ModelAdvert(
         model_id=model.model_id,
         capabilities=model.capabilities,
-        constraints=gossip_pb2.ModelConstraints(
-            max_input_tokens=constraints.max_input_tokens,
-            supported_languages=constraints.supported_languages,
-            max_batch=constraints.max_batch,
-        ),
+        constraints=constraints_to_proto(model.constraints),
         price_hint=model.price_hint,
-        resources=gossip_pb2.ResourceRequirements(
-            cpu_cores=resources.cpu_cores,
-            memory_mb=resources.memory_mb,
-            gpu_memory_mb=resources.gpu_memory_mb,
-        ),
+        resources=resources_to_proto(model.resources),
         typical_latency_ms=model.typical_latency_ms,
         strategy=model.strategy,
     )
 
 
 def advert_from_proto(message: gossip_pb2.ModelAdvert) -> ModelAdvert:
-    constraints = message.constraints
-    resources = message.resources
     return ModelAdvert(
         model_id=message.model_id,
         capabilities=tuple(message.capabilities),
-        constraints=ModelConstraints(
-            max_input_tokens=constraints.max_input_tokens,
-            supported_languages=tuple(constraints.supported_languages),
-            max_batch=constraints.max_batch,
-        ),
+        constraints=constraints_from_proto(message.constraints),
         price_hint=message.price_hint,
-        resources=Resources(resources.cpu_cores, resources.memory_mb, resources.gpu_memory_mb),
+        resources=resources_from_proto(message.resources),
         typical_latency_ms=message.typical_latency_ms,
         strategy=message.strategy,
     )

@@ -4,9 +4,9 @@ These are plain domain values. They are signed and carried as :class:`~atomic_p2
 payloads; :mod:`atomic_p2p.gossip.codec` maps them to and from the protobuf messages of
 ``protos/atomic/v1/gossip.proto`` field for field. Nothing here imports protobuf.
 
-Zero means "not declared" for the numeric limits of a :class:`ModelConstraints` (proto3 cannot tell
-an unset field from 0): a model with ``max_input_tokens == 0`` declares no token limit, one with
-``max_batch == 0`` no batch limit, and an empty ``supported_languages`` accepts any language.
+A :class:`ModelAdvert` states its model's terms with the types of :mod:`atomic_p2p.terms`
+(:class:`~atomic_p2p.terms.ModelConstraints`, :class:`~atomic_p2p.terms.Resources`), where zero
+means "not declared".
 """
 
 from __future__ import annotations
@@ -17,24 +17,7 @@ from enum import Enum
 from typing import Generic, TypeVar
 
 from atomic_p2p.identity import Envelope, PeerId
-
-
-@dataclass(frozen=True, slots=True)
-class ModelConstraints:
-    """Hard limits a model advertises; 0 / empty means "not declared" (see the module docstring)."""
-
-    max_input_tokens: int = 0
-    supported_languages: tuple[str, ...] = ()
-    max_batch: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class Resources:
-    """What one call of the model costs its host."""
-
-    cpu_cores: float = 0.0
-    memory_mb: float = 0.0
-    gpu_memory_mb: float = 0.0
+from atomic_p2p.terms import ModelConstraints, Resources
 
 
 @dataclass(frozen=True, slots=True)

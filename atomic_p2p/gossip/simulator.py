@@ -34,8 +34,9 @@ from atomic_p2p.gossip.codec import Opener, digest_size, request_wire_size, resp
 from atomic_p2p.gossip.config import GossipConfig
 from atomic_p2p.gossip.membership import Membership
 from atomic_p2p.gossip.messages import GossipResponse, MembershipEvent, Outgoing
-from atomic_p2p.gossip.records import ModelAdvert, ModelConstraints
+from atomic_p2p.gossip.records import ModelAdvert
 from atomic_p2p.identity import Identity
+from atomic_p2p.terms import ModelConstraints
 
 START = 1_700_000_000.0
 """Virtual wall clock at the start of every simulation (seconds since the Unix epoch)."""

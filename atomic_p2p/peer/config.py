@@ -34,21 +34,17 @@ from typing import Any
 from atomic_p2p.errors import ConfigError
 from atomic_p2p.faults import FaultPlan
 from atomic_p2p.peer.strategies import STRATEGIES, make_strategy
+from atomic_p2p.terms import ModelConstraints, Resources
 
 MIB = 1024 * 1024
 # Tensors are capped at 64 MiB each (atomic_p2p.tensors); a message also carries envelopes, names,
 # shapes and sometimes a second small tensor, so the cap leaves 8 MiB of headroom (docs/protocol.md).
 DEFAULT_MAX_MESSAGE_BYTES = 72 * MIB
 DEFAULT_MAX_TASKS = 64
-
-
-@dataclass(frozen=True, slots=True)
-class Constraints:
-    """Hard limits a model advertises and enforces (wire: ``ModelConstraints``)."""
-
-    max_batch: int = 256
-    max_input_tokens: int = 0  # 0: the model does not look at tokens
-    supported_languages: tuple[str, ...] = ()  # empty: language-agnostic
+# What a model's [models.constraints] and [models.resources] mean when left out: batches of up to
+# 256, and one CPU core per call. No token limit, any language, no memory declared (0: not declared).
+DEFAULT_CONSTRAINTS = ModelConstraints(max_batch=256)
+DEFAULT_RESOURCES = Resources(cpu_cores=1.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,15 +66,6 @@ class GradientConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class Resources:
-    """What one call costs the host (wire: ``ResourceRequirements``)."""
-
-    cpu_cores: float = 1.0
-    memory_mb: float = 0.0
-    gpu_memory_mb: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
 class ModelConfig:
     model_id: str
     capabilities: tuple[str, ...]
@@ -90,8 +77,8 @@ class ModelConfig:
     strategy_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
     # Keyword arguments for the factory (hyperparameters, seeds).
     options: Mapping[str, Any] = field(default_factory=dict, hash=False)
-    constraints: Constraints = Constraints()
-    resources: Resources = Resources()
+    constraints: ModelConstraints = DEFAULT_CONSTRAINTS  # what the model accepts, and enforces
+    resources: Resources = DEFAULT_RESOURCES  # what one call takes from the host
     # Simulates slower hardware: every call sleeps this long after the forward pass, and bids
     # quote it. Lets one machine host a "slow" and a "fast" peer for tests and demos.
     extra_latency_ms: float = 0.0
@@ -318,14 +305,15 @@ def _factory(table: Mapping[str, Any], base_dir: Path, where: str) -> str:
     return text
 
 
-def _constraints(table: Mapping[str, Any], where: str) -> Constraints:
+def _constraints(table: Mapping[str, Any], where: str) -> ModelConstraints:
     _reject_unknown(table, {"max_batch", "max_input_tokens", "supported_languages"}, where, "")
     languages = table.get("supported_languages", [])
     if not isinstance(languages, list) or not all(isinstance(x, str) for x in languages):
         raise ConfigError(f'{where}: supported_languages must be a list of strings, e.g. ["en"]')
-    return Constraints(
-        max_batch=_integer(table, "max_batch", where, default=256, low=1),
-        max_input_tokens=_integer(table, "max_input_tokens", where, default=0, low=0),
+    default = DEFAULT_CONSTRAINTS
+    return ModelConstraints(
+        max_batch=_integer(table, "max_batch", where, default=default.max_batch, low=1),
+        max_input_tokens=_integer(table, "max_input_tokens", where, default=default.max_input_tokens, low=0),
         supported_languages=tuple(languages),
     )
 
@@ -364,10 +352,11 @@ def _gradient(table: Mapping[str, Any], where: str) -> GradientConfig:
 
 def _resources(table: Mapping[str, Any], where: str) -> Resources:
     _reject_unknown(table, {"cpu_cores", "memory_mb", "gpu_memory_mb"}, where, "")
+    default = DEFAULT_RESOURCES
     return Resources(
-        cpu_cores=_number(table, "cpu_cores", where, default=1.0, low=0.0),
-        memory_mb=_number(table, "memory_mb", where, default=0.0, low=0.0),
-        gpu_memory_mb=_number(table, "gpu_memory_mb", where, default=0.0, low=0.0),
+        cpu_cores=_number(table, "cpu_cores", where, default=default.cpu_cores, low=0.0),
+        memory_mb=_number(table, "memory_mb", where, default=default.memory_mb, low=0.0),
+        gpu_memory_mb=_number(table, "gpu_memory_mb", where, default=default.gpu_memory_mb, low=0.0),
     )
 
 

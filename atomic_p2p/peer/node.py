@@ -27,7 +27,7 @@ from grpc_health.v1 import health, health_pb2
 
 from atomic_p2p.channels import ChannelPool
 from atomic_p2p.errors import ConfigError
-from atomic_p2p.gossip import GossipConfig, LoadSummary, ModelAdvert, ModelConstraints, Resources
+from atomic_p2p.gossip import GossipConfig, LoadSummary, ModelAdvert
 from atomic_p2p.gossip.transport import GossipAgent
 from atomic_p2p.identity import Identity, PeerId
 from atomic_p2p.peer.config import PeerConfig
@@ -224,15 +224,9 @@ def advert(model: HostedModel) -> ModelAdvert:
     return ModelAdvert(
         model_id=model.model_id,
         capabilities=model.capabilities,
-        constraints=ModelConstraints(
-            max_input_tokens=config.constraints.max_input_tokens,
-            supported_languages=config.constraints.supported_languages,
-            max_batch=config.constraints.max_batch,
-        ),
+        constraints=config.constraints,
         price_hint=config.price_per_example,
-        resources=Resources(
-            config.resources.cpu_cores, config.resources.memory_mb, config.resources.gpu_memory_mb
-        ),
+        resources=config.resources,
         typical_latency_ms=model.expected_latency_ms,
         strategy=config.strategy,
     )

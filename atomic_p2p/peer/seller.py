@@ -220,10 +220,10 @@ class Seller:
             model_id=model.model_id,
             confidence_score=terms.confidence,
             expected_latency_ms=terms.expected_latency_ms,
-            resource_requirements=model.config.resources,  # type: ignore[arg-type]
+            resource_requirements=model.config.resources,
             cost_estimate=terms.cost,
             capabilities=tuple(model.capabilities),
-            constraints=model.config.constraints,  # type: ignore[arg-type]
+            constraints=model.config.constraints,
             issued_at_ms=now_ms,
             valid_until_ms=now_ms + self._validity_ms,
             strategy=terms.strategy,

@@ -24,9 +24,8 @@ from typing import Any, TypeVar, cast
 
 from google.protobuf.message import Message
 
-from atomic_p2p._proto.atomic.v1 import gossip_pb2, market_pb2
+from atomic_p2p._proto.atomic.v1 import market_pb2
 from atomic_p2p.errors import ProtocolError
-from atomic_p2p.gossip.records import ModelConstraints, Resources
 from atomic_p2p.identity import Envelope, Identity, PeerId, verify
 from atomic_p2p.protocol.messages import (
     Bid,
@@ -50,9 +49,13 @@ from atomic_p2p.protocol.messages import (
     TaskSpec,
 )
 from atomic_p2p.protocol.wire import (
+    constraints_from_proto,
+    constraints_to_proto,
     envelope_from_proto,
     envelope_to_proto,
     parse,
+    resources_from_proto,
+    resources_to_proto,
     spec_from_proto,
     spec_to_proto,
     tensor_from_proto,
@@ -123,35 +126,6 @@ def open_signed(envelope: Envelope, kind: type[S], expected_signer: PeerId | Non
 def wire_size(message: Any) -> int:
     """How many bytes ``message`` takes on the wire."""
     return len(encode(message))
-
-
-# --- model terms ---------------------------------------------------------------------------------
-
-
-def constraints_to_proto(constraints: ModelConstraints) -> gossip_pb2.ModelConstraints:
-    return gossip_pb2.ModelConstraints(
-        max_input_tokens=constraints.max_input_tokens,
-        supported_languages=list(constraints.supported_languages),
-        max_batch=constraints.max_batch,
-    )
-
-
-def constraints_from_proto(message: gossip_pb2.ModelConstraints) -> ModelConstraints:
-    return ModelConstraints(
-        max_input_tokens=message.max_input_tokens,
-        supported_languages=tuple(message.supported_languages),
-        max_batch=message.max_batch,
-    )
-
-
-def resources_to_proto(resources: Resources) -> gossip_pb2.ResourceRequirements:
-    return gossip_pb2.ResourceRequirements(
-        cpu_cores=resources.cpu_cores, memory_mb=resources.memory_mb, gpu_memory_mb=resources.gpu_memory_mb
-    )
-
-
-def resources_from_proto(message: gossip_pb2.ResourceRequirements) -> Resources:
-    return Resources(message.cpu_cores, message.memory_mb, message.gpu_memory_mb)
 
 
 def no_bid_reason_name(reason: NoBidReason | int) -> str:

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING
 from atomic_p2p.identity import Envelope
 
 if TYPE_CHECKING:  # named in annotations only, so this module loads without torch or gossip
-    from atomic_p2p.gossip.records import ModelConstraints, Resources
     from atomic_p2p.tensors import WireTensor
+    from atomic_p2p.terms import ModelConstraints, Resources
 
 
 class NoBidReason(Enum):

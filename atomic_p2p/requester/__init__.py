@@ -24,10 +24,11 @@ from atomic_p2p.requester.admission import Priority
 from atomic_p2p.requester.bidpolicy import BidPolicy
 from atomic_p2p.requester.client import Requester
 from atomic_p2p.requester.decomposer import FromInput, FromNode, Node, Request, ShardPolicy
+from atomic_p2p.requester.evaluator import score
 from atomic_p2p.requester.execution import ExecutionPolicy
 from atomic_p2p.requester.gradient import GradientMarket, GradientRound, PeerRound
 from atomic_p2p.requester.graphrun import GraphResult
-from atomic_p2p.requester.scoring import PROFILES, Excluded, Ranking, Scored, Weights, resolve_weights, score
+from atomic_p2p.requester.ranking import Excluded, Ranking, Scored
 from atomic_p2p.requester.types import (
     Attempt,
     BidInfo,
@@ -38,6 +39,7 @@ from atomic_p2p.requester.types import (
     ScoredBid,
     Timings,
 )
+from atomic_p2p.requester.weights import PROFILES, Weights, resolve_weights
 
 __all__ = [
     "PROFILES",

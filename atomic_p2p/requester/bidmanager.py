@@ -228,16 +228,14 @@ class BidManager:
                 pending.future.set_result(offer)
 
     def _choose(self, wanted: Wanted) -> tuple[tuple[str, ...], tuple[str, ...]]:
-        policy = self.policy
-        if policy.top_m <= 0 or len(wanted.candidates) <= policy.top_m:
-            return wanted.candidates, ()
-        priors: dict[str, float] = {}
-        for address in wanted.candidates:
+        """Who is asked about ``wanted``: :func:`~.bidpolicy.prefilter` decides."""
+
+        def prior_of(address: str) -> float | None:
             peer = self._peer_at.get(address)
-            prior = peer_prior(self._profiles(), peer, wanted.capability) if peer else None
-            if prior is not None:
-                priors[address] = prior
-        picked = prefilter(wanted.candidates, priors, policy.top_m, policy.exploration_share, self._rng)
+            return peer_prior(self._profiles(), peer, wanted.capability) if peer else None
+
+        policy = self.policy
+        picked = prefilter(wanted.candidates, prior_of, policy.top_m, policy.exploration_share, self._rng)
         return picked.chosen, picked.skipped
 
     async def _solicit(self, batch: Sequence[Wanted]) -> list[Offers]:

@@ -2,7 +2,9 @@
 
 How this works
 --------------
-- **Pre-filtering** (:func:`prefilter`). Candidates with a profile are ranked by their prior
+- **Pre-filtering** (:func:`prefilter`): the one place that decides who is asked, given the
+  candidates discovery found (:mod:`.evaluator` shows where it sits among the places a peer is
+  chosen). With more than ``top_m`` of them, those with a profile are ranked by their prior
   (the best posterior mean of outcome quality over their models for the capability); the top
   ``top_m`` are asked, topped up with unprofiled candidates when fewer are known. On top of
   that ``ceil(exploration_share * top_m)`` more are drawn at random from the rest, so a peer
@@ -123,15 +125,17 @@ class Prefiltered:
 
 def prefilter(
     candidates: Sequence[str],
-    priors: Mapping[str, float],
+    prior_of: Callable[[str], float | None],
     top_m: int,
     exploration_share: float,
     rng: random.Random,
 ) -> Prefiltered:
-    """Pick the addresses to solicit (see the module docstring); ``priors`` by address."""
+    """Pick the addresses to solicit (see the module docstring). ``prior_of`` gives an address's
+    prior (None: not profiled); it is asked only when there are more than ``top_m`` candidates."""
     unique = list(dict.fromkeys(candidates))
     if top_m <= 0 or len(unique) <= top_m:
         return Prefiltered(tuple(unique), (), ())
+    priors = {address: prior for address in unique if (prior := prior_of(address)) is not None}
     known = sorted((a for a in unique if a in priors), key=lambda a: -priors[a])  # stable on ties
     unknown = [a for a in unique if a not in priors]
     rng.shuffle(unknown)

@@ -30,6 +30,7 @@ from atomic_p2p import tensors
 from atomic_p2p.errors import AuctionError, NoBidsError
 from atomic_p2p.requester.bidmanager import BidManager, Offers, Wanted, input_specs
 from atomic_p2p.requester.bidpolicy import InputSpecs
+from atomic_p2p.requester.clearing import payment
 from atomic_p2p.requester.decomposer import batch_limit
 from atomic_p2p.requester.discovery import Discovery
 from atomic_p2p.requester.evaluator import Ask
@@ -39,9 +40,9 @@ from atomic_p2p.requester.memory import MarketMemory
 from atomic_p2p.requester.messages import TaskRef, build_task
 from atomic_p2p.requester.profiler import shape_bucket
 from atomic_p2p.requester.ranking import Decision
-from atomic_p2p.requester.scoring import WeightsSpec
 from atomic_p2p.requester.transport import status_name
 from atomic_p2p.requester.types import BidInfo, Result, Timings
+from atomic_p2p.requester.weights import WeightsSpec
 
 # Above this many input bytes, encoding and hashing move to a worker thread.
 INLINE_ENCODE_BYTES = 1024 * 1024
@@ -186,9 +187,7 @@ class Broker:
         if executed.success is None:
             raise AuctionError(_failed_message(item.capability, executed))
         success = executed.success
-        paid = success.receipt.cost_charged
-        if success.bid is ranked[0] and decision.price is not None:
-            paid = decision.price  # the clearing price (second-score pricing may lower it)
+        paid = payment(decision.price, success.receipt.cost_charged, fallback=success.bid is not ranked[0])
         request_id = success.bid.request_id or offers.request_id
         elapsed_ms = executed.attempts[-1].elapsed_ms
         reference = self.memory.delivered(request_id, success.bid, ask, elapsed_ms, paid)

@@ -1,4 +1,6 @@
-"""Clearing an auction once bids are scored: the anti-starvation floor and second-score pricing.
+"""Clearing an auction once bids are scored: the anti-starvation floor, second-score pricing,
+and what the bid that delivers is paid. The last step of the evaluator (who wins); see
+:mod:`.evaluator` for where it sits among the places a peer is chosen.
 
 How this works
 --------------
@@ -27,6 +29,10 @@ at least every rival's (ties are then broken as in the ranking: faster, cheaper,
 When nothing bounds the price (the winner wins at any cost: no rival, or a zero cost weight)
 it is the budget if there is one, otherwise the winner's own bid. The price is never below the
 winner's own bid (float rounding aside, it cannot be: the winner won at that cost).
+
+**Payment.** The price clears the auction for its winner (rank 1). When the winner fails and a
+runner-up delivers instead (execution's fallback walk), the runner-up is paid what it charged in
+its signed result: the clearing price was set for another bid, not for it.
 """
 
 from __future__ import annotations
@@ -159,3 +165,11 @@ def _without_budget(winner: PriceTerms, rivals: Sequence[PriceTerms], weight: fl
     return max(winner.cost, min(crossings)), (
         "second-score: the cost, above every rival's, at which a rival's rising cost score overtakes it"
     )
+
+
+def payment(price: float | None, charged: float, *, fallback: bool) -> float:
+    """What the bid that delivered is paid: the clearing ``price`` when it was the auction's
+    winner, what it ``charged`` when it delivered as a ``fallback`` (or no price was set)."""
+    if fallback or price is None:
+        return charged
+    return price

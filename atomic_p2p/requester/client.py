@@ -53,9 +53,9 @@ from atomic_p2p.requester.gradient import GradientMarket
 from atomic_p2p.requester.graphrun import GraphResult, GraphRun
 from atomic_p2p.requester.memory import MarketMemory
 from atomic_p2p.requester.messages import TaskRef, sign_bid_request
-from atomic_p2p.requester.scoring import WeightsSpec, resolve_weights
 from atomic_p2p.requester.transport import GrpcTransport, Transport
 from atomic_p2p.requester.types import Result
+from atomic_p2p.requester.weights import WeightsSpec, resolve_weights
 
 TASK_ID = "task-0"  # the first task id a requester uses; later ones count up
 

@@ -4,7 +4,10 @@ With ``bootstrap`` addresses the requester joins the gossip as a member that hos
 record with no models and no address: nobody gossips to it, it pulls). Its directory then names
 the live peers for a capability; a peer that joins later becomes a candidate on the next round,
 and one declared SUSPECT, DEAD or LEFT stops being solicited at once. Fixed ``peers`` are always
-asked, whatever gossip says.
+candidates, whatever gossip says.
+
+Discovery says who *could* be asked; :func:`~.bidpolicy.prefilter` decides who is (see
+:mod:`.evaluator` for the places a peer is chosen).
 """
 
 from __future__ import annotations

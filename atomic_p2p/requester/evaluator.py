@@ -2,6 +2,37 @@
 pick a winner, keep runner-ups, set the price and say why. Pure: values in, values out; the
 time and the random source are arguments.
 
+Where a peer is chosen
+----------------------
+Three places, in this order, each with one job:
+
+1. **Who is asked.** :meth:`.discovery.Discovery.candidates` lists the peers that could take the
+   task (fixed peers, then live gossip adverts that accept the batch); :func:`.bidpolicy.prefilter`
+   alone decides which of them get a call for bids.
+2. **Who wins.** :func:`evaluate` screens, scores and ranks the bids that came in;
+   :mod:`.clearing` is its last step (the floor, the price) and also says what the bid that
+   finally delivers is paid (:func:`.clearing.payment`).
+3. **Fallback.** :meth:`.execution.Executor.run` walks the ranking, best first, until a result
+   verifies.
+
+Exploration is layered the same way; each layer reaches peers the one after it cannot, and each
+turns off on its own (one ``random.Random``, ``MarketMemory.rng``, draws for the first two):
+
+- **Asking** (``BidPolicy.top_m``, ``BidPolicy.exploration_share``): with more than ``top_m``
+  candidates, ``ceil(exploration_share * top_m)`` drawn at random from outside the top by prior
+  are asked too, so a peer the profile wrote off, or one that just joined, can bid at all. Off:
+  ``exploration_share=0`` asks the top ``top_m`` only; ``top_m=0`` asks everyone
+  (:meth:`.bidpolicy.BidPolicy.plain`).
+- **Scoring** (``EvaluatorConfig.exploration``, ``ucb_c``): among the bids in hand, a peer with
+  little evidence gets the benefit of its uncertain accuracy (Thompson draw or UCB bonus, step 3
+  below). Off: ``Exploration.NONE``.
+- **Clearing** (``EvaluatorConfig.floor``, a :class:`~.clearing.FloorRule`: ``min_share``,
+  ``warmup``, ``max_gap``): an eligible peer whose recent win share stays under ``min_share`` is
+  promoted to winner if it scores within ``max_gap`` of the top. Off: ``min_share=0`` (the default).
+
+:meth:`EvaluatorConfig.greedy` turns the last two off (and the utilization penalty, and
+second-score pricing); ``atomic run --explore`` chooses ``EvaluatorConfig()`` over it.
+
 How this works
 --------------
 1. **Screen.** A bid is excluded, with an :class:`Exclusion` kind and a reason (and a log
@@ -21,7 +52,7 @@ How this works
    - latency likewise: the claim times the measured delivered/promised ratio, worth
      ``claim_strength`` samples, pooled with the observed quantile over the recent window.
 
-   Without a profile the claim is taken as it stands (this is what :func:`.scoring.score` does).
+   Without a profile the claim is taken as it stands (this is what :func:`score` does).
 3. **Score.** Components in [0, 1], higher is better: ``accuracy`` (step 2), ``latency``
    (``1 - expected / time_left``), ``cost`` (``1 - cost / ceiling``, the ceiling being the
    budget or else the dearest eligible offer), ``availability`` (``1 - utilization`` the peer
@@ -68,6 +99,7 @@ from atomic_p2p.requester.ranking import (
 )
 from atomic_p2p.requester.rationale import Rationale
 from atomic_p2p.requester.weights import COMPONENTS, Weights, WeightsSpec, resolve_weights
+from atomic_p2p.terms import ModelConstraints, Resources
 
 logger = logging.getLogger(__name__)
 
@@ -84,15 +116,6 @@ class Pricing(Enum):
 
 
 @dataclass(frozen=True, slots=True)
-class Resources:
-    """Resource amounts; in an :class:`Ask`, the most a bid may need (0 = no limit)."""
-
-    cpu_cores: float = 0.0
-    memory_mb: float = 0.0
-    gpu_memory_mb: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
 class Ask:
     """What the requester wants of one microtask. Zero or empty means "not constrained"."""
 
@@ -105,7 +128,7 @@ class Ask:
     batch_size: int = 0
     input_tokens: int = 0
     language: str = ""
-    max_resources: Resources | None = None
+    max_resources: Resources | None = None  # the most a bid may need; a 0 amount has no limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,20 +230,18 @@ def _field_problem(bid: object) -> str | None:
 
 
 def _constraint_problem(bid: Scorable, ask: Ask) -> tuple[Exclusion, str] | None:
-    """The first hard constraint ``bid`` (whose fields are well formed) breaks, if any.
+    """The first hard constraint ``bid`` (whose claims are well formed) breaks, if any.
 
-    Only constraints the ask sets are looked up: a bid's optional fields cost nothing otherwise.
+    Only the terms the ask constrains are read: a bid's other fields cost nothing.
     """
-    if ask.capability:
-        capabilities = getattr(bid, "capabilities", None)
-        if capabilities and ask.capability not in capabilities:
-            return Exclusion.CAPABILITY, f"offers {sorted(capabilities)}, not {ask.capability!r}"
+    if ask.capability and bid.capabilities and ask.capability not in bid.capabilities:
+        return Exclusion.CAPABILITY, f"offers {sorted(bid.capabilities)}, not {ask.capability!r}"
     if ask.batch_size or ask.input_tokens or ask.language:
-        found = _input_problem(getattr(bid, "constraints", None), ask)
+        found = _input_problem(bid.constraints, ask)
         if found is not None:
             return found
     if ask.max_resources is not None:
-        found = _resource_problem(getattr(bid, "resources", None), ask.max_resources)
+        found = _resource_problem(bid.resources, ask.max_resources)
         if found is not None:
             return found
     if ask.budget is not None and bid.cost > ask.budget:
@@ -228,26 +249,31 @@ def _constraint_problem(bid: Scorable, ask: Ask) -> tuple[Exclusion, str] | None
     return None
 
 
-def _input_problem(constraints: object, ask: Ask) -> tuple[Exclusion, str] | None:
-    max_batch = _number(getattr(constraints, "max_batch", None)) or 0
+def _input_problem(constraints: ModelConstraints, ask: Ask) -> tuple[Exclusion, str] | None:
+    """The input limit the task breaks; a limit of 0 (or no languages) was not declared."""
+    max_batch, max_tokens = constraints.max_batch, constraints.max_input_tokens
     if ask.batch_size and max_batch and ask.batch_size > max_batch:
         return Exclusion.CONSTRAINTS, f"batch {ask.batch_size} exceeds its max_batch {max_batch:g}"
-    max_tokens = _number(getattr(constraints, "max_input_tokens", None)) or 0
     if ask.input_tokens and max_tokens and ask.input_tokens > max_tokens:
         return Exclusion.CONSTRAINTS, f"{ask.input_tokens} input tokens exceed its max {max_tokens:g}"
-    languages = getattr(constraints, "supported_languages", None)
+    languages = constraints.supported_languages
     if ask.language and languages and ask.language not in languages:
         return Exclusion.CONSTRAINTS, f"language {ask.language!r} not in {sorted(languages)}"
     return None
 
 
-def _resource_problem(needs: object, limits: Resources) -> tuple[Exclusion, str] | None:
-    if needs is None:
-        return None
-    for name in ("cpu_cores", "memory_mb", "gpu_memory_mb"):
-        need, limit = _number(getattr(needs, name, None)), getattr(limits, name)
+def _resource_problem(needs: Resources, limits: Resources) -> tuple[Exclusion, str] | None:
+    """The resource the bid needs more of than ``limits`` allow (a 0 limit allows any amount).
+    The needs are doubles from the network: NaN, inf or a negative amount is malformed."""
+    amounts = (
+        ("cpu_cores", needs.cpu_cores, limits.cpu_cores),
+        ("memory_mb", needs.memory_mb, limits.memory_mb),
+        ("gpu_memory_mb", needs.gpu_memory_mb, limits.gpu_memory_mb),
+    )
+    for name, amount, limit in amounts:
+        need = _number(amount)
         if need is None or not math.isfinite(need) or need < 0:
-            return Exclusion.MALFORMED, f"resource {name} {getattr(needs, name, None)!r} is not a number >= 0"
+            return Exclusion.MALFORMED, f"resource {name} {amount!r} is not a number >= 0"
         if limit and need > limit:
             return Exclusion.RESOURCES, f"needs {name} {need:g}, more than the {limit:g} allowed"
     return None
@@ -486,6 +512,25 @@ def evaluate(
     return Decision(ranked, tuple(excluded), weights, price, rationale)
 
 
+_GREEDY = EvaluatorConfig.greedy()
+
+
+def score(
+    bids: Sequence[T], weights: WeightsSpec, time_left_ms: float, budget: float | None = None
+) -> Ranking[T]:
+    """Rank ``bids`` on their claims alone, best first; the ones that break a hard constraint
+    are excluded with a reason.
+
+    The evaluator with no profile, no exploration, no floor and no penalty
+    (:meth:`EvaluatorConfig.greedy`): a deterministic ranking without learning. ``time_left_ms``
+    is how long remains until the request's deadline; ``budget`` the most the caller will pay
+    for this task (None: no cap).
+    """
+    ask = Ask(task_id="", capability="", time_left_ms=time_left_ms, budget=budget, weights=weights)
+    decision = evaluate(bids, ask, config=_GREEDY, explain=False)
+    return Ranking(decision.ranked, decision.excluded, decision.weights)
+
+
 def _rationale(
     ranked: Sequence[Scored[Any]],
     excluded: Sequence[Excluded[Any]],
@@ -536,4 +581,5 @@ __all__ = [
     "evaluate",
     "label",
     "peer_key",
+    "score",
 ]

@@ -18,7 +18,7 @@ from atomic_p2p.identity import Envelope, Identity
 from atomic_p2p.protocol.messages import FeedbackCall
 from atomic_p2p.requester.execution import Executed
 from atomic_p2p.requester.messages import sign_feedback
-from atomic_p2p.requester.scoring import Ranking
+from atomic_p2p.requester.ranking import Ranking
 from atomic_p2p.requester.transport import Transport
 from atomic_p2p.requester.types import BidInfo
 

@@ -15,13 +15,15 @@ from typing import Any, Generic, Protocol, TypeVar
 
 from atomic_p2p.requester.rationale import BidLabel, CandidateNote, ExclusionNote, Rationale
 from atomic_p2p.requester.weights import Weights
+from atomic_p2p.terms import ModelConstraints, Resources
 
 
 class Scorable(Protocol):
-    """The fields of a bid that scoring reads. The evaluator also reads, when present,
-    ``peer_id``, ``model_id``, ``address``, ``capabilities``, ``resources`` (cpu_cores,
-    memory_mb, gpu_memory_mb) and ``constraints`` (max_batch, max_input_tokens,
-    supported_languages)."""
+    """The fields of a bid the evaluator reads. The claims (``confidence``,
+    ``expected_latency_ms``, ``cost``) are always read; ``capabilities``, ``constraints`` and
+    ``resources`` only when the ask sets a capability, an input limit or a resource limit. It
+    also reads, when present, ``peer_id``, ``model_id`` and ``address``, which key the profiles
+    and label the rationale."""
 
     @property
     def confidence(self) -> float: ...
@@ -31,6 +33,15 @@ class Scorable(Protocol):
 
     @property
     def cost(self) -> float: ...
+
+    @property
+    def capabilities(self) -> tuple[str, ...]: ...
+
+    @property
+    def constraints(self) -> ModelConstraints: ...
+
+    @property
+    def resources(self) -> Resources: ...
 
 
 T = TypeVar("T", bound=Scorable)

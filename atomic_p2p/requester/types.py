@@ -12,10 +12,11 @@ from enum import Enum
 import torch
 
 from atomic_p2p.errors import AtomicError
-from atomic_p2p.gossip.records import ModelConstraints, Resources
 from atomic_p2p.identity import Envelope, PeerId
+from atomic_p2p.requester.ranking import Excluded, Scored
 from atomic_p2p.requester.rationale import Rationale
-from atomic_p2p.requester.scoring import Excluded, Scored, Weights
+from atomic_p2p.requester.weights import Weights
+from atomic_p2p.terms import ModelConstraints, Resources
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,7 +98,7 @@ def test_run_usage_errors_exit_2(
 
 def test_priority_choices_are_the_scoring_profiles() -> None:
     from atomic_p2p.cli.run import PRIORITIES
-    from atomic_p2p.requester.scoring import PROFILES
+    from atomic_p2p.requester.weights import PROFILES
 
     assert tuple(sorted(PROFILES)) == PRIORITIES
 

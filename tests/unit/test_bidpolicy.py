@@ -61,14 +61,26 @@ def test_plain_switches_every_rule_off() -> None:
 
 
 def test_prefilter_keeps_everyone_when_few() -> None:
-    picked = prefilter(["a", "b", "c"], {"a": 0.1}, top_m=3, exploration_share=0.5, rng=random.Random(0))
+    asked: list[str] = []
+
+    def prior_of(address: str) -> float | None:
+        asked.append(address)
+        return 0.1 if address == "a" else None
+
+    picked = prefilter(["a", "b", "c"], prior_of, top_m=3, exploration_share=0.5, rng=random.Random(0))
     assert picked.chosen == ("a", "b", "c") and picked.skipped == ()
+    assert asked == []  # no priors are looked up when everyone is asked anyway
+
+
+def test_prefilter_off_asks_every_candidate_once() -> None:
+    picked = prefilter(["a", "b", "a", "c"], {}.get, top_m=0, exploration_share=0.5, rng=random.Random(0))
+    assert picked.chosen == ("a", "b", "c") and picked.explorers == picked.skipped == ()
 
 
 def test_prefilter_takes_the_top_m_by_prior_plus_explorers() -> None:
     candidates = [f"p{i}" for i in range(10)]
     priors = {f"p{i}": i / 10 for i in range(10)}  # p9 best
-    picked = prefilter(candidates, priors, top_m=4, exploration_share=0.5, rng=random.Random(1))
+    picked = prefilter(candidates, priors.get, top_m=4, exploration_share=0.5, rng=random.Random(1))
     top = {"p9", "p8", "p7", "p6"}
     assert top <= set(picked.chosen)
     assert len(picked.explorers) == 2 and not set(picked.explorers) & top
@@ -81,7 +93,7 @@ def test_unprofiled_peers_fill_the_top_and_explorers_rotate() -> None:
     rng = random.Random(2)
     seen: set[str] = set()
     for _ in range(50):
-        picked = prefilter(candidates, {"p0": 0.9}, top_m=3, exploration_share=0.3, rng=rng)
+        picked = prefilter(candidates, {"p0": 0.9}.get, top_m=3, exploration_share=0.3, rng=rng)
         assert "p0" in picked.chosen and len(picked.chosen) == 4
         seen |= set(picked.chosen)
     assert seen == set(candidates)  # exploration reaches everyone eventually

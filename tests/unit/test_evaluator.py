@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from atomic_p2p.errors import ConfigError
-from atomic_p2p.requester.clearing import FloorRule, WinShares
+from atomic_p2p.requester.clearing import FloorRule, WinShares, payment
 from atomic_p2p.requester.evaluator import (
     Ask,
     Decision,
@@ -23,22 +23,15 @@ from atomic_p2p.requester.evaluator import (
     Exploration,
     MarketView,
     Pricing,
-    Resources,
     evaluate,
 )
 from atomic_p2p.requester.profiler import Observation, Profile, ProfileKey, ProfilerConfig, record
 from atomic_p2p.requester.rationale import Rationale
 from atomic_p2p.requester.weights import PROFILES, Weights
+from atomic_p2p.terms import ModelConstraints, Resources
 
 CAPABILITY = "classify/digits"
 GREEDY = EvaluatorConfig.greedy()
-
-
-@dataclass(frozen=True)
-class Constraints:
-    max_batch: int = 0
-    max_input_tokens: int = 0
-    supported_languages: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -50,8 +43,8 @@ class Bid:
     model_id: str = "m"
     address: str = ""
     capabilities: tuple[str, ...] = ()
-    constraints: Constraints = field(default_factory=Constraints)
-    resources: Resources | None = None
+    constraints: ModelConstraints = field(default_factory=ModelConstraints)
+    resources: Resources = field(default_factory=Resources)
 
 
 def ask(**overrides: Any) -> Ask:
@@ -105,19 +98,19 @@ SHARP = Bid("sharp", 0.99, 400.0, 2.0)
         (Bid("p", 0.9, 10, 5), {"budget": 4.0}, Exclusion.BUDGET, "budget"),
         (Bid("p", 0.9, 10, 1, capabilities=("translate",)), {}, Exclusion.CAPABILITY, "translate"),
         (
-            Bid("p", 0.9, 10, 1, constraints=Constraints(max_batch=8)),
+            Bid("p", 0.9, 10, 1, constraints=ModelConstraints(max_batch=8)),
             {"batch_size": 9},
             Exclusion.CONSTRAINTS,
             "max_batch",
         ),
         (
-            Bid("p", 0.9, 10, 1, constraints=Constraints(max_input_tokens=5)),
+            Bid("p", 0.9, 10, 1, constraints=ModelConstraints(max_input_tokens=5)),
             {"input_tokens": 6},
             Exclusion.CONSTRAINTS,
             "tokens",
         ),
         (
-            Bid("p", 0.9, 10, 1, constraints=Constraints(supported_languages=("en",))),
+            Bid("p", 0.9, 10, 1, constraints=ModelConstraints(supported_languages=("en",))),
             {"language": "fr"},
             Exclusion.CONSTRAINTS,
             "language",
@@ -143,7 +136,7 @@ def test_constraints_that_fit_do_not_exclude() -> None:
     bid = Bid(
         "p", 0.9, 10, 1,
         capabilities=(CAPABILITY,),
-        constraints=Constraints(max_batch=8, max_input_tokens=5, supported_languages=("en",)),
+        constraints=ModelConstraints(max_batch=8, max_input_tokens=5, supported_languages=("en",)),
         resources=Resources(1, 100, 0),
     )  # fmt: skip
     limits = Resources(cpu_cores=2, memory_mb=100)
@@ -151,6 +144,34 @@ def test_constraints_that_fit_do_not_exclude() -> None:
         [bid], ask(batch_size=8, input_tokens=5, language="en", max_resources=limits), config=GREEDY
     )
     assert decision.excluded == () and winner(decision) == "p"
+
+
+def test_zero_terms_declare_no_limit() -> None:
+    # A bid that declares nothing (0 / empty, as proto3 sends it) fits any task, and an all-zero
+    # resource limit allows any amount.
+    bid = Bid("p", 0.9, 10, 1, resources=Resources(cpu_cores=64, memory_mb=1e6, gpu_memory_mb=1e6))
+    the_ask = ask(batch_size=10_000, input_tokens=10**6, language="xx", max_resources=Resources())
+    decision = evaluate([bid], the_ask, config=GREEDY)
+    assert decision.excluded == () and winner(decision) == "p"
+
+
+@pytest.mark.parametrize(
+    ("needs", "name"),
+    [
+        (Resources(cpu_cores=-1.0), "cpu_cores"),
+        (Resources(memory_mb=math.nan), "memory_mb"),
+        (Resources(gpu_memory_mb=math.inf), "gpu_memory_mb"),
+    ],
+)
+def test_a_malformed_resource_need_is_excluded_when_resources_are_limited(
+    needs: Resources, name: str
+) -> None:
+    bid = Bid("p", 0.9, 10, 1, resources=needs)
+    limited = evaluate([bid, FAST], ask(max_resources=Resources(cpu_cores=4)), config=GREEDY)
+    (excluded,) = limited.excluded
+    assert excluded.kind is Exclusion.MALFORMED and name in excluded.reason
+    # Without a resource limit the needs are never read, as before.
+    assert evaluate([bid], ask(), config=GREEDY).excluded == ()
 
 
 def test_the_deadline_is_checked_against_expected_not_claimed_latency() -> None:
@@ -356,6 +377,24 @@ def test_second_score_without_rivals_pays_the_budget_or_the_bid() -> None:
 
 
 # --- rationale ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("price", "fallback", "paid"),
+    [(2.5, False, 2.5), (2.5, True, 1.0), (None, False, 1.0), (None, True, 1.0)],
+)
+def test_the_winner_is_paid_the_clearing_price_and_a_fallback_its_own_charge(
+    price: float | None, fallback: bool, paid: float
+) -> None:
+    assert payment(price, 1.0, fallback=fallback) == paid
+
+
+def test_a_fallback_that_delivers_is_not_paid_the_winners_second_score_price() -> None:
+    decision = evaluate([FAST, SHARP], ask(budget=5.0), config=SECOND)
+    assert decision.winner is not None and decision.price is not None
+    runner_up = decision.runner_ups[0].item
+    assert decision.price > decision.winner.item.cost  # second-score lifted the winner's price
+    assert payment(decision.price, runner_up.cost, fallback=True) == runner_up.cost
 
 
 def test_rationale_records_the_whole_decision_and_round_trips_json() -> None:

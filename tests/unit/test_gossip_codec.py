@@ -17,15 +17,14 @@ from atomic_p2p.gossip.records import (
     Leave,
     LoadSummary,
     ModelAdvert,
-    ModelConstraints,
     PeerRecord,
     RecordLimits,
     Rejection,
     RejectReason,
-    Resources,
     Signed,
 )
 from atomic_p2p.identity import Identity
+from atomic_p2p.terms import ModelConstraints, Resources
 
 ALICE = Identity.from_seed(b"alice")
 BOB = Identity.from_seed(b"bob")
@@ -39,6 +38,22 @@ MODEL = ModelAdvert(
     typical_latency_ms=4.5,
     strategy="confidence",
 )
+
+
+def test_an_advert_carries_its_terms_field_for_field() -> None:
+    message = gossip_pb2.ModelAdvert(
+        model_id="resnet",
+        capabilities=["classify", "embed"],
+        constraints=gossip_pb2.ModelConstraints(
+            max_input_tokens=512, supported_languages=["en", "fr"], max_batch=16
+        ),
+        price_hint=0.25,
+        resources=gossip_pb2.ResourceRequirements(cpu_cores=2, memory_mb=512, gpu_memory_mb=0),
+        typical_latency_ms=4.5,
+        strategy="confidence",
+    )
+    assert codec.advert_to_proto(MODEL).SerializeToString() == message.SerializeToString()
+    assert codec.advert_from_proto(message) == MODEL
 
 
 def record(identity: Identity = ALICE, **changes: object) -> PeerRecord:

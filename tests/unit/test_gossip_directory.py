@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from atomic_p2p.gossip.directory import Candidate, Directory, Requirements
 from atomic_p2p.gossip.messages import MemberForgotten, MemberJoined, MemberState, RecordUpdated, StateChanged
-from atomic_p2p.gossip.records import ModelAdvert, ModelConstraints, PeerRecord
+from atomic_p2p.gossip.records import ModelAdvert, PeerRecord
 from atomic_p2p.identity import Identity
+from atomic_p2p.terms import ModelConstraints
 
 ALICE, BOB, CAROL = (Identity.from_seed(n).peer_id for n in (b"alice", b"bob", b"carol"))
 

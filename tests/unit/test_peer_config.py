@@ -8,6 +8,7 @@ import pytest
 
 from atomic_p2p.errors import ConfigError
 from atomic_p2p.peer.config import DEFAULT_MAX_MESSAGE_BYTES, PeerConfig, load_config, load_configs
+from atomic_p2p.terms import ModelConstraints, Resources
 from atomic_p2p.testing import EXAMPLE_PEERS, PEERS_DIR
 
 MINIMAL = """
@@ -50,6 +51,9 @@ def test_defaults(tmp_path: Path) -> None:
     assert config.weights_dir == config.data_dir / "models"
     model = config.models[0]
     assert (model.strategy, model.extra_latency_ms, model.constraints.max_batch) == ("confidence", 0.0, 256)
+    # The config's own defaults, on the shared types where 0 means "not declared".
+    assert model.constraints == ModelConstraints(max_batch=256)
+    assert model.resources == Resources(cpu_cores=1.0)
 
 
 def test_relative_paths_are_relative_to_the_config_file(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from atomic_p2p.errors import ConfigError
-from atomic_p2p.peer.config import Constraints, ModelConfig
+from atomic_p2p.peer.config import ModelConfig
 from atomic_p2p.peer.models import BuiltModel, HostedModel
 from atomic_p2p.peer.strategies import (
     HISTORY_LENGTH,
@@ -39,6 +39,7 @@ from atomic_p2p.peer.strategies import (
     read_journal,
     register_strategy,
 )
+from atomic_p2p.terms import ModelConstraints
 
 IDLE = Load(in_flight=0, queued=0, capacity=2, queue_limit=4)
 
@@ -73,7 +74,7 @@ def hosted(
         price_per_example=price,
         strategy=strategy,
         strategy_options=strategy_options or {},
-        constraints=Constraints(**{"max_batch": 16, **constraints}),
+        constraints=ModelConstraints(**{"max_batch": 16, **constraints}),
         extra_latency_ms=extra_latency_ms,
     )
     module = constant_logits(logits or [0.0] * 10)

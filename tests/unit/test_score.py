@@ -1,4 +1,5 @@
-"""The weighted score (atomic_p2p.requester.scoring): pure, so every case runs without sockets."""
+"""The weighted score (atomic_p2p.requester.evaluator.score, the evaluator with no learning and no
+exploration) and the weight profiles: pure, so every case runs without sockets."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from atomic_p2p.errors import ConfigError
-from atomic_p2p.requester.scoring import PROFILES, Weights, resolve_weights, score
+from atomic_p2p.requester.evaluator import score
+from atomic_p2p.requester.weights import PROFILES, Weights, resolve_weights
 
 
 @dataclass(frozen=True)
 class Offer:
+    """Only the claims: score() sets no capability, input or resource limit, so reads no more."""
+
     name: str
     confidence: float
     expected_latency_ms: float
@@ -27,6 +31,16 @@ SLOW_SHARP = Offer("sharp", confidence=0.99, expected_latency_ms=400.0, cost=2.0
 
 def names(ranking) -> list[str]:
     return [scored.item.name for scored in ranking.ranked]
+
+
+def test_the_sdk_exports_the_scoring_names_from_their_own_modules() -> None:
+    import atomic_p2p.requester as sdk
+    from atomic_p2p.requester import evaluator, ranking, weights
+
+    assert sdk.score is evaluator.score and sdk.Ranking is ranking.Ranking
+    assert sdk.Scored is ranking.Scored and sdk.Excluded is ranking.Excluded
+    assert sdk.PROFILES is weights.PROFILES and sdk.Weights is weights.Weights
+    assert sdk.resolve_weights is weights.resolve_weights
 
 
 def test_profiles_match_the_design() -> None:
