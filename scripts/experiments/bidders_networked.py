@@ -70,6 +70,7 @@ from torch import nn
 from torch.nn import functional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: tests.support.handbuyer
 import common
 import multiple_bidders
 import single_bidder
@@ -80,7 +81,8 @@ from atomic_p2p._wire import tensor_to_proto, tensors_from_proto
 from atomic_p2p.identity import Identity
 from atomic_p2p.peer.models import BuiltModel
 from atomic_p2p.tensors import WireTensor, decode, encode
-from atomic_p2p.testing import HandBuyer, peer_processes
+from atomic_p2p.testing import peer_processes
+from tests.support.handbuyer import HandBuyer
 
 CAPABILITY = "bidding/expert"
 FEATURES = 64  # digits pixels; the bid is column 64

@@ -21,7 +21,8 @@ from atomic_p2p.peer.config import GradientConfig, PeerConfig
 from atomic_p2p.peer.gradients import CHECKPOINT_DIR, MODEL_CHECKPOINT_DIR
 from atomic_p2p.peer.node import PeerNode
 from atomic_p2p.tensors import encode
-from atomic_p2p.testing import HandBuyer, example_config
+from peers.examples import example_config
+from tests.support.handbuyer import HandBuyer
 
 pytestmark = pytest.mark.integration
 

@@ -1,6 +1,6 @@
 """A peer with ``bid_reuse_ttl_s`` lets its requester reuse a bid under new ids, within limits.
 
-The requester side is driven by hand (:class:`~atomic_p2p.testing.HandBuyer`), so what the
+The requester side is driven by hand (:class:`~tests.support.handbuyer.HandBuyer`), so what the
 peer accepts and refuses is checked independently of the SDK's bid cache.
 """
 
@@ -23,7 +23,8 @@ from atomic_p2p._wire import tensor_from_proto, tensor_to_proto
 from atomic_p2p.identity import Identity
 from atomic_p2p.peer.node import PeerNode
 from atomic_p2p.tensors import WireTensor, decode, digest
-from atomic_p2p.testing import HandBuyer, example_config, now_ms
+from peers.examples import example_config
+from tests.support.handbuyer import HandBuyer, now_ms
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 

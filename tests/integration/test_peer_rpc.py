@@ -24,7 +24,9 @@ from atomic_p2p.peer.config import load_config
 from atomic_p2p.peer.node import PeerNode
 from atomic_p2p.peer.strategies.journal import JOURNAL_NAME, read_journal
 from atomic_p2p.tensors import decode, digest, encode
-from atomic_p2p.testing import HandBuyer, digits_batch, example_config, now_ms
+from atomic_p2p.testing import digits_batch
+from peers.examples import example_config
+from tests.support.handbuyer import HandBuyer, now_ms
 
 pytestmark = pytest.mark.integration
 

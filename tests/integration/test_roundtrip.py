@@ -29,7 +29,7 @@ from atomic_p2p.peer.node import PeerNode
 from atomic_p2p.requester import NoBidKind, Requester
 from atomic_p2p.requester.evaluator import EvaluatorConfig
 from atomic_p2p.tensors import digest, encode
-from atomic_p2p.testing import PEERS_DIR, example_config
+from peers.examples import PEERS_DIR, example_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import tomllib
@@ -18,19 +19,15 @@ from atomic_p2p._proto.atomic.v1 import market_pb2
 from atomic_p2p._wire import envelope_from_proto
 from atomic_p2p.cli.peer import main
 from atomic_p2p.identity import verify
-from atomic_p2p.testing import (
-    LISTENING,
-    PEERS_DIR,
-    HandBuyer,
-    peer_command,
-    peer_processes,
-    weights_cache_dir,
-)
+from atomic_p2p.testing import peer_command, peer_processes
+from peers.examples import PEERS_DIR, example_table
+from tests.support.handbuyer import HandBuyer
 
 pytestmark = pytest.mark.system
 
 START_TIMEOUT_S = 90.0  # a first start trains the model (a few seconds; more on a loaded box)
 EXIT_TIMEOUT_S = 20.0
+LISTENING = re.compile(r"^atomic-peer ([0-9a-f]{8}) listening on (\S+) hosting (.+)$")
 
 
 @dataclass
@@ -125,10 +122,7 @@ def test_a_busy_port_exits_2_and_says_what_to_do(tmp_path: Path, capsys: pytest.
 
 async def test_peer_processes_start_from_tables_serve_and_stop_cleanly(tmp_path: Path) -> None:
     """The launcher the networked experiments use: two tables in, two serving processes out."""
-    table = tomllib.loads((PEERS_DIR / "small.toml").read_text())
-    table["peer"]["cache_dir"] = str(weights_cache_dir())
-    table["models"][0]["factory"] = str(PEERS_DIR / "digits.py") + ":small"
-    tables = [{**table, "peer": {**table["peer"], "name": f"proc-{i}"}} for i in range(2)]
+    tables = [example_table("small", name=f"proc-{i}") for i in range(2)]
     async with peer_processes(tables, tmp_path) as peers:
         assert [p.name for p in peers] == ["proc-0", "proc-1"]
         assert all(p.models == ["digits-small"] for p in peers)
