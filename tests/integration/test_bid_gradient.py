@@ -5,7 +5,6 @@ gets its status code with the bid function's parameters bit-identical before and
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,15 +34,9 @@ def gradient_config(tmp_path: Path, **options: Any) -> PeerConfig:
 
 
 @pytest.fixture
-async def node(tmp_path: Path) -> AsyncIterator[PeerNode]:
-    async with await PeerNode.start(gradient_config(tmp_path)) as running:
-        yield running
-
-
-@pytest.fixture
-async def buyer(node: PeerNode) -> AsyncIterator[HandBuyer]:
-    async with HandBuyer(node.address) as client:
-        yield client
+def node_config(tmp_path: Path) -> PeerConfig:
+    """The ``node`` and ``buyer`` fixtures (conftest.py) run on a peer that learns from gradients."""
+    return gradient_config(tmp_path)
 
 
 def learner_state(node: PeerNode) -> dict[str, torch.Tensor]:

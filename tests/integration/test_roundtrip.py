@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -140,18 +141,21 @@ async def test_budget_below_every_price_gets_no_bids(trio: dict[str, PeerNode]) 
 
 async def test_fallback_when_the_winner_dies_mid_execution(tmp_path: Path) -> None:
     # The large model is made the clear winner (accuracy only) and slow, so its Execute is in
-    # flight for 1.5 s; the node is stopped 0.5 s into the run.
+    # flight for 1.5 s; the node is stopped once its model runs. Without a preview in the call
+    # for bids, the model runs only to execute.
     slow_large = example_config("large", tmp_path, model_overrides={"extra_latency_ms": 1500})
     large = await asyncio.wait_for(PeerNode.start(slow_large), timeout=120)
     small = await asyncio.wait_for(PeerNode.start(example_config("small", tmp_path)), timeout=120)
+    executing = threading.Event()
+    large.models["digits-large"].module.register_forward_pre_hook(lambda *_: executing.set())
     x, y = held_out_digits(32)
     try:
         greedy = EvaluatorConfig.greedy()  # the large model must rank first, not be explored past
         async with Requester([large.address, small.address], evaluator=greedy) as requester:
             run = asyncio.create_task(
-                requester.run(CAPABILITY, {"x": x}, deadline_s=6.0, weights={"accuracy": 1})
+                requester.run(CAPABILITY, {"x": x}, deadline_s=6.0, weights={"accuracy": 1}, preview=False)
             )
-            await asyncio.sleep(0.5)
+            assert await asyncio.to_thread(executing.wait, 10), "the large model never ran"
             await large.stop(grace=0)
             result = await asyncio.wait_for(run, timeout=10)
     finally:

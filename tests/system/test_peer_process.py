@@ -14,6 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import tomli_w
 
 from atomic_p2p._proto.atomic.v1 import market_pb2
 from atomic_p2p._wire import envelope_from_proto
@@ -22,6 +23,7 @@ from atomic_p2p.identity import verify
 from atomic_p2p.testing import peer_command, peer_processes
 from peers.examples import PEERS_DIR, example_table
 from tests.support.handbuyer import HandBuyer
+from tests.support.waiting import draining, eventually
 
 pytestmark = pytest.mark.system
 
@@ -41,12 +43,18 @@ class PeerProcess:
 
 @pytest.fixture
 async def peer_process(tmp_path: Path) -> AsyncIterator[PeerProcess]:
+    """The small and slow example peers as one process, from two configs. One worker and no queue
+    ([peer] comes from the first config): while an order runs, new calls for bids decline with
+    OVERLOADED, which is how a test sees that the order was admitted."""
+    configs = []
+    for name, overrides in (("small", {"max_concurrency": 1, "queue_limit": 0}), ("slow", {})):
+        configs.append(tmp_path / f"{name}.toml")
+        configs[-1].write_text(tomli_w.dumps(example_table(name, **overrides)))
     log = tmp_path / "peer.log"
     with log.open("wb") as stderr:
         process = await asyncio.create_subprocess_exec(
             *peer_command(),
-            str(PEERS_DIR / "small.toml"),
-            str(PEERS_DIR / "slow.toml"),
+            *map(str, configs),
             "--port",
             "0",
             "--data-dir",
@@ -76,11 +84,15 @@ async def test_sigterm_drains_in_flight_work_then_exits_zero(peer_process: PeerP
         assert terms.expected_latency_ms >= 2000  # the simulated slow hardware is quoted
         assert terms.peer_id.hex().startswith(peer_process.peer_id_short)
 
+        async def admitted() -> bool:  # the one worker is busy: new calls for bids decline
+            outcome = (await buyer.request_bids([buyer.task()])).outcomes[0]
+            return outcome.no_bid.reason == market_pb2.NO_BID_REASON_OVERLOADED
+
         in_flight = asyncio.ensure_future(buyer.execute(slow_bid, [buyer.inputs(4)]))
-        await asyncio.sleep(0.5)  # the order is admitted and the model is "running" for 2 s
-        assert not in_flight.done()
+        await eventually(admitted, what="the slow order is admitted")
+        assert not in_flight.done()  # the model is "running" for 2 s
         peer_process.process.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.3)
+        await eventually(lambda: draining(buyer.channel), what="the peer drains on SIGTERM")
 
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await buyer.request_bids([buyer.task()])
