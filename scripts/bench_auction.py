@@ -41,13 +41,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the example peers: peers.examples
 CAPABILITY = "classify/digits"
 
 
 # --------------------------------------------------------------------------- peer farm (child)
 async def serve_peers(count: int, data_dir: Path) -> None:
     """Child process: start ``count`` small digit peers, print their addresses, wait for EOF."""
-    from atomic_p2p.testing import start_example_peers
+    from peers.examples import start_example_peers
 
     nodes = []
     for index in range(count):

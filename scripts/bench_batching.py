@@ -36,13 +36,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the example peers: peers.examples
 CAPABILITY = "classify/digits"
 
 
 # --------------------------------------------------------------------------- peer farm (child)
 async def serve_peers(count: int, data_dir: Path, reuse_s: float) -> None:
     """Child process: start ``count`` small digit peers, print their addresses, wait for EOF."""
-    from atomic_p2p.testing import start_example_peers
+    from peers.examples import start_example_peers
 
     nodes = []
     for index in range(count):

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the example peers: peers.examples
 CONVERGE_TIMEOUT_S = 60.0
 STEADY_WINDOW_S = 3.0
 
@@ -117,11 +118,11 @@ async def worker(
     index: int, count: int, total: int, interval: float, fanout: int, mode: str, kind: str, data: Path
 ) -> None:
     from atomic_p2p._proto.atomic.v1 import envelope_pb2
-    from atomic_p2p._wire import envelope_from_proto, envelope_to_proto
     from atomic_p2p.gossip import GossipConfig
     from atomic_p2p.gossip.codec import Opener
     from atomic_p2p.peer.node import PeerNode
-    from atomic_p2p.testing import example_config
+    from atomic_p2p.protocol.wire import envelope_from_proto, envelope_to_proto
+    from peers.examples import example_config
 
     gossip_config = GossipConfig(interval=interval, fanout=fanout)
     shared_opener = Opener(gossip_config.limits.record, max_entries=64 * total)

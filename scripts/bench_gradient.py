@@ -25,15 +25,19 @@ import asyncio
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the example peers: peers.examples
+
 from atomic_p2p.identity import Identity
 from atomic_p2p.peer.config import GradientConfig
 from atomic_p2p.requester.gradient import GradientMarket
-from atomic_p2p.testing import digits_batch, running_peers
+from atomic_p2p.testing import digits_batch
+from peers.examples import running_peers
 
 
 def percentile(values: list[float], q: float) -> float:

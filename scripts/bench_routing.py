@@ -42,6 +42,7 @@ from typing import Any
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the example peers: peers.examples
 
 from routing import market, report, tune
 from routing.policies import LoggedTask, Oracle, PolicyFactory, baselines, ours, replay

@@ -22,7 +22,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import NoReturn
+from typing import NoReturn, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
@@ -30,7 +30,7 @@ from grpc_reflection.v1alpha import reflection
 
 from atomic_p2p.errors import AtomicError, UnavailableError, UnimplementedError
 from atomic_p2p.gossip.transport import GossipAgent
-from atomic_p2p.peer.seller import Seller
+from atomic_p2p.peer.seller import Decision, Seller
 from atomic_p2p.peer.workers import WorkerPool
 from atomic_p2p.protocol import codec
 from atomic_p2p.protocol.messages import BidGradientCall, ExecuteCall, FeedbackCall, RequestBidsCall
@@ -61,12 +61,14 @@ class PeerService:
         draining: Callable[[], bool] = lambda: False,
         gossip: Callable[[], GossipAgent | None] = lambda: None,
         clock: Callable[[], int] = wall_ms,
+        offload: Callable[..., Awaitable[object]] = asyncio.to_thread,
     ) -> None:
         self.seller = seller
         self.workers = workers
         self._draining = draining
         self._gossip = gossip
         self._now_ms = clock
+        self._offload = offload  # where slow strategy previews run (a fake clock runs them inline)
         self._methods: dict[str, Callable[[bytes, str], Awaitable[bytes]]] = {
             "Gossip": self.gossip,
             "RequestBids": self.request_bids,
@@ -95,7 +97,7 @@ class PeerService:
         load = self.workers.load(self._draining())
         if self.seller.previews_are_slow(opened):
             # Scoring previews runs the models: keep slow ones off the event loop.
-            decisions = await asyncio.to_thread(self.seller.decide, opened, load)
+            decisions = cast(list[Decision], await self._offload(self.seller.decide, opened, load))
         else:
             decisions = self.seller.decide(opened, load)
         return codec.encode(self.seller.answer(opened, decisions, self._now_ms()))

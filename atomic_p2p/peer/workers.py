@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -55,12 +55,15 @@ class WorkerPool(Generic[T]):
         result_ttl_s: float,
         max_results: int = 100_000,
         clock: Callable[[], float] = time.monotonic,
+        offload: Callable[[Callable[[], T]], Awaitable[T]] | None = None,
     ) -> None:
         self.max_concurrency = max_concurrency
         self.queue_limit = queue_limit
         self.result_ttl_s = result_ttl_s
         self.max_results = max_results
         self._clock = clock
+        # Where jobs run: this pool's own threads, or ``offload`` (a fake clock runs them inline).
+        self._offload = offload
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="atomic-model")
         self._slots = asyncio.Semaphore(max_concurrency)
         self._running_calls: dict[Hashable, _Call[T]] = {}
@@ -131,6 +134,8 @@ class WorkerPool(Generic[T]):
         call.started = True
         self._running += 1
         try:
+            if self._offload is not None:
+                return await self._offload(job)
             return await asyncio.get_running_loop().run_in_executor(self._pool, job)
         finally:
             self._running -= 1

@@ -70,17 +70,19 @@ from torch import nn
 from torch.nn import functional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: tests.support.handbuyer
 import common
 import multiple_bidders
 import single_bidder
 
 from atomic_p2p import market
 from atomic_p2p._proto.atomic.v1 import envelope_pb2, market_pb2
-from atomic_p2p._wire import tensor_to_proto, tensors_from_proto
 from atomic_p2p.identity import Identity
 from atomic_p2p.peer.models import BuiltModel
+from atomic_p2p.protocol.wire import tensor_to_proto, tensors_from_proto
 from atomic_p2p.tensors import WireTensor, decode, encode
-from atomic_p2p.testing import HandBuyer, peer_processes
+from atomic_p2p.testing import peer_processes
+from tests.support.handbuyer import HandBuyer
 
 CAPABILITY = "bidding/expert"
 FEATURES = 64  # digits pixels; the bid is column 64

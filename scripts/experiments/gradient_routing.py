@@ -50,6 +50,7 @@ import torch
 from torch.nn import functional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: peers.examples
 import common
 
 from atomic_p2p import market
@@ -57,9 +58,9 @@ from atomic_p2p.identity import Identity
 from atomic_p2p.peer.config import GradientConfig
 from atomic_p2p.peer.models import load_factory
 from atomic_p2p.requester.gradient import GradientMarket
-from atomic_p2p.testing import peer_processes, weights_cache_dir
+from atomic_p2p.testing import peer_processes
+from peers.examples import PEERS_DIR, weights_cache_dir
 
-PEERS_DIR = Path(__file__).resolve().parents[2] / "peers"
 CAPABILITY = "classify/digits"
 BATCH_STREAM = 100
 PRICE = 0.001  # per example: a peer holding the whole gate of every example is paid its quote

@@ -56,17 +56,19 @@ from torch import nn
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: tests.support.handbuyer
 import common
 import price_of_anarchy as poa
 
 from atomic_p2p._proto.atomic.v1 import envelope_pb2, market_pb2
-from atomic_p2p._wire import tensor_to_proto, tensors_from_proto
 from atomic_p2p.identity import Identity
 from atomic_p2p.peer.config import config_from_dict
 from atomic_p2p.peer.models import BuiltModel
 from atomic_p2p.peer.node import PeerNode
+from atomic_p2p.protocol.wire import tensor_to_proto, tensors_from_proto
 from atomic_p2p.tensors import decode, encode
-from atomic_p2p.testing import HandBuyer, peer_processes
+from atomic_p2p.testing import peer_processes
+from tests.support.handbuyer import HandBuyer
 
 TOLERANCE = 1e-9
 CAPABILITY = "poa/row"

@@ -50,11 +50,10 @@ from atomic_p2p.requester.execution import ExecutionPolicy, Executor, Payload
 from atomic_p2p.requester.messages import build_task, sign_bid_request
 from atomic_p2p.requester.profiler import shape_bucket
 from atomic_p2p.requester.transport import GrpcTransport
-from atomic_p2p.testing import weights_cache_dir
+from peers.examples import PEERS_DIR, weights_cache_dir
 
 from .policies import LoggedTask, Outcome
 
-PEERS_DIR = Path(__file__).resolve().parents[2] / "peers"
 DIGITS = PEERS_DIR / "digits.py"
 BENCH_MODELS = PEERS_DIR / "bench_models.py"
 CAPABILITY = "classify/digits"

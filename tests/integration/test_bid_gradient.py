@@ -5,7 +5,6 @@ gets its status code with the bid function's parameters bit-identical before and
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +14,14 @@ import torch
 from grpc import StatusCode as Code
 
 from atomic_p2p._proto.atomic.v1 import envelope_pb2, market_pb2
-from atomic_p2p._wire import tensor_to_proto
 from atomic_p2p.identity import Identity
 from atomic_p2p.peer.config import GradientConfig, PeerConfig
 from atomic_p2p.peer.gradients import CHECKPOINT_DIR, MODEL_CHECKPOINT_DIR
 from atomic_p2p.peer.node import PeerNode
+from atomic_p2p.protocol.wire import tensor_to_proto
 from atomic_p2p.tensors import encode
-from atomic_p2p.testing import HandBuyer, example_config
+from peers.examples import example_config
+from tests.support.handbuyer import HandBuyer
 
 pytestmark = pytest.mark.integration
 
@@ -34,15 +34,9 @@ def gradient_config(tmp_path: Path, **options: Any) -> PeerConfig:
 
 
 @pytest.fixture
-async def node(tmp_path: Path) -> AsyncIterator[PeerNode]:
-    async with await PeerNode.start(gradient_config(tmp_path)) as running:
-        yield running
-
-
-@pytest.fixture
-async def buyer(node: PeerNode) -> AsyncIterator[HandBuyer]:
-    async with HandBuyer(node.address) as client:
-        yield client
+def node_config(tmp_path: Path) -> PeerConfig:
+    """The ``node`` and ``buyer`` fixtures (conftest.py) run on a peer that learns from gradients."""
+    return gradient_config(tmp_path)
 
 
 def learner_state(node: PeerNode) -> dict[str, torch.Tensor]:

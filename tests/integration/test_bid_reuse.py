@@ -1,41 +1,40 @@
 """A peer with ``bid_reuse_ttl_s`` lets its requester reuse a bid under new ids, within limits.
 
-The requester side is driven by hand (:class:`~atomic_p2p.testing.HandBuyer`), so what the
+The requester side is driven by hand (:class:`~tests.support.handbuyer.HandBuyer`), so what the
 peer accepts and refuses is checked independently of the SDK's bid cache.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import secrets
 import time
-from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-import pytest_asyncio
 import torch
 
 from atomic_p2p._proto.atomic.v1 import envelope_pb2, market_pb2
-from atomic_p2p._wire import tensor_from_proto, tensor_to_proto
 from atomic_p2p.identity import Identity
+from atomic_p2p.peer.config import PeerConfig
 from atomic_p2p.peer.node import PeerNode
+from atomic_p2p.protocol.wire import tensor_from_proto, tensor_to_proto
 from atomic_p2p.tensors import WireTensor, decode, digest
-from atomic_p2p.testing import HandBuyer, example_config, now_ms
+from peers.examples import example_config
+from tests.support.handbuyer import HandBuyer, now_ms
+from tests.support.waiting import until_past
 
-pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = pytest.mark.integration
 
 REUSE_S = 1.0
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def node(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[PeerNode]:
-    config = example_config("small", tmp_path_factory.mktemp("reuse"), bid_reuse_ttl_s=REUSE_S)
-    node = await asyncio.wait_for(PeerNode.start(config), timeout=120)
-    yield node
-    await node.stop(grace=1.0)
+@pytest.fixture
+def node_config(tmp_path: Path) -> PeerConfig:
+    """The ``node`` and ``buyer`` fixtures (conftest.py) run on a peer that lets bids be reused."""
+    return example_config("small", tmp_path, bid_reuse_ttl_s=REUSE_S)
 
 
 def reuse(
@@ -63,24 +62,22 @@ async def refused(buyer: HandBuyer, request: market_pb2.ExecuteRequest) -> grpc.
     return caught.value
 
 
-async def test_a_bid_declares_its_reuse_period_and_record(node: PeerNode) -> None:
-    async with HandBuyer(node.address) as buyer:
-        bid = await buyer.win(batch=4)
+async def test_a_bid_declares_its_reuse_period_and_record(node: PeerNode, buyer: HandBuyer) -> None:
+    bid = await buyer.win(batch=4)
     terms = market_pb2.Bid.FromString(bid.payload)
     assert node.gossip is not None
     assert terms.reusable_ttl_ms == REUSE_S * 1000
     assert terms.record_seq == node.gossip.membership.local_record.seq > 0
 
 
-async def test_a_reusable_bid_runs_again_under_new_ids(node: PeerNode) -> None:
-    async with HandBuyer(node.address) as buyer:
-        bid = await buyer.win(batch=4)
-        first = buyer.inputs(4)
-        await buyer.execute(bid, [first])
-        again = buyer.inputs(4, offset=100)  # other inputs, same shape
-        request = reuse(buyer, bid, [again])
-        response = await buyer.stub.Execute(request, timeout=30)
-        retried = await buyer.stub.Execute(request, timeout=30)  # at most once per new ids
+async def test_a_reusable_bid_runs_again_under_new_ids(node: PeerNode, buyer: HandBuyer) -> None:
+    bid = await buyer.win(batch=4)
+    first = buyer.inputs(4)
+    await buyer.execute(bid, [first])
+    again = buyer.inputs(4, offset=100)  # other inputs, same shape
+    request = reuse(buyer, bid, [again])
+    response = await buyer.stub.Execute(request, timeout=30)
+    retried = await buyer.stub.Execute(request, timeout=30)  # at most once per new ids
     result = market_pb2.ExecuteResult.FromString(response.result.payload)
     order = market_pb2.ExecuteOrder.FromString(request.order.payload)
     assert (result.request_id, result.task_id) == (order.request_id, "t2")
@@ -91,37 +88,34 @@ async def test_a_reusable_bid_runs_again_under_new_ids(node: PeerNode) -> None:
     assert retried.result == response.result
 
 
-async def test_reuse_is_only_for_the_requester_the_bid_was_made_for(node: PeerNode) -> None:
-    async with HandBuyer(node.address) as buyer:
-        bid = await buyer.win(batch=4)
-        error = await refused(buyer, reuse(buyer, bid, [buyer.inputs(4)], signer=Identity.generate()))
+async def test_reuse_is_only_for_the_requester_the_bid_was_made_for(buyer: HandBuyer) -> None:
+    bid = await buyer.win(batch=4)
+    error = await refused(buyer, reuse(buyer, bid, [buyer.inputs(4)], signer=Identity.generate()))
     assert error.code() is grpc.StatusCode.UNAUTHENTICATED
 
 
-async def test_reuse_needs_a_deadline_and_the_same_shape(node: PeerNode) -> None:
-    async with HandBuyer(node.address) as buyer:
-        bid = await buyer.win(batch=4)
-        no_deadline = await refused(buyer, reuse(buyer, bid, [buyer.inputs(4)], deadline_ms=0))
-        other_shape = await refused(buyer, reuse(buyer, bid, [buyer.inputs(5)]))
+async def test_reuse_needs_a_deadline_and_the_same_shape(buyer: HandBuyer) -> None:
+    bid = await buyer.win(batch=4)
+    no_deadline = await refused(buyer, reuse(buyer, bid, [buyer.inputs(4)], deadline_ms=0))
+    other_shape = await refused(buyer, reuse(buyer, bid, [buyer.inputs(5)]))
     assert no_deadline.code() is grpc.StatusCode.INVALID_ARGUMENT and "deadline" in (
         no_deadline.details() or ""
     )
     assert other_shape.code() is grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_reuse_ends_with_its_period(node: PeerNode) -> None:
-    async with HandBuyer(node.address) as buyer:
-        bid = await buyer.win(batch=4)
-        await asyncio.sleep(REUSE_S + 0.05)
-        error = await refused(buyer, reuse(buyer, bid, [buyer.inputs(4)]))
-        await buyer.execute(bid, [buyer.inputs(4)])  # the bid itself is still valid
+async def test_reuse_ends_with_its_period(buyer: HandBuyer) -> None:
+    bid = await buyer.win(batch=4)
+    terms = market_pb2.Bid.FromString(bid.payload)
+    await until_past(terms.issued_at_ms + terms.reusable_ttl_ms)  # the reuse period is over
+    error = await refused(buyer, reuse(buyer, bid, [buyer.inputs(4)]))
+    await buyer.execute(bid, [buyer.inputs(4)])  # the bid itself is still valid
     assert error.code() is grpc.StatusCode.FAILED_PRECONDITION and "reuse period" in (error.details() or "")
 
 
-async def test_reuse_ends_when_the_record_changes(node: PeerNode) -> None:
-    async with HandBuyer(node.address) as buyer:
-        bid = await buyer.win(batch=4)
-        assert node.gossip is not None
-        node.gossip.membership.update_record(time.time())
-        error = await refused(buyer, reuse(buyer, bid, [buyer.inputs(4)]))
+async def test_reuse_ends_when_the_record_changes(node: PeerNode, buyer: HandBuyer) -> None:
+    bid = await buyer.win(batch=4)
+    assert node.gossip is not None
+    node.gossip.membership.update_record(time.time())
+    error = await refused(buyer, reuse(buyer, bid, [buyer.inputs(4)]))
     assert error.code() is grpc.StatusCode.FAILED_PRECONDITION and "record changed" in (error.details() or "")

@@ -27,7 +27,9 @@ from atomic_p2p.requester import NoBidKind, Requester
 from atomic_p2p.requester.bidpolicy import BidPolicy
 from atomic_p2p.requester.decomposer import Node, Request, ShardPolicy
 from atomic_p2p.requester.evaluator import EvaluatorConfig
-from atomic_p2p.testing import digits_batch, example_config, now_ms, weights_cache_dir
+from atomic_p2p.testing import digits_batch
+from peers.examples import example_config, weights_cache_dir
+from tests.support.handbuyer import now_ms
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 

@@ -33,7 +33,9 @@ from atomic_p2p.gossip.records import Heartbeat
 from atomic_p2p.identity import Envelope, Identity
 from atomic_p2p.peer.node import PeerNode
 from atomic_p2p.requester import Requester
-from atomic_p2p.testing import HandBuyer, digits_batch, example_config
+from atomic_p2p.testing import digits_batch
+from peers.examples import example_config
+from tests.support.handbuyer import HandBuyer
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 

@@ -15,7 +15,8 @@ from atomic_p2p.peer.config import GradientConfig
 from atomic_p2p.requester import Requester
 from atomic_p2p.requester.gradient import GradientMarket
 from atomic_p2p.store import Store
-from atomic_p2p.testing import digits_batch, running_peers
+from atomic_p2p.testing import digits_batch
+from peers.examples import running_peers
 
 pytestmark = pytest.mark.integration
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,27 +19,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from atomic_p2p._proto.atomic.v1 import envelope_pb2, market_pb2, tensor_pb2
-from atomic_p2p._wire import envelope_from_proto, envelope_to_proto, tensors_from_proto
 from atomic_p2p.identity import Identity, verify
 from atomic_p2p.peer.config import load_config
 from atomic_p2p.peer.node import PeerNode
 from atomic_p2p.peer.strategies.journal import JOURNAL_NAME, read_journal
+from atomic_p2p.protocol.wire import envelope_from_proto, envelope_to_proto, tensors_from_proto
 from atomic_p2p.tensors import decode, digest, encode
-from atomic_p2p.testing import HandBuyer, digits_batch, example_config, now_ms
+from atomic_p2p.testing import digits_batch
+from peers.examples import example_config
+from tests.support.handbuyer import HandBuyer, now_ms
+from tests.support.waiting import draining, eventually, until_past
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-async def node(tmp_path: Path) -> AsyncIterator[PeerNode]:
-    async with await PeerNode.start(example_config("small", tmp_path)) as running:
-        yield running
-
-
-@pytest.fixture
-async def buyer(node: PeerNode) -> AsyncIterator[HandBuyer]:
-    async with HandBuyer(node.address) as client:
-        yield client
 
 
 async def code_of(call: Awaitable[Any]) -> Code:
@@ -454,7 +446,7 @@ async def test_an_expired_bid_is_refused(tmp_path: Path) -> None:
     config = example_config("small", tmp_path, bid_validity_s=0.3)
     async with await PeerNode.start(config) as node, HandBuyer(node.address) as buyer:
         bid = await buyer.win(4)
-        await asyncio.sleep(0.4)
+        await until_past(market_pb2.Bid.FromString(bid.payload).valid_until_ms)
         assert await code_of(buyer.execute(bid, [buyer.inputs(4)])) is Code.FAILED_PRECONDITION
         # Feedback about it can still be attributed for the skew window.
         accepted = await buyer.stub.Feedback(buyer.feedback(bid, "loss"), timeout=10)
@@ -619,15 +611,15 @@ async def test_drain_finishes_in_flight_work_and_refuses_new(tmp_path: Path) -> 
     try:
         async with HandBuyer(node.address) as buyer:
             bid, spare = await buyer.win(4), await buyer.win(4)
+            running = threading.Event()  # set by the model's first forward pass: the order is admitted
+            node.models["digits-small"].module.register_forward_pre_hook(lambda *_: running.set())
             in_flight = asyncio.ensure_future(buyer.execute(bid, [buyer.inputs(4)]))
-            await asyncio.sleep(0.2)
+            assert await asyncio.to_thread(running.wait, 10), "the order never reached the model"
             drained = asyncio.ensure_future(node.drain(10))
-            await asyncio.sleep(0.05)
+            await eventually(lambda: node.draining, what="the node starts draining")
             assert await code_of(buyer.request_bids([buyer.task()])) is Code.UNAVAILABLE
             assert await code_of(buyer.execute(spare, [buyer.inputs(4)])) is Code.UNAVAILABLE
-            health = health_pb2_grpc.HealthStub(buyer.channel)
-            answer = await health.Check(health_pb2.HealthCheckRequest(service="atomic.v1.Peer"), timeout=10)
-            assert answer.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            await eventually(lambda: draining(buyer.channel), what="health reports NOT_SERVING")
             assert await asyncio.wait_for(drained, 10) is True
             response = await asyncio.wait_for(in_flight, 10)
             assert market_pb2.ExecuteResult.FromString(response.result.payload).latency_ms >= 500

@@ -10,7 +10,7 @@ import tomllib
 import pytest
 import tomli_w
 
-from atomic_p2p.testing import load_experiment
+from tests.support.experiments import load_experiment
 
 pytestmark = pytest.mark.integration
 

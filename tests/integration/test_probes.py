@@ -12,7 +12,8 @@ from atomic_p2p.requester import Requester
 from atomic_p2p.requester.probes import ProbeConfig, Prober
 from atomic_p2p.requester.profiler import ProfileKey
 from atomic_p2p.store import Store
-from atomic_p2p.testing import digits_batch, running_peers
+from atomic_p2p.testing import digits_batch
+from peers.examples import running_peers
 
 pytestmark = pytest.mark.integration
 

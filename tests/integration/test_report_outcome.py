@@ -11,7 +11,8 @@ from atomic_p2p.errors import ConfigError, UnknownTaskError
 from atomic_p2p.requester import Requester
 from atomic_p2p.requester.profiler import Profile, ProfileKey
 from atomic_p2p.store import Store
-from atomic_p2p.testing import digits_batch, running_peers
+from atomic_p2p.testing import digits_batch
+from peers.examples import running_peers
 
 pytestmark = pytest.mark.integration
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -21,15 +22,15 @@ import pytest_asyncio
 import torch
 
 from atomic_p2p._proto.atomic.v1 import market_pb2, market_pb2_grpc
-from atomic_p2p._wire import envelope_from_proto, envelope_to_proto, parse, sign_message
 from atomic_p2p.errors import NoBidsError
 from atomic_p2p.identity import Envelope, Identity, verify
 from atomic_p2p.peer.models import load_factory
 from atomic_p2p.peer.node import PeerNode
+from atomic_p2p.protocol.wire import envelope_from_proto, envelope_to_proto, parse
 from atomic_p2p.requester import NoBidKind, Requester
 from atomic_p2p.requester.evaluator import EvaluatorConfig
 from atomic_p2p.tensors import digest, encode
-from atomic_p2p.testing import PEERS_DIR, example_config
+from peers.examples import PEERS_DIR, example_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -140,18 +141,21 @@ async def test_budget_below_every_price_gets_no_bids(trio: dict[str, PeerNode]) 
 
 async def test_fallback_when_the_winner_dies_mid_execution(tmp_path: Path) -> None:
     # The large model is made the clear winner (accuracy only) and slow, so its Execute is in
-    # flight for 1.5 s; the node is stopped 0.5 s into the run.
+    # flight for 1.5 s; the node is stopped once its model runs. Without a preview in the call
+    # for bids, the model runs only to execute.
     slow_large = example_config("large", tmp_path, model_overrides={"extra_latency_ms": 1500})
     large = await asyncio.wait_for(PeerNode.start(slow_large), timeout=120)
     small = await asyncio.wait_for(PeerNode.start(example_config("small", tmp_path)), timeout=120)
+    executing = threading.Event()
+    large.models["digits-large"].module.register_forward_pre_hook(lambda *_: executing.set())
     x, y = held_out_digits(32)
     try:
         greedy = EvaluatorConfig.greedy()  # the large model must rank first, not be explored past
         async with Requester([large.address, small.address], evaluator=greedy) as requester:
             run = asyncio.create_task(
-                requester.run(CAPABILITY, {"x": x}, deadline_s=6.0, weights={"accuracy": 1})
+                requester.run(CAPABILITY, {"x": x}, deadline_s=6.0, weights={"accuracy": 1}, preview=False)
             )
-            await asyncio.sleep(0.5)
+            assert await asyncio.to_thread(executing.wait, 10), "the large model never ran"
             await large.stop(grace=0)
             result = await asyncio.wait_for(run, timeout=10)
     finally:
@@ -173,7 +177,7 @@ Forgery = Callable[[market_pb2.Bid, Identity], Envelope]
 
 
 def _resign(bid: market_pb2.Bid, identity: Identity) -> Envelope:
-    envelope: Envelope = sign_message(identity, bid)
+    envelope: Envelope = identity.sign(bid.DESCRIPTOR.full_name, bid.SerializeToString())
     return envelope
 
 

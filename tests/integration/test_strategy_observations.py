@@ -9,7 +9,8 @@ import pytest
 from atomic_p2p.requester import Requester
 from atomic_p2p.requester.evaluator import EvaluatorConfig
 from atomic_p2p.store import Store
-from atomic_p2p.testing import digits_batch, running_peers
+from atomic_p2p.testing import digits_batch
+from peers.examples import running_peers
 
 pytestmark = pytest.mark.integration
 

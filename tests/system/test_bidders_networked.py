@@ -13,7 +13,8 @@ import grpc
 import pytest
 import torch
 
-from atomic_p2p.testing import load_experiment, peer_processes
+from atomic_p2p.testing import peer_processes
+from tests.support.experiments import load_experiment
 
 STEPS, EVAL_EVERY = 20, 10
 

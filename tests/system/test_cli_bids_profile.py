@@ -13,7 +13,8 @@ import pytest
 
 from atomic_p2p.cli.main import main
 from atomic_p2p.requester import Requester
-from atomic_p2p.testing import digits_batch, running_peers
+from atomic_p2p.testing import digits_batch
+from peers.examples import running_peers
 
 pytestmark = pytest.mark.system
 

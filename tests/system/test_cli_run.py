@@ -19,7 +19,8 @@ import torch
 from atomic_p2p.cli.main import main
 from atomic_p2p.identity import Identity
 from atomic_p2p.peer.node import PeerNode
-from atomic_p2p.testing import digits_batch, start_example_peers
+from atomic_p2p.testing import digits_batch
+from peers.examples import start_example_peers
 
 pytestmark = pytest.mark.system
 

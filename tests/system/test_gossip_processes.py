@@ -26,7 +26,8 @@ from atomic_p2p.gossip import GossipConfig, MemberState
 from atomic_p2p.identity import PeerId
 from atomic_p2p.peer.node import PeerNode
 from atomic_p2p.requester import Requester
-from atomic_p2p.testing import PEERS_DIR, digits_batch, example_config, weights_cache_dir
+from atomic_p2p.testing import digits_batch
+from peers.examples import PEERS_DIR, example_config, weights_cache_dir
 
 pytestmark = [pytest.mark.system, pytest.mark.asyncio(loop_scope="module")]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from atomic_p2p.testing import load_experiment
+from tests.support.experiments import load_experiment
 
 pytestmark = pytest.mark.system
 

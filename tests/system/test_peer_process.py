@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import tomllib
@@ -13,24 +14,22 @@ from pathlib import Path
 
 import grpc
 import pytest
+import tomli_w
 
 from atomic_p2p._proto.atomic.v1 import market_pb2
-from atomic_p2p._wire import envelope_from_proto
 from atomic_p2p.cli.peer import main
 from atomic_p2p.identity import verify
-from atomic_p2p.testing import (
-    LISTENING,
-    PEERS_DIR,
-    HandBuyer,
-    peer_command,
-    peer_processes,
-    weights_cache_dir,
-)
+from atomic_p2p.protocol.wire import envelope_from_proto
+from atomic_p2p.testing import peer_command, peer_processes
+from peers.examples import PEERS_DIR, example_table
+from tests.support.handbuyer import HandBuyer
+from tests.support.waiting import draining, eventually
 
 pytestmark = pytest.mark.system
 
 START_TIMEOUT_S = 90.0  # a first start trains the model (a few seconds; more on a loaded box)
 EXIT_TIMEOUT_S = 20.0
+LISTENING = re.compile(r"^atomic-peer ([0-9a-f]{8}) listening on (\S+) hosting (.+)$")
 
 
 @dataclass
@@ -44,12 +43,18 @@ class PeerProcess:
 
 @pytest.fixture
 async def peer_process(tmp_path: Path) -> AsyncIterator[PeerProcess]:
+    """The small and slow example peers as one process, from two configs. One worker and no queue
+    ([peer] comes from the first config): while an order runs, new calls for bids decline with
+    OVERLOADED, which is how a test sees that the order was admitted."""
+    configs = []
+    for name, overrides in (("small", {"max_concurrency": 1, "queue_limit": 0}), ("slow", {})):
+        configs.append(tmp_path / f"{name}.toml")
+        configs[-1].write_text(tomli_w.dumps(example_table(name, **overrides)))
     log = tmp_path / "peer.log"
     with log.open("wb") as stderr:
         process = await asyncio.create_subprocess_exec(
             *peer_command(),
-            str(PEERS_DIR / "small.toml"),
-            str(PEERS_DIR / "slow.toml"),
+            *map(str, configs),
             "--port",
             "0",
             "--data-dir",
@@ -79,11 +84,15 @@ async def test_sigterm_drains_in_flight_work_then_exits_zero(peer_process: PeerP
         assert terms.expected_latency_ms >= 2000  # the simulated slow hardware is quoted
         assert terms.peer_id.hex().startswith(peer_process.peer_id_short)
 
+        async def admitted() -> bool:  # the one worker is busy: new calls for bids decline
+            outcome = (await buyer.request_bids([buyer.task()])).outcomes[0]
+            return outcome.no_bid.reason == market_pb2.NO_BID_REASON_OVERLOADED
+
         in_flight = asyncio.ensure_future(buyer.execute(slow_bid, [buyer.inputs(4)]))
-        await asyncio.sleep(0.5)  # the order is admitted and the model is "running" for 2 s
-        assert not in_flight.done()
+        await eventually(admitted, what="the slow order is admitted")
+        assert not in_flight.done()  # the model is "running" for 2 s
         peer_process.process.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.3)
+        await eventually(lambda: draining(buyer.channel), what="the peer drains on SIGTERM")
 
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await buyer.request_bids([buyer.task()])
@@ -125,10 +134,7 @@ def test_a_busy_port_exits_2_and_says_what_to_do(tmp_path: Path, capsys: pytest.
 
 async def test_peer_processes_start_from_tables_serve_and_stop_cleanly(tmp_path: Path) -> None:
     """The launcher the networked experiments use: two tables in, two serving processes out."""
-    table = tomllib.loads((PEERS_DIR / "small.toml").read_text())
-    table["peer"]["cache_dir"] = str(weights_cache_dir())
-    table["models"][0]["factory"] = str(PEERS_DIR / "digits.py") + ":small"
-    tables = [{**table, "peer": {**table["peer"], "name": f"proc-{i}"}} for i in range(2)]
+    tables = [example_table("small", name=f"proc-{i}") for i in range(2)]
     async with peer_processes(tables, tmp_path) as peers:
         assert [p.name for p in peers] == ["proc-0", "proc-1"]
         assert all(p.models == ["digits-small"] for p in peers)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from atomic_p2p.testing import load_experiment
+from tests.support.experiments import load_experiment
 
 pytestmark = pytest.mark.system
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from atomic_p2p.testing import running_peers
+from peers.examples import running_peers
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -20,7 +20,7 @@ import pytest
 
 from atomic_p2p.requester import Requester
 from atomic_p2p.store import Store
-from atomic_p2p.testing import running_peers
+from peers.examples import running_peers
 
 pytestmark = pytest.mark.system
 

@@ -25,7 +25,8 @@ from atomic_p2p import netns
 from atomic_p2p.cli.peers import observe
 from atomic_p2p.gossip import GossipConfig, MemberState
 from atomic_p2p.requester import Requester
-from atomic_p2p.testing import digits_batch, weights_cache_dir
+from atomic_p2p.testing import digits_batch
+from peers.examples import weights_cache_dir
 
 pytestmark = [
     pytest.mark.system,

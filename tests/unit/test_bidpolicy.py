@@ -2,41 +2,28 @@
 
 from __future__ import annotations
 
-import hashlib
 import random
 
 import pytest
 
 from atomic_p2p.errors import ConfigError
-from atomic_p2p.identity import Envelope, PeerId
+from atomic_p2p.identity import PeerId
 from atomic_p2p.requester.bidpolicy import BidCache, BidPolicy, LatencyTracker, peer_prior, prefilter, rebind
 from atomic_p2p.requester.profiler import BetaPosterior, Profile, ProfileKey
 from atomic_p2p.requester.types import BidInfo
+from atomic_p2p.testing import make_bid, peer_identity
 
 SPECS = (("x", "float32", (8, 64)),)
 
 
 def peer(name: str) -> PeerId:
-    return PeerId(hashlib.sha256(name.encode()).digest())
+    return peer_identity(name).peer_id
 
 
-def bid(
-    name: str, *, ttl_ms: int = 1000, seq: int = 7, valid_until_ms: int = 10_000, task: str = "t"
-) -> BidInfo:
-    return BidInfo(
-        peer_id=peer(name),
-        address=f"{name}:1",
-        task_id=task,
-        model_id="m",
-        confidence=0.9,
-        expected_latency_ms=5.0,
-        cost=0.01,
-        valid_until_ms=valid_until_ms,
-        strategy="fixed",
-        envelope=Envelope(b"k" * 32, "atomic.v1.Bid", name.encode(), b"s" * 64),
-        request_id=b"r" * 16,
-        reusable_ttl_ms=ttl_ms,
-        record_seq=seq,
+def bid(name: str, *, ttl_ms: int = 1000, seq: int = 7, valid_until_ms: int = 10_000) -> BidInfo:
+    """A bid from peer ``name`` that may be reused (the cache keeps no other kind) by default."""
+    return make_bid(
+        name, request_id=b"r" * 16, valid_until_ms=valid_until_ms, reusable_ttl_ms=ttl_ms, record_seq=seq
     )
 
 

@@ -6,7 +6,7 @@ import json
 import logging
 import math
 import random
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -27,41 +27,40 @@ from atomic_p2p.requester.evaluator import (
 )
 from atomic_p2p.requester.profiler import Observation, Profile, ProfileKey, ProfilerConfig, record
 from atomic_p2p.requester.rationale import Rationale
+from atomic_p2p.requester.types import BidInfo
 from atomic_p2p.requester.weights import PROFILES, Weights
 from atomic_p2p.terms import ModelConstraints, Resources
+from atomic_p2p.testing import make_bid, peer_identity
 
 CAPABILITY = "classify/digits"
 GREEDY = EvaluatorConfig.greedy()
 
 
-@dataclass(frozen=True)
-class Bid:
-    peer_id: str
-    confidence: Any
-    expected_latency_ms: Any
-    cost: Any
-    model_id: str = "m"
-    address: str = ""
-    capabilities: tuple[str, ...] = ()
-    constraints: ModelConstraints = field(default_factory=ModelConstraints)
-    resources: Resources = field(default_factory=Resources)
+def offer(peer: str, confidence: float, expected_latency_ms: float, cost: float, **fields: Any) -> BidInfo:
+    """A signed bid from test peer ``peer`` with these claims (other fields as for make_bid)."""
+    return make_bid(peer, confidence=confidence, expected_latency_ms=expected_latency_ms, cost=cost, **fields)
+
+
+def peer(name: str) -> str:
+    """The key the evaluator files test peer ``name`` under (profiles, shares, load): its peer id."""
+    return str(peer_identity(name).peer_id)
 
 
 def ask(**overrides: Any) -> Ask:
     return Ask(**{"task_id": "t", "capability": CAPABILITY, "time_left_ms": 1000.0, **overrides})
 
 
-def winner(decision: Decision[Bid]) -> str:
+def winner(decision: Decision[BidInfo]) -> str:
     assert decision.winner is not None
-    return decision.winner.item.peer_id
+    return str(decision.winner.item.peer_id)
 
 
-def key(peer: str) -> ProfileKey:
-    return ProfileKey(peer, "m", CAPABILITY)
+def key(name: str) -> ProfileKey:
+    return ProfileKey(peer(name), "m", CAPABILITY)
 
 
 def history(
-    peer: str, n: int, *, claim: float, outcome_rate: float, promised_ms: float, took_ms: float
+    name: str, n: int, *, claim: float, outcome_rate: float, promised_ms: float, took_ms: float
 ) -> Profile:
     """A profile after n tasks: outcomes alternate so the success rate is outcome_rate."""
     config = ProfilerConfig()
@@ -79,13 +78,13 @@ def history(
             promised_latency_ms=promised_ms,
             promised_cost=1.0,
         )
-        profile = record(profile, key(peer), observation, config)
+        profile = record(profile, key(name), observation, config)
     assert profile is not None
     return profile
 
 
-FAST = Bid("fast", 0.80, 10.0, 1.0)
-SHARP = Bid("sharp", 0.99, 400.0, 2.0)
+FAST = offer("fast", 0.80, 10.0, 1.0)
+SHARP = offer("sharp", 0.99, 400.0, 2.0)
 
 
 # --- hard constraints -------------------------------------------------------------------------
@@ -94,29 +93,29 @@ SHARP = Bid("sharp", 0.99, 400.0, 2.0)
 @pytest.mark.parametrize(
     ("bid", "overrides", "kind", "words"),
     [
-        (Bid("p", 0.9, 1200, 1), {}, Exclusion.DEADLINE, "exceeds"),
-        (Bid("p", 0.9, 10, 5), {"budget": 4.0}, Exclusion.BUDGET, "budget"),
-        (Bid("p", 0.9, 10, 1, capabilities=("translate",)), {}, Exclusion.CAPABILITY, "translate"),
+        (offer("p", 0.9, 1200, 1), {}, Exclusion.DEADLINE, "exceeds"),
+        (offer("p", 0.9, 10, 5), {"budget": 4.0}, Exclusion.BUDGET, "budget"),
+        (offer("p", 0.9, 10, 1, capabilities=("translate",)), {}, Exclusion.CAPABILITY, "translate"),
         (
-            Bid("p", 0.9, 10, 1, constraints=ModelConstraints(max_batch=8)),
+            offer("p", 0.9, 10, 1, constraints=ModelConstraints(max_batch=8)),
             {"batch_size": 9},
             Exclusion.CONSTRAINTS,
             "max_batch",
         ),
         (
-            Bid("p", 0.9, 10, 1, constraints=ModelConstraints(max_input_tokens=5)),
+            offer("p", 0.9, 10, 1, constraints=ModelConstraints(max_input_tokens=5)),
             {"input_tokens": 6},
             Exclusion.CONSTRAINTS,
             "tokens",
         ),
         (
-            Bid("p", 0.9, 10, 1, constraints=ModelConstraints(supported_languages=("en",))),
+            offer("p", 0.9, 10, 1, constraints=ModelConstraints(supported_languages=("en",))),
             {"language": "fr"},
             Exclusion.CONSTRAINTS,
             "language",
         ),
         (
-            Bid("p", 0.9, 10, 1, resources=Resources(gpu_memory_mb=4096)),
+            offer("p", 0.9, 10, 1, resources=Resources(gpu_memory_mb=4096)),
             {"max_resources": Resources(gpu_memory_mb=2048)},
             Exclusion.RESOURCES,
             "gpu_memory_mb",
@@ -124,7 +123,7 @@ SHARP = Bid("sharp", 0.99, 400.0, 2.0)
     ],
 )
 def test_hard_constraints_exclude_with_a_kind_and_reason(
-    bid: Bid, overrides: dict[str, Any], kind: Exclusion, words: str
+    bid: BidInfo, overrides: dict[str, Any], kind: Exclusion, words: str
 ) -> None:
     decision = evaluate([bid, FAST], ask(**overrides), config=GREEDY)
     assert [s.item for s in decision.ranked] == [FAST]
@@ -133,7 +132,7 @@ def test_hard_constraints_exclude_with_a_kind_and_reason(
 
 
 def test_constraints_that_fit_do_not_exclude() -> None:
-    bid = Bid(
+    bid = offer(
         "p", 0.9, 10, 1,
         capabilities=(CAPABILITY,),
         constraints=ModelConstraints(max_batch=8, max_input_tokens=5, supported_languages=("en",)),
@@ -143,16 +142,16 @@ def test_constraints_that_fit_do_not_exclude() -> None:
     decision = evaluate(
         [bid], ask(batch_size=8, input_tokens=5, language="en", max_resources=limits), config=GREEDY
     )
-    assert decision.excluded == () and winner(decision) == "p"
+    assert decision.excluded == () and winner(decision) == peer("p")
 
 
 def test_zero_terms_declare_no_limit() -> None:
     # A bid that declares nothing (0 / empty, as proto3 sends it) fits any task, and an all-zero
     # resource limit allows any amount.
-    bid = Bid("p", 0.9, 10, 1, resources=Resources(cpu_cores=64, memory_mb=1e6, gpu_memory_mb=1e6))
+    bid = offer("p", 0.9, 10, 1, resources=Resources(cpu_cores=64, memory_mb=1e6, gpu_memory_mb=1e6))
     the_ask = ask(batch_size=10_000, input_tokens=10**6, language="xx", max_resources=Resources())
     decision = evaluate([bid], the_ask, config=GREEDY)
-    assert decision.excluded == () and winner(decision) == "p"
+    assert decision.excluded == () and winner(decision) == peer("p")
 
 
 @pytest.mark.parametrize(
@@ -166,7 +165,7 @@ def test_zero_terms_declare_no_limit() -> None:
 def test_a_malformed_resource_need_is_excluded_when_resources_are_limited(
     needs: Resources, name: str
 ) -> None:
-    bid = Bid("p", 0.9, 10, 1, resources=needs)
+    bid = offer("p", 0.9, 10, 1, resources=needs)
     limited = evaluate([bid, FAST], ask(max_resources=Resources(cpu_cores=4)), config=GREEDY)
     (excluded,) = limited.excluded
     assert excluded.kind is Exclusion.MALFORMED and name in excluded.reason
@@ -178,7 +177,7 @@ def test_the_deadline_is_checked_against_expected_not_claimed_latency() -> None:
     # Claims 5 ms, has delivered 600 ms every time: with 500 ms left it cannot make it.
     late = history("late", 30, claim=0.9, outcome_rate=0.9, promised_ms=5, took_ms=600)
     view = MarketView(profiles={key("late"): late})
-    decision = evaluate([Bid("late", 0.9, 5.0, 1.0)], ask(time_left_ms=500), view, GREEDY)
+    decision = evaluate([offer("late", 0.9, 5.0, 1.0)], ask(time_left_ms=500), view, GREEDY)
     assert decision.ranked == ()
     assert decision.excluded[0].kind is Exclusion.DEADLINE
     assert "claimed 5.0" in decision.excluded[0].reason
@@ -191,15 +190,15 @@ def test_priority_profiles_and_their_winners() -> None:
     assert PROFILES["speed"].as_dict() == {"accuracy": 0.3, "latency": 0.6, "cost": 0.1}
     assert PROFILES["accuracy"].as_dict() == {"accuracy": 0.7, "latency": 0.2, "cost": 0.1}
     assert PROFILES["balanced"].as_dict() == {"accuracy": 0.4, "latency": 0.3, "cost": 0.3}
-    assert winner(evaluate([SHARP, FAST], ask(weights="speed"), config=GREEDY)) == "fast"
-    assert winner(evaluate([SHARP, FAST], ask(weights="accuracy"), config=GREEDY)) == "sharp"
-    cheap = Bid("cheap", 0.7, 300.0, 0.1)
-    assert winner(evaluate([SHARP, cheap], ask(weights="balanced"), config=GREEDY)) == "cheap"
+    assert winner(evaluate([SHARP, FAST], ask(weights="speed"), config=GREEDY)) == peer("fast")
+    assert winner(evaluate([SHARP, FAST], ask(weights="accuracy"), config=GREEDY)) == peer("sharp")
+    cheap = offer("cheap", 0.7, 300.0, 0.1)
+    assert winner(evaluate([SHARP, cheap], ask(weights="balanced"), config=GREEDY)) == peer("cheap")
 
 
 def test_components_are_normalised_and_explain_the_score() -> None:
     weights = {"accuracy": 2, "latency": 1, "cost": 1, "availability": 1, "confidence": 1}
-    view = MarketView(utilization={"fast": 0.25})
+    view = MarketView(utilization={peer("fast"): 0.25})
     decision = evaluate([FAST, SHARP], ask(weights=weights, budget=4.0), view, GREEDY)
     assert decision.weights == Weights(2 / 6, 1 / 6, 1 / 6, 1 / 6, 1 / 6)
     fast = next(s for s in decision.ranked if s.item is FAST)
@@ -222,46 +221,46 @@ def test_unweighted_extra_components_stay_out_of_the_breakdown() -> None:
 
 
 def test_calibration_discounts_a_lying_peer() -> None:
-    liar_bid = Bid("liar", 0.99, 5.0, 1.0)
-    honest_bid = Bid("honest", 0.85, 40.0, 1.0)
+    liar_bid = offer("liar", 0.99, 5.0, 1.0)
+    honest_bid = offer("honest", 0.85, 40.0, 1.0)
     fresh = evaluate([liar_bid, honest_bid], ask(weights="balanced"), config=GREEDY)
-    assert winner(fresh) == "liar"  # with no history a claim is all there is
+    assert winner(fresh) == peer("liar")  # with no history a claim is all there is
 
     liar = history("liar", 40, claim=0.99, outcome_rate=0.5, promised_ms=5, took_ms=120)
     honest = history("honest", 40, claim=0.85, outcome_rate=0.85, promised_ms=40, took_ms=40)
     view = MarketView(profiles={key("liar"): liar, key("honest"): honest})
     learned = evaluate([liar_bid, honest_bid], ask(weights="balanced"), view, GREEDY)
-    assert winner(learned) == "honest"
-    details = {s.item.peer_id: s.details for s in learned.ranked}
+    assert winner(learned) == peer("honest")
+    details = {str(s.item.peer_id): s.details for s in learned.ranked}
     # Bias ~0.49 > tolerance: the claim counts for nothing, only delivered outcomes do.
-    assert details["liar"]["expected_accuracy"] == pytest.approx(0.5, abs=0.05)
-    assert details["liar"]["calibrated_confidence"] < 0.6
-    assert details["liar"]["expected_latency_ms"] == pytest.approx(120, rel=0.1)
-    assert details["honest"]["expected_accuracy"] == pytest.approx(0.85, abs=0.05)
-    assert details["honest"]["expected_latency_ms"] == pytest.approx(40, rel=0.05)
+    assert details[peer("liar")]["expected_accuracy"] == pytest.approx(0.5, abs=0.05)
+    assert details[peer("liar")]["calibrated_confidence"] < 0.6
+    assert details[peer("liar")]["expected_latency_ms"] == pytest.approx(120, rel=0.1)
+    assert details[peer("honest")]["expected_accuracy"] == pytest.approx(0.85, abs=0.05)
+    assert details[peer("honest")]["expected_latency_ms"] == pytest.approx(40, rel=0.05)
 
 
 def test_an_honest_claim_keeps_its_weight() -> None:
     honest = history("honest", 40, claim=0.85, outcome_rate=0.85, promised_ms=40, took_ms=40)
     view = MarketView(profiles={key("honest"): honest})
     # A per-input claim above the peer's average counts: a confident input scores higher.
-    sure = evaluate([Bid("honest", 0.99, 40.0, 1.0)], ask(), view, GREEDY).ranked[0]
-    unsure = evaluate([Bid("honest", 0.50, 40.0, 1.0)], ask(), view, GREEDY).ranked[0]
+    sure = evaluate([offer("honest", 0.99, 40.0, 1.0)], ask(), view, GREEDY).ranked[0]
+    unsure = evaluate([offer("honest", 0.50, 40.0, 1.0)], ask(), view, GREEDY).ranked[0]
     assert sure.details["expected_accuracy"] > unsure.details["expected_accuracy"]
 
 
 # --- exploration -------------------------------------------------------------------------------
 
 
-def _known_and_new() -> tuple[list[Bid], MarketView]:
+def _known_and_new() -> tuple[list[BidInfo], MarketView]:
     known = history("known", 60, claim=0.8, outcome_rate=0.8, promised_ms=10, took_ms=10)
-    bids = [Bid("known", 0.8, 10.0, 1.0), Bid("new", 0.75, 10.0, 1.0)]
+    bids = [offer("known", 0.8, 10.0, 1.0), offer("new", 0.75, 10.0, 1.0)]
     return bids, MarketView(profiles={key("known"): known})
 
 
 def test_thompson_sampling_explores_and_is_reproducible_with_a_seed() -> None:
     bids, view = _known_and_new()
-    assert winner(evaluate(bids, ask(), view, GREEDY)) == "known"
+    assert winner(evaluate(bids, ask(), view, GREEDY)) == peer("known")
     config = EvaluatorConfig.greedy(exploration=Exploration.THOMPSON)
 
     def run(seed: int) -> list[str]:
@@ -270,7 +269,7 @@ def test_thompson_sampling_explores_and_is_reproducible_with_a_seed() -> None:
 
     first = run(7)
     assert first == run(7)
-    assert 0.05 < first.count("new") / 200 < 0.6
+    assert 0.05 < first.count(peer("new")) / 200 < 0.6
     with pytest.raises(ConfigError, match="rng"):
         evaluate(bids, ask(), view, config)
 
@@ -279,11 +278,11 @@ def test_ucb_bonus_favours_the_less_known() -> None:
     bids, view = _known_and_new()
     config = EvaluatorConfig.greedy(exploration=Exploration.UCB, ucb_c=0.2)
     decision = evaluate(bids, ask(), view, config)
-    bonus = {s.item.peer_id: s.details["exploration_bonus"] for s in decision.ranked}
-    evidence = next(s.details["evidence"] for s in decision.ranked if s.item.peer_id == "known")
-    assert bonus["new"] == pytest.approx(0.2 * math.sqrt(math.log1p(evidence)))
-    assert bonus["known"] == pytest.approx(0.2 * math.sqrt(math.log1p(evidence) / (1 + evidence)))
-    assert winner(decision) == "new"
+    bonus = {str(s.item.peer_id): s.details["exploration_bonus"] for s in decision.ranked}
+    evidence = next(s.details["evidence"] for s in decision.ranked if str(s.item.peer_id) == peer("known"))
+    assert bonus[peer("new")] == pytest.approx(0.2 * math.sqrt(math.log1p(evidence)))
+    assert bonus[peer("known")] == pytest.approx(0.2 * math.sqrt(math.log1p(evidence) / (1 + evidence)))
+    assert winner(decision) == peer("new")
     off = evaluate(bids, ask(), view, GREEDY)
     assert all(s.details["exploration_bonus"] == 0 for s in off.ranked)
 
@@ -294,40 +293,41 @@ def test_ucb_bonus_favours_the_less_known() -> None:
 def _starved_shares() -> WinShares:
     shares = WinShares()
     for _ in range(30):
-        shares = shares.after(["a", "b"], "a")
+        shares = shares.after([peer("a"), peer("b")], peer("a"))
     return shares
 
 
 def test_the_floor_promotes_a_starved_peer() -> None:
-    bids = [Bid("a", 0.9, 10.0, 1.0), Bid("b", 0.8, 10.0, 1.0)]
+    bids = [offer("a", 0.9, 10.0, 1.0), offer("b", 0.8, 10.0, 1.0)]
     view = MarketView(shares=_starved_shares())
-    assert view.shares.share("b") == 0.0 and view.shares.share("a") == pytest.approx(1.0)
+    assert view.shares.share(peer("b")) == 0.0 and view.shares.share(peer("a")) == pytest.approx(1.0)
     on = EvaluatorConfig.greedy(floor=FloorRule(min_share=0.1, warmup=20), pricing=Pricing.SECOND_SCORE)
     decision = evaluate(bids, ask(), view, on)
-    assert winner(decision) == "b" and [s.rank for s in decision.ranked] == [1, 2]
+    assert winner(decision) == peer("b") and [s.rank for s in decision.ranked] == [1, 2]
     assert decision.rationale is not None and "floor" in decision.rationale.floor_note
     assert decision.price == 1.0  # a promoted winner is paid its own bid
-    assert winner(evaluate(bids, ask(), view, GREEDY)) == "a"
+    assert winner(evaluate(bids, ask(), view, GREEDY)) == peer("a")
     tight = EvaluatorConfig.greedy(floor=FloorRule(min_share=0.1, warmup=20, max_gap=0.01))
-    assert winner(evaluate(bids, ask(), view, tight)) == "a"
+    assert winner(evaluate(bids, ask(), view, tight)) == peer("a")
     cold = EvaluatorConfig.greedy(floor=FloorRule(min_share=0.1, warmup=100))
-    assert winner(evaluate(bids, ask(), view, cold)) == "a"
+    assert winner(evaluate(bids, ask(), view, cold)) == peer("a")
 
 
 def test_win_shares_follow_decisions() -> None:
-    decision = evaluate([Bid("a", 0.9, 10.0, 1.0), Bid("b", 0.8, 10.0, 1.0)], ask(), config=GREEDY)
+    decision = evaluate([offer("a", 0.9, 10.0, 1.0), offer("b", 0.8, 10.0, 1.0)], ask(), config=GREEDY)
     shares = WinShares().after(decision.eligible_peers(), decision.winner_peer())
-    assert shares.share("a") == 1.0 and shares.share("b") == 0.0 and shares.share("c") is None
+    assert shares.share(peer("a")) == 1.0 and shares.share(peer("b")) == 0.0
+    assert shares.share(peer("c")) is None
 
 
 def test_utilization_penalty_spreads_load() -> None:
-    bids = [Bid("a", 0.9, 10.0, 1.0), Bid("b", 0.9, 10.0, 1.0)]
+    bids = [offer("a", 0.9, 10.0, 1.0), offer("b", 0.9, 10.0, 1.0)]
     config = EvaluatorConfig.greedy(utilization_weight=0.1, utilization_half=2.0)
-    decision = evaluate(bids, ask(), MarketView(in_flight={"a": 4}), config)
-    assert winner(decision) == "b"
-    penalty = {s.item.peer_id: s.details["utilization_penalty"] for s in decision.ranked}
-    assert penalty == {"a": pytest.approx(0.1 * 4 / 6), "b": 0.0}
-    assert winner(evaluate(bids, ask(), MarketView(in_flight={"a": 4}), GREEDY)) == "a"
+    decision = evaluate(bids, ask(), MarketView(in_flight={peer("a"): 4}), config)
+    assert winner(decision) == peer("b")
+    penalty = {str(s.item.peer_id): s.details["utilization_penalty"] for s in decision.ranked}
+    assert penalty == {peer("a"): pytest.approx(0.1 * 4 / 6), peer("b"): 0.0}
+    assert winner(evaluate(bids, ask(), MarketView(in_flight={peer("a"): 4}), GREEDY)) == peer("a")
 
 
 # --- second-score pricing ----------------------------------------------------------------------
@@ -335,7 +335,7 @@ def test_utilization_penalty_spreads_load() -> None:
 SECOND = EvaluatorConfig.greedy(pricing=Pricing.SECOND_SCORE)
 
 
-def _margin_at(bids: list[Bid], index: int, cost: float, the_ask: Ask) -> float:
+def _margin_at(bids: list[BidInfo], index: int, cost: float, the_ask: Ask) -> float:
     """Winner's score minus the best rival's, with bid ``index`` re-priced at ``cost``."""
     repriced = list(bids)
     repriced[index] = replace(bids[index], cost=cost)
@@ -350,14 +350,14 @@ def _margin_at(bids: list[Bid], index: int, cost: float, the_ask: Ask) -> float:
 @pytest.mark.parametrize(
     ("bids", "budget"),
     [
-        ([Bid("a", 0.95, 20, 1.0), Bid("b", 0.80, 30, 1.5), Bid("c", 0.7, 50, 0.5)], 4.0),
-        ([Bid("a", 0.95, 20, 1.0), Bid("b", 0.80, 30, 1.5), Bid("c", 0.7, 50, 0.5)], None),
+        ([offer("a", 0.95, 20, 1.0), offer("b", 0.80, 30, 1.5), offer("c", 0.7, 50, 0.5)], 4.0),
+        ([offer("a", 0.95, 20, 1.0), offer("b", 0.80, 30, 1.5), offer("c", 0.7, 50, 0.5)], None),
         # The winner would win even as the dearest: the price is where a rival's cost score overtakes.
-        ([Bid("a", 0.99, 10, 1.0), Bid("b", 0.5, 300, 2.0)], None),
-        ([Bid("a", 0.9, 10, 0.0), Bid("b", 0.85, 15, 0.0)], None),
+        ([offer("a", 0.99, 10, 1.0), offer("b", 0.5, 300, 2.0)], None),
+        ([offer("a", 0.9, 10, 0.0), offer("b", 0.85, 15, 0.0)], None),
     ],
 )
-def test_second_score_price_is_exact(bids: list[Bid], budget: float | None) -> None:
+def test_second_score_price_is_exact(bids: list[BidInfo], budget: float | None) -> None:
     the_ask = ask(budget=budget)
     decision = evaluate(bids, the_ask, config=SECOND)
     assert decision.winner is not None and decision.price is not None
@@ -398,8 +398,8 @@ def test_a_fallback_that_delivers_is_not_paid_the_winners_second_score_price() -
 
 
 def test_rationale_records_the_whole_decision_and_round_trips_json() -> None:
-    bad = Bid("bad", math.nan, 10.0, 1.0)
-    dear = Bid("dear", 0.99, 10.0, 9.0, address="10.0.0.9:5000")
+    bad = offer("bad", math.nan, 10.0, 1.0)
+    dear = offer("dear", 0.99, 10.0, 9.0, address="10.0.0.9:5000")
     decision = evaluate(
         [FAST, SHARP, bad, dear], ask(budget=5.0, weights="speed"), config=SECOND, now_ms=1234
     )
@@ -407,9 +407,9 @@ def test_rationale_records_the_whole_decision_and_round_trips_json() -> None:
     assert rationale is not None
     assert rationale.task_id == "t" and rationale.capability == CAPABILITY and rationale.at_ms == 1234
     assert dict(rationale.weights) == pytest.approx({"accuracy": 0.3, "latency": 0.6, "cost": 0.1})
-    assert rationale.winner is not None and rationale.winner.peer == "fast"
-    assert [label.peer for label in rationale.runner_ups] == ["sharp"]
-    assert [(n.bid.peer, n.rank) for n in rationale.candidates] == [("fast", 1), ("sharp", 2)]
+    assert rationale.winner is not None and rationale.winner.peer == peer("fast")
+    assert [label.peer for label in rationale.runner_ups] == [peer("sharp")]
+    assert [(n.bid.peer, n.rank) for n in rationale.candidates] == [(peer("fast"), 1), (peer("sharp"), 2)]
     top = rationale.candidates[0]
     assert top.score == decision.ranked[0].score and dict(top.components) == dict(
         decision.ranked[0].components
@@ -421,11 +421,14 @@ def test_rationale_records_the_whole_decision_and_round_trips_json() -> None:
         "calibrated_confidence",
         "evidence",
     }
-    assert {(n.bid.peer, n.kind) for n in rationale.excluded} == {("bad", "malformed"), ("dear", "budget")}
+    assert {(n.bid.peer, n.kind) for n in rationale.excluded} == {
+        (peer("bad"), "malformed"),
+        (peer("dear"), "budget"),
+    }
     assert rationale.settings["pricing"] == "second_score" and rationale.settings["budget"] == 5.0
     assert rationale.price == decision.price and rationale.price_note.startswith("second-score")
     text = rationale.to_json()
-    assert json.loads(text)["winner"]["peer"] == "fast"
+    assert json.loads(text)["winner"]["peer"] == peer("fast")
     assert Rationale.from_json(text) == rationale
     with pytest.raises(ConfigError):
         Rationale.from_json('{"v": 1}')
@@ -443,6 +446,8 @@ def test_an_empty_auction_has_no_winner_or_price() -> None:
 
 @dataclass(frozen=True)
 class NoCost:
+    """Not a BidInfo (no factory makes one without a cost): what a duck-typed caller might pass."""
+
     peer_id: str
     confidence: float
     expected_latency_ms: float
@@ -451,18 +456,18 @@ class NoCost:
 @pytest.mark.parametrize(
     ("bid", "words"),
     [
-        (Bid("x", 0.5, math.nan, 1.0), "latency"),
-        (Bid("x", 0.5, 10.0, -1.0), "cost"),
-        (Bid("x", 1.5, 10.0, 1.0), "confidence"),
-        (Bid("x", -0.1, 10.0, 1.0), "confidence"),
-        (Bid("x", 0.5, math.inf, 1.0), "latency"),
-        (Bid("x", 0.5, 10.0, math.inf), "cost"),
-        (Bid("x", "high", 10.0, 1.0), "confidence"),
-        (Bid("x", True, 10.0, 1.0), "confidence"),
-        (Bid("x", 0.5, None, 1.0), "latency"),
+        (offer("x", 0.5, math.nan, 1.0), "latency"),
+        (offer("x", 0.5, 10.0, -1.0), "cost"),
+        (offer("x", 1.5, 10.0, 1.0), "confidence"),
+        (offer("x", -0.1, 10.0, 1.0), "confidence"),
+        (offer("x", 0.5, math.inf, 1.0), "latency"),
+        (offer("x", 0.5, 10.0, math.inf), "cost"),
+        (replace(offer("x", 0.5, 10.0, 1.0), confidence="high"), "confidence"),
+        (replace(offer("x", 0.5, 10.0, 1.0), confidence=True), "confidence"),
+        (replace(offer("x", 0.5, 10.0, 1.0), expected_latency_ms=None), "latency"),
         (NoCost("x", 0.5, 10.0), "cost"),
-        (Bid("x", 0.5, 10.0, 1.0, resources=Resources(memory_mb=math.nan)), "memory_mb"),
-        (Bid("x", 0.5, 10.0, 1.0, capabilities=(1, "a")), "unreadable"),  # type: ignore[arg-type]
+        (offer("x", 0.5, 10.0, 1.0, resources=Resources(memory_mb=math.nan)), "memory_mb"),
+        (replace(offer("x", 0.5, 10.0, 1.0), capabilities=(1, "a")), "unreadable"),
     ],
 )
 def test_bad_bids_are_excluded_with_a_logged_reason(
@@ -503,16 +508,23 @@ junk = st.one_of(
     st.text(max_size=2),
     st.booleans(),
 )
+
+
+def junk_bid(confidence: Any, expected_latency_ms: Any, cost: Any) -> BidInfo:
+    """A bid whose claims may be anything at all, as a buggy or hostile peer's could be."""
+    return replace(
+        offer("j", 0.5, 10.0, 1.0), confidence=confidence, expected_latency_ms=expected_latency_ms, cost=cost
+    )
+
+
 sane_bids = st.builds(
-    Bid,
-    peer_id=st.sampled_from(["a", "b", "c", "d"]),
+    offer,
+    peer=st.sampled_from(["a", "b", "c", "d"]),
     confidence=st.floats(0, 1),
     expected_latency_ms=st.floats(0, 2000),
     cost=st.floats(0, 100),
 )
-any_bids = st.one_of(
-    sane_bids, st.builds(Bid, peer_id=st.just("j"), confidence=junk, expected_latency_ms=junk, cost=junk)
-)
+any_bids = st.one_of(sane_bids, st.builds(junk_bid, confidence=junk, expected_latency_ms=junk, cost=junk))
 configs = st.sampled_from(
     [
         GREEDY,
@@ -528,9 +540,9 @@ configs = st.sampled_from(
     st.lists(any_bids, max_size=6), configs, st.one_of(st.none(), st.floats(0, 200)), st.integers(0, 2**32)
 )
 def test_any_bids_are_ranked_or_excluded_never_raise(
-    bids: list[Bid], config: EvaluatorConfig, budget: float | None, seed: int
+    bids: list[BidInfo], config: EvaluatorConfig, budget: float | None, seed: int
 ) -> None:
-    view = MarketView(shares=WinShares().after(["a"], "a"), in_flight={"b": 3})
+    view = MarketView(shares=WinShares().after([peer("a")], peer("a")), in_flight={peer("b"): 3})
     decision = evaluate(bids, ask(budget=budget), view, config, rng=random.Random(seed))
     assert len(decision.ranked) + len(decision.excluded) == len(bids)
     assert all(math.isfinite(s.score) for s in decision.ranked)
@@ -547,8 +559,8 @@ def test_any_bids_are_ranked_or_excluded_never_raise(
 @given(
     st.lists(
         st.builds(
-            Bid,
-            peer_id=st.sampled_from(["a", "b", "c", "d"]),
+            offer,
+            peer=st.sampled_from(["a", "b", "c", "d"]),
             confidence=st.floats(0, 1),
             expected_latency_ms=st.floats(0, 900),
             cost=st.floats(0, 50),
@@ -560,7 +572,7 @@ def test_any_bids_are_ranked_or_excluded_never_raise(
     st.floats(0.05, 1.0),
 )
 def test_second_score_price_is_the_highest_winning_cost(
-    bids: list[Bid], budget: float | None, cost_weight: float
+    bids: list[BidInfo], budget: float | None, cost_weight: float
 ) -> None:
     the_ask = ask(budget=budget, weights={"accuracy": 0.5, "latency": 0.3, "cost": cost_weight})
     decision = evaluate(bids, the_ask, config=SECOND)

@@ -16,7 +16,7 @@ import pytest
 import torch
 from torch.nn import functional
 
-from atomic_p2p.testing import load_experiment as load
+from tests.support.experiments import load_experiment as load
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from atomic_p2p.cli.peer import _config, build_parser, main
 from atomic_p2p.faults import ENV_VAR, FaultPlan
 from atomic_p2p.peer.config import PeerConfig
-from atomic_p2p.testing import PEERS_DIR
+from peers.examples import PEERS_DIR
 
 SMALL = str(PEERS_DIR / "small.toml")
 

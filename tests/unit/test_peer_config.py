@@ -9,7 +9,7 @@ import pytest
 from atomic_p2p.errors import ConfigError
 from atomic_p2p.peer.config import DEFAULT_MAX_MESSAGE_BYTES, PeerConfig, load_config, load_configs
 from atomic_p2p.terms import ModelConstraints, Resources
-from atomic_p2p.testing import EXAMPLE_PEERS, PEERS_DIR
+from peers.examples import EXAMPLE_PEERS, PEERS_DIR
 
 MINIMAL = """
 [peer]

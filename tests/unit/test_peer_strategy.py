@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import math
 import tomllib
@@ -267,12 +268,12 @@ def test_a_strategy_that_produces_nan_does_not_get_it_signed() -> None:
     assert reason_of(answer) is NoBidReason.UNSPECIFIED
 
 
-def test_the_old_module_name_still_exports_every_name() -> None:
-    import atomic_p2p.peer.strategies as facade
+def test_the_strategies_package_exports_every_name_it_lists_once() -> None:
     import atomic_p2p.peer.strategies as package
 
-    assert facade.__all__ == package.__all__
-    assert all(getattr(facade, name) is getattr(package, name) for name in package.__all__)
+    assert len(package.__all__) == len(set(package.__all__))
+    assert [name for name in package.__all__ if not hasattr(package, name)] == []
+    assert importlib.util.find_spec("atomic_p2p.peer.strategy") is None  # the old re-export is gone
 
 
 BUILT_IN_OPTIONS: dict[str, dict[str, Any]] = {

@@ -4,7 +4,6 @@ exploration) and the weight profiles: pure, so every case runs without sockets."
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import pytest
 from hypothesis import given
@@ -12,25 +11,23 @@ from hypothesis import strategies as st
 
 from atomic_p2p.errors import ConfigError
 from atomic_p2p.requester.evaluator import score
+from atomic_p2p.requester.ranking import Ranking
+from atomic_p2p.requester.types import BidInfo
 from atomic_p2p.requester.weights import PROFILES, Weights, resolve_weights
+from atomic_p2p.testing import make_bid
 
 
-@dataclass(frozen=True)
-class Offer:
-    """Only the claims: score() sets no capability, input or resource limit, so reads no more."""
-
-    name: str
-    confidence: float
-    expected_latency_ms: float
-    cost: float
+def offer(name: str, confidence: float, expected_latency_ms: float, cost: float) -> BidInfo:
+    """A signed bid for model ``name``: the tests tell offers apart by their model."""
+    return make_bid(model_id=name, confidence=confidence, expected_latency_ms=expected_latency_ms, cost=cost)
 
 
-FAST_CHEAP = Offer("fast", confidence=0.80, expected_latency_ms=10.0, cost=1.0)
-SLOW_SHARP = Offer("sharp", confidence=0.99, expected_latency_ms=400.0, cost=2.0)
+FAST_CHEAP = offer("fast", confidence=0.80, expected_latency_ms=10.0, cost=1.0)
+SLOW_SHARP = offer("sharp", confidence=0.99, expected_latency_ms=400.0, cost=2.0)
 
 
-def names(ranking) -> list[str]:
-    return [scored.item.name for scored in ranking.ranked]
+def names(ranking: Ranking[BidInfo]) -> list[str]:
+    return [scored.item.model_id for scored in ranking.ranked]
 
 
 def test_the_sdk_exports_the_scoring_names_from_their_own_modules() -> None:
@@ -72,17 +69,17 @@ def test_components_are_normalised_and_explain_the_total() -> None:
 
 
 def test_cost_against_budget_and_over_budget_excluded() -> None:
-    cheap = Offer("cheap", 0.9, 10, 1.0)
-    dear = Offer("dear", 0.9, 10, 5.0)
+    cheap = offer("cheap", 0.9, 10, 1.0)
+    dear = offer("dear", 0.9, 10, 5.0)
     ranking = score([cheap, dear], "balanced", time_left_ms=1000, budget=4.0)
     assert names(ranking) == ["cheap"]
     assert ranking.ranked[0].components["cost"] == pytest.approx(1 - 1 / 4)
-    assert [e.item.name for e in ranking.excluded] == ["dear"]
+    assert [e.item.model_id for e in ranking.excluded] == ["dear"]
     assert "budget" in ranking.excluded[0].reason
 
 
 def test_all_free_offers_score_full_on_cost() -> None:
-    ranking = score([Offer("a", 0.5, 1, 0.0), Offer("b", 0.5, 1, 0.0)], "balanced", time_left_ms=100)
+    ranking = score([offer("a", 0.5, 1, 0.0), offer("b", 0.5, 1, 0.0)], "balanced", time_left_ms=100)
     assert all(s.components["cost"] == 1.0 for s in ranking.ranked)
 
 
@@ -95,20 +92,20 @@ def test_too_slow_for_the_time_left_is_excluded() -> None:
 
 def test_ties_break_on_latency_then_cost_then_order() -> None:
     # Identical scores by construction (confidence-only weights): latency decides, then cost.
-    slow = Offer("slow", 0.9, 50, 1.0)
-    quick = Offer("quick", 0.9, 20, 1.0)
-    quick_dear = Offer("quick_dear", 0.9, 20, 3.0)
+    slow = offer("slow", 0.9, 50, 1.0)
+    quick = offer("quick", 0.9, 20, 1.0)
+    quick_dear = offer("quick_dear", 0.9, 20, 3.0)
     weights = {"accuracy": 1.0}
     assert names(score([slow, quick_dear, quick], weights, 1000)) == ["quick", "quick_dear", "slow"]
-    twins = [Offer("first", 0.7, 5, 1.0), Offer("second", 0.7, 5, 1.0)]
+    twins = [offer("first", 0.7, 5, 1.0), offer("second", 0.7, 5, 1.0)]
     assert names(score(twins, "balanced", 1000)) == ["first", "second"]
     assert names(score(twins[::-1], "balanced", 1000)) == ["second", "first"]
 
 
 def test_float_noise_does_not_break_a_tie() -> None:
     # 0.1 + 0.2 != 0.3 in binary; the two must still count as a tie and fall to latency.
-    a = Offer("a", 0.1 + 0.2, 30, 0.0)
-    b = Offer("b", 0.3, 10, 0.0)
+    a = offer("a", 0.1 + 0.2, 30, 0.0)
+    b = offer("b", 0.3, 10, 0.0)
     assert names(score([a, b], {"accuracy": 1.0}, 1000)) == ["b", "a"]
 
 
@@ -138,19 +135,19 @@ def test_bad_weights_are_rejected(spec: object) -> None:
 
 
 @pytest.mark.parametrize(
-    ("offer", "field"),
+    ("bid", "field"),
     [
-        (Offer("nan_conf", math.nan, 10, 1), "confidence"),
-        (Offer("big_conf", 1.5, 10, 1), "confidence"),
-        (Offer("neg_conf", -0.1, 10, 1), "confidence"),
-        (Offer("neg_lat", 0.5, -1, 1), "latency"),
-        (Offer("nan_lat", 0.5, math.nan, 1), "latency"),
-        (Offer("neg_cost", 0.5, 10, -1), "cost"),
-        (Offer("inf_cost", 0.5, 10, math.inf), "cost"),
+        (offer("nan_conf", math.nan, 10, 1), "confidence"),
+        (offer("big_conf", 1.5, 10, 1), "confidence"),
+        (offer("neg_conf", -0.1, 10, 1), "confidence"),
+        (offer("neg_lat", 0.5, -1, 1), "latency"),
+        (offer("nan_lat", 0.5, math.nan, 1), "latency"),
+        (offer("neg_cost", 0.5, 10, -1), "cost"),
+        (offer("inf_cost", 0.5, 10, math.inf), "cost"),
     ],
 )
-def test_malformed_bids_are_excluded_not_ranked(offer: Offer, field: str) -> None:
-    ranking = score([offer, FAST_CHEAP], "balanced", 1000)
+def test_malformed_bids_are_excluded_not_ranked(bid: BidInfo, field: str) -> None:
+    ranking = score([bid, FAST_CHEAP], "balanced", 1000)
     assert names(ranking) == ["fast"]
     assert field in ranking.excluded[0].reason
 
@@ -169,8 +166,8 @@ def test_no_bids_is_an_empty_ranking() -> None:
 
 finite = st.floats(min_value=0, max_value=1e6, allow_nan=False)
 offers = st.builds(
-    Offer,
-    name=st.text(max_size=3),
+    offer,
+    name=st.text(st.characters(codec="utf-8"), max_size=3),  # any model id a wire string carries
     confidence=st.floats(min_value=0, max_value=1),
     expected_latency_ms=finite,
     cost=finite,

@@ -16,6 +16,7 @@ from atomic_p2p.errors import (
     UnavailableError,
 )
 from atomic_p2p.peer.workers import WorkerPool
+from tests.support.waiting import settle
 
 WAIT_S = 10.0
 
@@ -103,7 +104,7 @@ async def test_concurrency_is_bounded_and_the_queue_refuses_when_full(executor: 
     gate = Gate()
     admitted = [asyncio.ensure_future(executor.run(i, b"o", gate.job(str(i)))) for i in range(3)]
     await gate.until_running(2)
-    await asyncio.sleep(0.05)  # give the third a chance to (wrongly) start
+    await settle()  # a third would take its slot in the event loop, before any thread starts it
     load = executor.load()
     assert (load.in_flight, load.queued, load.saturated) == (2, 1, True)
     with pytest.raises(LimitExceededError, match="retry later"):
@@ -171,7 +172,7 @@ async def test_drain_finishes_admitted_work_and_refuses_new(executor: WorkerPool
     running = asyncio.ensure_future(executor.run("k", b"o", gate.job("done")))
     await gate.until_running(1)
     drained = asyncio.ensure_future(executor.drain(WAIT_S))
-    await asyncio.sleep(0.05)
+    await settle()
     assert not drained.done()
     with pytest.raises(UnavailableError):
         await executor.run("new", b"o", gate.job("new"))

@@ -1,0 +1,307 @@
+"""The market codec: the same bytes as the generated protobuf code, round trips, refusals, and the
+rule that only codecs and transports import the generated code."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from atomic_p2p._proto.atomic.v1 import envelope_pb2, gossip_pb2, market_pb2, tensor_pb2
+from atomic_p2p.errors import ProtocolError, SignatureError, TensorError
+from atomic_p2p.identity import Envelope, Identity
+from atomic_p2p.protocol import codec
+from atomic_p2p.protocol.messages import (
+    Bid,
+    BidGradientCall,
+    BidGradientReply,
+    BidGradientUpdate,
+    BidRequest,
+    ExecuteCall,
+    ExecuteOrder,
+    ExecuteReply,
+    ExecuteResult,
+    FeedbackCall,
+    FeedbackKind,
+    FeedbackNotice,
+    FeedbackReply,
+    NoBid,
+    NoBidReason,
+    RequestBidsCall,
+    RequestBidsReply,
+    TaskSpec,
+    TensorSpec,
+)
+from atomic_p2p.tensors import WireTensor
+from atomic_p2p.terms import ModelConstraints, Resources
+
+PACKAGE = Path(__file__).resolve().parents[2] / "atomic_p2p"
+# The codecs and the transports: the only modules that may import the generated code.
+MAY_IMPORT_PROTO = {
+    "protocol/codec.py",
+    "protocol/wire.py",
+    "gossip/codec.py",
+    "gossip/transport.py",
+    "channels.py",
+}
+
+WIRE = WireTensor("x", "float32", (1, 2), b"\x00" * 8)
+ENVELOPE = Envelope(b"k" * 32, "atomic.v1.Bid", b"payload", b"s" * 64)
+
+
+def _envelope_proto(envelope: Envelope = ENVELOPE) -> envelope_pb2.SignedEnvelope:
+    return envelope_pb2.SignedEnvelope(
+        public_key=envelope.public_key,
+        payload_type=envelope.payload_type,
+        payload=envelope.payload,
+        signature=envelope.signature,
+    )
+
+
+def _tensor_proto() -> tensor_pb2.Tensor:
+    return tensor_pb2.Tensor(name="x", dtype=tensor_pb2.D_TYPE_FLOAT32, shape=[1, 2], data=b"\x00" * 8)
+
+
+BID = Bid(
+    request_id=b"r" * 16,
+    task_id="t1",
+    task_digest=b"d" * 32,
+    peer_id=b"p" * 32,
+    model_id="m",
+    confidence_score=0.5,
+    expected_latency_ms=1.25,
+    resource_requirements=Resources(0.25, 16.0, 0.0),
+    cost_estimate=0.004,
+    capabilities=("classify/digits",),
+    constraints=ModelConstraints(0, ("en",), 256),
+    issued_at_ms=1_700_000_000_000,
+    valid_until_ms=1_700_000_010_000,
+    strategy="confidence",
+    bid_values=(0.5, 1.5),
+    reusable_ttl_ms=2000,
+    record_seq=7,
+)
+
+# Each domain value beside the message the generated code builds for it, field for field.
+PAIRS = {
+    "TaskSpec": (
+        TaskSpec("t1", "classify/digits", "m", (TensorSpec("x", "float32", (1, 2)),), (WIRE,), 0.5, 3, "en"),
+        market_pb2.TaskSpec(
+            task_id="t1",
+            capability="classify/digits",
+            model_id="m",
+            inputs=[tensor_pb2.TensorSpec(name="x", dtype=tensor_pb2.D_TYPE_FLOAT32, shape=[1, 2])],
+            preview=[_tensor_proto()],
+            max_cost=0.5,
+            input_tokens=3,
+            language="en",
+        ),
+    ),
+    "BidRequest": (
+        BidRequest(b"r" * 16, b"q" * 32, 10, 20, (b"task-a", b"task-b"), True),
+        market_pb2.BidRequest(
+            request_id=b"r" * 16,
+            requester_id=b"q" * 32,
+            issued_at_ms=10,
+            deadline_ms=20,
+            tasks=[b"task-a", b"task-b"],
+            gradient_mode=True,
+        ),
+    ),
+    "Bid": (
+        BID,
+        market_pb2.Bid(
+            request_id=b"r" * 16,
+            task_id="t1",
+            task_digest=b"d" * 32,
+            peer_id=b"p" * 32,
+            model_id="m",
+            confidence_score=0.5,
+            expected_latency_ms=1.25,
+            resource_requirements=gossip_pb2.ResourceRequirements(cpu_cores=0.25, memory_mb=16.0),
+            cost_estimate=0.004,
+            capabilities=["classify/digits"],
+            constraints=gossip_pb2.ModelConstraints(supported_languages=["en"], max_batch=256),
+            issued_at_ms=1_700_000_000_000,
+            valid_until_ms=1_700_000_010_000,
+            strategy="confidence",
+            bid_values=[0.5, 1.5],
+            reusable_ttl_ms=2000,
+            record_seq=7,
+        ),
+    ),
+    "ExecuteOrder": (
+        ExecuteOrder(b"r" * 16, "t1", b"d" * 32, 10, b"i" * 32, 30),
+        market_pb2.ExecuteOrder(
+            request_id=b"r" * 16,
+            task_id="t1",
+            bid_digest=b"d" * 32,
+            issued_at_ms=10,
+            inputs_digest=b"i" * 32,
+            deadline_ms=30,
+        ),
+    ),
+    "ExecuteResult": (
+        ExecuteResult(b"r" * 16, "t1", b"p" * 32, "m", b"d" * 32, b"o" * 32, 0.5, 11, 0.004),
+        market_pb2.ExecuteResult(
+            request_id=b"r" * 16,
+            task_id="t1",
+            peer_id=b"p" * 32,
+            model_id="m",
+            bid_digest=b"d" * 32,
+            outputs_digest=b"o" * 32,
+            latency_ms=0.5,
+            finished_at_ms=11,
+            cost_charged=0.004,
+        ),
+    ),
+    "FeedbackNotice": (
+        FeedbackNotice(b"r" * 16, "t1", b"q" * 32, FeedbackKind.LOSS, 0.1, 0.7, 0.0, 12, "m"),
+        market_pb2.FeedbackNotice(
+            request_id=b"r" * 16,
+            task_id="t1",
+            requester_id=b"q" * 32,
+            kind=market_pb2.FEEDBACK_KIND_LOSS,
+            clearing_price=0.1,
+            score_to_win=0.7,
+            issued_at_ms=12,
+            model_id="m",
+        ),
+    ),
+    "BidGradientUpdate": (
+        BidGradientUpdate(b"r" * 16, "t1", b"q" * 32, (0.5,), (0.25,), WIRE, 0.01, 13),
+        market_pb2.BidGradientUpdate(
+            request_id=b"r" * 16,
+            task_id="t1",
+            requester_id=b"q" * 32,
+            loss_grad=[0.5],
+            share_grad=[0.25],
+            output_grad=_tensor_proto(),
+            price=0.01,
+            issued_at_ms=13,
+        ),
+    ),
+    "RequestBidsCall": (
+        RequestBidsCall(ENVELOPE),
+        market_pb2.RequestBidsRequest(request=_envelope_proto()),
+    ),
+    "RequestBidsReply": (
+        RequestBidsReply((ENVELOPE, NoBid("t2", NoBidReason.OVERLOADED, "busy"))),
+        market_pb2.RequestBidsResponse(
+            outcomes=[
+                market_pb2.BidOutcome(bid=_envelope_proto()),
+                market_pb2.BidOutcome(
+                    no_bid=market_pb2.NoBid(
+                        task_id="t2", reason=market_pb2.NO_BID_REASON_OVERLOADED, detail="busy"
+                    )
+                ),
+            ]
+        ),
+    ),
+    "ExecuteCall": (
+        ExecuteCall(ENVELOPE, ENVELOPE, (WIRE,)),
+        market_pb2.ExecuteRequest(order=_envelope_proto(), bid=_envelope_proto(), inputs=[_tensor_proto()]),
+    ),
+    "ExecuteReply": (
+        ExecuteReply(ENVELOPE, (WIRE,)),
+        market_pb2.ExecuteResponse(result=_envelope_proto(), outputs=[_tensor_proto()]),
+    ),
+    "FeedbackCall": (FeedbackCall(ENVELOPE), market_pb2.FeedbackRequest(notice=_envelope_proto())),
+    "FeedbackReply": (
+        FeedbackReply(True, {"price_multiplier": 1.5}),
+        market_pb2.FeedbackResponse(accepted=True, strategy_parameters={"price_multiplier": 1.5}),
+    ),
+    "BidGradientCall": (BidGradientCall(ENVELOPE), market_pb2.BidGradientRequest(update=_envelope_proto())),
+    "BidGradientReply": (
+        BidGradientReply(True, 0.75),
+        market_pb2.BidGradientResponse(applied=True, applied_norm=0.75),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PAIRS))
+def test_encode_gives_the_generated_codes_bytes_and_decodes_back(name: str) -> None:
+    value, message = PAIRS[name]
+    assert codec.encode(value) == message.SerializeToString()
+    assert codec.decode(type(value), codec.encode(value)) == value
+
+
+def test_an_empty_submessage_is_still_sent() -> None:
+    """A bid with no declared constraints or resources still carries both (empty) submessages, as
+    the peer always sent them: the signed bytes must not change."""
+    bare = Bid(**{**{f: getattr(BID, f) for f in BID.__slots__}, "constraints": ModelConstraints()})  # type: ignore[arg-type]
+    reference = market_pb2.Bid.FromString(codec.encode(BID))
+    reference.constraints.Clear()
+    assert reference.HasField("constraints")
+    assert codec.encode(bare) == reference.SerializeToString()
+
+
+def test_garbage_is_a_protocol_error_naming_the_wire_message() -> None:
+    with pytest.raises(ProtocolError, match="malformed ExecuteRequest"):
+        codec.decode(ExecuteCall, b"\xff\xff\xff")
+
+
+def test_an_unknown_dtype_is_a_tensor_error() -> None:
+    raw = market_pb2.ExecuteRequest(inputs=[tensor_pb2.Tensor(name="x", dtype=99)]).SerializeToString()
+    with pytest.raises(TensorError, match="not accepted"):
+        codec.decode(ExecuteCall, raw)
+
+
+def test_a_newer_peers_no_bid_reason_survives_the_round_trip() -> None:
+    raw = market_pb2.RequestBidsResponse(
+        outcomes=[market_pb2.BidOutcome(no_bid=market_pb2.NoBid(task_id="t", reason=42))]  # type: ignore[arg-type]
+    ).SerializeToString()
+    reply = codec.decode(RequestBidsReply, raw)
+    (outcome,) = reply.outcomes
+    assert isinstance(outcome, NoBid) and outcome.reason == 42
+    assert codec.no_bid_reason_name(outcome.reason) == "reason_42"
+    assert codec.encode(reply) == raw
+
+
+def test_an_outcome_with_neither_bid_nor_no_bid_is_refused() -> None:
+    raw = market_pb2.RequestBidsResponse(outcomes=[market_pb2.BidOutcome()]).SerializeToString()
+    with pytest.raises(ProtocolError, match="neither"):
+        codec.decode(RequestBidsReply, raw)
+
+
+def test_unset_feedback_kind_decodes_as_none() -> None:
+    raw = market_pb2.FeedbackNotice(task_id="t").SerializeToString()
+    assert codec.decode(FeedbackNotice, raw).kind is None
+
+
+def test_sign_then_open_returns_the_signer_and_the_value() -> None:
+    identity = Identity.generate()
+    envelope = codec.sign(identity, BID)
+    assert envelope.payload_type == "atomic.v1.Bid"
+    signer, opened = codec.open_signed(envelope, Bid, expected_signer=identity.peer_id)
+    assert signer == identity.peer_id and opened == BID
+
+
+def test_open_checks_the_signature_before_parsing() -> None:
+    identity = Identity.generate()
+    envelope = codec.sign(identity, BID)
+    forged = Envelope(envelope.public_key, envelope.payload_type, b"\xff not a bid", envelope.signature)
+    with pytest.raises(SignatureError):
+        codec.open_signed(forged, Bid)
+    with pytest.raises(SignatureError, match=r"expected a signed atomic\.v1\.ExecuteOrder"):
+        codec.open_signed(envelope, ExecuteOrder)
+
+
+def _imports_proto(path: Path) -> bool:
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("atomic_p2p._proto"):
+            return True
+        if isinstance(node, ast.Import) and any(a.name.startswith("atomic_p2p._proto") for a in node.names):
+            return True
+    return False
+
+
+def test_only_codecs_and_transports_import_the_generated_code() -> None:
+    importers = {
+        str(path.relative_to(PACKAGE))
+        for path in PACKAGE.rglob("*.py")
+        if "_proto" not in path.relative_to(PACKAGE).parts[:1] and _imports_proto(path)
+    }
+    assert importers <= MAY_IMPORT_PROTO, sorted(importers - MAY_IMPORT_PROTO)
