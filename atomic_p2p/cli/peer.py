@@ -138,14 +138,14 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        config = _config(args)
+        config = config_from_args(args)
         return asyncio.run(serve(config, drain_timeout=args.drain_timeout))
     except AtomicError as exc:  # a bad config, key file or port: say what to change
         print(f"atomic-peer: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
 
-def _config(args: argparse.Namespace) -> PeerConfig:
+def config_from_args(args: argparse.Namespace) -> PeerConfig:
     config = load_configs(args.configs)
     if args.port is not None and not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port} is not a port; use 0..65535 (0 = any free port)")

@@ -96,6 +96,12 @@ class BidLearner:
         if config.remote_training and model_checkpoint is not None and model_checkpoint.exists():
             self._load_model(model_checkpoint)
 
+    @property
+    def restored_optimizer_state(self) -> dict[str, Any] | None:
+        """The model optimiser's state read from the checkpoint at start, until the first step
+        makes the optimiser and hands it over (None: nothing was restored, or it was applied)."""
+        return self._optimizer_state
+
     def _load_model(self, path: Path) -> None:
         module = self.model.module
         module.load_state_dict(torch.load(path, weights_only=True, map_location=self.model.device))

@@ -227,8 +227,9 @@ async def test_remote_training_takes_output_gradients(tmp_path: Path) -> None:
     async with await PeerNode.start(config) as restarted:
         assert bit_identical(trained, restarted.models["digits-small"].module.state_dict())
         learner = restarted.seller.learners["digits-small"]
-        assert learner._optimizer_state is not None  # SGD without momentum: param groups only
-        assert learner._optimizer_state["param_groups"][0]["lr"] == pytest.approx(0.01)
+        restored = learner.restored_optimizer_state
+        assert restored is not None  # SGD without momentum: param groups only
+        assert restored["param_groups"][0]["lr"] == pytest.approx(0.01)
     async with await PeerNode.start(gradient_config(tmp_path / "fresh")) as fresh:
         assert not bit_identical(trained, fresh.models["digits-small"].module.state_dict())
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from atomic_p2p.cli.peer import _config, build_parser, main
+from atomic_p2p.cli.peer import build_parser, config_from_args, main
 from atomic_p2p.faults import ENV_VAR, FaultPlan
 from atomic_p2p.peer.config import PeerConfig
 from peers.examples import PEERS_DIR
@@ -15,7 +15,7 @@ SMALL = str(PEERS_DIR / "small.toml")
 
 
 def parse(*flags: str) -> PeerConfig:
-    return _config(build_parser().parse_args([SMALL, *flags]))
+    return config_from_args(build_parser().parse_args([SMALL, *flags]))
 
 
 def test_gossip_flags_override_the_config(tmp_path: Path) -> None:
