@@ -1,4 +1,4 @@
-"""One gRPC channel per peer address, reused for every call (DESIGN section 6).
+"""One gRPC channel per peer address, reused for every call (docs/architecture.md section 6).
 
 A channel is an HTTP/2 connection with its own reconnect backoff; opening one per call costs a
 TCP (and later TLS) handshake each time and throws away that backoff state. The pool opens a

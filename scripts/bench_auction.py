@@ -4,7 +4,7 @@
     python scripts/bench_auction.py                 # 10 peers, 300 rounds, JSON to out/bench_auction.json
     python scripts/bench_auction.py --rounds 1000 --peers 10
 
-What is measured, all in one run so the noisy machine cancels out (DESIGN section 11):
+What is measured, all in one run so the noisy machine cancels out (docs/architecture.md section 11):
 
 - **auction round**: sign a BidRequest, one RequestBids per peer concurrently, every bid envelope
   verified (in a worker thread) and bound to the request, bids scored. This is the requester's

@@ -4,7 +4,7 @@
     python scripts/bench_batching.py                  # 10 peers, 400 auctions, 3 runs per mode
     python scripts/bench_batching.py --auctions 1000 --concurrency 256 --no-preview
 
-What is measured (DESIGN section 11: batching on >= 10x the unbatched rate), all in one run so
+What is measured (docs/architecture.md section 11: batching on >= 10x the unbatched rate), all in one run so
 the noisy machine cancels out. One auction is the requester's real path minus Execute: encode
 and describe the task, get bids through the bid manager (every bid envelope verified and bound
 to its call), and clear it with the evaluator. ``--auctions`` of them are started together,

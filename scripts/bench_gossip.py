@@ -16,7 +16,7 @@ with its own seed, started converged and warmed up for 3 rounds:
 Bytes per node per round are exact protobuf sizes of everything sent (requests, responses,
 follow-ups), measured over two rounds of each trial after warm-up.
 
-Targets (DESIGN.md section 11): 100 nodes <= 5 rounds and 1000 nodes <= 6 rounds in 99% of trials;
+Targets (docs/architecture.md section 11): 100 nodes <= 5 rounds and 1000 nodes <= 6 rounds in 99% of trials;
 no false deaths at 10% loss.
 
     python scripts/bench_gossip.py                      # 100 and 1000 nodes, a few minutes

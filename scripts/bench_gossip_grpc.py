@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Benchmark: gossip convergence of real peers over real gRPC (DESIGN section 11: 100 peers <= 4 s
-at a 0.5 s interval).
+"""Benchmark: gossip convergence of real peers over real gRPC (docs/architecture.md section 11:
+100 peers <= 4 s at a 0.5 s interval).
 
     python scripts/bench_gossip_grpc.py                       # 4 processes x 25 peers, both modes, 3 trials
     python scripts/bench_gossip_grpc.py --mode join --trials 5 --json out/bench_gossip_grpc.json
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         "full: PeerNodes hosting the small example model, each verifying on its own",
     )
     parser.add_argument("--trials", type=int, default=3, help="trials per mode (default 3)")
-    parser.add_argument("--target", type=float, default=4.0, help="seconds (DESIGN section 11: 4)")
+    parser.add_argument("--target", type=float, default=4.0, help="the target in seconds (default 4)")
     parser.add_argument("--json", type=Path, default=ROOT / "out" / "bench_gossip_grpc.json")
     parser.add_argument("--worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--total", type=int, help=argparse.SUPPRESS)

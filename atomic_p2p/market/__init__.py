@@ -1,4 +1,4 @@
-"""Gradient bidding as pure torch functions (DESIGN section 9): no sockets, no protobuf.
+"""Gradient bidding as pure torch functions (docs/architecture.md section 9): no sockets, no protobuf.
 
 - :mod:`~atomic_p2p.market.allocation`: shift, masks, top-k, gates, mixture; buyer-side masking.
 - :mod:`~atomic_p2p.market.payments`: revenue, payoff and the payoff gradient.

@@ -2,7 +2,7 @@
 
 How this works
 --------------
-DESIGN section 9, after the "Gradient Bidding" experiments (unconst/GradientBidding): for one
+docs/architecture.md section 9, after the "Gradient Bidding" experiments (unconst/GradientBidding): for one
 microtask batch x with candidate peers i = 1..n, each peer bids b_i(x) >= 0 per example.
 
     s   = mean_i b_i            (or a constant market shift)      shift()

@@ -2,10 +2,11 @@
 
 How this works
 --------------
-DESIGN section 9: each peer answers a microtask with a bid b(x) >= 0 per example, from its own bid
-function: :class:`ScalarBid` (one learnable bid per capability, the same for every example) or
-:class:`FeedForwardBid` (a small network of the input, so a peer can bid high exactly where its
-model is good). Both end in a softplus, which keeps bids positive with a gradient everywhere.
+docs/architecture.md section 9: each peer answers a microtask with a bid b(x) >= 0 per example, from
+its own bid function: :class:`ScalarBid` (one learnable bid per capability, the same for every
+example) or :class:`FeedForwardBid` (a small network of the input, so a peer can bid high exactly
+where its model is good). Both end in a softplus, which keeps bids positive with a gradient
+everywhere.
 
 After the requester computes its loss it sends each peer a BidGradient; the peer re-runs its bid
 function on the inputs it bid on and chains the received per-example gradient through it

@@ -2,7 +2,7 @@
 
 How this works
 --------------
-DESIGN section 9: a gradient is computed where the loss is and travels to the owner of the
+docs/architecture.md section 9: a gradient is computed where the loss is and travels to the owner of the
 parameter. :func:`market_gradients` is the requester's half. Given the bids it received
 ([n_peers, batch]), the peers' outputs ([n_peers, batch, ...], zeros for peers that did not run),
 the targets and a loss, it runs the market (shift, masks, top-k, gates, mixture) under autograd

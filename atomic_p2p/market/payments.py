@@ -2,7 +2,7 @@
 
 How this works
 --------------
-DESIGN section 9: the requester pays each executing peer price_i * g_i per example, so over a
+docs/architecture.md section 9: the requester pays each executing peer price_i * g_i per example, so over a
 batch revenue_i = price_i * sum_b g_ib, and a peer's payoff is P_i = revenue_i - cost_i.
 
 A peer cannot compute how its share g_i moves with its bid, because g_i depends on every other

@@ -49,7 +49,7 @@ DEFAULT_RESOURCES = Resources(cpu_cores=1.0)
 
 @dataclass(frozen=True, slots=True)
 class GradientConfig:
-    """``[models.gradient]``: gradient bidding (DESIGN section 9, docs/protocol.md BidGradient)."""
+    """``[models.gradient]``: gradient bidding (docs/gradient.md, docs/protocol.md BidGradient)."""
 
     enabled: bool = False
     role: str = "cooperative"  # descend the requester's loss, or "competitive": ascend own payoff
@@ -108,7 +108,7 @@ class PeerConfig:
     # Request ids, issued bids and results remembered at once (each table); beyond that, new work
     # is refused with RESOURCE_EXHAUSTED rather than forgetting something a replay check needs.
     max_remembered: int = 100_000
-    # Gossip (DESIGN section 5): seed addresses to join through, the address others should dial
+    # Gossip (docs/gossip.md): seed addresses to join through, the address others should dial
     # (default: the bound address; set it when listening on a wildcard), round interval and fanout.
     bootstrap: tuple[str, ...] = ()
     advertise: str | None = None

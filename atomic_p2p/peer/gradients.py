@@ -2,7 +2,7 @@
 
 How this works
 --------------
-DESIGN section 9, seller-side. In gradient mode (``BidRequest.gradient_mode``) a model whose
+Seller-side (docs/gradient.md). In gradient mode (``BidRequest.gradient_mode``) a model whose
 ``[models.gradient]`` is enabled evaluates its bid function on the task's preview inputs and
 signs the values into its Bid (``bid_values``, one per example). :class:`GradientBook`
 remembers those inputs per (request id, task id), bounded and for as long as the bid itself is

@@ -171,7 +171,7 @@ class FeedbackNotice:
 
 @dataclass(frozen=True, slots=True)
 class BidGradientUpdate:
-    """A requester's signed gradient for one gradient-mode bid (DESIGN of docs/gradient.md)."""
+    """A requester's signed gradient for one gradient-mode bid (docs/protocol.md BidGradient)."""
 
     request_id: bytes
     task_id: str

@@ -14,7 +14,7 @@ Usage::
         graph = await requester.submit(pipeline, deadline_s=5.0, priority="high")
         graph.outputs["probs"], graph.results["classify"].winner, graph.price
 
-        # gradient bidding (DESIGN section 9): bids, execution, loss, a BidGradient to every bidder
+        # gradient bidding (docs/gradient.md): bids, execution, loss, a BidGradient to every bidder
         async with requester.gradient_market("classify/digits", shift_mode=0.0) as market:
             round_ = await market.step(batch, labels)
             round_.loss, [(p.model_id, p.gates.mean(), p.payment, p.applied) for p in round_.peers]

@@ -1,5 +1,5 @@
 """The request queue: at most ``limit`` requests run at once; the rest wait their turn in order
-of priority class, then deadline, then arrival (DESIGN section 6, bid manager).
+of priority class, then deadline, then arrival (docs/architecture.md section 6).
 
 How this works
 --------------

@@ -1,4 +1,4 @@
-"""Solicit bids from candidates at once and keep only the ones that verify (DESIGN section 6).
+"""Solicit bids from candidates at once and keep only the ones that verify (docs/architecture.md section 6).
 
 How this works
 --------------

@@ -1,7 +1,7 @@
 """The bid manager: turns tasks that need bids into as few RequestBids rounds as it can.
 
-How this works (DESIGN section 6)
----------------------------------
+How this works (docs/architecture.md section 6)
+-----------------------------------------------
 :meth:`BidManager.offers` takes tasks that need bids and returns, per task, the bids and
 no-bids it got. For each task, in order:
 

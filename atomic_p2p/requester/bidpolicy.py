@@ -1,4 +1,4 @@
-"""The bid manager's rules, pure: whom to ask, how long to wait, which bids to reuse (DESIGN 6).
+"""The bid manager's rules, pure: whom to ask, how long, which bids to reuse (docs/architecture.md section 6).
 
 How this works
 --------------

@@ -1,7 +1,7 @@
 """One microtask from its inputs to a verified result, for :meth:`Requester.run` and graphs alike.
 
-How this works (DESIGN section 2, per microtask)
-------------------------------------------------
+How this works (docs/architecture.md section 2, per microtask)
+--------------------------------------------------------------
 1. :meth:`Broker.prepare` encodes the inputs and serializes the TaskSpec (its digest is what
    bids name), and notes the input-shape bucket and specs the bid cache keys on.
 2. :meth:`Broker.offers` finds each task's candidates (fixed peers, gossip) and hands all the

@@ -9,7 +9,7 @@ Two ways in
   is sharded. It returns a :class:`~.graphrun.GraphResult`: the combined outputs, and per
   microtask its winner, price, rationale and attempts.
 
-Both go through the same parts (DESIGN sections 2, 6 to 8): the priority queue
+Both go through the same parts (docs/architecture.md sections 2, 6 to 8): the priority queue
 (:mod:`.admission`) bounds how many requests run at once; the broker (:mod:`.broker`) prepares
 each microtask and hands ready ones to the bid manager (:mod:`.bidmanager`: bid cache,
 pre-filtering, one batched RequestBids per peer, adaptive ``tmax``, k_min plus grace); the
@@ -214,7 +214,7 @@ class Requester:
         await asyncio.to_thread(self.memory.close)  # flushes the store's last batch
 
     def gradient_market(self, capability: str, *, batch: int = 1, **options: Any) -> GradientMarket:
-        """A :class:`~atomic_p2p.requester.gradient.GradientMarket` (DESIGN section 9, seller-side)
+        """A :class:`~atomic_p2p.requester.gradient.GradientMarket` (docs/gradient.md, seller-side)
         over this requester's candidates for ``capability`` now (fixed peers, then live gossip
         candidates that accept ``batch``): it signs with this requester's identity, shares its
         channels and records every payment in its store. ``options`` are GradientMarket's

@@ -1,4 +1,4 @@
-"""Turn a :class:`Request` into a DAG of microtasks (DESIGN section 8). Pure: no I/O, no clock.
+"""Turn a :class:`Request` into a DAG of microtasks (docs/architecture.md section 8). Pure: no I/O, no clock.
 
 How this works
 --------------

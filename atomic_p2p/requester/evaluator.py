@@ -1,4 +1,4 @@
-"""The evaluator of DESIGN section 7: screen bids, score them from what the requester has learned,
+"""The evaluator (docs/architecture.md section 7): screen bids, score them from what the requester learned,
 pick a winner, keep runner-ups, set the price and say why. Pure: values in, values out; the
 time and the random source are arguments.
 

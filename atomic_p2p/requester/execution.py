@@ -1,7 +1,7 @@
 """Execute on the winner; on failure fall back down the ranking, inside the request's deadline.
 
-How this works (DESIGN sections 2 and 10)
------------------------------------------
+How this works (docs/architecture.md sections 2 and 10)
+-------------------------------------------------------
 Walk the ranking best first. Each attempt signs an ExecuteOrder for that bid and calls Execute
 with a timeout of ``min(time left, the call's own timeout)``; the call's own timeout scales with
 the latency the peer promised (``latency_slack`` times it, at least ``min_call_s``, at most

@@ -2,7 +2,7 @@
 
 How this works
 --------------
-DESIGN section 9, seller-side (docs/gradient.md): one :meth:`GradientMarket.step` takes a batch of
+Seller-side gradient bidding (docs/gradient.md): one :meth:`GradientMarket.step` takes a batch of
 inputs and their targets and
 
 1. signs a BidRequest with ``gradient_mode`` and the batch as the task's preview, and collects

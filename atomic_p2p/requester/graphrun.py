@@ -1,4 +1,4 @@
-"""Run a :class:`~.decomposer.TaskGraph` over the market (DESIGN sections 2 and 8).
+"""Run a :class:`~.decomposer.TaskGraph` over the market (docs/architecture.md sections 2 and 8).
 
 How this works
 --------------

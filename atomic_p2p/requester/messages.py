@@ -1,6 +1,6 @@
 """The requester's side of the market messages: build and sign what it sends, check what it gets.
 
-How this works (DESIGN section 4, binding)
+How this works (docs/protocol.md, binding)
 ------------------------------------------
 - A task travels as serialized ``TaskSpec`` bytes inside a signed ``BidRequest``; a bid names
   the task by ``sha256`` of exactly those bytes, so the requester keeps the bytes it sent.

@@ -1,4 +1,4 @@
-"""Component weights and the priority profiles of DESIGN section 7.
+"""Component weights and the priority profiles of docs/architecture.md section 7.
 
 Five components can carry weight: ``accuracy``, ``latency`` and ``cost`` (the *core*, which the
 profiles weigh) and ``availability`` and ``confidence`` (weighted only when a caller asks). A
@@ -62,7 +62,7 @@ def _normalised(weights: Weights) -> Weights:
     return Weights(*(getattr(weights, name) / total for name in COMPONENTS))
 
 
-# DESIGN section 7 priority profiles.
+# The priority profiles of docs/architecture.md section 7.
 PROFILES: Mapping[str, Weights] = MappingProxyType(
     {
         "speed": Weights(accuracy=0.3, latency=0.6, cost=0.1),

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Single and multiple bidders over the network: the experts are real atomic-peer processes,
-selling masked outputs and learning from gradients over gRPC (DESIGN section 9, items 2 and 4).
+selling masked outputs and learning from gradients over gRPC (docs/architecture.md section 9,
+items 2 and 4).
 
     python scripts/experiments/bidders_networked.py --bidders 1             # 3 seeds x 1000 steps
     python scripts/experiments/bidders_networked.py --bidders 3 --steps 500
@@ -8,8 +9,8 @@ selling masked outputs and learning from gradients over gRPC (DESIGN section 9, 
 
 How this works
 --------------
-Buyer-side, DESIGN section 9 (b), as in single_bidder.py and multiple_bidders.py; only where each
-part runs changes. Expert i is an ``atomic-peer`` process (started with
+Buyer-side (docs/architecture.md section 9 (b)), as in single_bidder.py and multiple_bidders.py;
+only where each part runs changes. Expert i is an ``atomic-peer`` process (started with
 :func:`atomic_p2p.testing.peer_processes`) hosting :class:`ExpertNode`, built by
 :func:`single_bidder.make_expert` from the same stream (1 + i) as in-process. An input row is
 ``[x (64 pixels) | w (the bid paid for this row)]``; the peer answers ``relu(w - s) * f(x)``
@@ -24,9 +25,9 @@ rows, which the peer keeps to re-run its forward when the gradient comes) -> Exe
 back signed) -> it mixes, takes the cross-entropy and backpropagates ``loss - revenue`` through its
 own parameters, which gives dL/dy_i -> BidGradient with ``output_grad = dL/dy_i``: the peer re-runs
 its module on the preview, backpropagates that and takes one Adam step. The BidGradient's
-``loss_grad`` (dL/db for the peer's *own* seller-side bid, DESIGN 9 (a)) is all zeros: in the
-buyer-side market the peer's bid is unused, and a cooperative peer's scalar bid then takes its
-step on a zero gradient, which leaves the expert alone.
+``loss_grad`` (dL/db for the peer's *own* seller-side bid, docs/architecture.md section 9 (a)) is
+all zeros: in the buyer-side market the peer's bid is unused, and a cooperative peer's scalar bid
+then takes its step on a zero gradient, which leaves the expert alone.
 
 The requester owns w, so it computes dL/dw_i itself from what it bought (a gradient is computed
 where the loss is and stays with the owner of the parameter). With ``y_i = m_i * f_i(x)`` and
@@ -121,7 +122,7 @@ def market_shift(bid_column: torch.Tensor, shift: Shift) -> torch.Tensor | float
 
 
 class ExpertNode(nn.Module):
-    """Input rows [x | w], output relu(w - s) * f(x): a buyer-side expert (DESIGN 9 (b))."""
+    """[x | w] rows in, relu(w - s) * f(x) out: a buyer-side expert (docs/architecture.md section 9 (b))."""
 
     def __init__(self, expert: nn.Module, shift: Shift, lr: float) -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""Shared pieces of the gradient-bidding reproductions (DESIGN section 9).
+"""Shared pieces of the gradient-bidding reproductions (docs/architecture.md section 9).
 
 Every experiment script imports this module for the digits data and its split, the batch stream,
 the TensorFlow-style layer initialisation the originals used, noisy top-k gating, the command

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""FFNN bidding: bids as extra per-layer weights that mask the real ones (DESIGN section 9, item 3).
+"""FFNN bidding: bids as extra per-layer weights that mask the real ones (docs/architecture.md
+section 9, item 3).
 
     python scripts/experiments/ffnn_bidding.py                  # 5 seeds x 5k steps
     python scripts/experiments/ffnn_bidding.py --steps 53000 --seed 0

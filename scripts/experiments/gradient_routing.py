@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Gradient bidding learns routing: heterogeneous digit peers, each bidding with a small network
-of the input, come to win the inputs their models handle well (DESIGN section 9, seller-side).
+of the input, come to win the inputs their models handle well (docs/gradient.md, seller-side).
 
     python scripts/experiments/gradient_routing.py              # 3 seeds x 1000 rounds
     python scripts/experiments/gradient_routing.py --seed 1 --steps 600

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Multiple bidders: 3 requesters compete for 3 shared expert peers (DESIGN section 9, item 4).
+"""Multiple bidders: 3 requesters compete for 3 shared expert peers (docs/architecture.md section 9, item 4).
 
     python scripts/experiments/multiple_bidders.py                 # 3 seeds x 10k steps
     python scripts/experiments/multiple_bidders.py --bidders 4 --seed 1

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Price of anarchy: competitive against coordinated bidding (DESIGN section 9, item 1).
+"""Price of anarchy: competitive against coordinated bidding (docs/architecture.md section 9, item 1).
 
     python scripts/experiments/price_of_anarchy.py                 # 20 seeds x 1000 steps
     python scripts/experiments/price_of_anarchy.py --seeds 10 --clock own
@@ -22,13 +22,13 @@ Competitive: each step one random node takes an Adam step on -P_i over its own r
 every node takes an Adam step on -mean(P) over its row (the same as one Adam over all rows: Adam
 is elementwise). lr 0.05, 1000 steps; PoA = sum P_competitive / sum P_coordinated at the end.
 
-The split between coordinator and node is the networked shape (DESIGN section 9: "a coordinator
+The split between coordinator and node is the networked shape (docs/architecture.md section 9: "a coordinator
 computes every node's payoff gradient and sends each node the gradient for its row"):
 :func:`competitive_gradient` / :func:`coordinated_gradient` run where the payoffs are computed,
 :func:`node_update` runs on the node that owns the row. :func:`make_game` draws every random
 number a run needs, so a networked run with the same seed replays the same game.
 
-Choices where DESIGN leaves room, each taken to follow the original (unconst/GradientBidding,
+Choices the game above leaves open, each taken to follow the original (unconst/GradientBidding,
 PriceOfAnarchy.ipynb / POA.py, TensorFlow 1):
 
 1. Adam's bias-correction clock. TF1's AdamOptimizer keeps one beta1_power/beta2_power pair per
@@ -40,7 +40,7 @@ PriceOfAnarchy.ipynb / POA.py, TensorFlow 1):
    theta -= lr_t * m / (sqrt(v) + 1e-8).
 2. Fresh initial bids per mode: the original built a new graph, with new random variables, for
    each mode, so the coordinated and competitive runs start from independent U[0, 1) draws.
-3. gamma = 0.5 on D (POA.py's default and DESIGN's 0.5), and Q is row-normalised before E and D.
+3. gamma = 0.5 on D (POA.py's default), and Q is row-normalised before E and D.
 4. float64 throughout (the original ran float32), so runs replay exactly across processes.
 The random streams differ from the original's (numpy, TensorFlow and Python ``random``), so no
 single seed can reproduce its 4.53; the distribution over seeds is what compares.

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Price of anarchy over the network: the nodes are real atomic-peer processes, exchanging rows and
-gradients with a coordinator over gRPC (DESIGN section 9, item 1, networked).
+gradients with a coordinator over gRPC (docs/architecture.md section 9, item 1, networked).
 
     python scripts/experiments/price_of_anarchy_networked.py --seeds 3 --steps 200
     python scripts/experiments/price_of_anarchy_networked.py --seed 0 --steps 1000

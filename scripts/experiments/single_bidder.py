@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Single bidder: one requester buys from 3 expert peers (DESIGN section 9, item 2).
+"""Single bidder: one requester buys from 3 expert peers (docs/architecture.md section 9, item 2).
 
     python scripts/experiments/single_bidder.py                      # 5 seeds x 10k steps
     python scripts/experiments/single_bidder.py --steps 2000 --seed 3
@@ -8,7 +8,7 @@
 
 How this works
 --------------
-After unconst/GradientBidding Singlebidder.ipynb, buyer-side (DESIGN section 9 (b)):
+After unconst/GradientBidding Singlebidder.ipynb, buyer-side (docs/architecture.md section 9 (b)):
 
     gates   = noisy top-k gating of x over the 3 experts (k = 3)           [batch, 3]
     importance = l2normalise(sum over the batch of gates)                  [3]
@@ -30,11 +30,11 @@ intended``, the default); ``--masking original`` reproduces the slicing for comp
 intended masks the bidder's revenue and its signal pull against each other, which is the market
 the experiment meant to build; with the original's, raising revenue also kept expert 0 open.
 
-The step is split the way the network splits it (DESIGN: a gradient travels to the owner of the
-parameter): the requester computes gates and bids (:func:`allocate`), each peer masks its own
-output (:func:`expert_forward`), the requester mixes and takes the loss, sends each peer dL/dy_i,
-the peer returns dL/dw_i (:func:`expert_backward`), and every node steps its own Adam
-(:func:`node_update`). In-process this equals one autograd graph over everything (tested).
+The step is split the way the network splits it (docs/architecture.md section 9: a gradient
+travels to the owner of the parameter): the requester computes gates and bids (:func:`allocate`),
+each peer masks its own output (:func:`expert_forward`), the requester mixes and takes the loss,
+sends each peer dL/dy_i, the peer returns dL/dw_i (:func:`expert_backward`), and every node steps
+its own Adam (:func:`node_update`). In-process this equals one autograd graph over everything (tested).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ A strategy is any object with ``name``, ``bid(task, model, load)``, ``learn(noti
 ``snapshot()`` and a bounded ``history``. It sees the model through :class:`ModelView`, the
 node's :class:`Load`, and the requester's :class:`Notice` feedback (win, loss, outcome). A config
 names one per hosted model with ``strategy = "..."`` and passes ``[models.strategy_options]`` to
-its factory; :func:`register_strategy` adds new ones. Built in (DESIGN section 6):
+its factory; :func:`register_strategy` adds new ones. Built in (docs/architecture.md section 6):
 
 - ``confidence``: the model's own confidence on this input (:mod:`.confidence`).
 - ``fixed``: a declared confidence, whatever the input (:mod:`.confidence`).

@@ -22,7 +22,7 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
 class ModelConstraints(_message.Message):
-    """Hard limits a model advertises (DESIGN section 6 "constraints")."""
+    """Hard limits a model advertises (in its record and every bid); 0 or empty means "not declared"."""
 
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -1,0 +1,54 @@
+"""The docs stay honest: citations point into the repository, and docs/architecture.md names real modules."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+SCANNED = ("atomic_p2p", "docs", "peers", "protos", "scripts", "tests")
+
+# Split so that this file does not match itself.
+STALE = ("DESIGN" + " section", "DESIGN" + ".md")
+CITATION = re.compile(r"architecture\.md[`)\]]*\s+sections?\s+(\d+(?:(?:,\s*|\s+and\s+|\s+to\s+)\d+)*)")
+
+
+def scanned_files() -> list[Path]:
+    files = [ROOT / "README.md"]
+    for folder in SCANNED:
+        files += [
+            path for path in (ROOT / folder).rglob("*") if path.is_file() and "__pycache__" not in path.parts
+        ]
+    return files
+
+
+def test_nothing_cites_a_design_page_outside_the_repository() -> None:
+    stale = [
+        f"{path.relative_to(ROOT)}: {needle!r}"
+        for path in scanned_files()
+        for needle in STALE
+        if needle.encode() in path.read_bytes()
+    ]
+    assert stale == [], "cite docs/architecture.md (or a more specific doc) instead"
+
+
+def test_every_module_path_in_the_architecture_page_exists() -> None:
+    text = ARCHITECTURE.read_text()
+    paths = set(re.findall(r"atomic_p2p/[\w/]*\w\.py", text)) | set(re.findall(r"atomic_p2p/[\w/]*/", text))
+    assert paths, "docs/architecture.md names no module paths"
+    assert sorted(path for path in paths if not (ROOT / path).exists()) == []
+
+
+def test_sections_are_numbered_and_every_citation_names_one() -> None:
+    numbers = [int(n) for n in re.findall(r"^## (\d+)\. ", ARCHITECTURE.read_text(), re.M)]
+    assert numbers == list(range(1, len(numbers) + 1))
+    cited = {
+        f"{path.relative_to(ROOT)}: section {number}"
+        for path in scanned_files()
+        if path.suffix in {".md", ".py", ".proto", ".toml", ".yaml"}
+        for match in CITATION.finditer(path.read_text())
+        for number in map(int, re.findall(r"\d+", match.group(1)))
+        if number not in numbers
+    }
+    assert cited == set(), "a citation names a section docs/architecture.md does not have"
