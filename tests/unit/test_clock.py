@@ -18,7 +18,12 @@ from atomic_p2p.clock import (
     wait_for,
 )
 from atomic_p2p.errors import DeadlineError
+from atomic_p2p.identity import Envelope, Identity
 from atomic_p2p.requester.admission import Priority, RequestQueue
+from atomic_p2p.requester.broker import Terms
+from atomic_p2p.requester.execution import ExecutionPolicy, Executor, Payload
+from atomic_p2p.requester.types import BidInfo
+from atomic_p2p.tensors import WireTensor
 
 
 async def _sleep_and_note(clock: FakeClock, seconds: float, name: str, woke: list[tuple[str, float]]) -> None:
@@ -342,3 +347,55 @@ async def test_a_queued_request_is_admitted_before_its_deadline() -> None:
     await asyncio.sleep(0)
     assert await waiter() == 10.0
     await held
+
+
+class _HangingTransport:
+    """Every Execute hangs until its own timeout passes on the clock, as a stuck peer would."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.calls: list[tuple[str, float, float]] = []  # address, timeout, when
+
+    async def execute(
+        self, address: str, order: Envelope, bid: Envelope, inputs: tuple[WireTensor, ...], timeout_s: float
+    ) -> object:
+        self.calls.append((address, timeout_s, self.clock.monotonic()))
+        await self.clock.sleep(timeout_s)
+        raise DeadlineError(f"{address} did not answer within {timeout_s} s")
+
+
+def _bid(identity: Identity, address: str, valid_until_ms: int) -> BidInfo:
+    envelope = identity.sign("test/bid", address.encode())
+    return BidInfo(identity.peer_id, address, "t", "m", 0.9, 10.0, 1.0, valid_until_ms, "fixed", envelope)
+
+
+async def test_fallback_walks_the_ranking_within_the_deadline_on_a_fake_clock() -> None:
+    clock = FakeClock(autojump=True)
+    transport = _HangingTransport(clock)
+    policy = ExecutionPolicy(min_call_s=1.0)
+    executor = Executor(transport, Identity.generate(), policy, clock)  # type: ignore[arg-type]
+    identity = Identity.generate()
+    valid = clock.wall_ms() + 60_000
+    ranked = [_bid(identity, f"peer-{i}", valid) for i in range(4)]
+    terms = Terms(deadline=clock.monotonic() + 2.5, deadline_ms=clock.wall_ms() + 2500, clock=clock)
+    executed = await executor.run(b"r" * 16, ranked, Payload((), b"d" * 32), terms.deadline)
+    # Each stuck winner costs its own call timeout (1 s); the third gets what is left (0.5 s).
+    assert [(a, t, at) for a, t, at in transport.calls] == [
+        ("peer-0", 1.0, 0.0),
+        ("peer-1", 1.0, 1.0),
+        ("peer-2", 0.5, 2.0),
+    ]
+    assert [attempt.elapsed_ms for attempt in executed.attempts] == [1000.0, 1000.0, 500.0]
+    assert executed.success is None and terms.left_s() == 0.0
+
+
+async def test_a_bid_that_expires_while_others_run_is_skipped_on_a_fake_clock() -> None:
+    clock = FakeClock(autojump=True)
+    transport = _HangingTransport(clock)
+    executor = Executor(transport, Identity.generate(), ExecutionPolicy(min_call_s=1.0), clock)  # type: ignore[arg-type]
+    identity = Identity.generate()
+    first = _bid(identity, "first", clock.wall_ms() + 60_000)
+    expiring = _bid(identity, "expiring", clock.wall_ms() + 500)  # expires during the first call
+    executed = await executor.run(b"r" * 16, [first, expiring], Payload((), b"d" * 32), 10.0)
+    assert [address for address, _, _ in transport.calls] == ["first"]
+    assert "expired" in str(executed.attempts[1].error) and executed.attempts[1].elapsed_ms == 0.0
