@@ -26,6 +26,10 @@ from atomic_p2p.requester.types import BidInfo
 from atomic_p2p.tensors import WireTensor
 
 
+def _add(a: int, *, b: int) -> int:
+    return a + b
+
+
 async def _sleep_and_note(clock: FakeClock, seconds: float, name: str, woke: list[tuple[str, float]]) -> None:
     await clock.sleep(seconds)
     woke.append((name, clock.monotonic()))
@@ -42,7 +46,7 @@ async def test_the_system_clock_reads_real_time_and_works_off_the_loop() -> None
     loop_thread = threading.get_ident()
     worker = await SYSTEM_CLOCK.run_blocking(threading.get_ident)
     assert worker != loop_thread
-    assert await SYSTEM_CLOCK.run_blocking(lambda a, *, b: a + b, 1, b=2) == 3
+    assert await SYSTEM_CLOCK.run_blocking(_add, 1, b=2) == 3
     await SYSTEM_CLOCK.sleep(0)
 
 
@@ -155,7 +159,7 @@ async def test_zero_and_negative_sleeps_only_yield() -> None:
 async def test_run_blocking_runs_inline_on_a_fake_clock() -> None:
     clock = FakeClock()
     assert await clock.run_blocking(threading.get_ident) == threading.get_ident()
-    assert await clock.run_blocking(lambda a, *, b: a * b, 3, b=4) == 12
+    assert await clock.run_blocking(_add, 3, b=4) == 7
 
 
 # --- autojump ------------------------------------------------------------------------------------
