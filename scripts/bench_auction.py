@@ -114,7 +114,7 @@ async def measure(addresses: list[str], rounds: int) -> dict[str, dict[str, floa
 
     from atomic_p2p.requester import Requester, score
     from atomic_p2p.requester.auction import collect_bids
-    from atomic_p2p.requester.client import TASK_ID, now_ms
+    from atomic_p2p.requester.client import TASK_ID
     from atomic_p2p.requester.messages import build_task
     from atomic_p2p.tensors import encode
 
@@ -128,7 +128,7 @@ async def measure(addresses: list[str], rounds: int) -> dict[str, dict[str, floa
         async def auction_round() -> None:
             task = build_task(TASK_ID, CAPABILITY, wire, preview=True, max_cost=None)
             call = requester._call_for_bids(task, 2.0)
-            collected = await collect_bids(transport, addresses, call, 2.0, now_ms)
+            collected = await collect_bids(transport, addresses, call, 2.0, requester.clock)
             ranking = score(collected.bids_for(TASK_ID), None, 2000.0, None)
             assert len(ranking.ranked) == len(addresses), collected.no_bids
 

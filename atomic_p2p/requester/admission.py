@@ -8,7 +8,8 @@ enters at once; otherwise the caller waits in a heap keyed by ``(priority, deadl
 Leaving a slot hands it straight to the best waiter (so a newcomer can never overtake one that
 is queued). A waiter whose deadline passes first leaves with
 :class:`~atomic_p2p.errors.DeadlineError`; one that is cancelled leaves no trace. Deadlines are
-``time.monotonic`` instants, compared but never read from a clock here except for the wait.
+``clock.monotonic()`` instants (:mod:`atomic_p2p.clock`), compared but never read from the clock
+here except for the wait.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import contextlib
 import heapq
 import itertools
 import math
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from enum import IntEnum
 
+from atomic_p2p.clock import SYSTEM_CLOCK, Clock, wait_for
 from atomic_p2p.errors import ConfigError, DeadlineError
 
 
@@ -56,10 +57,11 @@ class _Waiter:
 class RequestQueue:
     """Bounds concurrent requests; see the module docstring."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, *, clock: Clock = SYSTEM_CLOCK) -> None:
         if limit < 1:
             raise ConfigError("a request queue needs room for at least one request")
         self.limit = limit
+        self._clock = clock
         self.running = 0
         self._waiting: list[_Waiter] = []
         self._arrivals = itertools.count()
@@ -86,10 +88,8 @@ class RequestQueue:
         waiter = _Waiter(int(priority), deadline, next(self._arrivals), admitted)
         heapq.heappush(self._waiting, waiter)
         try:
-            async with asyncio.timeout(
-                None if math.isinf(deadline) else max(0.0, deadline - time.monotonic())
-            ):
-                await asyncio.shield(admitted)
+            left = None if math.isinf(deadline) else max(0.0, deadline - self._clock.monotonic())
+            await wait_for(self._clock, asyncio.shield(admitted), left)
         except BaseException as error:
             if admitted.done() and not admitted.cancelled():
                 self._leave()  # handed a slot at the very moment it gave up: pass it on

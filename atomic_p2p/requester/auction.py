@@ -13,8 +13,10 @@ How this works
    ``k_min`` valid bids. A peer still silent at such an early close is LATE, so one slow
    bidder never holds an auction that already has enough offers.
 3. Each peer's bid envelopes are verified in a worker thread as soon as its answer arrives
-   (:func:`atomic_p2p.identity.verify_many`; libsodium releases the GIL), so verification of
-   early answers overlaps the wait for later ones and never stalls the event loop.
+   (:func:`atomic_p2p.identity.verify_many` through the clock's ``run_blocking``; libsodium
+   releases the GIL), so verification of early answers overlaps the wait for later ones and
+   never stalls the event loop. Every time and every wait is on the :mod:`atomic_p2p.clock`
+   passed in.
 4. A verified bid must then bind to its call (:func:`~atomic_p2p.requester.messages.parse_bid`):
    that call's request id, our task digest, its signer's peer id, not expired. A peer gets one
    bid per task; a second one is dropped.
@@ -29,10 +31,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from atomic_p2p.clock import Clock, wait_first
 from atomic_p2p.errors import AtomicError, SignatureError
 from atomic_p2p.identity import Envelope, PeerId, verify_many
 from atomic_p2p.protocol.codec import BID_TYPE, no_bid_reason_name
@@ -109,11 +111,11 @@ class _PeerAnswer:
 
 
 async def _ask(
-    transport: Transport, address: str, call: CallForBids, timeout_s: float, now_ms: Callable[[], int]
+    transport: Transport, address: str, call: CallForBids, timeout_s: float, clock: Clock
 ) -> _PeerAnswer:
     """Ask one peer, then verify its bids at once in a worker thread and bind them: verification
     of early answers overlaps the wait for later ones, so the auction pays only for the last."""
-    asked = time.perf_counter()
+    asked = clock.monotonic()
     answer: Sequence[Envelope | NoBid] | BaseException
     try:
         answer = (await transport.request_bids(address, RequestBidsCall(call.envelope), timeout_s)).outcomes
@@ -121,14 +123,14 @@ async def _ask(
         raise
     except Exception as error:
         answer = error
-    started = time.perf_counter()
+    started = clock.monotonic()
     unverified, no_bids = _sort_answer(address, answer, call)
     bids: list[BidInfo] = []
     if unverified:
-        checks = await asyncio.to_thread(verify_many, [(item.envelope, BID_TYPE) for item in unverified])
-        bids, invalid = _bind(unverified, checks, now_ms())
+        checks = await clock.run_blocking(verify_many, [(item.envelope, BID_TYPE) for item in unverified])
+        bids, invalid = _bind(unverified, checks, clock.wall_ms())
         no_bids += invalid
-    verify_ms = (time.perf_counter() - started) * 1000
+    verify_ms = (clock.monotonic() - started) * 1000
     return _PeerAnswer(bids, no_bids, verify_ms, (started - asked) * 1000)
 
 
@@ -172,11 +174,11 @@ async def _solicit(
     transport: Transport,
     asks: Sequence[tuple[str, CallForBids]],
     window: _Window,
-    now_ms: Callable[[], int],
+    clock: Clock,
 ) -> tuple[list[_PeerAnswer], dict[str, float], dict[str, float]]:
-    started = time.perf_counter()
+    started = clock.monotonic()
     calls = {
-        asyncio.create_task(_ask(transport, address, call, window.hard_s, now_ms)): (address, call)
+        asyncio.create_task(_ask(transport, address, call, window.hard_s, clock)): (address, call)
         for address, call in asks
     }
     quorum = _Quorum(asks, window.k_min)
@@ -186,16 +188,16 @@ async def _solicit(
     answered: dict[str, float] = {}
     covered = graced = False
     while pending:
-        left = closing.at - time.perf_counter()
+        left = closing.at - clock.monotonic()
         if left <= 0:
             break
-        done, pending = await asyncio.wait(pending, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        done, pending = await wait_first(clock, pending, left)
         for finished in done:
             answer = finished.result()
             answers.append(answer)
             answered[calls[finished][0]] = answer.answer_ms
             quorum.add(calls[finished][0], answer)
-        now = time.perf_counter()
+        now = clock.monotonic()
         if not covered and quorum.covered():  # tmax binds only once every task has an offer
             covered = True
             closing.sooner(max(started + window.soft_s, now + window.grace_s), "TMAX")
@@ -206,7 +208,7 @@ async def _solicit(
     for unfinished in pending:
         unfinished.cancel()
         address, call = calls[unfinished]
-        waited_ms = (time.perf_counter() - started) * 1000
+        waited_ms = (clock.monotonic() - started) * 1000
         waited[address] = waited_ms
         answers.append(_PeerAnswer([], _silent(address, call, window.hard_s, closing.rule, waited_ms), 0.0))
     return answers, answered, waited
@@ -314,7 +316,7 @@ async def collect_round(
     transport: Transport,
     asks: Sequence[tuple[str, CallForBids]],
     timeout_s: float,
-    now_ms: Callable[[], int],
+    clock: Clock,
     *,
     tmax_s: float | None = None,
     k_min: int = 0,
@@ -323,17 +325,18 @@ async def collect_round(
     """Send each (address, call) pair its call for bids, all at once; return what verified.
 
     ``timeout_s`` is the hard window (each call's gRPC deadline); ``tmax_s``, once every task
-    has a bid, and ``k_min`` with ``grace_s`` may close it sooner (see the module docstring)."""
-    started = time.perf_counter()
+    has a bid, and ``k_min`` with ``grace_s`` may close it sooner (see the module docstring).
+    ``clock`` times the round and verifies off the loop (:mod:`atomic_p2p.clock`)."""
+    started = clock.monotonic()
     soft = timeout_s if tmax_s is None else min(tmax_s, timeout_s)
     window = _Window(timeout_s, soft, k_min, grace_s)
-    answers, answered, waited = await _solicit(transport, asks, window, now_ms)
+    answers, answered, waited = await _solicit(transport, asks, window, clock)
     bids, duplicates = _one_per_peer([bid for answer in answers for bid in answer.bids])
     no_bids = [no_bid for answer in answers for no_bid in answer.no_bids]
     return Collected(
         bids=tuple(bids),
         no_bids=tuple(no_bids + duplicates),
-        bids_ms=(time.perf_counter() - started) * 1000,
+        bids_ms=(clock.monotonic() - started) * 1000,
         verify_ms=sum(answer.verify_ms for answer in answers),
         answer_ms=answered,
         waited_ms=waited,
@@ -345,7 +348,7 @@ async def collect_bids(
     addresses: Sequence[str],
     call: CallForBids,
     timeout_s: float,
-    now_ms: Callable[[], int],
+    clock: Clock,
 ) -> Collected:
     """Ask every address for bids on ``call`` and return the verified bids and the no-bids."""
-    return await collect_round(transport, [(address, call) for address in addresses], timeout_s, now_ms)
+    return await collect_round(transport, [(address, call) for address in addresses], timeout_s, clock)

@@ -38,6 +38,7 @@ import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from atomic_p2p.clock import Clock
 from atomic_p2p.identity import Identity, PeerId
 from atomic_p2p.requester.auction import CallForBids, Collected, collect_round
 from atomic_p2p.requester.bidpolicy import (
@@ -113,7 +114,7 @@ class BidManager:
         bid_timeout_s: float,
         profiles: Callable[[], Mapping[ProfileKey, Profile]],
         seq_of: Callable[[PeerId], int | None],
-        now_ms: Callable[[], int],
+        clock: Clock,
         rng: random.Random,
     ) -> None:
         self.policy = policy
@@ -126,7 +127,7 @@ class BidManager:
         self._ceiling_s = bid_timeout_s
         self._profiles = profiles
         self._seq_of = seq_of
-        self._now_ms = now_ms
+        self._clock = clock
         self._rng = rng
         self._pending: list[_Pending] = []
         self._arrivals = itertools.count()
@@ -182,7 +183,9 @@ class BidManager:
         if not self.policy.cache:
             return None
         candidates = set(wanted.candidates)
-        found = self.cache.get(wanted.capability, wanted.bucket, wanted.specs, self._now_ms(), self._seq_of)
+        found = self.cache.get(
+            wanted.capability, wanted.bucket, wanted.specs, self._clock.wall_ms(), self._seq_of
+        )
         found = [bid for bid in found if bid.address in candidates]
         if len(found) < max(1, min(self.policy.k_min, len(candidates))):
             self.cache.misses += 1
@@ -251,7 +254,7 @@ class BidManager:
             self._transport,
             asks,
             window,
-            self._now_ms,
+            self._clock,
             tmax_s=tmax,
             k_min=self.policy.k_min,
             grace_s=self.policy.grace_s,
@@ -282,7 +285,7 @@ class BidManager:
         calls: dict[tuple[str, ...], CallForBids] = {}
         request_of: dict[str, bytes] = {}
         asks: list[tuple[str, CallForBids]] = []
-        issued = self._now_ms()
+        issued = self._clock.wall_ms()
         for address, items in tasks_of.items():
             key = tuple(item.task.task_id for item in items)
             call = calls.get(key)
@@ -303,7 +306,7 @@ class BidManager:
         for address, waited in collected.waited_ms.items():
             self.latency.silent(address, waited)
         wanted_by_task = {wanted.task.task_id: wanted for wanted in batch}
-        received = self._now_ms()
+        received = self._clock.wall_ms()
         for bid in collected.bids:
             wanted = wanted_by_task[bid.task_id]
             self._peer_at[bid.address] = bid.peer_id.hex

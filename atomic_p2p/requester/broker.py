@@ -19,14 +19,13 @@ each peer said or how each attempt failed.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from atomic_p2p import tensors
+from atomic_p2p.clock import SYSTEM_CLOCK, Clock
 from atomic_p2p.errors import AuctionError, NoBidsError
 from atomic_p2p.requester.bidmanager import BidManager, Offers, Wanted, input_specs
 from atomic_p2p.requester.bidpolicy import InputSpecs
@@ -50,7 +49,8 @@ INLINE_ENCODE_BYTES = 1024 * 1024
 
 @dataclass(frozen=True, slots=True)
 class Terms:
-    """What the caller asked of a whole request; ``deadline`` is a ``time.monotonic`` instant."""
+    """What the caller asked of a whole request; ``deadline`` is an instant on ``clock``
+    (``clock.monotonic()``), the clock :meth:`left_s` reads."""
 
     deadline: float
     deadline_ms: int  # the same instant, wall clock (what peers see)
@@ -58,9 +58,10 @@ class Terms:
     max_cost: float | None = None
     priority: int = 1
     preview: bool = True
+    clock: Clock = field(default=SYSTEM_CLOCK, repr=False, compare=False)
 
     def left_s(self) -> float:
-        return self.deadline - time.monotonic()
+        return self.deadline - self.clock.monotonic()
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +94,7 @@ class Broker:
         *,
         bid_timeout_s: float,
         bid_share: float,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.discovery = discovery
         self.bids = bids
@@ -101,12 +103,15 @@ class Broker:
         self._feedback = feedback
         self._bid_timeout_s = bid_timeout_s
         self._bid_share = bid_share
+        self._clock = clock
 
     async def prepare(
         self, task_id: str, capability: str, inputs: Mapping[str, torch.Tensor], terms: Terms
     ) -> Prepared:
         size = sum(tensor.numel() * tensor.element_size() for tensor in inputs.values())
-        payload = await asyncio.to_thread(encode, inputs) if size > INLINE_ENCODE_BYTES else encode(inputs)
+        payload = (
+            await self._clock.run_blocking(encode, inputs) if size > INLINE_ENCODE_BYTES else encode(inputs)
+        )
         task = build_task(task_id, capability, payload.inputs, preview=terms.preview, max_cost=terms.max_cost)
         first = payload.inputs[0] if payload.inputs else None
         return Prepared(
@@ -157,7 +162,7 @@ class Broker:
         self, item: Prepared, offers: Offers, terms: Terms, *, started: float, bids_ms: float
     ) -> Result:
         """Clear, execute (with fallback) and learn for one task; see the module docstring.
-        ``started`` is the ``perf_counter`` instant the task's request began."""
+        ``started`` is the ``clock.monotonic()`` instant the task's request began."""
         ask = Ask(
             task_id=item.task.task_id,
             capability=item.capability,
@@ -172,12 +177,12 @@ class Broker:
         if not decision.ranked:
             raise NoBidsError(_no_bids_message(item.capability, offers, decision))
 
-        executing = time.perf_counter()
+        executing = self._clock.monotonic()
         ranked = [scored.item for scored in decision.ranked]
         executed = await self._executor.run(
             offers.request_id, ranked, item.payload, terms.deadline, self.memory
         )
-        finished = time.perf_counter()
+        finished = self._clock.monotonic()
         self._feedback.send(offers.request_id, decision, executed)
         for attempt in executed.attempts:
             if not attempt.ok:

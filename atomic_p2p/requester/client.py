@@ -23,11 +23,9 @@ each peer said or how each attempt failed.
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import math
 import os
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -36,6 +34,7 @@ from typing import Any, Self
 import torch
 
 from atomic_p2p.channels import ChannelPool
+from atomic_p2p.clock import SYSTEM_CLOCK, Clock
 from atomic_p2p.errors import ConfigError, NoBidsError
 from atomic_p2p.gossip import GossipConfig
 from atomic_p2p.identity import Identity
@@ -58,11 +57,6 @@ from atomic_p2p.requester.types import Result
 from atomic_p2p.requester.weights import WeightsSpec, resolve_weights
 
 TASK_ID = "task-0"  # the first task id a requester uses; later ones count up
-
-
-def now_ms() -> int:
-    """Unix time in milliseconds: what issued_at, deadline and valid_until are measured in."""
-    return time.time_ns() // 1_000_000
 
 
 def _check_run_arguments(
@@ -107,7 +101,10 @@ class Requester:
     ``identity`` signs every call for bids, order and notice; without one an ephemeral key is
     generated. ``bids`` sets the bid manager's rules (:class:`BidPolicy`); ``shard`` when a
     request's batch is split (:class:`ShardPolicy`; by default only when no candidate accepts it
-    whole).
+    whole). ``clock`` is where every deadline, timing, timeout and timestamp is read and every
+    timed wait is kept (:mod:`atomic_p2p.clock`; the system clock by default, a ``FakeClock``
+    in tests). ``transport`` carries the market calls (:class:`~.transport.Transport`; gRPC over
+    the requester's channels by default, :class:`atomic_p2p.testing.InMemoryNetwork` in tests).
     """
 
     def __init__(
@@ -126,6 +123,8 @@ class Requester:
         feedback_timeout_s: float = 2.0,
         bids: BidPolicy | None = None,
         shard: ShardPolicy | None = None,
+        clock: Clock | None = None,
+        transport: Transport | None = None,
     ) -> None:
         for name, addresses in (("peers", peers), ("bootstrap", bootstrap)):
             if isinstance(addresses, str) or not all(isinstance(a, str) and a for a in addresses):
@@ -138,6 +137,7 @@ class Requester:
         if not 0 < bid_share < 1:
             raise ConfigError("bid_share must lie strictly between 0 and 1")
         self.peers = tuple(dict.fromkeys(peers))  # keep order, drop duplicates
+        self.clock = clock if clock is not None else SYSTEM_CLOCK
         self.identity = identity or Identity.generate()
         self.policy = bids or BidPolicy()
         self._shard = shard or ShardPolicy()
@@ -145,15 +145,15 @@ class Requester:
         self._bid_share = bid_share
         self._pool = ChannelPool()
         self.discovery = Discovery(self.identity, self.peers, bootstrap, self._pool, gossip)
-        self._transport: Transport = GrpcTransport(self._pool)
+        self._transport: Transport = transport if transport is not None else GrpcTransport(self._pool)
         self._feedback = FeedbackSender(
             self._transport,
             self.identity,
             feedback_timeout_s,
-            now_ms,
+            self.clock,
             observe=lambda bid, parameters: self.memory.observe_strategy(bid, parameters),
         )
-        memory = MarketMemory.open(store, evaluator, seed)
+        memory = MarketMemory.open(store, evaluator, seed, clock=self.clock)
         self.bids = BidManager(
             self._transport,
             self.identity,
@@ -161,19 +161,20 @@ class Requester:
             bid_timeout_s=bid_timeout_s,
             profiles=lambda: self.memory.profiles,
             seq_of=self.discovery.version,
-            now_ms=now_ms,
+            clock=self.clock,
             rng=memory.rng,
         )
         self._broker = Broker(
             self.discovery,
             self.bids,
             memory,
-            Executor(self._transport, self.identity, execution or ExecutionPolicy(), now_ms),
+            Executor(self._transport, self.identity, execution or ExecutionPolicy(), self.clock),
             self._feedback,
             bid_timeout_s=bid_timeout_s,
             bid_share=bid_share,
+            clock=self.clock,
         )
-        self.queue = RequestQueue(self.policy.max_concurrent_requests)
+        self.queue = RequestQueue(self.policy.max_concurrent_requests, clock=self.clock)
         self._task_numbers = itertools.count()
 
     @property
@@ -211,7 +212,7 @@ class Requester:
         await self._feedback.drain()
         await self.discovery.stop()
         await self._pool.close()
-        await asyncio.to_thread(self.memory.close)  # flushes the store's last batch
+        await self.clock.run_blocking(self.memory.close)  # flushes the store's last batch
 
     def gradient_market(self, capability: str, *, batch: int = 1, **options: Any) -> GradientMarket:
         """A :class:`~atomic_p2p.requester.gradient.GradientMarket` (docs/gradient.md, seller-side)
@@ -231,7 +232,8 @@ class Requester:
             addresses,
             capability=capability,
             store=self.memory.store,
-            pool=self._pool,
+            transport=self._transport,
+            clock=self.clock,
             **options,
         )
 
@@ -255,14 +257,14 @@ class Requester:
         Raises :class:`NoBidsError` or :class:`AuctionError`; bad arguments raise ConfigError.
         """
         _check_run_arguments(capability, inputs, deadline_s, weights, max_cost)
-        started = time.perf_counter()
+        started = self.clock.monotonic()
         terms = self._terms(deadline_s, weights, max_cost, priority, preview)
         async with self.queue.slot(parse_priority(priority), terms.deadline):
             task_id = f"task-{next(self._task_numbers)}"
             prepared = await self._broker.prepare(task_id, capability, inputs, terms)
-            soliciting = time.perf_counter()
+            soliciting = self.clock.monotonic()
             (offers,) = await self._broker.offers([prepared], terms, deadline_s)
-            bids_ms = (time.perf_counter() - soliciting) * 1000
+            bids_ms = (self.clock.monotonic() - soliciting) * 1000
             return await self._broker.settle(prepared, offers, terms, started=started, bids_ms=bids_ms)
 
     async def submit(
@@ -310,7 +312,7 @@ class Requester:
 
     def _call_for_bids(self, task: TaskRef, deadline_s: float) -> CallForBids:
         """A signed call for bids on one task (scripts/bench_auction.py drives rounds with it)."""
-        request_id, issued = os.urandom(16), now_ms()
+        request_id, issued = os.urandom(16), self.clock.wall_ms()
         envelope = sign_bid_request(
             self.identity, request_id, [task], issued, issued + int(deadline_s * 1000)
         )
@@ -325,10 +327,11 @@ class Requester:
         preview: bool,
     ) -> Terms:
         return Terms(
-            deadline=time.monotonic() + deadline_s,
-            deadline_ms=now_ms() + int(deadline_s * 1000),
+            deadline=self.clock.monotonic() + deadline_s,
+            deadline_ms=self.clock.wall_ms() + int(deadline_s * 1000),
             weights=weights,
             max_cost=max_cost,
             priority=int(parse_priority(priority)),
             preview=preview,
+            clock=self.clock,
         )

@@ -15,13 +15,12 @@ one that failed. Every attempt, failed or not, is returned in order so the calle
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+from atomic_p2p.clock import SYSTEM_CLOCK, Clock
 from atomic_p2p.errors import AtomicError, BidExpiredError
 from atomic_p2p.identity import Envelope, Identity
 from atomic_p2p.protocol.messages import ExecuteCall
@@ -85,12 +84,12 @@ class Executor:
         transport: Transport,
         identity: Identity,
         policy: ExecutionPolicy,
-        now_ms: Callable[[], int],
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self._transport = transport
         self._identity = identity
         self._policy = policy
-        self._now_ms = now_ms
+        self._clock = clock
 
     async def run(
         self,
@@ -100,17 +99,17 @@ class Executor:
         deadline: float,
         tracker: InFlight | None = None,
     ) -> Executed:
-        """Try ``ranked`` in order until one succeeds; ``deadline`` is a ``time.monotonic`` instant.
+        """Try ``ranked`` in order until one succeeds; ``deadline`` is a ``clock.monotonic()`` instant.
 
         Each order names the request id its bid carries (:attr:`BidInfo.request_id`: bids of one
         round may come from several calls, and a bid reused from the cache is ordered under a
         fresh id), else ``request_id``. ``tracker`` hears when each attempt starts and ends (the requester's own load per peer)."""
         attempts: list[Attempt] = []
         for index, bid in enumerate(ranked):
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self._clock.monotonic()
             if remaining <= 0:
                 return Executed(tuple(attempts), None, untried=len(ranked) - index)
-            if bid.valid_until_ms <= self._now_ms():
+            if bid.valid_until_ms <= self._clock.wall_ms():
                 attempts.append(Attempt(bid, 0.0, BidExpiredError("the bid expired before its turn")))
                 continue
             if tracker is not None:
@@ -129,16 +128,18 @@ class Executor:
         self, request_id: bytes, bid: BidInfo, payload: Payload, remaining_s: float
     ) -> tuple[Attempt, Success | None]:
         timeout_s = self._policy.call_timeout(bid, remaining_s)
-        now = self._now_ms()
+        now = self._clock.wall_ms()
         order = sign_order(self._identity, request_id, bid, payload.digest, now, now + int(timeout_s * 1000))
-        started = time.perf_counter()
+        started = self._clock.monotonic()
         try:
             reply = await self._transport.execute(
                 bid.address, ExecuteCall(order, bid.envelope, payload.inputs), timeout_s
             )
-            receipt = await asyncio.to_thread(check_result, reply.result, reply.outputs, request_id, bid)
+            receipt = await self._clock.run_blocking(
+                check_result, reply.result, reply.outputs, request_id, bid
+            )
         except AtomicError as error:
-            elapsed = (time.perf_counter() - started) * 1000
+            elapsed = (self._clock.monotonic() - started) * 1000
             logger.warning(
                 "execution on %s (%s) failed after %.0f ms: %s",
                 bid.address,
@@ -147,5 +148,5 @@ class Executor:
                 error,
             )
             return Attempt(bid, elapsed, error), None
-        elapsed = (time.perf_counter() - started) * 1000
+        elapsed = (self._clock.monotonic() - started) * 1000
         return Attempt(bid, elapsed), Success(bid, receipt, reply.result)

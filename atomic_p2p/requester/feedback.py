@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
+from atomic_p2p.clock import SYSTEM_CLOCK, Clock, wait_all
 from atomic_p2p.errors import AtomicError
 from atomic_p2p.identity import Envelope, Identity
 from atomic_p2p.protocol.messages import FeedbackCall
@@ -57,7 +58,7 @@ class FeedbackSender:
         transport: Transport,
         identity: Identity,
         timeout_s: float,
-        now_ms: Callable[[], int],
+        clock: Clock = SYSTEM_CLOCK,
         observe: Callable[[BidInfo, dict[str, float]], None] | None = None,
     ) -> None:
         # ``observe`` hears each peer's strategy parameters as its Feedback answer reports them.
@@ -65,7 +66,7 @@ class FeedbackSender:
         self._transport = transport
         self._identity = identity
         self._timeout_s = timeout_s
-        self._now_ms = now_ms
+        self._clock = clock
         # Strong references: the event loop only keeps weak ones to tasks.
         self._pending: set[asyncio.Task[None]] = set()
 
@@ -76,13 +77,18 @@ class FeedbackSender:
         task.add_done_callback(self._pending.discard)
 
     async def _deliver(self, request_id: bytes, ranking: Ranking[BidInfo], executed: Executed) -> None:
-        signed = notices(self._identity, request_id, ranking, executed, self._now_ms())
+        signed = notices(self._identity, request_id, ranking, executed, self._clock.wall_ms())
         await asyncio.gather(*(self._deliver_one(bid, notice) for bid, notice in signed))
 
     def send_outcome(self, request_id: bytes, bid: BidInfo, score: float) -> None:
         """An OUTCOME notice for a delivered task whose quality became known later."""
         notice = sign_feedback(
-            self._identity, bid.request_id or request_id, bid, "outcome", self._now_ms(), outcome_score=score
+            self._identity,
+            bid.request_id or request_id,
+            bid,
+            "outcome",
+            self._clock.wall_ms(),
+            outcome_score=score,
         )
         task = asyncio.create_task(self._deliver_one(bid, notice))
         self._pending.add(task)
@@ -106,7 +112,7 @@ class FeedbackSender:
         if not self._pending:
             return
         pending = list(self._pending)
-        _, late = await asyncio.wait(pending, timeout=self._timeout_s + 0.5)
+        _, late = await wait_all(self._clock, pending, self._timeout_s + 0.5)
         for task in late:
             task.cancel()
         if late:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import time
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -42,6 +41,7 @@ from torch.nn import functional
 
 from atomic_p2p import tensors
 from atomic_p2p.channels import ChannelPool
+from atomic_p2p.clock import SYSTEM_CLOCK, Clock
 from atomic_p2p.errors import AtomicError, NoBidsError, ProtocolError
 from atomic_p2p.identity import Identity
 from atomic_p2p.market import LossFunction, ShiftMode, gates, market_gradients, masks, mixture, shift, top_k
@@ -56,10 +56,6 @@ from atomic_p2p.store import Store
 from atomic_p2p.store_schema import PaymentKind, PaymentRecord
 
 TASK_ID = "gradient"
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +117,7 @@ class GradientMarket:
         pool: ChannelPool | None = None,
         timeout_s: float = 30.0,
         transport: Transport | None = None,
+        clock: Clock | None = None,
     ) -> None:
         self.identity = identity
         self.addresses = tuple(addresses)
@@ -132,12 +129,18 @@ class GradientMarket:
         self.train_outputs = frozenset(train_outputs)
         self.store = store
         self.timeout_s = timeout_s
+        self.clock = clock or SYSTEM_CLOCK
+        # Without a transport it talks gRPC over ``pool`` (its own when none is given, closed by
+        # :meth:`close`); with one, the transport's owner closes it.
         self._own_pool = pool is None and transport is None
-        self._pool = pool or ChannelPool() if transport is None else None
-        self._transport: Transport = transport or GrpcTransport(self._pool or ChannelPool())
+        self._pool: ChannelPool | None = None
+        if transport is None:
+            self._pool = pool or ChannelPool()
+            transport = GrpcTransport(self._pool)
+        self._transport: Transport = transport
         # Each Execute may take the whole round timeout, as a gradient round waits for every peer.
         policy = ExecutionPolicy(max_call_s=timeout_s, min_call_s=timeout_s)
-        self._executor = Executor(self._transport, identity, policy, now_ms)
+        self._executor = Executor(self._transport, identity, policy, self.clock)
 
     async def __aenter__(self) -> GradientMarket:
         return self
@@ -156,13 +159,13 @@ class GradientMarket:
         payments, with no gradient computed or sent (benchmarks compare the two).
         """
         phases: dict[str, float] = {}
-        clock = time.perf_counter()
+        lap = self.clock.monotonic()
         request_id = secrets.token_bytes(16)
         wire = tensors.encode(inputs, self.input_name)
         if len(wire.data) > MAX_PREVIEW_BYTES:
             raise ProtocolError("gradient mode sends the batch as a preview; this batch is too large for one")
         task = build_task(TASK_ID, self.capability, [wire], preview=True, max_cost=None)
-        issued = now_ms()
+        issued = self.clock.wall_ms()
         envelope = sign_bid_request(
             self.identity,
             request_id,
@@ -175,7 +178,7 @@ class GradientMarket:
             self._transport,
             [(a, CallForBids(request_id, (task,), envelope)) for a in self.addresses],
             self.timeout_s,
-            now_ms,
+            self.clock,
         )
         batch = inputs.shape[0]
         bidders = [
@@ -185,9 +188,9 @@ class GradientMarket:
         ]
         if not bidders:
             raise NoBidsError("no candidate answered with a gradient-mode bid")
-        phases["bids"], clock = _lap(clock)
+        phases["bids"], lap = self._lap(lap)
         cleared = await self._execute(request_id, Payload((wire,), tensors.digest([wire])), bidders)
-        phases["execute"], clock = _lap(clock)
+        phases["execute"], lap = self._lap(lap)
         bidders, outputs = cleared.bidders, _stacked(cleared)
         bids = torch.stack([bidder.values for bidder in bidders])
         running = [index in cleared.outputs for index in range(len(bidders))]
@@ -198,11 +201,11 @@ class GradientMarket:
             output = mixture(gate, outputs)
             loss = float(self.loss_fn(output, targets))
             peers = [_unlearnt(bidder, gate[i], running[i], prices[i]) for i, bidder in enumerate(bidders)]
-            phases["market"], clock = _lap(clock)
+            phases["market"], lap = self._lap(lap)
             self._record_payments(request_id, peers)
             return GradientRound(request_id, loss, output, tuple(peers + dropped), phases)
         market = market_gradients(bids, outputs, targets, self.loss_fn, shift_mode=self.shift_mode, k=self.k)
-        phases["market"], clock = _lap(clock)
+        phases["market"], lap = self._lap(lap)
         answers = await asyncio.gather(
             *(
                 self._send_gradient(
@@ -234,7 +237,7 @@ class GradientMarket:
                     refusal=refusal,
                 )
             )
-        phases["send"], clock = _lap(clock)
+        phases["send"], lap = self._lap(lap)
         self._record_payments(request_id, peers)
         return GradientRound(request_id, float(market.loss), market.output, tuple(peers + dropped), phases)
 
@@ -243,7 +246,7 @@ class GradientMarket:
     async def _execute(self, request_id: bytes, payload: Payload, bidders: list[_Bidder]) -> _Cleared:
         """Execute on every selected bidder; drop those that fail and clear again among the rest."""
         cleared = _Cleared(list(bidders), {}, [])
-        deadline = time.monotonic() + self.timeout_s
+        deadline = self.clock.monotonic() + self.timeout_s
         while cleared.bidders:
             bids = torch.stack([bidder.values for bidder in cleared.bidders])
             kept = top_k(masks(bids, shift(bids, self.shift_mode)), self.k or len(cleared.bidders))
@@ -306,7 +309,7 @@ class GradientMarket:
             if trains and output_grad is not None
             else None,
             price=price,
-            issued_at_ms=now_ms(),
+            issued_at_ms=self.clock.wall_ms(),
         )
         call = BidGradientCall(codec.sign(self.identity, update))
         try:
@@ -315,10 +318,14 @@ class GradientMarket:
             return False, 0.0, status_name(error)
         return reply.applied, reply.applied_norm, ""
 
+    def _lap(self, started: float) -> tuple[float, float]:
+        now = self.clock.monotonic()
+        return (now - started) * 1000, now
+
     def _record_payments(self, request_id: bytes, peers: Sequence[PeerRound]) -> None:
         if self.store is None:
             return
-        at = now_ms()
+        at = self.clock.wall_ms()
         for peer in peers:
             if peer.executed:
                 self.store.record_payment(
@@ -348,11 +355,6 @@ def _shape_misfits(outputs: dict[int, torch.Tensor]) -> dict[int, str]:
 def _stacked(cleared: _Cleared) -> torch.Tensor:
     template = torch.zeros_like(next(iter(cleared.outputs.values())))
     return torch.stack([cleared.outputs.get(i, template) for i in range(len(cleared.bidders))])
-
-
-def _lap(started: float) -> tuple[float, float]:
-    now = time.perf_counter()
-    return (now - started) * 1000, now
 
 
 def _dropped(bidder: _Bidder, reason: str) -> PeerRound:

@@ -18,7 +18,6 @@ attempts) is kept under its name.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -58,17 +57,19 @@ class GraphResult:
 
 
 class GraphRun:
-    """One request's graph, run once (see the module docstring)."""
+    """One request's graph, run once (see the module docstring); timed on the clock its
+    ``terms`` deadline is on."""
 
     def __init__(self, graph: TaskGraph, broker: Broker, terms: Terms, *, prefix: str) -> None:
         self.graph = graph
         self._broker = broker
         self._terms = terms
+        self._clock = terms.clock
         self._prefix = prefix  # makes wire task ids unique across this requester's requests
         self._stages: list[asyncio.Task[_Stage]] = []
 
     async def run(self) -> GraphResult:
-        started = time.perf_counter()
+        started = self._clock.monotonic()
         outputs: dict[str, Mapping[str, torch.Tensor]] = {}
         results: dict[str, Result] = {}
         running: dict[asyncio.Task[Result], str] = {}
@@ -88,7 +89,7 @@ class GraphRun:
             await asyncio.gather(*running, *self._stages, return_exceptions=True)
         combined = self.graph.combine(outputs)
         ordered = {name: results[name] for name in self.graph.tasks}
-        return GraphResult(combined, ordered, self.graph, (time.perf_counter() - started) * 1000)
+        return GraphResult(combined, ordered, self.graph, (self._clock.monotonic() - started) * 1000)
 
     def _launch(
         self, ready: tuple[str, ...], outputs: Mapping[str, Mapping[str, torch.Tensor]], started: float
@@ -105,7 +106,7 @@ class GraphRun:
 
     async def _stage(self, names: tuple[str, ...], inputs: Mapping[str, dict[str, torch.Tensor]]) -> _Stage:
         """Prepare every newly ready microtask and get bids for all of them at once."""
-        began = time.perf_counter()
+        began = self._clock.monotonic()
         terms = self._terms
         prepared = [
             await self._broker.prepare(
@@ -117,7 +118,7 @@ class GraphRun:
         if left <= 0:
             raise DeadlineError(f"the request's deadline passed before {', '.join(names)} could start")
         offers = await self._broker.offers(prepared, terms, left)
-        return prepared, offers, (time.perf_counter() - began) * 1000
+        return prepared, offers, (self._clock.monotonic() - began) * 1000
 
     async def _settle(self, stage: asyncio.Task[_Stage], index: int, started: float) -> Result:
         prepared, offers, bids_ms = await asyncio.shield(stage)

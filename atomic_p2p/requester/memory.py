@@ -19,12 +19,12 @@ can still receive an outcome are remembered in a bounded table (oldest forgotten
 from __future__ import annotations
 
 import random
-import time
 from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from atomic_p2p.clock import SYSTEM_CLOCK, Clock
 from atomic_p2p.errors import UnknownTaskError
 from atomic_p2p.requester.clearing import WinShares
 from atomic_p2p.requester.evaluator import Ask, EvaluatorConfig, MarketView, evaluate
@@ -42,10 +42,6 @@ from atomic_p2p.store import (
 )
 
 MAX_PENDING_OUTCOMES = 100_000
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +65,13 @@ class MarketMemory:
         config: EvaluatorConfig | None = None,
         store: Store | None = None,
         rng: random.Random | None = None,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.config = config or EvaluatorConfig()
         self.store = store
         self.rng = rng or random.Random()
+        self.clock = clock  # stamps observations, decisions and payments (wall_ms)
         self.profiles: dict[ProfileKey, Profile] = {}
         self.shares = WinShares()
         self.in_flight: Counter[str] = Counter()
@@ -87,9 +86,16 @@ class MarketMemory:
                 self.profiles[key] = Profile.from_dict(row.snapshot)
 
     @classmethod
-    def open(cls, path: Path | str | None, config: EvaluatorConfig | None, seed: int | None) -> MarketMemory:
+    def open(
+        cls,
+        path: Path | str | None,
+        config: EvaluatorConfig | None,
+        seed: int | None,
+        *,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> MarketMemory:
         store = Store.open(Path(path)) if path is not None else None
-        return cls(config, store, random.Random(seed))
+        return cls(config, store, random.Random(seed), clock=clock)
 
     def close(self) -> None:
         if self.store is not None and self._owns_store:
@@ -112,7 +118,7 @@ class MarketMemory:
         self, bids: Sequence[BidInfo], ask: Ask, utilization: Mapping[str, float]
     ) -> Decision[BidInfo]:
         view = MarketView(self.profiles, dict(self.in_flight), utilization, self.shares)
-        decision = evaluate(bids, ask, view, self.config, rng=self.rng, now_ms=now_ms())
+        decision = evaluate(bids, ask, view, self.config, rng=self.rng, now_ms=self.clock.wall_ms())
         self.shares = self.shares.after(decision.eligible_peers(), decision.winner_peer())
         return decision
 
@@ -127,7 +133,7 @@ class MarketMemory:
         self.last_auction = (decision, tuple(no_bids))
         if self.store is None:
             return
-        at = now_ms()
+        at = self.clock.wall_ms()
         bids = [scored.item for scored in decision.ranked] + [e.item for e in decision.excluded]
         winner = decision.ranked[0].item if decision.ranked else None
         rationale = dict(decision.rationale.to_dict()) if decision.rationale is not None else {}
@@ -162,7 +168,7 @@ class MarketMemory:
         later outcome. Returns the task reference :meth:`outcome` takes."""
         key = ProfileKey(bid.peer_id.hex, bid.model_id, ask.capability)
         observation = Observation(
-            at_ms=now_ms(),
+            at_ms=self.clock.wall_ms(),
             latency_ms=max(0.0, latency_ms),
             cost=max(0.0, paid),
             promised_latency_ms=bid.expected_latency_ms,
@@ -172,7 +178,9 @@ class MarketMemory:
         self._learn(key, observation)
         if self.store is not None:
             self.store.record_payment(
-                PaymentRecord(now_ms(), request_id, ask.task_id, bid.peer_id.hex, paid, self.payment_kind)
+                PaymentRecord(
+                    self.clock.wall_ms(), request_id, ask.task_id, bid.peer_id.hex, paid, self.payment_kind
+                )
             )
         reference = task_reference(request_id, ask.task_id)
         self._pending[reference] = PendingOutcome(key, bid, request_id, ask.bucket)
@@ -184,7 +192,10 @@ class MarketMemory:
         """An execution failed or timed out: an outcome of 0 against the confidence it claimed."""
         key = ProfileKey(bid.peer_id.hex, bid.model_id, ask.capability)
         self._learn(
-            key, Observation(now_ms(), outcome=0.0, promised_confidence=bid.confidence, bucket=ask.bucket)
+            key,
+            Observation(
+                self.clock.wall_ms(), outcome=0.0, promised_confidence=bid.confidence, bucket=ask.bucket
+            ),
         )
 
     def outcome(self, reference: str, score: float) -> PendingOutcome:
@@ -197,7 +208,10 @@ class MarketMemory:
                 f"{MAX_PENDING_OUTCOMES} tasks)"
             )
         observation = Observation(
-            now_ms(), outcome=score, promised_confidence=pending.bid.confidence, bucket=pending.bucket
+            self.clock.wall_ms(),
+            outcome=score,
+            promised_confidence=pending.bid.confidence,
+            bucket=pending.bucket,
         )
         self._learn(pending.key, observation)
         del self._pending[reference]
@@ -208,7 +222,7 @@ class MarketMemory:
         in the store's observations (what ``atomic profile`` plots), one series per name."""
         if self.store is None:
             return
-        at = now_ms()
+        at = self.clock.wall_ms()
         for name, value in sorted(parameters.items()):
             self.store.record_observation(
                 ObservationRecord(at, bid.peer_id.hex, bid.model_id, f"strategy.{name}", float(value))

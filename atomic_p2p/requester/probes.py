@@ -33,16 +33,15 @@ import asyncio
 import contextlib
 import logging
 import math
-import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
+from atomic_p2p.clock import wait_for
 from atomic_p2p.errors import AuctionError, ConfigError, NoBidsError
 from atomic_p2p.requester.client import Requester
-from atomic_p2p.requester.memory import now_ms
 from atomic_p2p.requester.ranking import Decision, Exclusion
 from atomic_p2p.requester.types import BidInfo, NoBidInfo
 from atomic_p2p.store import ObservationRecord, PaymentKind
@@ -193,6 +192,8 @@ class Prober:
     in the background until the budget is spent or the block ends; :meth:`probe_round` runs one
     round now. ``peers`` fixes the addresses to probe instead of the requester's candidates.
     :meth:`close` (``async with`` does) closes the per-peer channels, not the requester.
+    Time is the requester's clock (``requester.clock``); ``clock`` replaces only the reading
+    the schedule is kept on (seconds, by default ``requester.clock.monotonic``).
     """
 
     def __init__(
@@ -205,7 +206,7 @@ class Prober:
         *,
         peers: Sequence[str] | None = None,
         score: Scorer = accuracy,
-        clock: Callable[[], float] = time.monotonic,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.requester = requester
         self.capability = capability
@@ -215,7 +216,7 @@ class Prober:
         self.results: deque[ProbeResult] = deque(maxlen=RESULTS_KEPT)
         self._peers = tuple(peers) if peers is not None else None
         self._score = score
-        self._clock = clock
+        self._clock = clock if clock is not None else requester.clock.monotonic
         self._rounds = 0
         self._probers: dict[str, Requester] = {}
         self._task: asyncio.Task[None] | None = None
@@ -253,7 +254,7 @@ class Prober:
                 )
                 return
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.config.interval_s)
+                await wait_for(self.requester.clock, self._stopping.wait(), self.config.interval_s)
 
     async def wait(self) -> None:
         """Until the background schedule ends (budget spent) or is closed."""
@@ -278,7 +279,7 @@ class Prober:
         """One probe of one peer, whatever the schedule says (the budget still caps its price)."""
         prober = self._prober(address)
         self.schedule.started(address, self._clock())
-        base = ProbeResult(address, now_ms(), int(labels.shape[0]))
+        base = ProbeResult(address, self.requester.clock.wall_ms(), int(labels.shape[0]))
         budget = self.schedule.remaining
         if budget <= 0:
             return self._keep(_failed(base, "the probe budget is spent"))
@@ -302,8 +303,9 @@ class Prober:
                 "examples": base.examples,
                 "paid": result.price,
             }
+            at_ms = self.requester.clock.wall_ms()
             store.record_observation(
-                ObservationRecord(now_ms(), bid.peer_id.hex, bid.model_id, "probe_accuracy", score, detail)
+                ObservationRecord(at_ms, bid.peer_id.hex, bid.model_id, "probe_accuracy", score, detail)
             )
         latency = result.attempts[-1].elapsed_ms if result.attempts else None
         return self._keep(
@@ -332,7 +334,7 @@ class Prober:
         prober = self._probers.get(address)
         if prober is None:
             main = self.requester
-            prober = Requester([address], main.identity, evaluator=main.memory.config)
+            prober = Requester([address], main.identity, evaluator=main.memory.config, clock=main.clock)
             prober.memory.follow(main.memory, PaymentKind.PROBE)
             self._probers[address] = prober
         return prober

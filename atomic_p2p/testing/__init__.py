@@ -1,6 +1,23 @@
-"""Test against atomic-p2p: bids signed by real keys, real inputs, real ``atomic-peer`` processes.
+"""Test against atomic-p2p: a whole market in memory on a fake clock, bids signed by real keys,
+real inputs, real ``atomic-peer`` processes.
 
 Nothing here needs a source checkout; everything works from an installed package.
+
+A market with no sockets: :class:`InMemoryNetwork` hosts sellers (the peer's own seller core and
+servicer, minus gRPC) and its transport carries the requester's calls to them as codec bytes; on a
+:class:`FakeClock` with ``autojump`` every deadline, late bidder and fallback plays out in
+microseconds and the same way every time::
+
+    clock = FakeClock(autojump=True)
+    network = InMemoryNetwork(clock)
+    sharp = network.add_peer(seller_config("sharp", tmp_path, confidence=0.95))
+    dull = network.add_peer(seller_config("dull", tmp_path, confidence=0.6))
+    network.delay(sharp.address, 10.0, method="Execute")  # the favourite hangs when it runs
+    async with Requester([sharp.address, dull.address], transport=network.transport(), clock=clock) as r:
+        result = await r.run("classify/digits", {"x": digits_batch(4)[0]})
+    assert result.winner.address == dull.address  # fell back, after exactly the call timeout
+
+Gossip members by the thousand run in :class:`GossipSimulator` (a virtual clock, loss, partitions).
 
 Bids for the pure parts (the evaluator, scoring, the bid cache) are real
 :class:`~atomic_p2p.requester.BidInfo` values, signed by a key derived from a peer's name::
@@ -27,15 +44,26 @@ on exit; the context yields once every process has printed its listening line::
         a.models, a.log
 """
 
+from atomic_p2p.clock import FakeClock
+from atomic_p2p.gossip.simulator import Simulator as GossipSimulator
 from atomic_p2p.testing._bids import make_bid, peer_identity
 from atomic_p2p.testing._data import digits_batch
+from atomic_p2p.testing._models import linear_classifier, seller_config
+from atomic_p2p.testing._network import InMemoryNetwork, InMemoryPeer, InMemoryTransport
 from atomic_p2p.testing._processes import PeerProcess, peer_command, peer_processes
 
 __all__ = [
+    "FakeClock",
+    "GossipSimulator",
+    "InMemoryNetwork",
+    "InMemoryPeer",
+    "InMemoryTransport",
     "PeerProcess",
     "digits_batch",
+    "linear_classifier",
     "make_bid",
     "peer_command",
     "peer_identity",
     "peer_processes",
+    "seller_config",
 ]

@@ -40,6 +40,7 @@ from tqdm import tqdm
 
 from atomic_p2p import tensors
 from atomic_p2p.channels import ChannelPool
+from atomic_p2p.clock import SYSTEM_CLOCK
 from atomic_p2p.identity import Identity
 from atomic_p2p.peer.config import ModelConfig, PeerConfig
 from atomic_p2p.peer.models import load_factory
@@ -241,7 +242,7 @@ class _Market:
         self.identity = Identity.generate()
         self.pool = ChannelPool()
         self.transport = GrpcTransport(self.pool)
-        self.executor = Executor(self.transport, self.identity, ExecutionPolicy(), _now_ms)
+        self.executor = Executor(self.transport, self.identity, ExecutionPolicy(), SYSTEM_CLOCK)
 
     async def start(self, peer: PeerSpec) -> None:
         config = peer_config(peer, self.stream, self.data_dir)
@@ -271,7 +272,7 @@ class _Market:
         envelope = sign_bid_request(self.identity, request_id, [task], now, now + 30_000)
         addresses = [node.address for node in self.nodes.values()]
         collected = await collect_bids(
-            self.transport, addresses, CallForBids(request_id, (task,), envelope), 5.0, _now_ms
+            self.transport, addresses, CallForBids(request_id, (task,), envelope), 5.0, SYSTEM_CLOCK
         )
         names = self.names
         # One at a time: a logged latency is what that peer delivers when it alone is bought,
@@ -297,7 +298,7 @@ class _Market:
     async def _execute(
         self, request_id: bytes, bid: Any, payload: Payload
     ) -> tuple[bool, float, float, torch.Tensor]:
-        executed = await self.executor.run(request_id, [bid], payload, time.monotonic() + 10.0)
+        executed = await self.executor.run(request_id, [bid], payload, SYSTEM_CLOCK.monotonic() + 10.0)
         attempt = executed.attempts[-1]
         if executed.success is None:
             return False, attempt.elapsed_ms, 0.0, torch.empty(0)

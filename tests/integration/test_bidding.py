@@ -187,16 +187,6 @@ async def test_a_second_request_of_the_same_shape_reuses_the_bids(trio: dict[str
     assert torch.allclose(second.outputs["logits"], model.run(x[8:]), atol=1e-5)  # the new inputs' answer
 
 
-async def test_cached_bids_expire_with_their_ttl(trio: dict[str, PeerNode]) -> None:
-    x, _ = digits_batch(8)
-    async with patient(addresses(trio)) as requester:
-        calls = count_bid_calls(requester)
-        await asyncio.wait_for(requester.run(CAPABILITY, {"x": x}, deadline_s=6.0), timeout=10)
-        await asyncio.sleep(REUSE_S + 0.1)
-        late = await asyncio.wait_for(requester.run(CAPABILITY, {"x": x}, deadline_s=6.0), timeout=10)
-    assert not late.cached and sum(calls.values()) == 6
-
-
 async def test_a_new_record_seq_seen_in_gossip_drops_the_peers_cached_bids(trio: dict[str, PeerNode]) -> None:
     x, _ = digits_batch(8)
     large = trio["large"]

@@ -64,12 +64,19 @@ PUBLIC = {
         "score",
     ],
     "atomic_p2p.testing": [
+        "FakeClock",
+        "GossipSimulator",
+        "InMemoryNetwork",
+        "InMemoryPeer",
+        "InMemoryTransport",
         "PeerProcess",
         "digits_batch",
+        "linear_classifier",
         "make_bid",
         "peer_command",
         "peer_identity",
         "peer_processes",
+        "seller_config",
     ],
 }
 
