@@ -305,3 +305,19 @@ def test_only_codecs_and_transports_import_the_generated_code() -> None:
         if "_proto" not in path.relative_to(PACKAGE).parts[:1] and _imports_proto(path)
     }
     assert importers <= MAY_IMPORT_PROTO, sorted(importers - MAY_IMPORT_PROTO)
+
+
+def _imports_time(path: Path) -> bool:
+    tree = ast.parse(path.read_text(), str(path))
+    return any(
+        (isinstance(node, ast.Import) and any(alias.name == "time" for alias in node.names))
+        or (isinstance(node, ast.ImportFrom) and node.module == "time")
+        for node in ast.walk(tree)
+    )
+
+
+def test_requester_orchestration_reads_time_only_through_its_clock() -> None:
+    readers = sorted(
+        str(path.relative_to(PACKAGE)) for path in (PACKAGE / "requester").glob("*.py") if _imports_time(path)
+    )
+    assert readers == []

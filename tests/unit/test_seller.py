@@ -1,0 +1,124 @@
+"""The seller core on its own: frames and the time in, frames out or the error it deserves.
+
+No server, no event loop: the tests call :class:`atomic_p2p.peer.seller.Seller` as the servicer
+does, with a `now` they choose, and check what comes back with the codec and real signatures.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from atomic_p2p.errors import ReplayError, SignatureError, StaleRequestError
+from atomic_p2p.identity import Identity
+from atomic_p2p.peer.node import load_models
+from atomic_p2p.peer.seller import Seller
+from atomic_p2p.peer.strategies import Load
+from atomic_p2p.protocol import codec
+from atomic_p2p.protocol.messages import (
+    Bid,
+    ExecuteCall,
+    ExecuteOrder,
+    ExecuteResult,
+    FeedbackCall,
+    FeedbackKind,
+    FeedbackNotice,
+    NoBid,
+    NoBidReason,
+    RequestBidsCall,
+)
+from atomic_p2p.requester.messages import build_task, sign_bid_request, sign_order
+from atomic_p2p.requester.types import BidInfo
+from atomic_p2p.tensors import digest, encode
+from atomic_p2p.testing import digits_batch, make_bid, seller_config
+
+NOW = 1_700_000_000_000
+IDLE = Load(in_flight=0, queued=0, capacity=2, queue_limit=4)
+
+
+@pytest.fixture
+def seller(tmp_path: Path) -> Seller:
+    config = seller_config("sharp", tmp_path, confidence=0.9, price=0.01)
+    return Seller(
+        identity=Identity.generate(),
+        models=load_models(config),
+        config=config,
+        started_at_ms=NOW - 1000,
+        clock=lambda: NOW + 5,
+    )
+
+
+def call_for_bids(buyer: Identity, capabilities: list[str], *, issued: int = NOW) -> RequestBidsCall:
+    wire = encode(digits_batch(2)[0], "x")
+    tasks = [build_task(f"t{i}", c, [wire], preview=False, max_cost=None) for i, c in enumerate(capabilities)]
+    return RequestBidsCall(sign_bid_request(buyer, os.urandom(16), tasks, issued, issued + 5000))
+
+
+def test_a_call_for_bids_gets_a_signed_bid_or_a_reasoned_no_bid(seller: Seller) -> None:
+    buyer = Identity.generate()
+    call = call_for_bids(buyer, ["classify/digits", "translate/fr"])
+    opened = seller.open_request(call, NOW)
+    reply = seller.answer(opened, seller.decide(opened, IDLE), NOW)
+    bid_envelope, no_bid = reply.outcomes
+    assert isinstance(no_bid, NoBid) and no_bid.reason is NoBidReason.UNKNOWN_CAPABILITY
+    assert not isinstance(bid_envelope, NoBid)
+    _, bid = codec.open_signed(bid_envelope, Bid, expected_signer=seller.identity.peer_id)
+    assert (bid.task_id, bid.confidence_score, bid.issued_at_ms) == ("t0", pytest.approx(0.9), NOW)
+    assert bid.cost_estimate == pytest.approx(0.02)  # price per example x 2 examples
+
+
+def test_replays_and_stale_requests_are_refused_by_the_callers_clock(seller: Seller) -> None:
+    buyer = Identity.generate()
+    call = call_for_bids(buyer, ["classify/digits"])
+    seller.open_request(call, NOW)
+    with pytest.raises(ReplayError):
+        seller.open_request(call, NOW + 1)
+    with pytest.raises(StaleRequestError, match="before this node started"):
+        seller.open_request(call_for_bids(buyer, ["classify/digits"], issued=NOW - 2000), NOW)
+
+
+def _won(seller: Seller, buyer: Identity) -> tuple[BidInfo, ExecuteCall]:
+    opened = seller.open_request(call_for_bids(buyer, ["classify/digits"]), NOW)
+    (envelope,) = seller.answer(opened, seller.decide(opened, IDLE), NOW).outcomes
+    assert not isinstance(envelope, NoBid)
+    bid = codec.decode(Bid, envelope.payload)
+    info = replace(
+        make_bid(seller.identity, task_id=bid.task_id, request_id=bid.request_id), envelope=envelope
+    )
+    inputs = (encode(digits_batch(2)[0], "x"),)
+    order = sign_order(buyer, bid.request_id, info, digest(inputs), NOW, NOW + 5000)
+    return info, ExecuteCall(order, envelope, inputs)
+
+
+def test_an_order_runs_once_checked_and_its_receipt_verifies(seller: Seller) -> None:
+    buyer = Identity.generate()
+    info, call = _won(seller, buyer)
+    job = seller.open_order(call, NOW + 1)
+    assert job.key == (info.request_id, info.task_id) and job.timeout_s == pytest.approx(4.999)
+    reply = seller.perform(job)
+    _, result = codec.open_signed(reply.result, ExecuteResult, expected_signer=seller.identity.peer_id)
+    assert result.outputs_digest == digest(reply.outputs) and result.finished_at_ms == NOW + 5
+
+
+def test_an_order_signed_by_another_requester_is_refused(seller: Seller) -> None:
+    _, call = _won(seller, Identity.generate())
+    intruder = Identity.generate()
+    forged = ExecuteCall(
+        codec.sign(intruder, codec.decode(ExecuteOrder, call.order.payload)), call.bid, call.inputs
+    )
+    with pytest.raises(SignatureError, match="not signed by the requester"):
+        seller.open_order(forged, NOW + 1)
+
+
+def test_feedback_teaches_the_strategy_once(seller: Seller) -> None:
+    buyer = Identity.generate()
+    info, _ = _won(seller, buyer)
+    notice = FeedbackNotice(info.request_id, info.task_id, buyer.peer_id.raw, FeedbackKind.WIN, 0.02)
+    call = FeedbackCall(codec.sign(buyer, notice))
+    reply = seller.feedback(call, NOW + 2)
+    assert reply.accepted and reply.strategy_parameters["wins"] == 1
+    with pytest.raises(ReplayError):
+        seller.feedback(call, NOW + 3)
