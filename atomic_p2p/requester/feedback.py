@@ -16,7 +16,7 @@ from collections.abc import Callable
 from atomic_p2p.clock import SYSTEM_CLOCK, Clock, wait_all
 from atomic_p2p.errors import AtomicError
 from atomic_p2p.identity import Envelope, Identity
-from atomic_p2p.protocol.messages import FeedbackCall
+from atomic_p2p.protocol.messages import FeedbackCall, FeedbackKind
 from atomic_p2p.requester.execution import Executed
 from atomic_p2p.requester.messages import sign_feedback
 from atomic_p2p.requester.ranking import Ranking
@@ -39,12 +39,18 @@ def notices(
     for bid in bids:
         answered = bid.request_id or request_id  # the call this bid answered
         if bid is winner:
-            notice = sign_feedback(identity, answered, bid, "win", now_ms, clearing_price=price)
+            notice = sign_feedback(identity, answered, bid, FeedbackKind.WIN, now_ms, clearing_price=price)
         elif id(bid) in failed:
-            notice = sign_feedback(identity, answered, bid, "outcome", now_ms, outcome_score=0.0)
+            notice = sign_feedback(identity, answered, bid, FeedbackKind.OUTCOME, now_ms, outcome_score=0.0)
         else:
             notice = sign_feedback(
-                identity, answered, bid, "loss", now_ms, clearing_price=price, score_to_win=winning_score
+                identity,
+                answered,
+                bid,
+                FeedbackKind.LOSS,
+                now_ms,
+                clearing_price=price,
+                score_to_win=winning_score,
             )
         signed.append((bid, notice))
     return signed
@@ -86,7 +92,7 @@ class FeedbackSender:
             self._identity,
             bid.request_id or request_id,
             bid,
-            "outcome",
+            FeedbackKind.OUTCOME,
             self._clock.wall_ms(),
             outcome_score=score,
         )

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -45,9 +44,6 @@ from atomic_p2p.requester.types import BidInfo
 # Inline previews let confidence-based strategies look at the data, but a large batch would
 # travel twice; above this size only the specs go out with the call for bids.
 MAX_PREVIEW_BYTES = 1024 * 1024
-
-# How callers name a notice's kind: the enum, or its value ("win", "loss", "outcome").
-KindName = FeedbackKind | Literal["win", "loss", "outcome"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +198,7 @@ def sign_feedback(
     identity: Identity,
     request_id: bytes,
     bid: BidInfo,
-    kind: KindName,
+    kind: FeedbackKind,
     issued_at_ms: int,
     *,
     clearing_price: float = 0.0,
@@ -214,7 +210,7 @@ def sign_feedback(
         request_id=request_id,
         task_id=bid.task_id,
         requester_id=identity.peer_id.raw,
-        kind=FeedbackKind(kind),
+        kind=kind,
         clearing_price=clearing_price,
         score_to_win=score_to_win,
         outcome_score=outcome_score,
