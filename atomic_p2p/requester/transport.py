@@ -3,7 +3,7 @@
 A transport carries the four market RPCs between a requester and a peer address: domain frames
 (:mod:`atomic_p2p.protocol.messages`) in, domain frames out, and every failure as an
 :class:`~atomic_p2p.errors.AtomicError` subclass, so nothing above this module sees grpc.
-:class:`GrpcTransport` sends codec bytes over a
+:class:`GrpcTransport` sends codec bytes (both are :class:`BytesTransport`s: one encoder and decoder for every transport) over a
 shared :class:`~atomic_p2p.channels.ChannelPool`; :class:`atomic_p2p.testing.InMemoryNetwork`
 hands the same bytes to peers in the same process, with no sockets.
 
@@ -13,6 +13,7 @@ the call's own timeout); a call with no time left fails at once with DeadlineErr
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Protocol, TypeVar
 
 import grpc
@@ -52,17 +53,10 @@ class Transport(Protocol):
     ) -> BidGradientReply: ...
 
 
-def check_budget(timeout_s: float, what: str) -> None:
-    """No call goes out without time left for it."""
-    if timeout_s <= 0:
-        raise DeadlineError(f"no time left for {what}")
-
-
-class GrpcTransport:
-    """:class:`Transport` over gRPC: one call per RPC on the pool's channel for the address."""
-
-    def __init__(self, pool: ChannelPool) -> None:
-        self._pool = pool
+class BytesTransport(ABC):
+    """A :class:`Transport` that moves codec bytes: subclasses say how one call's request bytes
+    reach the peer and its answer bytes come back (:meth:`send`); encoding, decoding and the
+    time budget are done here, once for every transport."""
 
     async def request_bids(self, address: str, call: RequestBidsCall, timeout_s: float) -> RequestBidsReply:
         return await self._call(address, "RequestBids", call, RequestBidsReply, timeout_s, "bids")
@@ -76,15 +70,30 @@ class GrpcTransport:
     async def bid_gradient(self, address: str, call: BidGradientCall, timeout_s: float) -> BidGradientReply:
         return await self._call(address, "BidGradient", call, BidGradientReply, timeout_s, "a gradient")
 
+    @abstractmethod
+    async def send(self, address: str, method: str, request: bytes, timeout_s: float) -> bytes:
+        """The answer bytes to ``request`` from the peer at ``address``; failures as AtomicError."""
+
     async def _call(
         self, address: str, method: str, call: Call, reply: type[R], timeout_s: float, what: str
     ) -> R:
-        check_budget(timeout_s, what)
+        if timeout_s <= 0:
+            raise DeadlineError(f"no time left for {what}")
+        return codec.decode(reply, await self.send(address, method, codec.encode(call), timeout_s))
+
+
+class GrpcTransport(BytesTransport):
+    """:class:`Transport` over gRPC: one call per RPC on the pool's channel for the address."""
+
+    def __init__(self, pool: ChannelPool) -> None:
+        self._pool = pool
+
+    async def send(self, address: str, method: str, request: bytes, timeout_s: float) -> bytes:
         try:
-            raw = await self._pool.method(address, method)(codec.encode(call), timeout=timeout_s)
+            answer: bytes = await self._pool.method(address, method)(request, timeout=timeout_s)
         except aio.AioRpcError as error:
             raise from_status(error.code(), error.details()) from None
-        return codec.decode(reply, raw)
+        return answer
 
 
 def status_name(error: BaseException) -> str:

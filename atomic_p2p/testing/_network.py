@@ -25,7 +25,6 @@ import itertools
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
 
 from atomic_p2p.clock import SYSTEM_CLOCK, Clock, wait_for
 from atomic_p2p.errors import AtomicError, DeadlineError, ExecutionError, UnavailableError, from_status
@@ -36,21 +35,7 @@ from atomic_p2p.peer.node import load_models
 from atomic_p2p.peer.seller import Seller
 from atomic_p2p.peer.server import PeerService
 from atomic_p2p.peer.workers import WorkerPool
-from atomic_p2p.protocol import codec
-from atomic_p2p.protocol.messages import (
-    BidGradientCall,
-    BidGradientReply,
-    Call,
-    ExecuteCall,
-    ExecuteReply,
-    FeedbackCall,
-    FeedbackReply,
-    RequestBidsCall,
-    RequestBidsReply,
-)
-from atomic_p2p.requester.transport import check_budget
-
-R = TypeVar("R")
+from atomic_p2p.requester.transport import BytesTransport
 
 
 @dataclass(slots=True)
@@ -187,31 +172,17 @@ class InMemoryNetwork:
         return await peer.service.call(method, raw, caller=f"memory:{address}")
 
 
-class InMemoryTransport:
-    """:class:`~atomic_p2p.requester.transport.Transport` over an :class:`InMemoryNetwork`."""
+class InMemoryTransport(BytesTransport):
+    """:class:`~atomic_p2p.requester.transport.Transport` over an :class:`InMemoryNetwork`: the
+    same codec bytes as gRPC, handed to the peer's servicer, with the call's timeout on the clock."""
 
     def __init__(self, network: InMemoryNetwork) -> None:
         self._network = network
 
-    async def request_bids(self, address: str, call: RequestBidsCall, timeout_s: float) -> RequestBidsReply:
-        return await self._call(address, "RequestBids", call, RequestBidsReply, timeout_s, "bids")
-
-    async def execute(self, address: str, call: ExecuteCall, timeout_s: float) -> ExecuteReply:
-        return await self._call(address, "Execute", call, ExecuteReply, timeout_s, "execution")
-
-    async def feedback(self, address: str, call: FeedbackCall, timeout_s: float) -> FeedbackReply:
-        return await self._call(address, "Feedback", call, FeedbackReply, timeout_s, "feedback")
-
-    async def bid_gradient(self, address: str, call: BidGradientCall, timeout_s: float) -> BidGradientReply:
-        return await self._call(address, "BidGradient", call, BidGradientReply, timeout_s, "a gradient")
-
-    async def _call(
-        self, address: str, method: str, call: Call, reply: type[R], timeout_s: float, what: str
-    ) -> R:
-        check_budget(timeout_s, what)
+    async def send(self, address: str, method: str, request: bytes, timeout_s: float) -> bytes:
         try:
-            raw = await wait_for(
-                self._network.clock, self._network.deliver(address, method, codec.encode(call)), timeout_s
+            return await wait_for(
+                self._network.clock, self._network.deliver(address, method, request), timeout_s
             )
         except TimeoutError:
             raise DeadlineError(f"DEADLINE_EXCEEDED: no answer within {timeout_s:.2f} s") from None
@@ -219,7 +190,6 @@ class InMemoryTransport:
             raise _as_received(error) from None
         except Exception as error:  # the peer's bug: what gRPC would answer, INTERNAL
             raise from_status(ExecutionError.code, f"{method} failed inside the peer: {error!r}") from None
-        return codec.decode(reply, raw)
 
 
 def _as_received(error: AtomicError) -> AtomicError:
