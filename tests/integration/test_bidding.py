@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 import torch
 
+from atomic_p2p.channels import ChannelPool
 from atomic_p2p.errors import PreconditionError
 from atomic_p2p.gossip import GossipConfig
 from atomic_p2p.identity import verify
@@ -27,6 +28,7 @@ from atomic_p2p.requester import NoBidKind, Requester
 from atomic_p2p.requester.bidpolicy import BidPolicy
 from atomic_p2p.requester.decomposer import Node, Request, ShardPolicy
 from atomic_p2p.requester.evaluator import EvaluatorConfig
+from atomic_p2p.requester.transport import BytesTransport, GrpcTransport
 from atomic_p2p.testing import digits_batch
 from peers.examples import example_config, weights_cache_dir
 from tests.support.handbuyer import now_ms
@@ -71,18 +73,25 @@ def node_of(nodes: dict[str, PeerNode], peer_id: object) -> PeerNode:
     return next(node for node in nodes.values() if node.peer_id == peer_id)
 
 
-def count_bid_calls(requester: Requester) -> Counter[str]:
-    """Wrap the requester's transport: every RequestBids RPC is counted by address."""
-    calls: Counter[str] = Counter()
-    transport = requester._transport
-    original = transport.request_bids
+class CountingTransport(BytesTransport):
+    """gRPC, counting every RequestBids RPC by address: handed to a Requester as its transport."""
 
-    async def counting(address: str, request: object, timeout_s: float) -> object:
-        calls[address] += 1
-        return await original(address, request, timeout_s)  # type: ignore[arg-type]
+    def __init__(self) -> None:
+        self.pool = ChannelPool()
+        self.calls: Counter[str] = Counter()
+        self._grpc = GrpcTransport(self.pool)
 
-    transport.request_bids = counting  # type: ignore[assignment,method-assign]
-    return calls
+    async def send(self, address: str, method: str, request: bytes, timeout_s: float) -> bytes:
+        if method == "RequestBids":
+            self.calls[address] += 1
+        return await self._grpc.send(address, method, request, timeout_s)
+
+
+@pytest_asyncio.fixture(loop_scope="module")
+async def counted() -> AsyncIterator[CountingTransport]:
+    transport = CountingTransport()
+    yield transport
+    await transport.pool.close()
 
 
 async def until(predicate: Callable[[], bool], timeout: float, what: str) -> None:
@@ -143,12 +152,14 @@ class DelayProxy:
 # --- batching -------------------------------------------------------------------------------------
 
 
-async def test_ready_microtasks_share_one_request_bids_per_peer(trio: dict[str, PeerNode]) -> None:
+async def test_ready_microtasks_share_one_request_bids_per_peer(
+    trio: dict[str, PeerNode], counted: CountingTransport
+) -> None:
     x, _ = digits_batch(32)
     inputs = {f"x{i}": x[8 * i : 8 * (i + 1)] for i in range(4)}
     request = Request.graph([Node(f"n{i}", CAPABILITY, {"x": f"inputs.x{i}"}) for i in range(4)], inputs)
-    async with patient(addresses(trio)) as requester:
-        calls = count_bid_calls(requester)
+    async with patient(addresses(trio), transport=counted) as requester:
+        calls = counted.calls
         result = await asyncio.wait_for(requester.submit(request, deadline_s=5.0), timeout=15)
         assert requester.bids.rounds == 1
     assert dict(calls) == {address: 1 for address in addresses(trio)}  # 4 tasks, one call per peer
@@ -159,8 +170,9 @@ async def test_ready_microtasks_share_one_request_bids_per_peer(trio: dict[str, 
         expected = node_of(trio, task.winner.peer_id).models[task.winner.model_id].run(inputs[f"x{i}"])
         assert torch.allclose(task.outputs["logits"], expected, atol=1e-5)
 
-    async with patient(addresses(trio), bids=BidPolicy(batching=False)) as unbatched:
-        calls = count_bid_calls(unbatched)
+    counted.calls.clear()
+    async with patient(addresses(trio), bids=BidPolicy(batching=False), transport=counted) as unbatched:
+        calls = counted.calls
         await asyncio.wait_for(unbatched.submit(request, deadline_s=5.0), timeout=15)
     assert sum(calls.values()) == 12  # a round per task
 
@@ -168,10 +180,12 @@ async def test_ready_microtasks_share_one_request_bids_per_peer(trio: dict[str, 
 # --- the bid cache --------------------------------------------------------------------------------
 
 
-async def test_a_second_request_of_the_same_shape_reuses_the_bids(trio: dict[str, PeerNode]) -> None:
+async def test_a_second_request_of_the_same_shape_reuses_the_bids(
+    trio: dict[str, PeerNode], counted: CountingTransport
+) -> None:
     x, _ = digits_batch(16)
-    async with patient(addresses(trio), evaluator=GREEDY) as requester:
-        calls = count_bid_calls(requester)
+    async with patient(addresses(trio), evaluator=GREEDY, transport=counted) as requester:
+        calls = counted.calls
         first = await asyncio.wait_for(
             requester.run(CAPABILITY, {"x": x[:8]}, weights="speed", deadline_s=6.0), timeout=10
         )
@@ -187,12 +201,15 @@ async def test_a_second_request_of_the_same_shape_reuses_the_bids(trio: dict[str
     assert torch.allclose(second.outputs["logits"], model.run(x[8:]), atol=1e-5)  # the new inputs' answer
 
 
-async def test_a_new_record_seq_seen_in_gossip_drops_the_peers_cached_bids(trio: dict[str, PeerNode]) -> None:
+async def test_a_new_record_seq_seen_in_gossip_drops_the_peers_cached_bids(
+    trio: dict[str, PeerNode], counted: CountingTransport
+) -> None:
     x, _ = digits_batch(8)
     large = trio["large"]
-    async with patient(bootstrap=[trio["small"].address], gossip=GOSSIP) as requester:
+    async with patient(bootstrap=[trio["small"].address], gossip=GOSSIP, transport=counted) as requester:
         assert await requester.wait_for_peers(CAPABILITY, 3, timeout=10)
-        calls = count_bid_calls(requester)
+        counted.calls.clear()
+        calls = counted.calls
         await asyncio.wait_for(requester.run(CAPABILITY, {"x": x}, deadline_s=6.0), timeout=10)
         assert (
             await asyncio.wait_for(requester.run(CAPABILITY, {"x": x}, deadline_s=6.0), timeout=10)
@@ -316,14 +333,17 @@ async def test_independent_nodes_execute_at_the_same_time(tmp_path: Path) -> Non
     assert result.total_ms < sum(executions) - 250  # the two 500 ms calls overlapped
 
 
-async def test_a_batch_over_max_batch_is_sharded_and_combined_in_order(trio: dict[str, PeerNode]) -> None:
+async def test_a_batch_over_max_batch_is_sharded_and_combined_in_order(
+    trio: dict[str, PeerNode], counted: CountingTransport
+) -> None:
     small = trio["small"]
     x, _ = digits_batch(300)
-    async with patient([small.address], evaluator=GREEDY) as requester:
+    async with patient([small.address], evaluator=GREEDY, transport=counted) as requester:
         await asyncio.wait_for(
             requester.run(CAPABILITY, {"x": x[:8]}, deadline_s=6.0), timeout=10
         )  # learns max_batch 256
-        calls = count_bid_calls(requester)
+        counted.calls.clear()
+        calls = counted.calls
         result = await asyncio.wait_for(
             requester.submit(Request.single(CAPABILITY, {"x": x}), deadline_s=6.0), timeout=15
         )
