@@ -71,19 +71,19 @@ from torch import nn
 from torch.nn import functional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: tests.support.handbuyer
 import common
 import multiple_bidders
 import single_bidder
 
 from atomic_p2p import market
-from atomic_p2p._proto.atomic.v1 import envelope_pb2, market_pb2
+from atomic_p2p.channels import ChannelPool
 from atomic_p2p.identity import Identity
 from atomic_p2p.peer.models import BuiltModel
-from atomic_p2p.protocol.wire import tensor_to_proto, tensors_from_proto
-from atomic_p2p.tensors import WireTensor, decode, encode
+from atomic_p2p.requester.direct import DirectBuyer
+from atomic_p2p.requester.transport import GrpcTransport
+from atomic_p2p.requester.types import BidInfo
+from atomic_p2p.tensors import WireTensor, encode
 from atomic_p2p.testing import peer_processes
-from tests.support.handbuyer import HandBuyer
 
 CAPABILITY = "bidding/expert"
 FEATURES = 64  # digits pixels; the bid is column 64
@@ -196,49 +196,39 @@ def expert_table(
 
 @dataclass
 class Purchase:
-    bid: envelope_pb2.SignedEnvelope
+    bid: BidInfo
     output: torch.Tensor  # relu(w - s) * f(x), [rows, embedding]
 
 
 class Broker:
-    """Buys from the experts and sends them gradients: one HandBuyer per expert, one identity."""
+    """Buys from the experts and sends them gradients: one DirectBuyer, one identity."""
 
     def __init__(self, addresses: Sequence[str], identity: Identity | None = None) -> None:
-        identity = identity or Identity.generate()
-        self.buyers = [HandBuyer(address, identity) for address in addresses]
+        self.addresses = list(addresses)
+        self._pool = ChannelPool()
+        self.buyer = DirectBuyer(identity or Identity.generate(), GrpcTransport(self._pool))
         self.rpcs = 0
 
     async def close(self) -> None:
-        for buyer in self.buyers:
-            await buyer.channel.close()
+        await self._pool.close()
 
     async def buy(self, expert: int, rows: torch.Tensor, learn: bool) -> Purchase:
         """RequestBids then Execute; with ``learn`` a gradient-mode bid previewing ``rows``."""
-        buyer = self.buyers[expert]
         wire: WireTensor = encode(rows, "x")
-        task = buyer.task(
-            "round",
-            capability=CAPABILITY,
-            shape=tuple(rows.shape),
-            preview=[wire] if learn else (),
+        bid = await self.buyer.bid(
+            self.addresses[expert], CAPABILITY, [wire], task_id="round", preview=learn, gradient_mode=learn
         )
-        response = await buyer.request_bids([task], gradient_mode=learn)
-        outcome = response.outcomes[0]
-        if not outcome.HasField("bid"):
-            raise RuntimeError(f"expert {expert} declined: {outcome.no_bid}")
-        result = await buyer.execute(outcome.bid, [wire])
+        (output,) = (await self.buyer.execute(bid, [wire])).values()
         self.rpcs += 2
-        return Purchase(outcome.bid, decode(tensors_from_proto(result.outputs)[0]))
+        return Purchase(bid, output)
 
     async def teach(self, expert: int, purchase: Purchase, output_gradient: torch.Tensor) -> None:
         """BidGradient: dL/dy for every row bought, and zeros for the peer's own (unused) bid."""
-        buyer = self.buyers[expert]
         rows = purchase.output.shape[0]
-        grad = tensor_to_proto(encode(output_gradient.contiguous(), "y"))
-        request = buyer.gradient(purchase.bid, [0.0] * rows, output_grad=grad)
-        response: market_pb2.BidGradientResponse = await buyer.stub.BidGradient(request, timeout=30)
+        grad = encode(output_gradient.contiguous(), "y")
+        reply = await self.buyer.send_gradient(purchase.bid, [0.0] * rows, output_grad=grad)
         self.rpcs += 1
-        if not response.applied:
+        if not reply.applied:
             raise RuntimeError(f"expert {expert} did not apply its gradient")
 
 

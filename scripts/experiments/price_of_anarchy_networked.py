@@ -56,19 +56,19 @@ from torch import nn
 from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root: tests.support.handbuyer
 import common
 import price_of_anarchy as poa
 
-from atomic_p2p._proto.atomic.v1 import envelope_pb2, market_pb2
+from atomic_p2p.channels import ChannelPool
 from atomic_p2p.identity import Identity
 from atomic_p2p.peer.config import config_from_dict
 from atomic_p2p.peer.models import BuiltModel
 from atomic_p2p.peer.node import PeerNode
-from atomic_p2p.protocol.wire import tensor_to_proto, tensors_from_proto
-from atomic_p2p.tensors import decode, encode
+from atomic_p2p.requester.direct import DirectBuyer
+from atomic_p2p.requester.transport import GrpcTransport
+from atomic_p2p.requester.types import BidInfo
+from atomic_p2p.tensors import encode
 from atomic_p2p.testing import peer_processes
-from tests.support.handbuyer import HandBuyer
 
 TOLERANCE = 1e-9
 CAPABILITY = "poa/row"
@@ -169,41 +169,34 @@ async def serving(tables: list[dict[str, Any]], workdir: Path, in_process: bool)
 
 
 class Coordinator:
-    """Buys rows and sends gradients, one HandBuyer (same key) and one model per node."""
+    """Buys rows and sends gradients through one DirectBuyer (one key), one model per node."""
 
-    def __init__(self, buyers: list[HandBuyer], models: list[str]) -> None:
-        self.buyers = buyers
+    def __init__(self, buyer: DirectBuyer, addresses: list[str], models: list[str]) -> None:
+        self.buyer = buyer
+        self.addresses = addresses
         self.models = models
         self.preview = encode(torch.zeros(1, 1, dtype=torch.float64), "x")
         self.rpcs = 0
 
-    async def fetch(self, node: int) -> tuple[envelope_pb2.SignedEnvelope, torch.Tensor]:
+    async def fetch(self, node: int) -> tuple[BidInfo, torch.Tensor]:
         """A gradient-mode bid from ``node``'s model and its current row, bought with Execute."""
-        buyer = self.buyers[node]
-        task = buyer.task(
-            "row",
-            1,
-            capability=CAPABILITY,
+        bid = await self.buyer.bid(
+            self.addresses[node],
+            CAPABILITY,
+            [self.preview],
+            task_id="row",
             model_id=self.models[node],
-            dtype="float64",
-            shape=(1, 1),
-            preview=[self.preview],
+            gradient_mode=True,
         )
-        response = await buyer.request_bids([task], gradient_mode=True)
-        outcome = response.outcomes[0]
-        if not outcome.HasField("bid"):
-            raise RuntimeError(f"node {node} declined to bid: {outcome.no_bid}")
-        result = await buyer.execute(outcome.bid, [self.preview])
+        (row,) = (await self.buyer.execute(bid, [self.preview])).values()
         self.rpcs += 2
-        return outcome.bid, decode(tensors_from_proto(result.outputs)[0])[0]
+        return bid, row[0]
 
-    async def send(self, node: int, bid: envelope_pb2.SignedEnvelope, gradient: torch.Tensor) -> None:
-        buyer = self.buyers[node]
-        grad = tensor_to_proto(encode(gradient.unsqueeze(0).contiguous(), "row"))
-        request = buyer.gradient(bid, [0.0], output_grad=grad)
-        response: market_pb2.BidGradientResponse = await buyer.stub.BidGradient(request, timeout=30)
+    async def send(self, node: int, bid: BidInfo, gradient: torch.Tensor) -> None:
+        grad = encode(gradient.unsqueeze(0).contiguous(), "row")
+        reply = await self.buyer.send_gradient(bid, [0.0], output_grad=grad)
         self.rpcs += 1
-        if not response.applied:
+        if not reply.applied:
             raise RuntimeError(f"node {node} did not apply its gradient")
 
 
@@ -224,10 +217,9 @@ async def converge_networked(
 ) -> NetworkedRun:
     """Play one mode against ``models`` (one per node, fresh) on the peers at ``addresses``."""
     n = len(addresses)
-    identity = Identity.generate()
-    buyers = [HandBuyer(address, identity) for address in addresses]
+    pool = ChannelPool()
     try:
-        coordinator = Coordinator(buyers, models)
+        coordinator = Coordinator(DirectBuyer(Identity.generate(), GrpcTransport(pool)), addresses, models)
         raw = torch.stack([row for _, row in await asyncio.gather(*(coordinator.fetch(i) for i in range(n)))])
         stale: set[int] = set()
         for node in game.schedule.tolist():
@@ -251,8 +243,7 @@ async def converge_networked(
         for i, (_, row) in zip(sorted(stale), final, strict=True):
             raw[i] = row
     finally:
-        for buyer in buyers:
-            await buyer.channel.close()
+        await pool.close()
     total = float(poa.payoff_terms(raw, game.contributions, gamma).payoff.sum())
     return NetworkedRun(raw, total, coordinator.rpcs)
 
