@@ -31,6 +31,17 @@ from atomic_p2p.tensors import DTYPES, NAMES
 
 WARM_UP_BATCH = 8
 LATENCY_EWMA_ALPHA = 0.2
+# How much of a model's exception text a NoBid or an error status may carry: the text may quote
+# the input (a requester's data), so it is cut, never echoed whole.
+MAX_CAUSE_CHARS = 200
+
+
+def model_failure(model_id: str, exc: BaseException) -> ExecutionError:
+    """The error for an exception the model's own code raised: names the model and a bounded cause."""
+    cause = f"{type(exc).__name__}: {exc}"
+    if len(cause) > MAX_CAUSE_CHARS:
+        cause = cause[: MAX_CAUSE_CHARS - 3] + "..."
+    return ExecutionError(f"model {model_id} failed: {cause}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,15 +166,20 @@ class HostedModel:
         return None
 
     def preview_confidence(self, preview: Sequence[torch.Tensor]) -> float:
-        with torch.inference_mode():
-            logits = self.module(torch.cat(list(preview)).to(self.device))
-            return float(torch.softmax(logits.float(), dim=-1).amax(dim=-1).mean())
+        logits = self._preview_logits(preview)
+        return float(torch.softmax(logits.float(), dim=-1).amax(dim=-1).mean())
 
     def preview_classes(self, preview: Sequence[torch.Tensor]) -> list[int]:
         """The class the model predicts for each preview row (specialization strategies ask)."""
-        with torch.inference_mode():
-            logits = self.module(torch.cat(list(preview)).to(self.device))
-            return [int(c) for c in logits.argmax(dim=-1).tolist()]
+        return [int(c) for c in self._preview_logits(preview).argmax(dim=-1).tolist()]
+
+    def _preview_logits(self, preview: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The model's output on the preview; ExecutionError (a NoBid MODEL_ERROR) if it raises."""
+        try:
+            with torch.inference_mode():
+                return self.module(torch.cat(list(preview)).to(self.device))
+        except Exception as exc:  # the model's code is not ours
+            raise model_failure(self.model_id, exc) from exc
 
     # --- execution ----------------------------------------------------------------------------
 
@@ -187,7 +203,7 @@ class HostedModel:
             with torch.inference_mode():
                 outputs = self.module(inputs.to(self.device)).to("cpu")
         except Exception as exc:  # the model's code is not ours: any failure is an execution error
-            raise ExecutionError(f"model {self.model_id} failed: {type(exc).__name__}: {exc}") from exc
+            raise model_failure(self.model_id, exc) from exc
         self.latency.add((time.perf_counter() - started) * 1000)
         if self.config.extra_latency_ms:
             time.sleep(self.config.extra_latency_ms / 1000)

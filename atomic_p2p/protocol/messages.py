@@ -43,6 +43,7 @@ class NoBidReason(Enum):
     DEADLINE_TOO_SHORT = "deadline_too_short"
     BELOW_COST = "below_cost"
     DRAINING = "draining"
+    MODEL_ERROR = "model_error"
 
 
 class FeedbackKind(Enum):

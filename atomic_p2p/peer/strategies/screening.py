@@ -8,7 +8,9 @@ constraints, and the node's load. These checks are the same for every strategy, 
 cannot bid for work its model cannot do. Each model that passes asks its strategy for terms or
 a refusal; the node answers with the best offer among its models (the highest confidence, then
 the lowest cost). Terms that are not finite, or that cost more than the task's ``max_cost``,
-are dropped here, so a strategy bug never reaches a signed bid.
+are dropped here, so a strategy bug never reaches a signed bid. A model that raises while its
+strategy looks at the preview (an :class:`~atomic_p2p.errors.ExecutionError` from the hosted model)
+declines that task with ``MODEL_ERROR``; the other models and tasks are answered as usual.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from atomic_p2p.errors import ExecutionError
 from atomic_p2p.peer.strategies.bidding import (
     BidTerms,
     Load,
@@ -100,7 +103,11 @@ def decide(task: Task, candidates: Sequence[tuple[M, Strategy]], load: Load) -> 
 
 
 def _ask(strategy: Strategy, task: Task, model: ModelView, load: Load) -> BidTerms | NoBid:
-    terms = strategy.bid(task, model, load)
+    try:
+        terms = strategy.bid(task, model, load)
+    except ExecutionError as error:
+        # The model raised on the preview: its failure, declined for this task alone.
+        return NoBid(NoBidReason.MODEL_ERROR, str(error))
     if isinstance(terms, NoBid):
         return terms
     if not all(math.isfinite(x) for x in (terms.confidence, terms.expected_latency_ms, terms.cost)):

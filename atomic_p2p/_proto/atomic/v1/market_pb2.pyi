@@ -38,6 +38,8 @@ class _NoBidReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NoBidReas
     NO_BID_REASON_DEADLINE_TOO_SHORT: _NoBidReason.ValueType  # 6
     NO_BID_REASON_BELOW_COST: _NoBidReason.ValueType  # 7
     NO_BID_REASON_DRAINING: _NoBidReason.ValueType  # 8
+    NO_BID_REASON_MODEL_ERROR: _NoBidReason.ValueType  # 9
+    """The model raised while the strategy looked at the preview; detail names the model and cause."""
 
 class NoBidReason(_NoBidReason, metaclass=_NoBidReasonEnumTypeWrapper): ...
 
@@ -50,6 +52,8 @@ NO_BID_REASON_BAD_INPUT_SPEC: NoBidReason.ValueType  # 5
 NO_BID_REASON_DEADLINE_TOO_SHORT: NoBidReason.ValueType  # 6
 NO_BID_REASON_BELOW_COST: NoBidReason.ValueType  # 7
 NO_BID_REASON_DRAINING: NoBidReason.ValueType  # 8
+NO_BID_REASON_MODEL_ERROR: NoBidReason.ValueType  # 9
+"""The model raised while the strategy looked at the preview; detail names the model and cause."""
 Global___NoBidReason: _TypeAlias = NoBidReason  # noqa: Y015
 
 class _FeedbackKind:
