@@ -53,7 +53,7 @@ class FakeModel:
     softmax: float = 0.93  # what preview_confidence answers
     forward_passes: int = 0
 
-    def spec_problem(self, name: str, dtype: str, shape: tuple[int, ...]) -> str | None:
+    def inputs_problem(self, specs: Sequence[InputSpec]) -> str | None:
         return None
 
     def preview_confidence(self, preview: Sequence[torch.Tensor]) -> float:

@@ -145,8 +145,9 @@ class ModelView(Protocol):
     @property
     def expected_latency_ms(self) -> float: ...
 
-    def spec_problem(self, name: str, dtype: str, shape: tuple[int, ...]) -> str | None:
-        """Why a tensor of this name, dtype and full shape cannot be an input; None if it can."""
+    def inputs_problem(self, specs: Sequence[InputSpec]) -> str | None:
+        """Why tensors of these names, dtypes and full shapes cannot be the model's inputs (a
+        missing, extra or misnamed input, a dtype, a dimension outside its bounds); None if they can."""
         ...
 
     def preview_confidence(self, preview: Sequence[torch.Tensor]) -> float:

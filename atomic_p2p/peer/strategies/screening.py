@@ -3,7 +3,8 @@
 How this works
 --------------
 :func:`decide` screens every hosted model against the task's hard requirements: capability,
-requested model id, input spec (dtype, feature shape, batch <= max_batch), token and language
+requested model id, input specs against the model's contract (names, dtypes, dimensions
+within bounds, one batch; batch <= max_batch), token and language
 constraints, and the node's load. These checks are the same for every strategy, so a strategy
 cannot bid for work its model cannot do. Each model that passes asks its strategy for terms or
 a refusal; the node answers with the best offer among its models (the highest confidence, then
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 from atomic_p2p.errors import ExecutionError
 from atomic_p2p.peer.strategies.bidding import (
     BidTerms,
+    InputSpec,
     Load,
     M,
     ModelView,
@@ -35,12 +37,7 @@ from atomic_p2p.peer.strategies.bidding import (
 
 def screen(task: Task, model: ModelView) -> NoBid | None:
     """The hard requirements a model must meet before its strategy is asked."""
-    if len(task.inputs) != 1:
-        return NoBid(
-            NoBidReason.BAD_INPUT_SPEC, f"{model.model_id} takes exactly one input, got {len(task.inputs)}"
-        )
-    spec = task.inputs[0]
-    problem = model.spec_problem(spec.name, spec.dtype, spec.shape)
+    problem = model.inputs_problem(task.inputs)
     if problem is not None:
         return NoBid(NoBidReason.BAD_INPUT_SPEC, problem)
     if task.batch_size > model.max_batch:
@@ -58,12 +55,15 @@ def screen(task: Task, model: ModelView) -> NoBid | None:
 
 
 def _screen_preview(task: Task, model: ModelView) -> NoBid | None:
+    # A preview shows rows of the task's first input; the model must take just that input.
     rows = 0
     for tensor in task.preview:
         dtype = str(tensor.dtype).removeprefix("torch.")
-        problem = model.spec_problem(task.inputs[0].name, dtype, tuple(tensor.shape))
+        problem = model.inputs_problem([InputSpec(task.inputs[0].name, dtype, tuple(tensor.shape))])
         if problem is not None:
             return NoBid(NoBidReason.BAD_INPUT_SPEC, f"preview: {problem}")
+        if tensor.shape[1:] != task.preview[0].shape[1:]:
+            return NoBid(NoBidReason.BAD_INPUT_SPEC, "preview: its tensors differ in shape per example")
         rows += tensor.shape[0]
     if rows > model.max_batch:
         # Scoring a preview costs a forward pass; it may not be larger than a paid batch.
