@@ -279,7 +279,9 @@ def _is_batch(value: Any, batch: int) -> bool:
 
 def _observed(name: str, tensor: torch.Tensor) -> TensorContract:
     """An output's contract as warm-up saw it (fixed dimensions: what one run can tell)."""
-    dtype = NAMES.get(tensor.dtype, str(tensor.dtype).removeprefix("torch."))
+    dtype = NAMES.get(tensor.dtype)
+    if dtype is None:
+        raise ConfigError(f"output {name!r} has dtype {tensor.dtype}, which cannot travel")
     return TensorContract(name, dtype, tuple(Dim.fixed(size) for size in tensor.shape[1:]))
 
 

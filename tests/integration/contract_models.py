@@ -41,14 +41,14 @@ class MeanEmbedding(torch.nn.Module):
         return self.table(ids).mean(dim=1)
 
 
-def tokens(cache_dir: Path) -> BuiltModel:
-    """``ids: int64[B, 1..32] -> embedding: float32[B, 8]``: a variable-length token model."""
+def tokens(cache_dir: Path, longest: int = 32) -> BuiltModel:
+    """``ids: int64[B, 1..longest] -> embedding: float32[B, 8]``: a variable-length token model."""
     torch.manual_seed(0)
     return BuiltModel(
         MeanEmbedding(),
         contract=ModelContract(
             TaskKind.EMBEDDING,
-            (TensorContract("ids", "int64", (Dim(1, 32),)),),
+            (TensorContract("ids", "int64", (Dim(1, longest),)),),
             (TensorContract("embedding", "float32", (Dim.fixed(8),)),),
         ),
         validation_accuracy=None,

@@ -3,6 +3,7 @@ dimensions, and a model that raises on inputs it cannot take, bought through ``R
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 from atomic_p2p.errors import NoBidsError
+from atomic_p2p.gossip import GossipConfig
 from atomic_p2p.peer.config import ModelConfig, PeerConfig
 from atomic_p2p.peer.node import PeerNode
 from atomic_p2p.requester import Requester
@@ -29,6 +31,7 @@ async def node(tmp_path: Path) -> AsyncIterator[PeerNode]:
         name="contracts",
         models=(model("pair", "math/sum-diff", "pair"), model("tokens", "embed/tokens", "tokens")),
         data_dir=tmp_path / "contracts",
+        gossip_interval_s=0.2,
     )
     async with await PeerNode.start(config) as running:
         yield running
@@ -62,3 +65,25 @@ async def test_ids_outside_the_vocabulary_are_the_models_error_and_the_node_serv
             await requester.run("embed/tokens", {"ids": torch.full((2, 5), 1000)})
         result = await requester.run("embed/tokens", {"ids": torch.ones(2, 5, dtype=torch.int64)})
     assert result.outputs["embedding"].shape == (2, 8)
+
+
+async def test_a_requester_with_gossip_skips_a_peer_whose_contract_does_not_fit(
+    node: PeerNode, tmp_path: Path
+) -> None:
+    short = dataclasses.replace(model("short", "embed/tokens", "tokens"), options={"longest": 8})
+    config = PeerConfig(
+        name="short",
+        models=(short,),
+        data_dir=tmp_path / "short",
+        bootstrap=(node.address,),
+        gossip_interval_s=0.2,
+    )
+    async with await PeerNode.start(config) as other:
+        async with Requester(bootstrap=[node.address], gossip=GossipConfig(interval=0.2)) as requester:
+            assert await requester.wait_for_peers("embed/tokens", 2, timeout=20)
+            both = await requester.run("embed/tokens", {"ids": torch.ones(2, 8, dtype=torch.int64)})
+            assert {bid.item.model_id for bid in both.bids} == {"tokens", "short"}
+            longer = await requester.run("embed/tokens", {"ids": torch.ones(2, 20, dtype=torch.int64)})
+        # The short model was never asked: no bid and no NoBid from it.
+        assert {bid.item.model_id for bid in longer.bids} == {"tokens"} and not longer.no_bids
+        assert other.address not in {bid.item.address for bid in longer.bids}
