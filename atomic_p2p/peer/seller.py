@@ -232,6 +232,7 @@ class Seller:
             bid_values=tuple(bid_values),
             reusable_ttl_ms=self._reuse_ms,
             record_seq=self._record_seq(),
+            confidence_unknown=terms.confidence_unknown,
         )
         envelope = codec.sign(self.identity, bid)
         self._book.record(

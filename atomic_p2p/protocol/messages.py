@@ -113,6 +113,7 @@ class Bid:
     bid_values: tuple[float, ...] = ()
     reusable_ttl_ms: int = 0
     record_seq: int = 0
+    confidence_unknown: bool = False  # the model cannot estimate it: confidence_score is no claim
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,16 +4,17 @@ dimensions, and a model that raises on inputs it cannot take, bought through ``R
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import torch
 
-from atomic_p2p.errors import NoBidsError
+from atomic_p2p.errors import AuctionError, NoBidsError
 from atomic_p2p.gossip import GossipConfig
 from atomic_p2p.peer.config import ModelConfig, PeerConfig
-from atomic_p2p.peer.node import PeerNode
+from atomic_p2p.peer.node import PeerNode, load_models
 from atomic_p2p.requester import Requester
 
 pytestmark = pytest.mark.integration
@@ -42,8 +43,21 @@ async def test_a_two_input_model_returns_both_outputs(node: PeerNode) -> None:
     async with Requester([node.address]) as requester:
         result = await requester.run("math/sum-diff", {"a": a, "b": b})
     assert set(result.outputs) == {"sum", "diff"}
+    # A regression model cannot estimate its confidence: its bid says so instead of claiming 0 or 1.
+    assert result.winner.confidence_unknown and result.winner.confidence == 0.0
     torch.testing.assert_close(result.outputs["sum"], a + b)
     torch.testing.assert_close(result.outputs["diff"], a - b)
+
+
+async def test_the_start_log_shows_each_contract_and_no_accuracy_for_models_without_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = PeerConfig(
+        name="log", models=(model("pair", "math/sum-diff", "pair"),), data_dir=tmp_path / "log"
+    )
+    with caplog.at_level(logging.INFO, logger="atomic_p2p.peer.node"):
+        load_models(config)
+    assert "a: float32[B<=" in caplog.text and "held-out accuracy n/a" in caplog.text
 
 
 async def test_a_variable_length_token_model_starts_and_sells(node: PeerNode) -> None:
@@ -61,7 +75,9 @@ async def test_a_variable_length_token_model_starts_and_sells(node: PeerNode) ->
 
 async def test_ids_outside_the_vocabulary_are_the_models_error_and_the_node_serves_on(node: PeerNode) -> None:
     async with Requester([node.address]) as requester:
-        with pytest.raises(NoBidsError, match=r"model_error.*tokens failed: IndexError"):
+        # An embedding model does not look at a preview to bid, so the ids reach Execute: INTERNAL,
+        # naming the model and its cause.
+        with pytest.raises(AuctionError, match=r"INTERNAL.*model tokens failed: IndexError"):
             await requester.run("embed/tokens", {"ids": torch.full((2, 5), 1000)})
         result = await requester.run("embed/tokens", {"ids": torch.ones(2, 5, dtype=torch.int64)})
     assert result.outputs["embedding"].shape == (2, 8)
