@@ -6,7 +6,8 @@ in what the seed lacked), prints every member it learned of, and leaves with a s
 
 States are this observer's own view. A fresh member is never handed tombstones (DEAD or LEFT
 members) by design, so members that are already gone simply do not appear; a longer ``--wait``
-lets the observer see members turn SUSPECT or DEAD while it watches.
+lets the observer see members turn SUSPECT or DEAD while it watches. Each model shows its task
+kind and its advertised contract (``x: float32[B<=256, 64] -> logits: float32[B, 10]``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from atomic_p2p.errors import UnavailableError
 
 if TYPE_CHECKING:
     from atomic_p2p.gossip import GossipConfig
+    from atomic_p2p.gossip.records import ModelAdvert
     from atomic_p2p.gossip.transport import GossipAgent
 
 DEFAULT_WAIT_S = 5.0
@@ -146,6 +148,8 @@ def members(agent: GossipAgent) -> list[dict[str, Any]]:
                         "typical_latency_ms": model.typical_latency_ms,
                         "strategy": model.strategy,
                         "max_batch": model.constraints.max_batch,
+                        "kind": model.kind.value if model.kind else None,
+                        "contract": _contract_text(model),
                     }
                     for model in record.models
                 ],
@@ -157,9 +161,25 @@ def members(agent: GossipAgent) -> list[dict[str, Any]]:
     return rows
 
 
+def _contract_text(model: ModelAdvert) -> str | None:
+    contract = model.contract
+    return None if contract is None else contract.describe(model.constraints.max_batch)
+
+
 def render(view: NetworkView) -> str:
     """One line per hosted model (a member's own columns on its first line only)."""
-    columns = ("peer", "address", "state", "model", "capabilities", "price", "latency ms", "load")
+    columns = (
+        "peer",
+        "address",
+        "state",
+        "model",
+        "capabilities",
+        "price",
+        "latency ms",
+        "load",
+        "kind",
+        "contract",
+    )
     lines: list[tuple[str, ...]] = []
     for member in view.members:
         load = member["load"]
@@ -170,7 +190,7 @@ def render(view: NetworkView) -> str:
         )
         load_text = f"{load['in_flight']}/{load['capacity']}" if load else "-"
         if not member["models"]:
-            lines.append((*own, "-", "(hosts nothing)", "-", "-", load_text))
+            lines.append((*own, "-", "(hosts nothing)", "-", "-", load_text, "", ""))
         for index, model in enumerate(member["models"]):
             first = index == 0
             lines.append(
@@ -181,6 +201,8 @@ def render(view: NetworkView) -> str:
                     f"{model['price_hint']:g}",
                     f"{model['typical_latency_ms']:.2f}",
                     load_text if first else "",
+                    model["kind"] or "-",
+                    model["contract"] or "-",
                 )
             )
     widths = [max(len(row[i]) for row in (columns, *lines)) for i in range(len(columns))]

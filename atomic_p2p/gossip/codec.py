@@ -25,6 +25,7 @@ from itertools import islice
 from google.protobuf.message import DecodeError
 
 from atomic_p2p._proto.atomic.v1 import gossip_pb2
+from atomic_p2p.contract import TaskKind
 from atomic_p2p.errors import ProtocolError, SignatureError
 from atomic_p2p.gossip.messages import Digest, DigestEntry, GossipRequest, GossipResponse
 from atomic_p2p.gossip.records import (
@@ -47,6 +48,8 @@ from atomic_p2p.protocol.wire import (
     envelope_to_proto,
     resources_from_proto,
     resources_to_proto,
+    tensor_contract_from_proto,
+    tensor_contract_to_proto,
 )
 
 RECORD_TYPE = gossip_pb2.PeerRecord.DESCRIPTOR.full_name
@@ -54,6 +57,9 @@ HEARTBEAT_TYPE = gossip_pb2.Heartbeat.DESCRIPTOR.full_name
 LEAVE_TYPE = gossip_pb2.Leave.DESCRIPTOR.full_name
 
 Opened = Signed[PeerRecord] | Signed[Heartbeat] | Signed[Leave]
+
+_KIND_TO_WIRE = {kind: gossip_pb2.TaskKind.Value(f"TASK_KIND_{kind.name}") for kind in TaskKind}
+_WIRE_TO_KIND = {value: kind for kind, value in _KIND_TO_WIRE.items()}
 
 
 # --- domain <-> proto -------------------------------------------------------------------------
@@ -78,6 +84,9 @@ def advert_to_proto(model: ModelAdvert) -> gossip_pb2.ModelAdvert:
         resources=resources_to_proto(model.resources),
         typical_latency_ms=model.typical_latency_ms,
         strategy=model.strategy,
+        kind=_KIND_TO_WIRE[model.kind] if model.kind else gossip_pb2.TASK_KIND_UNSPECIFIED,
+        inputs=[tensor_contract_to_proto(tensor) for tensor in model.inputs],
+        outputs=[tensor_contract_to_proto(tensor) for tensor in model.outputs],
     )
 
 
@@ -90,6 +99,9 @@ def advert_from_proto(message: gossip_pb2.ModelAdvert) -> ModelAdvert:
         resources=resources_from_proto(message.resources),
         typical_latency_ms=message.typical_latency_ms,
         strategy=message.strategy,
+        kind=_WIRE_TO_KIND.get(message.kind),  # unspecified, or a newer peer's kind: not declared
+        inputs=tuple(tensor_contract_from_proto(tensor) for tensor in message.inputs),
+        outputs=tuple(tensor_contract_from_proto(tensor) for tensor in message.outputs),
     )
 
 

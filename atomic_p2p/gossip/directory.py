@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from atomic_p2p.contract import Spec
 from atomic_p2p.gossip.messages import (
     MemberForgotten,
     MemberJoined,
@@ -40,8 +41,13 @@ class Requirements:
     input_tokens: int = 0
     language: str | None = None
     max_price: float | None = None
+    # The task's input specs: a model that advertises a contract must be able to take them.
+    inputs: tuple[Spec, ...] = ()
 
     def admits(self, model: ModelAdvert) -> bool:
+        contract = model.contract if self.inputs else None
+        if contract is not None and contract.problem(self.inputs) is not None:
+            return False
         limits = model.constraints
         if limits.max_batch and self.batch > limits.max_batch:
             return False

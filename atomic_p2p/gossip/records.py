@@ -14,8 +14,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
+from atomic_p2p.contract import ModelContract, TaskKind, TensorContract
 from atomic_p2p.identity import Envelope, PeerId
 from atomic_p2p.terms import ModelConstraints, Resources
 
@@ -31,6 +32,20 @@ class ModelAdvert:
     resources: Resources = field(default_factory=Resources)
     typical_latency_ms: float = 0.0
     strategy: str = ""
+    kind: TaskKind | None = None  # None: not declared
+    inputs: tuple[TensorContract, ...] = ()  # empty: no contract declared
+    outputs: tuple[TensorContract, ...] = ()
+
+    @property
+    def contract(self) -> ModelContract | None:
+        """The advertised contract (a classifier's when the kind is unknown); None if not declared."""
+        if not self.inputs:
+            return None
+        return ModelContract(self.kind or TaskKind.CLASSIFICATION, self.inputs, self.outputs)
+
+    @classmethod
+    def with_contract(cls, contract: ModelContract, **fields: Any) -> ModelAdvert:
+        return cls(kind=contract.kind, inputs=contract.inputs, outputs=contract.outputs, **fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +142,8 @@ class RecordLimits:
     max_capabilities: int = 32
     max_languages: int = 64
     max_string_length: int = 128
+    max_tensors: int = 16  # inputs and outputs of one model's contract, together
+    max_dims: int = 8  # dimensions per example of one tensor
 
 
 def check_record(record: PeerRecord, limits: RecordLimits) -> Rejection | None:
@@ -164,4 +181,20 @@ def _check_model(model: ModelAdvert, limits: RecordLimits) -> Rejection | None:
     )
     if not all(math.isfinite(x) and x >= 0 for x in numbers):
         return Rejection(RejectReason.INVALID_FIELD, f"negative or non-finite number in {model.model_id}")
+    return _check_contract(model, limits)
+
+
+def _check_contract(model: ModelAdvert, limits: RecordLimits) -> Rejection | None:
+    name = model.model_id[: limits.max_string_length]
+    tensors = (*model.inputs, *model.outputs)
+    if len(tensors) > limits.max_tensors or any(len(t.dims) > limits.max_dims for t in tensors):
+        return Rejection(RejectReason.INVALID_FIELD, f"model {name} lists too many tensors or dimensions")
+    if any(len(t.name) > limits.max_string_length for t in tensors):
+        return Rejection(RejectReason.FIELD_TOO_LONG, f"a tensor name in model {name}")
+    try:
+        model.contract  # noqa: B018 -- built only to check it (names unique, inputs present)
+    except ValueError as exc:
+        return Rejection(RejectReason.INVALID_FIELD, f"contract of model {name}: {exc}")
+    if model.outputs and not model.inputs:
+        return Rejection(RejectReason.INVALID_FIELD, f"model {name} lists outputs but no inputs")
     return None

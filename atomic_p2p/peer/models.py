@@ -10,6 +10,7 @@ while it computes, so one node runs several calls at once).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import importlib.util
@@ -17,36 +18,58 @@ import inspect
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from atomic_p2p.contract import Dim, ModelContract, Spec, TaskKind, TensorContract, single_input
 from atomic_p2p.errors import ConfigError, ExecutionError, TensorError
 from atomic_p2p.peer.config import ModelConfig
 from atomic_p2p.peer.strategies import Strategy, make_strategy
+from atomic_p2p.protocol.messages import TensorSpec
 from atomic_p2p.tensors import DTYPES, NAMES
 
 WARM_UP_BATCH = 8
 LATENCY_EWMA_ALPHA = 0.2
+# How much of a model's exception text a NoBid or an error status may carry: the text may quote
+# the input (a requester's data), so it is cut, never echoed whole.
+MAX_CAUSE_CHARS = 200
+
+
+def model_failure(model_id: str, exc: BaseException) -> ExecutionError:
+    """The error for an exception the model's own code raised: names the model and a bounded cause."""
+    cause = f"{type(exc).__name__}: {exc}"
+    if len(cause) > MAX_CAUSE_CHARS:
+        cause = cause[: MAX_CAUSE_CHARS - 3] + "..."
+    return ExecutionError(f"model {model_id} failed: {cause}")
 
 
 @dataclass(frozen=True, slots=True)
 class BuiltModel:
-    """What a model factory returns."""
+    """What a model factory returns.
+
+    A model with one fixed-shape input may give just ``input_shape`` (and ``input_dtype``,
+    ``input_name``, ``output_name``): it is then a classifier, and its outputs are named from
+    ``output_name`` and shaped from its warm-up. Any other model declares a ``contract``: named
+    inputs (called positionally, in contract order), dynamic dimensions, named outputs (the module
+    returns a tensor, a tuple in contract order, or a dict by name) and its task kind.
+    """
 
     module: torch.nn.Module
-    # Shape of one example, without the batch dimension, e.g. (64,).
-    input_shape: tuple[int, ...]
+    # Shape of one example, without the batch dimension, e.g. (64,); ignored with a contract.
+    input_shape: tuple[int, ...] = ()
     input_dtype: str = "float32"
     # Accuracy on a held-out split, in [0, 1]; strategies quote it when they cannot look at data.
-    validation_accuracy: float = 0.0
+    # None: not measured (a regression or embedding model has no accuracy to quote).
+    validation_accuracy: float | None = 0.0
     # Held-out accuracy per class (empty if not measured); specialists show their domain here.
     class_accuracy: tuple[float, ...] = ()
     input_name: str = "x"
     output_name: str = "logits"
+    contract: ModelContract | None = None
 
 
 ModelFactory = Callable[..., BuiltModel]
@@ -76,16 +99,18 @@ class HostedModel:
     """One model this node serves (implements :class:`~atomic_p2p.peer.strategies.ModelView`)."""
 
     def __init__(self, config: ModelConfig, built: BuiltModel, device: torch.device | None = None) -> None:
-        if built.input_dtype not in DTYPES:
-            raise ConfigError(f"model {config.model_id}: input dtype {built.input_dtype!r} cannot travel")
+        declared = built.contract or single_input(built.input_name, built.input_dtype, built.input_shape)
+        for tensor in declared.inputs:
+            if tensor.dtype not in DTYPES:
+                raise ConfigError(f"model {config.model_id}: input dtype {tensor.dtype!r} cannot travel")
         self.config = config
         self.device = device or default_device()
         self.module = built.module.to(self.device).eval()
-        self.input_name = built.input_name
-        self.input_dtype = built.input_dtype
-        self.input_shape = tuple(built.input_shape)
-        self.output_name = built.output_name
-        self.validation_accuracy = float(built.validation_accuracy)
+        self.contract = declared
+        self._legacy_output = None if built.contract else built.output_name
+        accuracy = built.validation_accuracy
+        self.accuracy_known = accuracy is not None
+        self.validation_accuracy = float(accuracy) if accuracy is not None else 0.0
         self.class_accuracy = built.class_accuracy
         self.strategy: Strategy = make_strategy(config.strategy, config.strategy_options)
         self.latency = LatencyEwma()
@@ -142,69 +167,122 @@ class HostedModel:
     def expected_latency_ms(self) -> float:
         return self.latency.value + self.config.extra_latency_ms
 
-    def spec_problem(self, name: str, dtype: str, shape: tuple[int, ...]) -> str | None:
-        expected = f"{self.input_dtype}[B, {', '.join(map(str, self.input_shape))}]"
-        if name != self.input_name:
-            return f"{self.model_id} takes one input named {self.input_name!r}, got {name!r}"
-        if dtype != self.input_dtype:
-            return f"{self.model_id} takes {expected}, got dtype {dtype}"
-        if len(shape) != 1 + len(self.input_shape) or tuple(shape[1:]) != self.input_shape:
-            return f"{self.model_id} takes {expected}, got shape {list(shape)}"
-        if shape[0] < 1:
-            return f"{self.model_id} needs a batch of at least one example, got shape {list(shape)}"
-        return None
+    @property
+    def kind(self) -> TaskKind:
+        return self.contract.kind
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One example of the first input at its representative size (gradient bidders read it)."""
+        return tuple(dim.representative for dim in self.contract.inputs[0].dims)
+
+    def inputs_problem(self, specs: Sequence[Spec]) -> str | None:
+        problem = self.contract.problem(specs)
+        return None if problem is None else f"{self.model_id} {problem}"
 
     def preview_confidence(self, preview: Sequence[torch.Tensor]) -> float:
-        with torch.inference_mode():
-            logits = self.module(torch.cat(list(preview)).to(self.device))
-            return float(torch.softmax(logits.float(), dim=-1).amax(dim=-1).mean())
+        logits = self._preview_logits(preview)
+        return float(torch.softmax(logits.float(), dim=-1).amax(dim=-1).mean())
 
     def preview_classes(self, preview: Sequence[torch.Tensor]) -> list[int]:
         """The class the model predicts for each preview row (specialization strategies ask)."""
-        with torch.inference_mode():
-            logits = self.module(torch.cat(list(preview)).to(self.device))
-            return [int(c) for c in logits.argmax(dim=-1).tolist()]
+        return [int(c) for c in self._preview_logits(preview).argmax(dim=-1).tolist()]
+
+    def _preview_logits(self, preview: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The model's output on the preview; ExecutionError (a NoBid MODEL_ERROR) if it raises."""
+        rows = torch.cat(list(preview))
+        return self._call({self.contract.input_names[0]: rows})[0][1]
 
     # --- execution ----------------------------------------------------------------------------
 
-    def check_inputs(self, named: Sequence[tuple[str, torch.Tensor]]) -> torch.Tensor:
-        """The one input tensor, after checking names, dtype and shape (TensorError otherwise)."""
-        if len(named) != 1:
-            raise TensorError(f"{self.model_id} takes exactly one input tensor, got {len(named)}")
-        name, tensor = named[0]
-        dtype = NAMES[tensor.dtype]
-        problem = self.spec_problem(name, dtype, tuple(tensor.shape))
+    def check_inputs(self, named: Sequence[tuple[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """The input tensors by name, after checking them against the contract (TensorError otherwise)."""
+        specs = [TensorSpec(name, NAMES[tensor.dtype], tuple(tensor.shape)) for name, tensor in named]
+        problem = self.contract.problem(specs, self.max_batch)
         if problem is not None:
-            raise TensorError(problem)
-        if tensor.shape[0] > self.max_batch:
-            raise TensorError(f"batch {tensor.shape[0]} exceeds max_batch {self.max_batch}")
-        return tensor
+            raise TensorError(f"{self.model_id} {problem}")
+        return dict(named)
 
-    def run(self, inputs: torch.Tensor) -> torch.Tensor:
-        """Forward pass on the model's device; call from a worker thread. Returns CPU outputs."""
+    def forward(self, inputs: Mapping[str, torch.Tensor]) -> tuple[tuple[str, torch.Tensor], ...]:
+        """Forward pass on the model's device; call from a worker thread. Returns named CPU outputs."""
         started = time.perf_counter()
-        try:
-            with torch.inference_mode():
-                outputs = self.module(inputs.to(self.device)).to("cpu")
-        except Exception as exc:  # the model's code is not ours: any failure is an execution error
-            raise ExecutionError(f"model {self.model_id} failed: {type(exc).__name__}: {exc}") from exc
+        outputs = self._call(inputs)
         self.latency.add((time.perf_counter() - started) * 1000)
         if self.config.extra_latency_ms:
             time.sleep(self.config.extra_latency_ms / 1000)
-        if not isinstance(outputs, torch.Tensor) or outputs.shape[:1] != inputs.shape[:1]:
-            raise ExecutionError(f"model {self.model_id} returned something other than a [B, ...] tensor")
         return outputs
+
+    def _call(self, inputs: Mapping[str, torch.Tensor]) -> tuple[tuple[str, torch.Tensor], ...]:
+        try:
+            with torch.inference_mode():
+                raw = self.module(*(inputs[name].to(self.device) for name in self.contract.input_names))
+        except Exception as exc:  # the model's code is not ours: any failure is an execution error
+            raise model_failure(self.model_id, exc) from exc
+        return self._named_outputs(raw, next(iter(inputs.values())).shape[0])
+
+    def run(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The first output for one tensor of the first input (a single-input model's forward pass)."""
+        return self.forward({self.contract.input_names[0]: inputs})[0][1]
+
+    def _named_outputs(self, raw: Any, batch: int) -> tuple[tuple[str, torch.Tensor], ...]:
+        names = self.contract.output_names or self._derived_names(raw)
+        if isinstance(raw, torch.Tensor):
+            values: list[Any] = [raw]
+        elif isinstance(raw, Mapping):
+            values = [raw.get(name) for name in names]
+        elif isinstance(raw, tuple | list):
+            values = list(raw)
+        else:
+            values = []
+        if len(values) != len(names) or not all(_is_batch(value, batch) for value in values):
+            raise ExecutionError(
+                f"model {self.model_id} returned something other than [{batch}, ...] tensors named {list(names)}"
+            )
+        return tuple((name, value.to("cpu")) for name, value in zip(names, values, strict=True))
+
+    def _derived_names(self, raw: Any) -> tuple[str, ...]:
+        # A model without a declared contract: its outputs are named from its first answer.
+        base = self._legacy_output or "output"
+        if isinstance(raw, Mapping):
+            return tuple(str(key) for key in raw)
+        if isinstance(raw, tuple | list) and len(raw) > 1:
+            return tuple(f"{base}{index}" for index in range(len(raw)))
+        return (base,)
 
     def _warm_up(self) -> None:
         # The first call allocates; time the second so the first bid quotes a realistic latency.
-        batch = torch.zeros(
-            (min(WARM_UP_BATCH, self.max_batch), *self.input_shape), dtype=DTYPES[self.input_dtype]
-        )
-        for _ in range(2):
-            started = time.perf_counter()
-            with torch.inference_mode():
-                self.module(batch.to(self.device)).to("cpu")
+        # Dynamic dimensions warm up at a small size within their bounds.
+        batch = min(WARM_UP_BATCH, self.max_batch)
+        inputs = {
+            tensor.name: torch.zeros(
+                (batch, *(dim.representative for dim in tensor.dims)), dtype=DTYPES[tensor.dtype]
+            )
+            for tensor in self.contract.inputs
+        }
+        try:
+            for _ in range(2):
+                started = time.perf_counter()
+                outputs = self._call(inputs)
+        except ExecutionError as error:
+            shapes = ", ".join(f"{name}{list(tensor.shape)}" for name, tensor in inputs.items())
+            raise ConfigError(f"warm-up on zeros ({shapes}): {error}") from error
         self.latency.add((time.perf_counter() - started) * 1000)
+        if not self.contract.outputs:
+            self.contract = dataclasses.replace(
+                self.contract, outputs=tuple(_observed(name, tensor) for name, tensor in outputs)
+            )
+
+
+def _is_batch(value: Any, batch: int) -> bool:
+    return isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == batch
+
+
+def _observed(name: str, tensor: torch.Tensor) -> TensorContract:
+    """An output's contract as warm-up saw it (fixed dimensions: what one run can tell)."""
+    dtype = NAMES.get(tensor.dtype)
+    if dtype is None:
+        raise ConfigError(f"output {name!r} has dtype {tensor.dtype}, which cannot travel")
+    return TensorContract(name, dtype, tuple(Dim.fixed(size) for size in tensor.shape[1:]))
 
 
 # --- factories ---------------------------------------------------------------------------------

@@ -221,7 +221,8 @@ class PeerNode:
 def advert(model: HostedModel) -> ModelAdvert:
     """How a hosted model is advertised in the node's gossip record."""
     config = model.config
-    return ModelAdvert(
+    return ModelAdvert.with_contract(
+        model.contract,
         model_id=model.model_id,
         capabilities=model.capabilities,
         constraints=config.constraints,
@@ -238,11 +239,13 @@ def load_models(config: PeerConfig, device: torch.device | None = None) -> dict[
     models: dict[str, HostedModel] = {}
     for model_config in config.models:
         model = HostedModel.load(model_config, config.weights_dir, device)
+        accuracy = f"{model.validation_accuracy:.3f}" if model.accuracy_known else "n/a"
         log.info(
-            "model %s on %s: held-out accuracy %.3f, %.2f ms per call",
+            "model %s (%s) on %s: held-out accuracy %s, %.2f ms per call",
             model.model_id,
+            model.contract.describe(model.max_batch),
             device,
-            model.validation_accuracy,
+            accuracy,
             model.latency.value,
         )
         models[model.model_id] = model

@@ -137,7 +137,7 @@ class IssuedBid:
     model_id: str
     valid_until_ms: int
     cost: float
-    input: InputSpec
+    inputs: tuple[InputSpec, ...]  # every input the bid was for, as the task announced them
     confidence: float = 0.0
 
 

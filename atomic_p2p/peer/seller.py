@@ -102,7 +102,7 @@ class Job:
     fingerprint: bytes  # bid digest + inputs digest: a retry must match it
     timeout_s: float | None  # how long it may wait for a worker (the order's deadline)
     model: HostedModel
-    inputs: torch.Tensor
+    inputs: dict[str, torch.Tensor]
     issued: IssuedBid
     order: ExecuteOrder
 
@@ -191,7 +191,9 @@ class Seller:
             raise ProtocolError(f"max_cost must be a finite number >= 0 (0: no cap), got {spec.max_cost}")
         for input_spec in spec.inputs:
             check_spec(input_spec.dtype, input_spec.shape, self.limits)  # refused now, not at Execute
-        preview = tuple(decode(wire, self.limits) for wire in spec.preview)
+        # A preview shows a single-input task; strategies judge a task of several inputs without it.
+        shown = spec.preview if len(spec.inputs) == 1 else ()
+        preview = tuple(decode(wire, self.limits) for wire in shown)
         task = Task(
             task_id=spec.task_id,
             capability=spec.capability,
@@ -230,6 +232,7 @@ class Seller:
             bid_values=tuple(bid_values),
             reusable_ttl_ms=self._reuse_ms,
             record_seq=self._record_seq(),
+            confidence_unknown=terms.confidence_unknown,
         )
         envelope = codec.sign(self.identity, bid)
         self._book.record(
@@ -241,7 +244,7 @@ class Seller:
                 model_id=model.model_id,
                 valid_until_ms=now_ms + self._validity_ms,
                 cost=terms.cost,
-                input=task.inputs[0],
+                inputs=task.inputs,
                 confidence=terms.confidence,
             ),
             now_ms,
@@ -308,7 +311,7 @@ class Seller:
 
     def _check_inputs(
         self, call: ExecuteCall, order: ExecuteOrder, issued: IssuedBid
-    ) -> tuple[HostedModel, torch.Tensor]:
+    ) -> tuple[HostedModel, dict[str, torch.Tensor]]:
         decoded = [decode(wire, self.limits) for wire in call.inputs]
         if digest(call.inputs) != order.inputs_digest:
             raise ProtocolError("the inputs' digest differs from the order's inputs_digest")
@@ -316,28 +319,31 @@ class Seller:
         inputs = model.check_inputs(
             [(wire.name, tensor) for wire, tensor in zip(call.inputs, decoded, strict=True)]
         )
-        if tuple(inputs.shape) != issued.input.shape:
-            raise ProtocolError(
-                f"inputs have shape {list(inputs.shape)}, but the bid was for {list(issued.input.shape)}"
-            )
+        announced = {spec.name: spec.shape for spec in issued.inputs}
+        for name, tensor in inputs.items():
+            if tuple(tensor.shape) != announced.get(name):
+                raise ProtocolError(
+                    f"input {name!r} has shape {list(tensor.shape)}, but the bid was for "
+                    f"{list(announced.get(name, ()))}"
+                )
         return model, inputs
 
     def perform(self, job: Job) -> ExecuteReply:
         """The paid work (blocking; a worker thread runs it): forward pass, encode, sign the receipt."""
         started = time.perf_counter()
-        outputs = encode(job.model.run(job.inputs), job.model.output_name)
+        outputs = tuple(encode(tensor, name) for name, tensor in job.model.forward(job.inputs))
         result = ExecuteResult(
             request_id=job.order.request_id,
             task_id=job.order.task_id,
             peer_id=self.identity.peer_id.raw,
             model_id=job.model.model_id,
             bid_digest=job.issued.digest,
-            outputs_digest=digest([outputs]),
+            outputs_digest=digest(outputs),
             latency_ms=(time.perf_counter() - started) * 1000,
             finished_at_ms=self._clock(),
             cost_charged=job.issued.cost,
         )
-        return ExecuteReply(codec.sign(self.identity, result), (outputs,))
+        return ExecuteReply(codec.sign(self.identity, result), outputs)
 
     # --- Feedback -----------------------------------------------------------------------------
 

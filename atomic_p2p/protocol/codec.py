@@ -204,6 +204,7 @@ def _bid_to_proto(bid: Bid) -> market_pb2.Bid:
         bid_values=list(bid.bid_values),
         reusable_ttl_ms=bid.reusable_ttl_ms,
         record_seq=bid.record_seq,
+        confidence_unknown=bid.confidence_unknown,
     )
 
 
@@ -226,6 +227,7 @@ def _bid_from_proto(message: market_pb2.Bid) -> Bid:
         bid_values=tuple(message.bid_values),
         reusable_ttl_ms=message.reusable_ttl_ms,
         record_seq=message.record_seq,
+        confidence_unknown=message.confidence_unknown,
     )
 
 

@@ -43,6 +43,7 @@ class NoBidReason(Enum):
     DEADLINE_TOO_SHORT = "deadline_too_short"
     BELOW_COST = "below_cost"
     DRAINING = "draining"
+    MODEL_ERROR = "model_error"
 
 
 class FeedbackKind(Enum):
@@ -112,6 +113,7 @@ class Bid:
     bid_values: tuple[float, ...] = ()
     reusable_ttl_ms: int = 0
     record_seq: int = 0
+    confidence_unknown: bool = False  # the model cannot estimate it: confidence_score is no claim
 
 
 @dataclass(frozen=True, slots=True)

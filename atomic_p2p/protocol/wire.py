@@ -1,4 +1,4 @@
-"""Envelopes, tensors, tensor specs and a model's terms <-> their protobuf messages: the wire types
+"""Envelopes, tensors, tensor specs and contracts, and a model's terms <-> their protobuf messages: the wire types
 that the market codec (:mod:`.codec`), the gossip codec and the transports share, mapped in one
 place."""
 
@@ -10,6 +10,7 @@ from typing import TypeVar
 from google.protobuf.message import DecodeError, Message
 
 from atomic_p2p._proto.atomic.v1 import envelope_pb2, gossip_pb2, tensor_pb2
+from atomic_p2p.contract import Dim, TensorContract
 from atomic_p2p.errors import ProtocolError, TensorError
 from atomic_p2p.identity import Envelope
 from atomic_p2p.protocol.messages import TensorSpec
@@ -74,6 +75,26 @@ def spec_from_proto(message: tensor_pb2.TensorSpec) -> TensorSpec:
 
 def spec_to_proto(spec: TensorSpec) -> tensor_pb2.TensorSpec:
     return tensor_pb2.TensorSpec(name=spec.name, dtype=_DTYPE_TO_WIRE[spec.dtype], shape=list(spec.shape))
+
+
+def tensor_contract_to_proto(tensor: TensorContract) -> tensor_pb2.TensorContract:
+    return tensor_pb2.TensorContract(
+        name=tensor.name,
+        dtype=_DTYPE_TO_WIRE[tensor.dtype],
+        dims=[tensor_pb2.Dim(min=dim.min, max=dim.max) for dim in tensor.dims],
+    )
+
+
+def tensor_contract_from_proto(message: tensor_pb2.TensorContract) -> TensorContract:
+    """A model's tensor as advertised; an unaccepted dtype or empty bounds -> ProtocolError."""
+    dtype = _WIRE_TO_DTYPE.get(message.dtype)
+    if dtype is None:
+        raise ProtocolError(f"tensor contract has an unaccepted dtype {message.dtype}")
+    try:
+        dims = tuple(Dim(dim.min, dim.max) for dim in message.dims)
+    except ValueError as exc:
+        raise ProtocolError(f"tensor contract: {exc}") from None
+    return TensorContract(message.name, dtype, dims)
 
 
 # A model's terms travel in gossip adverts and in bids as the same two messages.

@@ -134,7 +134,7 @@ class Broker:
             Wanted(
                 task=item.task,
                 capability=item.capability,
-                candidates=tuple(self.discovery.candidates(item.capability, item.batch)),
+                candidates=tuple(self.discovery.candidates(item.capability, item.batch, item.payload.inputs)),
                 bucket=item.bucket,
                 specs=item.specs,
                 window_s=window,

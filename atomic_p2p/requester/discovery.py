@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from atomic_p2p.channels import ChannelPool
+from atomic_p2p.contract import Spec
 from atomic_p2p.gossip import GossipConfig, Requirements
 from atomic_p2p.gossip.transport import GossipAgent
 from atomic_p2p.identity import Identity, PeerId
@@ -48,11 +49,14 @@ class Discovery:
             await self.agent.stop(leave=True)
             self.agent = None
 
-    def candidates(self, capability: str, batch: int) -> list[str]:
-        """Fixed peers first, then live gossip candidates that accept this batch (deduplicated)."""
+    def candidates(self, capability: str, batch: int, inputs: Sequence[Spec] = ()) -> list[str]:
+        """Fixed peers first, then live gossip candidates that accept this batch and, when they
+        advertise a contract, these inputs (deduplicated)."""
         addresses = list(self.peers)
         if self.agent is not None:
-            found = self.agent.directory.candidates(capability, Requirements(batch=batch))
+            found = self.agent.directory.candidates(
+                capability, Requirements(batch=batch, inputs=tuple(inputs))
+            )
             addresses += [c.record.addresses[0] for c in found if c.record.addresses]
         return list(dict.fromkeys(addresses))
 

@@ -285,11 +285,38 @@ def _expect(
     """Step 2 of the module docstring."""
     claim, claimed_latency = float(bid.confidence), float(bid.expected_latency_ms)
     peer = peer_key(bid)
+    if getattr(bid, "confidence_unknown", False):
+        return _unclaimed(index, bid, peer, estimate_, claimed_latency, config)
     if estimate_ is None:
         return _Assessed(index, bid, peer, None, claim, config.claim_strength, claim, claimed_latency)
     bias = estimate_.confidence_bias
     calibrated = _clamp01(claim - bias)
     claim_weight = config.claim_strength * _clamp01(1.0 - abs(bias) / config.bias_tolerance)
+    return _weighed(index, bid, peer, estimate_, calibrated, claim_weight, claimed_latency, config)
+
+
+def _unclaimed(
+    index: int, bid: T, peer: str, estimate_: Estimate | None, claimed_latency: float, config: EvaluatorConfig
+) -> _Assessed[T]:
+    """A bid whose model cannot estimate its confidence claims nothing: the expected accuracy is
+    the profile's (the prior's mean while there is none)."""
+    if estimate_ is None:
+        prior = config.profiler.prior_alpha / (config.profiler.prior_alpha + config.profiler.prior_beta)
+        return _Assessed(index, bid, peer, None, prior, 0.0, prior, claimed_latency)
+    mean = estimate_.posterior.mean
+    return _weighed(index, bid, peer, estimate_, mean, 0.0, claimed_latency, config)
+
+
+def _weighed(
+    index: int,
+    bid: T,
+    peer: str,
+    estimate_: Estimate,
+    calibrated: float,
+    claim_weight: float,
+    claimed_latency: float,
+    config: EvaluatorConfig,
+) -> _Assessed[T]:
     total = claim_weight + estimate_.evidence
     if total > 0:
         accuracy = (claim_weight * calibrated + estimate_.successes) / total

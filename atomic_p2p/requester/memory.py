@@ -194,7 +194,7 @@ class MarketMemory:
         self._learn(
             key,
             Observation(
-                self.clock.wall_ms(), outcome=0.0, promised_confidence=bid.confidence, bucket=ask.bucket
+                self.clock.wall_ms(), outcome=0.0, promised_confidence=claimed(bid), bucket=ask.bucket
             ),
         )
 
@@ -210,7 +210,7 @@ class MarketMemory:
         observation = Observation(
             self.clock.wall_ms(),
             outcome=score,
-            promised_confidence=pending.bid.confidence,
+            promised_confidence=claimed(pending.bid),
             bucket=pending.bucket,
         )
         self._learn(pending.key, observation)
@@ -257,3 +257,8 @@ def _bid_record(at: int, request_id: bytes, ask: Ask, bid: BidInfo) -> BidRecord
         digest=bid.digest,
         fields={"batch": ask.batch_size},  # cost / batch: the price per example over time
     )
+
+
+def claimed(bid: BidInfo) -> float | None:
+    """The confidence a bid claimed; None when its model could not estimate one (nothing to calibrate)."""
+    return None if bid.confidence_unknown else bid.confidence

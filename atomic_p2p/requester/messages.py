@@ -148,6 +148,7 @@ def parse_bid(
         reusable_ttl_ms=int(bid.reusable_ttl_ms),
         record_seq=int(bid.record_seq),
         bid_values=bid.bid_values,
+        confidence_unknown=bid.confidence_unknown,
     )
 
 

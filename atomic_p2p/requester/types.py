@@ -43,6 +43,7 @@ class BidInfo:
     record_seq: int = field(default=0, repr=False)  # the peer's gossip record seq when it bid
     reused: bool = False  # taken from the bid cache rather than from a call for bids
     bid_values: tuple[float, ...] = field(default=(), repr=False)  # gradient mode: b per example
+    confidence_unknown: bool = False  # the model cannot estimate it: ``confidence`` is no claim
 
     @property
     def digest(self) -> bytes:

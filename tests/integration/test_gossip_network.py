@@ -130,6 +130,9 @@ async def test_atomic_peers_lists_every_peer_with_its_models(network: list[PeerN
     table = render(view)
     assert all(node.address in table for node in network)
     assert "digits-specialist-0-4" in table and "classify/digits/0-4" in table
+    assert member["models"][0]["kind"] == "classification"
+    assert member["models"][0]["contract"].startswith("x: float32[B<=")
+    assert "x: float32[B<=" in table and "-> logits: float32[B, 10]" in table
 
 
 async def test_a_late_joiner_becomes_a_candidate_without_restarts(

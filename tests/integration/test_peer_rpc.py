@@ -516,6 +516,43 @@ async def test_a_model_that_fails_is_internal_and_the_node_serves_on(tmp_path: P
         await buy_and_check(buyer, node)
 
 
+async def test_a_model_that_raises_on_a_preview_declines_that_task_alone(tmp_path: Path) -> None:
+    (tmp_path / "touchy.py").write_text(
+        "import torch\n"
+        "from atomic_p2p.peer.models import BuiltModel\n\n"
+        "class Touchy(torch.nn.Module):\n"
+        "    def forward(self, x):\n"
+        "        if (x < 0).any():\n"
+        "            raise ValueError('negative input ' + repr(x.tolist()))\n"
+        "        return torch.zeros(x.shape[0], 10)\n\n"
+        "def build(cache_dir):\n"
+        "    return BuiltModel(Touchy(), input_shape=(64,), validation_accuracy=0.99)\n"
+    )
+    (tmp_path / "touchy.toml").write_text(
+        '[peer]\nname = "touchy"\n[[models]]\nmodel_id = "touchy"\ncapabilities = ["classify/digits"]\n'
+        'factory = "touchy.py:build"\nprice_per_example = 0.001\n'
+    )
+    small = example_config("small", tmp_path)
+    config = dataclasses.replace(small, models=small.models + load_config(tmp_path / "touchy.toml").models)
+    async with await PeerNode.start(config) as node, HandBuyer(node.address) as buyer:
+        negative = [encode(-torch.ones(4, 64), "x")]
+        other = small.models[0].model_id
+        response = await buyer.request_bids(
+            [
+                buyer.task("bad", model_id="touchy", preview=negative),
+                buyer.task("good", model_id=other, preview=negative),
+                buyer.task("any", preview=negative),
+            ]
+        )
+        bad, good, anyone = response.outcomes
+        assert market_pb2.NoBidReason.Name(bad.no_bid.reason) == "NO_BID_REASON_MODEL_ERROR"
+        detail = bad.no_bid.detail
+        assert "touchy" in detail and "ValueError: negative input" in detail and len(detail) < 260
+        assert good.HasField("bid") and anyone.HasField("bid")  # the other model bids on the same input
+        assert market_pb2.Bid.FromString(anyone.bid.payload).model_id == other
+        await buy_and_check(buyer, node)
+
+
 # --- Feedback -------------------------------------------------------------------------------------
 
 FeedbackEdit = Callable[[HandBuyer, envelope_pb2.SignedEnvelope], market_pb2.FeedbackRequest | bytes]

@@ -582,3 +582,16 @@ def test_second_score_price_is_the_highest_winning_cost(
     assert _margin_at(bids, index, price, the_ask) >= -1e-9
     if "own bid" not in decision.rationale.price_note:  # unbounded: nothing to cross
         assert _margin_at(bids, index, price + 1e-6 * max(1.0, price), the_ask) < 0
+
+
+def test_a_bid_that_cannot_estimate_its_confidence_claims_nothing() -> None:
+    unknown = replace(offer("regressor", 0.0, 10.0, 1.0), confidence_unknown=True)
+    decision = evaluate([unknown, offer("claimer", 0.3, 10.0, 1.0)], ask(), config=GREEDY)
+    expected = {str(s.item.peer_id): s.details["expected_accuracy"] for s in decision.ranked}
+    assert expected[peer("regressor")] == pytest.approx(0.5)  # the prior's mean, not 0.0
+    assert expected[peer("claimer")] == pytest.approx(0.3)  # a claim is read as before
+    profile = history("regressor", 10, claim=0.0, outcome_rate=0.8, promised_ms=10.0, took_ms=10.0)
+    profiled = evaluate(
+        [replace(unknown, model_id="m")], ask(), MarketView(profiles={key("regressor"): profile}), GREEDY
+    )
+    assert profiled.ranked[0].details["expected_accuracy"] == pytest.approx(0.8, abs=0.01)

@@ -8,7 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from atomic_p2p._proto.atomic.v1 import gossip_pb2
+from atomic_p2p._proto.atomic.v1 import gossip_pb2, tensor_pb2
+from atomic_p2p.contract import Dim, ModelContract, TaskKind, TensorContract
 from atomic_p2p.errors import ProtocolError
 from atomic_p2p.gossip import codec
 from atomic_p2p.gossip.messages import DigestEntry, GossipRequest, GossipResponse
@@ -121,6 +122,52 @@ def test_bounds() -> None:
     assert rejection(long, roomy) is RejectReason.FIELD_TOO_LONG
     negative = codec.sign_record(ALICE, record(models=(replace(MODEL, price_hint=-1.0),))).envelope
     assert rejection(negative) is RejectReason.INVALID_FIELD
+
+
+TOKENS = ModelContract(
+    TaskKind.EMBEDDING,
+    (TensorContract("ids", "int64", (Dim(1, 32),)),),
+    (TensorContract("embedding", "float32", (Dim.fixed(8),)),),
+)
+
+
+def test_an_advert_carries_its_contract_field_for_field() -> None:
+    advert = replace(MODEL, kind=TaskKind.EMBEDDING, inputs=TOKENS.inputs, outputs=TOKENS.outputs)
+    message = codec.advert_to_proto(advert)
+    assert gossip_pb2.TaskKind.Name(message.kind) == "TASK_KIND_EMBEDDING"
+    assert [(d.min, d.max) for d in message.inputs[0].dims] == [(1, 32)]
+    assert tensor_pb2.DType.Name(message.outputs[0].dtype) == "D_TYPE_FLOAT32"
+    assert codec.advert_from_proto(message) == advert and advert.contract == TOKENS
+    # An advert from a peer that declares nothing (or an older one) has no contract.
+    assert codec.advert_from_proto(codec.advert_to_proto(MODEL)).contract is None
+    message.kind = 99  # a newer peer's kind: not declared here, the contract still holds
+    assert codec.advert_from_proto(message).kind is None
+
+
+def test_a_contract_out_of_bounds_or_malformed_is_refused() -> None:
+    def opened(advert: ModelAdvert, limits: RecordLimits = LIMITS) -> RejectReason | None:
+        result = codec.open_envelope(codec.sign_record(ALICE, record(models=(advert,))).envelope, limits)
+        return result.reason if isinstance(result, Rejection) else None
+
+    good = replace(MODEL, inputs=TOKENS.inputs, outputs=TOKENS.outputs)
+    assert opened(good) is None
+    many = replace(MODEL, inputs=tuple(TensorContract(f"x{i}", "float32", ()) for i in range(17)))
+    assert opened(many) is RejectReason.INVALID_FIELD
+    deep = replace(MODEL, inputs=(TensorContract("x", "float32", (Dim.fixed(1),) * 9),))
+    assert opened(deep) is RejectReason.INVALID_FIELD
+    assert opened(good, replace(LIMITS, max_tensors=1)) is RejectReason.INVALID_FIELD
+    twice = replace(MODEL, inputs=(TensorContract("x", "float32", ()),) * 2)
+    assert opened(twice) is RejectReason.INVALID_FIELD
+    named_long = replace(MODEL, inputs=(TensorContract("x" * 129, "float32", ()),))
+    assert opened(named_long) is RejectReason.FIELD_TOO_LONG
+    outputs_only = replace(MODEL, outputs=TOKENS.outputs)
+    assert opened(outputs_only) is RejectReason.INVALID_FIELD
+    payload = codec.record_to_proto(record(models=(good,)))
+    payload.models[0].inputs[0].dims[0].min = 40  # min > max
+    assert rejection(ALICE.sign(codec.RECORD_TYPE, payload.SerializeToString())) is RejectReason.MALFORMED
+    payload.models[0].inputs[0].dims[0].min = 1
+    payload.models[0].inputs[0].dtype = 0
+    assert rejection(ALICE.sign(codec.RECORD_TYPE, payload.SerializeToString())) is RejectReason.MALFORMED
 
 
 def test_opener_verifies_each_envelope_once() -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from atomic_p2p.contract import Dim, ModelContract, TaskKind, TensorContract, single_input
 from atomic_p2p.gossip.directory import Candidate, Directory, Requirements
 from atomic_p2p.gossip.messages import MemberForgotten, MemberJoined, MemberState, RecordUpdated, StateChanged
 from atomic_p2p.gossip.records import ModelAdvert, PeerRecord
 from atomic_p2p.identity import Identity
+from atomic_p2p.protocol.messages import TensorSpec
 from atomic_p2p.terms import ModelConstraints
 
 ALICE, BOB, CAROL = (Identity.from_seed(n).peer_id for n in (b"alice", b"bob", b"carol"))
@@ -86,3 +88,28 @@ def test_a_requester_record_with_no_models_adds_no_candidates() -> None:
     d = Directory()
     d.apply([MemberJoined(ALICE, record(ALICE))])
     assert d.is_live(ALICE) and d.capabilities() == [] and len(d) == 0
+
+
+def test_a_model_whose_advertised_contract_cannot_take_the_inputs_is_left_out() -> None:
+    digits = single_input("x", "float32", (64,))
+    tokens = ModelContract(TaskKind.EMBEDDING, (TensorContract("ids", "int64", (Dim(1, 32),)),))
+    d = Directory()
+    d.apply(
+        [
+            MemberJoined(
+                ALICE,
+                record(ALICE, ModelAdvert.with_contract(digits, model_id="digits", capabilities=("c",))),
+            ),
+            MemberJoined(
+                BOB, record(BOB, ModelAdvert.with_contract(tokens, model_id="tokens", capabilities=("c",)))
+            ),
+            MemberJoined(CAROL, record(CAROL, ModelAdvert("silent", ("c",)))),  # no contract: stays in
+        ]
+    )
+    assert sorted(names(d.candidates("c"))) == ["digits", "silent", "tokens"]
+    pixels = (TensorSpec("x", "float32", (4, 64)),)
+    assert sorted(names(d.candidates("c", Requirements(inputs=pixels)))) == ["digits", "silent"]
+    ids = (TensorSpec("ids", "int64", (4, 12)),)
+    assert sorted(names(d.candidates("c", Requirements(inputs=ids)))) == ["silent", "tokens"]
+    too_long = (TensorSpec("ids", "int64", (4, 33)),)
+    assert names(d.candidates("c", Requirements(inputs=too_long))) == ["silent"]

@@ -81,6 +81,7 @@ BID = Bid(
     bid_values=(0.5, 1.5),
     reusable_ttl_ms=2000,
     record_seq=7,
+    confidence_unknown=True,
 )
 
 # Each domain value beside the message the generated code builds for it, field for field.
@@ -129,6 +130,7 @@ PAIRS = {
             bid_values=[0.5, 1.5],
             reusable_ttl_ms=2000,
             record_seq=7,
+            confidence_unknown=True,
         ),
     ),
     "ExecuteOrder": (

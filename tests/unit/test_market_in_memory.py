@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 
-from atomic_p2p.errors import AuctionError, UnavailableError
+from atomic_p2p.errors import AuctionError, ExecutionError, UnavailableError
 from atomic_p2p.peer.config import GradientConfig
 from atomic_p2p.requester import BidPolicy, NoBidKind, Request, Requester, ShardPolicy
 from atomic_p2p.requester.evaluator import EvaluatorConfig
@@ -105,6 +105,27 @@ async def test_a_refusing_winner_is_replaced_at_once(
     (failed,) = result.fallbacks
     assert isinstance(failed.error, UnavailableError) and "restarting" in str(failed.error)
     assert result.winner.address == peers["dull"].address and clock.monotonic() == 0.0
+
+
+async def test_a_model_that_fails_at_execute_counts_against_that_model_not_the_peer(
+    network: InMemoryNetwork, clock: FakeClock, tmp_path: Path
+) -> None:
+    peers = sellers(network, tmp_path, sharp=0.95, dull=0.6)
+    network.fail(
+        peers["sharp"].address, ExecutionError("model sharp-model failed: ValueError"), method="Execute"
+    )
+    async with buyer(network, clock, peers.values()) as requester:
+        first = await requester.run(CAPABILITY, {"x": digits_batch(2)[0]})
+        network.fail(peers["sharp"].address, None, method="Execute")
+        second = await requester.run(CAPABILITY, {"x": digits_batch(2)[0]})
+        (failed,) = first.fallbacks
+        assert isinstance(failed.error, ExecutionError) and first.winner.address == peers["dull"].address
+        # Only the (peer, model) profile learned of the failure: the peer is still asked, bids and
+        # may win at once, with nothing on it backed off or marked unreachable.
+        assert {bid.item.address for bid in second.bids} == {peers["sharp"].address, peers["dull"].address}
+        assert not second.no_bids and not second.fallbacks
+        sharp = [key for key in requester.memory.profiles if key.model_id == "sharp-model"]
+        assert [requester.memory.profiles[key].outcomes for key in sharp] == [1]
 
 
 async def test_when_every_winner_hangs_the_deadline_ends_the_request(

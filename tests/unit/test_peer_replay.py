@@ -86,7 +86,7 @@ def test_a_full_table_refuses_instead_of_forgetting() -> None:
 
 def issued(digest: bytes = b"d" * 32) -> IssuedBid:
     return IssuedBid(
-        b"r" * 16, "t", digest, REQUESTER, "m", START + 10_000, 0.5, InputSpec("x", "float32", (4, 64))
+        b"r" * 16, "t", digest, REQUESTER, "m", START + 10_000, 0.5, (InputSpec("x", "float32", (4, 64)),)
     )
 
 

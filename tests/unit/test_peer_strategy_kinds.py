@@ -15,6 +15,7 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from atomic_p2p.contract import TaskKind
 from atomic_p2p.errors import ConfigError
 from atomic_p2p.peer.strategies import (
     HISTORY_LENGTH,
@@ -51,9 +52,11 @@ class FakeModel:
     class_accuracy: tuple[float, ...] = SPECIALIST
     expected_latency_ms: float = 10.0
     softmax: float = 0.93  # what preview_confidence answers
+    accuracy_known: bool = True
+    kind: TaskKind = TaskKind.CLASSIFICATION
     forward_passes: int = 0
 
-    def spec_problem(self, name: str, dtype: str, shape: tuple[int, ...]) -> str | None:
+    def inputs_problem(self, specs: Sequence[InputSpec]) -> str | None:
         return None
 
     def preview_confidence(self, preview: Sequence[torch.Tensor]) -> float:
@@ -459,3 +462,19 @@ def test_no_notice_sequence_breaks_the_bounds(
 def test_learning_options_are_validated(options: Mapping[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         make_strategy("learning", options)
+
+
+def test_a_model_that_cannot_estimate_its_confidence_says_so() -> None:
+    strategy = make_strategy("confidence", {})
+    regressor = FakeModel(kind=TaskKind.REGRESSION)
+    for answer in (
+        strategy.bid(task(), regressor, IDLE),
+        strategy.bid(task(preview_rows=2), regressor, IDLE),
+    ):
+        assert terms_of(answer).confidence_unknown and terms_of(answer).confidence == 0.0
+    assert regressor.forward_passes == 0  # a softmax of a regression output means nothing
+    unmeasured = FakeModel(accuracy_known=False)
+    assert terms_of(strategy.bid(task(), unmeasured, IDLE)).confidence_unknown
+    previewed = terms_of(strategy.bid(task(preview_rows=2), unmeasured, IDLE))
+    assert not previewed.confidence_unknown and previewed.confidence == pytest.approx(0.93)
+    assert not terms_of(strategy.bid(task(), FakeModel(), IDLE)).confidence_unknown

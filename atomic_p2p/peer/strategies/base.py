@@ -46,6 +46,17 @@ def own_confidence(task: Task, model: ModelView) -> float:
     return model.validation_accuracy
 
 
+def model_confidence(task: Task, model: ModelView) -> float | None:
+    """The model's own view if it has one (see :func:`own_confidence`); None when it cannot
+    estimate it: a kind without a confidence (regression, embedding, generation), or a classifier
+    with no preview and no measured held-out accuracy."""
+    if not model.kind.has_confidence:
+        return None
+    if task.preview or model.accuracy_known:
+        return own_confidence(task, model)
+    return None
+
+
 def list_price(task: Task, model: ModelView) -> float:
     return model.price_per_example * task.batch_size
 
@@ -144,16 +155,18 @@ class CountingStrategy(BaseStrategy):
     """A strategy that chooses only the confidence; it asks list price and quotes measured latency."""
 
     @abstractmethod
-    def confidence(self, task: Task, model: ModelView) -> float:
-        """The confidence to declare for this task, in [0, 1]."""
+    def confidence(self, task: Task, model: ModelView) -> float | None:
+        """The confidence to declare for this task, in [0, 1]; None: the model cannot estimate it."""
 
     def bid(self, task: Task, model: ModelView, load: Load) -> BidTerms | NoBid:
+        claimed = self.confidence(task, model)
         return BidTerms(
             model_id=model.model_id,
-            confidence=clamp(self.confidence(task, model), 0.0, 1.0),
+            confidence=0.0 if claimed is None else clamp(claimed, 0.0, 1.0),
             expected_latency_ms=model.expected_latency_ms,
             cost=list_price(task, model),
             strategy=self.name,
+            confidence_unknown=claimed is None,
         )
 
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
+from atomic_p2p.contract import TaskKind
 from atomic_p2p.protocol.messages import FeedbackKind, NoBidReason, TensorSpec
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ class BidTerms:
     expected_latency_ms: float
     cost: float
     strategy: str
+    confidence_unknown: bool = False  # the model cannot estimate it; ``confidence`` is no claim
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +140,16 @@ class ModelView(Protocol):
     @property
     def validation_accuracy(self) -> float: ...
     @property
+    def accuracy_known(self) -> bool:
+        """False when the factory measured no held-out accuracy (``validation_accuracy`` is 0)."""
+        ...
+
+    @property
+    def kind(self) -> TaskKind:
+        """What the model does; only a classifier has a confidence of its own."""
+        ...
+
+    @property
     def class_accuracy(self) -> Sequence[float]:
         """Held-out accuracy per class (empty when not measured)."""
         ...
@@ -145,8 +157,9 @@ class ModelView(Protocol):
     @property
     def expected_latency_ms(self) -> float: ...
 
-    def spec_problem(self, name: str, dtype: str, shape: tuple[int, ...]) -> str | None:
-        """Why a tensor of this name, dtype and full shape cannot be an input; None if it can."""
+    def inputs_problem(self, specs: Sequence[InputSpec]) -> str | None:
+        """Why tensors of these names, dtypes and full shapes cannot be the model's inputs (a
+        missing, extra or misnamed input, a dtype, a dimension outside its bounds); None if they can."""
         ...
 
     def preview_confidence(self, preview: Sequence[torch.Tensor]) -> float:

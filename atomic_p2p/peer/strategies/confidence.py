@@ -8,17 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from atomic_p2p.peer.strategies.base import CountingStrategy, own_confidence
+from atomic_p2p.peer.strategies.base import CountingStrategy, model_confidence
 from atomic_p2p.peer.strategies.bidding import ModelView, Task
 
 
 class ConfidenceStrategy(CountingStrategy):
-    """``confidence``: mean max-softmax on the task's preview, else the held-out accuracy."""
+    """``confidence``: mean max-softmax on the task's preview, else the held-out accuracy; for a
+    model that cannot estimate it (a kind without a confidence, no accuracy measured), no claim."""
 
     name = "confidence"
 
-    def confidence(self, task: Task, model: ModelView) -> float:
-        return own_confidence(task, model)
+    def confidence(self, task: Task, model: ModelView) -> float | None:
+        return model_confidence(task, model)
 
 
 class FixedStrategy(CountingStrategy):

@@ -3,12 +3,15 @@
 How this works
 --------------
 :func:`decide` screens every hosted model against the task's hard requirements: capability,
-requested model id, input spec (dtype, feature shape, batch <= max_batch), token and language
+requested model id, input specs against the model's contract (names, dtypes, dimensions
+within bounds, one batch; batch <= max_batch), token and language
 constraints, and the node's load. These checks are the same for every strategy, so a strategy
 cannot bid for work its model cannot do. Each model that passes asks its strategy for terms or
 a refusal; the node answers with the best offer among its models (the highest confidence, then
 the lowest cost). Terms that are not finite, or that cost more than the task's ``max_cost``,
-are dropped here, so a strategy bug never reaches a signed bid.
+are dropped here, so a strategy bug never reaches a signed bid. A model that raises while its
+strategy looks at the preview (an :class:`~atomic_p2p.errors.ExecutionError` from the hosted model)
+declines that task with ``MODEL_ERROR``; the other models and tasks are answered as usual.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from atomic_p2p.errors import ExecutionError
 from atomic_p2p.peer.strategies.bidding import (
     BidTerms,
+    InputSpec,
     Load,
     M,
     ModelView,
@@ -32,12 +37,7 @@ from atomic_p2p.peer.strategies.bidding import (
 
 def screen(task: Task, model: ModelView) -> NoBid | None:
     """The hard requirements a model must meet before its strategy is asked."""
-    if len(task.inputs) != 1:
-        return NoBid(
-            NoBidReason.BAD_INPUT_SPEC, f"{model.model_id} takes exactly one input, got {len(task.inputs)}"
-        )
-    spec = task.inputs[0]
-    problem = model.spec_problem(spec.name, spec.dtype, spec.shape)
+    problem = model.inputs_problem(task.inputs)
     if problem is not None:
         return NoBid(NoBidReason.BAD_INPUT_SPEC, problem)
     if task.batch_size > model.max_batch:
@@ -55,12 +55,15 @@ def screen(task: Task, model: ModelView) -> NoBid | None:
 
 
 def _screen_preview(task: Task, model: ModelView) -> NoBid | None:
+    # A preview shows rows of the task's first input; the model must take just that input.
     rows = 0
     for tensor in task.preview:
         dtype = str(tensor.dtype).removeprefix("torch.")
-        problem = model.spec_problem(task.inputs[0].name, dtype, tuple(tensor.shape))
+        problem = model.inputs_problem([InputSpec(task.inputs[0].name, dtype, tuple(tensor.shape))])
         if problem is not None:
             return NoBid(NoBidReason.BAD_INPUT_SPEC, f"preview: {problem}")
+        if tensor.shape[1:] != task.preview[0].shape[1:]:
+            return NoBid(NoBidReason.BAD_INPUT_SPEC, "preview: its tensors differ in shape per example")
         rows += tensor.shape[0]
     if rows > model.max_batch:
         # Scoring a preview costs a forward pass; it may not be larger than a paid batch.
@@ -100,7 +103,11 @@ def decide(task: Task, candidates: Sequence[tuple[M, Strategy]], load: Load) -> 
 
 
 def _ask(strategy: Strategy, task: Task, model: ModelView, load: Load) -> BidTerms | NoBid:
-    terms = strategy.bid(task, model, load)
+    try:
+        terms = strategy.bid(task, model, load)
+    except ExecutionError as error:
+        # The model raised on the preview: its failure, declined for this task alone.
+        return NoBid(NoBidReason.MODEL_ERROR, str(error))
     if isinstance(terms, NoBid):
         return terms
     if not all(math.isfinite(x) for x in (terms.confidence, terms.expected_latency_ms, terms.cost)):

@@ -5,10 +5,12 @@ isort:skip_file
 """
 
 from atomic_p2p._proto.atomic.v1 import envelope_pb2 as _envelope_pb2
+from atomic_p2p._proto.atomic.v1 import tensor_pb2 as _tensor_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -19,6 +21,28 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _TaskKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _TaskKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TaskKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TASK_KIND_UNSPECIFIED: _TaskKind.ValueType  # 0
+    TASK_KIND_CLASSIFICATION: _TaskKind.ValueType  # 1
+    TASK_KIND_EMBEDDING: _TaskKind.ValueType  # 2
+    TASK_KIND_REGRESSION: _TaskKind.ValueType  # 3
+    TASK_KIND_GENERATION: _TaskKind.ValueType  # 4
+
+class TaskKind(_TaskKind, metaclass=_TaskKindEnumTypeWrapper):
+    """What a model does, and so what a bid's confidence can mean."""
+
+TASK_KIND_UNSPECIFIED: TaskKind.ValueType  # 0
+TASK_KIND_CLASSIFICATION: TaskKind.ValueType  # 1
+TASK_KIND_EMBEDDING: TaskKind.ValueType  # 2
+TASK_KIND_REGRESSION: TaskKind.ValueType  # 3
+TASK_KIND_GENERATION: TaskKind.ValueType  # 4
+Global___TaskKind: _TypeAlias = TaskKind  # noqa: Y015
 
 @_typing.final
 class ModelConstraints(_message.Message):
@@ -89,6 +113,9 @@ class ModelAdvert(_message.Message):
     RESOURCES_FIELD_NUMBER: _builtins.int
     TYPICAL_LATENCY_MS_FIELD_NUMBER: _builtins.int
     STRATEGY_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     price_hint: _builtins.float
     """Indicative price per example, in the market's unit of account."""
@@ -96,12 +123,20 @@ class ModelAdvert(_message.Message):
     """Typical latency of one call, milliseconds."""
     strategy: _builtins.str
     """Name of the bidding strategy the model uses."""
+    kind: Global___TaskKind.ValueType
+    """What the model does (unspecified: not declared, as from a peer older than the field)."""
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
     def constraints(self) -> Global___ModelConstraints: ...
     @_builtins.property
     def resources(self) -> Global___ResourceRequirements: ...
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorContract]:
+        """The model's input/output contract; no inputs: not declared (the model may take anything)."""
+
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[_tensor_pb2.TensorContract]: ...
     def __init__(
         self,
         *,
@@ -112,10 +147,13 @@ class ModelAdvert(_message.Message):
         resources: Global___ResourceRequirements | None = ...,
         typical_latency_ms: _builtins.float = ...,
         strategy: _builtins.str = ...,
+        kind: Global___TaskKind.ValueType = ...,
+        inputs: _abc.Iterable[_tensor_pb2.TensorContract] | None = ...,
+        outputs: _abc.Iterable[_tensor_pb2.TensorContract] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "constraints", b"constraints", "model_id", b"model_id", "price_hint", b"price_hint", "resources", b"resources", "strategy", b"strategy", "typical_latency_ms", b"typical_latency_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "constraints", b"constraints", "inputs", b"inputs", "kind", b"kind", "model_id", b"model_id", "outputs", b"outputs", "price_hint", b"price_hint", "resources", b"resources", "strategy", b"strategy", "typical_latency_ms", b"typical_latency_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

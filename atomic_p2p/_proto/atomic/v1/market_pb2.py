@@ -28,7 +28,7 @@ from atomic_p2p._proto.atomic.v1 import gossip_pb2 as atomic_dot_v1_dot_gossip__
 from atomic_p2p._proto.atomic.v1 import tensor_pb2 as atomic_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61tomic/v1/market.proto\x12\tatomic.v1\x1a\x18\x61tomic/v1/envelope.proto\x1a\x16\x61tomic/v1/gossip.proto\x1a\x16\x61tomic/v1/tensor.proto\"\xc6\x01\n\x08TaskSpec\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\ncapability\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12%\n\x06inputs\x18\x04 \x03(\x0b\x32\x15.atomic.v1.TensorSpec\x12\"\n\x07preview\x18\x05 \x03(\x0b\x32\x11.atomic.v1.Tensor\x12\x10\n\x08max_cost\x18\x06 \x01(\x01\x12\x14\n\x0cinput_tokens\x18\x07 \x01(\r\x12\x10\n\x08language\x18\x08 \x01(\t\"\x87\x01\n\nBidRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x0c\x12\x14\n\x0crequester_id\x18\x02 \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\x03 \x01(\x04\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x04 \x01(\x04\x12\r\n\x05tasks\x18\x05 \x03(\x0c\x12\x15\n\rgradient_mode\x18\x06 \x01(\x08\"\xb9\x03\n\x03\x42id\x12\x12\n\nrequest_id\x18\x01 \x01(\x0c\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x13\n\x0btask_digest\x18\x03 \x01(\x0c\x12\x0f\n\x07peer_id\x18\x04 \x01(\x0c\x12\x10\n\x08model_id\x18\x05 \x01(\t\x12\x18\n\x10\x63onfidence_score\x18\x06 \x01(\x02\x12\x1b\n\x13\x65xpected_latency_ms\x18\x07 \x01(\x02\x12>\n\x15resource_requirements\x18\x08 \x01(\x0b\x32\x1f.atomic.v1.ResourceRequirements\x12\x15\n\rcost_estimate\x18\t \x01(\x01\x12\x14\n\x0c\x63\x61pabilities\x18\n \x03(\t\x12\x30\n\x0b\x63onstraints\x18\x0b \x01(\x0b\x32\x1b.atomic.v1.ModelConstraints\x12\x14\n\x0cissued_at_ms\x18\x0c \x01(\x04\x12\x16\n\x0evalid_until_ms\x18\r \x01(\x04\x12\x10\n\x08strategy\x18\x0e \x01(\t\x12\x12\n\nbid_values\x18\x0f \x03(\x02\x12\x17\n\x0freusable_ttl_ms\x18\x10 \x01(\r\x12\x12\n\nrecord_seq\x18\x11 \x01(\x04\"P\n\x05NoBid\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12&\n\x06reason\x18\x02 \x01(\x0e\x32\x16.atomic.v1.NoBidReason\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"e\n\nBidOutcome\x12(\n\x03\x62id\x18\x01 \x01(\x0b\x32\x19.atomic.v1.SignedEnvelopeH\x00\x12\"\n\x06no_bid\x18\x02 \x01(\x0b\x32\x10.atomic.v1.NoBidH\x00\x42\t\n\x07outcome\"@\n\x12RequestBidsRequest\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.atomic.v1.SignedEnvelope\">\n\x13RequestBidsResponse\x12\'\n\x08outcomes\x18\x01 \x03(\x0b\x32\x15.atomic.v1.BidOutcome\"\x9d\x01\n\x0c\x45xecuteOrder\x12\x12\n\nrequest_id\x18\x01 \x01(\x0c\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x12\n\nbid_digest\x18\x03 \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\x04 \x01(\x04\x12\x15\n\rinputs_digest\x18\x05 \x01(\x0c\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x06 \x01(\x04\x12\x12\n\nbuyer_bids\x18\x07 \x03(\x02\"\x85\x01\n\x0e\x45xecuteRequest\x12(\n\x05order\x18\x01 \x01(\x0b\x32\x19.atomic.v1.SignedEnvelope\x12&\n\x03\x62id\x18\x02 \x01(\x0b\x32\x19.atomic.v1.SignedEnvelope\x12!\n\x06inputs\x18\x03 \x03(\x0b\x32\x11.atomic.v1.Tensor\"\xc5\x01\n\rExecuteResult\x12\x12\n\nrequest_id\x18\x01 \x01(\x0c\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07peer_id\x18\x03 \x01(\x0c\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x12\n\nbid_digest\x18\x05 \x01(\x0c\x12\x16\n\x0eoutputs_digest\x18\x06 \x01(\x0c\x12\x12\n\nlatency_ms\x18\x07 \x01(\x02\x12\x16\n\x0e\x66inished_at_ms\x18\x08 \x01(\x04\x12\x14\n\x0c\x63ost_charged\x18\t \x01(\x01\"`\n\x0f\x45xecuteResponse\x12)\n\x06result\x18\x01 \x01(\x0b\x32\x19.atomic.v1.SignedEnvelope\x12\"\n\x07outputs\x18\x02 \x03(\x0b\x32\x11.atomic.v1.Tensor\"\xdf\x01\n\x0e\x46\x65\x65\x64\x62\x61\x63kNotice\x12\x12\n\nrequest_id\x18\x01 \x01(\x0c\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x14\n\x0crequester_id\x18\x03 \x01(\x0c\x12%\n\x04kind\x18\x04 \x01(\x0e\x32\x17.atomic.v1.FeedbackKind\x12\x16\n\x0e\x63learing_price\x18\x05 \x01(\x01\x12\x14\n\x0cscore_to_win\x18\x06 \x01(\x01\x12\x15\n\routcome_score\x18\x07 \x01(\x01\x12\x14\n\x0cissued_at_ms\x18\x08 \x01(\x04\x12\x10\n\x08model_id\x18\t \x01(\t\"<\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12)\n\x06notice\x18\x01 \x01(\x0b\x32\x19.atomic.v1.SignedEnvelope\"\xb1\x01\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12P\n\x13strategy_parameters\x18\x02 \x03(\x0b\x32\x33.atomic.v1.FeedbackResponse.StrategyParametersEntry\x1a\x39\n\x17StrategyParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xc2\x01\n\x11\x42idGradientUpdate\x12\x12\n\nrequest_id\x18\x01 \x01(\x0c\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x14\n\x0crequester_id\x18\x03 \x01(\x0c\x12\x11\n\tloss_grad\x18\x04 \x03(\x02\x12\x12\n\nshare_grad\x18\x05 \x03(\x02\x12&\n\x0boutput_grad\x18\x06 \x01(\x0b\x32\x11.atomic.v1.Tensor\x12\r\n\x05price\x18\x07 \x01(\x01\x12\x14\n\x0cissued_at_ms\x18\x08 \x01(\x04\"?\n\x12\x42idGradientRequest\x12)\n\x06update\x18\x01 \x01(\x0b\x32\x19.atomic.v1.SignedEnvelope\"<\n\x13\x42idGradientResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x14\n\x0c\x61pplied_norm\x18\x02 \x01(\x01*\xba\x02\n\x0bNoBidReason\x12\x1d\n\x19NO_BID_REASON_UNSPECIFIED\x10\x00\x12$\n NO_BID_REASON_UNKNOWN_CAPABILITY\x10\x01\x12\x1f\n\x1bNO_BID_REASON_UNKNOWN_MODEL\x10\x02\x12\x1c\n\x18NO_BID_REASON_OVERLOADED\x10\x03\x12%\n!NO_BID_REASON_CONSTRAINT_VIOLATED\x10\x04\x12 \n\x1cNO_BID_REASON_BAD_INPUT_SPEC\x10\x05\x12$\n NO_BID_REASON_DEADLINE_TOO_SHORT\x10\x06\x12\x1c\n\x18NO_BID_REASON_BELOW_COST\x10\x07\x12\x1a\n\x16NO_BID_REASON_DRAINING\x10\x08*w\n\x0c\x46\x65\x65\x64\x62\x61\x63kKind\x12\x1d\n\x19\x46\x45\x45\x44\x42\x41\x43K_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46\x45\x45\x44\x42\x41\x43K_KIND_WIN\x10\x01\x12\x16\n\x12\x46\x45\x45\x44\x42\x41\x43K_KIND_LOSS\x10\x02\x12\x19\n\x15\x46\x45\x45\x44\x42\x41\x43K_KIND_OUTCOME\x10\x03\x32\xe8\x02\n\x04Peer\x12=\n\x06Gossip\x12\x18.atomic.v1.GossipRequest\x1a\x19.atomic.v1.GossipResponse\x12L\n\x0bRequestBids\x12\x1d.atomic.v1.RequestBidsRequest\x1a\x1e.atomic.v1.RequestBidsResponse\x12@\n\x07\x45xecute\x12\x19.atomic.v1.ExecuteRequest\x1a\x1a.atomic.v1.ExecuteResponse\x12\x43\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1a.atomic.v1.FeedbackRequest\x1a\x1b.atomic.v1.FeedbackResponse\x12L\n\x0b\x42idGradient\x12\x1d.atomic.v1.BidGradientRequest\x1a\x1e.atomic.v1.BidGradientResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61tomic/v1/market.proto\x12\tatomic.v1\x1a\x18\x61tomic/v1/envelope.proto\x1a\x16\x61tomic/v1/gossip.proto\x1a\x16\x61tomic/v1/tensor.proto\"\xc6\x01\n\x08TaskSpec\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\ncapability\x18\x02 \x01(\t\x12\x10\n\x08model_id\x18\x03 \x01(\t\x12%\n\x06inputs\x18\x04 \x03(\x0b\x32\x15.atomic.v1.TensorSpec\x12\"\n\x07preview\x18\x05 \x03(\x0b\x32\x11.atomic.v1.Tensor\x12\x10\n\x08max_cost\x18\x06 \x01(\x01\x12\x14\n\x0cinput_tokens\x18\x07 \x01(\r\x12\x10\n\x08language\x18\x08 \x01(\t\"\x87\x01\n\nBidRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\x0c\x12\x14\n\x0crequester_id\x18\x02 \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\x03 \x01(\x04\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x04 \x01(\x04\x12\r\n\x05tasks\x18\x05 \x03(\x0c\x12\x15\n\rgradient_mode\x18\x06 \x01(\x08\"\xd5\x03\n\x03\x42id\x12\x12\n\nrequest_id\x18\x01 \x01(\x0c\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x13\n\x0btask_digest\x18\x03 \x01(\x0c\x12\x0f\n\x07peer_id\x18\x04 \x01(\x0c\x12\x10\n\x08model_id\x18\x05 \x01(\t\x12\x18\n\x10\x63onfidence_score\x18\x06 \x01(\x02\x12\x1b\n\x13\x65xpected_latency_ms\x18\x07 \x01(\x02\x12>\n\x15resource_requirements\x18\x08 \x01(\x0b\x32\x1f.atomic.v1.ResourceRequirements\x12\x15\n\rcost_estimate\x18\t \x01(\x01\x12\x14\n\x0c\x63\x61pabilities\x18\n \x03(\t\x12\x30\n\x0b\x63onstraints\x18\x0b \x01(\x0b\x32\x1b.atomic.v1.ModelConstraints\x12\x14\n\x0cissued_at_ms\x18\x0c \x01(\x04\x12\x16\n\x0evalid_until_ms\x18\r \x01(\x04\x12\x10\n\x08strategy\x18\x0e \x01(\t\x12\x12\n\nbid_values\x18\x0f \x03(\x02\x12\x17\n\x0freusable_ttl_ms\x18\x10 \x01(\r\x12\x12\n\nrecord_seq\x18\x11 \x01(\x04\x12\x1a\n\x12\x63onfidence_unknown\x18\x12 \x01(\x08\"P\n\x05NoBid\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12&\n\x06reason\x18\x02 \x01(\x0e\x32\x16.atomic.v1.NoBidReason\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\"e\n\nBidOutcome\x12(\n\x03\x62id\x18\x01 \x01(\x0b\x32\x19.atomic.v1.SignedEnvelopeH\x00\x12\"\n\x06no_bid\x18\x02 \x01(\x0b\x32\x10.atomic.v1.NoBidH\x00\x42\t\n\x07outcome\"@\n\x12RequestBidsRequest\x12*\n\x07request\x18\x01 \x01(\x0b\x32\x19.atomic.v1.SignedEnvelope\">\n\x13RequestBidsResponse\x12\'\n\x08outcomes\x18\x01 \x03(\x0b\x32\x15.atomic.v1.BidOutcome\"\x9d\x01\n\x0c\x45xecuteOrder\x12\x12\n\nrequest_id\x18\x01 \x01(\x0c\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x12\n\nbid_digest\x18\x03 \x01(\x0c\x12\x14\n\x0cissued_at_ms\x18\x04 \x01(\x04\x12\x15\n\rinputs_digest\x18\x05 \x01(\x0c\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x06 \x01(\x04\x12\x12\n\nbuyer_bids\x18\x07 \x03(\x02\"\x85\x01\n\x0e\x45xecuteRequest\x12(\n\x05order\x18\x01 \x01(\x0b\x32\x19.atomic.v1.SignedEnvelope\x12&\n\x03\x62id\x18\x02 \x01(\x0b\x32\x19.atomic.v1.SignedEnvelope\x12!\n\x06inputs\x18\x03 \x03(\x0b\x32\x11.atomic.v1.Tensor\"\xc5\x01\n\rExecuteResult\x12\x12\n\nrequest_id\x18\x01 \x01(\x0c\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x0f\n\x07peer_id\x18\x03 \x01(\x0c\x12\x10\n\x08model_id\x18\x04 \x01(\t\x12\x12\n\nbid_digest\x18\x05 \x01(\x0c\x12\x16\n\x0eoutputs_digest\x18\x06 \x01(\x0c\x12\x12\n\nlatency_ms\x18\x07 \x01(\x02\x12\x16\n\x0e\x66inished_at_ms\x18\x08 \x01(\x04\x12\x14\n\x0c\x63ost_charged\x18\t \x01(\x01\"`\n\x0f\x45xecuteResponse\x12)\n\x06result\x18\x01 \x01(\x0b\x32\x19.atomic.v1.SignedEnvelope\x12\"\n\x07outputs\x18\x02 \x03(\x0b\x32\x11.atomic.v1.Tensor\"\xdf\x01\n\x0e\x46\x65\x65\x64\x62\x61\x63kNotice\x12\x12\n\nrequest_id\x18\x01 \x01(\x0c\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x14\n\x0crequester_id\x18\x03 \x01(\x0c\x12%\n\x04kind\x18\x04 \x01(\x0e\x32\x17.atomic.v1.FeedbackKind\x12\x16\n\x0e\x63learing_price\x18\x05 \x01(\x01\x12\x14\n\x0cscore_to_win\x18\x06 \x01(\x01\x12\x15\n\routcome_score\x18\x07 \x01(\x01\x12\x14\n\x0cissued_at_ms\x18\x08 \x01(\x04\x12\x10\n\x08model_id\x18\t \x01(\t\"<\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12)\n\x06notice\x18\x01 \x01(\x0b\x32\x19.atomic.v1.SignedEnvelope\"\xb1\x01\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12P\n\x13strategy_parameters\x18\x02 \x03(\x0b\x32\x33.atomic.v1.FeedbackResponse.StrategyParametersEntry\x1a\x39\n\x17StrategyParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xc2\x01\n\x11\x42idGradientUpdate\x12\x12\n\nrequest_id\x18\x01 \x01(\x0c\x12\x0f\n\x07task_id\x18\x02 \x01(\t\x12\x14\n\x0crequester_id\x18\x03 \x01(\x0c\x12\x11\n\tloss_grad\x18\x04 \x03(\x02\x12\x12\n\nshare_grad\x18\x05 \x03(\x02\x12&\n\x0boutput_grad\x18\x06 \x01(\x0b\x32\x11.atomic.v1.Tensor\x12\r\n\x05price\x18\x07 \x01(\x01\x12\x14\n\x0cissued_at_ms\x18\x08 \x01(\x04\"?\n\x12\x42idGradientRequest\x12)\n\x06update\x18\x01 \x01(\x0b\x32\x19.atomic.v1.SignedEnvelope\"<\n\x13\x42idGradientResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12\x14\n\x0c\x61pplied_norm\x18\x02 \x01(\x01*\xd9\x02\n\x0bNoBidReason\x12\x1d\n\x19NO_BID_REASON_UNSPECIFIED\x10\x00\x12$\n NO_BID_REASON_UNKNOWN_CAPABILITY\x10\x01\x12\x1f\n\x1bNO_BID_REASON_UNKNOWN_MODEL\x10\x02\x12\x1c\n\x18NO_BID_REASON_OVERLOADED\x10\x03\x12%\n!NO_BID_REASON_CONSTRAINT_VIOLATED\x10\x04\x12 \n\x1cNO_BID_REASON_BAD_INPUT_SPEC\x10\x05\x12$\n NO_BID_REASON_DEADLINE_TOO_SHORT\x10\x06\x12\x1c\n\x18NO_BID_REASON_BELOW_COST\x10\x07\x12\x1a\n\x16NO_BID_REASON_DRAINING\x10\x08\x12\x1d\n\x19NO_BID_REASON_MODEL_ERROR\x10\t*w\n\x0c\x46\x65\x65\x64\x62\x61\x63kKind\x12\x1d\n\x19\x46\x45\x45\x44\x42\x41\x43K_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x46\x45\x45\x44\x42\x41\x43K_KIND_WIN\x10\x01\x12\x16\n\x12\x46\x45\x45\x44\x42\x41\x43K_KIND_LOSS\x10\x02\x12\x19\n\x15\x46\x45\x45\x44\x42\x41\x43K_KIND_OUTCOME\x10\x03\x32\xe8\x02\n\x04Peer\x12=\n\x06Gossip\x12\x18.atomic.v1.GossipRequest\x1a\x19.atomic.v1.GossipResponse\x12L\n\x0bRequestBids\x12\x1d.atomic.v1.RequestBidsRequest\x1a\x1e.atomic.v1.RequestBidsResponse\x12@\n\x07\x45xecute\x12\x19.atomic.v1.ExecuteRequest\x1a\x1a.atomic.v1.ExecuteResponse\x12\x43\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1a.atomic.v1.FeedbackRequest\x1a\x1b.atomic.v1.FeedbackResponse\x12L\n\x0b\x42idGradient\x12\x1d.atomic.v1.BidGradientRequest\x1a\x1e.atomic.v1.BidGradientResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,46 +37,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_FEEDBACKRESPONSE_STRATEGYPARAMETERSENTRY']._loaded_options = None
   _globals['_FEEDBACKRESPONSE_STRATEGYPARAMETERSENTRY']._serialized_options = b'8\001'
-  _globals['_NOBIDREASON']._serialized_start=2596
-  _globals['_NOBIDREASON']._serialized_end=2910
-  _globals['_FEEDBACKKIND']._serialized_start=2912
-  _globals['_FEEDBACKKIND']._serialized_end=3031
+  _globals['_NOBIDREASON']._serialized_start=2624
+  _globals['_NOBIDREASON']._serialized_end=2969
+  _globals['_FEEDBACKKIND']._serialized_start=2971
+  _globals['_FEEDBACKKIND']._serialized_end=3090
   _globals['_TASKSPEC']._serialized_start=112
   _globals['_TASKSPEC']._serialized_end=310
   _globals['_BIDREQUEST']._serialized_start=313
   _globals['_BIDREQUEST']._serialized_end=448
   _globals['_BID']._serialized_start=451
-  _globals['_BID']._serialized_end=892
-  _globals['_NOBID']._serialized_start=894
-  _globals['_NOBID']._serialized_end=974
-  _globals['_BIDOUTCOME']._serialized_start=976
-  _globals['_BIDOUTCOME']._serialized_end=1077
-  _globals['_REQUESTBIDSREQUEST']._serialized_start=1079
-  _globals['_REQUESTBIDSREQUEST']._serialized_end=1143
-  _globals['_REQUESTBIDSRESPONSE']._serialized_start=1145
-  _globals['_REQUESTBIDSRESPONSE']._serialized_end=1207
-  _globals['_EXECUTEORDER']._serialized_start=1210
-  _globals['_EXECUTEORDER']._serialized_end=1367
-  _globals['_EXECUTEREQUEST']._serialized_start=1370
-  _globals['_EXECUTEREQUEST']._serialized_end=1503
-  _globals['_EXECUTERESULT']._serialized_start=1506
-  _globals['_EXECUTERESULT']._serialized_end=1703
-  _globals['_EXECUTERESPONSE']._serialized_start=1705
-  _globals['_EXECUTERESPONSE']._serialized_end=1801
-  _globals['_FEEDBACKNOTICE']._serialized_start=1804
-  _globals['_FEEDBACKNOTICE']._serialized_end=2027
-  _globals['_FEEDBACKREQUEST']._serialized_start=2029
-  _globals['_FEEDBACKREQUEST']._serialized_end=2089
-  _globals['_FEEDBACKRESPONSE']._serialized_start=2092
-  _globals['_FEEDBACKRESPONSE']._serialized_end=2269
-  _globals['_FEEDBACKRESPONSE_STRATEGYPARAMETERSENTRY']._serialized_start=2212
-  _globals['_FEEDBACKRESPONSE_STRATEGYPARAMETERSENTRY']._serialized_end=2269
-  _globals['_BIDGRADIENTUPDATE']._serialized_start=2272
-  _globals['_BIDGRADIENTUPDATE']._serialized_end=2466
-  _globals['_BIDGRADIENTREQUEST']._serialized_start=2468
-  _globals['_BIDGRADIENTREQUEST']._serialized_end=2531
-  _globals['_BIDGRADIENTRESPONSE']._serialized_start=2533
-  _globals['_BIDGRADIENTRESPONSE']._serialized_end=2593
-  _globals['_PEER']._serialized_start=3034
-  _globals['_PEER']._serialized_end=3394
+  _globals['_BID']._serialized_end=920
+  _globals['_NOBID']._serialized_start=922
+  _globals['_NOBID']._serialized_end=1002
+  _globals['_BIDOUTCOME']._serialized_start=1004
+  _globals['_BIDOUTCOME']._serialized_end=1105
+  _globals['_REQUESTBIDSREQUEST']._serialized_start=1107
+  _globals['_REQUESTBIDSREQUEST']._serialized_end=1171
+  _globals['_REQUESTBIDSRESPONSE']._serialized_start=1173
+  _globals['_REQUESTBIDSRESPONSE']._serialized_end=1235
+  _globals['_EXECUTEORDER']._serialized_start=1238
+  _globals['_EXECUTEORDER']._serialized_end=1395
+  _globals['_EXECUTEREQUEST']._serialized_start=1398
+  _globals['_EXECUTEREQUEST']._serialized_end=1531
+  _globals['_EXECUTERESULT']._serialized_start=1534
+  _globals['_EXECUTERESULT']._serialized_end=1731
+  _globals['_EXECUTERESPONSE']._serialized_start=1733
+  _globals['_EXECUTERESPONSE']._serialized_end=1829
+  _globals['_FEEDBACKNOTICE']._serialized_start=1832
+  _globals['_FEEDBACKNOTICE']._serialized_end=2055
+  _globals['_FEEDBACKREQUEST']._serialized_start=2057
+  _globals['_FEEDBACKREQUEST']._serialized_end=2117
+  _globals['_FEEDBACKRESPONSE']._serialized_start=2120
+  _globals['_FEEDBACKRESPONSE']._serialized_end=2297
+  _globals['_FEEDBACKRESPONSE_STRATEGYPARAMETERSENTRY']._serialized_start=2240
+  _globals['_FEEDBACKRESPONSE_STRATEGYPARAMETERSENTRY']._serialized_end=2297
+  _globals['_BIDGRADIENTUPDATE']._serialized_start=2300
+  _globals['_BIDGRADIENTUPDATE']._serialized_end=2494
+  _globals['_BIDGRADIENTREQUEST']._serialized_start=2496
+  _globals['_BIDGRADIENTREQUEST']._serialized_end=2559
+  _globals['_BIDGRADIENTRESPONSE']._serialized_start=2561
+  _globals['_BIDGRADIENTRESPONSE']._serialized_end=2621
+  _globals['_PEER']._serialized_start=3093
+  _globals['_PEER']._serialized_end=3453
 # @@protoc_insertion_point(module_scope)

@@ -38,6 +38,8 @@ class _NoBidReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NoBidReas
     NO_BID_REASON_DEADLINE_TOO_SHORT: _NoBidReason.ValueType  # 6
     NO_BID_REASON_BELOW_COST: _NoBidReason.ValueType  # 7
     NO_BID_REASON_DRAINING: _NoBidReason.ValueType  # 8
+    NO_BID_REASON_MODEL_ERROR: _NoBidReason.ValueType  # 9
+    """The model raised while the strategy looked at the preview; detail names the model and cause."""
 
 class NoBidReason(_NoBidReason, metaclass=_NoBidReasonEnumTypeWrapper): ...
 
@@ -50,6 +52,8 @@ NO_BID_REASON_BAD_INPUT_SPEC: NoBidReason.ValueType  # 5
 NO_BID_REASON_DEADLINE_TOO_SHORT: NoBidReason.ValueType  # 6
 NO_BID_REASON_BELOW_COST: NoBidReason.ValueType  # 7
 NO_BID_REASON_DRAINING: NoBidReason.ValueType  # 8
+NO_BID_REASON_MODEL_ERROR: NoBidReason.ValueType  # 9
+"""The model raised while the strategy looked at the preview; detail names the model and cause."""
 Global___NoBidReason: _TypeAlias = NoBidReason  # noqa: Y015
 
 class _FeedbackKind:
@@ -189,6 +193,7 @@ class Bid(_message.Message):
     BID_VALUES_FIELD_NUMBER: _builtins.int
     REUSABLE_TTL_MS_FIELD_NUMBER: _builtins.int
     RECORD_SEQ_FIELD_NUMBER: _builtins.int
+    CONFIDENCE_UNKNOWN_FIELD_NUMBER: _builtins.int
     request_id: _builtins.bytes
     task_id: _builtins.str
     task_digest: _builtins.bytes
@@ -207,6 +212,10 @@ class Bid(_message.Message):
     """
     record_seq: _builtins.int
     """The peer's record seq when it bid."""
+    confidence_unknown: _builtins.bool
+    """True when the model cannot estimate its confidence (a regression or embedding model, or a
+    classifier with no preview and no measured accuracy): confidence_score is then no claim.
+    """
     @_builtins.property
     def resource_requirements(self) -> _gossip_pb2.ResourceRequirements: ...
     @_builtins.property
@@ -237,10 +246,11 @@ class Bid(_message.Message):
         bid_values: _abc.Iterable[_builtins.float] | None = ...,
         reusable_ttl_ms: _builtins.int = ...,
         record_seq: _builtins.int = ...,
+        confidence_unknown: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "resource_requirements", b"resource_requirements"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bid_values", b"bid_values", "capabilities", b"capabilities", "confidence_score", b"confidence_score", "constraints", b"constraints", "cost_estimate", b"cost_estimate", "expected_latency_ms", b"expected_latency_ms", "issued_at_ms", b"issued_at_ms", "model_id", b"model_id", "peer_id", b"peer_id", "record_seq", b"record_seq", "request_id", b"request_id", "resource_requirements", b"resource_requirements", "reusable_ttl_ms", b"reusable_ttl_ms", "strategy", b"strategy", "task_digest", b"task_digest", "task_id", b"task_id", "valid_until_ms", b"valid_until_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bid_values", b"bid_values", "capabilities", b"capabilities", "confidence_score", b"confidence_score", "confidence_unknown", b"confidence_unknown", "constraints", b"constraints", "cost_estimate", b"cost_estimate", "expected_latency_ms", b"expected_latency_ms", "issued_at_ms", b"issued_at_ms", "model_id", b"model_id", "peer_id", b"peer_id", "record_seq", b"record_seq", "request_id", b"request_id", "resource_requirements", b"resource_requirements", "reusable_ttl_ms", b"reusable_ttl_ms", "strategy", b"strategy", "task_digest", b"task_digest", "task_id", b"task_id", "valid_until_ms", b"valid_until_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -25,17 +25,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61tomic/v1/tensor.proto\x12\tatomic.v1\"T\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1f\n\x05\x64type\x18\x02 \x01(\x0e\x32\x10.atomic.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"J\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1f\n\x05\x64type\x18\x02 \x01(\x0e\x32\x10.atomic.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03*\xb7\x01\n\x05\x44Type\x12\x16\n\x12\x44_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44_TYPE_FLOAT32\x10\x01\x12\x12\n\x0e\x44_TYPE_FLOAT16\x10\x02\x12\x13\n\x0f\x44_TYPE_BFLOAT16\x10\x03\x12\x12\n\x0e\x44_TYPE_FLOAT64\x10\x04\x12\x10\n\x0c\x44_TYPE_INT64\x10\x05\x12\x10\n\x0c\x44_TYPE_INT32\x10\x06\x12\x10\n\x0c\x44_TYPE_UINT8\x10\x07\x12\x0f\n\x0b\x44_TYPE_BOOL\x10\x08\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61tomic/v1/tensor.proto\x12\tatomic.v1\"T\n\x06Tensor\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1f\n\x05\x64type\x18\x02 \x01(\x0e\x32\x10.atomic.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"J\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1f\n\x05\x64type\x18\x02 \x01(\x0e\x32\x10.atomic.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\"\x1f\n\x03\x44im\x12\x0b\n\x03min\x18\x01 \x01(\x03\x12\x0b\n\x03max\x18\x02 \x01(\x03\"]\n\x0eTensorContract\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1f\n\x05\x64type\x18\x02 \x01(\x0e\x32\x10.atomic.v1.DType\x12\x1c\n\x04\x64ims\x18\x03 \x03(\x0b\x32\x0e.atomic.v1.Dim*\xb7\x01\n\x05\x44Type\x12\x16\n\x12\x44_TYPE_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44_TYPE_FLOAT32\x10\x01\x12\x12\n\x0e\x44_TYPE_FLOAT16\x10\x02\x12\x13\n\x0f\x44_TYPE_BFLOAT16\x10\x03\x12\x12\n\x0e\x44_TYPE_FLOAT64\x10\x04\x12\x10\n\x0c\x44_TYPE_INT64\x10\x05\x12\x10\n\x0c\x44_TYPE_INT32\x10\x06\x12\x10\n\x0c\x44_TYPE_UINT8\x10\x07\x12\x0f\n\x0b\x44_TYPE_BOOL\x10\x08\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'atomic.v1.tensor_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=200
-  _globals['_DTYPE']._serialized_end=383
+  _globals['_DTYPE']._serialized_start=328
+  _globals['_DTYPE']._serialized_end=511
   _globals['_TENSOR']._serialized_start=37
   _globals['_TENSOR']._serialized_end=121
   _globals['_TENSORSPEC']._serialized_start=123
   _globals['_TENSORSPEC']._serialized_end=197
+  _globals['_DIM']._serialized_start=199
+  _globals['_DIM']._serialized_end=230
+  _globals['_TENSORCONTRACT']._serialized_start=232
+  _globals['_TENSORCONTRACT']._serialized_end=325
 # @@protoc_insertion_point(module_scope)

@@ -110,3 +110,57 @@ class TensorSpec(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TensorSpec: _TypeAlias = TensorSpec  # noqa: Y015
+
+@_typing.final
+class Dim(_message.Message):
+    """One dimension per example of a model's tensor: any size in [min, max]; fixed when min == max."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MIN_FIELD_NUMBER: _builtins.int
+    MAX_FIELD_NUMBER: _builtins.int
+    min: _builtins.int
+    max: _builtins.int
+    def __init__(
+        self,
+        *,
+        min: _builtins.int = ...,
+        max: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["max", b"max", "min", b"min"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Dim: _TypeAlias = Dim  # noqa: Y015
+
+@_typing.final
+class TensorContract(_message.Message):
+    """A named tensor a model takes or returns: its dtype and its dimensions per example. The batch
+    dimension is not listed: it is always first, the same for every input, and at most max_batch.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
+    DIMS_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    dtype: Global___DType.ValueType
+    @_builtins.property
+    def dims(self) -> _containers.RepeatedCompositeFieldContainer[Global___Dim]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        dtype: Global___DType.ValueType = ...,
+        dims: _abc.Iterable[Global___Dim] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dims", b"dims", "dtype", b"dtype", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TensorContract: _TypeAlias = TensorContract  # noqa: Y015
