@@ -90,14 +90,12 @@ class TensorContract:
     def problem(self, dtype: str, shape: Sequence[int]) -> str | None:
         """Why a tensor of this dtype and full shape (batch first) does not fit; None if it does."""
         if dtype != self.dtype:
-            return f"input {self.name!r} takes {self}, got dtype {dtype}"
+            return f"{self.name!r} is {self}, got dtype {dtype}"
         if len(shape) != 1 + len(self.dims):
-            return f"input {self.name!r} takes {self}, got shape {list(shape)}"
+            return f"{self.name!r} is {self}, got shape {list(shape)}"
         for axis, (size, dim) in enumerate(zip(shape[1:], self.dims, strict=True), start=1):
             if not dim.admits(size):
-                return (
-                    f"input {self.name!r} takes {self}, got {size} in dimension {axis} (shape {list(shape)})"
-                )
+                return f"{self.name!r} is {self}, got {size} in dimension {axis} (shape {list(shape)})"
         return None
 
     def describe(self, max_batch: int = 0) -> str:
@@ -151,7 +149,7 @@ class ModelContract:
         for spec in specs:
             problem = contracts[spec.name].problem(spec.dtype, spec.shape)
             if problem is not None:
-                return problem
+                return f"input {problem}"
         return _batch_problem(specs, max_batch)
 
     def describe(self, max_batch: int = 0) -> str:

@@ -99,15 +99,13 @@ class HostedModel:
     """One model this node serves (implements :class:`~atomic_p2p.peer.strategies.ModelView`)."""
 
     def __init__(self, config: ModelConfig, built: BuiltModel, device: torch.device | None = None) -> None:
-        declared = built.contract or single_input(built.input_name, built.input_dtype, built.input_shape)
-        for tensor in declared.inputs:
-            if tensor.dtype not in DTYPES:
-                raise ConfigError(f"model {config.model_id}: input dtype {tensor.dtype!r} cannot travel")
+        declared = _contract_of(config.model_id, built)
         self.config = config
         self.device = device or default_device()
         self.module = built.module.to(self.device).eval()
         self.contract = declared
         self._legacy_output = None if built.contract else built.output_name
+        self._checks_outputs = bool(declared.outputs)  # declared ones are held to; observed ones named
         accuracy = built.validation_accuracy
         self.accuracy_known = accuracy is not None
         self.validation_accuracy = float(accuracy) if accuracy is not None else 0.0
@@ -238,7 +236,13 @@ class HostedModel:
             raise ExecutionError(
                 f"model {self.model_id} returned something other than [{batch}, ...] tensors named {list(names)}"
             )
-        return tuple((name, value.to("cpu")) for name, value in zip(names, values, strict=True))
+        named = tuple((name, value.to("cpu")) for name, value in zip(names, values, strict=True))
+        if self._checks_outputs:
+            for contract, (_, tensor) in zip(self.contract.outputs, named, strict=True):
+                problem = contract.problem(NAMES.get(tensor.dtype, str(tensor.dtype)), tuple(tensor.shape))
+                if problem is not None:
+                    raise ExecutionError(f"model {self.model_id} broke its contract: {problem}")
+        return named
 
     def _derived_names(self, raw: Any) -> tuple[str, ...]:
         # A model without a declared contract: its outputs are named from its first answer.
@@ -271,6 +275,23 @@ class HostedModel:
             self.contract = dataclasses.replace(
                 self.contract, outputs=tuple(_observed(name, tensor) for name, tensor in outputs)
             )
+
+
+def _contract_of(model_id: str, built: BuiltModel) -> ModelContract:
+    """The declared contract, or the one of a single fixed-shape input; ConfigError if unusable."""
+    try:
+        contract = built.contract or single_input(built.input_name, built.input_dtype, built.input_shape)
+    except ValueError as exc:
+        raise ConfigError(
+            f"model {model_id}: input_shape {tuple(built.input_shape)}: {exc}; a dynamic dimension "
+            "needs a contract with Dim(min, max) (see peers/README.md)"
+        ) from None
+    for tensor in (*contract.inputs, *contract.outputs):
+        if tensor.dtype not in DTYPES:
+            raise ConfigError(
+                f"model {model_id}: {tensor.name!r} has dtype {tensor.dtype!r}, which cannot travel"
+            )
+    return contract
 
 
 def _is_batch(value: Any, batch: int) -> bool:

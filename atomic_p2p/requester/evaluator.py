@@ -52,7 +52,9 @@ How this works
    - latency likewise: the claim times the measured delivered/promised ratio, worth
      ``claim_strength`` samples, pooled with the observed quantile over the recent window.
 
-   Without a profile the claim is taken as it stands (this is what :func:`score` does).
+   Without a profile the claim is taken as it stands (this is what :func:`score` does). A bid
+   with ``confidence_unknown`` (its model cannot estimate a confidence) claims nothing: it counts
+   0 pseudo-outcomes, so only its profile speaks (the prior's mean while there is none).
 3. **Score.** Components in [0, 1], higher is better: ``accuracy`` (step 2), ``latency``
    (``1 - expected / time_left``), ``cost`` (``1 - cost / ceiling``, the ceiling being the
    budget or else the dearest eligible offer), ``availability`` (``1 - utilization`` the peer

@@ -33,7 +33,7 @@ def spec(name: str, shape: tuple[int, ...], dtype: str = "float32") -> TensorSpe
         (
             TWO,
             [spec("a", (2, 4)), spec("b", (2, 4), "int64")],
-            "input 'b' takes float32[B, 4], got dtype int64",
+            "input 'b' is float32[B, 4], got dtype int64",
         ),
         (TWO, [spec("a", (2, 4)), spec("b", (2, 5))], "got 5 in dimension 1"),
         (TWO, [spec("a", (2, 4)), spec("b", (2, 4, 1))], "got shape [2, 4, 1]"),
@@ -98,6 +98,18 @@ def test_inputs_are_checked_at_execute_and_outputs_must_fit_the_contract() -> No
     assert [name for name, _ in model.forward({"a": torch.zeros(2, 4), "b": torch.zeros(2, 4)})] == ["sum"]
     with pytest.raises(ExecutionError, match=r"tensors named \['sum'\]"):
         model.forward({"a": torch.zeros(5, 4), "b": torch.zeros(5, 4)})  # two outputs for one name
+
+
+def test_a_model_that_breaks_its_declared_outputs_or_declares_a_dynamic_shape_badly_does_not_start() -> None:
+    wide = ModelContract(
+        TaskKind.REGRESSION, TWO.inputs, (TensorContract("sum", "float32", (Dim.fixed(5),)),)
+    )
+    with pytest.raises(
+        ConfigError, match=r"broke its contract: 'sum' is float32\[B, 5\], got 4 in dimension 1"
+    ):
+        hosted(BuiltModel(Both(), contract=wide))
+    with pytest.raises(ConfigError, match=r"input_shape \(-1,\).*Dim\(min, max\)"):
+        hosted(BuiltModel(torch.nn.Identity(), input_shape=(-1,), input_dtype="int64"))
 
 
 def test_a_model_that_cannot_warm_up_is_a_config_error() -> None:
