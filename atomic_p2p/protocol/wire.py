@@ -16,8 +16,8 @@ from atomic_p2p.protocol.messages import TensorSpec
 from atomic_p2p.tensors import DTYPES, WireTensor
 from atomic_p2p.terms import ModelConstraints, Resources
 
-_DTYPE_TO_WIRE = {name: tensor_pb2.DType.Value(f"D_TYPE_{name.upper()}") for name in DTYPES}
-_WIRE_TO_DTYPE = {value: name for name, value in _DTYPE_TO_WIRE.items()}
+DTYPE_TO_WIRE = {name: tensor_pb2.DType.Value(f"D_TYPE_{name.upper()}") for name in DTYPES}
+WIRE_TO_DTYPE = {value: name for name, value in DTYPE_TO_WIRE.items()}
 
 M = TypeVar("M", bound=Message)
 
@@ -46,7 +46,7 @@ def envelope_to_proto(envelope: Envelope) -> envelope_pb2.SignedEnvelope:
 
 
 def tensor_from_proto(message: tensor_pb2.Tensor) -> WireTensor:
-    dtype = _WIRE_TO_DTYPE.get(message.dtype)
+    dtype = WIRE_TO_DTYPE.get(message.dtype)
     if dtype is None:
         raise TensorError(
             f"tensor {message.name or '(unnamed)'} has dtype {message.dtype}, which is not accepted; "
@@ -57,7 +57,7 @@ def tensor_from_proto(message: tensor_pb2.Tensor) -> WireTensor:
 
 def tensor_to_proto(wire: WireTensor) -> tensor_pb2.Tensor:
     return tensor_pb2.Tensor(
-        name=wire.name, dtype=_DTYPE_TO_WIRE[wire.dtype], shape=list(wire.shape), data=wire.data
+        name=wire.name, dtype=DTYPE_TO_WIRE[wire.dtype], shape=list(wire.shape), data=wire.data
     )
 
 
@@ -66,14 +66,14 @@ def tensors_from_proto(messages: Iterable[tensor_pb2.Tensor]) -> tuple[WireTenso
 
 
 def spec_from_proto(message: tensor_pb2.TensorSpec) -> TensorSpec:
-    dtype = _WIRE_TO_DTYPE.get(message.dtype)
+    dtype = WIRE_TO_DTYPE.get(message.dtype)
     if dtype is None:
         raise TensorError(f"input spec {message.name or '(unnamed)'} has an unaccepted dtype {message.dtype}")
     return TensorSpec(message.name, dtype, tuple(message.shape))
 
 
 def spec_to_proto(spec: TensorSpec) -> tensor_pb2.TensorSpec:
-    return tensor_pb2.TensorSpec(name=spec.name, dtype=_DTYPE_TO_WIRE[spec.dtype], shape=list(spec.shape))
+    return tensor_pb2.TensorSpec(name=spec.name, dtype=DTYPE_TO_WIRE[spec.dtype], shape=list(spec.shape))
 
 
 # A model's terms travel in gossip adverts and in bids as the same two messages.
