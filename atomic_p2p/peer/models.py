@@ -26,6 +26,7 @@ import torch
 
 from atomic_p2p.errors import ConfigError, ExecutionError, TensorError
 from atomic_p2p.peer.config import ModelConfig
+from atomic_p2p.peer.generation import Decoder, Generation, check_order
 from atomic_p2p.peer.strategies import Strategy, make_strategy
 from atomic_p2p.tensors import DTYPES, NAMES
 
@@ -47,6 +48,9 @@ class BuiltModel:
     class_accuracy: tuple[float, ...] = ()
     input_name: str = "x"
     output_name: str = "logits"
+    # Set for a causal LM sold over ExecuteStream (atomic_p2p/peer/generation.py); its input is a
+    # prompt of token ids, int64[1, T] with T up to the context ("input_shape" is then (1,)).
+    generation: Generation | None = None
 
 
 ModelFactory = Callable[..., BuiltModel]
@@ -87,6 +91,7 @@ class HostedModel:
         self.output_name = built.output_name
         self.validation_accuracy = float(built.validation_accuracy)
         self.class_accuracy = built.class_accuracy
+        self.generation = built.generation
         self.strategy: Strategy = make_strategy(config.strategy, config.strategy_options)
         self.latency = LatencyEwma()
         self._warm_up()
@@ -143,6 +148,8 @@ class HostedModel:
         return self.latency.value + self.config.extra_latency_ms
 
     def spec_problem(self, name: str, dtype: str, shape: tuple[int, ...]) -> str | None:
+        if self.generation is not None:
+            return self._prompt_problem(name, dtype, shape, self.generation)
         expected = f"{self.input_dtype}[B, {', '.join(map(str, self.input_shape))}]"
         if name != self.input_name:
             return f"{self.model_id} takes one input named {self.input_name!r}, got {name!r}"
@@ -153,6 +160,21 @@ class HostedModel:
         if shape[0] < 1:
             return f"{self.model_id} needs a batch of at least one example, got shape {list(shape)}"
         return None
+
+    def _prompt_problem(self, name: str, dtype: str, shape: tuple[int, ...], spec: Generation) -> str | None:
+        if name != self.input_name or dtype != "int64" or len(shape) != 2 or shape[0] != 1:
+            return f"{self.model_id} takes one prompt {self.input_name!r}: int64[1, T] token ids"
+        if not 1 <= shape[1] < spec.context:
+            return f"{self.model_id} takes prompts of 1 to {spec.context - 1} tokens, got {shape[1]}"
+        return None
+
+    def decoder(self, prompt: torch.Tensor, prefix: Sequence[int], max_tokens: int) -> Decoder:
+        """A greedy decoder after ``prompt || prefix`` (a generation model only; orders checked)."""
+        if self.generation is None:
+            raise ExecutionError(f"model {self.model_id} does not generate")
+        check_order(self.generation, prompt, prefix, max_tokens)
+        ids = torch.cat([prompt, torch.tensor([list(prefix)], dtype=torch.int64)], dim=1)
+        return Decoder(self.module, self.generation, ids, max_tokens, self.device, self.model_id)
 
     def preview_confidence(self, preview: Sequence[torch.Tensor]) -> float:
         with torch.inference_mode():

@@ -48,7 +48,7 @@ from atomic_p2p.clock import FakeClock
 from atomic_p2p.gossip.simulator import Simulator as GossipSimulator
 from atomic_p2p.testing._bids import make_bid, peer_identity
 from atomic_p2p.testing._data import digits_batch
-from atomic_p2p.testing._models import linear_classifier, seller_config
+from atomic_p2p.testing._models import count_up_lm, generator_config, linear_classifier, seller_config
 from atomic_p2p.testing._network import InMemoryNetwork, InMemoryPeer, InMemoryTransport
 from atomic_p2p.testing._processes import PeerProcess, peer_command, peer_processes
 
@@ -59,7 +59,9 @@ __all__ = [
     "InMemoryPeer",
     "InMemoryTransport",
     "PeerProcess",
+    "count_up_lm",
     "digits_batch",
+    "generator_config",
     "linear_classifier",
     "make_bid",
     "peer_command",
