@@ -15,10 +15,11 @@ digest covers (``tokens``, int64, shape ``[n]``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 from atomic_p2p.errors import LimitExceededError, ProtocolError
-from atomic_p2p.protocol.messages import TensorSlice
+from atomic_p2p.identity import Envelope
+from atomic_p2p.protocol.messages import ExecuteChunk, ExecuteReply, TensorSlice
 from atomic_p2p.tensors import DEFAULT_LIMITS, TensorLimits, WireTensor, check_spec
 
 SLICE_BYTES = 1024 * 1024  # what a peer puts in one message: well under any gRPC message limit
@@ -101,3 +102,18 @@ class Reassembly:
         self._done.append(WireTensor(current.name, current.dtype, current.shape, b"".join(self._parts)))
         self._current = None
         self._parts = []
+
+
+async def collect_reply(
+    chunks: AsyncIterator[ExecuteChunk], limits: TensorLimits = DEFAULT_LIMITS
+) -> ExecuteReply:
+    """The :class:`ExecuteReply` a sliced ExecuteStream adds up to: its tensors and the signed
+    result, which must come last (ProtocolError for tokens, a missing result, or anything after it)."""
+    reassembly = Reassembly(limits)
+    async for chunk in chunks:
+        if isinstance(chunk, Envelope):
+            return ExecuteReply(chunk, reassembly.tensors())
+        if not isinstance(chunk, TensorSlice):
+            raise ProtocolError("a tensor stream carried generated tokens")
+        reassembly.add(chunk)
+    raise ProtocolError("the stream ended without a signed result")
