@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from atomic_p2p.errors import DeadlineError, LimitExceededError, ReplayError, UnavailableError
 from atomic_p2p.peer.strategies import Load
@@ -75,7 +75,8 @@ class WorkerPool(Generic[T]):
         self._finished: OrderedDict[Hashable, _Call[T]] = OrderedDict()  # in expiry order
         self._running = 0
         self._closed = False
-        self._streams: set[Hashable] = set()  # keys of streams admitted and not yet ended
+        # Streams admitted and not yet ended, each with a future done when it ends (drain waits).
+        self._streams: dict[Hashable, asyncio.Future[None]] = {}
         self._streamed: OrderedDict[Hashable, float] = OrderedDict()  # ended streams, until expiry
 
     def load(self, draining: bool = False) -> Load:
@@ -103,7 +104,7 @@ class WorkerPool(Generic[T]):
             return await asyncio.shield(known.task)
         if self._closed:
             raise UnavailableError("the node is shutting down and takes no new work")
-        if len(self._running_calls) >= self.max_concurrency + self.queue_limit:
+        if len(self._running_calls) + len(self._streams) >= self.max_concurrency + self.queue_limit:
             raise LimitExceededError(
                 f"{self.max_concurrency} calls running and {self.queue_limit} queued; retry later"
             )
@@ -135,7 +136,7 @@ class WorkerPool(Generic[T]):
             )
         if len(self._streamed) >= self.max_results:
             raise LimitExceededError(f"{self.max_results} streams remembered for replays; retry later")
-        self._streams.add(key)
+        self._streams[key] = asyncio.get_running_loop().create_future()
         started = False
         try:
             try:
@@ -150,7 +151,9 @@ class WorkerPool(Generic[T]):
                 self._running -= 1
                 self._slots.release()
         finally:
-            self._streams.discard(key)
+            ended = self._streams.pop(key)
+            if not ended.done():
+                ended.set_result(None)
             if started:  # a stream that never started leaves no trace, so it may be retried
                 self._streamed[key] = self._clock() + self.result_ttl_s
 
@@ -169,7 +172,8 @@ class WorkerPool(Generic[T]):
     async def drain(self, timeout: float) -> bool:
         """Refuse new work and wait for everything admitted; True if it all finished in time."""
         self._closed = True
-        tasks = [call.task for call in self._running_calls.values()]
+        tasks: list[asyncio.Future[Any]] = [call.task for call in self._running_calls.values()]
+        tasks.extend(self._streams.values())
         if not tasks:
             return True
         _, pending = await asyncio.wait(tasks, timeout=timeout)

@@ -77,7 +77,8 @@ class GenerationResult:
 class Generation:
     """``async for chunk in generation`` yields :class:`GeneratedTokens` as they arrive; then
     :attr:`result` holds the :class:`GenerationResult`. ``await generation.collect()`` does both.
-    Leaving the loop early (or :meth:`aclose`) cancels the stream on the peer."""
+    To stop early, :meth:`aclose` it, or use it as ``async with``: closing cancels the stream and
+    the peer stops generating (``break`` alone leaves the call open until it is collected)."""
 
     def __init__(self, walk: AsyncGenerator[GeneratedTokens | GenerationResult, None]) -> None:
         self._walk = walk
@@ -109,6 +110,12 @@ class Generation:
 
     async def aclose(self) -> None:
         await self._walk.aclose()
+
+    async def __aenter__(self) -> Generation:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
 
 class GenerationWalk:
