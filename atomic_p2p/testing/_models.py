@@ -12,6 +12,7 @@ decides who should win::
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -73,27 +74,37 @@ class CountUp(torch.nn.Module):
     """A causal LM that needs no training: after token t it predicts (t + 1) mod ``vocab``.
 
     ``fail_at_length`` > 1 makes it raise on a sequence that long (a peer that dies mid-stream);
+    ``step_s`` makes every forward pass take that long (sleeping, as a slow model would compute);
     ``calls`` counts forward passes, so a test can see a generation stop."""
 
-    def __init__(self, vocab: int, fail_at_length: int = 0) -> None:
+    def __init__(self, vocab: int, fail_at_length: int = 0, step_s: float = 0.0) -> None:
         super().__init__()
         self.vocab = vocab
         self.fail_at_length = fail_at_length
+        self.step_s = step_s
         self.calls = 0
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         self.calls += 1
+        if self.step_s > 0:
+            time.sleep(self.step_s)
         if self.fail_at_length > 1 and ids.shape[1] >= self.fail_at_length:
             raise RuntimeError(f"count-up model breaks at length {self.fail_at_length}")
         return torch.nn.functional.one_hot((ids + 1) % self.vocab, self.vocab).float() * 10.0
 
 
 def count_up_lm(
-    cache_dir: Path, *, vocab: int = 64, max_tokens: int = 64, context: int = 256, fail_at_length: int = 0
+    cache_dir: Path,
+    *,
+    vocab: int = 64,
+    max_tokens: int = 64,
+    context: int = 256,
+    fail_at_length: int = 0,
+    step_s: float = 0.0,
 ) -> BuiltModel:
     """A :class:`CountUp` generation model taking ``prompt: int64[1, T]`` (``cache_dir`` unused)."""
     return BuiltModel(
-        module=CountUp(vocab, fail_at_length),
+        module=CountUp(vocab, fail_at_length, step_s),
         input_shape=(1,),
         input_dtype="int64",
         validation_accuracy=1.0,
@@ -111,10 +122,11 @@ def generator_config(
     confidence: float = 0.9,
     price: float = 0.001,
     fail_at_length: int = 0,
+    step_s: float = 0.0,
     **peer_fields: Any,
 ) -> PeerConfig:
     """A peer called ``name`` hosting one :func:`count_up_lm` ``<name>-lm`` that bids ``confidence``
-    at ``price`` (``fail_at_length``: it breaks on sequences that long)."""
+    at ``price`` (``fail_at_length``: it breaks on sequences that long; ``step_s``: each step's time)."""
     model = ModelConfig(
         model_id=f"{name}-lm",
         capabilities=(capability,),
@@ -122,6 +134,6 @@ def generator_config(
         price_per_example=price,
         strategy="fixed",
         strategy_options={"confidence": confidence},
-        options={"fail_at_length": fail_at_length},
+        options={"fail_at_length": fail_at_length, "step_s": step_s},
     )
     return PeerConfig(name=name, models=(model,), data_dir=data_dir / name, **peer_fields)

@@ -3,6 +3,7 @@ larger than the peer's message limit carried in slices (docs/protocol.md section
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from atomic_p2p.protocol import codec
 from atomic_p2p.protocol.messages import ExecuteResult
 from atomic_p2p.requester import ExecutionPolicy, Requester
 from atomic_p2p.testing import generator_config
+from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.integration]
 
@@ -56,3 +58,20 @@ async def test_an_output_over_the_message_limit_arrives_in_slices(tmp_path: Path
         async with Requester([node.address]) as unary:
             with pytest.raises(AuctionError, match="RESOURCE_EXHAUSTED"):
                 await unary.run("repeat/wide", {"x": x}, deadline_s=20.0, preview=False)
+
+
+async def test_a_client_that_cancels_stops_the_peers_generation_and_it_serves_on(tmp_path: Path) -> None:
+    config = generator_config("slow", tmp_path, port=0, step_s=0.02, max_concurrency=1)
+    async with await PeerNode.start(config) as node, Requester([node.address]) as requester:
+        (model,) = node.models.values()
+        before = model.module.calls
+        async with requester.generate("generate/count", [1], max_tokens=60, deadline_s=10.0) as generation:
+            await anext(generation)
+            await anext(generation)
+        await eventually(lambda: node.workers.load().in_flight == 0, what="the stream's slot freed")
+        stopped_at = model.module.calls
+        await asyncio.sleep(0.2)  # ten steps' time: nothing runs on
+        assert model.module.calls == stopped_at
+        assert stopped_at - before <= 6  # the two received, a few in flight: not the 60 ordered
+        result = await requester.generate("generate/count", [5], max_tokens=3, deadline_s=10.0).collect()
+    assert result.tokens == (6, 7, 8)
