@@ -4,12 +4,15 @@ larger than the peer's message limit carried in slices (docs/protocol.md section
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from atomic_p2p.errors import AuctionError
+from atomic_p2p.cli.generate import parse_prompt
+from atomic_p2p.errors import AuctionError, ConfigError
 from atomic_p2p.peer.config import ModelConfig, PeerConfig
 from atomic_p2p.peer.node import PeerNode
 from atomic_p2p.protocol import codec
@@ -75,3 +78,36 @@ async def test_a_client_that_cancels_stops_the_peers_generation_and_it_serves_on
         assert stopped_at - before <= 6  # the two received, a few in flight: not the 60 ordered
         result = await requester.generate("generate/count", [5], max_tokens=3, deadline_s=10.0).collect()
     assert result.tokens == (6, 7, 8)
+
+
+async def test_atomic_generate_streams_tokens_to_the_terminal(tmp_path: Path) -> None:
+    config = generator_config("counter", tmp_path, port=0)
+    async with await PeerNode.start(config) as node:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "atomic_p2p.cli.main",
+            "generate",
+            "--peer",
+            node.address,
+            "--capability",
+            "generate/count",
+            "--prompt-ids",
+            "3, 4",
+            "--max-tokens",
+            "4",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "XDG_DATA_HOME": str(tmp_path)},
+        )
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, stderr.decode()
+    assert stdout.decode().split() == ["5", "6", "7", "8"]
+    assert "tokens [0, 4) from" in stderr.decode() and "verified" in stderr.decode()
+
+
+def test_prompt_ids_are_parsed_strictly() -> None:
+    assert parse_prompt("1, 2,3,") == [1, 2, 3]
+    for bad in ("", "1,x", "1.5"):
+        with pytest.raises(ConfigError):
+            parse_prompt(bad)
