@@ -46,16 +46,17 @@ from atomic_p2p.requester.bidpolicy import BidPolicy
 from atomic_p2p.requester.broker import Broker, Terms
 from atomic_p2p.requester.decomposer import Request, ShardPolicy, decompose
 from atomic_p2p.requester.discovery import Discovery
-from atomic_p2p.requester.evaluator import EvaluatorConfig
-from atomic_p2p.requester.execution import ExecutionPolicy, Executor
+from atomic_p2p.requester.evaluator import Ask, EvaluatorConfig
+from atomic_p2p.requester.execution import Executed, ExecutionPolicy, Executor, Success
 from atomic_p2p.requester.feedback import FeedbackSender
 from atomic_p2p.requester.generation import GeneratedTokens, Generation, GenerationResult, GenerationWalk
 from atomic_p2p.requester.gradient import GradientMarket
 from atomic_p2p.requester.graphrun import GraphResult, GraphRun
 from atomic_p2p.requester.memory import MarketMemory
-from atomic_p2p.requester.messages import TaskRef, sign_bid_request
+from atomic_p2p.requester.messages import ResultReceipt, TaskRef, sign_bid_request
+from atomic_p2p.requester.ranking import Decision
 from atomic_p2p.requester.transport import GrpcTransport, Transport
-from atomic_p2p.requester.types import Result
+from atomic_p2p.requester.types import Attempt, BidInfo, Result
 from atomic_p2p.requester.weights import WeightsSpec, resolve_weights
 
 PROMPT_NAME = "prompt"  # the input name of a generation task (generation models take it)
@@ -323,15 +324,37 @@ class Requester:
             task_id = f"task-{next(self._task_numbers)}"
             prepared = await self._broker.prepare(task_id, capability, {PROMPT_NAME: prompt}, terms)
             (offers,) = await self._broker.offers([prepared], terms, deadline_s)
-            _, decision = self._broker.rank(prepared, offers, terms)
-            walk = GenerationWalk(self._transport, self.identity, self._execution, self.clock)
+            ask, decision = self._broker.rank(prepared, offers, terms)
+
+            def learn(attempt: Attempt) -> None:  # a failed attempt counts against its peer at once
+                if not attempt.ok:
+                    self.memory.failed(attempt.bid, ask)
+
+            walk = GenerationWalk(self._transport, self.identity, self._execution, self.clock, learn)
             ranked = [scored.item for scored in decision.ranked]
             steps = walk.run(
                 offers.request_id, task_id, capability, ranked, prepared.payload, max_tokens, terms.deadline
             )
             async with aclosing(steps):
                 async for step in steps:
+                    if isinstance(step, GenerationResult):
+                        self._generated(offers.request_id, ask, decision, step)
                     yield step
+
+    def _generated(
+        self, request_id: bytes, ask: Ask, decision: Decision[BidInfo], result: GenerationResult
+    ) -> None:
+        """Learn from a finished generation as from a delivered task: the last (verified) part's
+        peer delivered, every peer asked hears whether it won or lost."""
+        last, final = result.parts[-1], result.attempts[-1]
+        if last.receipt is None:  # never: a generation ends only on a verified part
+            return
+        self.memory.delivered(
+            last.bid.request_id or request_id, last.bid, ask, final.elapsed_ms, result.price
+        )
+        receipt = ResultReceipt({}, last.cost, final.elapsed_ms)
+        executed = Executed(result.attempts, Success(last.bid, receipt, last.receipt), untried=0)
+        self._feedback.send(request_id, decision, executed)
 
     async def submit(
         self,

@@ -19,7 +19,7 @@ peers that failed). Generation succeeds only when the last attempt ends with a v
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 
@@ -122,12 +122,18 @@ class GenerationWalk:
     """The fallback walk for one generation (see the module docstring)."""
 
     def __init__(
-        self, transport: Transport, identity: Identity, policy: ExecutionPolicy, clock: Clock = SYSTEM_CLOCK
+        self,
+        transport: Transport,
+        identity: Identity,
+        policy: ExecutionPolicy,
+        clock: Clock = SYSTEM_CLOCK,
+        on_attempt: Callable[[Attempt], None] = lambda attempt: None,
     ) -> None:
         self._transport = transport
         self._identity = identity
         self._policy = policy
         self._clock = clock
+        self._on_attempt = on_attempt  # hears every attempt as it ends (profiles learn from it)
 
     async def run(
         self,
@@ -148,6 +154,7 @@ class GenerationWalk:
                 break
             if bid.valid_until_ms <= self._clock.wall_ms():
                 attempts.append(Attempt(bid, 0.0, BidExpiredError("the bid expired before its turn")))
+                self._on_attempt(attempts[-1])
                 continue
             started = self._clock.monotonic()
             produced: list[int] = []
@@ -171,6 +178,7 @@ class GenerationWalk:
                 attempts.append(Attempt(bid, (self._clock.monotonic() - started) * 1000, error))
             else:
                 attempts.append(Attempt(bid, (self._clock.monotonic() - started) * 1000))
+            self._on_attempt(attempts[-1])
             if produced or receipt is not None:
                 parts.append(GenerationPart(bid, len(tokens), tuple(produced), receipt, cost))
                 tokens.extend(produced)

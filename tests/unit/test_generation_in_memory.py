@@ -83,6 +83,12 @@ async def test_a_winner_that_dies_mid_stream_is_continued_by_the_runner_up(
     assert second.verified
     assert [attempt.ok for attempt in result.attempts] == [False, True]
     assert winner.workers.load().in_flight == 0
+    # Learned as any delivery: both peers heard how it went, the runner-up's profile delivered.
+    assert network.calls[(winner.address, "Feedback")] == 1
+    assert network.calls[(runner_up.address, "Feedback")] == 1
+    profiles = {key.peer: profile for key, profile in requester.memory.profiles.items()}
+    assert profiles[runner_up.identity.peer_id.hex].deliveries == 1
+    assert profiles[winner.identity.peer_id.hex].outcomes == 1  # its failure, an outcome of 0
 
 
 async def test_every_peer_failing_is_an_auction_error(
