@@ -272,6 +272,13 @@ class Seller:
     # --- Execute ------------------------------------------------------------------------------
 
     def open_order(self, call: ExecuteCall, now_ms: int) -> Job:
+        job = self._open(call, now_ms)
+        if job.order.max_tokens or job.order.prefix_tokens:
+            raise ProtocolError("a generation order (max_tokens, prefix_tokens) goes to ExecuteStream")
+        return job
+
+    def _open(self, call: ExecuteCall, now_ms: int) -> Job:
+        """The checks every order passes, whichever RPC carries it."""
         _, bid = codec.open_signed(call.bid, Bid, expected_signer=self.identity.peer_id)
         order_signer, order = codec.open_signed(call.order, ExecuteOrder)
         bid_digest = call.bid.digest
@@ -344,9 +351,9 @@ class Seller:
     # --- ExecuteStream (docs/protocol.md section 10) -------------------------------------------
 
     def open_stream(self, call: ExecuteCall, now_ms: int) -> Job:
-        """Every check of :meth:`open_order`, then the stream's own: generation fields only for a
+        """Every check of :meth:`open_order` but the last, then the stream's own: generation fields only for a
         generation model, and a generation order the model can honour (budget, context, vocabulary)."""
-        job = self.open_order(call, now_ms)
+        job = self._open(call, now_ms)
         generation, order = job.model.generation, job.order
         if generation is None:
             if order.max_tokens or order.prefix_tokens:

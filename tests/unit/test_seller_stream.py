@@ -117,3 +117,9 @@ def test_generation_fields_to_a_model_that_does_not_generate_are_invalid(tmp_pat
         classifier.open_stream(call, NOW + 1)
     plain = order_for(classifier, Identity.generate(), "classify/digits", wire)
     assert classifier.open_stream(plain, NOW + 1).model.generation is None
+
+
+def test_a_generation_order_sent_to_unary_execute_is_invalid(generator: Seller) -> None:
+    call = order_for(generator, Identity.generate(), "generate/count", PROMPT, max_tokens=3)
+    with pytest.raises(ProtocolError, match="goes to ExecuteStream"):
+        generator.open_order(call, NOW + 1)
