@@ -6,7 +6,9 @@ How this works
 and servicer (:class:`~atomic_p2p.peer.server.PeerService`) a running ``atomic-peer`` uses, minus
 the gRPC server. :meth:`InMemoryNetwork.transport` gives a
 :class:`~atomic_p2p.requester.transport.Transport` that encodes each call with the market codec,
-hands the bytes to the addressed peer's :meth:`PeerService.call`, and decodes the answer: every
+hands the bytes to the addressed peer's :meth:`PeerService.call` (a streaming call to
+:meth:`PeerService.stream`, whose generator it closes when the caller does, as a gRPC cancel
+does), and decodes the answer: every
 byte a real peer would check is checked, and a refusal comes back as the same
 :class:`~atomic_p2p.errors.AtomicError` class (and status code) the gRPC transport would raise.
 
