@@ -41,6 +41,7 @@ class ChannelPool:
         self._channels: dict[str, aio.Channel] = {}
         self._stubs: dict[str, market_pb2_grpc.PeerStub] = {}
         self._methods: dict[tuple[str, str], aio.UnaryUnaryMultiCallable] = {}
+        self._stream_methods: dict[tuple[str, str], aio.UnaryStreamMultiCallable] = {}
         self._closed = False
 
     def __len__(self) -> int:
@@ -69,6 +70,15 @@ class ChannelPool:
             self._methods[(address, name)] = callable_
         return callable_
 
+    def stream_method(self, address: str, name: str) -> aio.UnaryStreamMultiCallable:
+        """The server-streaming ``/atomic.v1.Peer/<name>`` on ``address``, raw bytes in and out,
+        registered as :meth:`method` registers its calls."""
+        callable_ = self._stream_methods.get((address, name))
+        if callable_ is None:
+            callable_ = self.channel(address).unary_stream(f"/atomic.v1.Peer/{name}", _registered_method=True)
+            self._stream_methods[(address, name)] = callable_
+        return callable_
+
     def channel(self, address: str) -> aio.Channel:
         """The channel for ``address`` (for other services on the same peer, e.g. health)."""
         self.stub(address)
@@ -83,5 +93,6 @@ class ChannelPool:
         self._closed = True
         channels, self._channels, self._stubs = list(self._channels.values()), {}, {}
         self._methods = {}
+        self._stream_methods = {}
         for channel in channels:
             await channel.close(grace=grace_s)

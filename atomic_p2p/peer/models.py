@@ -28,6 +28,7 @@ import torch
 from atomic_p2p.contract import Dim, ModelContract, Spec, TaskKind, TensorContract, single_input
 from atomic_p2p.errors import ConfigError, ExecutionError, TensorError
 from atomic_p2p.peer.config import ModelConfig
+from atomic_p2p.peer.generation import Decoder, Generation, check_order
 from atomic_p2p.peer.strategies import Strategy, make_strategy
 from atomic_p2p.protocol.messages import TensorSpec
 from atomic_p2p.tensors import DTYPES, NAMES
@@ -70,6 +71,9 @@ class BuiltModel:
     input_name: str = "x"
     output_name: str = "logits"
     contract: ModelContract | None = None
+    # Set for a causal LM sold over ExecuteStream (atomic_p2p/peer/generation.py); its input is a
+    # prompt of token ids, int64[1, T] with T up to the context ("input_shape" is then (1,)).
+    generation: Generation | None = None
 
 
 ModelFactory = Callable[..., BuiltModel]
@@ -110,6 +114,7 @@ class HostedModel:
         self.accuracy_known = accuracy is not None
         self.validation_accuracy = float(accuracy) if accuracy is not None else 0.0
         self.class_accuracy = built.class_accuracy
+        self.generation = built.generation
         self.strategy: Strategy = make_strategy(config.strategy, config.strategy_options)
         self.latency = LatencyEwma()
         self._warm_up()
@@ -177,6 +182,14 @@ class HostedModel:
     def inputs_problem(self, specs: Sequence[Spec]) -> str | None:
         problem = self.contract.problem(specs)
         return None if problem is None else f"{self.model_id} {problem}"
+
+    def decoder(self, prompt: torch.Tensor, prefix: Sequence[int], max_tokens: int) -> Decoder:
+        """A greedy decoder after ``prompt || prefix`` (a generation model only; orders checked)."""
+        if self.generation is None:
+            raise ExecutionError(f"model {self.model_id} does not generate")
+        check_order(self.generation, prompt, prefix, max_tokens)
+        ids = torch.cat([prompt, torch.tensor([list(prefix)], dtype=torch.int64)], dim=1)
+        return Decoder(self.module, self.generation, ids, max_tokens, self.device, self.model_id)
 
     def preview_confidence(self, preview: Sequence[torch.Tensor]) -> float:
         logits = self._preview_logits(preview)
@@ -279,6 +292,10 @@ class HostedModel:
 
 def _contract_of(model_id: str, built: BuiltModel) -> ModelContract:
     """The declared contract, or the one of a single fixed-shape input; ConfigError if unusable."""
+    if built.contract is None and built.generation is not None:
+        # A causal LM takes one prompt of token ids, int64[1, T], T up to its context.
+        prompt = TensorContract(built.input_name, "int64", (Dim(1, built.generation.context - 1),))
+        return ModelContract(TaskKind.GENERATION, (prompt,))
     try:
         contract = built.contract or single_input(built.input_name, built.input_dtype, built.input_shape)
     except ValueError as exc:

@@ -48,6 +48,7 @@ from atomic_p2p.errors import (
 )
 from atomic_p2p.identity import Envelope, Identity
 from atomic_p2p.peer.config import PeerConfig
+from atomic_p2p.peer.generation import check_order
 from atomic_p2p.peer.gradients import BidLearner, GradientBook, GradientUpdate, load_learners
 from atomic_p2p.peer.models import HostedModel
 from atomic_p2p.peer.replay import BidBook, BidRequestHeader, IssuedBid, RequestGuard
@@ -72,6 +73,7 @@ from atomic_p2p.protocol.messages import (
     TaskSpec,
 )
 from atomic_p2p.protocol.messages import NoBid as WireNoBid
+from atomic_p2p.protocol.streaming import tokens_tensor
 from atomic_p2p.tensors import DEFAULT_LIMITS, TensorLimits, check_spec, decode, digest, encode
 
 # Below this measured forward time, a preview runs inline: a hop to a worker thread and back
@@ -105,6 +107,11 @@ class Job:
     inputs: dict[str, torch.Tensor]
     issued: IssuedBid
     order: ExecuteOrder
+
+    @property
+    def prompt(self) -> torch.Tensor:
+        """A generation order's prompt: the model's one input (int64[1, T] token ids)."""
+        return self.inputs[self.model.contract.inputs[0].name]
 
 
 class Seller:
@@ -273,6 +280,13 @@ class Seller:
     # --- Execute ------------------------------------------------------------------------------
 
     def open_order(self, call: ExecuteCall, now_ms: int) -> Job:
+        job = self._open(call, now_ms)
+        if job.order.max_tokens or job.order.prefix_tokens:
+            raise ProtocolError("a generation order (max_tokens, prefix_tokens) goes to ExecuteStream")
+        return job
+
+    def _open(self, call: ExecuteCall, now_ms: int) -> Job:
+        """The checks every order passes, whichever RPC carries it."""
         _, bid = codec.open_signed(call.bid, Bid, expected_signer=self.identity.peer_id)
         order_signer, order = codec.open_signed(call.order, ExecuteOrder)
         bid_digest = call.bid.digest
@@ -344,6 +358,35 @@ class Seller:
             cost_charged=job.issued.cost,
         )
         return ExecuteReply(codec.sign(self.identity, result), outputs)
+
+    # --- ExecuteStream (docs/protocol.md section 10) -------------------------------------------
+
+    def open_stream(self, call: ExecuteCall, now_ms: int) -> Job:
+        """Every check of :meth:`open_order` but the last, then the stream's own: generation fields only for a
+        generation model, and a generation order the model can honour (budget, context, vocabulary)."""
+        job = self._open(call, now_ms)
+        generation, order = job.model.generation, job.order
+        if generation is None:
+            if order.max_tokens or order.prefix_tokens:
+                raise ProtocolError("max_tokens and prefix_tokens are for generation models only")
+        else:
+            check_order(generation, job.prompt, order.prefix_tokens, order.max_tokens)
+        return job
+
+    def sign_tokens(self, job: Job, tokens: Sequence[int], compute_ms: float) -> Envelope:
+        """The signed result of a generation: its digest covers exactly the tokens produced."""
+        result = ExecuteResult(
+            request_id=job.order.request_id,
+            task_id=job.order.task_id,
+            peer_id=self.identity.peer_id.raw,
+            model_id=job.model.model_id,
+            bid_digest=job.issued.digest,
+            outputs_digest=digest([tokens_tensor(tokens)]),
+            latency_ms=compute_ms,
+            finished_at_ms=self._clock(),
+            cost_charged=job.issued.cost,
+        )
+        return codec.sign(self.identity, result)
 
     # --- Feedback -----------------------------------------------------------------------------
 

@@ -21,24 +21,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from contextlib import aclosing
 from typing import NoReturn, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from atomic_p2p.errors import AtomicError, UnavailableError, UnimplementedError
+from atomic_p2p.errors import AtomicError, DeadlineError, UnavailableError, UnimplementedError
 from atomic_p2p.gossip.transport import GossipAgent
 from atomic_p2p.peer.seller import Decision, Seller
 from atomic_p2p.peer.workers import WorkerPool
 from atomic_p2p.protocol import codec
-from atomic_p2p.protocol.messages import BidGradientCall, ExecuteCall, FeedbackCall, RequestBidsCall
+from atomic_p2p.protocol.messages import (
+    BidGradientCall,
+    ExecuteCall,
+    FeedbackCall,
+    RequestBidsCall,
+    TokenChunk,
+)
+from atomic_p2p.protocol.streaming import slice_outputs
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "atomic.v1.Peer"
 METHODS = ("Gossip", "RequestBids", "Execute", "Feedback", "BidGradient")
+STREAM_METHODS = ("ExecuteStream",)
 
 
 def wall_ms() -> int:
@@ -85,11 +94,19 @@ class PeerService:
             raise UnimplementedError(f"atomic.v1.Peer has no method {method!r}")
         return await handler(raw, caller)
 
+    def stream(self, method: str, raw: bytes) -> AsyncGenerator[bytes, None]:
+        """Serve one server-streaming call: its answer messages as bytes; a refusal raises
+        AtomicError from the iteration. Closing the iterator early (a client that cancels) stops
+        the work after the step in progress and frees its worker slot."""
+        if method != "ExecuteStream":
+            raise UnimplementedError(f"atomic.v1.Peer has no streaming method {method[:64]!r}")
+        return self.execute_stream(raw)
+
     def handler(self) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(
-            SERVICE_NAME,
-            {name: grpc.unary_unary_rpc_method_handler(_rpc(name, self.call)) for name in METHODS},
-        )
+        handlers = {name: grpc.unary_unary_rpc_method_handler(_rpc(name, self.call)) for name in METHODS}
+        for name in STREAM_METHODS:
+            handlers[name] = grpc.unary_stream_rpc_method_handler(_stream_rpc(name, self.stream))
+        return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
     async def request_bids(self, raw: bytes, caller: str = "") -> bytes:
         self._refuse_new_work()
@@ -108,6 +125,25 @@ class PeerService:
         return await self.workers.run(
             job.key, job.fingerprint, lambda: codec.encode(self.seller.perform(job)), job.timeout_s
         )
+
+    async def execute_stream(self, raw: bytes) -> AsyncGenerator[bytes, None]:
+        self._refuse_new_work()
+        job = self.seller.open_stream(codec.decode(ExecuteCall, raw), self._now_ms())
+        async with self.workers.hold(job.key, job.timeout_s):
+            if job.model.generation is None:
+                reply = await self.workers.step(lambda: self.seller.perform(job))
+                for piece in slice_outputs(reply.outputs):
+                    yield codec.encode_chunk(piece)
+                yield codec.encode_chunk(reply.result)
+                return
+            decoder = job.model.decoder(job.prompt, job.order.prefix_tokens, job.order.max_tokens)
+            produced: list[int] = []
+            while (token := await self.workers.step(decoder.step)) is not None:
+                produced.append(token)
+                yield codec.encode_chunk(TokenChunk((token,)))
+                if job.order.deadline_ms and self._now_ms() >= job.order.deadline_ms:
+                    raise DeadlineError("the order's deadline passed during the generation")
+            yield codec.encode_chunk(self.seller.sign_tokens(job, produced, decoder.compute_ms))
 
     async def feedback(self, raw: bytes, caller: str = "") -> bytes:
         return codec.encode(self.seller.feedback(codec.decode(FeedbackCall, raw), self._now_ms()))
@@ -136,6 +172,27 @@ def _rpc(
     async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
             return await call(name, raw, context.peer() if wants_connection else "")
+        except AtomicError as err:
+            log.debug("%s refused: %s %s", name, err.code.name, err)
+            await _abort(context, err.code, str(err))
+        except Exception:
+            log.exception("%s failed unexpectedly; the node keeps serving", name)
+            await _abort(context, grpc.StatusCode.INTERNAL, f"{name} failed inside the peer; see its log")
+
+    return handle
+
+
+def _stream_rpc(
+    name: str, stream: Callable[[str, bytes], AsyncGenerator[bytes, None]]
+) -> Callable[[bytes, grpc.aio.ServicerContext], AsyncGenerator[bytes, None]]:
+    """Wrap a streaming method: refusals become statuses as in :func:`_rpc`; a client that
+    cancels closes the stream (gRPC cancels the handler), which stops the work."""
+
+    async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncGenerator[bytes, None]:
+        try:
+            async with aclosing(stream(name, raw)) as messages:
+                async for message in messages:
+                    yield message
         except AtomicError as err:
             log.debug("%s refused: %s %s", name, err.code.name, err)
             await _abort(context, err.code, str(err))

@@ -16,6 +16,9 @@ same size; torch releases the GIL, so calls really overlap.
   trace, so the requester may retry it.
 - Remembered results are capped at ``max_results``; when full of unexpired results, new work is
   refused rather than forgetting a result whose order could still be replayed.
+- A stream (ExecuteStream) holds one slot for its whole length (:meth:`WorkerPool.hold`) and
+  runs each step in a worker (:meth:`WorkerPool.step`); it too runs at most once per key, and a
+  stream that ends, is cancelled or fails frees its slot at once (after the step in progress).
 - Callers wait through ``asyncio.shield``: a caller that disconnects does not cancel work that a
   duplicate, or :meth:`WorkerPool.drain`, is waiting for.
 """
@@ -25,15 +28,17 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from atomic_p2p.errors import DeadlineError, LimitExceededError, ReplayError, UnavailableError
 from atomic_p2p.peer.strategies import Load
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 
 @dataclass(slots=True)
@@ -70,9 +75,12 @@ class WorkerPool(Generic[T]):
         self._finished: OrderedDict[Hashable, _Call[T]] = OrderedDict()  # in expiry order
         self._running = 0
         self._closed = False
+        # Streams admitted and not yet ended, each with a future done when it ends (drain waits).
+        self._streams: dict[Hashable, asyncio.Future[None]] = {}
+        self._streamed: OrderedDict[Hashable, float] = OrderedDict()  # ended streams, until expiry
 
     def load(self, draining: bool = False) -> Load:
-        pending = len(self._running_calls)
+        pending = len(self._running_calls) + len(self._streams)
         return Load(
             in_flight=self._running,
             queued=pending - self._running,
@@ -96,7 +104,7 @@ class WorkerPool(Generic[T]):
             return await asyncio.shield(known.task)
         if self._closed:
             raise UnavailableError("the node is shutting down and takes no new work")
-        if len(self._running_calls) >= self.max_concurrency + self.queue_limit:
+        if len(self._running_calls) + len(self._streams) >= self.max_concurrency + self.queue_limit:
             raise LimitExceededError(
                 f"{self.max_concurrency} calls running and {self.queue_limit} queued; retry later"
             )
@@ -108,10 +116,64 @@ class WorkerPool(Generic[T]):
         self._running_calls[key] = call
         return await asyncio.shield(call.task)
 
+    @asynccontextmanager
+    async def hold(self, key: Hashable, timeout: float | None = None) -> AsyncIterator[None]:
+        """One worker slot for a whole stream keyed ``key`` (at most once per key); ``timeout``
+        bounds the wait for the slot. The slot is freed when the block exits, however it exits."""
+        self._expire()
+        if (
+            key in self._streams
+            or key in self._streamed
+            or key in self._running_calls
+            or key in self._finished
+        ):
+            raise ReplayError("this task was already ordered")
+        if self._closed:
+            raise UnavailableError("the node is shutting down and takes no new work")
+        if len(self._running_calls) + len(self._streams) >= self.max_concurrency + self.queue_limit:
+            raise LimitExceededError(
+                f"{self.max_concurrency} calls running and {self.queue_limit} queued; retry later"
+            )
+        if len(self._streamed) >= self.max_results:
+            raise LimitExceededError(f"{self.max_results} streams remembered for replays; retry later")
+        self._streams[key] = asyncio.get_running_loop().create_future()
+        started = False
+        try:
+            try:
+                await asyncio.wait_for(self._slots.acquire(), timeout)
+            except TimeoutError:
+                raise DeadlineError("the order's deadline passed while it waited for a worker") from None
+            started = True
+            self._running += 1
+            try:
+                yield
+            finally:
+                self._running -= 1
+                self._slots.release()
+        finally:
+            ended = self._streams.pop(key)
+            if not ended.done():
+                ended.set_result(None)
+            if started:  # a stream that never started leaves no trace, so it may be retried
+                self._streamed[key] = self._clock() + self.result_ttl_s
+
+    async def step(self, job: Callable[[], U]) -> U:
+        """Run one step of a held stream in a worker thread; a cancelled caller still waits for
+        the step in progress to end, so the slot it frees is really free."""
+        if self._offload is not None:  # typed for T; any result passes through unchanged
+            return await self._offload(job)  # type: ignore[arg-type, return-value]
+        future = asyncio.get_running_loop().run_in_executor(self._pool, job)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            await asyncio.wait([future])
+            raise
+
     async def drain(self, timeout: float) -> bool:
         """Refuse new work and wait for everything admitted; True if it all finished in time."""
         self._closed = True
-        tasks = [call.task for call in self._running_calls.values()]
+        tasks: list[asyncio.Future[Any]] = [call.task for call in self._running_calls.values()]
+        tasks.extend(self._streams.values())
         if not tasks:
             return True
         _, pending = await asyncio.wait(tasks, timeout=timeout)
@@ -156,3 +218,5 @@ class WorkerPool(Generic[T]):
             if call.expires_at > now:
                 break
             del self._finished[key]
+        while self._streamed and next(iter(self._streamed.values())) <= now:
+            self._streamed.popitem(last=False)

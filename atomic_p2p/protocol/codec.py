@@ -25,7 +25,7 @@ from typing import Any, TypeVar, cast
 from google.protobuf.message import Message
 
 from atomic_p2p._proto.atomic.v1 import market_pb2
-from atomic_p2p.errors import ProtocolError
+from atomic_p2p.errors import ProtocolError, TensorError
 from atomic_p2p.identity import Envelope, Identity, PeerId, verify
 from atomic_p2p.protocol.messages import (
     Bid,
@@ -34,6 +34,7 @@ from atomic_p2p.protocol.messages import (
     BidGradientUpdate,
     BidRequest,
     ExecuteCall,
+    ExecuteChunk,
     ExecuteOrder,
     ExecuteReply,
     ExecuteResult,
@@ -47,8 +48,12 @@ from atomic_p2p.protocol.messages import (
     RequestBidsReply,
     Signed,
     TaskSpec,
+    TensorSlice,
+    TokenChunk,
 )
 from atomic_p2p.protocol.wire import (
+    DTYPE_TO_WIRE,
+    WIRE_TO_DTYPE,
     constraints_from_proto,
     constraints_to_proto,
     envelope_from_proto,
@@ -121,6 +126,30 @@ def open_signed(envelope: Envelope, kind: type[S], expected_signer: PeerId | Non
     ProtocolError when verified bytes do not parse."""
     signer = verify(envelope, PAYLOAD_TYPES[kind], expected_signer)
     return signer, decode(kind, envelope.payload)
+
+
+def encode_chunk(chunk: ExecuteChunk) -> bytes:
+    """The wire bytes of one ExecuteStream message (a token chunk, a tensor slice or the result)."""
+    if isinstance(chunk, TokenChunk):
+        message = market_pb2.ExecuteStreamResponse(tokens=market_pb2.TokenChunk(tokens=list(chunk.tokens)))
+    elif isinstance(chunk, TensorSlice):
+        message = market_pb2.ExecuteStreamResponse(slice=_slice_to_proto(chunk))
+    else:
+        message = market_pb2.ExecuteStreamResponse(result=envelope_to_proto(chunk))
+    return cast(bytes, message.SerializeToString())
+
+
+def decode_chunk(data: bytes) -> ExecuteChunk:
+    """Parse one ExecuteStream message; one holding no part is a ProtocolError."""
+    message = parse(market_pb2.ExecuteStreamResponse, data, "ExecuteStreamResponse")
+    which = message.WhichOneof("part")
+    if which == "tokens":
+        return TokenChunk(tuple(message.tokens.tokens))
+    if which == "slice":
+        return _slice_from_proto(message.slice)
+    if which == "result":
+        return envelope_from_proto(message.result)
+    raise ProtocolError("an ExecuteStream message holds no tokens, slice or result")
 
 
 def wire_size(message: Any) -> int:
@@ -240,6 +269,8 @@ def _order_to_proto(order: ExecuteOrder) -> market_pb2.ExecuteOrder:
         inputs_digest=order.inputs_digest,
         deadline_ms=order.deadline_ms,
         buyer_bids=list(order.buyer_bids),
+        max_tokens=order.max_tokens,
+        prefix_tokens=list(order.prefix_tokens),
     )
 
 
@@ -252,6 +283,8 @@ def _order_from_proto(message: market_pb2.ExecuteOrder) -> ExecuteOrder:
         inputs_digest=message.inputs_digest,
         deadline_ms=message.deadline_ms,
         buyer_bids=tuple(message.buyer_bids),
+        max_tokens=message.max_tokens,
+        prefix_tokens=tuple(message.prefix_tokens),
     )
 
 
@@ -363,6 +396,23 @@ def _outcome_from_proto(message: market_pb2.BidOutcome) -> Envelope | NoBid:
         reason = _WIRE_TO_REASON.get(no_bid.reason, no_bid.reason)
         return NoBid(no_bid.task_id, reason, no_bid.detail)
     raise ProtocolError("a bid outcome holds neither a bid nor a no-bid")
+
+
+def _slice_to_proto(piece: TensorSlice) -> market_pb2.TensorSlice:
+    return market_pb2.TensorSlice(
+        name=piece.name,
+        dtype=DTYPE_TO_WIRE[piece.dtype],
+        shape=list(piece.shape),
+        offset=piece.offset,
+        data=piece.data,
+    )
+
+
+def _slice_from_proto(message: market_pb2.TensorSlice) -> TensorSlice:
+    dtype = WIRE_TO_DTYPE.get(message.dtype)
+    if dtype is None:
+        raise TensorError(f"tensor slice {message.name[:64]!r} has an unaccepted dtype {message.dtype}")
+    return TensorSlice(message.name, dtype, tuple(message.shape), message.offset, message.data)
 
 
 def _execute_reply_from_proto(message: market_pb2.ExecuteResponse) -> ExecuteReply:

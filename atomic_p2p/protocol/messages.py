@@ -136,6 +136,8 @@ class ExecuteOrder:
     inputs_digest: bytes
     deadline_ms: int = 0
     buyer_bids: tuple[float, ...] = ()
+    max_tokens: int = 0  # ExecuteStream of a generation model: at most this many tokens (0: none)
+    prefix_tokens: tuple[int, ...] = ()  # a continuation: tokens other peers already produced
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,6 +214,28 @@ class ExecuteCall:
 class ExecuteReply:
     result: Envelope  # a signed ExecuteResult
     outputs: tuple[WireTensor, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenChunk:
+    """Token ids a generation produced, in order (one ExecuteStream message)."""
+
+    tokens: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSlice:
+    """Bytes ``[offset, offset + len(data))`` of one output tensor's data (one ExecuteStream message)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    offset: int
+    data: bytes
+
+
+# One message of ExecuteStream: output as produced, and last the signed ExecuteResult (an Envelope).
+ExecuteChunk = TokenChunk | TensorSlice | Envelope
 
 
 @dataclass(frozen=True, slots=True)

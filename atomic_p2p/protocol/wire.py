@@ -17,8 +17,8 @@ from atomic_p2p.protocol.messages import TensorSpec
 from atomic_p2p.tensors import DTYPES, WireTensor
 from atomic_p2p.terms import ModelConstraints, Resources
 
-_DTYPE_TO_WIRE = {name: tensor_pb2.DType.Value(f"D_TYPE_{name.upper()}") for name in DTYPES}
-_WIRE_TO_DTYPE = {value: name for name, value in _DTYPE_TO_WIRE.items()}
+DTYPE_TO_WIRE = {name: tensor_pb2.DType.Value(f"D_TYPE_{name.upper()}") for name in DTYPES}
+WIRE_TO_DTYPE = {value: name for name, value in DTYPE_TO_WIRE.items()}
 
 M = TypeVar("M", bound=Message)
 
@@ -47,7 +47,7 @@ def envelope_to_proto(envelope: Envelope) -> envelope_pb2.SignedEnvelope:
 
 
 def tensor_from_proto(message: tensor_pb2.Tensor) -> WireTensor:
-    dtype = _WIRE_TO_DTYPE.get(message.dtype)
+    dtype = WIRE_TO_DTYPE.get(message.dtype)
     if dtype is None:
         raise TensorError(
             f"tensor {message.name or '(unnamed)'} has dtype {message.dtype}, which is not accepted; "
@@ -58,7 +58,7 @@ def tensor_from_proto(message: tensor_pb2.Tensor) -> WireTensor:
 
 def tensor_to_proto(wire: WireTensor) -> tensor_pb2.Tensor:
     return tensor_pb2.Tensor(
-        name=wire.name, dtype=_DTYPE_TO_WIRE[wire.dtype], shape=list(wire.shape), data=wire.data
+        name=wire.name, dtype=DTYPE_TO_WIRE[wire.dtype], shape=list(wire.shape), data=wire.data
     )
 
 
@@ -67,27 +67,27 @@ def tensors_from_proto(messages: Iterable[tensor_pb2.Tensor]) -> tuple[WireTenso
 
 
 def spec_from_proto(message: tensor_pb2.TensorSpec) -> TensorSpec:
-    dtype = _WIRE_TO_DTYPE.get(message.dtype)
+    dtype = WIRE_TO_DTYPE.get(message.dtype)
     if dtype is None:
         raise TensorError(f"input spec {message.name or '(unnamed)'} has an unaccepted dtype {message.dtype}")
     return TensorSpec(message.name, dtype, tuple(message.shape))
 
 
 def spec_to_proto(spec: TensorSpec) -> tensor_pb2.TensorSpec:
-    return tensor_pb2.TensorSpec(name=spec.name, dtype=_DTYPE_TO_WIRE[spec.dtype], shape=list(spec.shape))
+    return tensor_pb2.TensorSpec(name=spec.name, dtype=DTYPE_TO_WIRE[spec.dtype], shape=list(spec.shape))
 
 
 def tensor_contract_to_proto(tensor: TensorContract) -> tensor_pb2.TensorContract:
     return tensor_pb2.TensorContract(
         name=tensor.name,
-        dtype=_DTYPE_TO_WIRE[tensor.dtype],
+        dtype=DTYPE_TO_WIRE[tensor.dtype],
         dims=[tensor_pb2.Dim(min=dim.min, max=dim.max) for dim in tensor.dims],
     )
 
 
 def tensor_contract_from_proto(message: tensor_pb2.TensorContract) -> TensorContract:
     """A model's tensor as advertised; an unaccepted dtype or empty bounds -> ProtocolError."""
-    dtype = _WIRE_TO_DTYPE.get(message.dtype)
+    dtype = WIRE_TO_DTYPE.get(message.dtype)
     if dtype is None:
         raise ProtocolError(f"tensor contract has an unaccepted dtype {message.dtype}")
     try:

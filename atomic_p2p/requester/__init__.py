@@ -26,6 +26,7 @@ from atomic_p2p.requester.client import Requester
 from atomic_p2p.requester.decomposer import FromInput, FromNode, Node, Request, ShardPolicy
 from atomic_p2p.requester.evaluator import score
 from atomic_p2p.requester.execution import ExecutionPolicy
+from atomic_p2p.requester.generation import GeneratedTokens, Generation, GenerationPart, GenerationResult
 from atomic_p2p.requester.gradient import GradientMarket, GradientRound, PeerRound
 from atomic_p2p.requester.graphrun import GraphResult
 from atomic_p2p.requester.ranking import Excluded, Ranking, Scored
@@ -51,6 +52,10 @@ __all__ = [
     "ExecutionPolicy",
     "FromInput",
     "FromNode",
+    "GeneratedTokens",
+    "Generation",
+    "GenerationPart",
+    "GenerationResult",
     "GradientMarket",
     "GradientRound",
     "GraphResult",

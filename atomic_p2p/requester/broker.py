@@ -163,19 +163,7 @@ class Broker:
     ) -> Result:
         """Clear, execute (with fallback) and learn for one task; see the module docstring.
         ``started`` is the ``clock.monotonic()`` instant the task's request began."""
-        ask = Ask(
-            task_id=item.task.task_id,
-            capability=item.capability,
-            time_left_ms=terms.left_s() * 1000,
-            budget=terms.max_cost,
-            weights=terms.weights,
-            bucket=item.bucket,
-            batch_size=item.batch,
-        )
-        decision = self.memory.decide(offers.bids, ask, self._utilization(offers.bids))
-        self.memory.log(offers.request_id, ask, decision, offers.no_bids)
-        if not decision.ranked:
-            raise NoBidsError(_no_bids_message(item.capability, offers, decision))
+        ask, decision = self.rank(item, offers, terms)
 
         executing = self._clock.monotonic()
         ranked = [scored.item for scored in decision.ranked]
@@ -220,6 +208,23 @@ class Broker:
             rationale=decision.rationale,
             cached=offers.cached,
         )
+
+    def rank(self, item: Prepared, offers: Offers, terms: Terms) -> tuple[Ask, Decision[BidInfo]]:
+        """The evaluator's ranking of ``offers`` for ``item``, logged; NoBidsError if it is empty."""
+        ask = Ask(
+            task_id=item.task.task_id,
+            capability=item.capability,
+            time_left_ms=terms.left_s() * 1000,
+            budget=terms.max_cost,
+            weights=terms.weights,
+            bucket=item.bucket,
+            batch_size=item.batch,
+        )
+        decision = self.memory.decide(offers.bids, ask, self._utilization(offers.bids))
+        self.memory.log(offers.request_id, ask, decision, offers.no_bids)
+        if not decision.ranked:
+            raise NoBidsError(_no_bids_message(item.capability, offers, decision))
+        return ask, decision
 
     def _utilization(self, bids: Sequence[BidInfo]) -> dict[str, float]:
         agent = self.discovery.agent

@@ -26,7 +26,8 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from contextlib import aclosing
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -45,17 +46,20 @@ from atomic_p2p.requester.bidpolicy import BidPolicy
 from atomic_p2p.requester.broker import Broker, Terms
 from atomic_p2p.requester.decomposer import Request, ShardPolicy, decompose
 from atomic_p2p.requester.discovery import Discovery
-from atomic_p2p.requester.evaluator import EvaluatorConfig
-from atomic_p2p.requester.execution import ExecutionPolicy, Executor
+from atomic_p2p.requester.evaluator import Ask, EvaluatorConfig
+from atomic_p2p.requester.execution import Executed, ExecutionPolicy, Executor, Success
 from atomic_p2p.requester.feedback import FeedbackSender
+from atomic_p2p.requester.generation import GeneratedTokens, Generation, GenerationResult, GenerationWalk
 from atomic_p2p.requester.gradient import GradientMarket
 from atomic_p2p.requester.graphrun import GraphResult, GraphRun
 from atomic_p2p.requester.memory import MarketMemory
-from atomic_p2p.requester.messages import TaskRef, sign_bid_request
+from atomic_p2p.requester.messages import ResultReceipt, TaskRef, sign_bid_request
+from atomic_p2p.requester.ranking import Decision
 from atomic_p2p.requester.transport import GrpcTransport, Transport
-from atomic_p2p.requester.types import Result
+from atomic_p2p.requester.types import Attempt, BidInfo, Result
 from atomic_p2p.requester.weights import WeightsSpec, resolve_weights
 
+PROMPT_NAME = "prompt"  # the input name of a generation task (generation models take it)
 TASK_ID = "task-0"  # the first task id a requester uses; later ones count up
 
 
@@ -77,6 +81,25 @@ def _check_run_arguments(
             raise ConfigError(f"input names must be non-empty strings, got {name!r}")
         if not isinstance(tensor, torch.Tensor):
             raise ConfigError(f"input {name!r} is a {type(tensor).__name__}, not a torch.Tensor")
+
+
+def _check_prompt(prompt_ids: torch.Tensor | Sequence[int], max_tokens: int) -> torch.Tensor:
+    """The prompt as int64[1, T] token ids (a sequence or a 1-D or [1, T] integer tensor)."""
+    if not (isinstance(max_tokens, int) and max_tokens > 0):
+        raise ConfigError(f"max_tokens is a positive integer, got {max_tokens!r}")
+    try:
+        prompt = torch.as_tensor(prompt_ids)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ConfigError(f"a prompt is a sequence of token ids: {exc}") from None
+    if prompt.dim() == 1:
+        prompt = prompt.unsqueeze(0)
+    if prompt.dtype not in (torch.int64, torch.int32) or prompt.dim() != 2 or prompt.shape[0] != 1:
+        raise ConfigError(
+            f"a prompt is token ids, int64[T] or [1, T], got {prompt.dtype}{list(prompt.shape)}"
+        )
+    if prompt.shape[1] < 1:
+        raise ConfigError("a prompt needs at least one token")
+    return prompt.to(torch.int64)
 
 
 def _check_terms(deadline_s: float, weights: WeightsSpec, max_cost: float | None) -> None:
@@ -154,6 +177,7 @@ class Requester:
             observe=lambda bid, parameters: self.memory.observe_strategy(bid, parameters),
         )
         memory = MarketMemory.open(store, evaluator, seed, clock=self.clock)
+        self._execution = execution or ExecutionPolicy()
         self.bids = BidManager(
             self._transport,
             self.identity,
@@ -168,7 +192,7 @@ class Requester:
             self.discovery,
             self.bids,
             memory,
-            Executor(self._transport, self.identity, execution or ExecutionPolicy(), self.clock),
+            Executor(self._transport, self.identity, self._execution, self.clock),
             self._feedback,
             bid_timeout_s=bid_timeout_s,
             bid_share=bid_share,
@@ -266,6 +290,71 @@ class Requester:
             (offers,) = await self._broker.offers([prepared], terms, deadline_s)
             bids_ms = (self.clock.monotonic() - soliciting) * 1000
             return await self._broker.settle(prepared, offers, terms, started=started, bids_ms=bids_ms)
+
+    def generate(
+        self,
+        capability: str,
+        prompt_ids: torch.Tensor | Sequence[int],
+        *,
+        max_tokens: int,
+        deadline_s: float = 10.0,
+        weights: WeightsSpec = None,
+        max_cost: float | None = None,
+        priority: Priority | str | int = Priority.NORMAL,
+    ) -> Generation:
+        """Auction a prompt (token ids) and stream the generated tokens as peers produce them::
+
+            generation = requester.generate("generate/count", [1, 2, 3], max_tokens=16)
+            async for chunk in generation:
+                print(chunk.tokens, chunk.peer_id.short)
+            generation.result.tokens, generation.result.parts
+
+        If the peer generating fails mid-stream, the runner-up continues after the tokens so far
+        with the budget left, inside ``deadline_s``; the result says which peer produced which
+        part and holds each part's verified receipt (:mod:`.generation`)."""
+        prompt = _check_prompt(prompt_ids, max_tokens)
+        _check_terms(deadline_s, weights, max_cost)
+        terms = self._terms(deadline_s, weights, max_cost, priority, preview=False)
+        return Generation(self._generate(capability, prompt, max_tokens, terms, deadline_s))
+
+    async def _generate(
+        self, capability: str, prompt: torch.Tensor, max_tokens: int, terms: Terms, deadline_s: float
+    ) -> AsyncGenerator[GeneratedTokens | GenerationResult, None]:
+        async with self.queue.slot(parse_priority(terms.priority), terms.deadline):
+            task_id = f"task-{next(self._task_numbers)}"
+            prepared = await self._broker.prepare(task_id, capability, {PROMPT_NAME: prompt}, terms)
+            (offers,) = await self._broker.offers([prepared], terms, deadline_s)
+            ask, decision = self._broker.rank(prepared, offers, terms)
+
+            def learn(attempt: Attempt) -> None:  # a failed attempt counts against its peer at once
+                if not attempt.ok:
+                    self.memory.failed(attempt.bid, ask)
+
+            walk = GenerationWalk(self._transport, self.identity, self._execution, self.clock, learn)
+            ranked = [scored.item for scored in decision.ranked]
+            steps = walk.run(
+                offers.request_id, task_id, capability, ranked, prepared.payload, max_tokens, terms.deadline
+            )
+            async with aclosing(steps):
+                async for step in steps:
+                    if isinstance(step, GenerationResult):
+                        self._generated(offers.request_id, ask, decision, step)
+                    yield step
+
+    def _generated(
+        self, request_id: bytes, ask: Ask, decision: Decision[BidInfo], result: GenerationResult
+    ) -> None:
+        """Learn from a finished generation as from a delivered task: the last (verified) part's
+        peer delivered, every peer asked hears whether it won or lost."""
+        last, final = result.parts[-1], result.attempts[-1]
+        if last.receipt is None:  # never: a generation ends only on a verified part
+            return
+        self.memory.delivered(
+            last.bid.request_id or request_id, last.bid, ask, final.elapsed_ms, result.price
+        )
+        receipt = ResultReceipt({}, last.cost, final.elapsed_ms)
+        executed = Executed(result.attempts, Success(last.bid, receipt, last.receipt), untried=0)
+        self._feedback.send(request_id, decision, executed)
 
     async def submit(
         self,

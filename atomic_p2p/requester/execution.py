@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,6 +25,7 @@ from atomic_p2p.clock import SYSTEM_CLOCK, Clock
 from atomic_p2p.errors import AtomicError, BidExpiredError
 from atomic_p2p.identity import Envelope, Identity
 from atomic_p2p.protocol.messages import ExecuteCall
+from atomic_p2p.protocol.streaming import collect_reply
 from atomic_p2p.requester.messages import ResultReceipt, check_result, sign_order
 from atomic_p2p.requester.transport import Transport
 from atomic_p2p.requester.types import Attempt, BidInfo
@@ -41,6 +43,9 @@ class ExecutionPolicy:
     # fallback triggered by a 50 ms hiccup costs more than it saves.
     min_call_s: float = 1.0
     latency_slack: float = 4.0
+    # Receive outputs over ExecuteStream in slices (docs/protocol.md section 10), so an output is
+    # not capped by one gRPC message; the result is verified exactly as a unary one.
+    stream_outputs: bool = False
 
     def call_timeout(self, bid: BidInfo, remaining_s: float) -> float:
         own = max(self.min_call_s, self.latency_slack * bid.expected_latency_ms / 1000.0)
@@ -132,9 +137,12 @@ class Executor:
         order = sign_order(self._identity, request_id, bid, payload.digest, now, now + int(timeout_s * 1000))
         started = self._clock.monotonic()
         try:
-            reply = await self._transport.execute(
-                bid.address, ExecuteCall(order, bid.envelope, payload.inputs), timeout_s
-            )
+            call = ExecuteCall(order, bid.envelope, payload.inputs)
+            if self._policy.stream_outputs:
+                async with aclosing(self._transport.execute_stream(bid.address, call, timeout_s)) as chunks:
+                    reply = await collect_reply(chunks)
+            else:
+                reply = await self._transport.execute(bid.address, call, timeout_s)
             receipt = await self._clock.run_blocking(
                 check_result, reply.result, reply.outputs, request_id, bid
             )

@@ -159,8 +159,12 @@ def sign_order(
     inputs_digest: bytes,
     issued_at_ms: int,
     deadline_ms: int,
+    *,
+    max_tokens: int = 0,
+    prefix_tokens: tuple[int, ...] = (),
 ) -> Envelope:
-    """Sign the order to run ``bid``; ``inputs_digest`` is :func:`atomic_p2p.tensors.digest` of the inputs."""
+    """Sign the order to run ``bid``; ``inputs_digest`` is :func:`atomic_p2p.tensors.digest` of the
+    inputs. A generation order sets ``max_tokens`` and, to continue, ``prefix_tokens``."""
     order = ExecuteOrder(
         request_id=request_id,
         task_id=bid.task_id,
@@ -168,6 +172,8 @@ def sign_order(
         issued_at_ms=issued_at_ms,
         inputs_digest=inputs_digest,
         deadline_ms=deadline_ms,
+        max_tokens=max_tokens,
+        prefix_tokens=prefix_tokens,
     )
     return codec.sign(identity, order)
 

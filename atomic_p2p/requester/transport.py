@@ -14,6 +14,8 @@ the call's own timeout); a call with no time left fails at once with DeadlineErr
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Protocol, TypeVar
 
 import grpc
@@ -27,6 +29,7 @@ from atomic_p2p.protocol.messages import (
     BidGradientReply,
     Call,
     ExecuteCall,
+    ExecuteChunk,
     ExecuteReply,
     FeedbackCall,
     FeedbackReply,
@@ -45,6 +48,13 @@ class Transport(Protocol):
     ) -> RequestBidsReply: ...
 
     async def execute(self, address: str, call: ExecuteCall, timeout_s: float) -> ExecuteReply: ...
+
+    def execute_stream(
+        self, address: str, call: ExecuteCall, timeout_s: float
+    ) -> AsyncGenerator[ExecuteChunk, None]:
+        """ExecuteStream: the peer's messages as they arrive, the signed result last;
+        ``timeout_s`` bounds the whole stream. Closing the generator cancels the call."""
+        ...
 
     async def feedback(self, address: str, call: FeedbackCall, timeout_s: float) -> FeedbackReply: ...
 
@@ -70,6 +80,21 @@ class BytesTransport(ABC):
     async def bid_gradient(self, address: str, call: BidGradientCall, timeout_s: float) -> BidGradientReply:
         return await self._call(address, "BidGradient", call, BidGradientReply, timeout_s, "a gradient")
 
+    async def execute_stream(
+        self, address: str, call: ExecuteCall, timeout_s: float
+    ) -> AsyncGenerator[ExecuteChunk, None]:
+        if timeout_s <= 0:
+            raise DeadlineError("no time left for execution")
+        async with aclosing(self.send_stream(address, "ExecuteStream", codec.encode(call), timeout_s)) as raw:
+            async for data in raw:
+                yield codec.decode_chunk(data)
+
+    @abstractmethod
+    def send_stream(
+        self, address: str, method: str, request: bytes, timeout_s: float
+    ) -> AsyncGenerator[bytes, None]:
+        """The answer messages of a server-streaming call as they arrive; failures as AtomicError."""
+
     @abstractmethod
     async def send(self, address: str, method: str, request: bytes, timeout_s: float) -> bytes:
         """The answer bytes to ``request`` from the peer at ``address``; failures as AtomicError."""
@@ -94,6 +119,18 @@ class GrpcTransport(BytesTransport):
         except aio.AioRpcError as error:
             raise from_status(error.code(), error.details()) from None
         return answer
+
+    async def send_stream(
+        self, address: str, method: str, request: bytes, timeout_s: float
+    ) -> AsyncGenerator[bytes, None]:
+        call = self._pool.stream_method(address, method)(request, timeout=timeout_s)
+        try:
+            async for message in call:
+                yield message
+        except aio.AioRpcError as error:
+            raise from_status(error.code(), error.details()) from None
+        finally:
+            call.cancel()  # a no-op once the stream ended; otherwise the peer stops its work
 
 
 def status_name(error: BaseException) -> str:

@@ -17,6 +17,15 @@ microseconds and the same way every time::
         result = await r.run("classify/digits", {"x": digits_batch(4)[0]})
     assert result.winner.address == dull.address  # fell back, after exactly the call timeout
 
+A generation model that needs no training (:func:`count_up_lm`: after token t it says t + 1),
+hosted by :func:`generator_config`, optionally breaking at a sequence length or slow per step::
+
+    fragile = network.add_peer(generator_config("fragile", tmp_path, confidence=0.95, fail_at_length=5))
+    steady = network.add_peer(generator_config("steady", tmp_path, confidence=0.6))
+    async with Requester([fragile.address, steady.address], transport=network.transport(), clock=clock) as r:
+        result = await r.generate("generate/count", [1, 2, 3], max_tokens=6).collect()
+    assert result.tokens == (4, 5, 6, 7, 8, 9)  # fragile made 4, 5; steady went on from there
+
 Gossip members by the thousand run in :class:`GossipSimulator` (a virtual clock, loss, partitions).
 
 Bids for the pure parts (the evaluator, scoring, the bid cache) are real
@@ -48,7 +57,7 @@ from atomic_p2p.clock import FakeClock
 from atomic_p2p.gossip.simulator import Simulator as GossipSimulator
 from atomic_p2p.testing._bids import make_bid, peer_identity
 from atomic_p2p.testing._data import digits_batch
-from atomic_p2p.testing._models import linear_classifier, seller_config
+from atomic_p2p.testing._models import count_up_lm, generator_config, linear_classifier, seller_config
 from atomic_p2p.testing._network import InMemoryNetwork, InMemoryPeer, InMemoryTransport
 from atomic_p2p.testing._processes import PeerProcess, peer_command, peer_processes
 
@@ -59,7 +68,9 @@ __all__ = [
     "InMemoryPeer",
     "InMemoryTransport",
     "PeerProcess",
+    "count_up_lm",
     "digits_batch",
+    "generator_config",
     "linear_classifier",
     "make_bid",
     "peer_command",

@@ -12,12 +12,14 @@ decides who should win::
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from atomic_p2p.peer.config import GradientConfig, ModelConfig, PeerConfig
+from atomic_p2p.peer.generation import Generation
 from atomic_p2p.peer.models import BuiltModel
 
 FACTORY = "atomic_p2p.testing:linear_classifier"
@@ -61,5 +63,77 @@ def seller_config(
         strategy_options={"confidence": confidence},
         options={"seed": seed, "accuracy": confidence, "classes": classes},
         gradient=gradient or GradientConfig(),
+    )
+    return PeerConfig(name=name, models=(model,), data_dir=data_dir / name, **peer_fields)
+
+
+GENERATOR_FACTORY = "atomic_p2p.testing:count_up_lm"
+
+
+class CountUp(torch.nn.Module):
+    """A causal LM that needs no training: after token t it predicts (t + 1) mod ``vocab``.
+
+    ``fail_at_length`` > 1 makes it raise on a sequence that long (a peer that dies mid-stream);
+    ``step_s`` makes every forward pass take that long (sleeping, as a slow model would compute);
+    ``calls`` counts forward passes, so a test can see a generation stop."""
+
+    def __init__(self, vocab: int, fail_at_length: int = 0, step_s: float = 0.0) -> None:
+        super().__init__()
+        self.vocab = vocab
+        self.fail_at_length = fail_at_length
+        self.step_s = step_s
+        self.calls = 0
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.step_s > 0:
+            time.sleep(self.step_s)
+        if self.fail_at_length > 1 and ids.shape[1] >= self.fail_at_length:
+            raise RuntimeError(f"count-up model breaks at length {self.fail_at_length}")
+        return torch.nn.functional.one_hot((ids + 1) % self.vocab, self.vocab).float() * 10.0
+
+
+def count_up_lm(
+    cache_dir: Path,
+    *,
+    vocab: int = 64,
+    max_tokens: int = 64,
+    context: int = 256,
+    fail_at_length: int = 0,
+    step_s: float = 0.0,
+) -> BuiltModel:
+    """A :class:`CountUp` generation model taking ``prompt: int64[1, T]`` (``cache_dir`` unused)."""
+    return BuiltModel(
+        module=CountUp(vocab, fail_at_length, step_s),
+        input_shape=(1,),
+        input_dtype="int64",
+        validation_accuracy=1.0,
+        input_name="prompt",
+        output_name="logits",
+        generation=Generation(vocab_size=vocab, max_tokens=max_tokens, context=context),
+    )
+
+
+def generator_config(
+    name: str,
+    data_dir: Path,
+    *,
+    capability: str = "generate/count",
+    confidence: float = 0.9,
+    price: float = 0.001,
+    fail_at_length: int = 0,
+    step_s: float = 0.0,
+    **peer_fields: Any,
+) -> PeerConfig:
+    """A peer called ``name`` hosting one :func:`count_up_lm` ``<name>-lm`` that bids ``confidence``
+    at ``price`` (``fail_at_length``: it breaks on sequences that long; ``step_s``: each step's time)."""
+    model = ModelConfig(
+        model_id=f"{name}-lm",
+        capabilities=(capability,),
+        factory=GENERATOR_FACTORY,
+        price_per_example=price,
+        strategy="fixed",
+        strategy_options={"confidence": confidence},
+        options={"fail_at_length": fail_at_length, "step_s": step_s},
     )
     return PeerConfig(name=name, models=(model,), data_dir=data_dir / name, **peer_fields)

@@ -6,7 +6,9 @@ How this works
 and servicer (:class:`~atomic_p2p.peer.server.PeerService`) a running ``atomic-peer`` uses, minus
 the gRPC server. :meth:`InMemoryNetwork.transport` gives a
 :class:`~atomic_p2p.requester.transport.Transport` that encodes each call with the market codec,
-hands the bytes to the addressed peer's :meth:`PeerService.call`, and decodes the answer: every
+hands the bytes to the addressed peer's :meth:`PeerService.call` (a streaming call to
+:meth:`PeerService.stream`, whose generator it closes when the caller does, as a gRPC cancel
+does), and decodes the answer: every
 byte a real peer would check is checked, and a refusal comes back as the same
 :class:`~atomic_p2p.errors.AtomicError` class (and status code) the gRPC transport would raise.
 
@@ -23,7 +25,8 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import aclosing
 from dataclasses import dataclass, field
 
 from atomic_p2p.clock import SYSTEM_CLOCK, Clock, wait_for
@@ -171,6 +174,23 @@ class InMemoryNetwork:
             raise UnavailableError(f"{address} left the network")
         return await peer.service.call(method, raw, caller=f"memory:{address}")
 
+    async def deliver_stream(self, address: str, method: str, raw: bytes) -> AsyncGenerator[bytes, None]:
+        """A streaming call as the wire would carry it: the peer's messages, or its refusal.
+        Closing this generator closes the peer's stream, as a client's cancel does."""
+        self.calls[(address, method)] += 1
+        peer = self.peer(address)
+        delay = peer.delays.get(method, 0.0) + peer.delays.get("", 0.0)
+        if delay > 0:
+            await self.clock.sleep(delay)
+        failure = peer.failures.get(method) or peer.failures.get("")
+        if failure is not None:
+            raise failure
+        if address not in self._peers:
+            raise UnavailableError(f"{address} left the network")
+        async with aclosing(peer.service.stream(method, raw)) as messages:
+            async for message in messages:
+                yield message
+
 
 class InMemoryTransport(BytesTransport):
     """:class:`~atomic_p2p.requester.transport.Transport` over an :class:`InMemoryNetwork`: the
@@ -190,6 +210,28 @@ class InMemoryTransport(BytesTransport):
             raise _as_received(error) from None
         except Exception as error:  # the peer's bug: what gRPC would answer, INTERNAL
             raise from_status(ExecutionError.code, f"{method} failed inside the peer: {error!r}") from None
+
+    async def send_stream(
+        self, address: str, method: str, request: bytes, timeout_s: float
+    ) -> AsyncGenerator[bytes, None]:
+        clock = self._network.clock
+        ends = clock.monotonic() + timeout_s
+        async with aclosing(self._network.deliver_stream(address, method, request)) as messages:
+            while True:
+                try:
+                    yield await wait_for(clock, anext(messages), ends - clock.monotonic())
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise DeadlineError(
+                        f"DEADLINE_EXCEEDED: the stream outlasted {timeout_s:.2f} s"
+                    ) from None
+                except AtomicError as error:
+                    raise _as_received(error) from None
+                except Exception as error:  # the peer's bug: what gRPC would answer, INTERNAL
+                    raise from_status(
+                        ExecutionError.code, f"{method} failed inside the peer: {error!r}"
+                    ) from None
 
 
 def _as_received(error: AtomicError) -> AtomicError:

@@ -1,6 +1,7 @@
-"""A model factory for pipeline tests: a softmax over 10 logits (capability ``calibrate/softmax``).
+"""Model factories for tests: a softmax over 10 logits (capability ``calibrate/softmax``), and
+``repeat`` (an output of 4 MiB per example).
 
-Loaded by peer configs as ``tests/integration/stage_models.py:softmax``; no training, no cache.
+Loaded by peer configs as ``tests/integration/stage_models.py:<name>``; no training, no cache.
 """
 
 from __future__ import annotations
@@ -19,4 +20,21 @@ def softmax(cache_dir: Path) -> BuiltModel:
         validation_accuracy=0.99,
         input_name="x",
         output_name="probs",
+    )
+
+
+class _Repeat(torch.nn.Module):
+    def __init__(self, times: int) -> None:
+        super().__init__()
+        self.times = times
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.repeat(1, self.times)
+
+
+def repeat(cache_dir: Path, *, features: int = 64, times: int = 16384) -> BuiltModel:
+    """``x: float32[B, features]`` repeated ``times`` along the row: 4 MiB per example by default,
+    an output larger than one small gRPC message (streamed output tests)."""
+    return BuiltModel(
+        module=_Repeat(times), input_shape=(features,), validation_accuracy=0.9, output_name="y"
     )

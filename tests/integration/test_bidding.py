@@ -86,6 +86,11 @@ class CountingTransport(BytesTransport):
             self.calls[address] += 1
         return await self._grpc.send(address, method, request, timeout_s)
 
+    def send_stream(
+        self, address: str, method: str, request: bytes, timeout_s: float
+    ) -> AsyncIterator[bytes]:
+        return self._grpc.send_stream(address, method, request, timeout_s)
+
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def counted() -> AsyncIterator[CountingTransport]:

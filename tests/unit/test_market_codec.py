@@ -31,7 +31,9 @@ from atomic_p2p.protocol.messages import (
     RequestBidsCall,
     RequestBidsReply,
     TaskSpec,
+    TensorSlice,
     TensorSpec,
+    TokenChunk,
 )
 from atomic_p2p.tensors import WireTensor
 from atomic_p2p.terms import ModelConstraints, Resources
@@ -133,6 +135,19 @@ PAIRS = {
             confidence_unknown=True,
         ),
     ),
+    "ExecuteOrder/generation": (
+        ExecuteOrder(b"r" * 16, "t1", b"d" * 32, 10, b"i" * 32, 30, max_tokens=8, prefix_tokens=(5, 6)),
+        market_pb2.ExecuteOrder(
+            request_id=b"r" * 16,
+            task_id="t1",
+            bid_digest=b"d" * 32,
+            issued_at_ms=10,
+            inputs_digest=b"i" * 32,
+            deadline_ms=30,
+            max_tokens=8,
+            prefix_tokens=[5, 6],
+        ),
+    ),
     "ExecuteOrder": (
         ExecuteOrder(b"r" * 16, "t1", b"d" * 32, 10, b"i" * 32, 30),
         market_pb2.ExecuteOrder(
@@ -227,6 +242,41 @@ def test_encode_gives_the_generated_codes_bytes_and_decodes_back(name: str) -> N
     value, message = PAIRS[name]
     assert codec.encode(value) == message.SerializeToString()
     assert codec.decode(type(value), codec.encode(value)) == value
+
+
+CHUNKS = {
+    "tokens": (
+        TokenChunk((1, 2, 2**40)),
+        market_pb2.ExecuteStreamResponse(tokens=market_pb2.TokenChunk(tokens=[1, 2, 2**40])),
+    ),
+    "slice": (
+        TensorSlice("y", "float32", (2, 3), 8, b"\x01" * 16),
+        market_pb2.ExecuteStreamResponse(
+            slice=market_pb2.TensorSlice(
+                name="y", dtype=tensor_pb2.D_TYPE_FLOAT32, shape=[2, 3], offset=8, data=b"\x01" * 16
+            )
+        ),
+    ),
+    "result": (ENVELOPE, market_pb2.ExecuteStreamResponse(result=_envelope_proto())),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CHUNKS))
+def test_stream_chunks_give_the_generated_codes_bytes_and_decode_back(name: str) -> None:
+    value, message = CHUNKS[name]
+    assert codec.encode_chunk(value) == message.SerializeToString()
+    assert codec.decode_chunk(message.SerializeToString()) == value
+
+
+def test_a_stream_message_with_no_part_is_refused() -> None:
+    with pytest.raises(ProtocolError, match="no tokens, slice or result"):
+        codec.decode_chunk(b"")
+
+
+def test_execute_call_bytes_parse_as_the_stream_request() -> None:
+    call = ExecuteCall(ENVELOPE, ENVELOPE, (WIRE,))
+    stream_request = market_pb2.ExecuteStreamRequest.FromString(codec.encode(call))
+    assert stream_request.SerializeToString() == codec.encode(call)
 
 
 def test_an_empty_submessage_is_still_sent() -> None:

@@ -198,3 +198,37 @@ async def test_a_caller_that_goes_away_does_not_cancel_the_work(executor: Worker
     gate.release.set()
     assert await asyncio.wait_for(executor.run("k", b"o", gate.job("again")), WAIT_S) == "done"
     assert gate.calls == 1
+
+
+async def test_a_stream_holds_one_slot_runs_once_per_key_and_frees_the_slot_when_closed() -> None:
+    pool: WorkerPool[str] = WorkerPool(max_concurrency=1, queue_limit=0, result_ttl_s=60.0)
+    try:
+        async with pool.hold(("r", "t")):
+            assert pool.load().in_flight == 1
+            assert await pool.step(lambda: 41 + 1) == 42
+            with pytest.raises(LimitExceededError):  # its one slot is held for the whole stream
+                await pool.run(("r", "u"), b"f", lambda: "x")
+        assert pool.load().in_flight == 0
+        with pytest.raises(ReplayError):
+            async with pool.hold(("r", "t")):
+                pass
+        assert await pool.run(("r", "u"), b"f", lambda: "served") == "served"
+    finally:
+        pool.close()
+
+
+async def test_drain_waits_for_a_running_stream() -> None:
+    pool: WorkerPool[str] = WorkerPool(max_concurrency=1, queue_limit=0, result_ttl_s=60.0)
+    release = asyncio.Event()
+
+    async def stream() -> None:
+        async with pool.hold("key"):
+            await release.wait()
+
+    task = asyncio.create_task(stream())
+    await asyncio.sleep(0)
+    assert not await pool.drain(timeout=0.01)
+    release.set()
+    assert await pool.drain(timeout=WAIT_S)
+    await task
+    pool.close()

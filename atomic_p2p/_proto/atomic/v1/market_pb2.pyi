@@ -364,6 +364,8 @@ class ExecuteOrder(_message.Message):
     INPUTS_DIGEST_FIELD_NUMBER: _builtins.int
     DEADLINE_MS_FIELD_NUMBER: _builtins.int
     BUYER_BIDS_FIELD_NUMBER: _builtins.int
+    MAX_TOKENS_FIELD_NUMBER: _builtins.int
+    PREFIX_TOKENS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.bytes
     task_id: _builtins.str
     bid_digest: _builtins.bytes
@@ -372,9 +374,17 @@ class ExecuteOrder(_message.Message):
     inputs_digest: _builtins.bytes
     """tensor digest (docs/protocol.md) of ExecuteRequest.inputs."""
     deadline_ms: _builtins.int
+    max_tokens: _builtins.int
+    """ExecuteStream of a generation model: the most tokens to generate (0: not a generation)."""
     @_builtins.property
     def buyer_bids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Gradient mode, buyer-side: the requester's bid vector for this peer."""
+
+    @_builtins.property
+    def prefix_tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """ExecuteStream continuation: tokens other peers already produced for this prompt, in order.
+        The peer generates after prompt || prefix_tokens (docs/protocol.md, streamed execution).
+        """
 
     def __init__(
         self,
@@ -386,10 +396,12 @@ class ExecuteOrder(_message.Message):
         inputs_digest: _builtins.bytes = ...,
         deadline_ms: _builtins.int = ...,
         buyer_bids: _abc.Iterable[_builtins.float] | None = ...,
+        max_tokens: _builtins.int = ...,
+        prefix_tokens: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bid_digest", b"bid_digest", "buyer_bids", b"buyer_bids", "deadline_ms", b"deadline_ms", "inputs_digest", b"inputs_digest", "issued_at_ms", b"issued_at_ms", "request_id", b"request_id", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bid_digest", b"bid_digest", "buyer_bids", b"buyer_bids", "deadline_ms", b"deadline_ms", "inputs_digest", b"inputs_digest", "issued_at_ms", b"issued_at_ms", "max_tokens", b"max_tokens", "prefix_tokens", b"prefix_tokens", "request_id", b"request_id", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -496,6 +508,130 @@ class ExecuteResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExecuteResponse: _TypeAlias = ExecuteResponse  # noqa: Y015
+
+@_typing.final
+class ExecuteStreamRequest(_message.Message):
+    """ExecuteStream's request: the same fields, numbers and checks as ExecuteRequest (so the bytes of
+    one parse as the other).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORDER_FIELD_NUMBER: _builtins.int
+    BID_FIELD_NUMBER: _builtins.int
+    INPUTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def order(self) -> _envelope_pb2.SignedEnvelope: ...
+    @_builtins.property
+    def bid(self) -> _envelope_pb2.SignedEnvelope: ...
+    @_builtins.property
+    def inputs(self) -> _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Tensor]: ...
+    def __init__(
+        self,
+        *,
+        order: _envelope_pb2.SignedEnvelope | None = ...,
+        bid: _envelope_pb2.SignedEnvelope | None = ...,
+        inputs: _abc.Iterable[_tensor_pb2.Tensor] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bid", b"bid", "order", b"order"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bid", b"bid", "inputs", b"inputs", "order", b"order"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecuteStreamRequest: _TypeAlias = ExecuteStreamRequest  # noqa: Y015
+
+@_typing.final
+class TokenChunk(_message.Message):
+    """Generated token ids, in the order produced."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKENS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        tokens: _abc.Iterable[_builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TokenChunk: _TypeAlias = TokenChunk  # noqa: Y015
+
+@_typing.final
+class TensorSlice(_message.Message):
+    """A slice of one output tensor's data: bytes [offset, offset + len(data)) of the tensor's C-order,
+    little-endian data. Slices of one tensor arrive in order, contiguous, from offset 0.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DTYPE_FIELD_NUMBER: _builtins.int
+    SHAPE_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    dtype: _tensor_pb2.DType.ValueType
+    offset: _builtins.int
+    data: _builtins.bytes
+    @_builtins.property
+    def shape(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        dtype: _tensor_pb2.DType.ValueType = ...,
+        shape: _abc.Iterable[_builtins.int] | None = ...,
+        offset: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "dtype", b"dtype", "name", b"name", "offset", b"offset", "shape", b"shape"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TensorSlice: _TypeAlias = TensorSlice  # noqa: Y015
+
+@_typing.final
+class ExecuteStreamResponse(_message.Message):
+    """One message of ExecuteStream: output as it is produced, and last the signed ExecuteResult whose
+    outputs_digest covers the whole output as reassembled (docs/protocol.md, streamed execution).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKENS_FIELD_NUMBER: _builtins.int
+    SLICE_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tokens(self) -> Global___TokenChunk: ...
+    @_builtins.property
+    def slice(self) -> Global___TensorSlice: ...
+    @_builtins.property
+    def result(self) -> _envelope_pb2.SignedEnvelope: ...
+    def __init__(
+        self,
+        *,
+        tokens: Global___TokenChunk | None = ...,
+        slice: Global___TensorSlice | None = ...,
+        result: _envelope_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["part", b"part", "result", b"result", "slice", b"slice", "tokens", b"tokens"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["part", b"part", "result", b"result", "slice", b"slice", "tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["tokens", "slice", "result"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___ExecuteStreamResponse: _TypeAlias = ExecuteStreamResponse  # noqa: Y015
 
 @_typing.final
 class FeedbackNotice(_message.Message):

@@ -52,6 +52,11 @@ class PeerStub:
                 request_serializer=atomic_dot_v1_dot_market__pb2.ExecuteRequest.SerializeToString,
                 response_deserializer=atomic_dot_v1_dot_market__pb2.ExecuteResponse.FromString,
                 _registered_method=True)
+        self.ExecuteStream = channel.unary_stream(
+                '/atomic.v1.Peer/ExecuteStream',
+                request_serializer=atomic_dot_v1_dot_market__pb2.ExecuteStreamRequest.SerializeToString,
+                response_deserializer=atomic_dot_v1_dot_market__pb2.ExecuteStreamResponse.FromString,
+                _registered_method=True)
         self.Feedback = channel.unary_unary(
                 '/atomic.v1.Peer/Feedback',
                 request_serializer=atomic_dot_v1_dot_market__pb2.FeedbackRequest.SerializeToString,
@@ -89,6 +94,14 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExecuteStream(self, request, context):
+        """Run a won bid and stream its output: generated tokens as they are produced, or a large
+        output in slices; the last message is the signed ExecuteResult.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Feedback(self, request, context):
         """Win, loss and outcome notices.
         """
@@ -120,6 +133,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.Execute,
                     request_deserializer=atomic_dot_v1_dot_market__pb2.ExecuteRequest.FromString,
                     response_serializer=atomic_dot_v1_dot_market__pb2.ExecuteResponse.SerializeToString,
+            ),
+            'ExecuteStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExecuteStream,
+                    request_deserializer=atomic_dot_v1_dot_market__pb2.ExecuteStreamRequest.FromString,
+                    response_serializer=atomic_dot_v1_dot_market__pb2.ExecuteStreamResponse.SerializeToString,
             ),
             'Feedback': grpc.unary_unary_rpc_method_handler(
                     servicer.Feedback,
@@ -214,6 +232,33 @@ class Peer:
             '/atomic.v1.Peer/Execute',
             atomic_dot_v1_dot_market__pb2.ExecuteRequest.SerializeToString,
             atomic_dot_v1_dot_market__pb2.ExecuteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecuteStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/atomic.v1.Peer/ExecuteStream',
+            atomic_dot_v1_dot_market__pb2.ExecuteStreamRequest.SerializeToString,
+            atomic_dot_v1_dot_market__pb2.ExecuteStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,10 @@ class PeerStub:
     """A batch of microtasks in, a signed bid or a no-bid per task out."""
     Execute: _grpc.UnaryUnaryMultiCallable[_market_pb2.ExecuteRequest, _market_pb2.ExecuteResponse]
     """Run a won bid; at most once per (request id, task id)."""
+    ExecuteStream: _grpc.UnaryStreamMultiCallable[_market_pb2.ExecuteStreamRequest, _market_pb2.ExecuteStreamResponse]
+    """Run a won bid and stream its output: generated tokens as they are produced, or a large
+    output in slices; the last message is the signed ExecuteResult.
+    """
     Feedback: _grpc.UnaryUnaryMultiCallable[_market_pb2.FeedbackRequest, _market_pb2.FeedbackResponse]
     """Win, loss and outcome notices."""
     BidGradient: _grpc.UnaryUnaryMultiCallable[_market_pb2.BidGradientRequest, _market_pb2.BidGradientResponse]
@@ -57,6 +61,10 @@ class PeerAsyncStub(PeerStub):
     """A batch of microtasks in, a signed bid or a no-bid per task out."""
     Execute: _aio.UnaryUnaryMultiCallable[_market_pb2.ExecuteRequest, _market_pb2.ExecuteResponse]  # type: ignore[assignment]
     """Run a won bid; at most once per (request id, task id)."""
+    ExecuteStream: _aio.UnaryStreamMultiCallable[_market_pb2.ExecuteStreamRequest, _market_pb2.ExecuteStreamResponse]  # type: ignore[assignment]
+    """Run a won bid and stream its output: generated tokens as they are produced, or a large
+    output in slices; the last message is the signed ExecuteResult.
+    """
     Feedback: _aio.UnaryUnaryMultiCallable[_market_pb2.FeedbackRequest, _market_pb2.FeedbackResponse]  # type: ignore[assignment]
     """Win, loss and outcome notices."""
     BidGradient: _aio.UnaryUnaryMultiCallable[_market_pb2.BidGradientRequest, _market_pb2.BidGradientResponse]  # type: ignore[assignment]
@@ -88,6 +96,16 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_market_pb2.ExecuteResponse, _abc.Awaitable[_market_pb2.ExecuteResponse]]:
         """Run a won bid; at most once per (request id, task id)."""
+
+    @_abc_1.abstractmethod
+    def ExecuteStream(
+        self,
+        request: _market_pb2.ExecuteStreamRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_market_pb2.ExecuteStreamResponse], _abc.AsyncIterator[_market_pb2.ExecuteStreamResponse]]:
+        """Run a won bid and stream its output: generated tokens as they are produced, or a large
+        output in slices; the last message is the signed ExecuteResult.
+        """
 
     @_abc_1.abstractmethod
     def Feedback(

@@ -1,0 +1,104 @@
+"""``atomic generate``: auction a prompt of token ids and stream the generated tokens as they arrive."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+from atomic_p2p.cli.arguments import non_negative, positive
+from atomic_p2p.cli.exits import ExitCode
+from atomic_p2p.cli.run import PRIORITIES, load_identity
+from atomic_p2p.errors import AuctionError, ConfigError
+
+if TYPE_CHECKING:
+    from atomic_p2p.identity import Identity
+    from atomic_p2p.requester import GenerationResult
+
+MAX_PROMPT_IDS = 100_000  # a prompt typed on a command line: anything longer is a mistake
+
+
+def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "generate",
+        help="auction a prompt and stream the generated tokens",
+        description="Ask every --peer for a bid on a prompt of token ids, stream the tokens the best "
+        "bid generates (continuing on the runner-up if it fails) and print which peer produced which part.",
+    )
+    parser.add_argument("--peer", dest="peers", action="append", required=True, metavar="ADDR")
+    parser.add_argument("--capability", required=True, help='what to run, e.g. "generate/count"')
+    parser.add_argument(
+        "--prompt-ids", required=True, metavar="IDS", help="token ids, comma-separated: 1,2,3"
+    )
+    parser.add_argument(
+        "--max-tokens", type=int, default=32, metavar="N", help="tokens to generate (default 32)"
+    )
+    parser.add_argument(
+        "--deadline", type=positive, default=10.0, metavar="S", help="seconds in all (default 10)"
+    )
+    parser.add_argument("--priority", choices=PRIORITIES, default="balanced")
+    parser.add_argument("--max-cost", type=non_negative, metavar="COST", help="exclude dearer bids")
+    parser.add_argument("--key", type=Path, metavar="PATH", help="signing key (default: the keygen path)")
+    parser.set_defaults(handler=handle)
+
+
+def parse_prompt(text: str) -> list[int]:
+    """``"1, 2,3"`` -> ``[1, 2, 3]``; anything else is a ConfigError naming the bad part."""
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) > MAX_PROMPT_IDS:
+        raise ConfigError(f"a prompt of at most {MAX_PROMPT_IDS} token ids, got {len(parts)}")
+    try:
+        ids = [int(part) for part in parts if part]
+    except ValueError:
+        raise ConfigError(f"--prompt-ids takes comma-separated integers, got {text[:64]!r}") from None
+    if not ids:
+        raise ConfigError("--prompt-ids needs at least one token id")
+    return ids
+
+
+async def stream(
+    args: argparse.Namespace, prompt: list[int], identity: Identity, out: TextIO
+) -> GenerationResult:
+    from atomic_p2p.requester import Requester
+
+    async with Requester(args.peers, identity) as requester:
+        generation = requester.generate(
+            args.capability,
+            prompt,
+            max_tokens=args.max_tokens,
+            deadline_s=args.deadline,
+            weights=args.priority,
+            max_cost=args.max_cost,
+        )
+        async with generation:
+            async for chunk in generation:
+                out.write(" ".join(str(token) for token in chunk.tokens) + " ")
+                out.flush()
+        out.write("\n")
+        return generation.result
+
+
+def render(result: GenerationResult) -> str:
+    lines = [f"{len(result.tokens)} tokens, price {result.price:.6g}"]
+    for part in result.parts:
+        end = part.start + len(part.tokens)
+        state = "verified" if part.verified else "UNVERIFIED (the peer failed)"
+        bid = part.bid
+        lines.append(
+            f"  tokens [{part.start}, {end}) from {bid.address} ({bid.peer_id.short}, {bid.model_id}): {state}"
+        )
+    return "\n".join(lines)
+
+
+def handle(args: argparse.Namespace) -> ExitCode:
+    prompt = parse_prompt(args.prompt_ids)
+    identity = load_identity(args.key)
+    try:
+        result = asyncio.run(stream(args, prompt, identity, sys.stdout))
+    except AuctionError as error:
+        print(f"\natomic generate: {error}", file=sys.stderr)
+        return ExitCode.FAILED
+    print(render(result), file=sys.stderr)
+    return ExitCode.OK

@@ -1,0 +1,119 @@
+"""Output that travels in pieces over ExecuteStream: tensors cut into slices, and put back together.
+
+How this works (docs/protocol.md section 10)
+--------------------------------------------
+A peer cuts each output tensor's data into :class:`TensorSlice`s of at most ``SLICE_BYTES``
+(:func:`slice_outputs`); the receiver feeds them to a :class:`Reassembly` in arrival order. It
+accepts only what the protocol allows: slices of one tensor contiguous from offset 0, with the same
+name, dtype and shape, tensors one after another, every tensor within the tensor limits and the
+whole output within ``max_bytes``. Its tensors are then exactly the ``WireTensor``s a unary Execute
+would have carried, so the signed ``outputs_digest`` is checked the same way.
+
+Generated tokens travel as :class:`TokenChunk`s; :func:`tokens_tensor` is the one tensor their
+digest covers (``tokens``, int64, shape ``[n]``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator, Sequence
+
+from atomic_p2p.errors import LimitExceededError, ProtocolError
+from atomic_p2p.identity import Envelope
+from atomic_p2p.protocol.messages import ExecuteChunk, ExecuteReply, TensorSlice
+from atomic_p2p.tensors import DEFAULT_LIMITS, TensorLimits, WireTensor, check_spec
+
+SLICE_BYTES = 1024 * 1024  # what a peer puts in one message: well under any gRPC message limit
+TOKENS_NAME = "tokens"
+
+
+def slice_outputs(outputs: Sequence[WireTensor], slice_bytes: int = SLICE_BYTES) -> Iterator[TensorSlice]:
+    """Each tensor's data in slices of at most ``slice_bytes``, in order (an empty tensor: one slice)."""
+    for wire in outputs:
+        size = len(wire.data)
+        for offset in range(0, max(size, 1), slice_bytes):
+            data = wire.data[offset : offset + slice_bytes]
+            yield TensorSlice(wire.name, wire.dtype, wire.shape, offset, data)
+
+
+def tokens_tensor(tokens: Sequence[int]) -> WireTensor:
+    """The tensor a generation's ``outputs_digest`` covers: the tokens one peer produced."""
+    data = b"".join(int(token).to_bytes(8, "little", signed=True) for token in tokens)
+    return WireTensor(TOKENS_NAME, "int64", (len(tokens),), data)
+
+
+class Reassembly:
+    """Output tensors rebuilt from slices in arrival order; see the module docstring."""
+
+    def __init__(self, limits: TensorLimits = DEFAULT_LIMITS, max_bytes: int | None = None) -> None:
+        self._limits = limits
+        self._max_bytes = max_bytes if max_bytes is not None else limits.max_bytes * 4
+        self._done: list[WireTensor] = []
+        self._current: TensorSlice | None = None
+        self._parts: list[bytes] = []
+        self._filled = 0
+        self._expected = 0
+        self._total = 0
+
+    def add(self, piece: TensorSlice) -> None:
+        current = self._current
+        if current is None or (piece.name, piece.dtype, piece.shape) != (
+            current.name,
+            current.dtype,
+            current.shape,
+        ):
+            self._finish_current()
+            self._start(piece)
+        elif piece.offset != self._filled:
+            raise ProtocolError(f"slice of {piece.name[:64]!r} at {piece.offset}, expected {self._filled}")
+        self._take(piece)
+
+    def tensors(self) -> tuple[WireTensor, ...]:
+        """Every tensor received, each complete (ProtocolError if the last one is not)."""
+        self._finish_current()
+        return tuple(self._done)
+
+    def _start(self, piece: TensorSlice) -> None:
+        if piece.offset != 0:
+            raise ProtocolError(f"the first slice of {piece.name[:64]!r} starts at {piece.offset}, not 0")
+        if any(wire.name == piece.name for wire in self._done):
+            raise ProtocolError(f"output {piece.name[:64]!r} arrives twice")
+        self._expected = check_spec(piece.dtype, piece.shape, self._limits)  # bad or too big: refused
+        self._current = piece
+        self._parts = []
+        self._filled = 0
+
+    def _take(self, piece: TensorSlice) -> None:
+        self._filled += len(piece.data)
+        self._total += len(piece.data)
+        if self._filled > self._expected:
+            raise ProtocolError(f"output {piece.name[:64]!r} has more data than its shape holds")
+        if self._total > self._max_bytes:
+            raise LimitExceededError(f"streamed output is over {self._max_bytes} bytes")
+        self._parts.append(piece.data)
+
+    def _finish_current(self) -> None:
+        current = self._current
+        if current is None:
+            return
+        if self._filled != self._expected:
+            raise ProtocolError(
+                f"output {current.name[:64]!r} ended after {self._filled} of {self._expected} bytes"
+            )
+        self._done.append(WireTensor(current.name, current.dtype, current.shape, b"".join(self._parts)))
+        self._current = None
+        self._parts = []
+
+
+async def collect_reply(
+    chunks: AsyncIterator[ExecuteChunk], limits: TensorLimits = DEFAULT_LIMITS
+) -> ExecuteReply:
+    """The :class:`ExecuteReply` a sliced ExecuteStream adds up to: its tensors and the signed
+    result, which must come last (ProtocolError for tokens, a missing result, or anything after it)."""
+    reassembly = Reassembly(limits)
+    async for chunk in chunks:
+        if isinstance(chunk, Envelope):
+            return ExecuteReply(chunk, reassembly.tensors())
+        if not isinstance(chunk, TensorSlice):
+            raise ProtocolError("a tensor stream carried generated tokens")
+        reassembly.add(chunk)
+    raise ProtocolError("the stream ended without a signed result")
