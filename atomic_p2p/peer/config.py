@@ -1,8 +1,10 @@
 """Peer configuration: one TOML file per peer, loaded into frozen dataclasses.
 
 A config file has one ``[peer]`` table (node settings) and one ``[[models]]`` table per hosted
-model. Relative paths (``data_dir``, ``cache_dir``, a ``factory`` given as ``file.py:function``)
-are relative to the config file. ``peers/*.toml`` are annotated examples::
+model. Relative paths (``data_dir``, ``cache_dir``, a ``factory`` given as ``file.py:function``,
+a ``torchscript`` file, a ``huggingface`` directory) are relative to the config file. A model comes
+from exactly one of ``factory``, ``torchscript`` or ``huggingface``; ``[models.contract]`` declares
+its inputs and outputs (required for TorchScript, an override for Hugging Face). ``peers/*.toml`` are annotated examples::
 
     [peer]
     name = "small"
@@ -31,6 +33,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from atomic_p2p.contract import Dim, ModelContract, TaskKind, TensorContract
 from atomic_p2p.errors import ConfigError
 from atomic_p2p.faults import FaultPlan
 from atomic_p2p.peer.strategies import STRATEGIES, make_strategy
@@ -70,7 +73,7 @@ class ModelConfig:
     model_id: str
     capabilities: tuple[str, ...]
     # "package.module:function", or "/absolute/path/file.py:function" (relative paths are resolved
-    # against the config file when it is loaded).
+    # against the config file when it is loaded); "" when the model comes from a file below.
     factory: str
     price_per_example: float
     strategy: str = "confidence"
@@ -85,6 +88,28 @@ class ModelConfig:
     # Free text for people (e.g. "digits 0-4 only"); machines read the capabilities.
     domain: str = ""
     gradient: GradientConfig = GradientConfig()
+    # Instead of a factory: a TorchScript file (needs a contract) or a Hugging Face directory
+    # (model and tokenizer, loaded from local files only); absolute once loaded from TOML.
+    torchscript: Path | None = None
+    huggingface: Path | None = None
+    # [models.contract]: the model's inputs, outputs and kind (a factory declares its own).
+    contract: ModelContract | None = None
+
+    def __post_init__(self) -> None:
+        given = [name for name in _SOURCES if getattr(self, name)]
+        if len(given) != 1:
+            raise ConfigError(
+                f"model {self.model_id}: give exactly one of factory, torchscript or huggingface, got "
+                + (", ".join(given) if given else "none")
+            )
+        if self.torchscript is not None and self.contract is None:
+            raise ConfigError(
+                f"model {self.model_id}: a torchscript model needs a [models.contract] table "
+                "(kind and [[models.contract.inputs]]); see docs/cli.md"
+            )
+
+
+_SOURCES = ("factory", "torchscript", "huggingface")
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +192,9 @@ _MODEL_KEYS = {
     "resources",
     "extra_latency_ms",
     "domain",
+    "torchscript",
+    "huggingface",
+    "contract",
 }
 
 
@@ -272,10 +300,30 @@ def _model(table: Any, base_dir: Path, where: str) -> ModelConfig:
         make_strategy(strategy, strategy_options)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    return ModelConfig(
-        model_id=_string(table, "model_id", where, default=None),
-        capabilities=tuple(capabilities),
-        factory=_factory(table, base_dir, where),
+    model_id = _string(table, "model_id", where, default=None)
+    sources = [name for name in _SOURCES if name in table]
+    if len(sources) != 1:
+        raise ConfigError(
+            f"{where}: model {model_id!r} needs exactly one of factory, torchscript or huggingface, got "
+            + (", ".join(sources) if sources else "none")
+        )
+    fields = dict(
+        factory=_factory(table, base_dir, where) if "factory" in table else "",
+        torchscript=_existing(table, "torchscript", base_dir, where, "a TorchScript file"),
+        huggingface=_existing(table, "huggingface", base_dir, where, "a Hugging Face directory"),
+        contract=_contract(table, where),
+        **_model_terms(table, where, strategy, strategy_options),
+    )
+    try:
+        return ModelConfig(model_id=model_id, capabilities=tuple(capabilities), **fields)
+    except ConfigError as exc:  # the checks every ModelConfig makes, now with the file and table
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _model_terms(
+    table: Mapping[str, Any], where: str, strategy: str, strategy_options: dict[str, Any]
+) -> dict[str, Any]:
+    return dict(
         price_per_example=_number(table, "price_per_example", where, default=None, low=0.0),
         strategy=strategy,
         strategy_options=strategy_options,
@@ -286,6 +334,59 @@ def _model(table: Any, base_dir: Path, where: str) -> ModelConfig:
         domain=_string(table, "domain", where, default=""),
         gradient=_gradient(_table(table, "gradient", where, ""), f"{where} gradient"),
     )
+
+
+def _existing(table: Mapping[str, Any], key: str, base_dir: Path, where: str, what: str) -> Path | None:
+    path = _path(table, key, base_dir, where)
+    if path is not None and not path.exists():
+        raise ConfigError(f"{key} {path} does not exist; name {what} (paths are relative to the config)")
+    return path
+
+
+def _contract(table: Mapping[str, Any], where: str) -> ModelContract | None:
+    """``[models.contract]``: ``kind``, ``[[models.contract.inputs]]`` and optional outputs."""
+    if "contract" not in table:
+        return None
+    contract = _table(table, "contract", where, "")
+    where = f"{where} contract"
+    _reject_unknown(contract, {"kind", "inputs", "outputs"}, where, "")
+    kinds = [kind.value for kind in TaskKind]
+    kind = _string(contract, "kind", where, default=None)
+    if kind not in kinds:
+        raise ConfigError(f"{where}: kind must be one of {', '.join(kinds)}, got {kind!r}")
+    try:
+        return ModelContract(
+            TaskKind(kind),
+            tuple(_tensor(entry, f"{where} inputs") for entry in contract.get("inputs", [])),
+            tuple(_tensor(entry, f"{where} outputs") for entry in contract.get("outputs", [])),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _tensor(entry: Any, where: str) -> TensorContract:
+    """One ``{name = "x", dtype = "float32", dims = [64, [1, 128]]}``: a size is fixed, a pair is min, max."""
+    if not isinstance(entry, dict):
+        raise ConfigError(f"{where}: each entry is a table with name, dtype and dims")
+    _reject_unknown(entry, {"name", "dtype", "dims"}, where, "")
+    dims = entry.get("dims")
+    if not isinstance(dims, list) or not all(_is_dim(dim) for dim in dims):
+        raise ConfigError(
+            f"{where}: dims must be a list of sizes or [min, max] pairs per example, e.g. [64] or [[1, 128]]"
+        )
+    try:
+        shape = tuple(Dim.fixed(dim) if isinstance(dim, int) else Dim(*dim) for dim in dims)
+    except ValueError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return TensorContract(
+        _string(entry, "name", where, default=None), _string(entry, "dtype", where, default="float32"), shape
+    )
+
+
+def _is_dim(dim: Any) -> bool:
+    if isinstance(dim, list):
+        return len(dim) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in dim)
+    return isinstance(dim, int) and not isinstance(dim, bool)
 
 
 def _factory(table: Mapping[str, Any], base_dir: Path, where: str) -> str:

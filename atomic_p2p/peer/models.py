@@ -6,6 +6,10 @@ its input spec and its measured held-out accuracy. :class:`HostedModel` moves th
 when there is one (else the CPU), puts it in eval mode, validates every decoded input against
 the spec, and runs it under ``torch.inference_mode`` from worker threads (torch releases the GIL
 while it computes, so one node runs several calls at once).
+
+A config may name a file instead of a factory: a TorchScript file (loaded on the CPU, with the
+contract from the config) or a Hugging Face directory (``atomic_p2p.peer.huggingface``, imported
+only then, so the base install never imports transformers).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import inspect
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -115,27 +120,22 @@ class HostedModel:
         self.validation_accuracy = float(accuracy) if accuracy is not None else 0.0
         self.class_accuracy = built.class_accuracy
         self.generation = built.generation
+        # Text in and out, where the source has a tokenizer (a Hugging Face directory's).
+        self.tokenizer = getattr(built, "tokenizer", None)
         self.strategy: Strategy = make_strategy(config.strategy, config.strategy_options)
         self.latency = LatencyEwma()
         self._warm_up()
 
     @classmethod
     def load(cls, config: ModelConfig, cache_dir: Path, device: torch.device | None = None) -> HostedModel:
-        """Call the config's factory (which may train, or load cached weights) and host the result."""
-        factory = load_factory(config.factory)
-        try:
-            inspect.signature(factory).bind(cache_dir=cache_dir, **config.options)
-        except TypeError as exc:
-            raise ConfigError(
-                f"model {config.model_id}: factory {config.factory} does not take these options: {exc}"
-            ) from None
-        built = factory(cache_dir=cache_dir, **config.options)
-        if not isinstance(built, BuiltModel):
-            raise ConfigError(
-                f"model {config.model_id}: factory {config.factory} returned {type(built).__name__}, "
-                "expected atomic_p2p.peer.models.BuiltModel"
-            )
-        return cls(config, built, device)
+        """Build the model from its source (a factory may train, or load cached weights) and host it."""
+        if config.huggingface is not None:
+            from atomic_p2p.peer import huggingface  # transformers, only for a config that asks for it
+
+            return cls(config, huggingface.load(config), device)
+        if config.torchscript is not None:
+            return cls(config, load_torchscript(config), device)
+        return cls(config, build_with_factory(config, cache_dir), device)
 
     def __repr__(self) -> str:
         return f"HostedModel({self.model_id!r}, device={self.device})"
@@ -323,7 +323,43 @@ def _observed(name: str, tensor: torch.Tensor) -> TensorContract:
     return TensorContract(name, dtype, tuple(Dim.fixed(size) for size in tensor.shape[1:]))
 
 
-# --- factories ---------------------------------------------------------------------------------
+# --- sources: factories and TorchScript files -------------------------------------------------
+
+
+def build_with_factory(config: ModelConfig, cache_dir: Path) -> BuiltModel:
+    """Call the config's factory with its options; ConfigError if they do not fit or it returns junk."""
+    factory = load_factory(config.factory)
+    try:
+        inspect.signature(factory).bind(cache_dir=cache_dir, **config.options)
+    except TypeError as exc:
+        raise ConfigError(
+            f"model {config.model_id}: factory {config.factory} does not take these options: {exc}"
+        ) from None
+    built = factory(cache_dir=cache_dir, **config.options)
+    if not isinstance(built, BuiltModel):
+        raise ConfigError(
+            f"model {config.model_id}: factory {config.factory} returned {type(built).__name__}, "
+            "expected atomic_p2p.peer.models.BuiltModel"
+        )
+    return built
+
+
+def load_torchscript(config: ModelConfig) -> BuiltModel:
+    """A TorchScript file, loaded on the CPU (HostedModel moves it), with the config's contract."""
+    assert config.torchscript is not None and config.contract is not None  # ModelConfig checks both
+    try:
+        with warnings.catch_warnings():
+            # torch deprecates TorchScript for torch.export; files people already have still load.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(str(config.torchscript), map_location="cpu")
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise ConfigError(
+            f"model {config.model_id}: {config.torchscript} is not a TorchScript file "
+            f"(save one with torch.jit.save): {exc}"
+        ) from None
+    accuracy = 0.0 if config.contract.kind.has_confidence else None
+    return BuiltModel(module=module, contract=config.contract, validation_accuracy=accuracy)
+
 
 _IMPORT_LOCK = threading.Lock()
 
