@@ -19,6 +19,7 @@ import torch
 from atomic_p2p.contract import Dim, TaskKind, TensorContract
 from atomic_p2p.errors import ConfigError
 from atomic_p2p.peer.config import load_config
+from atomic_p2p.peer.models import HostedModel
 from atomic_p2p.peer.node import PeerNode
 from atomic_p2p.requester import Requester
 
@@ -146,3 +147,21 @@ async def test_a_directory_without_model_files_is_refused_saying_what_is_missing
     config = load_config(write_config(tmp_path, ("nothing", "classify/sentiment", "empty")))
     with pytest.raises(ConfigError, match=r"lacks config\.json; weights \(one of model\.safetensors"):
         await PeerNode.start(config)
+
+
+def test_an_encoder_without_a_head_sells_mean_pooled_embeddings(tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    encoder = transformers.BertModel(
+        transformers.BertConfig(vocab_size=len(WORDS), max_position_embeddings=16, **TINY)
+    ).eval()
+    encoder.save_pretrained(tmp_path / "encoder")
+    save_tokenizer(tmp_path / "encoder")
+    (config,) = load_config(write_config(tmp_path, ("tiny-encoder", "embed/words", "encoder"))).models
+    hosted = HostedModel.load(config, tmp_path / "cache", torch.device("cpu"))
+    assert hosted.kind is TaskKind.EMBEDDING and hosted.contract.output_names == ("embedding",)
+    inputs = hosted.tokenizer.encode(["good fun", "not a very good plot"], max_tokens=16)
+    ((name, embedding),) = hosted.forward(inputs)
+    with torch.inference_mode():
+        hidden = encoder(**inputs).last_hidden_state
+    assert name == "embedding" and embedding.shape == (2, 32)
+    assert torch.allclose(embedding[0], hidden[0, :2].mean(dim=0), atol=1e-5)

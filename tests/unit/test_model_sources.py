@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,3 +80,11 @@ def test_a_huggingface_directory_needs_no_contract(tmp_path: Path) -> None:
 def test_source_mistakes_name_the_model_and_the_fix(tmp_path: Path, body: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load(tmp_path, body)
+
+
+def test_the_base_install_never_imports_transformers() -> None:
+    code = (
+        "import sys, atomic_p2p, atomic_p2p.peer.node, atomic_p2p.requester, atomic_p2p.cli.peer\n"
+        "assert 'transformers' not in sys.modules, 'transformers imported without a huggingface model'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
