@@ -102,6 +102,11 @@ class ModelConfig:
                 f"model {self.model_id}: give exactly one of factory, torchscript or huggingface, got "
                 + (", ".join(given) if given else "none")
             )
+        if self.options and not self.factory:
+            raise ConfigError(
+                f"model {self.model_id}: options are keyword arguments for a factory; "
+                "a torchscript or huggingface model takes none, so remove [models.options]"
+            )
         if self.torchscript is not None and self.contract is None:
             raise ConfigError(
                 f"model {self.model_id}: a torchscript model needs a [models.contract] table "

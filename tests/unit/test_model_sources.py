@@ -63,6 +63,7 @@ def test_a_huggingface_directory_needs_no_contract(tmp_path: Path) -> None:
         ('huggingface = "nowhere"\n', r"huggingface .*nowhere does not exist; name a Hugging Face directory"),
         ('torchscript = "gone.pt"\n' + CONTRACT, r"torchscript .*gone\.pt does not exist"),
         ('torchscript = "model.pt"\n', r"#1: model m: a torchscript model needs a \[models.contract\]"),
+        ('huggingface = "hf"\noptions = { seed = 1 }\n', r"options are keyword arguments for a factory"),
         ('huggingface = "hf"\n[models.contract]\nkind = "poetry"\n', "kind must be one of classification"),
         ('huggingface = "hf"\n[models.contract]\nkind = "embedding"\n', "takes at least one input"),
         (
