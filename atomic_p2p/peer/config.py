@@ -73,7 +73,8 @@ class ModelConfig:
     model_id: str
     capabilities: tuple[str, ...]
     # "package.module:function", or "/absolute/path/file.py:function" (relative paths are resolved
-    # against the config file when it is loaded); "" when the model comes from a file below.
+    # against the config file when it is loaded); "" when the model comes from a file below
+    # (from Python: ModelConfig(..., factory="", huggingface=Path("dir"), ...)).
     factory: str
     price_per_example: float
     strategy: str = "confidence"

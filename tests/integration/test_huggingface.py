@@ -156,10 +156,13 @@ def test_an_encoder_without_a_head_sells_mean_pooled_embeddings(tmp_path: Path) 
     ).eval()
     encoder.save_pretrained(tmp_path / "encoder")
     save_tokenizer(tmp_path / "encoder")
-    (config,) = load_config(write_config(tmp_path, ("tiny-encoder", "embed/words", "encoder"))).models
+    path = write_config(tmp_path, ("tiny-encoder", "embed/words", "encoder"))
+    path.write_text(path.read_text() + "[models.constraints]\nmax_input_tokens = 8\n")
+    (config,) = load_config(path).models
     hosted = HostedModel.load(config, tmp_path / "cache", torch.device("cpu"))
     assert hosted.kind is TaskKind.EMBEDDING and hosted.contract.output_names == ("embedding",)
-    inputs = hosted.tokenizer.encode(["good fun", "not a very good plot"], max_tokens=16)
+    assert hosted.contract.inputs[0].dims == (Dim(1, 8),)  # max_input_tokens caps the 16 positions
+    inputs = hosted.tokenizer.encode(["good fun", "not a very good plot"], max_tokens=8)
     ((name, embedding),) = hosted.forward(inputs)
     with torch.inference_mode():
         hidden = encoder(**inputs).last_hidden_state
