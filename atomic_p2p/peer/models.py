@@ -30,6 +30,7 @@ from atomic_p2p.errors import ConfigError, ExecutionError, TensorError
 from atomic_p2p.peer.config import ModelConfig
 from atomic_p2p.peer.generation import Decoder, Generation, check_order
 from atomic_p2p.peer.strategies import Strategy, make_strategy
+from atomic_p2p.peer.text import Tokenizer
 from atomic_p2p.protocol.messages import TensorSpec
 from atomic_p2p.tensors import DTYPES, NAMES
 
@@ -74,6 +75,9 @@ class BuiltModel:
     # Set for a causal LM sold over ExecuteStream (atomic_p2p/peer/generation.py); its input is a
     # prompt of token ids, int64[1, T] with T up to the context ("input_shape" is then (1,)).
     generation: Generation | None = None
+    # Set for a model that takes text (atomic_p2p/peer/text.py): the node tokenises a task's texts
+    # with it, and the contract's inputs are what it produces (e.g. input_ids, attention_mask).
+    tokenizer: Tokenizer | None = None
 
 
 ModelFactory = Callable[..., BuiltModel]
