@@ -30,7 +30,7 @@ from atomic_p2p.errors import ConfigError, ExecutionError, TensorError
 from atomic_p2p.peer.config import ModelConfig
 from atomic_p2p.peer.generation import Decoder, Generation, check_order
 from atomic_p2p.peer.strategies import Strategy, make_strategy
-from atomic_p2p.peer.text import Tokenizer
+from atomic_p2p.peer.text import Tokenizer, most_tokens
 from atomic_p2p.protocol.messages import TensorSpec
 from atomic_p2p.tensors import DTYPES, NAMES
 
@@ -119,6 +119,7 @@ class HostedModel:
         self.validation_accuracy = float(accuracy) if accuracy is not None else 0.0
         self.class_accuracy = built.class_accuracy
         self.generation = built.generation
+        self.tokenizer = built.tokenizer
         self.strategy: Strategy = make_strategy(config.strategy, config.strategy_options)
         self.latency = LatencyEwma()
         self._warm_up()
@@ -194,6 +195,20 @@ class HostedModel:
         check_order(self.generation, prompt, prefix, max_tokens)
         ids = torch.cat([prompt, torch.tensor([list(prefix)], dtype=torch.int64)], dim=1)
         return Decoder(self.module, self.generation, ids, max_tokens, self.device, self.model_id)
+
+    def count_tokens(self, texts: Sequence[str]) -> int | None:
+        """The most tokens in one of ``texts`` by this model's own tokenizer; None if it takes no text."""
+        return None if self.tokenizer is None else most_tokens(self.tokenizer, texts)
+
+    def tokenize(self, texts: Sequence[str]) -> list[tuple[str, torch.Tensor]]:
+        """The model's inputs for ``texts`` (counted and checked against its limits beforehand)."""
+        if self.tokenizer is None:
+            raise TensorError(f"{self.model_id} takes no text")
+        budget = self.max_input_tokens or self.contract.inputs[0].dims[-1].max
+        encoded = self.tokenizer.encode(texts, budget)
+        return [
+            (tensor.name, encoded[tensor.name]) for tensor in self.contract.inputs if tensor.name in encoded
+        ]
 
     def preview_confidence(self, preview: Sequence[torch.Tensor]) -> float:
         logits = self._preview_logits(preview)
@@ -296,6 +311,10 @@ class HostedModel:
 
 def _contract_of(model_id: str, built: BuiltModel) -> ModelContract:
     """The declared contract, or the one of a single fixed-shape input; ConfigError if unusable."""
+    if built.tokenizer is not None and built.contract is None:
+        raise ConfigError(
+            f"model {model_id}: a model with a tokenizer declares a contract of what it produces"
+        )
     if built.contract is None and built.generation is not None:
         # A causal LM takes one prompt of token ids, int64[1, T], T up to its context.
         prompt = TensorContract(built.input_name, "int64", (Dim(1, built.generation.context - 1),))
