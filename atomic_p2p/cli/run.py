@@ -88,6 +88,9 @@ def _add_io_arguments(parser: argparse.ArgumentParser) -> None:
         help="a text input, one example (repeat for a batch); each peer tokenises it with its own tokenizer",
     )
     parser.add_argument(
+        "--language", default="", metavar="TAG", help='the language of the texts, e.g. "en" (peers check it)'
+    )
+    parser.add_argument(
         "--input-name",
         default="x",
         metavar="NAME",
@@ -137,6 +140,7 @@ async def _auction(
             args.capability,
             inputs,
             text=args.texts,
+            language=args.language,
             deadline_s=args.deadline,
             weights=args.priority,
             max_cost=args.max_cost,

@@ -211,8 +211,11 @@ class HostedModel:
         ]
 
     def preview_confidence(self, preview: Sequence[torch.Tensor]) -> float:
-        logits = self._preview_logits(preview)
-        return float(torch.softmax(logits.float(), dim=-1).amax(dim=-1).mean())
+        return _mean_max_softmax(self._preview_logits(preview))
+
+    def text_confidence(self, texts: Sequence[str]) -> float:
+        """Mean max-softmax on previewed texts (screened for count and tokens beforehand)."""
+        return _mean_max_softmax(self._call(dict(self.tokenize(texts)))[0][1])
 
     def preview_classes(self, preview: Sequence[torch.Tensor]) -> list[int]:
         """The class the model predicts for each preview row (specialization strategies ask)."""
@@ -332,6 +335,10 @@ def _contract_of(model_id: str, built: BuiltModel) -> ModelContract:
                 f"model {model_id}: {tensor.name!r} has dtype {tensor.dtype!r}, which cannot travel"
             )
     return contract
+
+
+def _mean_max_softmax(logits: torch.Tensor) -> float:
+    return float(torch.softmax(logits.float(), dim=-1).amax(dim=-1).mean())
 
 
 def _is_batch(value: Any, batch: int) -> bool:

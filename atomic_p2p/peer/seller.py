@@ -106,7 +106,7 @@ class OpenRequest:
 
     @property
     def has_preview(self) -> bool:
-        return any(task.preview for task, _ in self.tasks)
+        return any(task.preview or task.texts for task, _ in self.tasks)
 
 
 @dataclass(frozen=True, slots=True)

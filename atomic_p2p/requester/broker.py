@@ -113,8 +113,10 @@ class Broker:
         inputs: Mapping[str, torch.Tensor],
         terms: Terms,
         texts: Sequence[str] = (),
+        language: str = "",
     ) -> Prepared:
-        """``texts``: one UTF-8 string per example, tokenised by each peer with its own tokenizer."""
+        """``texts``: one UTF-8 string per example, tokenised by each peer with its own tokenizer;
+        ``language``: their BCP 47 tag (e.g. "en"), checked against each model's languages."""
         size = sum(tensor.numel() * tensor.element_size() for tensor in inputs.values())
         size += sum(len(text) for text in texts)
         payload = (
@@ -129,6 +131,7 @@ class Broker:
             preview=terms.preview,
             max_cost=terms.max_cost,
             texts=payload.texts,
+            language=language,
         )
         first = payload.inputs[0] if payload.inputs else None
         shapes = {wire.name: wire.shape for wire in payload.inputs}

@@ -283,6 +283,7 @@ class Requester:
         inputs: Mapping[str, torch.Tensor] | None = None,
         *,
         text: Sequence[str] | None = None,
+        language: str = "",
         deadline_s: float = 2.0,
         weights: WeightsSpec = None,
         max_cost: float | None = None,
@@ -293,7 +294,9 @@ class Requester:
 
         The task carries ``inputs`` (tensors by name) or ``text``: one string per example, which
         each peer tokenises with its own tokenizer (``run("classify/sentiment", text=["great",
-        "awful"])``); peers with a token limit their tokenizer counts past decline.
+        "awful"])``); peers with a token limit their tokenizer counts past decline. ``language``
+        (a BCP 47 tag such as "en") declares the texts' language: models whose
+        ``supported_languages`` lack it decline.
 
         ``weights`` is "speed", "accuracy", "balanced" (None), or a mapping of the components
         ``accuracy``, ``latency`` and ``cost`` to non-negative weights. ``max_cost`` excludes
@@ -308,7 +311,7 @@ class Requester:
         terms = self._terms(deadline_s, weights, max_cost, priority, preview)
         async with self.queue.slot(parse_priority(priority), terms.deadline):
             task_id = f"task-{next(self._task_numbers)}"
-            prepared = await self._broker.prepare(task_id, capability, tensors, terms, texts)
+            prepared = await self._broker.prepare(task_id, capability, tensors, terms, texts, language)
             soliciting = self.clock.monotonic()
             (offers,) = await self._broker.offers([prepared], terms, deadline_s)
             bids_ms = (self.clock.monotonic() - soliciting) * 1000

@@ -77,6 +77,7 @@ def build_task(
     max_cost: float | None,
     model_id: str = "",
     texts: Sequence[bytes] = (),
+    language: str = "",
 ) -> TaskRef:
     """Serialize one TaskSpec (inputs and texts inline as a preview when asked and small enough)."""
     size = sum(len(wire.data) for wire in inputs) + sum(len(text) for text in texts)
@@ -90,6 +91,7 @@ def build_task(
         max_cost=max_cost or 0.0,
         text=TextSpec.of(tuple(texts)) if texts else None,
         text_preview=tuple(texts) if inline else (),
+        language=language,
     )
     return TaskRef(task_id, codec.encode(spec))
 

@@ -48,7 +48,8 @@ async def test_text_is_classified_by_the_model_whose_tokenizer_fits(node: PeerNo
 
 async def test_atomic_run_text(node: PeerNode, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = ["run", "--peer", node.address, "--capability", CAPABILITY, "--no-store", "--json"]
-    args += ["--text", "a wonderful film", "--text", "terrible", "--output", str(tmp_path / "out.pt")]
+    args += ["--text", "a wonderful film", "--text", "terrible", "--language", "en"]
+    args += ["--output", str(tmp_path / "out.pt")]
     code = await asyncio.to_thread(main, args)
     out = capsys.readouterr().out
     assert code == 0, out

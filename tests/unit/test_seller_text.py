@@ -91,3 +91,25 @@ def test_an_order_with_bad_text_gets_its_own_refusal_and_the_seller_serves_on(se
     with pytest.raises(ProtocolError, match="digest"):
         seller.open_order(forged, NOW + 1)
     assert seller.perform(seller.open_order(call, NOW + 1)).outputs[0].shape == (1, 2)
+
+
+def test_a_confidence_strategy_bids_its_softmax_on_the_tokenised_preview(tmp_path: Path) -> None:
+    config = text_seller_config("words", tmp_path, tokenizer="word")
+    (model_config,) = config.models
+    config = replace(config, models=(replace(model_config, strategy="confidence", strategy_options={}),))
+    models = load_models(config)
+    seller = Seller(
+        identity=Identity.generate(),
+        models=models,
+        config=config,
+        started_at_ms=NOW - 1000,
+        clock=lambda: NOW,
+    )
+    texts = ["great great great", "awful"]
+    opened = seller.open_request(call_for_bids([text.encode() for text in texts], preview=True), NOW)
+    assert opened.has_preview
+    (envelope,) = seller.answer(opened, seller.decide(opened, IDLE), NOW).outcomes
+    assert not isinstance(envelope, NoBid)
+    bid = codec.decode(Bid, envelope.payload)
+    assert bid.confidence_score == pytest.approx(models["words-model"].text_confidence(texts), abs=1e-6)
+    assert not bid.confidence_unknown and bid.confidence_score > 0.9

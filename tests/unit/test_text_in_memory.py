@@ -77,8 +77,10 @@ async def test_language_is_checked_against_supported_languages(
 ) -> None:
     english = network.add_peer(text_seller_config("english", tmp_path, languages=("en",)))
     async with buyer(network, clock, english) as requester:
-        result = await requester.run(CAPABILITY, text=["good"])
+        result = await requester.run(CAPABILITY, text=["good"], language="en-GB")
         assert result.outputs["logits"].shape == (1, 2)
+        with pytest.raises(NoBidsError, match="language 'fr' is not supported"):
+            await requester.run(CAPABILITY, text=["bon"], language="fr")
 
 
 async def test_text_arguments_are_checked_before_any_traffic(

@@ -187,6 +187,10 @@ class TextReader(Protocol):
         """The most tokens in any one of ``texts``; None when the model takes no text."""
         ...
 
+    def text_confidence(self, texts: Sequence[str]) -> float:
+        """Mean max-softmax of the model on the texts, tokenised by its own tokenizer."""
+        ...
+
 
 M = TypeVar("M", bound=ModelView)
 
