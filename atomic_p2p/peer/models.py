@@ -161,7 +161,13 @@ class HostedModel:
 
     @property
     def max_input_tokens(self) -> int:
-        return self.config.constraints.max_input_tokens
+        """The configured limit; for a text model also no more than its contract's token dimension
+        takes (texts are refused over it, never cut)."""
+        declared = self.config.constraints.max_input_tokens
+        if self.tokenizer is None:
+            return declared
+        fits = self.contract.inputs[0].dims[-1].max
+        return min(declared, fits) if declared else fits
 
     @property
     def supported_languages(self) -> tuple[str, ...]:
@@ -204,8 +210,7 @@ class HostedModel:
         """The model's inputs for ``texts`` (counted and checked against its limits beforehand)."""
         if self.tokenizer is None:
             raise TensorError(f"{self.model_id} takes no text")
-        budget = self.max_input_tokens or self.contract.inputs[0].dims[-1].max
-        encoded = self.tokenizer.encode(texts, budget)
+        encoded = self.tokenizer.encode(texts, self.max_input_tokens)
         return [
             (tensor.name, encoded[tensor.name]) for tensor in self.contract.inputs if tensor.name in encoded
         ]

@@ -298,9 +298,9 @@ class Seller:
         """The bid values of a gradient-mode bid (none if the model does not bid by gradient),
         remembering the inputs they were computed on until the bid is forgotten."""
         learner = self.learners.get(model.model_id)
+        if learner is None or not task.inputs:
+            return []  # no learner, or a text task (gradient bids take tensors for now)
         batch = task.inputs[0].shape[0]
-        if learner is None:
-            return []
         if not learner.needs_preview:
             inputs = torch.zeros(batch, 1)  # a scalar bid reads the batch length only
         elif task.preview and task.preview[0].shape[0] == batch:

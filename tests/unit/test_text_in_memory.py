@@ -83,6 +83,16 @@ async def test_language_is_checked_against_supported_languages(
             await requester.run(CAPABILITY, text=["bon"], language="fr")
 
 
+async def test_a_text_longer_than_the_contract_takes_is_declined_not_cut(
+    network: InMemoryNetwork, clock: FakeClock, tmp_path: Path
+) -> None:
+    config = text_seller_config("words", tmp_path)  # no max_input_tokens: the contract's 512 bound it
+    words = network.add_peer(config)
+    async with buyer(network, clock, words) as requester:
+        with pytest.raises(NoBidsError, match="513 input tokens"):
+            await requester.run(CAPABILITY, text=["good " * 513])
+
+
 async def test_text_arguments_are_checked_before_any_traffic(
     network: InMemoryNetwork, clock: FakeClock, tmp_path: Path
 ) -> None:
