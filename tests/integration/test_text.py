@@ -56,3 +56,5 @@ async def test_atomic_run_text(node: PeerNode, tmp_path: Path, capsys: pytest.Ca
     document = json.loads(out)
     assert document["ok"] is True and document["winner"]["model_id"] == "words-model"
     assert (tmp_path / "out.pt").exists()
+    code = await asyncio.to_thread(main, [*args[: args.index("--json")], "--text", "good"])
+    assert code == 0 and "winner" in capsys.readouterr().out
