@@ -319,7 +319,7 @@ class HostedModel:
 
 def _contract_of(model_id: str, built: BuiltModel) -> ModelContract:
     """The declared contract, or the one of a single fixed-shape input; ConfigError if unusable."""
-    if built.tokenizer is not None and built.contract is None:
+    if built.tokenizer is not None and built.contract is None and built.generation is None:
         raise ConfigError(
             f"model {model_id}: a model with a tokenizer declares a contract of what it produces"
         )

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+from pathlib import Path
+
 import pytest
 import torch
 
 from atomic_p2p import tensors
-from atomic_p2p.errors import LimitExceededError, TextError
+from atomic_p2p.errors import ConfigError, LimitExceededError, TextError
 from atomic_p2p.identity import Identity
+from atomic_p2p.peer.config import ModelConfig
+from atomic_p2p.peer.models import HostedModel
 from atomic_p2p.peer.text import CharTokenizer, Tokenizer, WordTokenizer, language_supported, most_tokens
 from atomic_p2p.protocol import codec
 from atomic_p2p.protocol.messages import ExecuteOrder
+from atomic_p2p.testing import count_up_lm, text_classifier
 
 # The vectors documented in docs/protocol.md, section 4.
 TEXTS = ("héllo", "ok")
@@ -107,3 +113,14 @@ def test_signed_order_over_a_text_digest_matches_the_documented_vector() -> None
     envelope = codec.sign(Identity.from_seed(b"alice"), order)
     assert envelope.payload.hex() == ORDER_PAYLOAD_HEX
     assert envelope.signature.hex() == ORDER_SIGNATURE_HEX
+
+
+def test_a_tokenizer_needs_a_contract_unless_the_model_generates(tmp_path: Path) -> None:
+    config = ModelConfig("m", ("c",), "unused:factory", price_per_example=0.001)
+    built = text_classifier(tmp_path)
+    with pytest.raises(ConfigError, match="declares a contract"):
+        HostedModel(config, replace(built, contract=None), torch.device("cpu"))
+    generator = replace(count_up_lm(tmp_path), tokenizer=CharTokenizer("ab"))
+    assert HostedModel(config, generator, torch.device("cpu")).tokenizer is not None
+    hosted = HostedModel(config, built, torch.device("cpu"))
+    assert hosted.max_input_tokens == 512  # no configured limit: the contract's token dimension
