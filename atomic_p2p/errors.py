@@ -2,7 +2,8 @@
 
     AtomicError
     ├── ProtocolError                 INVALID_ARGUMENT     malformed message or field
-    │   └── TensorError               INVALID_ARGUMENT     bad dtype, shape or byte length
+    │   ├── TensorError               INVALID_ARGUMENT     bad dtype, shape or byte length
+    │   └── TextError                 INVALID_ARGUMENT     a text that is not UTF-8
     ├── SignatureError                UNAUTHENTICATED      missing, forged or mismatched signature
     ├── PreconditionError             FAILED_PRECONDITION
     │   ├── UnknownModelError                              no such model / capability here
@@ -40,6 +41,10 @@ class ProtocolError(AtomicError):
 
 class TensorError(ProtocolError):
     pass
+
+
+class TextError(ProtocolError):
+    """A text input that is not valid UTF-8 (the message names which text)."""
 
 
 class SignatureError(AtomicError):

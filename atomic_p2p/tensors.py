@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from atomic_p2p.errors import LimitExceededError, TensorError
+from atomic_p2p.errors import LimitExceededError, TensorError, TextError
 
 # Wire name -> torch dtype. The names match the DType enum in protos/atomic/v1/tensor.proto.
 DTYPES: dict[str, torch.dtype] = {
@@ -48,6 +48,21 @@ class TensorLimits:
 
 
 DEFAULT_LIMITS = TensorLimits()
+
+
+@dataclass(frozen=True, slots=True)
+class TextLimits:
+    """What a node accepts in the texts of one task (documented in docs/protocol.md)."""
+
+    max_texts: int = 1024
+    max_text_bytes: int = 1024 * 1024
+    max_total_bytes: int = 16 * 1024 * 1024
+
+
+DEFAULT_TEXT_LIMITS = TextLimits()
+# Marks the start of the texts in a digest: no tensor name is 2**32 - 1 bytes long, so a digest with
+# texts can never equal one of tensors alone.
+TEXTS_MARKER = 0xFFFFFFFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,10 +129,45 @@ def decode(wire: WireTensor, limits: TensorLimits = DEFAULT_LIMITS) -> torch.Ten
     return flat.reshape(wire.shape)
 
 
-def digest(tensors: Iterable[WireTensor]) -> bytes:
-    """sha256 over every tensor's name, dtype, shape and bytes, in order (docs/protocol.md).
+def check_texts(texts: Sequence[bytes], limits: TextLimits = DEFAULT_TEXT_LIMITS) -> None:
+    """Check the count and byte lengths of wire texts against ``limits`` (LimitExceededError)."""
+    if len(texts) > limits.max_texts:
+        raise LimitExceededError(f"{len(texts)} texts exceed the limit of {limits.max_texts}")
+    total = 0
+    for index, raw in enumerate(texts):
+        if len(raw) > limits.max_text_bytes:
+            raise LimitExceededError(
+                f"text {index}: {len(raw)} bytes exceed the limit of {limits.max_text_bytes} per text"
+            )
+        total += len(raw)
+    if total > limits.max_total_bytes:
+        raise LimitExceededError(
+            f"texts: {total} bytes exceed the limit of {limits.max_total_bytes} per task"
+        )
+
+
+def decode_texts(texts: Sequence[bytes], limits: TextLimits = DEFAULT_TEXT_LIMITS) -> tuple[str, ...]:
+    """Wire texts -> strings, after the limits; TextError (INVALID_ARGUMENT) names a non-UTF-8 text."""
+    check_texts(texts, limits)
+    decoded = []
+    for index, raw in enumerate(texts):
+        try:
+            decoded.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise TextError(f"text {index} is not UTF-8 (byte {exc.start}: {exc.reason})") from None
+    return tuple(decoded)
+
+
+def encode_texts(texts: Iterable[str]) -> tuple[bytes, ...]:
+    return tuple(text.encode("utf-8") for text in texts)
+
+
+def digest(tensors: Iterable[WireTensor], texts: Sequence[bytes] = ()) -> bytes:
+    """sha256 over every tensor's name, dtype, shape and bytes, in order, then the texts (docs/protocol.md).
 
     Per tensor: u32(len(name)) name u32(len(dtype)) dtype u32(rank) u64(dim)... u64(len(data)) data.
+    Texts, only when there are any: u32(0xFFFFFFFF) u32(count), then per text u64(len(text)) text
+    (UTF-8 bytes as sent); without texts the digest is that of the tensors alone.
     """
     hasher = hashlib.sha256()
     for wire in tensors:
@@ -127,4 +177,9 @@ def digest(tensors: Iterable[WireTensor]) -> bytes:
         hasher.update(struct.pack(f">I{len(wire.shape)}Q", len(wire.shape), *wire.shape))
         hasher.update(struct.pack(">Q", len(wire.data)))
         hasher.update(wire.data)
+    if texts:
+        hasher.update(struct.pack(">II", TEXTS_MARKER, len(texts)))
+        for raw in texts:
+            hasher.update(struct.pack(">Q", len(raw)))
+            hasher.update(raw)
     return hasher.digest()

@@ -1,4 +1,5 @@
-"""``atomic run``: auction one task among the given peers, print the auction and the result."""
+"""``atomic run``: auction one task (tensors from ``--input``, or ``--text`` strings) among the given
+peers, print the auction and the result."""
 
 from __future__ import annotations
 
@@ -72,12 +73,22 @@ def _add_auction_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_io_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
+    task = parser.add_mutually_exclusive_group(required=True)
+    task.add_argument(
         "--input",
         type=Path,
-        required=True,
         metavar="FILE",
         help=".pt (a tensor or a dict of name -> tensor) or .npy",
+    )
+    task.add_argument(
+        "--text",
+        dest="texts",
+        action="append",
+        metavar="TEXT",
+        help="a text input, one example (repeat for a batch); each peer tokenises it with its own tokenizer",
+    )
+    parser.add_argument(
+        "--language", default="", metavar="TAG", help='the language of the texts, e.g. "en" (peers check it)'
     )
     parser.add_argument(
         "--input-name",
@@ -116,7 +127,9 @@ def load_identity(path: Path | None) -> Identity:
     return Identity.load(path)
 
 
-async def _auction(args: argparse.Namespace, inputs: dict[str, torch.Tensor], identity: Identity) -> Result:
+async def _auction(
+    args: argparse.Namespace, inputs: dict[str, torch.Tensor] | None, identity: Identity
+) -> Result:
     from atomic_p2p.requester import Requester
     from atomic_p2p.requester.evaluator import EvaluatorConfig
 
@@ -126,6 +139,8 @@ async def _auction(args: argparse.Namespace, inputs: dict[str, torch.Tensor], id
         return await requester.run(
             args.capability,
             inputs,
+            text=args.texts,
+            language=args.language,
             deadline_s=args.deadline,
             weights=args.priority,
             max_cost=args.max_cost,
@@ -140,7 +155,7 @@ def handle(args: argparse.Namespace) -> ExitCode:
 
     if args.output is not None:
         tensor_files.check_suffix(args.output, "output file")  # fail before the auction, not after
-    inputs = tensor_files.load_inputs(args.input, args.input_name, args.dtype)
+    inputs = None if args.texts else tensor_files.load_inputs(args.input, args.input_name, args.dtype)
     identity = load_identity(args.key)
     try:
         result = asyncio.run(_auction(args, inputs, identity))

@@ -23,7 +23,6 @@ the base install never imports transformers (the ``atomic-p2p[hf]`` extra brings
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,13 +44,6 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 TOKEN_INPUTS = ("input_ids", "attention_mask")
 # The most tokens one generation order may ask for (further capped by the context).
 MAX_GENERATED_TOKENS = 256
-
-
-@dataclass(frozen=True, slots=True)
-class HuggingFaceModel(BuiltModel):
-    """A :class:`BuiltModel` with the directory's tokenizer (``HostedModel.tokenizer`` picks it up)."""
-
-    tokenizer: HuggingFaceTokenizer | None = None
 
 
 class HuggingFaceTokenizer:
@@ -110,7 +102,7 @@ class _MeanPooled(torch.nn.Module):
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
 
 
-def load(config: ModelConfig) -> HuggingFaceModel:
+def load(config: ModelConfig) -> BuiltModel:
     """The model and tokenizer of ``config.huggingface``, from local files only."""
     assert config.huggingface is not None
     directory = config.huggingface
@@ -173,13 +165,11 @@ def _auto_class(transformers: Any, kind: TaskKind) -> Any:
     }[kind]
 
 
-def _built(
-    config: ModelConfig, kind: TaskKind, hf_config: Any, model: Any, tokenizer: Any
-) -> HuggingFaceModel:
+def _built(config: ModelConfig, kind: TaskKind, hf_config: Any, model: Any, tokenizer: Any) -> BuiltModel:
     max_len = _max_len(config, hf_config)
     if kind is TaskKind.GENERATION:
         generation = _generation(hf_config, max_len)
-        return HuggingFaceModel(
+        return BuiltModel(
             module=_Logits(model),
             input_name="prompt",
             validation_accuracy=None,
@@ -189,7 +179,7 @@ def _built(
         )
     contract = config.contract or _token_contract(kind, hf_config, max_len)
     module = _Logits(model) if kind is TaskKind.CLASSIFICATION else _MeanPooled(model)
-    return HuggingFaceModel(
+    return BuiltModel(
         module=module,
         contract=contract,
         validation_accuracy=0.0 if kind.has_confidence else None,

@@ -35,6 +35,7 @@ from atomic_p2p.errors import ConfigError, ExecutionError, TensorError
 from atomic_p2p.peer.config import ModelConfig
 from atomic_p2p.peer.generation import Decoder, Generation, check_order
 from atomic_p2p.peer.strategies import Strategy, make_strategy
+from atomic_p2p.peer.text import Tokenizer, most_tokens
 from atomic_p2p.protocol.messages import TensorSpec
 from atomic_p2p.tensors import DTYPES, NAMES
 
@@ -79,6 +80,9 @@ class BuiltModel:
     # Set for a causal LM sold over ExecuteStream (atomic_p2p/peer/generation.py); its input is a
     # prompt of token ids, int64[1, T] with T up to the context ("input_shape" is then (1,)).
     generation: Generation | None = None
+    # Set for a model that takes text (atomic_p2p/peer/text.py): the node tokenises a task's texts
+    # with it, and the contract's inputs are what it produces (e.g. input_ids, attention_mask).
+    tokenizer: Tokenizer | None = None
 
 
 ModelFactory = Callable[..., BuiltModel]
@@ -120,8 +124,8 @@ class HostedModel:
         self.validation_accuracy = float(accuracy) if accuracy is not None else 0.0
         self.class_accuracy = built.class_accuracy
         self.generation = built.generation
-        # Text in and out, where the source has a tokenizer (a Hugging Face directory's).
-        self.tokenizer = getattr(built, "tokenizer", None)
+        # Text in and out, where the model has a tokenizer (a Hugging Face directory's, a factory's).
+        self.tokenizer = built.tokenizer
         self.strategy: Strategy = make_strategy(config.strategy, config.strategy_options)
         self.latency = LatencyEwma()
         self._warm_up()
@@ -156,7 +160,13 @@ class HostedModel:
 
     @property
     def max_input_tokens(self) -> int:
-        return self.config.constraints.max_input_tokens
+        """The configured limit; for a text model also no more than its contract's token dimension
+        takes (texts are refused over it, never cut)."""
+        declared = self.config.constraints.max_input_tokens
+        if self.tokenizer is None:
+            return declared
+        fits = self.contract.inputs[0].dims[-1].max
+        return min(declared, fits) if declared else fits
 
     @property
     def supported_languages(self) -> tuple[str, ...]:
@@ -191,9 +201,25 @@ class HostedModel:
         ids = torch.cat([prompt, torch.tensor([list(prefix)], dtype=torch.int64)], dim=1)
         return Decoder(self.module, self.generation, ids, max_tokens, self.device, self.model_id)
 
+    def count_tokens(self, texts: Sequence[str]) -> int | None:
+        """The most tokens in one of ``texts`` by this model's own tokenizer; None if it takes no text."""
+        return None if self.tokenizer is None else most_tokens(self.tokenizer, texts)
+
+    def tokenize(self, texts: Sequence[str]) -> list[tuple[str, torch.Tensor]]:
+        """The model's inputs for ``texts`` (counted and checked against its limits beforehand)."""
+        if self.tokenizer is None:
+            raise TensorError(f"{self.model_id} takes no text")
+        encoded = self.tokenizer.encode(texts, self.max_input_tokens)
+        return [
+            (tensor.name, encoded[tensor.name]) for tensor in self.contract.inputs if tensor.name in encoded
+        ]
+
     def preview_confidence(self, preview: Sequence[torch.Tensor]) -> float:
-        logits = self._preview_logits(preview)
-        return float(torch.softmax(logits.float(), dim=-1).amax(dim=-1).mean())
+        return _mean_max_softmax(self._preview_logits(preview))
+
+    def text_confidence(self, texts: Sequence[str]) -> float:
+        """Mean max-softmax on previewed texts (screened for count and tokens beforehand)."""
+        return _mean_max_softmax(self._call(dict(self.tokenize(texts)))[0][1])
 
     def preview_classes(self, preview: Sequence[torch.Tensor]) -> list[int]:
         """The class the model predicts for each preview row (specialization strategies ask)."""
@@ -292,6 +318,10 @@ class HostedModel:
 
 def _contract_of(model_id: str, built: BuiltModel) -> ModelContract:
     """The declared contract, or the one of a single fixed-shape input; ConfigError if unusable."""
+    if built.tokenizer is not None and built.contract is None and built.generation is None:
+        raise ConfigError(
+            f"model {model_id}: a model with a tokenizer declares a contract of what it produces"
+        )
     if built.contract is None and built.generation is not None:
         # A causal LM takes one prompt of token ids, int64[1, T], T up to its context.
         prompt = TensorContract(built.input_name, "int64", (Dim(1, built.generation.context - 1),))
@@ -309,6 +339,10 @@ def _contract_of(model_id: str, built: BuiltModel) -> ModelContract:
                 f"model {model_id}: {tensor.name!r} has dtype {tensor.dtype!r}, which cannot travel"
             )
     return contract
+
+
+def _mean_max_softmax(logits: torch.Tensor) -> float:
+    return float(torch.softmax(logits.float(), dim=-1).amax(dim=-1).mean())
 
 
 def _is_batch(value: Any, batch: int) -> bool:

@@ -139,6 +139,7 @@ class IssuedBid:
     cost: float
     inputs: tuple[InputSpec, ...]  # every input the bid was for, as the task announced them
     confidence: float = 0.0
+    text_count: int = 0  # how many texts the bid was for (a text task)
 
 
 class BidBook:

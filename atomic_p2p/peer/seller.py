@@ -19,7 +19,9 @@ strategies decide -> sign each Bid and remember it.
 Execute (:meth:`Seller.open_order`, then :meth:`Seller.perform` in a worker): verify the bid
 (signed by this node) and the order (signed by the requester that asked for the bid) -> the order
 names that bid's digest and ids (or reuses a reusable bid) -> the bid is live -> decode the inputs
-under limits -> their digest matches the order -> dtype and shape fit the model and the bid ->
+and texts under limits (texts UTF-8) -> their digest matches the order -> the texts are as many as
+the bid was for and within the model's token limit, then tokenised -> dtype and shape fit the
+model and the bid ->
 deadline -> forward pass -> a signed ExecuteResult.
 
 Feedback: verify -> the notice's requester signed it -> a bid of ours, for that requester -> not a
@@ -71,10 +73,21 @@ from atomic_p2p.protocol.messages import (
     RequestBidsCall,
     RequestBidsReply,
     TaskSpec,
+    TextSpec,
 )
 from atomic_p2p.protocol.messages import NoBid as WireNoBid
 from atomic_p2p.protocol.streaming import tokens_tensor
-from atomic_p2p.tensors import DEFAULT_LIMITS, TensorLimits, check_spec, decode, digest, encode
+from atomic_p2p.tensors import (
+    DEFAULT_LIMITS,
+    DEFAULT_TEXT_LIMITS,
+    TensorLimits,
+    TextLimits,
+    check_spec,
+    decode,
+    decode_texts,
+    digest,
+    encode,
+)
 
 # Below this measured forward time, a preview runs inline: a hop to a worker thread and back
 # (~0.2 ms on a 2-core box) would cost more than the forward pass it moves off the loop.
@@ -93,7 +106,7 @@ class OpenRequest:
 
     @property
     def has_preview(self) -> bool:
-        return any(task.preview for task, _ in self.tasks)
+        return any(task.preview or task.texts for task, _ in self.tasks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +144,7 @@ class Seller:
         config: PeerConfig,
         started_at_ms: int,
         limits: TensorLimits = DEFAULT_LIMITS,
+        text_limits: TextLimits = DEFAULT_TEXT_LIMITS,
         clock: Callable[[], int],
         record_seq: Callable[[], int] = lambda: 0,
         learned: Callable[[str, Strategy], None] | None = None,
@@ -138,6 +152,7 @@ class Seller:
         self.identity = identity
         self.models = models
         self.limits = limits
+        self.text_limits = text_limits
         self._clock = clock
         self._record_seq = record_seq
         self._learned = learned
@@ -210,8 +225,26 @@ class Seller:
             max_cost=spec.max_cost,
             input_tokens=spec.input_tokens,
             language=spec.language,
+            text_count=spec.text_count,
+            texts=self._preview_texts(spec),
         )
         return task, hashlib.sha256(raw).digest()
+
+    def _preview_texts(self, spec: TaskSpec) -> tuple[str, ...]:
+        """A text task's previewed texts, after its announced size passes the text limits."""
+        if spec.text is None:
+            if spec.text_preview:
+                raise ProtocolError("a TaskSpec with text_preview needs its text spec (count, total_bytes)")
+            return ()
+        limits = self.text_limits
+        if spec.text.count > limits.max_texts or spec.text.total_bytes > limits.max_total_bytes:
+            raise LimitExceededError(
+                f"task {spec.task_id[:64]!r}: {spec.text.count} texts of {spec.text.total_bytes} bytes exceed "
+                f"the limits of {limits.max_texts} texts and {limits.max_total_bytes} bytes"
+            )
+        if spec.text_preview and TextSpec.of(spec.text_preview) != spec.text:
+            raise ProtocolError("text_preview does not match the task's text spec (count, total_bytes)")
+        return decode_texts(spec.text_preview, limits)
 
     def _outcome(
         self, opened: OpenRequest, task: Task, task_digest: bytes, decision: Decision, now_ms: int
@@ -253,6 +286,7 @@ class Seller:
                 cost=terms.cost,
                 inputs=task.inputs,
                 confidence=terms.confidence,
+                text_count=task.text_count,
             ),
             now_ms,
         )
@@ -264,9 +298,9 @@ class Seller:
         """The bid values of a gradient-mode bid (none if the model does not bid by gradient),
         remembering the inputs they were computed on until the bid is forgotten."""
         learner = self.learners.get(model.model_id)
+        if learner is None or not task.inputs:
+            return []  # no learner, or a text task (gradient bids take tensors for now)
         batch = task.inputs[0].shape[0]
-        if learner is None:
-            return []
         if not learner.needs_preview:
             inputs = torch.zeros(batch, 1)  # a scalar bid reads the batch length only
         elif task.preview and task.preview[0].shape[0] == batch:
@@ -327,20 +361,42 @@ class Seller:
         self, call: ExecuteCall, order: ExecuteOrder, issued: IssuedBid
     ) -> tuple[HostedModel, dict[str, torch.Tensor]]:
         decoded = [decode(wire, self.limits) for wire in call.inputs]
-        if digest(call.inputs) != order.inputs_digest:
+        texts = decode_texts(call.texts, self.text_limits)
+        if digest(call.inputs, call.texts) != order.inputs_digest:
             raise ProtocolError("the inputs' digest differs from the order's inputs_digest")
         model = self.models[issued.model_id]
-        inputs = model.check_inputs(
-            [(wire.name, tensor) for wire, tensor in zip(call.inputs, decoded, strict=True)]
-        )
+        named = [(wire.name, tensor) for wire, tensor in zip(call.inputs, decoded, strict=True)]
+        inputs = model.check_inputs(named + self._tokenized(model, texts, issued))
         announced = {spec.name: spec.shape for spec in issued.inputs}
-        for name, tensor in inputs.items():
+        for name, tensor in named:
             if tuple(tensor.shape) != announced.get(name):
                 raise ProtocolError(
                     f"input {name!r} has shape {list(tensor.shape)}, but the bid was for "
                     f"{list(announced.get(name, ()))}"
                 )
         return model, inputs
+
+    @staticmethod
+    def _tokenized(
+        model: HostedModel, texts: Sequence[str], issued: IssuedBid
+    ) -> list[tuple[str, torch.Tensor]]:
+        """The model's inputs for the order's texts: as many as the bid was for, each within the
+        model's token limit by its own tokenizer (refused before any work)."""
+        if len(texts) != issued.text_count:
+            raise ProtocolError(
+                f"the order carries {len(texts)} texts, but the bid was for {issued.text_count}"
+            )
+        if not texts:
+            return []
+        tokens = model.count_tokens(texts)
+        if tokens is None:
+            raise ProtocolError(f"model {model.model_id} takes no text")
+        if model.max_input_tokens and tokens > model.max_input_tokens:
+            raise ProtocolError(
+                f"a text of {tokens} tokens (by {model.model_id}'s tokenizer) exceeds max_input_tokens "
+                f"{model.max_input_tokens}"
+            )
+        return model.tokenize(texts)
 
     def perform(self, job: Job) -> ExecuteReply:
         """The paid work (blocking; a worker thread runs it): forward pass, encode, sign the receipt."""

@@ -49,6 +49,7 @@ from atomic_p2p.protocol.messages import (
     Signed,
     TaskSpec,
     TensorSlice,
+    TextSpec,
     TokenChunk,
 )
 from atomic_p2p.protocol.wire import (
@@ -176,6 +177,10 @@ def _task_to_proto(task: TaskSpec) -> market_pb2.TaskSpec:
         max_cost=task.max_cost,
         input_tokens=task.input_tokens,
         language=task.language,
+        text=None
+        if task.text is None
+        else market_pb2.TextSpec(count=task.text.count, total_bytes=task.text.total_bytes),
+        text_preview=list(task.text_preview),
     )
 
 
@@ -189,6 +194,8 @@ def _task_from_proto(message: market_pb2.TaskSpec) -> TaskSpec:
         max_cost=message.max_cost,
         input_tokens=message.input_tokens,
         language=message.language,
+        text=TextSpec(message.text.count, message.text.total_bytes) if message.HasField("text") else None,
+        text_preview=tuple(message.text_preview),
     )
 
 
@@ -437,6 +444,7 @@ _TO_PROTO: dict[type[Any], Any] = {
         order=envelope_to_proto(m.order),
         bid=envelope_to_proto(m.bid),
         inputs=[tensor_to_proto(wire) for wire in m.inputs],
+        texts=list(m.texts),
     ),
     ExecuteReply: lambda m: market_pb2.ExecuteResponse(
         result=envelope_to_proto(m.result), outputs=[tensor_to_proto(wire) for wire in m.outputs]
@@ -470,7 +478,10 @@ _FROM_PROTO: dict[type[Any], tuple[type[Message], Any]] = {
     ExecuteCall: (
         market_pb2.ExecuteRequest,
         lambda m: ExecuteCall(
-            envelope_from_proto(m.order), envelope_from_proto(m.bid), tensors_from_proto(m.inputs)
+            envelope_from_proto(m.order),
+            envelope_from_proto(m.bid),
+            tensors_from_proto(m.inputs),
+            tuple(m.texts),
         ),
     ),
     ExecuteReply: (market_pb2.ExecuteResponse, _execute_reply_from_proto),

@@ -63,6 +63,18 @@ class TensorSpec:
     shape: tuple[int, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class TextSpec:
+    """How many texts a task carries (one per example) and their UTF-8 bytes in all (wire ``TextSpec``)."""
+
+    count: int
+    total_bytes: int
+
+    @classmethod
+    def of(cls, texts: tuple[bytes, ...]) -> TextSpec:
+        return cls(len(texts), sum(len(text) for text in texts))
+
+
 # --- signed payloads --------------------------------------------------------------------------
 
 
@@ -78,6 +90,12 @@ class TaskSpec:
     max_cost: float = 0.0  # 0: no cap
     input_tokens: int = 0
     language: str = ""
+    text: TextSpec | None = None  # set when the task carries texts
+    text_preview: tuple[bytes, ...] = ()  # the texts themselves (UTF-8), optionally
+
+    @property
+    def text_count(self) -> int:
+        return self.text.count if self.text is not None else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +226,7 @@ class ExecuteCall:
     order: Envelope  # a signed ExecuteOrder
     bid: Envelope  # the signed Bid it names, exactly as the peer sent it
     inputs: tuple[WireTensor, ...]
+    texts: tuple[bytes, ...] = ()  # UTF-8 as sent (checked by the peer); the order's digest covers them
 
 
 @dataclass(frozen=True, slots=True)

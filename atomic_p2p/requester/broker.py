@@ -76,9 +76,10 @@ class Prepared:
     batch: int
 
 
-def encode(inputs: Mapping[str, torch.Tensor]) -> Payload:
+def encode(inputs: Mapping[str, torch.Tensor], texts: Sequence[str] = ()) -> Payload:
     wires = tuple(tensors.encode(tensor, name) for name, tensor in inputs.items())
-    return Payload(wires, tensors.digest(wires))
+    raw = tensors.encode_texts(texts)
+    return Payload(wires, tensors.digest(wires, raw), raw)
 
 
 class Broker:
@@ -106,21 +107,43 @@ class Broker:
         self._clock = clock
 
     async def prepare(
-        self, task_id: str, capability: str, inputs: Mapping[str, torch.Tensor], terms: Terms
+        self,
+        task_id: str,
+        capability: str,
+        inputs: Mapping[str, torch.Tensor],
+        terms: Terms,
+        texts: Sequence[str] = (),
+        language: str = "",
     ) -> Prepared:
+        """``texts``: one UTF-8 string per example, tokenised by each peer with its own tokenizer;
+        ``language``: their BCP 47 tag (e.g. "en"), checked against each model's languages."""
         size = sum(tensor.numel() * tensor.element_size() for tensor in inputs.values())
+        size += sum(len(text) for text in texts)
         payload = (
-            await self._clock.run_blocking(encode, inputs) if size > INLINE_ENCODE_BYTES else encode(inputs)
+            await self._clock.run_blocking(encode, inputs, texts)
+            if size > INLINE_ENCODE_BYTES
+            else encode(inputs, texts)
         )
-        task = build_task(task_id, capability, payload.inputs, preview=terms.preview, max_cost=terms.max_cost)
+        task = build_task(
+            task_id,
+            capability,
+            payload.inputs,
+            preview=terms.preview,
+            max_cost=terms.max_cost,
+            texts=payload.texts,
+            language=language,
+        )
         first = payload.inputs[0] if payload.inputs else None
+        shapes = {wire.name: wire.shape for wire in payload.inputs}
+        if texts:
+            shapes["texts"] = (len(texts),)  # a bid for n texts is cached apart from any tensor task
         return Prepared(
             task=task,
             capability=capability,
             payload=payload,
-            bucket=shape_bucket({wire.name: wire.shape for wire in payload.inputs}),
+            bucket=shape_bucket(shapes),
             specs=input_specs([(wire.name, wire.dtype, wire.shape) for wire in payload.inputs]),
-            batch=first.shape[0] if first is not None and first.shape else 1,
+            batch=len(texts) if texts else first.shape[0] if first is not None and first.shape else 1,
         )
 
     async def offers(self, prepared: Sequence[Prepared], terms: Terms, deadline_s: float) -> list[Offers]:

@@ -69,18 +69,34 @@ def _check_run_arguments(
     deadline_s: float,
     weights: WeightsSpec,
     max_cost: float | None,
+    *,
+    allow_empty: bool = False,
 ) -> None:
     """Fail on bad arguments before any network traffic."""
     if not isinstance(capability, str) or not capability:
         raise ConfigError("capability must be a non-empty string")
     _check_terms(deadline_s, weights, max_cost)
-    if not isinstance(inputs, Mapping) or not inputs:
+    if not isinstance(inputs, Mapping) or not (inputs or allow_empty):
         raise ConfigError("inputs must be a non-empty mapping of name -> torch.Tensor")
     for name, tensor in inputs.items():
         if not isinstance(name, str) or not name:
             raise ConfigError(f"input names must be non-empty strings, got {name!r}")
         if not isinstance(tensor, torch.Tensor):
             raise ConfigError(f"input {name!r} is a {type(tensor).__name__}, not a torch.Tensor")
+
+
+def _check_text(text: Sequence[str] | None, inputs: Mapping[str, torch.Tensor] | None) -> tuple[str, ...]:
+    """The texts of a text task (one string per example); () for a tensor task."""
+    if text is None:
+        return ()
+    if inputs:
+        raise ConfigError("a task carries inputs or text, not both")
+    if isinstance(text, str):
+        raise ConfigError('text is a list of strings, one per example, e.g. text=["a review"]')
+    texts = tuple(text)
+    if not texts or not all(isinstance(item, str) for item in texts):
+        raise ConfigError("text must be a non-empty list of strings")
+    return texts
 
 
 def _check_prompt(prompt_ids: torch.Tensor | Sequence[int], max_tokens: int) -> torch.Tensor:
@@ -264,8 +280,10 @@ class Requester:
     async def run(
         self,
         capability: str,
-        inputs: Mapping[str, torch.Tensor],
+        inputs: Mapping[str, torch.Tensor] | None = None,
         *,
+        text: Sequence[str] | None = None,
+        language: str = "",
         deadline_s: float = 2.0,
         weights: WeightsSpec = None,
         max_cost: float | None = None,
@@ -274,18 +292,26 @@ class Requester:
     ) -> Result:
         """Auction one task and return the verified result of the best bid that delivers.
 
+        The task carries ``inputs`` (tensors by name) or ``text``: one string per example, which
+        each peer tokenises with its own tokenizer (``run("classify/sentiment", text=["great",
+        "awful"])``); peers with a token limit their tokenizer counts past decline. ``language``
+        (a BCP 47 tag such as "en") declares the texts' language: models whose
+        ``supported_languages`` lack it decline.
+
         ``weights`` is "speed", "accuracy", "balanced" (None), or a mapping of the components
         ``accuracy``, ``latency`` and ``cost`` to non-negative weights. ``max_cost`` excludes
         dearer bids. ``preview`` sends small inputs with the call for bids so peers can judge them.
         ``priority`` ("high", "normal", "low") orders requests that wait for a slot.
         Raises :class:`NoBidsError` or :class:`AuctionError`; bad arguments raise ConfigError.
         """
-        _check_run_arguments(capability, inputs, deadline_s, weights, max_cost)
+        texts = _check_text(text, inputs)
+        tensors = {} if inputs is None else inputs
+        _check_run_arguments(capability, tensors, deadline_s, weights, max_cost, allow_empty=bool(texts))
         started = self.clock.monotonic()
         terms = self._terms(deadline_s, weights, max_cost, priority, preview)
         async with self.queue.slot(parse_priority(priority), terms.deadline):
             task_id = f"task-{next(self._task_numbers)}"
-            prepared = await self._broker.prepare(task_id, capability, inputs, terms)
+            prepared = await self._broker.prepare(task_id, capability, tensors, terms, texts, language)
             soliciting = self.clock.monotonic()
             (offers,) = await self._broker.offers([prepared], terms, deadline_s)
             bids_ms = (self.clock.monotonic() - soliciting) * 1000

@@ -73,7 +73,8 @@ class Payload:
     """The encoded inputs of one task and their digest (computed once, signed per attempt)."""
 
     inputs: tuple[WireTensor, ...]
-    digest: bytes
+    digest: bytes  # atomic_p2p.tensors.digest of the inputs and the texts
+    texts: tuple[bytes, ...] = ()  # UTF-8, one per example (a text task)
 
 
 class InFlight(Protocol):
@@ -137,7 +138,7 @@ class Executor:
         order = sign_order(self._identity, request_id, bid, payload.digest, now, now + int(timeout_s * 1000))
         started = self._clock.monotonic()
         try:
-            call = ExecuteCall(order, bid.envelope, payload.inputs)
+            call = ExecuteCall(order, bid.envelope, payload.inputs, payload.texts)
             if self._policy.stream_outputs:
                 async with aclosing(self._transport.execute_stream(bid.address, call, timeout_s)) as chunks:
                     reply = await collect_reply(chunks)

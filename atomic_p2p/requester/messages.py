@@ -38,6 +38,7 @@ from atomic_p2p.protocol.messages import (
     FeedbackNotice,
     TaskSpec,
     TensorSpec,
+    TextSpec,
 )
 from atomic_p2p.requester.types import BidInfo
 
@@ -75,9 +76,12 @@ def build_task(
     preview: bool,
     max_cost: float | None,
     model_id: str = "",
+    texts: Sequence[bytes] = (),
+    language: str = "",
 ) -> TaskRef:
-    """Serialize one TaskSpec (inputs inline as a preview when asked and small enough)."""
-    inline = preview and sum(len(wire.data) for wire in inputs) <= MAX_PREVIEW_BYTES
+    """Serialize one TaskSpec (inputs and texts inline as a preview when asked and small enough)."""
+    size = sum(len(wire.data) for wire in inputs) + sum(len(text) for text in texts)
+    inline = preview and size <= MAX_PREVIEW_BYTES
     spec = TaskSpec(
         task_id=task_id,
         capability=capability,
@@ -85,6 +89,9 @@ def build_task(
         inputs=tuple(TensorSpec(wire.name, wire.dtype, wire.shape) for wire in inputs),
         preview=tuple(inputs) if inline else (),
         max_cost=max_cost or 0.0,
+        text=TextSpec.of(tuple(texts)) if texts else None,
+        text_preview=tuple(texts) if inline else (),
+        language=language,
     )
     return TaskRef(task_id, codec.encode(spec))
 

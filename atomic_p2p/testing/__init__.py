@@ -60,6 +60,7 @@ from atomic_p2p.testing._data import digits_batch
 from atomic_p2p.testing._models import count_up_lm, generator_config, linear_classifier, seller_config
 from atomic_p2p.testing._network import InMemoryNetwork, InMemoryPeer, InMemoryTransport
 from atomic_p2p.testing._processes import PeerProcess, peer_command, peer_processes
+from atomic_p2p.testing._text import text_classifier, text_seller_config
 
 __all__ = [
     "FakeClock",
@@ -77,4 +78,6 @@ __all__ = [
     "peer_identity",
     "peer_processes",
     "seller_config",
+    "text_classifier",
+    "text_seller_config",
 ]

@@ -33,6 +33,7 @@ from atomic_p2p.protocol.messages import (
     TaskSpec,
     TensorSlice,
     TensorSpec,
+    TextSpec,
     TokenChunk,
 )
 from atomic_p2p.tensors import WireTensor
@@ -99,6 +100,15 @@ PAIRS = {
             max_cost=0.5,
             input_tokens=3,
             language="en",
+        ),
+    ),
+    "TaskSpec with texts": (
+        TaskSpec("t2", "classify/sentiment", text=TextSpec(2, 7), text_preview=(b"good", "h\u00e9".encode())),
+        market_pb2.TaskSpec(
+            task_id="t2",
+            capability="classify/sentiment",
+            text=market_pb2.TextSpec(count=2, total_bytes=7),
+            text_preview=[b"good", "h\u00e9".encode()],
         ),
     ),
     "BidRequest": (
@@ -219,6 +229,10 @@ PAIRS = {
     "ExecuteCall": (
         ExecuteCall(ENVELOPE, ENVELOPE, (WIRE,)),
         market_pb2.ExecuteRequest(order=_envelope_proto(), bid=_envelope_proto(), inputs=[_tensor_proto()]),
+    ),
+    "ExecuteCall with texts": (
+        ExecuteCall(ENVELOPE, ENVELOPE, (), (b"good", b"\xff")),
+        market_pb2.ExecuteRequest(order=_envelope_proto(), bid=_envelope_proto(), texts=[b"good", b"\xff"]),
     ),
     "ExecuteReply": (
         ExecuteReply(ENVELOPE, (WIRE,)),

@@ -83,6 +83,8 @@ PUBLIC = {
         "peer_identity",
         "peer_processes",
         "seller_config",
+        "text_classifier",
+        "text_seller_config",
     ],
 }
 

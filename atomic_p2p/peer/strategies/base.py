@@ -30,6 +30,7 @@ from atomic_p2p.peer.strategies.bidding import (
     Notice,
     Strategy,
     Task,
+    TextReader,
 )
 
 HISTORY_LENGTH = 256
@@ -43,6 +44,8 @@ def own_confidence(task: Task, model: ModelView) -> float:
     """The model's own view: mean max-softmax on the preview if the task has one, else held-out accuracy."""
     if task.preview:
         return model.preview_confidence(task.preview)
+    if task.texts and isinstance(model, TextReader):
+        return model.text_confidence(task.texts)
     return model.validation_accuracy
 
 
@@ -52,7 +55,7 @@ def model_confidence(task: Task, model: ModelView) -> float | None:
     with no preview and no measured held-out accuracy."""
     if not model.kind.has_confidence:
         return None
-    if task.preview or model.accuracy_known:
+    if task.preview or task.texts or model.accuracy_known:
         return own_confidence(task, model)
     return None
 

@@ -34,9 +34,14 @@ class Task:
     max_cost: float = 0.0  # 0: no cap
     input_tokens: int = 0
     language: str = ""
+    # A text task: how many texts (one per example) and, when previewed, the texts themselves.
+    text_count: int = 0
+    texts: tuple[str, ...] = ()
 
     @property
     def batch_size(self) -> int:
+        if self.text_count:
+            return self.text_count
         if not self.inputs or not self.inputs[0].shape:
             return 0
         return self.inputs[0].shape[0]
@@ -172,6 +177,19 @@ class ClassPredictor(Protocol):
     """A classifier that can say which class it predicts for each preview row (optional)."""
 
     def preview_classes(self, preview: Sequence[torch.Tensor]) -> Sequence[int]: ...
+
+
+@runtime_checkable
+class TextReader(Protocol):
+    """A model that may take text (optional): it counts tokens with its own tokenizer."""
+
+    def count_tokens(self, texts: Sequence[str]) -> int | None:
+        """The most tokens in any one of ``texts``; None when the model takes no text."""
+        ...
+
+    def text_confidence(self, texts: Sequence[str]) -> float:
+        """Mean max-softmax of the model on the texts, tokenised by its own tokenizer."""
+        ...
 
 
 M = TypeVar("M", bound=ModelView)

@@ -4,8 +4,9 @@ How this works
 --------------
 :func:`decide` screens every hosted model against the task's hard requirements: capability,
 requested model id, input specs against the model's contract (names, dtypes, dimensions
-within bounds, one batch; batch <= max_batch), token and language
-constraints, and the node's load. These checks are the same for every strategy, so a strategy
+within bounds, one batch; batch <= max_batch; a text task goes to models with a tokenizer, whose
+own token count of the previewed texts is held to ``max_input_tokens``), token and language
+constraints (:func:`~atomic_p2p.peer.text.language_supported`), and the node's load. These checks are the same for every strategy, so a strategy
 cannot bid for work its model cannot do. Each model that passes asks its strategy for terms or
 a refusal; the node answers with the best offer among its models (the highest confidence, then
 the lowest cost). Terms that are not finite, or that cost more than the task's ``max_cost``,
@@ -30,16 +31,23 @@ from atomic_p2p.peer.strategies.bidding import (
     NoBidReason,
     Strategy,
     Task,
+    TextReader,
 )
+from atomic_p2p.peer.text import language_supported
 
 # --- stage 1: the checks every strategy shares --------------------------------------------------
 
 
 def screen(task: Task, model: ModelView) -> NoBid | None:
     """The hard requirements a model must meet before its strategy is asked."""
-    problem = model.inputs_problem(task.inputs)
-    if problem is not None:
-        return NoBid(NoBidReason.BAD_INPUT_SPEC, problem)
+    if task.text_count:
+        refusal = _screen_text(task, model)
+        if refusal is not None:
+            return refusal
+    else:
+        problem = model.inputs_problem(task.inputs)
+        if problem is not None:
+            return NoBid(NoBidReason.BAD_INPUT_SPEC, problem)
     if task.batch_size > model.max_batch:
         return NoBid(
             NoBidReason.CONSTRAINT_VIOLATED, f"batch {task.batch_size} exceeds max_batch {model.max_batch}"
@@ -49,9 +57,26 @@ def screen(task: Task, model: ModelView) -> NoBid | None:
             NoBidReason.CONSTRAINT_VIOLATED,
             f"{task.input_tokens} input tokens exceed max_input_tokens {model.max_input_tokens}",
         )
-    if task.language and model.supported_languages and task.language not in model.supported_languages:
-        return NoBid(NoBidReason.CONSTRAINT_VIOLATED, f"language {task.language!r} is not supported")
+    if not language_supported(model.supported_languages, task.language):
+        return NoBid(NoBidReason.CONSTRAINT_VIOLATED, f"language {task.language[:32]!r} is not supported")
     return _screen_preview(task, model)
+
+
+def _screen_text(task: Task, model: ModelView) -> NoBid | None:
+    # A text task carries texts alone for now: the model's tokenizer makes all of its inputs.
+    tokens = model.count_tokens(task.texts) if isinstance(model, TextReader) else None
+    if tokens is None:
+        return NoBid(NoBidReason.BAD_INPUT_SPEC, f"{model.model_id} takes no text")
+    if task.inputs:
+        return NoBid(NoBidReason.BAD_INPUT_SPEC, "a text task with tensor inputs too is not supported")
+    # The peer's own count of the previewed texts; without a preview, the requester's estimate.
+    if model.max_input_tokens and tokens > model.max_input_tokens:
+        return NoBid(
+            NoBidReason.CONSTRAINT_VIOLATED,
+            f"{tokens} input tokens (by {model.model_id}'s tokenizer) exceed max_input_tokens "
+            f"{model.max_input_tokens}",
+        )
+    return None
 
 
 def _screen_preview(task: Task, model: ModelView) -> NoBid | None:

@@ -91,6 +91,8 @@ class TaskSpec(_message.Message):
     MAX_COST_FIELD_NUMBER: _builtins.int
     INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     LANGUAGE_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    TEXT_PREVIEW_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     capability: _builtins.str
     model_id: _builtins.str
@@ -108,6 +110,18 @@ class TaskSpec(_message.Message):
     def preview(self) -> _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Tensor]:
         """Optional inline inputs, so confidence-based strategies can look at the data before bidding."""
 
+    @_builtins.property
+    def text(self) -> Global___TextSpec:
+        """Text inputs: how many texts (one per example) and their UTF-8 bytes in all, checked against
+        the peer's text limits. Unset for a task of tensors only.
+        """
+
+    @_builtins.property
+    def text_preview(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Optional inline texts (UTF-8, one per example), so a peer can count tokens with its own
+        tokenizer and strategies can look at the data before bidding.
+        """
+
     def __init__(
         self,
         *,
@@ -119,14 +133,40 @@ class TaskSpec(_message.Message):
         max_cost: _builtins.float = ...,
         input_tokens: _builtins.int = ...,
         language: _builtins.str = ...,
+        text: Global___TextSpec | None = ...,
+        text_preview: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["text", b"text"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capability", b"capability", "input_tokens", b"input_tokens", "inputs", b"inputs", "language", b"language", "max_cost", b"max_cost", "model_id", b"model_id", "preview", b"preview", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capability", b"capability", "input_tokens", b"input_tokens", "inputs", b"inputs", "language", b"language", "max_cost", b"max_cost", "model_id", b"model_id", "preview", b"preview", "task_id", b"task_id", "text", b"text", "text_preview", b"text_preview"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___TaskSpec: _TypeAlias = TaskSpec  # noqa: Y015
+
+@_typing.final
+class TextSpec(_message.Message):
+    """The size of a task's texts, without the texts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    TOTAL_BYTES_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    total_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+        total_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "total_bytes", b"total_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TextSpec: _TypeAlias = TextSpec  # noqa: Y015
 
 @_typing.final
 class BidRequest(_message.Message):
@@ -372,7 +412,7 @@ class ExecuteOrder(_message.Message):
     """sha256 of the winning Bid envelope's payload bytes."""
     issued_at_ms: _builtins.int
     inputs_digest: _builtins.bytes
-    """tensor digest (docs/protocol.md) of ExecuteRequest.inputs."""
+    """inputs digest (docs/protocol.md) of ExecuteRequest.inputs and texts."""
     deadline_ms: _builtins.int
     max_tokens: _builtins.int
     """ExecuteStream of a generation model: the most tokens to generate (0: not a generation)."""
@@ -414,6 +454,7 @@ class ExecuteRequest(_message.Message):
     ORDER_FIELD_NUMBER: _builtins.int
     BID_FIELD_NUMBER: _builtins.int
     INPUTS_FIELD_NUMBER: _builtins.int
+    TEXTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def order(self) -> _envelope_pb2.SignedEnvelope:
         """A SignedEnvelope whose payload is an ExecuteOrder, signed by the requester that asked for bids."""
@@ -424,16 +465,21 @@ class ExecuteRequest(_message.Message):
 
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Tensor]: ...
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Text inputs, UTF-8, one per example; ExecuteOrder.inputs_digest covers them."""
+
     def __init__(
         self,
         *,
         order: _envelope_pb2.SignedEnvelope | None = ...,
         bid: _envelope_pb2.SignedEnvelope | None = ...,
         inputs: _abc.Iterable[_tensor_pb2.Tensor] | None = ...,
+        texts: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bid", b"bid", "order", b"order"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bid", b"bid", "inputs", b"inputs", "order", b"order"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bid", b"bid", "inputs", b"inputs", "order", b"order", "texts", b"texts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -520,22 +566,28 @@ class ExecuteStreamRequest(_message.Message):
     ORDER_FIELD_NUMBER: _builtins.int
     BID_FIELD_NUMBER: _builtins.int
     INPUTS_FIELD_NUMBER: _builtins.int
+    TEXTS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def order(self) -> _envelope_pb2.SignedEnvelope: ...
     @_builtins.property
     def bid(self) -> _envelope_pb2.SignedEnvelope: ...
     @_builtins.property
     def inputs(self) -> _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Tensor]: ...
+    @_builtins.property
+    def texts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Text inputs, UTF-8, one per example; ExecuteOrder.inputs_digest covers them."""
+
     def __init__(
         self,
         *,
         order: _envelope_pb2.SignedEnvelope | None = ...,
         bid: _envelope_pb2.SignedEnvelope | None = ...,
         inputs: _abc.Iterable[_tensor_pb2.Tensor] | None = ...,
+        texts: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["bid", b"bid", "order", b"order"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bid", b"bid", "inputs", b"inputs", "order", b"order"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bid", b"bid", "inputs", b"inputs", "order", b"order", "texts", b"texts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,104 @@
+"""Text sellers for tests: a bag-of-tokens sentiment classifier over a built-in tokenizer.
+
+:func:`text_classifier` (``atomic_p2p.testing:text_classifier``) needs no training and no
+download: a sum of per-token class scores, set by hand for a word vocabulary (positive words
+push class 1, negative ones class 0) or seeded at random for a character vocabulary, so two peers
+can hold different vocabularies and still compete for the same text. :func:`text_seller_config`
+hosts one under a token limit::
+
+    config = text_seller_config("words", tmp_path, tokenizer="word", max_input_tokens=16)
+    result = await requester.run("classify/sentiment", text=["a great film"])
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from atomic_p2p.contract import Dim, ModelContract, TaskKind, TensorContract
+from atomic_p2p.peer.config import ModelConfig, PeerConfig
+from atomic_p2p.peer.models import BuiltModel
+from atomic_p2p.peer.text import CharTokenizer, Tokenizer, WordTokenizer
+from atomic_p2p.terms import ModelConstraints
+
+TEXT_FACTORY = "atomic_p2p.testing:text_classifier"
+POSITIVE = ("good", "great", "excellent", "love", "fine", "wonderful")
+NEGATIVE = ("bad", "awful", "terrible", "hate", "boring", "poor")
+ALPHABET = string.ascii_lowercase + string.digits + " .,!?'"
+
+
+class BagOfTokens(torch.nn.Module):
+    """Logits = the sum of each (unmasked) token's class scores: ``input_ids``, ``attention_mask`` in."""
+
+    def __init__(self, vocab_size: int, classes: int) -> None:
+        super().__init__()
+        self.scores = torch.nn.Embedding(vocab_size, classes)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return (self.scores(input_ids) * attention_mask.unsqueeze(-1).to(torch.float32)).sum(dim=1)
+
+
+def text_classifier(
+    cache_dir: Path, *, tokenizer: str = "word", seed: int = 0, max_tokens: int = 512, accuracy: float = 0.9
+) -> BuiltModel:
+    """A :class:`BagOfTokens` sentiment classifier (class 1: positive) over a built-in ``word`` or
+    ``char`` tokenizer; texts longer than ``max_tokens`` tokens do not fit its contract."""
+    vocabulary: Tokenizer
+    if tokenizer == "word":
+        vocabulary = WordTokenizer((*NEGATIVE, *POSITIVE))
+    elif tokenizer == "char":
+        vocabulary = CharTokenizer(ALPHABET)
+    else:
+        raise ValueError(f"tokenizer is 'word' or 'char', got {tokenizer!r}")
+    module = BagOfTokens(vocabulary.vocab_size, 2)
+    with torch.no_grad():
+        module.scores.weight.copy_(
+            torch.randn(vocabulary.vocab_size, 2, generator=torch.Generator().manual_seed(seed))
+        )
+        if tokenizer == "word":
+            module.scores.weight.zero_()
+            for index in range(len(NEGATIVE)):
+                module.scores.weight[2 + index] = torch.tensor([1.0, -1.0])
+                module.scores.weight[2 + len(NEGATIVE) + index] = torch.tensor([-1.0, 1.0])
+    tokens = Dim(1, max_tokens)
+    contract = ModelContract(
+        TaskKind.CLASSIFICATION,
+        (
+            TensorContract("input_ids", "int64", (tokens,)),
+            TensorContract("attention_mask", "int64", (tokens,)),
+        ),
+        (TensorContract("logits", "float32", (Dim.fixed(2),)),),
+    )
+    return BuiltModel(module=module, contract=contract, tokenizer=vocabulary, validation_accuracy=accuracy)
+
+
+def text_seller_config(
+    name: str,
+    data_dir: Path,
+    *,
+    tokenizer: str = "word",
+    capability: str = "classify/sentiment",
+    confidence: float = 0.9,
+    price: float = 0.001,
+    max_input_tokens: int = 0,
+    languages: tuple[str, ...] = (),
+    **peer_fields: Any,
+) -> PeerConfig:
+    """A peer called ``name`` hosting one :func:`text_classifier` ``<name>-model`` that bids
+    ``confidence`` at ``price``, refusing texts over ``max_input_tokens`` of its own tokens."""
+    model = ModelConfig(
+        model_id=f"{name}-model",
+        capabilities=(capability,),
+        factory=TEXT_FACTORY,
+        price_per_example=price,
+        strategy="fixed",
+        strategy_options={"confidence": confidence},
+        options={"tokenizer": tokenizer},
+        constraints=ModelConstraints(
+            max_input_tokens=max_input_tokens, supported_languages=languages, max_batch=256
+        ),
+    )
+    return PeerConfig(name=name, models=(model,), data_dir=data_dir / name, **peer_fields)

@@ -1,0 +1,60 @@
+"""Text on the wire over real gRPC: a node with a text classifier over its own tokenizer, bought
+through ``Requester.run(text=...)`` and ``atomic run --text``; bad text is refused and the node
+serves on."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from atomic_p2p.cli.main import main
+from atomic_p2p.errors import NoBidsError
+from atomic_p2p.peer.config import PeerConfig
+from atomic_p2p.peer.node import PeerNode
+from atomic_p2p.requester import Requester
+from atomic_p2p.testing import text_seller_config
+
+pytestmark = pytest.mark.integration
+
+CAPABILITY = "classify/sentiment"
+
+
+@pytest.fixture
+async def node(tmp_path: Path) -> AsyncIterator[PeerNode]:
+    words = text_seller_config("words", tmp_path, tokenizer="word", max_input_tokens=6, languages=("en",))
+    chars = text_seller_config("chars", tmp_path, tokenizer="char", max_input_tokens=12, confidence=0.99)
+    config = PeerConfig(name="text", models=(*words.models, *chars.models), data_dir=tmp_path / "text")
+    async with await PeerNode.start(config) as running:
+        yield running
+
+
+async def test_text_is_classified_by_the_model_whose_tokenizer_fits(node: PeerNode) -> None:
+    async with Requester([node.address]) as requester:
+        short = await requester.run(CAPABILITY, text=["good", "bad"])
+        assert short.winner.model_id == "chars-model"  # the favourite, while the text fits it
+        result = await requester.run(CAPABILITY, text=["what a great film", "an awful boring plot"])
+        assert result.winner.model_id == "words-model"  # 20 characters are over the other's limit
+        assert result.outputs["logits"].argmax(dim=-1).tolist() == [1, 0]
+        with pytest.raises(NoBidsError, match="constraint_violated"):
+            await requester.run(CAPABILITY, text=["one two three four five six seven eight nine ten eleven"])
+        # The node serves on after its refusals.
+        again = await requester.run(CAPABILITY, text=["great"])
+        assert again.outputs["logits"].shape == (1, 2)
+
+
+async def test_atomic_run_text(node: PeerNode, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["run", "--peer", node.address, "--capability", CAPABILITY, "--no-store", "--json"]
+    args += ["--text", "a wonderful film", "--text", "terrible", "--language", "en"]
+    args += ["--output", str(tmp_path / "out.pt")]
+    code = await asyncio.to_thread(main, args)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    document = json.loads(out)
+    assert document["ok"] is True and document["winner"]["model_id"] == "words-model"
+    assert (tmp_path / "out.pt").exists()
+    code = await asyncio.to_thread(main, [*args[: args.index("--json")], "--text", "good"])
+    assert code == 0 and "winner" in capsys.readouterr().out
