@@ -36,7 +36,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -55,6 +55,7 @@ from atomic_p2p.peer.gradients import BidLearner, GradientBook, GradientUpdate, 
 from atomic_p2p.peer.models import HostedModel
 from atomic_p2p.peer.replay import BidBook, BidRequestHeader, IssuedBid, RequestGuard
 from atomic_p2p.peer.strategies import BidTerms, Load, NoBid, Notice, Strategy, Task, decide
+from atomic_p2p.peer.textgen import text_prompt
 from atomic_p2p.protocol import codec
 from atomic_p2p.protocol.messages import (
     Bid,
@@ -120,6 +121,7 @@ class Job:
     inputs: dict[str, torch.Tensor]
     issued: IssuedBid
     order: ExecuteOrder
+    texts: tuple[str, ...] = ()  # a text task's texts, as decoded
 
     @property
     def prompt(self) -> torch.Tensor:
@@ -315,8 +317,8 @@ class Seller:
 
     def open_order(self, call: ExecuteCall, now_ms: int) -> Job:
         job = self._open(call, now_ms)
-        if job.order.max_tokens or job.order.prefix_tokens:
-            raise ProtocolError("a generation order (max_tokens, prefix_tokens) goes to ExecuteStream")
+        if job.order.max_tokens or job.order.prefix_tokens or job.order.prefix_text:
+            raise ProtocolError("a generation order (max_tokens, prefix) goes to ExecuteStream")
         return job
 
     def _open(self, call: ExecuteCall, now_ms: int) -> Job:
@@ -331,7 +333,7 @@ class Seller:
         issued = self._book.lookup(bid.request_id, bid.task_id, bid_digest, now_ms)
         if order_signer != issued.requester:
             raise SignatureError("the order is not signed by the requester this bid was made for")
-        model, inputs = self._check_inputs(call, order, issued)
+        model, inputs, texts = self._check_inputs(call, order, issued)
         if order.deadline_ms and order.deadline_ms <= now_ms:
             raise DeadlineError("the order's deadline has passed")
         return Job(
@@ -342,6 +344,7 @@ class Seller:
             inputs=inputs,
             issued=issued,
             order=order,
+            texts=texts,
         )
 
     def _check_reuse(self, bid: Bid, order: ExecuteOrder, now_ms: int) -> None:
@@ -359,7 +362,7 @@ class Seller:
 
     def _check_inputs(
         self, call: ExecuteCall, order: ExecuteOrder, issued: IssuedBid
-    ) -> tuple[HostedModel, dict[str, torch.Tensor]]:
+    ) -> tuple[HostedModel, dict[str, torch.Tensor], tuple[str, ...]]:
         decoded = [decode(wire, self.limits) for wire in call.inputs]
         texts = decode_texts(call.texts, self.text_limits)
         if digest(call.inputs, call.texts) != order.inputs_digest:
@@ -374,7 +377,7 @@ class Seller:
                     f"input {name!r} has shape {list(tensor.shape)}, but the bid was for "
                     f"{list(announced.get(name, ()))}"
                 )
-        return model, inputs
+        return model, inputs, tuple(texts)
 
     @staticmethod
     def _tokenized(
@@ -423,21 +426,32 @@ class Seller:
         job = self._open(call, now_ms)
         generation, order = job.model.generation, job.order
         if generation is None:
-            if order.max_tokens or order.prefix_tokens:
-                raise ProtocolError("max_tokens and prefix_tokens are for generation models only")
-        else:
-            check_order(generation, job.prompt, order.prefix_tokens, order.max_tokens)
+            if order.max_tokens or order.prefix_tokens or order.prefix_text:
+                raise ProtocolError("max_tokens and prefixes are for generation models only")
+            return job
+        if job.texts:  # a text prompt, continued by text (atomic_p2p/peer/textgen.py)
+            if order.prefix_tokens:
+                raise ProtocolError("a text prompt continues by prefix_text, not prefix_tokens")
+            prompt = text_prompt(job.model, job.texts, order.prefix_text, self.text_limits)
+            job = replace(job, inputs={job.model.contract.inputs[0].name: prompt})
+        elif order.prefix_text:
+            raise ProtocolError("prefix_text continues a text prompt; this order's prompt is token ids")
+        check_order(generation, job.prompt, order.prefix_tokens, order.max_tokens)
         return job
 
-    def sign_tokens(self, job: Job, tokens: Sequence[int], compute_ms: float) -> Envelope:
-        """The signed result of a generation: its digest covers exactly the tokens produced."""
+    def sign_tokens(
+        self, job: Job, tokens: Sequence[int], compute_ms: float, text: str | None = None
+    ) -> Envelope:
+        """The signed result of a generation: its digest covers exactly the tokens produced, or for
+        a text prompt the text produced (UTF-8, one text under the texts digest)."""
+        produced = digest((), (text.encode(),)) if text is not None else digest([tokens_tensor(tokens)])
         result = ExecuteResult(
             request_id=job.order.request_id,
             task_id=job.order.task_id,
             peer_id=self.identity.peer_id.raw,
             model_id=job.model.model_id,
             bid_digest=job.issued.digest,
-            outputs_digest=digest([tokens_tensor(tokens)]),
+            outputs_digest=produced,
             latency_ms=compute_ms,
             finished_at_ms=self._clock(),
             cost_charged=job.issued.cost,

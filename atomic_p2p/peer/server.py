@@ -32,6 +32,7 @@ from grpc_reflection.v1alpha import reflection
 from atomic_p2p.errors import AtomicError, DeadlineError, UnavailableError, UnimplementedError
 from atomic_p2p.gossip.transport import GossipAgent
 from atomic_p2p.peer.seller import Decision, Seller
+from atomic_p2p.peer.textgen import TextPieces
 from atomic_p2p.peer.workers import WorkerPool
 from atomic_p2p.protocol import codec
 from atomic_p2p.protocol.messages import (
@@ -137,13 +138,16 @@ class PeerService:
                 yield codec.encode_chunk(reply.result)
                 return
             decoder = job.model.decoder(job.prompt, job.order.prefix_tokens, job.order.max_tokens)
+            tokenizer = job.model.tokenizer
+            pieces = TextPieces(tokenizer, job.prompt[0].tolist()) if job.texts and tokenizer else None
             produced: list[int] = []
             while (token := await self.workers.step(decoder.step)) is not None:
                 produced.append(token)
-                yield codec.encode_chunk(TokenChunk((token,)))
+                yield codec.encode_chunk(TokenChunk((token,), pieces.add(token) if pieces else ""))
                 if job.order.deadline_ms and self._now_ms() >= job.order.deadline_ms:
                     raise DeadlineError("the order's deadline passed during the generation")
-            yield codec.encode_chunk(self.seller.sign_tokens(job, produced, decoder.compute_ms))
+            text = pieces.text if pieces else None
+            yield codec.encode_chunk(self.seller.sign_tokens(job, produced, decoder.compute_ms, text))
 
     async def feedback(self, raw: bytes, caller: str = "") -> bytes:
         return codec.encode(self.seller.feedback(codec.decode(FeedbackCall, raw), self._now_ms()))

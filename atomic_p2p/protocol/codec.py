@@ -132,7 +132,9 @@ def open_signed(envelope: Envelope, kind: type[S], expected_signer: PeerId | Non
 def encode_chunk(chunk: ExecuteChunk) -> bytes:
     """The wire bytes of one ExecuteStream message (a token chunk, a tensor slice or the result)."""
     if isinstance(chunk, TokenChunk):
-        message = market_pb2.ExecuteStreamResponse(tokens=market_pb2.TokenChunk(tokens=list(chunk.tokens)))
+        message = market_pb2.ExecuteStreamResponse(
+            tokens=market_pb2.TokenChunk(tokens=list(chunk.tokens), text=chunk.text)
+        )
     elif isinstance(chunk, TensorSlice):
         message = market_pb2.ExecuteStreamResponse(slice=_slice_to_proto(chunk))
     else:
@@ -145,7 +147,7 @@ def decode_chunk(data: bytes) -> ExecuteChunk:
     message = parse(market_pb2.ExecuteStreamResponse, data, "ExecuteStreamResponse")
     which = message.WhichOneof("part")
     if which == "tokens":
-        return TokenChunk(tuple(message.tokens.tokens))
+        return TokenChunk(tuple(message.tokens.tokens), message.tokens.text)
     if which == "slice":
         return _slice_from_proto(message.slice)
     if which == "result":
@@ -278,6 +280,7 @@ def _order_to_proto(order: ExecuteOrder) -> market_pb2.ExecuteOrder:
         buyer_bids=list(order.buyer_bids),
         max_tokens=order.max_tokens,
         prefix_tokens=list(order.prefix_tokens),
+        prefix_text=order.prefix_text,
     )
 
 
@@ -292,6 +295,7 @@ def _order_from_proto(message: market_pb2.ExecuteOrder) -> ExecuteOrder:
         buyer_bids=tuple(message.buyer_bids),
         max_tokens=message.max_tokens,
         prefix_tokens=tuple(message.prefix_tokens),
+        prefix_text=message.prefix_text,
     )
 
 

@@ -156,6 +156,7 @@ class ExecuteOrder:
     buyer_bids: tuple[float, ...] = ()
     max_tokens: int = 0  # ExecuteStream of a generation model: at most this many tokens (0: none)
     prefix_tokens: tuple[int, ...] = ()  # a continuation: tokens other peers already produced
+    prefix_text: bytes = b""  # a text continuation: UTF-8 text other peers already produced
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +241,7 @@ class TokenChunk:
     """Token ids a generation produced, in order (one ExecuteStream message)."""
 
     tokens: tuple[int, ...]
+    text: str = ""  # a text prompt's generation: the tokens decoded by the peer's own tokenizer
 
 
 @dataclass(frozen=True, slots=True)

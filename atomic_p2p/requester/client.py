@@ -99,10 +99,15 @@ def _check_text(text: Sequence[str] | None, inputs: Mapping[str, torch.Tensor] |
     return texts
 
 
-def _check_prompt(prompt_ids: torch.Tensor | Sequence[int], max_tokens: int) -> torch.Tensor:
-    """The prompt as int64[1, T] token ids (a sequence or a 1-D or [1, T] integer tensor)."""
+def _check_prompt(prompt_ids: str | torch.Tensor | Sequence[int], max_tokens: int) -> str | torch.Tensor:
+    """A text prompt as it is, else the prompt as int64[1, T] token ids (a sequence or a 1-D or
+    [1, T] integer tensor)."""
     if not (isinstance(max_tokens, int) and max_tokens > 0):
         raise ConfigError(f"max_tokens is a positive integer, got {max_tokens!r}")
+    if isinstance(prompt_ids, str):
+        if not prompt_ids:
+            raise ConfigError("a text prompt needs at least one character")
+        return prompt_ids
     try:
         prompt = torch.as_tensor(prompt_ids)
     except (TypeError, ValueError, RuntimeError) as exc:
@@ -320,7 +325,7 @@ class Requester:
     def generate(
         self,
         capability: str,
-        prompt_ids: torch.Tensor | Sequence[int],
+        prompt_ids: str | torch.Tensor | Sequence[int],
         *,
         max_tokens: int,
         deadline_s: float = 10.0,
@@ -337,18 +342,25 @@ class Requester:
 
         If the peer generating fails mid-stream, the runner-up continues after the tokens so far
         with the budget left, inside ``deadline_s``; the result says which peer produced which
-        part and holds each part's verified receipt (:mod:`.generation`)."""
+        part and holds each part's verified receipt (:mod:`.generation`).
+
+        A text prompt (a ``str``) is tokenised by each peer with its own tokenizer; chunks and
+        parts then carry text, a runner-up continues from the text so far, and
+        ``generation.result.text`` is the whole generated text."""
         prompt = _check_prompt(prompt_ids, max_tokens)
         _check_terms(deadline_s, weights, max_cost)
         terms = self._terms(deadline_s, weights, max_cost, priority, preview=False)
         return Generation(self._generate(capability, prompt, max_tokens, terms, deadline_s))
 
     async def _generate(
-        self, capability: str, prompt: torch.Tensor, max_tokens: int, terms: Terms, deadline_s: float
+        self, capability: str, prompt: str | torch.Tensor, max_tokens: int, terms: Terms, deadline_s: float
     ) -> AsyncGenerator[GeneratedTokens | GenerationResult, None]:
         async with self.queue.slot(parse_priority(terms.priority), terms.deadline):
             task_id = f"task-{next(self._task_numbers)}"
-            prepared = await self._broker.prepare(task_id, capability, {PROMPT_NAME: prompt}, terms)
+            if isinstance(prompt, str):
+                prepared = await self._broker.prepare(task_id, capability, {}, terms, (prompt,))
+            else:
+                prepared = await self._broker.prepare(task_id, capability, {PROMPT_NAME: prompt}, terms)
             (offers,) = await self._broker.offers([prepared], terms, deadline_s)
             ask, decision = self._broker.rank(prepared, offers, terms)
 

@@ -14,6 +14,12 @@ the tokens it sent stay in the output as an unverified part, and the next bid co
 with the budget left, within the deadline. The final :class:`GenerationResult` lists every part:
 the peer, its model, the token range, and its signed receipt (None for the unverified parts of
 peers that failed). Generation succeeds only when the last attempt ends with a verified result.
+
+A text prompt (``Payload.texts``) goes the same way by text, since peers have different
+vocabularies: each chunk carries its text, a continuation's order names the text so far
+(``prefix_text``, UTF-8) instead of tokens, and each peer's receipt covers the text it produced as
+one text under the texts digest. Parts then say which peer produced which text; their token ids
+are each peer's own and only count the budget.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ class GeneratedTokens:
     peer_id: PeerId
     address: str
     model_id: str
+    text: str = ""  # a text prompt's generation: the tokens decoded by the peer's tokenizer
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +62,7 @@ class GenerationPart:
     tokens: tuple[int, ...]
     receipt: Envelope | None  # the signed ExecuteResult; None: the peer failed, the part is unverified
     cost: float
+    text: str = ""  # a text prompt's generation: the text this peer produced
 
     @property
     def verified(self) -> bool:
@@ -72,6 +80,7 @@ class GenerationResult:
     parts: tuple[GenerationPart, ...]
     attempts: tuple[Attempt, ...]
     price: float  # what the verified parts charged
+    text: str = ""  # a text prompt's generation: the whole text after the prompt, every part's joined
 
 
 class Generation:
@@ -102,6 +111,11 @@ class Generation:
         if self._result is None:
             raise RuntimeError("the generation has not finished; iterate it to the end first")
         return self._result
+
+    @property
+    def text(self) -> str:
+        """The whole generated text (a text prompt), once finished."""
+        return self.result.text
 
     async def collect(self) -> GenerationResult:
         async for _ in self:
@@ -146,6 +160,7 @@ class GenerationWalk:
         deadline: float,
     ) -> AsyncGenerator[GeneratedTokens | GenerationResult, None]:
         tokens: list[int] = []
+        text = ""
         parts: list[GenerationPart] = []
         attempts: list[Attempt] = []
         for bid in ranked:
@@ -158,16 +173,18 @@ class GenerationWalk:
                 continue
             started = self._clock.monotonic()
             produced: list[int] = []
+            produced_text: list[str] = []
             receipt: Envelope | None = None
             cost = 0.0
             try:
                 stream = self._attempt(
-                    bid.request_id or request_id, bid, prompt, tokens, max_tokens, remaining
+                    bid.request_id or request_id, bid, prompt, tokens, text, max_tokens, remaining
                 )
                 async with aclosing(stream) as pieces:
                     async for piece in pieces:
                         if isinstance(piece, GeneratedTokens):
                             produced.extend(piece.tokens)
+                            produced_text.append(piece.text)
                             yield piece
                         else:
                             receipt, cost = piece
@@ -180,12 +197,14 @@ class GenerationWalk:
                 attempts.append(Attempt(bid, (self._clock.monotonic() - started) * 1000))
             self._on_attempt(attempts[-1])
             if produced or receipt is not None:
-                parts.append(GenerationPart(bid, len(tokens), tuple(produced), receipt, cost))
+                part_text = "".join(produced_text)
+                parts.append(GenerationPart(bid, len(tokens), tuple(produced), receipt, cost, part_text))
                 tokens.extend(produced)
+                text += part_text
             if receipt is not None:
                 price = sum(part.cost for part in parts)
                 done = GenerationResult(
-                    request_id, task_id, capability, tuple(tokens), tuple(parts), tuple(attempts), price
+                    request_id, task_id, capability, tuple(tokens), tuple(parts), tuple(attempts), price, text
                 )
                 yield done
                 return
@@ -197,10 +216,12 @@ class GenerationWalk:
         bid: BidInfo,
         prompt: Payload,
         prefix: Sequence[int],
+        prefix_text: str,
         max_tokens: int,
         remaining_s: float,
     ) -> AsyncGenerator[GeneratedTokens | tuple[Envelope, float], None]:
         left = max_tokens - len(prefix)
+        by_text = bool(prompt.texts)  # a text prompt continues by text (module docstring)
         stall_s = self._policy.call_timeout(bid, remaining_s)  # the longest wait for one message
         now = self._clock.wall_ms()
         order = sign_order(
@@ -211,10 +232,12 @@ class GenerationWalk:
             now,
             now + int(remaining_s * 1000),
             max_tokens=left,
-            prefix_tokens=tuple(prefix),
+            prefix_tokens=() if by_text else tuple(prefix),
+            prefix_text=prefix_text.encode() if by_text else b"",
         )
         produced: list[int] = []
-        call = ExecuteCall(order, bid.envelope, prompt.inputs)
+        produced_text: list[str] = []
+        call = ExecuteCall(order, bid.envelope, prompt.inputs, prompt.texts)
         async with aclosing(self._transport.execute_stream(bid.address, call, remaining_s)) as stream:
             while True:
                 try:
@@ -227,10 +250,14 @@ class GenerationWalk:
                     if len(produced) + len(chunk.tokens) > left:
                         raise ProtocolError(f"the peer sent more than the {left} tokens ordered")
                     produced.extend(chunk.tokens)
-                    yield GeneratedTokens(chunk.tokens, bid.peer_id, bid.address, bid.model_id)
+                    produced_text.append(chunk.text)
+                    yield GeneratedTokens(chunk.tokens, bid.peer_id, bid.address, bid.model_id, chunk.text)
                 elif isinstance(chunk, Envelope):
-                    outputs = [tokens_tensor(produced)]
-                    checked = await self._clock.run_blocking(check_result, chunk, outputs, request_id, bid)
+                    outputs = [] if by_text else [tokens_tensor(produced)]
+                    texts = ["".join(produced_text).encode()] if by_text else []
+                    checked = await self._clock.run_blocking(
+                        check_result, chunk, outputs, request_id, bid, texts
+                    )
                     yield chunk, checked.cost_charged
                     return
                 else:

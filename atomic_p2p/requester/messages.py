@@ -169,9 +169,11 @@ def sign_order(
     *,
     max_tokens: int = 0,
     prefix_tokens: tuple[int, ...] = (),
+    prefix_text: bytes = b"",
 ) -> Envelope:
     """Sign the order to run ``bid``; ``inputs_digest`` is :func:`atomic_p2p.tensors.digest` of the
-    inputs. A generation order sets ``max_tokens`` and, to continue, ``prefix_tokens``."""
+    inputs. A generation order sets ``max_tokens`` and, to continue, ``prefix_tokens`` (a
+    token-id prompt) or ``prefix_text`` (a text prompt)."""
     order = ExecuteOrder(
         request_id=request_id,
         task_id=bid.task_id,
@@ -181,14 +183,20 @@ def sign_order(
         deadline_ms=deadline_ms,
         max_tokens=max_tokens,
         prefix_tokens=prefix_tokens,
+        prefix_text=prefix_text,
     )
     return codec.sign(identity, order)
 
 
 def check_result(
-    envelope: Envelope, outputs: Sequence[tensors.WireTensor], request_id: bytes, bid: BidInfo
+    envelope: Envelope,
+    outputs: Sequence[tensors.WireTensor],
+    request_id: bytes,
+    bid: BidInfo,
+    texts: Sequence[bytes] = (),
 ) -> ResultReceipt:
-    """Verify a signed ExecuteResult against the bid it answers and decode the outputs.
+    """Verify a signed ExecuteResult against the bid it answers and decode the outputs
+    (``texts``: a text generation's output, UTF-8, covered by the digest after the tensors).
 
     CPU-bound (a signature check, a digest over every output byte, a copy per tensor): the
     caller runs it in a worker thread.
@@ -198,7 +206,7 @@ def check_result(
         raise ProtocolError("result echoes a different request or task")
     if result.peer_id != bid.peer_id.raw or result.bid_digest != bid.digest:
         raise ProtocolError("result does not name the winning bid")
-    if result.outputs_digest != tensors.digest(outputs):
+    if result.outputs_digest != tensors.digest(outputs, texts):
         raise ProtocolError("outputs do not match the digest the peer signed")
     decoded: dict[str, torch.Tensor] = {}
     for wire in outputs:

@@ -60,7 +60,12 @@ from atomic_p2p.testing._data import digits_batch
 from atomic_p2p.testing._models import count_up_lm, generator_config, linear_classifier, seller_config
 from atomic_p2p.testing._network import InMemoryNetwork, InMemoryPeer, InMemoryTransport
 from atomic_p2p.testing._processes import PeerProcess, peer_command, peer_processes
-from atomic_p2p.testing._text import text_classifier, text_seller_config
+from atomic_p2p.testing._text import (
+    text_classifier,
+    text_generator,
+    text_generator_config,
+    text_seller_config,
+)
 
 __all__ = [
     "FakeClock",
@@ -79,5 +84,7 @@ __all__ = [
     "peer_processes",
     "seller_config",
     "text_classifier",
+    "text_generator",
+    "text_generator_config",
     "text_seller_config",
 ]

@@ -20,9 +20,11 @@ import torch
 
 from atomic_p2p.contract import Dim, ModelContract, TaskKind, TensorContract
 from atomic_p2p.peer.config import ModelConfig, PeerConfig
+from atomic_p2p.peer.generation import Generation
 from atomic_p2p.peer.models import BuiltModel
 from atomic_p2p.peer.text import CharTokenizer, Tokenizer, WordTokenizer
 from atomic_p2p.terms import ModelConstraints
+from atomic_p2p.testing._models import CountUp
 
 TEXT_FACTORY = "atomic_p2p.testing:text_classifier"
 POSITIVE = ("good", "great", "excellent", "love", "fine", "wonderful")
@@ -102,3 +104,56 @@ def text_seller_config(
         ),
     )
     return PeerConfig(name=name, models=(model,), data_dir=data_dir / name, **peer_fields)
+
+
+TEXT_GENERATOR_FACTORY = "atomic_p2p.testing:text_generator"
+
+
+def text_generator(
+    cache_dir: Path,
+    *,
+    tokenizer: str = "char",
+    words: tuple[str, ...] = (),
+    max_tokens: int = 64,
+    context: int = 256,
+    fail_at_length: int = 0,
+) -> BuiltModel:
+    """A :class:`~atomic_p2p.testing._models.CountUp` generation model over a built-in tokenizer:
+    ``char`` (after a character, the next one of the alphabet) or ``word`` over ``words`` (after a
+    word, the next word of the list), so two peers continue each other's text deterministically."""
+    vocabulary: Tokenizer = CharTokenizer(ALPHABET) if tokenizer == "char" else WordTokenizer(words)
+    return BuiltModel(
+        module=CountUp(vocabulary.vocab_size, fail_at_length),
+        input_shape=(1,),
+        input_dtype="int64",
+        validation_accuracy=1.0,
+        input_name="input_ids",
+        output_name="logits",
+        generation=Generation(vocab_size=vocabulary.vocab_size, max_tokens=max_tokens, context=context),
+        tokenizer=vocabulary,
+    )
+
+
+def text_generator_config(
+    name: str,
+    data_dir: Path,
+    *,
+    capability: str = "generate/text",
+    confidence: float = 0.9,
+    price: float = 0.001,
+    max_input_tokens: int = 0,
+    **options: Any,
+) -> PeerConfig:
+    """A peer called ``name`` hosting one :func:`text_generator` ``<name>-lm`` (``options``: its
+    tokenizer, words, fail_at_length) that bids ``confidence`` at ``price``."""
+    model = ModelConfig(
+        model_id=f"{name}-lm",
+        capabilities=(capability,),
+        factory=TEXT_GENERATOR_FACTORY,
+        price_per_example=price,
+        strategy="fixed",
+        strategy_options={"confidence": confidence},
+        options=options,
+        constraints=ModelConstraints(max_input_tokens=max_input_tokens, max_batch=1),
+    )
+    return PeerConfig(name=name, models=(model,), data_dir=data_dir / name)

@@ -84,6 +84,8 @@ PUBLIC = {
         "peer_processes",
         "seller_config",
         "text_classifier",
+        "text_generator",
+        "text_generator_config",
         "text_seller_config",
     ],
 }

@@ -406,6 +406,7 @@ class ExecuteOrder(_message.Message):
     BUYER_BIDS_FIELD_NUMBER: _builtins.int
     MAX_TOKENS_FIELD_NUMBER: _builtins.int
     PREFIX_TOKENS_FIELD_NUMBER: _builtins.int
+    PREFIX_TEXT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.bytes
     task_id: _builtins.str
     bid_digest: _builtins.bytes
@@ -416,6 +417,10 @@ class ExecuteOrder(_message.Message):
     deadline_ms: _builtins.int
     max_tokens: _builtins.int
     """ExecuteStream of a generation model: the most tokens to generate (0: not a generation)."""
+    prefix_text: _builtins.bytes
+    """ExecuteStream continuation of a text prompt: the UTF-8 text other peers already produced. The
+    peer generates after prompt || prefix_text, tokenised with its own tokenizer.
+    """
     @_builtins.property
     def buyer_bids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
         """Gradient mode, buyer-side: the requester's bid vector for this peer."""
@@ -438,10 +443,11 @@ class ExecuteOrder(_message.Message):
         buyer_bids: _abc.Iterable[_builtins.float] | None = ...,
         max_tokens: _builtins.int = ...,
         prefix_tokens: _abc.Iterable[_builtins.int] | None = ...,
+        prefix_text: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bid_digest", b"bid_digest", "buyer_bids", b"buyer_bids", "deadline_ms", b"deadline_ms", "inputs_digest", b"inputs_digest", "issued_at_ms", b"issued_at_ms", "max_tokens", b"max_tokens", "prefix_tokens", b"prefix_tokens", "request_id", b"request_id", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bid_digest", b"bid_digest", "buyer_bids", b"buyer_bids", "deadline_ms", b"deadline_ms", "inputs_digest", b"inputs_digest", "issued_at_ms", b"issued_at_ms", "max_tokens", b"max_tokens", "prefix_text", b"prefix_text", "prefix_tokens", b"prefix_tokens", "request_id", b"request_id", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -600,16 +606,20 @@ class TokenChunk(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKENS_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    text: _builtins.str
+    """A text prompt's generation: these tokens decoded by the peer's own tokenizer (UTF-8)."""
     @_builtins.property
     def tokens(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     def __init__(
         self,
         *,
         tokens: _abc.Iterable[_builtins.int] | None = ...,
+        text: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["tokens", b"tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text", "tokens", b"tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

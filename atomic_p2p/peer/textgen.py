@@ -1,0 +1,81 @@
+"""Text generation: a text prompt, continued by text, streamed as text (docs/protocol.md section 10).
+
+How this works
+--------------
+Peers have different vocabularies, so text is what they share. A generation order whose task is
+one text (``ExecuteStreamRequest.texts``) names its prompt as text, and a continuation names the
+text other peers already produced (``ExecuteOrder.prefix_text``, UTF-8). The peer tokenises
+``prompt || prefix_text`` with its *own* tokenizer and generates after it, exactly as for token ids.
+
+Each step is streamed as its token id and as text: :class:`TextPieces` decodes the whole sequence
+after each token and sends what it adds beyond the text shown so far, so a tokenizer that joins
+pieces with spaces (or merges bytes into characters) streams exactly the text it would decode at
+once. The signed result covers the UTF-8 text this peer produced (its pieces joined) as one text
+under the texts digest of section 4, so the requester checks exactly the text it received.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from atomic_p2p.errors import ProtocolError
+from atomic_p2p.peer.models import HostedModel
+from atomic_p2p.peer.text import Tokenizer
+from atomic_p2p.tensors import TextLimits
+
+
+def text_prompt(
+    model: HostedModel, texts: Sequence[str], prefix_text: bytes, limits: TextLimits
+) -> torch.Tensor:
+    """The token ids (int64[1, T]) of ``prompt || prefix_text`` by the model's own tokenizer.
+
+    Refused (INVALID_ARGUMENT) before any work: not exactly one text, a prefix that is not UTF-8 or
+    over the text limit, or a whole that does not fit the model's context."""
+    if len(texts) != 1:
+        raise ProtocolError(f"a text generation takes one prompt text, got {len(texts)}")
+    if len(prefix_text) > limits.max_text_bytes:
+        raise ProtocolError(f"prefix_text of {len(prefix_text)} bytes exceeds {limits.max_text_bytes}")
+    try:
+        prefix = prefix_text.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("prefix_text is not valid UTF-8") from None
+    tokenizer, generation = model.tokenizer, model.generation
+    if tokenizer is None or generation is None:
+        raise ProtocolError(f"model {model.model_id} does not generate from text")
+    whole = texts[0] + prefix
+    count = tokenizer.count(whole)
+    if count == 0:
+        raise ProtocolError("a text prompt needs at least one token")
+    if count >= generation.context:
+        raise ProtocolError(
+            f"prompt and prefix_text make {count} tokens (by {model.model_id}'s tokenizer), "
+            f"over the context {generation.context}"
+        )
+    return tokenizer.encode([whole], count)["input_ids"]
+
+
+class TextPieces:
+    """The text each generated token adds, decoded incrementally (see the module docstring)."""
+
+    def __init__(self, tokenizer: Tokenizer, context: Sequence[int]) -> None:
+        self._tokenizer = tokenizer
+        self._ids = list(context)
+        self._shown = tokenizer.decode(self._ids)
+        self._pieces: list[str] = []
+
+    def add(self, token: int) -> str:
+        self._ids.append(token)
+        decoded = self._tokenizer.decode(self._ids)
+        if decoded.startswith(self._shown):
+            piece = decoded[len(self._shown) :]
+        else:  # a tokenizer that rewrites earlier text: fall back to the token on its own
+            piece = self._tokenizer.decode([token])
+        self._shown = decoded
+        self._pieces.append(piece)
+        return piece
+
+    @property
+    def text(self) -> str:
+        return "".join(self._pieces)
