@@ -1,4 +1,4 @@
-"""``atomic generate``: auction a prompt of token ids and stream the generated tokens as they arrive."""
+"""``atomic generate``: auction a prompt (text, or token ids) and stream what is generated as it arrives."""
 
 from __future__ import annotations
 
@@ -24,13 +24,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser = subparsers.add_parser(
         "generate",
         help="auction a prompt and stream the generated tokens",
-        description="Ask every --peer for a bid on a prompt of token ids, stream the tokens the best "
-        "bid generates (continuing on the runner-up if it fails) and print which peer produced which part.",
+        description="Ask every --peer for a bid on a prompt (text, each peer tokenising it with its own "
+        "tokenizer, or --prompt-ids), stream what the best bid generates (continuing on the runner-up if "
+        "it fails) and print which peer produced which part.",
     )
+    parser.add_argument("prompt", nargs="?", help='the prompt text, e.g. "Once upon a time"')
     parser.add_argument("--peer", dest="peers", action="append", required=True, metavar="ADDR")
     parser.add_argument("--capability", required=True, help='what to run, e.g. "generate/count"')
     parser.add_argument(
-        "--prompt-ids", required=True, metavar="IDS", help="token ids, comma-separated: 1,2,3"
+        "--prompt-ids", metavar="IDS", help="a prompt of token ids instead of text, comma-separated: 1,2,3"
     )
     parser.add_argument(
         "--max-tokens", type=int, default=32, metavar="N", help="tokens to generate (default 32)"
@@ -58,8 +60,19 @@ def parse_prompt(text: str) -> list[int]:
     return ids
 
 
+def choose_prompt(args: argparse.Namespace) -> str | list[int]:
+    """The text prompt or the --prompt-ids, exactly one of them."""
+    if (args.prompt is None) == (args.prompt_ids is None):
+        raise ConfigError('give a prompt text or --prompt-ids, one of them: atomic generate ... "prompt"')
+    if args.prompt_ids is not None:
+        return parse_prompt(args.prompt_ids)
+    if not args.prompt:
+        raise ConfigError("the prompt text is empty")
+    return str(args.prompt)
+
+
 async def stream(
-    args: argparse.Namespace, prompt: list[int], identity: Identity, out: TextIO
+    args: argparse.Namespace, prompt: str | list[int], identity: Identity, out: TextIO
 ) -> GenerationResult:
     from atomic_p2p.requester import Requester
 
@@ -74,31 +87,39 @@ async def stream(
         )
         async with generation:
             async for chunk in generation:
-                out.write(" ".join(str(token) for token in chunk.tokens) + " ")
+                if isinstance(prompt, str):
+                    out.write(chunk.text)
+                else:
+                    out.write(" ".join(str(token) for token in chunk.tokens) + " ")
                 out.flush()
         out.write("\n")
         return generation.result
 
 
-def render(result: GenerationResult) -> str:
-    lines = [f"{len(result.tokens)} tokens, price {result.price:.6g}"]
+def render(result: GenerationResult, by_text: bool = False) -> str:
+    size = f"{len(result.text)} characters" if by_text else f"{len(result.tokens)} tokens"
+    lines = [f"{size}, price {result.price:.6g}"]
     for part in result.parts:
         end = part.start + len(part.tokens)
         state = "verified" if part.verified else "UNVERIFIED (the peer failed)"
         bid = part.bid
-        lines.append(
-            f"  tokens [{part.start}, {end}) from {bid.address} ({bid.peer_id.short}, {bid.model_id}): {state}"
-        )
+        what = f"text {_clip(part.text)}" if by_text else f"tokens [{part.start}, {end})"
+        lines.append(f"  {what} from {bid.address} ({bid.peer_id.short}, {bid.model_id}): {state}")
     return "\n".join(lines)
 
 
+def _clip(text: str, limit: int = 40) -> str:
+    """A part's text for the summary: quoted, and cut (a peer's output is not ours to print in full)."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+
+
 def handle(args: argparse.Namespace) -> ExitCode:
-    prompt = parse_prompt(args.prompt_ids)
+    prompt = choose_prompt(args)
     identity = load_identity(args.key)
     try:
         result = asyncio.run(stream(args, prompt, identity, sys.stdout))
     except AuctionError as error:
         print(f"\natomic generate: {error}", file=sys.stderr)
         return ExitCode.FAILED
-    print(render(result), file=sys.stderr)
+    print(render(result, by_text=isinstance(prompt, str)), file=sys.stderr)
     return ExitCode.OK

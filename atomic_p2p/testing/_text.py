@@ -142,10 +142,12 @@ def text_generator_config(
     confidence: float = 0.9,
     price: float = 0.001,
     max_input_tokens: int = 0,
+    port: int = 0,
     **options: Any,
 ) -> PeerConfig:
     """A peer called ``name`` hosting one :func:`text_generator` ``<name>-lm`` (``options``: its
-    tokenizer, words, fail_at_length) that bids ``confidence`` at ``price``."""
+    tokenizer, words, fail_at_length) that bids ``confidence`` at ``price``, listening on ``port``
+    (0: any free port)."""
     model = ModelConfig(
         model_id=f"{name}-lm",
         capabilities=(capability,),
@@ -156,4 +158,4 @@ def text_generator_config(
         options=options,
         constraints=ModelConstraints(max_input_tokens=max_input_tokens, max_batch=1),
     )
-    return PeerConfig(name=name, models=(model,), data_dir=data_dir / name)
+    return PeerConfig(name=name, models=(model,), data_dir=data_dir / name, port=port)

@@ -3,6 +3,7 @@ larger than the peer's message limit carried in slices (docs/protocol.md section
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import sys
@@ -11,14 +12,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from atomic_p2p.cli.generate import parse_prompt
+from atomic_p2p.cli.generate import choose_prompt, parse_prompt
 from atomic_p2p.errors import AuctionError, ConfigError
 from atomic_p2p.peer.config import ModelConfig, PeerConfig
 from atomic_p2p.peer.node import PeerNode
 from atomic_p2p.protocol import codec
 from atomic_p2p.protocol.messages import ExecuteResult
 from atomic_p2p.requester import ExecutionPolicy, Requester
-from atomic_p2p.testing import generator_config
+from atomic_p2p.testing import generator_config, text_generator_config
 from tests.support.waiting import eventually
 
 pytestmark = [pytest.mark.integration]
@@ -106,8 +107,41 @@ async def test_atomic_generate_streams_tokens_to_the_terminal(tmp_path: Path) ->
     assert "tokens [0, 4) from" in stderr.decode() and "verified" in stderr.decode()
 
 
+async def test_atomic_generate_streams_text_to_the_terminal(tmp_path: Path) -> None:
+    config = text_generator_config("chars", tmp_path, tokenizer="char", port=0)
+    async with await PeerNode.start(config) as node:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "atomic_p2p.cli.main",
+            "generate",
+            "--peer",
+            node.address,
+            "--capability",
+            "generate/text",
+            "--max-tokens",
+            "4",
+            "abc",
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env={**os.environ, "XDG_DATA_HOME": str(tmp_path)},
+        )
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 0, stderr.decode()
+    assert stdout.decode() == "defg\n"
+    assert "text 'defg' from" in stderr.decode() and "verified" in stderr.decode()
+
+
 def test_prompt_ids_are_parsed_strictly() -> None:
     assert parse_prompt("1, 2,3,") == [1, 2, 3]
     for bad in ("", "1,x", "1.5"):
         with pytest.raises(ConfigError):
             parse_prompt(bad)
+
+
+def test_a_prompt_is_text_or_ids_never_both_nor_neither() -> None:
+    assert choose_prompt(argparse.Namespace(prompt="hi", prompt_ids=None)) == "hi"
+    assert choose_prompt(argparse.Namespace(prompt=None, prompt_ids="1,2")) == [1, 2]
+    for prompt, ids in (("hi", "1"), (None, None), ("", None)):
+        with pytest.raises(ConfigError):
+            choose_prompt(argparse.Namespace(prompt=prompt, prompt_ids=ids))
