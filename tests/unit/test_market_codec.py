@@ -158,6 +158,19 @@ PAIRS = {
             prefix_tokens=[5, 6],
         ),
     ),
+    "ExecuteOrder/text generation": (
+        ExecuteOrder(b"r" * 16, "t1", b"d" * 32, 10, b"i" * 32, 30, max_tokens=8, prefix_text="é".encode()),
+        market_pb2.ExecuteOrder(
+            request_id=b"r" * 16,
+            task_id="t1",
+            bid_digest=b"d" * 32,
+            issued_at_ms=10,
+            inputs_digest=b"i" * 32,
+            deadline_ms=30,
+            max_tokens=8,
+            prefix_text="é".encode(),
+        ),
+    ),
     "ExecuteOrder": (
         ExecuteOrder(b"r" * 16, "t1", b"d" * 32, 10, b"i" * 32, 30),
         market_pb2.ExecuteOrder(
@@ -262,6 +275,10 @@ CHUNKS = {
     "tokens": (
         TokenChunk((1, 2, 2**40)),
         market_pb2.ExecuteStreamResponse(tokens=market_pb2.TokenChunk(tokens=[1, 2, 2**40])),
+    ),
+    "text": (
+        TokenChunk((7,), " wörld"),
+        market_pb2.ExecuteStreamResponse(tokens=market_pb2.TokenChunk(tokens=[7], text=" wörld")),
     ),
     "slice": (
         TensorSlice("y", "float32", (2, 3), 8, b"\x01" * 16),
