@@ -11,8 +11,8 @@ in a worker thread and can stop between steps: a client that cancels costs at mo
 progress. Each step runs the whole sequence again (no key-value cache): simple and bounded by the
 context length; a model that needs a cache can bring its own decoder later.
 
-Prompts are token ids (``int64[1, T]``); text will travel as token ids once tokenizers come to the
-wire, so nothing here assumes how ids were made.
+Prompts are token ids (``int64[1, T]``), from the requester or from this peer's own tokenizer for a
+text prompt (:mod:`atomic_p2p.peer.textgen`), so nothing here assumes how ids were made.
 """
 
 from __future__ import annotations
