@@ -41,6 +41,10 @@ from atomic_p2p.requester.types import Attempt, BidInfo
 
 logger = logging.getLogger(__name__)
 
+# The most characters one token may add to a text generation: far above what any tokenizer's piece
+# decodes to, and it bounds what a peer can push through the stream per token it is paid for.
+MAX_CHARACTERS_PER_TOKEN = 256
+
 
 @dataclass(frozen=True, slots=True)
 class GeneratedTokens:
@@ -247,8 +251,7 @@ class GenerationWalk:
                 except TimeoutError:
                     raise DeadlineError(f"no token from {bid.address} within {stall_s:.2f} s") from None
                 if isinstance(chunk, TokenChunk):
-                    if len(produced) + len(chunk.tokens) > left:
-                        raise ProtocolError(f"the peer sent more than the {left} tokens ordered")
+                    _check_chunk(chunk, len(produced), left)
                     produced.extend(chunk.tokens)
                     produced_text.append(chunk.text)
                     yield GeneratedTokens(chunk.tokens, bid.peer_id, bid.address, bid.model_id, chunk.text)
@@ -262,6 +265,14 @@ class GenerationWalk:
                     return
                 else:
                     raise ProtocolError("a generation stream carried a tensor slice")
+
+
+def _check_chunk(chunk: TokenChunk, sent: int, left: int) -> None:
+    """A ProtocolError for a chunk past the tokens ordered, or with more text than its tokens allow."""
+    if sent + len(chunk.tokens) > left:
+        raise ProtocolError(f"the peer sent more than the {left} tokens ordered")
+    if len(chunk.text) > MAX_CHARACTERS_PER_TOKEN * len(chunk.tokens):
+        raise ProtocolError(f"the peer sent {len(chunk.text)} characters for {len(chunk.tokens)} tokens")
 
 
 def _failed_message(capability: str, attempts: Sequence[Attempt], produced: int) -> str:

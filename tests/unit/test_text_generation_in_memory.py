@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from atomic_p2p.errors import ProtocolError
+from atomic_p2p.errors import AuctionError, ProtocolError
 from atomic_p2p.identity import Identity
 from atomic_p2p.peer.text import CharTokenizer
 from atomic_p2p.peer.textgen import TextPieces, text_prompt
@@ -101,6 +101,18 @@ async def test_a_prompt_over_a_peers_token_limit_is_declined(
         result = await requester.generate(CAPABILITY, "abcde abcde", max_tokens=1).collect()
     (part,) = result.parts
     assert part.bid.address == roomy.address and result.text == " x"
+
+
+async def test_a_peer_whose_text_outgrows_its_tokens_is_cut_off(
+    network: InMemoryNetwork, clock: FakeClock, tmp_path: Path
+) -> None:
+    # After "a" comes a 300-letter word: more text than one token may carry to the requester.
+    peer = network.add_peer(
+        text_generator_config("wordy", tmp_path, tokenizer="word", words=("a", "x" * 300))
+    )
+    async with buyer(network, clock, peer) as requester:
+        with pytest.raises(AuctionError, match="301 characters for 1 tokens"):
+            await requester.generate(CAPABILITY, "a", max_tokens=1).collect()
 
 
 def test_a_prefix_that_is_not_utf8_is_refused_before_any_work(tmp_path: Path) -> None:
