@@ -134,3 +134,17 @@ def test_pieces_are_what_each_token_adds_to_the_decoded_text() -> None:
     pieces = TextPieces(tokenizer, [2])
     assert [pieces.add(3), pieces.add(2)] == ["b", "a"]
     assert pieces.text == "ba"
+
+
+async def test_a_prefix_that_is_not_utf8_is_invalid_argument_over_the_network(
+    network: InMemoryNetwork, clock: FakeClock, tmp_path: Path
+) -> None:
+    from tests.unit.test_seller_text_stream import text_order
+
+    peer = network.add_peer(text_generator_config("chars", tmp_path, tokenizer="char"))
+    call = text_order(peer.seller, b"abc", max_tokens=2, prefix_text=b"ab\xc3")
+    stream = network.transport().execute_stream(peer.address, call, 5.0)
+    with pytest.raises(ProtocolError, match="not valid UTF-8") as refused:
+        await anext(stream)
+    assert refused.value.code.name == "INVALID_ARGUMENT"
+    assert peer.workers.load().in_flight == 0
