@@ -55,7 +55,7 @@ from atomic_p2p.peer.gradients import BidLearner, GradientBook, GradientUpdate, 
 from atomic_p2p.peer.models import HostedModel
 from atomic_p2p.peer.replay import BidBook, BidRequestHeader, IssuedBid, RequestGuard
 from atomic_p2p.peer.strategies import BidTerms, Load, NoBid, Notice, Strategy, Task, decide
-from atomic_p2p.peer.textgen import text_prompt
+from atomic_p2p.peer.textgen import generated_digest, text_inputs
 from atomic_p2p.protocol import codec
 from atomic_p2p.protocol.messages import (
     Bid,
@@ -77,7 +77,6 @@ from atomic_p2p.protocol.messages import (
     TextSpec,
 )
 from atomic_p2p.protocol.messages import NoBid as WireNoBid
-from atomic_p2p.protocol.streaming import tokens_tensor
 from atomic_p2p.tensors import (
     DEFAULT_LIMITS,
     DEFAULT_TEXT_LIMITS,
@@ -429,13 +428,8 @@ class Seller:
             if order.max_tokens or order.prefix_tokens or order.prefix_text:
                 raise ProtocolError("max_tokens and prefixes are for generation models only")
             return job
-        if job.texts:  # a text prompt, continued by text (atomic_p2p/peer/textgen.py)
-            if order.prefix_tokens:
-                raise ProtocolError("a text prompt continues by prefix_text, not prefix_tokens")
-            prompt = text_prompt(job.model, job.texts, order.prefix_text, self.text_limits)
-            job = replace(job, inputs={job.model.contract.inputs[0].name: prompt})
-        elif order.prefix_text:
-            raise ProtocolError("prefix_text continues a text prompt; this order's prompt is token ids")
+        if job.texts or order.prefix_text:  # a text prompt, continued by text
+            job = replace(job, inputs=text_inputs(job.model, job.texts, order, self.text_limits))
         check_order(generation, job.prompt, order.prefix_tokens, order.max_tokens)
         return job
 
@@ -444,14 +438,13 @@ class Seller:
     ) -> Envelope:
         """The signed result of a generation: its digest covers exactly the tokens produced, or for
         a text prompt the text produced (UTF-8, one text under the texts digest)."""
-        produced = digest((), (text.encode(),)) if text is not None else digest([tokens_tensor(tokens)])
         result = ExecuteResult(
             request_id=job.order.request_id,
             task_id=job.order.task_id,
             peer_id=self.identity.peer_id.raw,
             model_id=job.model.model_id,
             bid_digest=job.issued.digest,
-            outputs_digest=produced,
+            outputs_digest=generated_digest(tokens, text),
             latency_ms=compute_ms,
             finished_at_ms=self._clock(),
             cost_charged=job.issued.cost,

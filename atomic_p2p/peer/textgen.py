@@ -23,7 +23,29 @@ import torch
 from atomic_p2p.errors import ProtocolError
 from atomic_p2p.peer.models import HostedModel
 from atomic_p2p.peer.text import Tokenizer
-from atomic_p2p.tensors import TextLimits
+from atomic_p2p.protocol.messages import ExecuteOrder
+from atomic_p2p.protocol.streaming import tokens_tensor
+from atomic_p2p.tensors import TextLimits, digest
+
+
+def text_inputs(
+    model: HostedModel, texts: Sequence[str], order: ExecuteOrder, limits: TextLimits
+) -> dict[str, torch.Tensor]:
+    """A text generation order's model input: the prompt (int64[1, T]) of :func:`text_prompt`.
+    A text prompt continues by ``prefix_text`` only, and ``prefix_text`` needs a text prompt."""
+    if not texts:
+        raise ProtocolError("prefix_text continues a text prompt; this order's prompt is token ids")
+    if order.prefix_tokens:
+        raise ProtocolError("a text prompt continues by prefix_text, not prefix_tokens")
+    return {model.contract.inputs[0].name: text_prompt(model, texts, order.prefix_text, limits)}
+
+
+def generated_digest(tokens: Sequence[int], text: str | None) -> bytes:
+    """What a generation's signed result covers: the UTF-8 text produced as one text (a text
+    prompt), else the token ids as one int64 tensor named ``tokens`` (docs/protocol.md section 10)."""
+    if text is not None:
+        return digest((), (text.encode(),))
+    return digest([tokens_tensor(tokens)])
 
 
 def text_prompt(
