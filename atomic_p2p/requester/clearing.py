@@ -37,6 +37,7 @@ its signed result: the clearing price was set for another bid, not for it.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -115,6 +116,11 @@ def starved_pick(
     )
 
 
+# Below the smallest normal float, costs are subnormal: dividing by them loses every digit, so the
+# evaluator scores such costs alike and clearing never divides by one (hypothesis found 5e-324).
+MIN_PRICE = sys.float_info.min
+
+
 @dataclass(frozen=True, slots=True)
 class PriceTerms:
     """One bid's score split as ``base + cost_weight * s_cost(cost)`` (see the module docstring)."""
@@ -150,7 +156,7 @@ def _with_budget(
 
 def _without_budget(winner: PriceTerms, rivals: Sequence[PriceTerms], weight: float) -> tuple[float, str]:
     dearest = max(rival.cost for rival in rivals)
-    if dearest > 0:
+    if dearest >= MIN_PRICE:
         best_rival = max(rival.base + weight * (1.0 - rival.cost / dearest) for rival in rivals)
         if winner.base < best_rival:  # the crossing comes before the winner is the dearest bid
             price = dearest * (winner.base + weight - best_rival) / weight

@@ -85,7 +85,14 @@ from types import MappingProxyType
 from typing import Any, Generic
 
 from atomic_p2p.errors import ConfigError
-from atomic_p2p.requester.clearing import FloorRule, PriceTerms, WinShares, second_score_price, starved_pick
+from atomic_p2p.requester.clearing import (
+    MIN_PRICE,
+    FloorRule,
+    PriceTerms,
+    WinShares,
+    second_score_price,
+    starved_pick,
+)
 from atomic_p2p.requester.profiler import Estimate, Profile, ProfileKey, ProfilerConfig, estimate
 from atomic_p2p.requester.ranking import (
     Decision,
@@ -436,6 +443,8 @@ def _score_all(
     ceiling = (
         ask.budget if ask.budget is not None else max((float(a.item.cost) for a in eligible), default=0.0)
     )
+    if ceiling < MIN_PRICE:  # subnormal costs carry no usable differences: score them all alike
+        ceiling = 0.0
     total_evidence = sum(assessed.evidence for assessed in eligible)
     in_play = weights.in_play()
     rows = []

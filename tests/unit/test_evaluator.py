@@ -584,6 +584,18 @@ def test_second_score_price_is_the_highest_winning_cost(
         assert _margin_at(bids, index, price + 1e-6 * max(1.0, price), the_ask) < 0
 
 
+def test_subnormal_costs_still_get_the_highest_winning_price() -> None:
+    # Found by hypothesis: dividing by a cost of 5e-324 lost every digit, and the "price" made the
+    # winner lose. Subnormal costs are now scored alike and never divided by.
+    bids = [offer("a", 0.0, 0.0, 0.0), offer("a", 0.0, 0.0, 5e-324)]
+    the_ask = ask(weights={"accuracy": 0.5, "latency": 0.3, "cost": 1.0})
+    decision = evaluate(bids, the_ask, config=SECOND)
+    assert decision.winner is not None and decision.price is not None
+    index = next(i for i, bid in enumerate(bids) if bid is decision.winner.item)
+    assert _margin_at(bids, index, decision.price, the_ask) >= -1e-9
+    assert _margin_at(bids, index, decision.price + 1e-6, the_ask) < 0
+
+
 def test_a_bid_that_cannot_estimate_its_confidence_claims_nothing() -> None:
     unknown = replace(offer("regressor", 0.0, 10.0, 1.0), confidence_unknown=True)
     decision = evaluate([unknown, offer("claimer", 0.3, 10.0, 1.0)], ask(), config=GREEDY)
