@@ -270,7 +270,7 @@ class CharLm(nn.Module):
 def char_lm(cache_dir: Path, seed: int = 0, steps: int = 200, max_tokens: int = 64) -> BuiltModel:
     """A character-level docstring LM, sold over ExecuteStream with its :class:`CharTokenizer`."""
     recipe = LmRecipe("lm", hidden=128, steps=steps, seed=seed)
-    tokenizer = CharTokenizer(ALPHABET)
+    tokenizer = lm_tokenizer()
     module = CharLm(tokenizer.vocab_size, recipe.hidden)
     path = Path(cache_dir) / f"text-{recipe.name}-{cache_key(recipe)[:16]}.pt"
     if path.exists():
@@ -288,6 +288,11 @@ def char_lm(cache_dir: Path, seed: int = 0, steps: int = 200, max_tokens: int = 
         generation=Generation(vocab_size=tokenizer.vocab_size, max_tokens=max_tokens, context=256),
         tokenizer=tokenizer,
     )
+
+
+def lm_tokenizer() -> CharTokenizer:
+    """The language model's tokenizer: a buyer makes prompt ids with it (until prompts are text)."""
+    return CharTokenizer(ALPHABET)
 
 
 def lm_corpus(tokenizer: CharTokenizer) -> torch.Tensor:
