@@ -267,7 +267,7 @@ class CharLm(nn.Module):
         return self.head(hidden)
 
 
-def char_lm(cache_dir: Path, seed: int = 0, steps: int = 200, max_tokens: int = 64) -> BuiltModel:
+def char_lm(cache_dir: Path, seed: int = 0, steps: int = 400, max_tokens: int = 64) -> BuiltModel:
     """A character-level docstring LM, sold over ExecuteStream with its :class:`CharTokenizer`."""
     recipe = LmRecipe("lm", hidden=128, steps=steps, seed=seed)
     tokenizer = lm_tokenizer()
