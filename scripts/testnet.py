@@ -403,10 +403,13 @@ async def streamed_generation(
         print(f"\ngeneration: {exc}", file=sys.stderr)
         return 1
     result = generation.result
+    # A generation's result names who produced tokens, not every bidder: only those bids are counted.
     for part in result.parts:
         tally = tallies[names.get(part.bid.peer_id.short, part.bid.peer_id.short)]
+        tally.bids += 1
         tally.wins += 1
         tally.revenue += part.cost
+        tally.latency_ms += [attempt.elapsed_ms for attempt in result.attempts if attempt.bid == part.bid]
     if not quiet:
         producers = ", ".join(f"{names.get(p.bid.peer_id.short, p.bid.peer_id.short)}" for p in result.parts)
         print(f"\n  {len(result.tokens)} tokens from {producers} for {result.price:.4f}")
