@@ -53,6 +53,7 @@ MAX_CHARS = 160
 ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789 .,:;'\"()[]{}_-+*/=<>!?#%&|`~@^$\\"
 WORD_VOCABULARY = 3000
 MAX_WORDS = 48
+MIN_SENTENCES = 400  # per package about 100: fewer means docstrings were stripped
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,13 @@ def word_classifier(cache_dir: Path, seed: int = 0, steps: int = 300) -> BuiltMo
 
 
 def _module_names(package: str) -> list[str]:
-    root = importlib.import_module(package)
+    try:
+        root = importlib.import_module(package)
+    except ImportError as exc:
+        raise RuntimeError(
+            f"the text example peers learn from the docstrings of {', '.join(PACKAGES)}, and {package}"
+            f" does not import here ({exc}); install it (for tkinter: the python3-tk package)"
+        ) from exc
     found = [f"{package}.{m.name}" for m in pkgutil.iter_modules(getattr(root, "__path__", []))]
     return [package, *sorted(name for name in found if not name.endswith("__main__"))]
 
@@ -125,6 +132,11 @@ def dataset() -> tuple[list[str], list[int], list[str], list[int]]:
         }
     )
     order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
+    if len({label for _, label in pairs}) < len(PACKAGES) or len(pairs) < MIN_SENTENCES:
+        raise RuntimeError(
+            f"found {len(pairs)} docstring sentences, too few to train on: is Python stripping"
+            " docstrings (python -OO or PYTHONOPTIMIZE=2)? Start the peer without it"
+        )
     held_out = int(len(pairs) * HELD_OUT_FRACTION)
     test = [pairs[i] for i in order[:held_out]]
     train = [pairs[i] for i in order[held_out:]]

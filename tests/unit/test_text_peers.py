@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from atomic_p2p.peer.generation import Decoder
@@ -47,3 +48,13 @@ def test_the_language_model_generates_tokens_of_its_vocabulary() -> None:
     assert len(tokens) == 20
     assert all(2 <= token < model.generation.vocab_size for token in tokens)
     assert model.tokenizer.decode(tokens).strip()
+
+
+def test_stripped_docstrings_say_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(text, "docstrings", lambda package: [])
+    text.dataset.cache_clear()
+    try:
+        with pytest.raises(RuntimeError, match="python -OO"):
+            text.dataset()
+    finally:
+        text.dataset.cache_clear()
