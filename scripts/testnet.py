@@ -58,7 +58,7 @@ from atomic_p2p.faults import ENV_VAR as FAULTS_ENV  # noqa: E402
 from atomic_p2p.faults import FaultPlan  # noqa: E402
 from atomic_p2p.gossip import GossipConfig  # noqa: E402
 from atomic_p2p.netns import Host, VirtualNetwork  # noqa: E402
-from atomic_p2p.requester import Requester  # noqa: E402
+from atomic_p2p.requester import Requester, Result  # noqa: E402
 
 DEFAULT_CONFIGS = ("small", "large", "specialist", "text-small", "text-large", "lm-small")
 PRIORITIES = ("balanced", "accuracy", "speed")
@@ -296,7 +296,7 @@ class Tally:
 
 
 def record(
-    tallies: dict[str, Tally], names: dict[str, str], result: Any, correct: int, examples: int
+    tallies: dict[str, Tally], names: dict[str, str], result: Result, correct: int, examples: int
 ) -> None:
     """Count an auction's bids, and the winner's win, latency, revenue and correct answers."""
     for scored in result.bids:
