@@ -26,7 +26,17 @@ from atomic_p2p.peer.config import PeerConfig, load_config
 from atomic_p2p.peer.node import PeerNode
 
 PEERS_DIR = Path(__file__).resolve().parent
-EXAMPLE_PEERS = ("small", "large", "specialist", "slow", "small-fixed", "large-discount")
+EXAMPLE_PEERS = (
+    "small",
+    "large",
+    "specialist",
+    "slow",
+    "small-fixed",
+    "large-discount",
+    "text-small",
+    "text-large",
+    "lm-small",
+)
 
 
 def weights_cache_dir() -> Path:

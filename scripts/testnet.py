@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A local atomic-p2p testnet with a demo workload (what ``make demo`` runs).
 
-    python scripts/testnet.py                        # 5 peers, 12 demo requests
+    python scripts/testnet.py                        # 6 peers: digits, text and a language model
     python scripts/testnet.py --peers 20 --quiet     # 20 peers, summary only
     sudo python scripts/testnet.py --hosts           # each peer in its own network namespace
     python scripts/testnet.py --fault-delay-ms 20 --fault-jitter-ms 10 --fault-loss 0.05
@@ -11,8 +11,11 @@ model, strategy and price). The first starts alone; every later one joins the go
 ``--bootstrap`` of a random peer already serving, a few starting at once. A requester that knows
 only the first peer's address then joins as a member hosting nothing, a progress bar follows its
 directory until all N peers are in it, and the demo workload runs through it: held-out digits,
-the three priority profiles in turn, every auction printed (bids, winner, price, result). A
-summary per peer ends the run (bids, wins, mean latency, revenue, accuracy).
+the three priority profiles in turn, every auction printed (bids, winner, price, result). Where
+text peers run, a few held-out docstring sentences are then sold as text (each peer tokenises them
+with its own tokenizer; the predicted package is printed beside the true one), and where the
+language model runs, one generation streams token by token. A summary per peer ends the run (bids,
+wins, mean latency, revenue, accuracy).
 
 ``--hosts`` puts every peer in its own network namespace with its own address on a veth bridge
 (:mod:`atomic_p2p.netns`; needs root), so gossip and auctions cross a real virtual network; the
@@ -55,11 +58,18 @@ from atomic_p2p.faults import ENV_VAR as FAULTS_ENV  # noqa: E402
 from atomic_p2p.faults import FaultPlan  # noqa: E402
 from atomic_p2p.gossip import GossipConfig  # noqa: E402
 from atomic_p2p.netns import Host, VirtualNetwork  # noqa: E402
-from atomic_p2p.requester import Requester  # noqa: E402
+from atomic_p2p.requester import Requester, Result  # noqa: E402
 
-DEFAULT_CONFIGS = ("small", "large", "specialist", "small-fixed", "large-discount")
+DEFAULT_CONFIGS = ("small", "large", "specialist", "text-small", "text-large", "lm-small")
 PRIORITIES = ("balanced", "accuracy", "speed")
 CAPABILITY = "classify/digits"
+TEXT_CAPABILITY = "classify/docstrings"
+TEXT_MODELS = {"docstrings-char", "docstrings-word"}
+TEXT_REQUESTS = 3
+TEXT_BATCH = 4
+GENERATE_CAPABILITY = "generate/docstrings"
+LM_MODELS = {"docstrings-lm"}
+GENERATION_PROMPT = "Return the "
 START_TIMEOUT_S = 180.0  # a cold first start trains the models
 STARTING_AT_ONCE = 4  # peer processes importing torch at once; more only thrash two cores
 STOP_GRACE_S = 10.0
@@ -67,7 +77,7 @@ STOP_GRACE_S = 10.0
 
 @dataclass(frozen=True)
 class Options:
-    peers: int = 5
+    peers: int = len(DEFAULT_CONFIGS)
     configs: tuple[str, ...] = DEFAULT_CONFIGS
     data_dir: Path = ROOT / ".data" / "testnet"
     cache_dir: Path | None = None  # trained weights; default data_dir / "weights"
@@ -285,12 +295,30 @@ class Tally:
     examples: int = 0
 
 
-async def workload(
-    requester: Requester, peers: list[PeerProcess], requests: int, batch: int, quiet: bool
-) -> dict[str, Tally]:
+def record(
+    tallies: dict[str, Tally], names: dict[str, str], result: Result, correct: int, examples: int
+) -> None:
+    """Count an auction's bids, and the winner's win, latency, revenue and correct answers."""
+    for scored in result.bids:
+        tallies[names.get(scored.item.peer_id.short, scored.item.peer_id.short)].bids += 1
+    winner = tallies[names.get(result.winner.peer_id.short, result.winner.peer_id.short)]
+    winner.wins += 1
+    winner.latency_ms.append(result.attempts[-1].elapsed_ms)
+    winner.revenue += result.price
+    winner.correct += correct
+    winner.examples += examples
+
+
+async def digit_auctions(
+    requester: Requester,
+    names: dict[str, str],
+    tallies: dict[str, Tally],
+    requests: int,
+    batch: int,
+    quiet: bool,
+) -> int:
+    """The digit workload: held-out digits, the priority profiles in turn; returns the failures."""
     x, y = held_out_digits()
-    tallies: dict[str, Tally] = defaultdict(Tally)
-    names = {peer.peer_id: peer.name for peer in peers}
     failures = 0
     for index in tqdm(range(requests), desc="demo requests", unit="req", file=sys.stderr, disable=not quiet):
         start = (index * batch) % (len(x) - batch)
@@ -303,20 +331,104 @@ async def workload(
             failures += 1
             print(f"request {index}: {exc}", file=sys.stderr)
             continue
-        for scored in result.bids:
-            tallies[names.get(scored.item.peer_id.short, scored.item.peer_id.short)].bids += 1
-        winner = tallies[names.get(result.winner.peer_id.short, result.winner.peer_id.short)]
-        winner.wins += 1
-        winner.latency_ms.append(result.attempts[-1].elapsed_ms)
-        winner.revenue += result.price
         predicted = result.outputs["logits"].argmax(dim=1)
-        winner.correct += int((predicted == y[start : start + batch]).sum())
-        winner.examples += batch
+        record(tallies, names, result, int((predicted == y[start : start + batch]).sum()), batch)
         if not quiet:
             print(f"\n=== request {index + 1}/{requests} ({priority}) ===")
             print(render_text(result, priority))
+    return failures
+
+
+async def text_auctions(
+    requester: Requester,
+    names: dict[str, str],
+    tallies: dict[str, Tally],
+    requests: int,
+    batch: int,
+    quiet: bool,
+) -> int:
+    """Held-out docstring sentences sold as text: peers tokenise them with their own tokenizers."""
+    import text  # peers/text.py: the split every text model was evaluated on
+
+    _, _, sentences, labels = text.dataset()
+    failures = 0
+    for index in range(requests):
+        start = index * batch
+        chunk, truth = sentences[start : start + batch], labels[start : start + batch]
+        priority = PRIORITIES[index % len(PRIORITIES)]
+        try:
+            result = await requester.run(
+                TEXT_CAPABILITY, text=chunk, deadline_s=3.0, weights=priority, language="en"
+            )
+        except AtomicError as exc:
+            failures += 1
+            print(f"text request {index}: {exc}", file=sys.stderr)
+            continue
+        predicted = result.outputs["logits"].argmax(dim=1).tolist()
+        record(tallies, names, result, sum(p == t for p, t in zip(predicted, truth, strict=True)), len(chunk))
+        if not quiet:
+            print(f"\n=== text request {index + 1}/{requests} ({priority}): which package documents it? ===")
+            print(render_text(result, priority))
+            print(f"  {'predicted':<10}{'truth':<10}sentence")
+            for sentence, guess, answer in zip(chunk, predicted, truth, strict=True):
+                print(f"  {text.PACKAGES[guess]:<10}{text.PACKAGES[answer]:<10}{sentence[:72]}")
+    return failures
+
+
+def lm_prompt_ids(prompt: str) -> list[int]:
+    """The LM peer's own tokenizer makes the prompt's ids (until generation takes text prompts)."""
+    import text  # peers/text.py
+
+    return text.lm_tokenizer().ids(prompt)
+
+
+async def streamed_generation(
+    requester: Requester, names: dict[str, str], tallies: dict[str, Tally], quiet: bool
+) -> int:
+    """One generation, printed token by token as it arrives; returns the failures (0 or 1)."""
+    import text  # peers/text.py
+
+    tokenizer = text.lm_tokenizer()
+    if not quiet:
+        print(f"\n=== streamed generation ({GENERATE_CAPABILITY}) ===")
+        print(f"  {GENERATION_PROMPT}", end="", flush=True)
+    try:
+        generation = requester.generate(
+            GENERATE_CAPABILITY, lm_prompt_ids(GENERATION_PROMPT), max_tokens=48, deadline_s=10.0
+        )
+        async for chunk in generation:
+            if not quiet:
+                print(tokenizer.decode(chunk.tokens), end="", flush=True)
+    except AtomicError as exc:
+        print(f"\ngeneration: {exc}", file=sys.stderr)
+        return 1
+    result = generation.result
+    # A generation's result names who produced tokens, not every bidder: only those bids are counted.
+    for part in result.parts:
+        tally = tallies[names.get(part.bid.peer_id.short, part.bid.peer_id.short)]
+        tally.bids += 1
+        tally.wins += 1
+        tally.revenue += part.cost
+        tally.latency_ms += [attempt.elapsed_ms for attempt in result.attempts if attempt.bid == part.bid]
+    if not quiet:
+        producers = ", ".join(f"{names.get(p.bid.peer_id.short, p.bid.peer_id.short)}" for p in result.parts)
+        print(f"\n  {len(result.tokens)} tokens from {producers} for {result.price:.4f}")
+    return 0
+
+
+async def workload(
+    requester: Requester, peers: list[PeerProcess], requests: int, batch: int, quiet: bool
+) -> dict[str, Tally]:
+    tallies: dict[str, Tally] = defaultdict(Tally)
+    names = {peer.peer_id: peer.name for peer in peers}
+    models = {model for peer in peers for model in peer.models}
+    failures = await digit_auctions(requester, names, tallies, requests, batch, quiet)
+    if models & TEXT_MODELS:
+        failures += await text_auctions(requester, names, tallies, TEXT_REQUESTS, TEXT_BATCH, quiet)
+    if models & LM_MODELS:
+        failures += await streamed_generation(requester, names, tallies, quiet)
     if failures:
-        print(f"{failures} of {requests} requests failed", file=sys.stderr)
+        print(f"{failures} requests failed", file=sys.stderr)
     return tallies
 
 
@@ -359,7 +471,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--peers", type=int, default=5, help="peer processes to start (default 5)")
+    parser.add_argument(
+        "--peers",
+        type=int,
+        default=len(DEFAULT_CONFIGS),
+        help=f"peer processes to start (default {len(DEFAULT_CONFIGS)})",
+    )
     parser.add_argument(
         "--configs",
         nargs="+",
@@ -367,7 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help=f"example configs (peers/NAME.toml) to cycle through (default {' '.join(DEFAULT_CONFIGS)})",
     )
-    parser.add_argument("--requests", type=int, default=12, help="demo requests to run (default 12)")
+    parser.add_argument("--requests", type=int, default=12, help="digit requests to run (default 12)")
     parser.add_argument("--batch", type=int, default=8, help="digits per request (default 8)")
     parser.add_argument(
         "--data-dir",
