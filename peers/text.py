@@ -303,7 +303,7 @@ def char_lm(cache_dir: Path, seed: int = 0, steps: int = 400, max_tokens: int = 
 
 
 def lm_tokenizer() -> CharTokenizer:
-    """The language model's tokenizer: a buyer makes prompt ids with it (until prompts are text)."""
+    """The language model's tokenizer (a buyer sends text; ids of it also work as a prompt)."""
     return CharTokenizer(ALPHABET)
 
 

@@ -375,30 +375,21 @@ async def text_auctions(
     return failures
 
 
-def lm_prompt_ids(prompt: str) -> list[int]:
-    """The LM peer's own tokenizer makes the prompt's ids (until generation takes text prompts)."""
-    import text  # peers/text.py
-
-    return text.lm_tokenizer().ids(prompt)
-
-
 async def streamed_generation(
     requester: Requester, names: dict[str, str], tallies: dict[str, Tally], quiet: bool
 ) -> int:
-    """One generation, printed token by token as it arrives; returns the failures (0 or 1)."""
-    import text  # peers/text.py
-
-    tokenizer = text.lm_tokenizer()
+    """One generation from a text prompt (each peer tokenises it with its own tokenizer), printed
+    piece by piece as it arrives; returns the failures (0 or 1)."""
     if not quiet:
         print(f"\n=== streamed generation ({GENERATE_CAPABILITY}) ===")
         print(f"  {GENERATION_PROMPT}", end="", flush=True)
     try:
         generation = requester.generate(
-            GENERATE_CAPABILITY, lm_prompt_ids(GENERATION_PROMPT), max_tokens=48, deadline_s=10.0
+            GENERATE_CAPABILITY, GENERATION_PROMPT, max_tokens=48, deadline_s=10.0
         )
         async for chunk in generation:
             if not quiet:
-                print(tokenizer.decode(chunk.tokens), end="", flush=True)
+                print(chunk.text, end="", flush=True)
     except AtomicError as exc:
         print(f"\ngeneration: {exc}", file=sys.stderr)
         return 1

@@ -210,6 +210,11 @@ class HostedModel:
         if self.tokenizer is None:
             raise TensorError(f"{self.model_id} takes no text")
         encoded = self.tokenizer.encode(texts, self.max_input_tokens)
+        if self.generation is not None:
+            # A generation model takes one prompt of token ids, whatever its tokenizer calls them.
+            prompt = self.contract.inputs[0].name
+            ids = encoded.get(prompt, encoded.get("input_ids"))
+            return [] if ids is None else [(prompt, ids)]
         return [
             (tensor.name, encoded[tensor.name]) for tensor in self.contract.inputs if tensor.name in encoded
         ]

@@ -124,3 +124,15 @@ def test_a_tokenizer_needs_a_contract_unless_the_model_generates(tmp_path: Path)
     assert HostedModel(config, generator, torch.device("cpu")).tokenizer is not None
     hosted = HostedModel(config, built, torch.device("cpu"))
     assert hosted.max_input_tokens == 512  # no configured limit: the contract's token dimension
+
+
+def test_a_generation_model_gets_its_prompt_from_text_whatever_its_input_is_called() -> None:
+    # make demo's language model names its one input "prompt", and its tokenizer says "input_ids".
+    tokenizer = CharTokenizer("abcdefgh ")
+    built = replace(count_up_lm(Path("."), vocab=tokenizer.vocab_size), tokenizer=tokenizer)
+    assert built.input_name == "prompt"
+    config = ModelConfig("lm", ("generate/x",), "unused:factory", 0.001, strategy="fixed",
+                         strategy_options={"confidence": 0.9})  # fmt: skip
+    model = HostedModel(config, built, torch.device("cpu"))
+    ((name, ids),) = model.tokenize(["abc"])
+    assert name == "prompt" and ids.tolist() == [tokenizer.ids("abc")]
