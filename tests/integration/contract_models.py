@@ -53,3 +53,22 @@ def tokens(cache_dir: Path, longest: int = 32) -> BuiltModel:
         ),
         validation_accuracy=None,
     )
+
+
+class Affine(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 2.0 * x + 1.0
+
+
+def affine(cache_dir: Path) -> BuiltModel:
+    """``x: float32[B, 3] -> y: float32[B, 3]``, ``y = 2x + 1``: a one-input regression model."""
+    three = (Dim.fixed(3),)
+    return BuiltModel(
+        Affine(),
+        contract=ModelContract(
+            TaskKind.REGRESSION,
+            (TensorContract("x", "float32", three),),
+            (TensorContract("y", "float32", three),),
+        ),
+        validation_accuracy=None,
+    )

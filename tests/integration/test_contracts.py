@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from atomic_p2p.contract import TaskKind
 from atomic_p2p.errors import AuctionError, NoBidsError
 from atomic_p2p.gossip import GossipConfig
 from atomic_p2p.peer.config import ModelConfig, PeerConfig
@@ -47,6 +48,24 @@ async def test_a_two_input_model_returns_both_outputs(node: PeerNode) -> None:
     assert result.winner.confidence_unknown and result.winner.confidence == 0.0
     torch.testing.assert_close(result.outputs["sum"], a + b)
     torch.testing.assert_close(result.outputs["diff"], a - b)
+
+
+async def test_a_regression_model_bids_confidence_unknown_and_returns_its_values(tmp_path: Path) -> None:
+    config = PeerConfig(
+        name="regression",
+        models=(model("affine", "regress/affine", "affine"),),
+        data_dir=tmp_path / "regression",
+    )
+    x = torch.tensor([[0.0, 1.0, -2.0], [0.5, 3.0, 10.0]])
+    async with await PeerNode.start(config) as node, Requester([node.address]) as requester:
+        assert node.models["affine"].contract.kind is TaskKind.REGRESSION
+        result = await requester.run("regress/affine", {"x": x})
+    # Its bid claims no confidence: the flag is set and the number is no claim (0, not 0.5 or 1).
+    assert result.winner.model_id == "affine" and result.winner.address == node.address
+    assert result.winner.confidence_unknown and result.winner.confidence == 0.0
+    assert [bid.item.confidence_unknown for bid in result.bids] == [True]
+    assert set(result.outputs) == {"y"}
+    torch.testing.assert_close(result.outputs["y"], 2.0 * x + 1.0)
 
 
 async def test_the_start_log_shows_each_contract_and_no_accuracy_for_models_without_one(
