@@ -10,11 +10,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from atomic_p2p.cli.main import main
 from atomic_p2p.errors import NoBidsError
 from atomic_p2p.peer.config import PeerConfig
 from atomic_p2p.peer.node import PeerNode
+from atomic_p2p.protocol import codec
+from atomic_p2p.protocol.messages import ExecuteResult
 from atomic_p2p.requester import Requester
 from atomic_p2p.testing import text_seller_config
 
@@ -44,6 +47,36 @@ async def test_text_is_classified_by_the_model_whose_tokenizer_fits(node: PeerNo
         # The node serves on after its refusals.
         again = await requester.run(CAPABILITY, text=["great"])
         assert again.outputs["logits"].shape == (1, 2)
+
+
+async def test_two_peers_with_different_tokenizers_compete_for_text_over_grpc(tmp_path: Path) -> None:
+    # Two nodes, two vocabularies: the character model is the favourite while a text fits its 12
+    # tokens; a longer text is over its limit (it says by how much) and goes to the word model.
+    chars_config = text_seller_config(
+        "chars", tmp_path, tokenizer="char", max_input_tokens=12, confidence=0.99
+    )
+    words_config = text_seller_config("words", tmp_path, tokenizer="word", max_input_tokens=8)
+    async with (
+        await PeerNode.start(chars_config) as chars,
+        await PeerNode.start(words_config) as words,
+        Requester([chars.address, words.address]) as requester,
+    ):
+        short = await requester.run(CAPABILITY, text=["good", "bad"])
+        assert {bid.item.address for bid in short.bids} == {chars.address, words.address}
+        assert short.winner.address == chars.address and not short.no_bids
+        texts = ["a great and wonderful film", "boring and awful"]
+        result = await requester.run(CAPABILITY, text=texts)
+    assert result.winner.address == words.address and result.winner.model_id == "words-model"
+    (declined,) = result.no_bids
+    assert declined.address == chars.address and declined.reason == "constraint_violated"
+    assert "26 input tokens" in declined.detail and "max_input_tokens 12" in declined.detail
+    _, signed = codec.open_signed(result.receipt, ExecuteResult, expected_signer=words.identity.peer_id)
+    assert signed.model_id == "words-model"
+    (model,) = words.models.values()
+    with torch.inference_mode():
+        expected = model.forward(dict(model.tokenize(texts)))[0][1]
+    torch.testing.assert_close(result.outputs["logits"], expected)
+    assert result.outputs["logits"].argmax(dim=-1).tolist() == [1, 0]
 
 
 async def test_atomic_run_text(node: PeerNode, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
