@@ -19,6 +19,7 @@ from atomic_p2p.peer.node import PeerNode
 from atomic_p2p.protocol import codec
 from atomic_p2p.protocol.messages import ExecuteResult
 from atomic_p2p.requester import Requester
+from atomic_p2p.requester.evaluator import EvaluatorConfig
 from atomic_p2p.testing import text_seller_config
 
 pytestmark = pytest.mark.integration
@@ -36,7 +37,7 @@ async def node(tmp_path: Path) -> AsyncIterator[PeerNode]:
 
 
 async def test_text_is_classified_by_the_model_whose_tokenizer_fits(node: PeerNode) -> None:
-    async with Requester([node.address]) as requester:
+    async with Requester([node.address], evaluator=EvaluatorConfig.greedy()) as requester:
         short = await requester.run(CAPABILITY, text=["good", "bad"])
         assert short.winner.model_id == "chars-model"  # the favourite, while the text fits it
         result = await requester.run(CAPABILITY, text=["what a great film", "an awful boring plot"])
@@ -59,7 +60,7 @@ async def test_two_peers_with_different_tokenizers_compete_for_text_over_grpc(tm
     async with (
         await PeerNode.start(chars_config) as chars,
         await PeerNode.start(words_config) as words,
-        Requester([chars.address, words.address]) as requester,
+        Requester([chars.address, words.address], evaluator=EvaluatorConfig.greedy()) as requester,
     ):
         short = await requester.run(CAPABILITY, text=["good", "bad"])
         assert {bid.item.address for bid in short.bids} == {chars.address, words.address}

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from atomic_p2p.requester import Requester
+from atomic_p2p.requester.evaluator import EvaluatorConfig
 from atomic_p2p.testing import peer_processes
 
 pytestmark = pytest.mark.system
@@ -43,7 +44,9 @@ def generator_table(name: str, confidence: float) -> dict[str, Any]:
 async def test_a_winner_sigkilled_mid_stream_is_finished_by_the_runner_up(tmp_path: Path) -> None:
     tables = [generator_table("favourite", 0.95), generator_table("runner-up", 0.6)]
     async with peer_processes(tables, tmp_path) as (favourite, runner_up):
-        async with Requester([favourite.address, runner_up.address]) as requester:
+        async with Requester(
+            [favourite.address, runner_up.address], evaluator=EvaluatorConfig.greedy()
+        ) as requester:
             prompt = [60, 61]
             generation = requester.generate(CAPABILITY, prompt, max_tokens=MAX_TOKENS, deadline_s=20.0)
             tokens: list[int] = []
