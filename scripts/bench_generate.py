@@ -1,0 +1,362 @@
+#!/usr/bin/env python3
+"""Benchmark: generation and tensor streaming through the market, against the floor beneath each.
+
+    python scripts/bench_generate.py                # 50 rounds of 32 tokens, 64 MB x 5, JSON to out/
+    python scripts/bench_generate.py --rounds 50 --tokens 64 --mb 16
+
+What is measured, all in one run so the noisy machine cancels out (docs/architecture.md section 11):
+
+- **generation**: ``Requester.generate`` of ``--tokens`` tokens from the example ``lm-small`` peer
+  (peers/lm-small.toml, a char-level GRU): time to first token (from the call, so it includes the
+  auction) and tokens per second after it. Against it, the same weights decoded in this process
+  with the same greedy :class:`~atomic_p2p.peer.generation.Decoder`, no gRPC and no market.
+- **tensor streaming**: a ``--mb`` MB float32 output bought over ExecuteStream
+  (``ExecutionPolicy(stream_outputs=True)``, 1 MiB slices; the whole ``Requester.run``, auction and
+  verification included), against a bare grpc.aio server streaming the same bytes as 1 MiB raw
+  messages (generic handler, no protobuf) to one channel.
+
+The peer and the raw server run in one separate process (a real ``PeerNode`` on 127.0.0.1), so the
+requester's event loop does only the requester's work. 64 MB is the peer's default tensor limit
+(TensorLimits: 64 MiB, 16 Mi elements), so the default needs no raised limits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import torch
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the example peers: peers.examples, peers.text
+GENERATE = "generate/docstrings"
+TENSOR = "bench/tensor"
+MIB = 1024 * 1024
+SLICE = MIB
+RAW_METHOD = "/bench.Raw/Stream"
+PROMPT = "Return the number of "
+TARGET_TTFT_EXTRA_MS = 5.0
+TARGET_TOKENS_RATIO = 0.95
+TARGET_STREAM_MB_S = 500.0
+TARGET_STREAM_RATIO = 0.8
+
+
+# --------------------------------------------------------------------------- peer side (child)
+class _Fill(torch.nn.Module):
+    def __init__(self, elements: int) -> None:
+        super().__init__()
+        self.elements = elements
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :1].expand(x.shape[0], self.elements).contiguous()
+
+
+def big_tensor(cache_dir: Path, *, elements: int = 16 * MIB) -> object:
+    """Model factory: ``x: float32[B, 1]`` filled out to ``float32[B, elements]``."""
+    from atomic_p2p.peer import BuiltModel
+
+    return BuiltModel(module=_Fill(elements), input_shape=(1,), validation_accuracy=0.9, output_name="y")
+
+
+def peer_config(data_dir: Path, megabytes: int) -> object:
+    import dataclasses
+
+    from atomic_p2p.peer import ModelConfig
+    from peers.examples import example_config
+
+    config = example_config("lm-small", data_dir)
+    tensor = ModelConfig(
+        model_id="bench-tensor",
+        capabilities=(TENSOR,),
+        factory=f"{Path(__file__).resolve()}:big_tensor",
+        price_per_example=0.001,
+        strategy="fixed",
+        strategy_options={"confidence": 0.9},
+        options={"elements": megabytes * MIB // 4},
+    )
+    return dataclasses.replace(config, models=(*config.models, tensor))
+
+
+async def serve(data_dir: Path, megabytes: int) -> None:
+    """Child process: the peer and the raw server; print both addresses, wait for EOF."""
+    from atomic_p2p.peer import PeerNode
+
+    payload = os.urandom(megabytes * MIB)
+
+    async def stream(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        view = memoryview(payload)
+        for start in range(0, len(view), SLICE):
+            yield bytes(view[start : start + SLICE])
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Raw", {"Stream": grpc.unary_stream_rpc_method_handler(stream)}
+    )
+    raw = grpc.aio.server(options=[("grpc.max_send_message_length", 4 * MIB)])
+    raw.add_generic_rpc_handlers((handler,))
+    raw_port = raw.add_insecure_port("127.0.0.1:0")
+    await raw.start()
+    node = await PeerNode.start(peer_config(data_dir, megabytes))
+    print(json.dumps({"peer": node.address, "raw": f"127.0.0.1:{raw_port}"}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await node.stop(grace=0.5)
+    await raw.stop(0.5)
+
+
+def start_server(
+    data_dir: Path, megabytes: int, threads: int
+) -> tuple[subprocess.Popen[str], dict[str, str]]:
+    command = [
+        sys.executable,
+        __file__,
+        "--serve",
+        "--data-dir",
+        str(data_dir),
+        "--mb",
+        str(megabytes),
+        "--threads",
+        str(threads),
+    ]
+    child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    line = child.stdout.readline()
+    if not line:
+        raise SystemExit("the peer process failed to start; run with --serve to see why")
+    return child, json.loads(line)
+
+
+# --------------------------------------------------------------------------- measurements
+def percentiles(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+
+    def at(q: float) -> float:
+        return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+    return {"p50": at(0.50), "p90": at(0.90), "mean": statistics.fmean(ordered), "n": len(ordered)}
+
+
+def progress(rounds: int, label: str) -> object:
+    return tqdm(
+        range(rounds), desc=label, unit="round", file=sys.stderr, leave=False, disable=not sys.stderr.isatty()
+    )
+
+
+def timing(started: float, first: float, ended: float, tokens: int) -> tuple[float, float]:
+    """(time to first token in ms, tokens per second after the first)."""
+    rest = ended - first
+    return (first - started) * 1000, (tokens - 1) / rest if rest > 0 else float("inf")
+
+
+async def market_generation(requester: object, tokens: int) -> tuple[float, float]:
+    started = time.perf_counter()
+    first, count = 0.0, 0
+    async for chunk in requester.generate(GENERATE, PROMPT, max_tokens=tokens, deadline_s=30.0):
+        if not count:
+            first = time.perf_counter()
+        count += len(chunk.tokens)
+    assert count == tokens, f"the peer produced {count} tokens, not {tokens}"
+    return timing(started, first, time.perf_counter(), count)
+
+
+def inprocess_generation(model: object, prompt: torch.Tensor, tokens: int) -> tuple[float, float]:
+    from atomic_p2p.peer.generation import Decoder
+
+    started = time.perf_counter()
+    decoder = Decoder(model.module, model.generation, prompt, tokens, torch.device("cpu"))
+    first, count = 0.0, 0
+    while decoder.step() is not None:
+        if not count:
+            first = time.perf_counter()
+        count += 1
+    return timing(started, first, time.perf_counter(), count)
+
+
+async def bench_generation(peer: str, rounds: int, tokens: int, warmup: int) -> dict[str, dict[str, float]]:
+    from atomic_p2p.requester import Requester
+    from peers.examples import weights_cache_dir
+    from peers.text import char_lm
+
+    model = char_lm(weights_cache_dir(), max_tokens=max(64, tokens))  # the peer's weights (cached)
+    prompt = torch.tensor([model.tokenizer.ids(PROMPT)], dtype=torch.int64)
+    market, local = [], []
+    async with Requester([peer]) as requester:
+        for _ in range(warmup):
+            await market_generation(requester, tokens)
+            inprocess_generation(model, prompt, tokens)
+        for _ in progress(rounds, "generation"):  # interleaved: drift hits both alike
+            market.append(await market_generation(requester, tokens))
+            local.append(inprocess_generation(model, prompt, tokens))
+    return {
+        label: {
+            "ttft_ms": percentiles([ttft for ttft, _ in samples]),
+            "tokens_per_s": percentiles([rate for _, rate in samples]),
+        }
+        for label, samples in (("market", market), ("in_process", local))
+    }
+
+
+async def bench_stream(peer: str, raw: str, megabytes: int, repeats: int) -> dict[str, list[float]]:
+    from atomic_p2p.requester import ExecutionPolicy, Requester
+
+    size = megabytes * MIB
+    x = torch.ones(1, 1)
+    market, bare = [], []
+    channel = grpc.aio.insecure_channel(raw, options=[("grpc.max_receive_message_length", 4 * MIB)])
+    call = channel.unary_stream(RAW_METHOD)
+    streaming = Requester([peer], execution=ExecutionPolicy(stream_outputs=True))
+    async with channel, streaming:
+        for index in progress(repeats + 1, "stream"):  # the first of each is a warm-up
+            started = time.perf_counter()
+            result = await streaming.run(TENSOR, {"x": x}, deadline_s=60.0, preview=False)
+            elapsed = time.perf_counter() - started
+            assert result.outputs["y"].numel() * 4 == size
+            if index:
+                market.append(size / MIB / elapsed)
+            started = time.perf_counter()
+            received = 0
+            async for message in call(b""):
+                received += len(message)
+            elapsed = time.perf_counter() - started
+            assert received == size
+            if index:
+                bare.append(size / MIB / elapsed)
+    return {"market": market, "raw": bare}
+
+
+# --------------------------------------------------------------------------- report
+def met(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def report(generation: dict, stream: dict[str, list[float]], args: argparse.Namespace) -> dict:
+    market, local = generation["market"], generation["in_process"]
+    stream_mb_s, raw_mb_s = statistics.median(stream["market"]), statistics.median(stream["raw"])
+    ratios = {
+        "ttft_extra_ms_p50": market["ttft_ms"]["p50"] - local["ttft_ms"]["p50"],
+        "ttft_extra_ms_p90": market["ttft_ms"]["p90"] - local["ttft_ms"]["p90"],
+        "tokens_per_s": market["tokens_per_s"]["p50"] / local["tokens_per_s"]["p50"],
+        "stream_vs_raw": stream_mb_s / raw_mb_s,
+    }
+    print(
+        f"\ngeneration benchmark: lm-small peer in a separate process (PeerNode on 127.0.0.1), "
+        f"{args.rounds} rounds of {args.tokens} tokens, {args.threads} torch thread(s)"
+    )
+    print(f"  {'what':<14}{'ttft p50 ms':>13}{'ttft p90 ms':>13}{'tok/s p50':>11}{'tok/s p90':>11}")
+    for label, row in (("market", market), ("in-process", local)):
+        ttft, rate = row["ttft_ms"], row["tokens_per_s"]
+        print(
+            f"  {label:<14}{ttft['p50']:>13.2f}{ttft['p90']:>13.2f}{rate['p50']:>11.0f}{rate['p90']:>11.0f}"
+        )
+    print(f"\nstream benchmark: {args.mb} MB float32, {args.repeats} repeats (median)")
+    print(f"  ExecuteStream (market)   {stream_mb_s:>9.0f} MB/s")
+    print(f"  raw gRPC bytes stream    {raw_mb_s:>9.0f} MB/s")
+    extra, tokens_ratio, stream_ratio = (
+        ratios["ttft_extra_ms_p50"],
+        ratios["tokens_per_s"],
+        ratios["stream_vs_raw"],
+    )
+    print("\n  what                                measured   target")
+    print(
+        f"  ttft market - in-process, p50   {extra:>9.2f} ms   <= {TARGET_TTFT_EXTRA_MS:g} ms     {met(extra <= TARGET_TTFT_EXTRA_MS)}"
+    )
+    print(
+        f"  tokens/s market / in-process    {tokens_ratio:>9.2f}x    >= {TARGET_TOKENS_RATIO}x     {met(tokens_ratio >= TARGET_TOKENS_RATIO)}"
+    )
+    print(
+        f"  ExecuteStream MB/s              {stream_mb_s:>9.0f}      >= {TARGET_STREAM_MB_S:g}      {met(stream_mb_s >= TARGET_STREAM_MB_S)}"
+    )
+    print(
+        f"  ExecuteStream / raw gRPC        {stream_ratio:>9.2f}x    >= {TARGET_STREAM_RATIO}x      {met(stream_ratio >= TARGET_STREAM_RATIO)}"
+    )
+    flat = {
+        label: {
+            f"{metric}_{q}": row[metric][q] for metric in ("ttft_ms", "tokens_per_s") for q in ("p50", "p90")
+        }
+        for label, row in generation.items()
+    }
+    return {
+        "rounds": args.rounds,
+        "tokens": args.tokens,
+        "mb": args.mb,
+        "repeats": args.repeats,
+        "threads": args.threads,
+        "peer": "lm-small + bench-tensor in one separate process (PeerNode), requester here",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
+        "generation": flat,
+        "generation_detail": generation,
+        "stream": {"mb_per_s": stream_mb_s, "raw_mb_per_s": raw_mb_s, "samples": stream},
+        "ratios": ratios,
+        "targets": {
+            "ttft_extra_ms_p50": [TARGET_TTFT_EXTRA_MS, extra <= TARGET_TTFT_EXTRA_MS],
+            "tokens_per_s": [TARGET_TOKENS_RATIO, tokens_ratio >= TARGET_TOKENS_RATIO],
+            "stream_mb_per_s": [TARGET_STREAM_MB_S, stream_mb_s >= TARGET_STREAM_MB_S],
+            "stream_vs_raw": [TARGET_STREAM_RATIO, stream_ratio >= TARGET_STREAM_RATIO],
+        },
+    }
+
+
+async def measure(addresses: dict[str, str], args: argparse.Namespace) -> tuple[dict, dict]:
+    generation = await bench_generation(
+        addresses["peer"], args.rounds, args.tokens, warmup=min(3, args.rounds)
+    )
+    stream = await bench_stream(addresses["peer"], addresses["raw"], args.mb, args.repeats)
+    return generation, stream
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--rounds", type=int, default=50, help="generations bought (and decoded in-process)")
+    parser.add_argument("--tokens", type=int, default=32, help="tokens per generation (lm-small sells <= 64)")
+    parser.add_argument(
+        "--mb", type=int, default=64, help="MiB of float32 output streamed (<= 64: the peer's limit)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="streamed outputs timed (the median is reported)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads, in the peer and in-process alike"
+    )
+    parser.add_argument("--json", type=Path, default=ROOT / "out" / "bench_generate.json")
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)  # two processes on a few cores: more threads only contend
+    if args.serve:
+        asyncio.run(serve(args.data_dir, args.mb))
+        return 0
+    if not 1 <= args.tokens <= 64 or not 1 <= args.mb <= 64 or args.rounds < 1 or args.repeats < 1:
+        parser.error("need 1 <= --tokens <= 64, 1 <= --mb <= 64, --rounds and --repeats >= 1")
+    with tempfile.TemporaryDirectory(prefix="atomic-bench-") as tmp:
+        child, addresses = start_server(Path(tmp), args.mb, args.threads)
+        try:
+            generation, stream = asyncio.run(measure(addresses, args))
+        finally:
+            assert child.stdin is not None
+            child.stdin.close()
+            child.wait(timeout=30)
+    document = report(generation, stream, args)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(document, indent=2))
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
