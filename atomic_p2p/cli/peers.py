@@ -7,7 +7,8 @@ in what the seed lacked), prints every member it learned of, and leaves with a s
 States are this observer's own view. A fresh member is never handed tombstones (DEAD or LEFT
 members) by design, so members that are already gone simply do not appear; a longer ``--wait``
 lets the observer see members turn SUSPECT or DEAD while it watches. Each model shows its task
-kind and its advertised contract (``x: float32[B<=256, 64] -> logits: float32[B, 10]``).
+kind and its advertised contract (``x: float32[B<=256, 64] -> logits: float32[B, 10]``), led
+by ``text`` for a model that takes text.
 """
 
 from __future__ import annotations
@@ -150,6 +151,7 @@ def members(agent: GossipAgent) -> list[dict[str, Any]]:
                         "max_batch": model.constraints.max_batch,
                         "kind": model.kind.value if model.kind else None,
                         "contract": _contract_text(model),
+                        "takes_text": model.takes_text,
                     }
                     for model in record.models
                 ],
@@ -162,8 +164,13 @@ def members(agent: GossipAgent) -> list[dict[str, Any]]:
 
 
 def _contract_text(model: ModelAdvert) -> str | None:
+    """The advertised contract, with ``text`` for a model that takes text (``text`` alone when it
+    declares no tensor inputs)."""
     contract = model.contract
-    return None if contract is None else contract.describe(model.constraints.max_batch)
+    described = None if contract is None else contract.describe(model.constraints.max_batch)
+    if not model.takes_text:
+        return described
+    return "text" if described is None else f"text | {described}"
 
 
 def render(view: NetworkView) -> str:

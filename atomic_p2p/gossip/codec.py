@@ -87,6 +87,7 @@ def advert_to_proto(model: ModelAdvert) -> gossip_pb2.ModelAdvert:
         kind=_KIND_TO_WIRE[model.kind] if model.kind else gossip_pb2.TASK_KIND_UNSPECIFIED,
         inputs=[tensor_contract_to_proto(tensor) for tensor in model.inputs],
         outputs=[tensor_contract_to_proto(tensor) for tensor in model.outputs],
+        takes_text=model.takes_text,
     )
 
 
@@ -102,6 +103,7 @@ def advert_from_proto(message: gossip_pb2.ModelAdvert) -> ModelAdvert:
         kind=_WIRE_TO_KIND.get(message.kind),  # unspecified, or a newer peer's kind: not declared
         inputs=tuple(tensor_contract_from_proto(tensor) for tensor in message.inputs),
         outputs=tuple(tensor_contract_from_proto(tensor) for tensor in message.outputs),
+        takes_text=message.takes_text,
     )
 
 

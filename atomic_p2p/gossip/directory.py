@@ -43,8 +43,13 @@ class Requirements:
     max_price: float | None = None
     # The task's input specs: a model that advertises a contract must be able to take them.
     inputs: tuple[Spec, ...] = ()
+    # A text task: a model that declares a contract must say it takes text (one that declares
+    # nothing, as from an older peer, stays in and answers for itself).
+    text: bool = False
 
     def admits(self, model: ModelAdvert) -> bool:
+        if self.text and model.declares_contract and not model.takes_text:
+            return False
         contract = model.contract if self.inputs else None
         if contract is not None and contract.problem(self.inputs) is not None:
             return False

@@ -35,6 +35,12 @@ class ModelAdvert:
     kind: TaskKind | None = None  # None: not declared
     inputs: tuple[TensorContract, ...] = ()  # empty: no contract declared
     outputs: tuple[TensorContract, ...] = ()
+    takes_text: bool = False  # it has a tokenizer (False too from a peer older than the field)
+
+    @property
+    def declares_contract(self) -> bool:
+        """Whether the advert says what the model takes (a kind or inputs)."""
+        return self.kind is not None or bool(self.inputs)
 
     @property
     def contract(self) -> ModelContract | None:

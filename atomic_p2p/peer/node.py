@@ -230,6 +230,7 @@ def advert(model: HostedModel) -> ModelAdvert:
         resources=config.resources,
         typical_latency_ms=model.expected_latency_ms,
         strategy=config.strategy,
+        takes_text=model.tokenizer is not None,
     )
 
 

@@ -157,7 +157,11 @@ class Broker:
             Wanted(
                 task=item.task,
                 capability=item.capability,
-                candidates=tuple(self.discovery.candidates(item.capability, item.batch, item.payload.inputs)),
+                candidates=tuple(
+                    self.discovery.candidates(
+                        item.capability, item.batch, item.payload.inputs, text=bool(item.payload.texts)
+                    )
+                ),
                 bucket=item.bucket,
                 specs=item.specs,
                 window_s=window,

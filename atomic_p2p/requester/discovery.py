@@ -49,13 +49,15 @@ class Discovery:
             await self.agent.stop(leave=True)
             self.agent = None
 
-    def candidates(self, capability: str, batch: int, inputs: Sequence[Spec] = ()) -> list[str]:
+    def candidates(
+        self, capability: str, batch: int, inputs: Sequence[Spec] = (), *, text: bool = False
+    ) -> list[str]:
         """Fixed peers first, then live gossip candidates that accept this batch and, when they
-        advertise a contract, these inputs (deduplicated)."""
+        advertise a contract, these inputs and (``text``: a text task) text (deduplicated)."""
         addresses = list(self.peers)
         if self.agent is not None:
             found = self.agent.directory.candidates(
-                capability, Requirements(batch=batch, inputs=tuple(inputs))
+                capability, Requirements(batch=batch, inputs=tuple(inputs), text=text)
             )
             addresses += [c.record.addresses[0] for c in found if c.record.addresses]
         return list(dict.fromkeys(addresses))

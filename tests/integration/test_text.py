@@ -6,25 +6,49 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import torch
 
+from atomic_p2p.channels import ChannelPool
 from atomic_p2p.cli.main import main
 from atomic_p2p.errors import NoBidsError
-from atomic_p2p.peer.config import PeerConfig
+from atomic_p2p.gossip import GossipConfig
+from atomic_p2p.peer.config import ModelConfig, PeerConfig
 from atomic_p2p.peer.node import PeerNode
 from atomic_p2p.protocol import codec
 from atomic_p2p.protocol.messages import ExecuteResult
 from atomic_p2p.requester import Requester
 from atomic_p2p.requester.evaluator import EvaluatorConfig
+from atomic_p2p.requester.transport import BytesTransport, GrpcTransport
 from atomic_p2p.testing import text_seller_config
 
-pytestmark = pytest.mark.integration
-
 CAPABILITY = "classify/sentiment"
+
+
+class CountingTransport(BytesTransport):
+    """gRPC, counting every RequestBids RPC by address (as in test_bidding)."""
+
+    def __init__(self) -> None:
+        self.pool = ChannelPool()
+        self.calls: Counter[str] = Counter()
+        self._grpc = GrpcTransport(self.pool)
+
+    async def send(self, address: str, method: str, request: bytes, timeout_s: float) -> bytes:
+        if method == "RequestBids":
+            self.calls[address] += 1
+        return await self._grpc.send(address, method, request, timeout_s)
+
+    def send_stream(
+        self, address: str, method: str, request: bytes, timeout_s: float
+    ) -> AsyncIterator[bytes]:
+        return self._grpc.send_stream(address, method, request, timeout_s)
+
+
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
@@ -92,3 +116,38 @@ async def test_atomic_run_text(node: PeerNode, tmp_path: Path, capsys: pytest.Ca
     assert (tmp_path / "out.pt").exists()
     code = await asyncio.to_thread(main, [*args[: args.index("--json")], "--text", "good"])
     assert code == 0 and "winner" in capsys.readouterr().out
+
+
+async def test_a_requester_with_gossip_asks_only_the_peers_whose_models_take_text(tmp_path: Path) -> None:
+    # The same capability on a tensor-only peer (its advert declares a contract, not takes_text):
+    # a text task leaves it out, a tensor task still reaches it.
+    words_config = text_seller_config("words", tmp_path, gossip_interval_s=0.2)
+    tensor_model = ModelConfig(
+        "pair",
+        (CAPABILITY,),
+        f"{Path(__file__).with_name('contract_models.py')}:pair",
+        price_per_example=0.001,
+    )
+    counted = CountingTransport()
+    async with await PeerNode.start(words_config) as words:
+        tensor_config = PeerConfig(
+            name="tensors",
+            models=(tensor_model,),
+            data_dir=tmp_path / "tensors",
+            bootstrap=(words.address,),
+            gossip_interval_s=0.2,
+        )
+        async with (
+            await PeerNode.start(tensor_config) as tensors,
+            Requester(
+                bootstrap=[words.address], gossip=GossipConfig(interval=0.2), transport=counted
+            ) as requester,
+        ):
+            assert await requester.wait_for_peers(CAPABILITY, 2, timeout=20)
+            result = await requester.run(CAPABILITY, text=["good", "bad"])
+            assert result.winner.address == words.address and not result.no_bids
+            assert counted.calls[tensors.address] == 0 and counted.calls[words.address] == 1
+            summed = await requester.run(CAPABILITY, {"a": torch.ones(2, 4), "b": torch.ones(2, 4)})
+            assert summed.winner.address == tensors.address
+            assert counted.calls[tensors.address] == 1
+    await counted.pool.close()

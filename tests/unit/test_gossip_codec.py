@@ -144,6 +144,15 @@ def test_an_advert_carries_its_contract_field_for_field() -> None:
     assert codec.advert_from_proto(message).kind is None
 
 
+def test_takes_text_round_trips_and_defaults_to_false() -> None:
+    text = replace(MODEL, kind=TaskKind.CLASSIFICATION, inputs=TOKENS.inputs, takes_text=True)
+    message = codec.advert_to_proto(text)
+    assert message.takes_text
+    assert codec.advert_from_proto(gossip_pb2.ModelAdvert.FromString(message.SerializeToString())) == text
+    # Unset on the wire (a peer older than field 11): takes no text.
+    assert not codec.advert_from_proto(codec.advert_to_proto(MODEL)).takes_text
+
+
 def test_a_contract_out_of_bounds_or_malformed_is_refused() -> None:
     def opened(advert: ModelAdvert, limits: RecordLimits = LIMITS) -> RejectReason | None:
         result = codec.open_envelope(codec.sign_record(ALICE, record(models=(advert,))).envelope, limits)

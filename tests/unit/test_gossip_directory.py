@@ -113,3 +113,31 @@ def test_a_model_whose_advertised_contract_cannot_take_the_inputs_is_left_out() 
     assert sorted(names(d.candidates("c", Requirements(inputs=ids)))) == ["silent", "tokens"]
     too_long = (TensorSpec("ids", "int64", (4, 33)),)
     assert names(d.candidates("c", Requirements(inputs=too_long))) == ["silent"]
+
+
+def test_a_text_task_leaves_out_models_that_declare_a_contract_but_take_no_text() -> None:
+    digits = single_input("x", "float32", (64,))
+    tokens = ModelContract(TaskKind.CLASSIFICATION, (TensorContract("ids", "int64", (Dim(1, 32),)),))
+    d = Directory()
+    d.apply(
+        [
+            MemberJoined(
+                ALICE,
+                record(ALICE, ModelAdvert.with_contract(digits, model_id="digits", capabilities=("c",))),
+            ),
+            MemberJoined(
+                BOB,
+                record(
+                    BOB,
+                    ModelAdvert.with_contract(tokens, model_id="text", capabilities=("c",), takes_text=True),
+                    ModelAdvert("kind-only", ("c",), kind=TaskKind.EMBEDDING),  # a kind is a contract
+                ),
+            ),
+            MemberJoined(CAROL, record(CAROL, ModelAdvert("silent", ("c",)))),  # no contract: stays in
+        ]
+    )
+    assert sorted(names(d.candidates("c", Requirements(text=True)))) == ["silent", "text"]
+    # A tensor task ignores takes_text: only the contract decides, as before.
+    pixels = (TensorSpec("x", "float32", (4, 64)),)
+    assert sorted(names(d.candidates("c", Requirements(inputs=pixels)))) == ["digits", "kind-only", "silent"]
+    assert sorted(names(d.candidates("c"))) == ["digits", "kind-only", "silent", "text"]

@@ -116,6 +116,7 @@ class ModelAdvert(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     INPUTS_FIELD_NUMBER: _builtins.int
     OUTPUTS_FIELD_NUMBER: _builtins.int
+    TAKES_TEXT_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     price_hint: _builtins.float
     """Indicative price per example, in the market's unit of account."""
@@ -125,6 +126,11 @@ class ModelAdvert(_message.Message):
     """Name of the bidding strategy the model uses."""
     kind: Global___TaskKind.ValueType
     """What the model does (unspecified: not declared, as from a peer older than the field)."""
+    takes_text: _builtins.bool
+    """Whether the model takes text (TaskSpec.texts, tokenised by its own tokenizer). False from a
+    peer older than the field too: a requester leaves a model out of a text task only when it
+    also declares a contract (kind or inputs).
+    """
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -150,10 +156,11 @@ class ModelAdvert(_message.Message):
         kind: Global___TaskKind.ValueType = ...,
         inputs: _abc.Iterable[_tensor_pb2.TensorContract] | None = ...,
         outputs: _abc.Iterable[_tensor_pb2.TensorContract] | None = ...,
+        takes_text: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["constraints", b"constraints", "resources", b"resources"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "constraints", b"constraints", "inputs", b"inputs", "kind", b"kind", "model_id", b"model_id", "outputs", b"outputs", "price_hint", b"price_hint", "resources", b"resources", "strategy", b"strategy", "typical_latency_ms", b"typical_latency_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "constraints", b"constraints", "inputs", b"inputs", "kind", b"kind", "model_id", b"model_id", "outputs", b"outputs", "price_hint", b"price_hint", "resources", b"resources", "strategy", b"strategy", "takes_text", b"takes_text", "typical_latency_ms", b"typical_latency_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
