@@ -162,6 +162,19 @@ def encode_texts(texts: Iterable[str]) -> tuple[bytes, ...]:
     return tuple(text.encode("utf-8") for text in texts)
 
 
+def digest_header(name: str, dtype: str, shape: Sequence[int], nbytes: int) -> bytes:
+    """What :func:`digest` hashes for one tensor before its ``nbytes`` of data."""
+    raw_name, raw_dtype = name.encode(), dtype.encode()
+    return (
+        struct.pack(">I", len(raw_name))
+        + raw_name
+        + struct.pack(">I", len(raw_dtype))
+        + raw_dtype
+        + struct.pack(f">I{len(shape)}Q", len(shape), *shape)
+        + struct.pack(">Q", nbytes)
+    )
+
+
 def digest(tensors: Iterable[WireTensor], texts: Sequence[bytes] = ()) -> bytes:
     """sha256 over every tensor's name, dtype, shape and bytes, in order, then the texts (docs/protocol.md).
 
@@ -171,11 +184,7 @@ def digest(tensors: Iterable[WireTensor], texts: Sequence[bytes] = ()) -> bytes:
     """
     hasher = hashlib.sha256()
     for wire in tensors:
-        name, dtype = wire.name.encode(), wire.dtype.encode()
-        hasher.update(struct.pack(">I", len(name)) + name)
-        hasher.update(struct.pack(">I", len(dtype)) + dtype)
-        hasher.update(struct.pack(f">I{len(wire.shape)}Q", len(wire.shape), *wire.shape))
-        hasher.update(struct.pack(">Q", len(wire.data)))
+        hasher.update(digest_header(wire.name, wire.dtype, wire.shape, len(wire.data)))
         hasher.update(wire.data)
     if texts:
         hasher.update(struct.pack(">II", TEXTS_MARKER, len(texts)))
