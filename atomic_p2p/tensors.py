@@ -70,7 +70,7 @@ class WireTensor:
     name: str
     dtype: str
     shape: tuple[int, ...]
-    data: bytes
+    data: bytes | bytearray  # a bytearray: a reassembled stream, which decode takes over
 
     @property
     def numel(self) -> int:
@@ -113,7 +113,9 @@ def encode(tensor: torch.Tensor, name: str = "") -> WireTensor:
 
 
 def decode(wire: WireTensor, limits: TensorLimits = DEFAULT_LIMITS) -> torch.Tensor:
-    """Wire form -> torch tensor, validated against ``limits`` before anything is allocated."""
+    """Wire form -> torch tensor, validated against ``limits`` before anything is allocated.
+
+    Data held in a ``bytearray`` is not copied: the tensor shares that memory."""
     expected = check_spec(wire.dtype, wire.shape, limits)
     if len(wire.data) != expected:
         raise TensorError(
@@ -123,7 +125,9 @@ def decode(wire: WireTensor, limits: TensorLimits = DEFAULT_LIMITS) -> torch.Ten
     dtype = DTYPES[wire.dtype]
     if expected == 0:
         return torch.empty(wire.shape, dtype=dtype)
-    flat = torch.frombuffer(bytearray(wire.data), dtype=torch.uint8).view(dtype)
+    # A bytearray (a reassembled stream's) becomes the tensor's memory; bytes are copied (writable).
+    data = wire.data if isinstance(wire.data, bytearray) else bytearray(wire.data)
+    flat = torch.frombuffer(data, dtype=torch.uint8).view(dtype)
     if sys.byteorder == "big" and flat.element_size() > 1:
         flat = torch.from_numpy(flat.numpy().byteswap())
     return flat.reshape(wire.shape)

@@ -33,7 +33,7 @@ def slice_outputs(outputs: Sequence[WireTensor], slice_bytes: int = SLICE_BYTES)
     for wire in outputs:
         size = len(wire.data)
         for offset in range(0, max(size, 1), slice_bytes):
-            data = wire.data[offset : offset + slice_bytes]
+            data = bytes(wire.data[offset : offset + slice_bytes])
             yield TensorSlice(wire.name, wire.dtype, wire.shape, offset, data)
 
 
@@ -117,7 +117,9 @@ class Reassembly:
             raise ProtocolError(
                 f"output {current.name[:64]!r} ended after {self._filled} of {self._expected} bytes"
             )
-        self._done.append(WireTensor(current.name, current.dtype, current.shape, b"".join(self._parts)))
+        # A bytearray: tensors.decode takes it over instead of copying it once more.
+        data = bytearray().join(self._parts)
+        self._done.append(WireTensor(current.name, current.dtype, current.shape, data))
         self._current = None
         self._parts = []
 
