@@ -70,7 +70,8 @@ class WireTensor:
     name: str
     dtype: str
     shape: tuple[int, ...]
-    data: bytes | bytearray  # a bytearray: a reassembled stream, which decode takes over
+    data: bytes | bytearray | memoryview  # bytearray: a reassembled stream, which decode takes over;
+    # memoryview: an output a peer streams straight from the tensor's memory (encode(copy=False))
 
     @property
     def numel(self) -> int:
@@ -101,15 +102,17 @@ def check_spec(dtype: str, shape: Sequence[int], limits: TensorLimits = DEFAULT_
     return nbytes
 
 
-def encode(tensor: torch.Tensor, name: str = "") -> WireTensor:
-    """Torch tensor -> wire form (moves it to the CPU if needed)."""
+def encode(tensor: torch.Tensor, name: str = "", *, copy: bool = True) -> WireTensor:
+    """Torch tensor -> wire form (moves it to the CPU if needed); ``copy=False``: the data is a
+    read-only view of the tensor's memory, not a copy (for ExecuteStream, which slices it)."""
     if tensor.dtype not in NAMES:
         raise TensorError(f"dtype {tensor.dtype} cannot travel; convert to one of {sorted(DTYPES)}")
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
     raw = flat.view(torch.uint8).numpy()
     if sys.byteorder == "big" and flat.element_size() > 1:
         raw = flat.numpy().byteswap().view("u1")
-    return WireTensor(name, NAMES[tensor.dtype], tuple(tensor.shape), raw.tobytes())
+    data = raw.tobytes() if copy else raw.data.toreadonly()
+    return WireTensor(name, NAMES[tensor.dtype], tuple(tensor.shape), data)
 
 
 def decode(wire: WireTensor, limits: TensorLimits = DEFAULT_LIMITS) -> torch.Tensor:

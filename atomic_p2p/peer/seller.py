@@ -406,10 +406,11 @@ class Seller:
         outputs, compute_ms = self.forward(job)
         return ExecuteReply(self.sign_outputs(job, outputs, compute_ms), outputs)
 
-    def forward(self, job: Job) -> tuple[tuple[WireTensor, ...], float]:
-        """The forward pass and the encoded outputs (blocking), with the milliseconds it took."""
+    def forward(self, job: Job, *, copy: bool = True) -> tuple[tuple[WireTensor, ...], float]:
+        """The forward pass and the encoded outputs (blocking), with the milliseconds it took
+        (``copy=False``: outputs viewing the tensors' memory, see :func:`encode`)."""
         started = time.perf_counter()
-        outputs = tuple(encode(tensor, name) for name, tensor in job.model.forward(job.inputs))
+        outputs = tuple(encode(tensor, name, copy=copy) for name, tensor in job.model.forward(job.inputs))
         return outputs, (time.perf_counter() - started) * 1000
 
     def sign_outputs(self, job: Job, outputs: Sequence[WireTensor], compute_ms: float) -> Envelope:

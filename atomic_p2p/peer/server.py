@@ -132,7 +132,7 @@ class PeerService:
         job = self.seller.open_stream(codec.decode(ExecuteCall, raw), self._now_ms())
         async with self.workers.hold(job.key, job.timeout_s):
             if job.model.generation is None:
-                outputs, compute_ms = await self.workers.step(lambda: self.seller.forward(job))
+                outputs, compute_ms = await self.workers.step(lambda: self.seller.forward(job, copy=False))
                 # The digest (a pass over every byte) runs in a thread while the slices go out.
                 signing = asyncio.ensure_future(
                     asyncio.to_thread(self.seller.sign_outputs, job, outputs, compute_ms)
