@@ -70,7 +70,8 @@ class WireTensor:
     name: str
     dtype: str
     shape: tuple[int, ...]
-    data: bytes
+    data: bytes | bytearray | memoryview  # bytearray: a reassembled stream, which decode takes over;
+    # memoryview: an output a peer streams straight from the tensor's memory (encode(copy=False))
 
     @property
     def numel(self) -> int:
@@ -101,19 +102,23 @@ def check_spec(dtype: str, shape: Sequence[int], limits: TensorLimits = DEFAULT_
     return nbytes
 
 
-def encode(tensor: torch.Tensor, name: str = "") -> WireTensor:
-    """Torch tensor -> wire form (moves it to the CPU if needed)."""
+def encode(tensor: torch.Tensor, name: str = "", *, copy: bool = True) -> WireTensor:
+    """Torch tensor -> wire form (moves it to the CPU if needed); ``copy=False``: the data is a
+    read-only view of the tensor's memory, not a copy (for ExecuteStream, which slices it)."""
     if tensor.dtype not in NAMES:
         raise TensorError(f"dtype {tensor.dtype} cannot travel; convert to one of {sorted(DTYPES)}")
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
     raw = flat.view(torch.uint8).numpy()
     if sys.byteorder == "big" and flat.element_size() > 1:
         raw = flat.numpy().byteswap().view("u1")
-    return WireTensor(name, NAMES[tensor.dtype], tuple(tensor.shape), raw.tobytes())
+    data = raw.tobytes() if copy else raw.data.toreadonly()
+    return WireTensor(name, NAMES[tensor.dtype], tuple(tensor.shape), data)
 
 
 def decode(wire: WireTensor, limits: TensorLimits = DEFAULT_LIMITS) -> torch.Tensor:
-    """Wire form -> torch tensor, validated against ``limits`` before anything is allocated."""
+    """Wire form -> torch tensor, validated against ``limits`` before anything is allocated.
+
+    Data held in a ``bytearray`` is not copied: the tensor shares that memory."""
     expected = check_spec(wire.dtype, wire.shape, limits)
     if len(wire.data) != expected:
         raise TensorError(
@@ -123,7 +128,9 @@ def decode(wire: WireTensor, limits: TensorLimits = DEFAULT_LIMITS) -> torch.Ten
     dtype = DTYPES[wire.dtype]
     if expected == 0:
         return torch.empty(wire.shape, dtype=dtype)
-    flat = torch.frombuffer(bytearray(wire.data), dtype=torch.uint8).view(dtype)
+    # A bytearray (a reassembled stream's) becomes the tensor's memory; bytes are copied (writable).
+    data = wire.data if isinstance(wire.data, bytearray) else bytearray(wire.data)
+    flat = torch.frombuffer(data, dtype=torch.uint8).view(dtype)
     if sys.byteorder == "big" and flat.element_size() > 1:
         flat = torch.from_numpy(flat.numpy().byteswap())
     return flat.reshape(wire.shape)
@@ -162,6 +169,19 @@ def encode_texts(texts: Iterable[str]) -> tuple[bytes, ...]:
     return tuple(text.encode("utf-8") for text in texts)
 
 
+def digest_header(name: str, dtype: str, shape: Sequence[int], nbytes: int) -> bytes:
+    """What :func:`digest` hashes for one tensor before its ``nbytes`` of data."""
+    raw_name, raw_dtype = name.encode(), dtype.encode()
+    return (
+        struct.pack(">I", len(raw_name))
+        + raw_name
+        + struct.pack(">I", len(raw_dtype))
+        + raw_dtype
+        + struct.pack(f">I{len(shape)}Q", len(shape), *shape)
+        + struct.pack(">Q", nbytes)
+    )
+
+
 def digest(tensors: Iterable[WireTensor], texts: Sequence[bytes] = ()) -> bytes:
     """sha256 over every tensor's name, dtype, shape and bytes, in order, then the texts (docs/protocol.md).
 
@@ -171,11 +191,7 @@ def digest(tensors: Iterable[WireTensor], texts: Sequence[bytes] = ()) -> bytes:
     """
     hasher = hashlib.sha256()
     for wire in tensors:
-        name, dtype = wire.name.encode(), wire.dtype.encode()
-        hasher.update(struct.pack(">I", len(name)) + name)
-        hasher.update(struct.pack(">I", len(dtype)) + dtype)
-        hasher.update(struct.pack(f">I{len(wire.shape)}Q", len(wire.shape), *wire.shape))
-        hasher.update(struct.pack(">Q", len(wire.data)))
+        hasher.update(digest_header(wire.name, wire.dtype, wire.shape, len(wire.data)))
         hasher.update(wire.data)
     if texts:
         hasher.update(struct.pack(">II", TEXTS_MARKER, len(texts)))

@@ -82,6 +82,7 @@ from atomic_p2p.tensors import (
     DEFAULT_TEXT_LIMITS,
     TensorLimits,
     TextLimits,
+    WireTensor,
     check_spec,
     decode,
     decode_texts,
@@ -402,20 +403,33 @@ class Seller:
 
     def perform(self, job: Job) -> ExecuteReply:
         """The paid work (blocking; a worker thread runs it): forward pass, encode, sign the receipt."""
+        outputs, compute_ms = self.forward(job)
+        return ExecuteReply(self.sign_outputs(job, outputs, compute_ms), outputs)
+
+    def forward(self, job: Job, *, copy: bool = True) -> tuple[tuple[WireTensor, ...], float]:
+        """The forward pass and the encoded outputs (blocking), with the milliseconds it took
+        (``copy=False``: outputs viewing the tensors' memory, see :func:`encode`)."""
         started = time.perf_counter()
-        outputs = tuple(encode(tensor, name) for name, tensor in job.model.forward(job.inputs))
+        outputs = tuple(encode(tensor, name, copy=copy) for name, tensor in job.model.forward(job.inputs))
+        return outputs, (time.perf_counter() - started) * 1000
+
+    def sign_outputs(self, job: Job, outputs: Sequence[WireTensor], compute_ms: float) -> Envelope:
+        """The signed result for :meth:`forward`'s outputs (blocking: it hashes them all; an
+        ExecuteStream runs it while the slices go out, the result travelling last)."""
+        started = time.perf_counter()
+        outputs_digest = digest(outputs)
         result = ExecuteResult(
             request_id=job.order.request_id,
             task_id=job.order.task_id,
             peer_id=self.identity.peer_id.raw,
             model_id=job.model.model_id,
             bid_digest=job.issued.digest,
-            outputs_digest=digest(outputs),
-            latency_ms=(time.perf_counter() - started) * 1000,
+            outputs_digest=outputs_digest,
+            latency_ms=compute_ms + (time.perf_counter() - started) * 1000,
             finished_at_ms=self._clock(),
             cost_charged=job.issued.cost,
         )
-        return ExecuteReply(codec.sign(self.identity, result), outputs)
+        return codec.sign(self.identity, result)
 
     # --- ExecuteStream (docs/protocol.md section 10) -------------------------------------------
 

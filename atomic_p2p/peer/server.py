@@ -42,7 +42,7 @@ from atomic_p2p.protocol.messages import (
     RequestBidsCall,
     TokenChunk,
 )
-from atomic_p2p.protocol.streaming import slice_outputs
+from atomic_p2p.protocol.streaming import encoded_slices
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +132,17 @@ class PeerService:
         job = self.seller.open_stream(codec.decode(ExecuteCall, raw), self._now_ms())
         async with self.workers.hold(job.key, job.timeout_s):
             if job.model.generation is None:
-                reply = await self.workers.step(lambda: self.seller.perform(job))
-                for piece in slice_outputs(reply.outputs):
-                    yield codec.encode_chunk(piece)
-                yield codec.encode_chunk(reply.result)
+                outputs, compute_ms = await self.workers.step(lambda: self.seller.forward(job, copy=False))
+                # The digest (a pass over every byte) runs in a thread while the slices go out.
+                signing = asyncio.ensure_future(
+                    asyncio.to_thread(self.seller.sign_outputs, job, outputs, compute_ms)
+                )
+                try:
+                    for message in encoded_slices(outputs):
+                        yield message
+                    yield codec.encode_chunk(await signing)
+                finally:
+                    signing.cancel()
                 return
             decoder = job.model.decoder(job.prompt, job.order.prefix_tokens, job.order.max_tokens)
             tokenizer = job.model.tokenizer

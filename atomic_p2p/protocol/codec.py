@@ -136,7 +136,7 @@ def encode_chunk(chunk: ExecuteChunk) -> bytes:
             tokens=market_pb2.TokenChunk(tokens=list(chunk.tokens), text=chunk.text)
         )
     elif isinstance(chunk, TensorSlice):
-        message = market_pb2.ExecuteStreamResponse(slice=_slice_to_proto(chunk))
+        return encode_slice(chunk.name, chunk.dtype, chunk.shape, chunk.offset, chunk.data)
     else:
         message = market_pb2.ExecuteStreamResponse(result=envelope_to_proto(chunk))
     return cast(bytes, message.SerializeToString())
@@ -407,6 +407,32 @@ def _outcome_from_proto(message: market_pb2.BidOutcome) -> Envelope | NoBid:
         reason = _WIRE_TO_REASON.get(no_bid.reason, no_bid.reason)
         return NoBid(no_bid.task_id, reason, no_bid.detail)
     raise ProtocolError("a bid outcome holds neither a bid nor a no-bid")
+
+
+def encode_slice(
+    name: str, dtype: str, shape: tuple[int, ...], offset: int, data: bytes | memoryview
+) -> bytes:
+    """The wire bytes of ``ExecuteStreamResponse{slice: TensorSlice{...}}``, the same bytes
+    :func:`encode_chunk` gives, with ``data`` copied once (it may be a memoryview into a large
+    output): the header is serialized by protobuf and ``data`` (field 5, the last) appended."""
+    header = market_pb2.TensorSlice(
+        name=name, dtype=DTYPE_TO_WIRE[dtype], shape=list(shape), offset=offset
+    ).SerializeToString()
+    size = len(data)
+    inner = len(header) + (1 + len(_varint(size)) + size if size else 0)
+    parts: list[bytes | memoryview] = [b"\x12", _varint(inner), header]
+    if size:
+        parts += [b"\x2a", _varint(size), data]
+    return b"".join(parts)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
 
 
 def _slice_to_proto(piece: TensorSlice) -> market_pb2.TensorSlice:

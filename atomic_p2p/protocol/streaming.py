@@ -15,12 +15,14 @@ digest covers (``tokens``, int64, shape ``[n]``).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import AsyncIterator, Iterator, Sequence
 
 from atomic_p2p.errors import LimitExceededError, ProtocolError
 from atomic_p2p.identity import Envelope
+from atomic_p2p.protocol.codec import encode_slice
 from atomic_p2p.protocol.messages import ExecuteChunk, ExecuteReply, TensorSlice
-from atomic_p2p.tensors import DEFAULT_LIMITS, TensorLimits, WireTensor, check_spec
+from atomic_p2p.tensors import DEFAULT_LIMITS, TensorLimits, WireTensor, check_spec, digest_header
 
 SLICE_BYTES = 1024 * 1024  # what a peer puts in one message: well under any gRPC message limit
 TOKENS_NAME = "tokens"
@@ -31,8 +33,16 @@ def slice_outputs(outputs: Sequence[WireTensor], slice_bytes: int = SLICE_BYTES)
     for wire in outputs:
         size = len(wire.data)
         for offset in range(0, max(size, 1), slice_bytes):
-            data = wire.data[offset : offset + slice_bytes]
+            data = bytes(wire.data[offset : offset + slice_bytes])
             yield TensorSlice(wire.name, wire.dtype, wire.shape, offset, data)
+
+
+def encoded_slices(outputs: Sequence[WireTensor], slice_bytes: int = SLICE_BYTES) -> Iterator[bytes]:
+    """The wire bytes of :func:`slice_outputs`' messages, each slice's data copied only once."""
+    for wire in outputs:
+        view = memoryview(wire.data)
+        for offset in range(0, max(len(view), 1), slice_bytes):
+            yield encode_slice(wire.name, wire.dtype, wire.shape, offset, view[offset : offset + slice_bytes])
 
 
 def tokens_tensor(tokens: Sequence[int]) -> WireTensor:
@@ -53,6 +63,7 @@ class Reassembly:
         self._filled = 0
         self._expected = 0
         self._total = 0
+        self._hasher = hashlib.sha256()  # tensors.digest of what arrives, computed as it arrives
 
     def add(self, piece: TensorSlice) -> None:
         current = self._current
@@ -72,12 +83,18 @@ class Reassembly:
         self._finish_current()
         return tuple(self._done)
 
+    def digest(self) -> bytes:
+        """``tensors.digest(self.tensors())``, without another pass over the data."""
+        self._finish_current()
+        return self._hasher.copy().digest()
+
     def _start(self, piece: TensorSlice) -> None:
         if piece.offset != 0:
             raise ProtocolError(f"the first slice of {piece.name[:64]!r} starts at {piece.offset}, not 0")
         if any(wire.name == piece.name for wire in self._done):
             raise ProtocolError(f"output {piece.name[:64]!r} arrives twice")
         self._expected = check_spec(piece.dtype, piece.shape, self._limits)  # bad or too big: refused
+        self._hasher.update(digest_header(piece.name, piece.dtype, piece.shape, self._expected))
         self._current = piece
         self._parts = []
         self._filled = 0
@@ -89,6 +106,7 @@ class Reassembly:
             raise ProtocolError(f"output {piece.name[:64]!r} has more data than its shape holds")
         if self._total > self._max_bytes:
             raise LimitExceededError(f"streamed output is over {self._max_bytes} bytes")
+        self._hasher.update(piece.data)
         self._parts.append(piece.data)
 
     def _finish_current(self) -> None:
@@ -99,7 +117,9 @@ class Reassembly:
             raise ProtocolError(
                 f"output {current.name[:64]!r} ended after {self._filled} of {self._expected} bytes"
             )
-        self._done.append(WireTensor(current.name, current.dtype, current.shape, b"".join(self._parts)))
+        # A bytearray: tensors.decode takes it over instead of copying it once more.
+        data = bytearray().join(self._parts)
+        self._done.append(WireTensor(current.name, current.dtype, current.shape, data))
         self._current = None
         self._parts = []
 
@@ -109,10 +129,18 @@ async def collect_reply(
 ) -> ExecuteReply:
     """The :class:`ExecuteReply` a sliced ExecuteStream adds up to: its tensors and the signed
     result, which must come last (ProtocolError for tokens, a missing result, or anything after it)."""
+    reply, _ = await collect_reply_digest(chunks, limits)
+    return reply
+
+
+async def collect_reply_digest(
+    chunks: AsyncIterator[ExecuteChunk], limits: TensorLimits = DEFAULT_LIMITS
+) -> tuple[ExecuteReply, bytes]:
+    """:func:`collect_reply`, and ``tensors.digest`` of its outputs, hashed as the slices arrive."""
     reassembly = Reassembly(limits)
     async for chunk in chunks:
         if isinstance(chunk, Envelope):
-            return ExecuteReply(chunk, reassembly.tensors())
+            return ExecuteReply(chunk, reassembly.tensors()), reassembly.digest()
         if not isinstance(chunk, TensorSlice):
             raise ProtocolError("a tensor stream carried generated tokens")
         reassembly.add(chunk)

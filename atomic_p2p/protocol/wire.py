@@ -58,7 +58,10 @@ def tensor_from_proto(message: tensor_pb2.Tensor) -> WireTensor:
 
 def tensor_to_proto(wire: WireTensor) -> tensor_pb2.Tensor:
     return tensor_pb2.Tensor(
-        name=wire.name, dtype=DTYPE_TO_WIRE[wire.dtype], shape=list(wire.shape), data=wire.data
+        name=wire.name,
+        dtype=DTYPE_TO_WIRE[wire.dtype],
+        shape=list(wire.shape),
+        data=bytes(wire.data),  # a copy only for a bytearray
     )
 
 

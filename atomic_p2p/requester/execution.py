@@ -25,7 +25,7 @@ from atomic_p2p.clock import SYSTEM_CLOCK, Clock
 from atomic_p2p.errors import AtomicError, BidExpiredError
 from atomic_p2p.identity import Envelope, Identity
 from atomic_p2p.protocol.messages import ExecuteCall
-from atomic_p2p.protocol.streaming import collect_reply
+from atomic_p2p.protocol.streaming import collect_reply_digest
 from atomic_p2p.requester.messages import ResultReceipt, check_result, sign_order
 from atomic_p2p.requester.transport import Transport
 from atomic_p2p.requester.types import Attempt, BidInfo
@@ -139,13 +139,14 @@ class Executor:
         started = self._clock.monotonic()
         try:
             call = ExecuteCall(order, bid.envelope, payload.inputs, payload.texts)
+            outputs_digest: bytes | None = None  # hashed as a stream arrives
             if self._policy.stream_outputs:
                 async with aclosing(self._transport.execute_stream(bid.address, call, timeout_s)) as chunks:
-                    reply = await collect_reply(chunks)
+                    reply, outputs_digest = await collect_reply_digest(chunks)
             else:
                 reply = await self._transport.execute(bid.address, call, timeout_s)
             receipt = await self._clock.run_blocking(
-                check_result, reply.result, reply.outputs, request_id, bid
+                check_result, reply.result, reply.outputs, request_id, bid, outputs_digest=outputs_digest
             )
         except AtomicError as error:
             elapsed = (self._clock.monotonic() - started) * 1000

@@ -194,19 +194,23 @@ def check_result(
     request_id: bytes,
     bid: BidInfo,
     texts: Sequence[bytes] = (),
+    outputs_digest: bytes | None = None,
 ) -> ResultReceipt:
     """Verify a signed ExecuteResult against the bid it answers and decode the outputs
     (``texts``: a text generation's output, UTF-8, covered by the digest after the tensors).
 
     CPU-bound (a signature check, a digest over every output byte, a copy per tensor): the
-    caller runs it in a worker thread.
+    caller runs it in a worker thread. ``outputs_digest``: ``tensors.digest(outputs, texts)``
+    where the caller already has it (hashed as a stream arrived).
     """
     _, result = codec.open_signed(envelope, ExecuteResult, expected_signer=bid.peer_id)
     if result.request_id != request_id or result.task_id != bid.task_id:
         raise ProtocolError("result echoes a different request or task")
     if result.peer_id != bid.peer_id.raw or result.bid_digest != bid.digest:
         raise ProtocolError("result does not name the winning bid")
-    if result.outputs_digest != tensors.digest(outputs, texts):
+    if outputs_digest is None:
+        outputs_digest = tensors.digest(outputs, texts)
+    if result.outputs_digest != outputs_digest:
         raise ProtocolError("outputs do not match the digest the peer signed")
     decoded: dict[str, torch.Tensor] = {}
     for wire in outputs:
