@@ -18,6 +18,7 @@ without case). An empty list takes any language, and a task that declares none i
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import Protocol, runtime_checkable
 
@@ -45,7 +46,7 @@ class Tokenizer(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
 
-class _VocabularyTokenizer:
+class _VocabularyTokenizer(ABC):
     """A fixed vocabulary of pieces; subclasses say how a text splits into pieces."""
 
     def __init__(self, pieces: Iterable[str], lowercase: bool = True) -> None:
@@ -57,8 +58,9 @@ class _VocabularyTokenizer:
     def vocab_size(self) -> int:
         return len(self.pieces) + 2
 
+    @abstractmethod
     def split(self, text: str) -> list[str]:
-        raise NotImplementedError
+        """The pieces of a (normalised) text, in order."""
 
     def ids(self, text: str) -> list[int]:
         normalized = text.lower() if self.lowercase else text
@@ -83,8 +85,9 @@ class _VocabularyTokenizer:
         pieces = [self.pieces[i - 2] if 2 <= i < self.vocab_size else "?" for i in ids if i != PAD_ID]
         return self._join(pieces)
 
+    @abstractmethod
     def _join(self, pieces: list[str]) -> str:
-        raise NotImplementedError
+        """A text from pieces (the inverse of :meth:`split`, up to normalisation)."""
 
 
 class CharTokenizer(_VocabularyTokenizer):
