@@ -13,14 +13,16 @@ decides who should win::
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from atomic_p2p.peer.config import GradientConfig, ModelConfig, PeerConfig
+from atomic_p2p.peer.config import DEFAULT_CONSTRAINTS, GradientConfig, ModelConfig, PeerConfig
 from atomic_p2p.peer.generation import Generation
 from atomic_p2p.peer.models import BuiltModel
+from atomic_p2p.terms import ModelConstraints
 
 FACTORY = "atomic_p2p.testing:linear_classifier"
 
@@ -36,6 +38,37 @@ def linear_classifier(
         module.weight.copy_(torch.randn(classes, features, generator=generator) * 0.1)
         module.bias.zero_()
     return BuiltModel(module=module, input_shape=(features,), validation_accuracy=accuracy)
+
+
+def one_model_peer(
+    name: str,
+    data_dir: Path,
+    *,
+    model_id: str,
+    capability: str,
+    factory: str,
+    confidence: float,
+    price: float,
+    options: Mapping[str, Any],
+    constraints: ModelConstraints = DEFAULT_CONSTRAINTS,
+    gradient: GradientConfig | None = None,
+    **peer_fields: Any,
+) -> PeerConfig:
+    """A peer called ``name`` (data under ``data_dir / name``) hosting one model of ``factory`` that
+    bids ``confidence`` at ``price`` per example with the ``fixed`` strategy: what every config
+    builder of this package shares."""
+    model = ModelConfig(
+        model_id=model_id,
+        capabilities=(capability,),
+        factory=factory,
+        price_per_example=price,
+        strategy="fixed",
+        strategy_options={"confidence": confidence},
+        options=dict(options),
+        constraints=constraints,
+        gradient=gradient or GradientConfig(),
+    )
+    return PeerConfig(name=name, models=(model,), data_dir=data_dir / name, **peer_fields)
 
 
 def seller_config(
@@ -54,17 +87,18 @@ def seller_config(
     :func:`linear_classifier` ``<name>-model`` with ``classes`` outputs that bids ``confidence``
     at ``price`` per example (``gradient``: its ``[models.gradient]``); ``peer_fields`` set other
     :class:`PeerConfig` fields (``bid_reuse_ttl_s=5``)."""
-    model = ModelConfig(
+    return one_model_peer(
+        name,
+        data_dir,
         model_id=f"{name}-model",
-        capabilities=(capability,),
+        capability=capability,
         factory=FACTORY,
-        price_per_example=price,
-        strategy="fixed",
-        strategy_options={"confidence": confidence},
+        confidence=confidence,
+        price=price,
         options={"seed": seed, "accuracy": confidence, "classes": classes},
-        gradient=gradient or GradientConfig(),
+        gradient=gradient,
+        **peer_fields,
     )
-    return PeerConfig(name=name, models=(model,), data_dir=data_dir / name, **peer_fields)
 
 
 GENERATOR_FACTORY = "atomic_p2p.testing:count_up_lm"
@@ -127,13 +161,14 @@ def generator_config(
 ) -> PeerConfig:
     """A peer called ``name`` hosting one :func:`count_up_lm` ``<name>-lm`` that bids ``confidence``
     at ``price`` (``fail_at_length``: it breaks on sequences that long; ``step_s``: each step's time)."""
-    model = ModelConfig(
+    return one_model_peer(
+        name,
+        data_dir,
         model_id=f"{name}-lm",
-        capabilities=(capability,),
+        capability=capability,
         factory=GENERATOR_FACTORY,
-        price_per_example=price,
-        strategy="fixed",
-        strategy_options={"confidence": confidence},
+        confidence=confidence,
+        price=price,
         options={"fail_at_length": fail_at_length, "step_s": step_s},
+        **peer_fields,
     )
-    return PeerConfig(name=name, models=(model,), data_dir=data_dir / name, **peer_fields)

@@ -19,12 +19,12 @@ from typing import Any
 import torch
 
 from atomic_p2p.contract import Dim, ModelContract, TaskKind, TensorContract
-from atomic_p2p.peer.config import ModelConfig, PeerConfig
+from atomic_p2p.peer.config import PeerConfig
 from atomic_p2p.peer.generation import Generation
 from atomic_p2p.peer.models import BuiltModel
 from atomic_p2p.peer.text import CharTokenizer, Tokenizer, WordTokenizer
 from atomic_p2p.terms import ModelConstraints
-from atomic_p2p.testing._models import CountUp
+from atomic_p2p.testing._models import CountUp, one_model_peer
 
 TEXT_FACTORY = "atomic_p2p.testing:text_classifier"
 POSITIVE = ("good", "great", "excellent", "love", "fine", "wonderful")
@@ -91,19 +91,20 @@ def text_seller_config(
 ) -> PeerConfig:
     """A peer called ``name`` hosting one :func:`text_classifier` ``<name>-model`` that bids
     ``confidence`` at ``price``, refusing texts over ``max_input_tokens`` of its own tokens."""
-    model = ModelConfig(
+    return one_model_peer(
+        name,
+        data_dir,
         model_id=f"{name}-model",
-        capabilities=(capability,),
+        capability=capability,
         factory=TEXT_FACTORY,
-        price_per_example=price,
-        strategy="fixed",
-        strategy_options={"confidence": confidence},
+        confidence=confidence,
+        price=price,
         options={"tokenizer": tokenizer},
         constraints=ModelConstraints(
             max_input_tokens=max_input_tokens, supported_languages=languages, max_batch=256
         ),
+        **peer_fields,
     )
-    return PeerConfig(name=name, models=(model,), data_dir=data_dir / name, **peer_fields)
 
 
 TEXT_GENERATOR_FACTORY = "atomic_p2p.testing:text_generator"
@@ -148,14 +149,15 @@ def text_generator_config(
     """A peer called ``name`` hosting one :func:`text_generator` ``<name>-lm`` (``options``: its
     tokenizer, words, fail_at_length) that bids ``confidence`` at ``price``, listening on ``port``
     (0: any free port)."""
-    model = ModelConfig(
+    return one_model_peer(
+        name,
+        data_dir,
         model_id=f"{name}-lm",
-        capabilities=(capability,),
+        capability=capability,
         factory=TEXT_GENERATOR_FACTORY,
-        price_per_example=price,
-        strategy="fixed",
-        strategy_options={"confidence": confidence},
+        confidence=confidence,
+        price=price,
         options=options,
         constraints=ModelConstraints(max_input_tokens=max_input_tokens, max_batch=1),
+        port=port,
     )
-    return PeerConfig(name=name, models=(model,), data_dir=data_dir / name, port=port)
