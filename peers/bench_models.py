@@ -28,8 +28,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -43,6 +41,7 @@ from atomic_p2p.errors import ConfigError
 from atomic_p2p.peer.models import BuiltModel, load_factory
 from atomic_p2p.peer.strategies import BidTerms, CountingStrategy, Load, ModelView, Task, register_strategy
 from atomic_p2p.peer.strategies.registry import STRATEGIES
+from atomic_p2p.peer.training import save_atomically
 
 CLASSES = 10
 LIAR_STRATEGY = "bench-liar"
@@ -211,7 +210,7 @@ def _build(recipe: BenchRecipe, cache_dir: Path) -> BuiltModel:
     else:
         _train(module, recipe)
         accuracy, per_class = _digits("evaluate")(module)
-        _save_atomically(
+        save_atomically(
             path, {"state": module.state_dict(), "accuracy": accuracy, "class_accuracy": per_class}
         )
     return BuiltModel(
@@ -263,11 +262,3 @@ def _loss(
     # Cross-entropy to the uniform distribution: the mean negative log-probability over classes.
     unknown = -nn.functional.log_softmax(logits[~inside], dim=-1).mean()
     return known + outlier_weight * unknown
-
-
-def _save_atomically(path: Path, payload: dict[str, object]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save(payload, temporary)
-    os.replace(temporary, path)

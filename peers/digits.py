@@ -17,13 +17,10 @@ progress bar when stderr is a terminal.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import sys
-import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -34,6 +31,7 @@ from torch import nn
 from tqdm import tqdm
 
 from atomic_p2p.peer.models import BuiltModel
+from atomic_p2p.peer.training import save_atomically, single_threaded
 
 SPLIT_SEED = 0
 HELD_OUT_FRACTION = 0.2
@@ -120,10 +118,10 @@ def build(recipe: Recipe, cache_dir: Path) -> BuiltModel:
         module.load_state_dict(saved["state"])
         accuracy, per_class = saved["accuracy"], tuple(saved["class_accuracy"])
     else:
-        with _single_threaded():
+        with single_threaded():
             train(module, recipe)
         accuracy, per_class = evaluate(module)
-        _save_atomically(
+        save_atomically(
             path, {"state": module.state_dict(), "accuracy": accuracy, "class_accuracy": per_class}
         )
     return BuiltModel(
@@ -174,24 +172,3 @@ def evaluate(module: nn.Module) -> tuple[float, tuple[float, ...]]:
         correct = module(x).argmax(dim=-1) == y
     per_class = tuple(float(correct[y == c].float().mean()) for c in range(CLASSES))
     return float(correct.float().mean()), per_class
-
-
-@contextlib.contextmanager
-def _single_threaded() -> Iterator[None]:
-    # Batches of 64 rows are too small to split across cores: one thread trains faster, and
-    # much faster when the machine is busy (idle intra-op threads spin for work).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _save_atomically(path: Path, payload: dict[str, object]) -> None:
-    # Several nodes in one process (tests) may train the same recipe at once; never expose half a file.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save(payload, temporary)
-    os.replace(temporary, path)

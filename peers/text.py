@@ -22,17 +22,13 @@ by a number of steps, a few seconds each on one core, and shows a progress bar o
 from __future__ import annotations
 
 import collections
-import contextlib
 import hashlib
 import importlib
 import inspect
 import json
-import os
 import pkgutil
 import re
 import sys
-import tempfile
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -45,6 +41,7 @@ from atomic_p2p.contract import Dim, ModelContract, TaskKind, TensorContract
 from atomic_p2p.peer.generation import Generation
 from atomic_p2p.peer.models import BuiltModel
 from atomic_p2p.peer.text import PAD_ID, CharTokenizer, Tokenizer, WordTokenizer
+from atomic_p2p.peer.training import save_atomically, single_threaded
 
 PACKAGES = ("asyncio", "email", "logging", "tkinter")
 SPLIT_SEED = 0
@@ -346,23 +343,3 @@ def seeded_initialisation(module: nn.Module, generator: torch.Generator) -> None
         for parameter in module.parameters():
             fan_in = parameter[0].numel() if parameter.dim() > 1 else 10_000
             parameter.uniform_(-(fan_in**-0.5), fan_in**-0.5, generator=generator)
-
-
-@contextlib.contextmanager
-def single_threaded() -> Iterator[None]:
-    # Small batches are not worth splitting across cores, and idle intra-op threads spin.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def save_atomically(path: Path, payload: dict[str, object]) -> None:
-    # Several nodes in one process (tests) may train the same recipe at once; never expose half a file.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    torch.save(payload, temporary)
-    os.replace(temporary, path)

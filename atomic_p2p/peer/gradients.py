@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import pickle
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -41,6 +40,7 @@ from atomic_p2p.market import CompetitiveLearner, CooperativeLearner, FeedForwar
 from atomic_p2p.peer.config import GradientConfig
 from atomic_p2p.peer.models import HostedModel
 from atomic_p2p.peer.replay import ExpiringMap
+from atomic_p2p.peer.training import save_atomically
 
 CHECKPOINT_DIR = "bidfn"
 MODEL_CHECKPOINT_DIR = "remote"
@@ -193,22 +193,15 @@ class BidLearner:
         return step
 
     def save(self) -> None:
-        _save_atomically(self.learner.state_dict(), self.checkpoint)
+        save_atomically(self.checkpoint, self.learner.state_dict())
         if self._model_stepped and self.model_checkpoint is not None and self._model_optimizer is not None:
-            _save_atomically(self.model.module.state_dict(), self.model_checkpoint)
-            _save_atomically(self._model_optimizer.state_dict(), _optimizer_path(self.model_checkpoint))
+            save_atomically(self.model_checkpoint, self.model.module.state_dict())
+            save_atomically(_optimizer_path(self.model_checkpoint), self._model_optimizer.state_dict())
             self._model_stepped = False
 
 
 def _optimizer_path(model_checkpoint: Path) -> Path:
     return model_checkpoint.with_name(f"{model_checkpoint.stem}.optim.pt")
-
-
-def _save_atomically(state: Mapping[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(state, temporary)
-    os.replace(temporary, path)
 
 
 def _check_finite(field: str, values: torch.Tensor) -> None:
