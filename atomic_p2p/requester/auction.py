@@ -31,15 +31,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from atomic_p2p.clock import Clock, wait_first
 from atomic_p2p.errors import AtomicError, SignatureError
-from atomic_p2p.identity import Envelope, PeerId, verify_many
+from atomic_p2p.identity import Envelope, Identity, PeerId, verify_many
 from atomic_p2p.protocol.codec import BID_TYPE, no_bid_reason_name
 from atomic_p2p.protocol.messages import NoBid, RequestBidsCall
-from atomic_p2p.requester.messages import TaskRef, parse_bid
+from atomic_p2p.requester.messages import TaskRef, parse_bid, sign_bid_request
 from atomic_p2p.requester.transport import Transport, status_name
 from atomic_p2p.requester.types import BidInfo, NoBidInfo, NoBidKind
 
@@ -57,6 +58,22 @@ class CallForBids:
     request_id: bytes
     tasks: tuple[TaskRef, ...]
     envelope: Envelope
+
+
+def call_for_bids(
+    identity: Identity,
+    tasks: Sequence[TaskRef],
+    issued_at_ms: int,
+    deadline_ms: int,
+    *,
+    gradient_mode: bool = False,
+) -> CallForBids:
+    """A fresh 16-byte request id and ``identity``'s signed BidRequest carrying ``tasks``."""
+    request_id = os.urandom(16)
+    envelope = sign_bid_request(
+        identity, request_id, tasks, issued_at_ms, deadline_ms, gradient_mode=gradient_mode
+    )
+    return CallForBids(request_id, tuple(tasks), envelope)
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 
 from atomic_p2p.clock import Clock
 from atomic_p2p.identity import Identity, PeerId
-from atomic_p2p.requester.auction import CallForBids, Collected, collect_round
+from atomic_p2p.requester.auction import CallForBids, Collected, call_for_bids, collect_round
 from atomic_p2p.requester.bidpolicy import (
     BidCache,
     BidPolicy,
@@ -50,7 +50,7 @@ from atomic_p2p.requester.bidpolicy import (
     prefilter,
     rebind,
 )
-from atomic_p2p.requester.messages import TaskRef, sign_bid_request
+from atomic_p2p.requester.messages import TaskRef
 from atomic_p2p.requester.profiler import Profile, ProfileKey
 from atomic_p2p.requester.transport import Transport
 from atomic_p2p.requester.types import BidInfo, NoBidInfo
@@ -290,13 +290,12 @@ class BidManager:
             key = tuple(item.task.task_id for item in items)
             call = calls.get(key)
             if call is None:
-                request_id = os.urandom(16)
-                tasks = tuple(item.task for item in items)
                 deadline = max(item.deadline_ms for item in items)
-                envelope = sign_bid_request(self._identity, request_id, tasks, issued, deadline)
-                call = calls[key] = CallForBids(request_id, tasks, envelope)
+                call = calls[key] = call_for_bids(
+                    self._identity, [item.task for item in items], issued, deadline
+                )
                 for task_id in key:
-                    request_of.setdefault(task_id, request_id)
+                    request_of.setdefault(task_id, call.request_id)
             asks.append((address, call))
         return asks, request_of
 

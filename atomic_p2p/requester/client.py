@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 from pathlib import Path
@@ -40,7 +39,7 @@ from atomic_p2p.errors import ConfigError, NoBidsError
 from atomic_p2p.gossip import GossipConfig
 from atomic_p2p.identity import Identity
 from atomic_p2p.requester.admission import Priority, RequestQueue, parse_priority
-from atomic_p2p.requester.auction import CallForBids
+from atomic_p2p.requester.auction import CallForBids, call_for_bids
 from atomic_p2p.requester.bidmanager import BidManager
 from atomic_p2p.requester.bidpolicy import BidPolicy
 from atomic_p2p.requester.broker import Broker, Terms
@@ -53,7 +52,7 @@ from atomic_p2p.requester.generation import GeneratedTokens, Generation, Generat
 from atomic_p2p.requester.gradient import GradientMarket
 from atomic_p2p.requester.graphrun import GraphResult, GraphRun
 from atomic_p2p.requester.memory import MarketMemory
-from atomic_p2p.requester.messages import ResultReceipt, TaskRef, sign_bid_request
+from atomic_p2p.requester.messages import ResultReceipt, TaskRef
 from atomic_p2p.requester.ranking import Decision
 from atomic_p2p.requester.transport import GrpcTransport, Transport
 from atomic_p2p.requester.types import Attempt, BidInfo, Result
@@ -439,11 +438,8 @@ class Requester:
 
     def _call_for_bids(self, task: TaskRef, deadline_s: float) -> CallForBids:
         """A signed call for bids on one task (scripts/bench_auction.py drives rounds with it)."""
-        request_id, issued = os.urandom(16), self.clock.wall_ms()
-        envelope = sign_bid_request(
-            self.identity, request_id, [task], issued, issued + int(deadline_s * 1000)
-        )
-        return CallForBids(request_id, (task,), envelope)
+        issued = self.clock.wall_ms()
+        return call_for_bids(self.identity, [task], issued, issued + int(deadline_s * 1000))
 
     def _terms(
         self,

@@ -11,7 +11,6 @@ Purchases that should win the best offer go through :class:`~.client.Requester`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import torch
@@ -22,9 +21,9 @@ from atomic_p2p.errors import AuctionError, NoBidsError
 from atomic_p2p.identity import Identity
 from atomic_p2p.protocol import codec
 from atomic_p2p.protocol.messages import BidGradientCall, BidGradientReply, BidGradientUpdate
-from atomic_p2p.requester.auction import CallForBids, collect_round
+from atomic_p2p.requester.auction import call_for_bids, collect_round
 from atomic_p2p.requester.execution import ExecutionPolicy, Executor, Payload
-from atomic_p2p.requester.messages import build_task, sign_bid_request
+from atomic_p2p.requester.messages import build_task
 from atomic_p2p.requester.transport import Transport
 from atomic_p2p.requester.types import BidInfo
 
@@ -62,20 +61,14 @@ class DirectBuyer:
     ) -> BidInfo:
         """The peer's verified bid on one task over ``inputs`` (sent as a preview when asked);
         a decline or a bid that does not verify raises :class:`NoBidsError` saying why."""
-        request_id = os.urandom(16)
         task = build_task(task_id, capability, inputs, preview=preview, max_cost=None, model_id=model_id)
         issued = self.clock.wall_ms()
-        envelope = sign_bid_request(
-            self.identity,
-            request_id,
-            [task],
-            issued,
-            issued + round(self.timeout_s * 1000),
-            gradient_mode=gradient_mode,
+        call = call_for_bids(
+            self.identity, [task], issued, issued + round(self.timeout_s * 1000), gradient_mode=gradient_mode
         )
         collected = await collect_round(
             self._transport,
-            [(address, CallForBids(request_id, (task,), envelope))],
+            [(address, call)],
             self.timeout_s,
             self.clock,
         )

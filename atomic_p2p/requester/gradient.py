@@ -32,7 +32,6 @@ example is paid exactly its quote. The pure market never sees the wire.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -47,9 +46,9 @@ from atomic_p2p.identity import Identity
 from atomic_p2p.market import LossFunction, ShiftMode, gates, market_gradients, masks, mixture, shift, top_k
 from atomic_p2p.protocol import codec
 from atomic_p2p.protocol.messages import BidGradientCall, BidGradientUpdate
-from atomic_p2p.requester.auction import CallForBids, collect_round
+from atomic_p2p.requester.auction import call_for_bids, collect_round
 from atomic_p2p.requester.execution import ExecutionPolicy, Executor, Payload
-from atomic_p2p.requester.messages import MAX_PREVIEW_BYTES, build_task, sign_bid_request
+from atomic_p2p.requester.messages import MAX_PREVIEW_BYTES, build_task
 from atomic_p2p.requester.transport import GrpcTransport, Transport, status_name
 from atomic_p2p.requester.types import BidInfo
 from atomic_p2p.store import Store
@@ -160,23 +159,18 @@ class GradientMarket:
         """
         phases: dict[str, float] = {}
         lap = self.clock.monotonic()
-        request_id = secrets.token_bytes(16)
         wire = tensors.encode(inputs, self.input_name)
         if len(wire.data) > MAX_PREVIEW_BYTES:
             raise ProtocolError("gradient mode sends the batch as a preview; this batch is too large for one")
         task = build_task(TASK_ID, self.capability, [wire], preview=True, max_cost=None)
         issued = self.clock.wall_ms()
-        envelope = sign_bid_request(
-            self.identity,
-            request_id,
-            [task],
-            issued,
-            issued + round(self.timeout_s * 1000),
-            gradient_mode=True,
+        call = call_for_bids(
+            self.identity, [task], issued, issued + round(self.timeout_s * 1000), gradient_mode=True
         )
+        request_id = call.request_id
         collected = await collect_round(
             self._transport,
-            [(a, CallForBids(request_id, (task,), envelope)) for a in self.addresses],
+            [(address, call) for address in self.addresses],
             self.timeout_s,
             self.clock,
         )

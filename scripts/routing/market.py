@@ -6,7 +6,7 @@ Every peer in :data:`ROSTER` is a real :class:`~atomic_p2p.peer.node.PeerNode` o
 (in this process), with its own key, hosting one digit classifier (``peers/digits.py`` and
 ``peers/bench_models.py``). For each task of the stream the requester's own pieces run as in
 :meth:`Requester.run`: the inputs are encoded and sent as a preview in a signed call for bids
-(:func:`~atomic_p2p.requester.messages.build_task`, ``sign_bid_request``); every live peer is
+(:func:`~atomic_p2p.requester.messages.build_task`, :func:`~atomic_p2p.requester.auction.call_for_bids`); every live peer is
 asked at once and every bid envelope is verified and bound
 (:func:`~atomic_p2p.requester.auction.collect_bids`). Then, unlike a real request, *every* bid
 is executed through the requester's :class:`~atomic_p2p.requester.execution.Executor`
@@ -27,7 +27,6 @@ import asyncio
 import contextlib
 import dataclasses
 import itertools
-import secrets
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -45,10 +44,10 @@ from atomic_p2p.identity import Identity
 from atomic_p2p.peer.config import ModelConfig, PeerConfig
 from atomic_p2p.peer.models import load_factory
 from atomic_p2p.peer.node import PeerNode
-from atomic_p2p.requester.auction import CallForBids, collect_bids
+from atomic_p2p.requester.auction import call_for_bids, collect_bids
 from atomic_p2p.requester.evaluator import Ask
 from atomic_p2p.requester.execution import ExecutionPolicy, Executor, Payload
-from atomic_p2p.requester.messages import build_task, sign_bid_request
+from atomic_p2p.requester.messages import build_task
 from atomic_p2p.requester.profiler import shape_bucket
 from atomic_p2p.requester.transport import GrpcTransport
 from peers.examples import PEERS_DIR, weights_cache_dir
@@ -267,13 +266,11 @@ class _Market:
         wire = tensors.encode(batch.x, "x")
         payload = Payload((wire,), tensors.digest((wire,)))
         task = build_task(f"t{index}", CAPABILITY, [wire], preview=True, max_cost=None)
-        request_id = secrets.token_bytes(16)
         now = _now_ms()
-        envelope = sign_bid_request(self.identity, request_id, [task], now, now + 30_000)
+        call = call_for_bids(self.identity, [task], now, now + 30_000)
+        request_id = call.request_id
         addresses = [node.address for node in self.nodes.values()]
-        collected = await collect_bids(
-            self.transport, addresses, CallForBids(request_id, (task,), envelope), 5.0, SYSTEM_CLOCK
-        )
+        collected = await collect_bids(self.transport, addresses, call, 5.0, SYSTEM_CLOCK)
         names = self.names
         # One at a time: a logged latency is what that peer delivers when it alone is bought,
         # as in a real request, not what it delivers while seven others run in this process.
