@@ -183,12 +183,8 @@ def _rpc(
     async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
             return await call(name, raw, context.peer() if wants_connection else "")
-        except AtomicError as err:
-            log.debug("%s refused: %s %s", name, err.code.name, err)
-            await _abort(context, err.code, str(err))
-        except Exception:
-            log.exception("%s failed unexpectedly; the node keeps serving", name)
-            await _abort(context, grpc.StatusCode.INTERNAL, f"{name} failed inside the peer; see its log")
+        except Exception as error:
+            await _refuse(context, name, error)
 
     return handle
 
@@ -204,14 +200,19 @@ def _stream_rpc(
             async with aclosing(stream(name, raw)) as messages:
                 async for message in messages:
                     yield message
-        except AtomicError as err:
-            log.debug("%s refused: %s %s", name, err.code.name, err)
-            await _abort(context, err.code, str(err))
-        except Exception:
-            log.exception("%s failed unexpectedly; the node keeps serving", name)
-            await _abort(context, grpc.StatusCode.INTERNAL, f"{name} failed inside the peer; see its log")
+        except Exception as error:
+            await _refuse(context, name, error)
 
     return handle
+
+
+async def _refuse(context: grpc.aio.ServicerContext, name: str, error: Exception) -> NoReturn:
+    """The status a failed call ends with: an AtomicError's own code, anything else INTERNAL."""
+    if isinstance(error, AtomicError):
+        log.debug("%s refused: %s %s", name, error.code.name, error)
+        await _abort(context, error.code, str(error))
+    log.exception("%s failed unexpectedly; the node keeps serving", name, exc_info=error)
+    await _abort(context, grpc.StatusCode.INTERNAL, f"{name} failed inside the peer; see its log")
 
 
 async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str) -> NoReturn:
