@@ -418,18 +418,7 @@ class Seller:
         ExecuteStream runs it while the slices go out, the result travelling last)."""
         started = time.perf_counter()
         outputs_digest = digest(outputs)
-        result = ExecuteResult(
-            request_id=job.order.request_id,
-            task_id=job.order.task_id,
-            peer_id=self.identity.peer_id.raw,
-            model_id=job.model.model_id,
-            bid_digest=job.issued.digest,
-            outputs_digest=outputs_digest,
-            latency_ms=compute_ms + (time.perf_counter() - started) * 1000,
-            finished_at_ms=self._clock(),
-            cost_charged=job.issued.cost,
-        )
-        return codec.sign(self.identity, result)
+        return self._signed_result(job, outputs_digest, compute_ms + (time.perf_counter() - started) * 1000)
 
     # --- ExecuteStream (docs/protocol.md section 10) -------------------------------------------
 
@@ -452,14 +441,18 @@ class Seller:
     ) -> Envelope:
         """The signed result of a generation: its digest covers exactly the tokens produced, or for
         a text prompt the text produced (UTF-8, one text under the texts digest)."""
+        return self._signed_result(job, generated_digest(tokens, text), compute_ms)
+
+    def _signed_result(self, job: Job, outputs_digest: bytes, latency_ms: float) -> Envelope:
+        """The receipt for ``job``'s outputs, whichever way they travelled: signed, bound to its bid."""
         result = ExecuteResult(
             request_id=job.order.request_id,
             task_id=job.order.task_id,
             peer_id=self.identity.peer_id.raw,
             model_id=job.model.model_id,
             bid_digest=job.issued.digest,
-            outputs_digest=generated_digest(tokens, text),
-            latency_ms=compute_ms,
+            outputs_digest=outputs_digest,
+            latency_ms=latency_ms,
             finished_at_ms=self._clock(),
             cost_charged=job.issued.cost,
         )
