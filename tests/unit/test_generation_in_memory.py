@@ -3,7 +3,6 @@ dies mid-stream continued by the runner-up, and a client that cancels (docs/prot
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +17,6 @@ from atomic_p2p.testing import FakeClock, InMemoryNetwork, InMemoryPeer, generat
 
 CAPABILITY = "generate/count"
 PLAIN = BidPolicy(k_min=0, adaptive_tmax=False, cache=False, top_m=0)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(autojump=True)
-
-
-@pytest.fixture
-def network(clock: FakeClock) -> Iterator[InMemoryNetwork]:
-    network = InMemoryNetwork(clock)
-    yield network
-    network.close()
 
 
 def buyer(network: InMemoryNetwork, clock: FakeClock, *peers: InMemoryPeer, **options: Any) -> Requester:

@@ -8,7 +8,7 @@ times asserted below are exact, not bounds.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +26,6 @@ CAPABILITY = "classify/digits"
 # Tasks close as soon as every asked peer answered, and the best claim wins: what each test
 # changes is then the only thing that decides.
 PLAIN = BidPolicy(k_min=0, adaptive_tmax=False, cache=False, top_m=0)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(autojump=True)
-
-
-@pytest.fixture
-def network(clock: FakeClock) -> Iterator[InMemoryNetwork]:
-    network = InMemoryNetwork(clock)
-    yield network
-    network.close()
 
 
 def sellers(network: InMemoryNetwork, tmp_path: Path, **confidences: float) -> dict[str, InMemoryPeer]:

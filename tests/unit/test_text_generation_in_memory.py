@@ -4,7 +4,6 @@ streamed as text, and continued by text on a runner-up with a different vocabula
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,18 +21,6 @@ from atomic_p2p.testing import FakeClock, InMemoryNetwork, InMemoryPeer, text_ge
 
 CAPABILITY = "generate/text"
 WORDS = ("abcde", "x", "y", "z")
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(autojump=True)
-
-
-@pytest.fixture
-def network(clock: FakeClock) -> Iterator[InMemoryNetwork]:
-    network = InMemoryNetwork(clock)
-    yield network
-    network.close()
 
 
 def buyer(network: InMemoryNetwork, clock: FakeClock, *peers: InMemoryPeer) -> Requester:

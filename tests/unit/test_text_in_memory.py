@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,18 +15,6 @@ from atomic_p2p.testing import FakeClock, InMemoryNetwork, InMemoryPeer, text_se
 CAPABILITY = "classify/sentiment"
 PLAIN = BidPolicy(k_min=0, adaptive_tmax=False, cache=False, top_m=0)
 TEXTS = ["a great and wonderful film", "boring and awful"]
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock(autojump=True)
-
-
-@pytest.fixture
-def network(clock: FakeClock) -> Iterator[InMemoryNetwork]:
-    network = InMemoryNetwork(clock)
-    yield network
-    network.close()
 
 
 def buyer(network: InMemoryNetwork, clock: FakeClock, *peers: InMemoryPeer) -> Requester:
