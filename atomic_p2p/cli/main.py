@@ -11,11 +11,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
-from atomic_p2p.cli.exits import ExitCode
+from atomic_p2p.cli.exits import ExitCode, closed_pipe
 
 COMMANDS = (
     "atomic_p2p.cli.keygen",
@@ -43,9 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # gRPC's C core reads its log level once, when it loads; keep its chatter out of our output.
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    args = build_parser().parse_args(argv)
+    try:
+        try:
+            return _main(argv)
+        finally:  # a closed pipe shows here, inside the guard, not in the interpreter's last flush
+            sys.stdout.flush()
+    except BrokenPipeError:  # `atomic bids | head`: the reader has all it wanted
+        return closed_pipe()
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args = build_parser().parse_args(argv)  # --help prints here, so it is inside main's guard
     level = (logging.ERROR, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 

@@ -26,11 +26,13 @@ import asyncio
 import dataclasses
 import logging
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
 
 from atomic_p2p.cli.arguments import non_negative, positive, positive_int
+from atomic_p2p.cli.exits import closed_pipe
 from atomic_p2p.errors import AtomicError, ConfigError
 from atomic_p2p.faults import FaultPlan
 from atomic_p2p.peer.config import PeerConfig, load_configs
@@ -139,7 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         config = config_from_args(args)
+        check_port_free(config.host, config.port)
         return asyncio.run(serve(config, drain_timeout=args.drain_timeout))
+    except BrokenPipeError:  # whoever read the "listening" line has gone
+        return closed_pipe()
     except AtomicError as exc:  # a bad config, key file or port: say what to change
         print(f"atomic-peer: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -162,6 +167,28 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         gossip_fanout=args.gossip_fanout,
         faults=fault_plan(args),
     )
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse a port something already listens on before the models load (seconds, or minutes of
+    training) and before gRPC's C core prints its own bind failure; gRPC's bind still decides."""
+    if port == 0:
+        return
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, UnicodeError):
+        return  # not an address we can try here: gRPC's bind reports it
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC binds: TIME_WAIT is free
+        try:
+            probe.bind(address)
+        except OSError as error:
+            raise ConfigError(
+                f"cannot listen on {host}:{port}: {error.strerror or error}; pick a free port with "
+                "--port (or --port 0 for any free port), or another --host"
+            ) from None
 
 
 def fault_plan(args: argparse.Namespace) -> FaultPlan | None:
