@@ -447,11 +447,12 @@ def print_summary(peers: list[PeerProcess], tallies: dict[str, Tally]) -> None:
     )
     for peer in peers:
         tally = tallies.get(peer.name, Tally())
-        mean = sum(tally.latency_ms) / len(tally.latency_ms) if tally.latency_ms else float("nan")
-        accuracy = tally.correct / tally.examples if tally.examples else float("nan")
+        # "-" where there is nothing to average: a peer that never won has no latency or accuracy.
+        mean = f"{sum(tally.latency_ms) / len(tally.latency_ms):.1f}" if tally.latency_ms else "-"
+        accuracy = f"{tally.correct / tally.examples:.3f}" if tally.examples else "-"
         print(
             f"  {peer.name:<20}{peer.peer_id:<10}{peer.address:<22}{','.join(peer.models):<24}"
-            f"{tally.bids:>6}{tally.wins:>6}{mean:>9.1f}{tally.revenue:>10.4f}{accuracy:>10.3f}"
+            f"{tally.bids:>6}{tally.wins:>6}{mean:>9}{tally.revenue:>10.4f}{accuracy:>10}"
         )
 
 

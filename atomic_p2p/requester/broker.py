@@ -262,7 +262,8 @@ class Broker:
 
 
 def _no_bids_message(capability: str, offers: Offers, decision: Decision[BidInfo]) -> str:
-    lines = [f"no usable bid for {capability!r} from {len(offers.no_bids) + len(offers.bids)} answers:"]
+    answers = len(offers.no_bids) + len(offers.bids)
+    lines = [f"no usable bid for {capability!r} from {answers} answer{'' if answers == 1 else 's'}:"]
     lines += [f"  {no_bid}" for no_bid in offers.no_bids]
     lines += [
         f"  {ex.item.address} ({ex.item.peer_id.short}) excluded: {ex.reason}" for ex in decision.excluded

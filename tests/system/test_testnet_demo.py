@@ -43,6 +43,7 @@ def test_the_demo_sells_text_and_streams_a_generation(
     assert "=== text request 3/3" in out and "predicted truth" in out
     assert "=== streamed generation (generate/docstrings) ===" in out
     assert "48 tokens from 02-lm-small" in out
+    assert "nan" not in out  # the language model gets no accuracy: "-", not nan
     text_wins = tallies["00-text-small"].wins + tallies["01-text-large"].wins
     assert text_wins == testnet.TEXT_REQUESTS
     assert tallies["02-lm-small"].wins == 1

@@ -49,6 +49,23 @@ def forward(peer: InMemoryPeer, inputs: torch.Tensor) -> torch.Tensor:
         return model.module(inputs)
 
 
+async def test_no_usable_bid_says_what_each_peer_offers_in_good_grammar(
+    network: InMemoryNetwork, clock: FakeClock, tmp_path: Path
+) -> None:
+    x, _ = digits_batch(2)
+    one = sellers(network, tmp_path, only=0.9)
+    async with buyer(network, clock, one.values()) as requester:
+        with pytest.raises(AuctionError) as failed:
+            await requester.run("translate/en-fr", {"x": x})
+    first = str(failed.value).splitlines()[0]
+    assert first == "no usable bid for 'translate/en-fr' from 1 answer:"
+    assert f"offered: {CAPABILITY}" in str(failed.value)
+    two = sellers(network, tmp_path, other=0.9, third=0.8)
+    async with buyer(network, clock, two.values()) as requester:
+        with pytest.raises(AuctionError, match="from 2 answers:"):
+            await requester.run("translate/en-fr", {"x": x})
+
+
 async def test_a_purchase_runs_end_to_end_without_sockets(
     network: InMemoryNetwork, clock: FakeClock, tmp_path: Path
 ) -> None:

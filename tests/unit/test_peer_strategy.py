@@ -165,6 +165,21 @@ def test_tasks_a_model_cannot_do_get_a_reasoned_no_bid(changes: dict[str, Any], 
     assert isinstance(answer, NoBid) and answer.detail
 
 
+def test_an_unknown_capability_decline_names_what_the_peer_offers_within_bounds() -> None:
+    digits = hosted("digits", capabilities=("classify/digits", "classify/digits/0-4"))
+    text = hosted("text", capabilities=("classify/sentiment",))
+    answer = decide(task(capability="translate/en-de"), offer(digits, text), IDLE)
+    assert isinstance(answer, NoBid) and answer.reason is NoBidReason.UNKNOWN_CAPABILITY
+    assert answer.detail == (
+        "no model here offers 'translate/en-de'; "
+        "offered: classify/digits, classify/digits/0-4, classify/sentiment"
+    )
+    many = hosted("many", capabilities=tuple(f"task/{index:02d}" for index in range(20)))
+    hostile = decide(task(capability="x" * 100_000), offer(many), IDLE)
+    assert isinstance(hostile, NoBid) and len(hostile.detail) < 400
+    assert "(100000 chars)" in hostile.detail and hostile.detail.endswith("task/07 and 12 more")
+
+
 def test_token_and_language_constraints_are_enforced() -> None:
     model = hosted(max_input_tokens=100, supported_languages=("en",))
     assert reason_of(decide(task(input_tokens=101), offer(model), IDLE)) is NoBidReason.CONSTRAINT_VIOLATED

@@ -35,6 +35,9 @@ from atomic_p2p.peer.strategies.bidding import (
 )
 from atomic_p2p.peer.text import language_supported
 
+OFFERED_NAMED = 8  # capabilities an unknown-capability decline names; the rest are counted
+NAME_CHARS = 64  # a capability named in a decline is cut here (the requester's is untrusted)
+
 # --- stage 1: the checks every strategy shares --------------------------------------------------
 
 
@@ -111,7 +114,10 @@ def decide(task: Task, candidates: Sequence[tuple[M, Strategy]], load: Load) -> 
             return NoBid(NoBidReason.UNKNOWN_MODEL, f"no model {task.model_id!r} here")
         matching = [(m, s) for m, s in matching if m.model_id == task.model_id]
     if not matching:
-        return NoBid(NoBidReason.UNKNOWN_CAPABILITY, f"no model here offers {task.capability!r}")
+        return NoBid(
+            NoBidReason.UNKNOWN_CAPABILITY,
+            f"no model here offers {_cut(task.capability)}; offered: {_offered(candidates)}",
+        )
     if load.saturated:
         return NoBid(NoBidReason.OVERLOADED, f"{load.in_flight} running and {load.queued} queued")
     offers: list[tuple[M, BidTerms]] = []
@@ -125,6 +131,18 @@ def decide(task: Task, candidates: Sequence[tuple[M, Strategy]], load: Load) -> 
     if not offers:
         return declines[0]
     return max(offers, key=lambda offer: (offer[1].confidence, -offer[1].cost))
+
+
+def _cut(name: str) -> str:
+    """``name`` quoted, cut to NAME_CHARS characters: a decline never echoes input unbounded."""
+    return repr(name) if len(name) <= NAME_CHARS else repr(name[:NAME_CHARS]) + f"... ({len(name)} chars)"
+
+
+def _offered(candidates: Sequence[tuple[M, Strategy]]) -> str:
+    """What the hosted models do offer, sorted, at most OFFERED_NAMED of them named."""
+    names = sorted({capability for model, _ in candidates for capability in model.capabilities})
+    shown = ", ".join(name[:NAME_CHARS] for name in names[:OFFERED_NAMED]) or "nothing"
+    return shown + (f" and {len(names) - OFFERED_NAMED} more" if len(names) > OFFERED_NAMED else "")
 
 
 def _ask(strategy: Strategy, task: Task, model: ModelView, load: Load) -> BidTerms | NoBid:
