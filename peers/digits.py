@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import lru_cache
@@ -28,10 +27,10 @@ from pathlib import Path
 import torch
 from sklearn.datasets import load_digits
 from torch import nn
-from tqdm import tqdm
 
 from atomic_p2p.peer.models import BuiltModel
 from atomic_p2p.peer.training import save_atomically, single_threaded
+from atomic_p2p.progress import progress
 
 SPLIT_SEED = 0
 HELD_OUT_FRACTION = 0.2
@@ -151,9 +150,7 @@ def train(module: nn.Module, recipe: Recipe) -> None:
             parameter.uniform_(-bound, bound, generator=generator)
     optimizer = torch.optim.Adam(module.parameters(), lr=recipe.learning_rate)
     module.train()
-    epochs = tqdm(
-        range(recipe.epochs), desc=f"training {recipe.name}", disable=not sys.stderr.isatty(), leave=False
-    )
+    epochs = progress(range(recipe.epochs), desc=f"training {recipe.name}", leave=False)
     for _ in epochs:
         order = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x), recipe.batch_size):

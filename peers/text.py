@@ -35,13 +35,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from atomic_p2p.contract import Dim, ModelContract, TaskKind, TensorContract
 from atomic_p2p.peer.generation import Generation
 from atomic_p2p.peer.models import BuiltModel
 from atomic_p2p.peer.text import PAD_ID, CharTokenizer, Tokenizer, WordTokenizer
 from atomic_p2p.peer.training import save_atomically, single_threaded
+from atomic_p2p.progress import progress
 
 PACKAGES = ("asyncio", "email", "logging", "tkinter")
 SPLIT_SEED = 0
@@ -221,9 +221,7 @@ def train_classifier(module: nn.Module, tokenizer: Tokenizer, recipe: Recipe) ->
     seeded_initialisation(module, generator)
     optimizer = torch.optim.AdamW(module.parameters(), lr=recipe.learning_rate)
     module.train()
-    steps = tqdm(
-        range(recipe.steps), desc=f"training text-{recipe.name}", disable=not sys.stderr.isatty(), leave=False
-    )
+    steps = progress(range(recipe.steps), desc=f"training text-{recipe.name}", leave=False)
     for _ in steps:
         batch = torch.randint(len(y), (recipe.batch_size,), generator=generator)
         ids, mask = inputs["input_ids"][batch], inputs["attention_mask"][batch]
@@ -315,7 +313,7 @@ def train_lm(module: nn.Module, tokenizer: CharTokenizer, recipe: LmRecipe) -> N
     seeded_initialisation(module, generator)
     optimizer = torch.optim.Adam(module.parameters(), lr=recipe.learning_rate)
     module.train()
-    steps = tqdm(range(recipe.steps), desc="training text-lm", disable=not sys.stderr.isatty(), leave=False)
+    steps = progress(range(recipe.steps), desc="training text-lm", leave=False)
     for _ in steps:
         starts = torch.randint(len(stream) - recipe.window - 1, (recipe.batch_size, 1), generator=generator)
         windows = stream[starts + torch.arange(recipe.window + 1)]

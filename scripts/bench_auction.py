@@ -38,10 +38,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the example peers: peers.examples
+
+from atomic_p2p.progress import progress  # noqa: E402
+
 CAPABILITY = "classify/digits"
 
 
@@ -102,7 +104,7 @@ async def timed(label: str, rounds: int, call: Callable[[], Awaitable[object]]) 
     for _ in range(min(20, rounds)):  # warm channels, caches and the peers' models
         await call()
     samples = []
-    for _ in tqdm(range(rounds), desc=label, unit="round", file=sys.stderr, leave=False):
+    for _ in progress(range(rounds), desc=label, unit="round", leave=False):
         started = time.perf_counter()
         await call()
         samples.append((time.perf_counter() - started) * 1000)

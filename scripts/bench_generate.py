@@ -37,10 +37,12 @@ from pathlib import Path
 
 import grpc
 import torch
-from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the example peers: peers.examples, peers.text
+
+from atomic_p2p.progress import progress as progress_bar  # noqa: E402
+
 GENERATE = "generate/docstrings"
 TENSOR = "bench/tensor"
 MIB = 1024 * 1024
@@ -147,9 +149,7 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 
 
 def progress(rounds: int, label: str) -> object:
-    return tqdm(
-        range(rounds), desc=label, unit="round", file=sys.stderr, leave=False, disable=not sys.stderr.isatty()
-    )
+    return progress_bar(range(rounds), desc=label, unit="round", leave=False)
 
 
 def timing(started: float, first: float, ended: float, tokens: int) -> tuple[float, float]:

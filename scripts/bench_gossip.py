@@ -40,12 +40,11 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from atomic_p2p.gossip.config import GossipConfig
 from atomic_p2p.gossip.messages import MembershipEvent, MemberState, RecordUpdated, StateChanged
 from atomic_p2p.gossip.simulator import Network, Simulator
 from atomic_p2p.identity import PeerId
+from atomic_p2p.progress import progress
 
 WARMUP_ROUNDS = 3
 BYTES_ROUNDS = 2
@@ -341,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     context = multiprocessing.get_context("spawn")
     with (
         context.Pool(args.workers) as pool,
-        tqdm(total=len(specs), unit="trial", desc="gossip trials") as bar,
+        progress(total=len(specs), unit="trial", desc="gossip trials") as bar,
     ):
         for result in pool.imap_unordered(run_trial, specs):
             results.append(result)

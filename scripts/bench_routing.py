@@ -39,14 +39,13 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the example peers: peers.examples
 
 from routing import market, report, tune
 from routing.policies import LoggedTask, Oracle, PolicyFactory, baselines, ours, replay
 
+from atomic_p2p.progress import progress as progress_bar
 from atomic_p2p.requester.evaluator import EvaluatorConfig, Exploration
 from atomic_p2p.requester.profiler import ProfilerConfig
 
@@ -140,7 +139,7 @@ def replay_all(
     peers = sorted({peer for stream in seed_streams for task in stream for peer in task.bidders})
     factories = policies()
     per_seed: dict[str, list[dict[str, Any]]] = {name: [] for name in [*factories, "oracle"]}
-    jobs = tqdm(total=len(per_seed) * len(seed_streams), desc="replay", disable=not progress)
+    jobs = progress_bar(total=len(per_seed) * len(seed_streams), desc="replay", enabled=progress)
     for seed, stream in enumerate(seed_streams):
         oracle = replay(Oracle(), stream)
         for name in per_seed:

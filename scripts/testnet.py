@@ -47,7 +47,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "peers"))
@@ -58,6 +57,7 @@ from atomic_p2p.faults import ENV_VAR as FAULTS_ENV  # noqa: E402
 from atomic_p2p.faults import FaultPlan  # noqa: E402
 from atomic_p2p.gossip import GossipConfig  # noqa: E402
 from atomic_p2p.netns import Host, VirtualNetwork  # noqa: E402
+from atomic_p2p.progress import progress as progress_bar  # noqa: E402
 from atomic_p2p.requester import Requester, Result  # noqa: E402
 
 DEFAULT_CONFIGS = ("small", "large", "specialist", "text-small", "text-large", "lm-small")
@@ -185,7 +185,7 @@ def start_peers(options: Options, network: VirtualNetwork | None, peers: list[Pe
     listening: list[PeerProcess] = []
     next_index = 0
     deadline = time.monotonic() + START_TIMEOUT_S
-    with tqdm(total=options.peers, desc="starting peers", unit="peer", file=sys.stderr) as bar:
+    with progress_bar(total=options.peers, desc="starting peers", unit="peer") as bar:
         while len(listening) < options.peers:
             # the first peer starts alone; then a few at once, each joining through a serving one
             starting = len(peers) - len(listening)
@@ -265,7 +265,7 @@ async def wait_converged(requester: Requester, peers: int, timeout: float) -> fl
     agent = requester.discovery.agent
     assert agent is not None
     started = time.monotonic()
-    with tqdm(total=peers, desc="gossip converging", unit="peer", file=sys.stderr) as bar:
+    with progress_bar(total=peers, desc="gossip converging", unit="peer") as bar:
 
         def progress() -> bool:
             bar.update(min(peers, len(agent.directory)) - bar.n)
@@ -320,7 +320,7 @@ async def digit_auctions(
     """The digit workload: held-out digits, the priority profiles in turn; returns the failures."""
     x, y = held_out_digits()
     failures = 0
-    for index in tqdm(range(requests), desc="demo requests", unit="req", file=sys.stderr, disable=not quiet):
+    for index in progress_bar(range(requests), desc="demo requests", unit="req", enabled=quiet):
         start = (index * batch) % (len(x) - batch)
         priority = PRIORITIES[index % len(PRIORITIES)]
         try:

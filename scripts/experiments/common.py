@@ -31,6 +31,8 @@ from torch import nn
 from torch.nn import functional
 from tqdm import tqdm
 
+from atomic_p2p.progress import progress as progress_bar
+
 SPLIT_SEED = 0
 N_CLASSES = 10
 
@@ -171,7 +173,7 @@ def seeds_from(args: argparse.Namespace) -> list[int]:
 
 
 def progress(total: int, description: str, enabled: bool = True) -> tqdm:
-    return tqdm(total=total, desc=description, disable=not enabled, leave=False, dynamic_ncols=True)
+    return progress_bar(total=total, desc=description, enabled=enabled, leave=False, dynamic_ncols=True)
 
 
 def to_jsonable(value: Any) -> Any:

@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from atomic_p2p import tensors
 from atomic_p2p.channels import ChannelPool
@@ -44,6 +43,7 @@ from atomic_p2p.identity import Identity
 from atomic_p2p.peer.config import ModelConfig, PeerConfig
 from atomic_p2p.peer.models import load_factory
 from atomic_p2p.peer.node import PeerNode
+from atomic_p2p.progress import progress as progress_bar
 from atomic_p2p.requester.auction import call_for_bids, collect_bids
 from atomic_p2p.requester.evaluator import Ask
 from atomic_p2p.requester.execution import ExecutionPolicy, Executor, Payload
@@ -311,7 +311,9 @@ async def collect(
     batches = task_stream(stream)
     log: list[LoggedTask] = []
     async with market(roster, stream) as live:
-        for index, batch in enumerate(tqdm(batches, desc=f"collect {label}".strip(), disable=not progress)):
+        for index, batch in enumerate(
+            progress_bar(batches, desc=f"collect {label}".strip(), enabled=progress)
+        ):
             if index == stream.join_task and LATECOMER in live.roster:
                 await live.start(live.roster[LATECOMER])
             log.append(await live.task(index, batch))

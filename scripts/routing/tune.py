@@ -11,8 +11,7 @@ import statistics
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from tqdm import tqdm
-
+from atomic_p2p.progress import progress as progress_bar
 from atomic_p2p.requester.evaluator import EvaluatorConfig, Exploration
 from atomic_p2p.requester.profiler import ProfilerConfig
 
@@ -45,7 +44,7 @@ def tune(streams: Sequence[Sequence[LoggedTask]], warmup: int, progress: bool = 
     oracles = [[step.utility for step in replay(Oracle(), stream)] for stream in streams]
     rows = []
     points = list(grid())
-    for knobs, config in tqdm(points, desc="tune", disable=not progress):
+    for knobs, config in progress_bar(points, desc="tune", enabled=progress):
         regrets, shares = [], []
         for seed, (stream, best) in enumerate(zip(streams, oracles, strict=True)):
             gains = [step.utility for step in replay(Evaluator("tune", config, seed), stream)]
