@@ -173,6 +173,15 @@ class Broker:
         ]
         return await self.bids.offers(wanted)
 
+    def limits_unknown(self, capability: str) -> bool:
+        """Whether some candidate for ``capability`` has neither advertised nor bid a max_batch
+        (a fixed peer this requester has not yet heard a bid from)."""
+        advertised = self.discovery.limits(capability)
+        return any(
+            address not in advertised and self.bids.max_batch(address, capability) is None
+            for address in self.discovery.candidates(capability, 1)
+        )
+
     def max_batch(self, capability: str, min_candidates: int) -> int:
         """The largest batch ``min_candidates`` of the candidates for ``capability`` accept, from
         their gossip adverts or, failing that, the constraints of their last bids (0: no limit)."""

@@ -43,7 +43,7 @@ from atomic_p2p.requester.auction import CallForBids, call_for_bids
 from atomic_p2p.requester.bidmanager import BidManager
 from atomic_p2p.requester.bidpolicy import BidPolicy
 from atomic_p2p.requester.broker import Broker, Terms
-from atomic_p2p.requester.decomposer import Request, ShardPolicy, decompose
+from atomic_p2p.requester.decomposer import FromInput, Request, ShardPolicy, TaskGraph, decompose, parse_ref
 from atomic_p2p.requester.discovery import Discovery
 from atomic_p2p.requester.evaluator import Ask, EvaluatorConfig
 from atomic_p2p.requester.execution import Executed, ExecutionPolicy, Executor, Success
@@ -409,7 +409,11 @@ class Requester:
 
         ``max_cost`` and ``weights`` apply to each microtask; ``deadline_s`` to the whole
         request. ``shard`` overrides the requester's :class:`ShardPolicy` for this request.
-        Raises like :meth:`run`, the message naming the microtask that failed."""
+        Raises like :meth:`run`, the message naming the microtask that failed.
+
+        Fixed peers advertise no ``max_batch``: when nobody bids on an unsharded request and
+        some candidate's limit was unknown, one call for bids on a single row (never an order)
+        learns the limits from the bids, and the request runs again, sharded, if that splits it."""
         if not isinstance(request, Request):
             raise ConfigError(f"submit takes a Request (Request.single or Request.graph), got {request!r}")
         _check_terms(deadline_s, weights, max_cost)
@@ -418,12 +422,37 @@ class Requester:
         async with self.queue.slot(parse_priority(priority), terms.deadline):
             await self.discovery.start()
             await self.discovery.first_exchange(min(self._bid_timeout_s, self._bid_share * deadline_s))
-            limits = [
-                self._broker.max_batch(node.capability, policy.min_candidates) for node in request.nodes
-            ]
-            graph = decompose(request, policy, max_batch=min((n for n in limits if n), default=0))
-            run = GraphRun(graph, self._broker, terms, prefix=f"{next(self._task_numbers)}/")
-            return await run.run()
+            unknown = any(self._broker.limits_unknown(node.capability) for node in request.nodes)
+            graph = self._decompose(request, policy)
+            try:
+                return await GraphRun(graph, self._broker, terms, prefix=f"{next(self._task_numbers)}/").run()
+            except NoBidsError:
+                if graph.shards or not unknown or not request.shardable:
+                    raise
+                await self._learn_limits(request, terms, deadline_s)
+                graph = self._decompose(request, policy)
+                if not graph.shards:
+                    raise  # the limits did not split it: the first answer stands
+            return await GraphRun(graph, self._broker, terms, prefix=f"{next(self._task_numbers)}/").run()
+
+    def _decompose(self, request: Request, policy: ShardPolicy) -> TaskGraph:
+        limits = [self._broker.max_batch(node.capability, policy.min_candidates) for node in request.nodes]
+        return decompose(request, policy, max_batch=min((n for n in limits if n), default=0))
+
+    async def _learn_limits(self, request: Request, terms: Terms, deadline_s: float) -> None:
+        """Bids on one row of each node that takes request inputs: each bid carries its model's
+        ``max_batch``, which the bid manager remembers per peer and capability."""
+        prepared = []
+        for node in request.nodes:
+            refs = {argument: parse_ref(ref) for argument, ref in node.inputs.items()}
+            sources = {argument: ref.name for argument, ref in refs.items() if isinstance(ref, FromInput)}
+            if len(sources) < len(refs):
+                continue  # fed by another node: its batch follows the nodes before it
+            row = {argument: request.inputs[name][:1] for argument, name in sources.items()}
+            task_id = f"{next(self._task_numbers)}/limits"
+            prepared.append(await self._broker.prepare(task_id, node.capability, row, terms))
+        if prepared:
+            await self._broker.offers(prepared, terms, deadline_s)
 
     async def report_outcome(self, task: str | Result, score: float) -> None:
         """Tell the requester how good a delivered result turned out (a label, a rating), in [0, 1].

@@ -20,6 +20,7 @@ from atomic_p2p.peer.config import GradientConfig
 from atomic_p2p.requester import BidPolicy, NoBidKind, Request, Requester, ShardPolicy
 from atomic_p2p.requester.evaluator import EvaluatorConfig
 from atomic_p2p.requester.transport import status_name
+from atomic_p2p.terms import ModelConstraints
 from atomic_p2p.testing import FakeClock, InMemoryNetwork, InMemoryPeer, digits_batch, seller_config
 
 CAPABILITY = "classify/digits"
@@ -186,6 +187,26 @@ async def test_shards_of_one_request_share_one_call_for_bids_per_peer(
     assert network.calls[(peers["sharp"].address, "RequestBids")] == 1  # one round for all three
     assert network.calls[(peers["sharp"].address, "Execute")] == 3
     torch.testing.assert_close(result.outputs["logits"], forward(peers["sharp"], x))
+
+
+async def test_a_batch_over_a_fixed_peers_unknown_limit_is_learned_then_sharded(
+    network: InMemoryNetwork, clock: FakeClock, tmp_path: Path
+) -> None:
+    narrow = network.add_peer(seller_config("narrow", tmp_path, constraints=ModelConstraints(max_batch=4)))
+    x, _ = digits_batch(10)
+    async with buyer(network, clock, [narrow]) as requester:
+        result = await requester.submit(Request.single(CAPABILITY, {"x": x}))
+        # Refused whole (max_batch unknown), bids on one row teach max_batch 4, then the shards.
+        assert network.calls[(narrow.address, "RequestBids")] == 3
+        assert [r.outputs["logits"].shape[0] for r in result.results.values()] == [4, 3, 3]
+        torch.testing.assert_close(result.outputs["logits"], forward(narrow, x))
+        again = await requester.submit(Request.single(CAPABILITY, {"x": x}))
+        assert network.calls[(narrow.address, "RequestBids")] == 4  # known now: sharded at once
+        assert again.shards == 3
+        with pytest.raises(AuctionError, match="unknown_capability"):
+            await requester.submit(Request.single("translate/en-fr", {"x": x}))
+        # The row's call for bids learned no limit, so the request was not run again.
+        assert network.calls[(narrow.address, "RequestBids")] == 6
 
 
 async def test_a_draining_peer_is_skipped(network: InMemoryNetwork, clock: FakeClock, tmp_path: Path) -> None:
