@@ -356,6 +356,34 @@ class Store:
         )
         return [BidRecord(*_parsed(row)) for row in rows]
 
+    def decisions_matching(self, request_prefix: str, task_id: str, limit: int = 10) -> list[DecisionRecord]:
+        """Decisions for ``task_id`` of a request whose hex id starts with ``request_prefix``
+        (what ``atomic report`` resolves an id such as ``1cbabd9f/task-0`` with), newest first."""
+        rows = self._query(
+            "SELECT at_ms, request_id, task_id, capability, winner_peer, winner_model, price, rationale "
+            "FROM decisions WHERE request_id >= ? AND request_id < ? AND task_id = ? ORDER BY id DESC LIMIT ?",
+            [request_prefix, request_prefix + "g", task_id, limit],  # "g" sorts after every hex digit
+        )
+        return [DecisionRecord(*_parsed(row)) for row in rows]
+
+    def charged_peer(self, request_id: bytes | str, task_id: str) -> str | None:
+        """The peer paid for the task's result (a charge in the ledger): who delivered it."""
+        rows = self._query(
+            "SELECT peer FROM ledger WHERE request_id = ? AND task_id = ? AND kind = 'charge' "
+            "ORDER BY id DESC LIMIT 1",
+            [hex_id(request_id), task_id],
+        )
+        return str(rows[0][0]) if rows else None
+
+    def outcome_reported(self, peer: str, task_ref: str) -> bool:
+        """Whether an ``outcome`` observation for ``task_ref`` is stored (outcomes count once)."""
+        rows = self._query(
+            "SELECT 1 FROM observations WHERE peer = ? AND name = 'outcome' "
+            "AND json_extract(detail, '$.task') = ? LIMIT 1",
+            [peer, task_ref],
+        )
+        return bool(rows)
+
     def bid_history(
         self,
         *,

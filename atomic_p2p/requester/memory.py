@@ -13,7 +13,10 @@ The evaluator is pure; this class holds the state it reads and that outcomes upd
 With a :class:`~atomic_p2p.store.Store` every bid, every decision with its rationale, every
 payment and every profile change is written off the hot path (a writer thread batches them);
 profiles are reloaded from it at start, so a restarted requester knows what it knew. Tasks that
-can still receive an outcome are remembered in a bounded table (oldest forgotten first).
+can still receive an outcome are remembered in a bounded table (oldest forgotten first); with a
+store, a task delivered to an earlier requester on the same store can receive one too (``atomic
+report``): its decision, bid and payment are read back, and every outcome is stored as an
+``outcome`` observation so that each task counts once across processes.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from pathlib import Path
 
 from atomic_p2p.clock import SYSTEM_CLOCK, Clock
 from atomic_p2p.errors import UnknownTaskError
+from atomic_p2p.identity import Envelope, PeerId
 from atomic_p2p.requester.clearing import WinShares
 from atomic_p2p.requester.evaluator import Ask, EvaluatorConfig, MarketView, evaluate
 from atomic_p2p.requester.profiler import Observation, Profile, ProfileKey, record
@@ -76,6 +80,7 @@ class MarketMemory:
         self.shares = WinShares()
         self.in_flight: Counter[str] = Counter()
         self._pending: OrderedDict[str, PendingOutcome] = OrderedDict()
+        self._reported: OrderedDict[str, None] = OrderedDict()  # not yet readable from the store
         self._owns_store = True
         # The latest decision and no-bids passed to log(): what a caller that caught a
         # NoBidsError can inspect (meaningful when one auction at a time uses this memory).
@@ -201,11 +206,13 @@ class MarketMemory:
     def outcome(self, reference: str, score: float) -> PendingOutcome:
         """The quality of a delivered task became known (a label, a rating), in [0, 1]."""
         pending = self._pending.get(reference)
+        if pending is None and reference not in self._reported:
+            pending = self._stored_delivery(reference)
         if pending is None:
             raise UnknownTaskError(
-                f"no delivered task {reference!r} is awaiting an outcome here; pass Result.task_ref "
-                "of a result this requester returned (outcomes are kept for the most recent "
-                f"{MAX_PENDING_OUTCOMES} tasks)"
+                f"no delivered task {reference[:80]!r} is awaiting an outcome here; pass Result.task_ref "
+                "of a result this requester (or, with a store, one on the same store) returned and "
+                f"not yet reported (outcomes are kept for the most recent {MAX_PENDING_OUTCOMES} tasks)"
             )
         observation = Observation(
             self.clock.wall_ms(),
@@ -214,8 +221,47 @@ class MarketMemory:
             bucket=pending.bucket,
         )
         self._learn(pending.key, observation)
-        del self._pending[reference]
+        self._pending.pop(reference, None)
+        self._reported[reference] = None
+        while len(self._reported) > MAX_PENDING_OUTCOMES:
+            self._reported.popitem(last=False)
+        if self.store is not None:
+            self.store.record_observation(
+                ObservationRecord(
+                    observation.at_ms,
+                    pending.key.peer,
+                    pending.key.model_id,
+                    "outcome",
+                    score,
+                    {"task": reference},
+                )
+            )
         return pending
+
+    def _stored_delivery(self, reference: str) -> PendingOutcome | None:
+        """A task an earlier requester on this store delivered and nobody has reported yet,
+        rebuilt from its decision, its deliverer's logged bid and the payment; else None."""
+        request_hex, _, task_id = reference.partition("/")
+        if self.store is None or not task_id or len(request_hex) != 32:
+            return None
+        try:
+            request_id = bytes.fromhex(request_hex)
+        except ValueError:
+            return None
+        peer = self.store.charged_peer(request_id, task_id)
+        if peer is None or self.store.outcome_reported(peer, reference):
+            return None
+        logged = [bid for bid in self.store.bids_for(request_id, task_id) if bid.peer == peer]
+        decisions = self.store.decisions_matching(request_hex, task_id, limit=1)
+        if not logged or not decisions:
+            return None
+        bid, settings = logged[-1], decisions[0].rationale.get("settings") or {}
+        return PendingOutcome(
+            ProfileKey(peer, bid.model_id, bid.capability),
+            _stored_bid(bid, request_id),
+            request_id,
+            str(settings.get("bucket") or ""),
+        )
 
     def observe_strategy(self, bid: BidInfo, parameters: Mapping[str, float]) -> None:
         """A peer's strategy parameters, as its Feedback answer reported them: kept over time
@@ -256,6 +302,26 @@ def _bid_record(at: int, request_id: bytes, ask: Ask, bid: BidInfo) -> BidRecord
         strategy=bid.strategy,
         digest=bid.digest,
         fields={"batch": ask.batch_size},  # cost / batch: the price per example over time
+    )
+
+
+def _stored_bid(bid: BidRecord, request_id: bytes) -> BidInfo:
+    """A logged bid as a BidInfo for an outcome notice: its terms; the store keeps the signed
+    envelope's digest, not the envelope, so the envelope here is empty (nothing verifies it)."""
+    confidence = bid.confidence
+    return BidInfo(
+        peer_id=PeerId(bytes.fromhex(bid.peer)),
+        address=bid.address,
+        task_id=bid.task_id,
+        model_id=bid.model_id,
+        confidence=0.0 if confidence is None else confidence,
+        expected_latency_ms=bid.expected_latency_ms or 0.0,
+        cost=bid.cost or 0.0,
+        valid_until_ms=0,
+        strategy=bid.strategy,
+        envelope=Envelope(b"", "", b"", b""),
+        request_id=request_id,
+        confidence_unknown=confidence is None,
     )
 
 

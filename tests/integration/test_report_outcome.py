@@ -48,3 +48,19 @@ async def test_an_outcome_reaches_the_profile_the_store_and_the_peer(tmp_path: P
         record = small.models["digits-small"].strategy.record  # type: ignore[attr-defined]
         assert (record.wins, record.outcomes) == (1, 1)
         assert record.mean_outcome == pytest.approx(0.75)
+
+
+async def test_a_later_requester_on_the_same_store_reports_once(tmp_path: Path) -> None:
+    store_path = tmp_path / "requester.db"
+    async with running_peers(["small"], tmp_path) as (small,):
+        async with Requester([small.address], store=store_path) as first:
+            result = await first.run("classify/digits", {"x": digits_batch(8)[0]})
+        key = ProfileKey(small.peer_id.hex, "digits-small", "classify/digits")
+        async with Requester([small.address], store=store_path) as later:
+            before = later.memory.profiles[key]  # restored from the store
+            await later.report_outcome(result.task_ref, 1.0)
+            assert later.memory.profiles[key].outcomes == before.outcomes + 1
+        async with Requester([small.address], store=store_path) as third:
+            with pytest.raises(UnknownTaskError, match="no delivered task"):
+                await third.report_outcome(result.task_ref, 1.0)  # already reported, by another process
+            assert third.memory.profiles[key].outcomes == 1
