@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from atomic_p2p.cli.arguments import non_negative, positive
+from atomic_p2p.cli.arguments import non_negative, peer_address, positive
 from atomic_p2p.cli.exits import ExitCode
 from atomic_p2p.cli.run import PRIORITIES, load_identity
 from atomic_p2p.errors import AuctionError, ConfigError
@@ -29,7 +29,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "it fails) and print which peer produced which part.",
     )
     parser.add_argument("prompt", nargs="?", help='the prompt text, e.g. "Once upon a time"')
-    parser.add_argument("--peer", dest="peers", action="append", required=True, metavar="ADDR")
+    parser.add_argument(
+        "--peer",
+        dest="peers",
+        action="append",
+        required=True,
+        type=peer_address,
+        metavar="ADDR",
+        help="host:port of a peer, or a bare port for one on this machine (repeat for each peer)",
+    )
     parser.add_argument("--capability", required=True, help='what to run, e.g. "generate/count"')
     parser.add_argument(
         "--prompt-ids", metavar="IDS", help="a prompt of token ids instead of text, comma-separated: 1,2,3"

@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from atomic_p2p.cli.arguments import positive
+from atomic_p2p.cli.arguments import peer_address, positive
 from atomic_p2p.cli.exits import ExitCode
 from atomic_p2p.errors import UnavailableError
 
@@ -45,8 +45,9 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--bootstrap",
         action="append",
         required=True,
+        type=peer_address,
         metavar="ADDR",
-        help="host:port of a peer to join through (repeat for several)",
+        help="host:port of a peer to join through, or a bare port on this machine (repeat for several)",
     )
     parser.add_argument(
         "--wait",

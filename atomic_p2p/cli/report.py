@@ -8,13 +8,13 @@ The JSON document carries the same facts with full peer ids and every number unr
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 
 from atomic_p2p.errors import AtomicError, NoBidsError
-from atomic_p2p.requester import Attempt, BidInfo, NoBidInfo, NoBidKind, Result
+from atomic_p2p.requester import Attempt, BidInfo, GraphResult, NoBidInfo, NoBidKind, Result
 from atomic_p2p.requester.transport import status_name
 
 PREVIEW_ROWS = 16
@@ -76,6 +76,43 @@ def _output_summary(name: str, tensor: torch.Tensor) -> str:
 
 
 def render_text(result: Result, priority: str) -> str:
+    return "\n".join(part for part in (_result_text(result, priority), _report_line([result])) if part)
+
+
+def _report_line(results: Sequence[Result]) -> str:
+    """How to feed an outcome back for each delivered task (ids as `atomic bids` shows them)."""
+    ids = " ".join(_short_ref(result.task_ref) for result in results if result.task_ref)
+    return f"report    how good it was: atomic report {ids} SCORE (0..1)" if ids else ""
+
+
+def _short_ref(task_ref: str) -> str:
+    request, _, task = task_ref.partition("/")
+    return f"{request[:8]}/{task}"
+
+
+def render_graph_text(graph: GraphResult, priority: str) -> str:
+    """One auction as :func:`render_text`; a sharded batch as each shard's auction, then the whole."""
+    if len(graph.results) == 1:
+        (result,) = graph.results.values()
+        return render_text(result, priority)
+    rows = [next(iter(r.outputs.values())).shape[0] if r.outputs else 0 for r in graph.results.values()]
+    blocks = [
+        f"sharded into {len(graph.results)} microtasks of {', '.join(map(str, rows))} rows "
+        "(the batch exceeds what one peer takes)"
+    ]
+    for name, result in graph.results.items():
+        blocks += ["", f"--- {name}", _result_text(result, priority)]
+    blocks += [
+        "",
+        f"price     {graph.price:.3f} in all",
+        *(f"result    {_output_summary(name, tensor)}" for name, tensor in graph.outputs.items()),
+        f"timings   total {graph.total_ms:.1f} ms",
+        _report_line(list(graph.results.values())),
+    ]
+    return "\n".join(blocks).rstrip()
+
+
+def _result_text(result: Result, priority: str) -> str:
     weights = ", ".join(f"{name} {value:.2f}" for name, value in result.weights.as_dict().items())
     headers = [
         "rank",
@@ -157,6 +194,27 @@ def _output_json(tensor: torch.Tensor) -> dict[str, Any]:
 
 
 def render_json(result: Result, priority: str) -> str:
+    return json.dumps(_result_json(result, priority), indent=2)
+
+
+def render_graph_json(graph: GraphResult, priority: str) -> str:
+    """One auction as :func:`render_json`; a sharded batch as ``shards`` (each one auction's
+    document) with the combined ``outputs`` and the total ``price``."""
+    if len(graph.results) == 1:
+        (result,) = graph.results.values()
+        return render_json(result, priority)
+    document = {
+        "ok": True,
+        "priority": priority,
+        "price": graph.price,
+        "total_ms": graph.total_ms,
+        "shards": [{"name": name, **_result_json(r, priority)} for name, r in graph.results.items()],
+        "outputs": {name: _output_json(tensor) for name, tensor in graph.outputs.items()},
+    }
+    return json.dumps(document, indent=2)
+
+
+def _result_json(result: Result, priority: str) -> dict[str, Any]:
     document = {
         "ok": True,
         "request_id": result.request_id.hex(),
@@ -179,28 +237,56 @@ def render_json(result: Result, priority: str) -> str:
             "total_ms": result.timings.total_ms,
         },
         "outputs": {name: _output_json(tensor) for name, tensor in result.outputs.items()},
+        "task_ref": result.task_ref,
     }
-    return json.dumps(document, indent=2)
+    return document
 
 
-def hint(error: AtomicError, capability: str) -> str:
-    """What to try next after a failed auction."""
-    if isinstance(error, NoBidsError):
-        return (
-            f"check that the peers are running and serve {capability!r}, that the inputs match what "
-            "their models take, and that --deadline and --max-cost leave room for their terms"
-        )
-    return "the peers bid but none delivered in time: retry with a longer --deadline, or other peers"
+# What to try next, by what the peers said (first match first; the failure lists every answer).
+_HINTS = (
+    ("bad_input_spec", "the inputs do not match what the models take: `atomic peers --bootstrap ADDR` "
+     "shows each model's contract (input names, dtypes, shapes); --input-name renames a bare tensor"),
+    ("unknown_capability", "a peer does not serve {capability!r}: each such decline above lists what it "
+     "offers, and `atomic peers --bootstrap ADDR` lists every capability on the network"),
+    ("unreachable", "a peer did not answer: check that `atomic-peer` runs at that address (it prints "
+     "'listening on HOST:PORT') and that --peer names that HOST:PORT"),
+    ("max_cost", "a bid cost more than --max-cost: raise it, or leave it out"),
+    ("below_cost", "a peer's price is above --max-cost: raise it, or leave it out"),
+    ("deadline_too_short", "a peer needs more time than --deadline leaves: give a longer --deadline"),
+    ("overloaded", "a peer is busy: retry shortly, or add other --peer addresses"),
+    ("draining", "a peer is shutting down: retry with other --peer addresses"),
+    ("constraint_violated", "a model's limits refused the task (batch, tokens, language; see above): "
+     "send fewer rows or shorter texts, or ask other peers"),
+)  # fmt: skip
 
 
-def render_failure(error: AtomicError, capability: str, as_json: bool) -> str:
+def hint(error: AtomicError, capability: str, inputs: Mapping[str, torch.Tensor] | None = None) -> str:
+    """What to try next after a failed auction, from what the peers answered."""
+    if not isinstance(error, NoBidsError):
+        return "the peers bid but none delivered in time: retry with a longer --deadline, or other peers"
+    said = str(error)
+    floats64 = inputs is not None and any(t.dtype == torch.float64 for t in inputs.values())
+    if "bad_input_spec" in said and floats64:
+        return "the inputs are float64 (numpy's default) and the models take float32: add --dtype float32"
+    found = [text.format(capability=capability) for key, text in _HINTS if key in said]
+    if found:
+        return "; ".join(found[:3])
+    return (
+        f"check that the peers are running and serve {capability!r}, that the inputs match what "
+        "their models take, and that --deadline and --max-cost leave room for their terms"
+    )
+
+
+def render_failure(
+    error: AtomicError, capability: str, as_json: bool, inputs: Mapping[str, torch.Tensor] | None = None
+) -> str:
     if as_json:
         document = {
             "ok": False,
             "error": type(error).__name__,
             "code": status_name(error),
             "message": str(error),
-            "hint": hint(error, capability),
+            "hint": hint(error, capability, inputs),
         }
         return json.dumps(document, indent=2)
-    return f"atomic run: {error}\nwhat next: {hint(error, capability)}"
+    return f"atomic run: {error}\nwhat next: {hint(error, capability, inputs)}"

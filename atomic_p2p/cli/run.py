@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from atomic_p2p.cli.arguments import non_negative, positive
+from atomic_p2p.cli.arguments import non_negative, peer_address, positive
 from atomic_p2p.cli.exits import ExitCode
 from atomic_p2p.cli.keygen import default_key_path, default_store_path
 from atomic_p2p.errors import AuctionError, ConfigError
@@ -22,7 +22,7 @@ PRIORITIES = ("accuracy", "balanced", "speed")
 if TYPE_CHECKING:
     import torch
 
-    from atomic_p2p.requester import Result
+    from atomic_p2p.requester import GraphResult, Result
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,8 +43,9 @@ def _add_auction_arguments(parser: argparse.ArgumentParser) -> None:
         dest="peers",
         action="append",
         required=True,
+        type=peer_address,
         metavar="ADDR",
-        help="host:port of a peer (repeat for each peer)",
+        help="host:port of a peer, or a bare port for one on this machine (repeat for each peer)",
     )
     parser.add_argument("--capability", required=True, help='what to run, e.g. "classify/digits"')
     parser.add_argument(
@@ -129,13 +130,23 @@ def load_identity(path: Path | None) -> Identity:
 
 async def _auction(
     args: argparse.Namespace, inputs: dict[str, torch.Tensor] | None, identity: Identity
-) -> Result:
-    from atomic_p2p.requester import Requester
+) -> Result | GraphResult:
+    """Tensors go through :meth:`Requester.submit`, which shards a batch larger than the peers
+    take (as the SDK does); texts (and a --language) through :meth:`Requester.run`."""
+    from atomic_p2p.requester import Request, Requester
     from atomic_p2p.requester.evaluator import EvaluatorConfig
 
     store = None if args.no_store else (args.store or default_store_path())
     evaluator = EvaluatorConfig() if args.explore else EvaluatorConfig.greedy()
     async with Requester(args.peers, identity, store=store, evaluator=evaluator) as requester:
+        if inputs is not None and not args.language:
+            return await requester.submit(
+                Request.single(args.capability, inputs),
+                deadline_s=args.deadline,
+                weights=args.priority,
+                max_cost=args.max_cost,
+                preview=not args.no_preview,
+            )
         return await requester.run(
             args.capability,
             inputs,
@@ -152,6 +163,7 @@ def handle(args: argparse.Namespace) -> ExitCode:
     # torch and the SDK load here rather than at import, so `atomic --help` and `atomic keygen`
     # do not pay the seconds torch takes to import.
     from atomic_p2p.cli import report, tensor_files
+    from atomic_p2p.requester import Result
 
     if args.output is not None:
         tensor_files.check_suffix(args.output, "output file")  # fail before the auction, not after
@@ -161,13 +173,19 @@ def handle(args: argparse.Namespace) -> ExitCode:
         result = asyncio.run(_auction(args, inputs, identity))
     except AuctionError as error:
         print(
-            report.render_failure(error, args.capability, args.json),
+            report.render_failure(error, args.capability, args.json, inputs),
             file=sys.stdout if args.json else sys.stderr,
         )
         return ExitCode.FAILED
     if args.output is not None:
         tensor_files.save_outputs(result.outputs, args.output)
-    print(
-        report.render_json(result, args.priority) if args.json else report.render_text(result, args.priority)
-    )
+    if isinstance(result, Result):
+        shown = (
+            report.render_json(result, args.priority)
+            if args.json
+            else report.render_text(result, args.priority)
+        )
+    else:
+        shown = (report.render_graph_json if args.json else report.render_graph_text)(result, args.priority)
+    print(shown)
     return ExitCode.OK

@@ -7,6 +7,8 @@ Loading never unpickles arbitrary objects: ``.pt`` files are read with ``weights
 from __future__ import annotations
 
 import pickle
+import sys
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -24,15 +26,36 @@ def check_suffix(path: Path, what: str) -> None:
         raise ConfigError(f"{what} {path} must end in one of {', '.join(SUFFIXES)}")
 
 
+# How to make an input file (docs/cli.md, "Input files", says the same).
+RECIPE = (
+    "make one with torch.save(torch.rand(4, 64), 'x.pt') or "
+    "numpy.save('x.npy', numpy.random.rand(4, 64).astype('float32'))"
+)
+
+
 def _load_object(path: Path) -> object:
     try:
         if path.suffix == ".npy":
             return torch.from_numpy(np.load(path, allow_pickle=False))
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols it then reads anyway
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise ConfigError(f"input file {path} does not exist") from None
-    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError, EOFError) as error:
-        raise ConfigError(f"cannot read {path}: {error}") from error
+        raise ConfigError(f"input file {path} does not exist; {RECIPE}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"input file {path} is a directory; {RECIPE}") from None
+    except PermissionError:
+        raise ConfigError(f"cannot read {path}: permission denied (check its mode: chmod u+r)") from None
+    except pickle.UnpicklingError:  # weights_only: an object other than tensors, dicts and numbers
+        raise ConfigError(
+            f"{path} holds objects other than tensors (only tensors and dicts of them are loaded, "
+            f"never arbitrary pickles); save the tensors alone, {RECIPE.removeprefix('make one ')}"
+        ) from None
+    except Exception as error:  # a corrupt or foreign file: torch and numpy raise almost anything
+        what = "a .npy array numpy.save wrote" if path.suffix == ".npy" else "a file torch.save wrote"
+        raise ConfigError(
+            f"{path} is not {what} (it may be truncated or another format: {type(error).__name__}); {RECIPE}"
+        ) from None
 
 
 def load_inputs(path: Path, default_name: str, dtype: str | None = None) -> dict[str, torch.Tensor]:
@@ -48,11 +71,20 @@ def load_inputs(path: Path, default_name: str, dtype: str | None = None) -> dict
     ):
         inputs = dict(loaded)
     else:
-        raise ConfigError(f"{path} must hold a tensor or a non-empty dict of name -> tensor")
+        raise ConfigError(
+            f"{path} must hold a tensor or a non-empty dict of name -> tensor, not a "
+            f"{type(loaded).__name__}; {RECIPE}, or torch.save({{'x': tensor}}, 'x.pt')"
+        )
     if dtype is not None:
         if dtype not in DTYPES:
             raise ConfigError(f"--dtype {dtype} cannot travel; use one of {', '.join(sorted(DTYPES))}")
         inputs = {name: tensor.to(DTYPES[dtype]) for name, tensor in inputs.items()}
+    elif any(tensor.dtype == torch.float64 for tensor in inputs.values()):
+        print(
+            "note: the inputs are float64 (numpy's default); models usually take float32: "
+            "add --dtype float32 if the peers decline them",
+            file=sys.stderr,
+        )
     return inputs
 
 

@@ -84,6 +84,9 @@ def test_keygen_default_path_follows_xdg(
         (["--input", "x.pt", "--output", "out.csv"], "must end in"),
         (["--input", "x.pt", "--key", "nokey.pem"], "does not exist"),
         (["--input", "x.pt", "--dtype", "complex64"], "cannot travel"),
+        (["--input", "corrupt.pt"], "is not a file torch.save wrote (it may be truncated"),
+        (["--input", "corrupt.npy"], "is not a .npy array numpy.save wrote"),
+        (["--input", "list.pt"], "not a list; make one with torch.save("),
     ],
 )
 def test_run_usage_errors_exit_2(
@@ -92,9 +95,26 @@ def test_run_usage_errors_exit_2(
     monkeypatch.chdir(tmp_path)
     torch.save(torch.zeros(2, 64), tmp_path / "x.pt")
     (tmp_path / "inputs.txt").write_text("1 2 3")
+    (tmp_path / "corrupt.pt").write_text("hello world\n")  # what torch.load answered with KeyError: 101
+    (tmp_path / "corrupt.npy").write_bytes(b"\x93NUMPY garbage")
+    torch.save([1, 2], tmp_path / "list.pt")
     code = main(["run", "--peer", "127.0.0.1:1", "--capability", "classify/digits", *args])
     assert code == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_a_bare_port_is_a_peer_on_this_machine(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    torch.save(torch.zeros(2, 64), tmp_path / "x.pt")
+    code = main(["run", "--peer", "1", "--capability", "c", "--input", str(tmp_path / "x.pt"), "--json"])
+    assert code == 1  # port 1 refuses: asked at 127.0.0.1:1, not looked up as a host name "1"
+    document = json.loads(capsys.readouterr().out)
+    assert "127.0.0.1:1 unreachable" in document["message"] and "DNS" not in document["message"]
+    assert "atomic-peer" in document["hint"] and "listening on" in document["hint"]
+    with pytest.raises(SystemExit) as exited:
+        main(["run", "--peer", "no-port-here", "--capability", "c", "--input", "x.pt"])
+    assert exited.value.code == 2
+    assert "is not HOST:PORT" in capsys.readouterr().err
 
 
 def test_priority_choices_are_the_scoring_profiles() -> None:
@@ -247,4 +267,67 @@ async def test_run_with_no_bids_exits_1_and_says_what_next(peers: list[PeerNode]
     )  # fmt: skip
     assert code == 1
     assert err.count("unknown_capability") == len(peers)
-    assert "what next:" in err
+    assert err.count("offered: classify/digits") == len(peers)
+    assert "what next: a peer does not serve 'translate/en-fr'" in err
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_float64_inputs_get_a_note_and_a_hint_to_cast(peers: list[PeerNode], tmp_path: Path) -> None:
+    np.save(tmp_path / "x.npy", digits_batch(4)[0].double().numpy())
+    code, _, err = await atomic_async(
+        "run", *peer_args(peers), "--capability", "classify/digits", "--input", str(tmp_path / "x.npy"),
+        "--no-store",
+    )  # fmt: skip
+    assert code == 1
+    assert "note: the inputs are float64" in err
+    assert (
+        "what next: the inputs are float64 (numpy's default) and the models take float32: add --dtype float32"
+        in err
+    )
+    code, _, err = await atomic_async(
+        "run", *peer_args(peers), "--capability", "classify/digits", "--input", str(tmp_path / "x.npy"),
+        "--no-store", "--dtype", "float32",
+    )  # fmt: skip
+    assert code == 0, err
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_a_batch_larger_than_any_peer_takes_is_sharded(peers: list[PeerNode], tmp_path: Path) -> None:
+    x, y = digits_batch(300)
+    torch.save(x, tmp_path / "x.pt")
+    code, out, err = await atomic_async(
+        "run", *peer_args(peers), "--capability", "classify/digits", "--input", str(tmp_path / "x.pt"),
+        "--output", str(tmp_path / "out.pt"), "--no-store", "--deadline", "10",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "sharded into 2 microtasks of 150, 150 rows" in out
+    logits = torch.load(tmp_path / "out.pt", weights_only=True)["logits"]
+    assert logits.shape == (300, 10)
+    assert (logits.argmax(dim=1) == y).float().mean().item() >= 0.75
+
+
+@pytest.mark.asyncio(loop_scope="module")
+async def test_report_feeds_an_outcome_back_that_profile_shows(peers: list[PeerNode], tmp_path: Path) -> None:
+    x, _ = digits_batch(4, offset=300)
+    torch.save(x, tmp_path / "x.pt")
+    store, key = str(tmp_path / "requester.db"), tmp_path / "me.pem"
+    Identity.generate().save(key)
+    code, out, err = await atomic_async(
+        "run", *peer_args(peers), "--capability", "classify/digits", "--input", str(tmp_path / "x.pt"),
+        "--store", store, "--key", str(key),
+    )  # fmt: skip
+    assert code == 0, err
+    report_line = next(line for line in out.splitlines() if line.startswith("report"))
+    task = report_line.split("atomic report ")[1].split()[0]  # REQUEST/TASK, as `atomic bids` shows it
+    code, out, err = await atomic_async("report", task, "1", "--store", store, "--key", str(key))
+    assert code == 0, err
+    before, after = (float(v) for v in out.split("expected accuracy ")[1].split(" -> "))
+    assert after > before
+    code, out, err = await atomic_async("profile", "--store", store, "--json")
+    assert code == 0, err
+    (learned,) = [p for p in json.loads(out)["profiles"] if p["outcomes"]]
+    assert learned["outcomes"] == 1 and learned["mean"] == pytest.approx(after, abs=5e-4)
+    code, _, err = await atomic_async("report", task, "0", "--store", store, "--key", str(key))
+    assert code == 1 and "no delivered task" in err  # one outcome per task, across processes
+    code, _, err = await atomic_async("report", "ffffffff/task-9", "1", "--store", store)
+    assert code == 2 and "atomic bids" in err
