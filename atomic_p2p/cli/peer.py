@@ -28,6 +28,8 @@ import logging
 import signal
 import socket
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,7 @@ from atomic_p2p.cli.arguments import non_negative, positive, positive_int
 from atomic_p2p.cli.exits import closed_pipe
 from atomic_p2p.errors import AtomicError, ConfigError
 from atomic_p2p.faults import FaultPlan
+from atomic_p2p.gossip.transport import GossipAgent
 from atomic_p2p.peer.config import PeerConfig, load_configs
 from atomic_p2p.peer.node import PeerNode
 
@@ -208,6 +211,29 @@ def fault_plan(args: argparse.Namespace) -> FaultPlan | None:
     return dataclasses.replace(FaultPlan.from_env(), **given)  # FaultPlan checks the ranges
 
 
+async def watch_bootstrap(
+    agent: GossipAgent, seeds: Sequence[str], *, first_s: float = 2.0, longest_s: float = 60.0
+) -> None:
+    """Until the first gossip exchange succeeds: warn which seeds were tried, how often and how
+    they failed, after ``first_s``, then at doubling intervals up to ``longest_s``; gossip keeps
+    retrying the seeds every round meanwhile. Logs once when the node has joined."""
+    started, wait = time.monotonic(), first_s
+    while not await agent.wait_until(lambda: agent.exchanges_completed > 0, wait):
+        tried = ", ".join(
+            f"{seed} ({agent.failures[seed]} tries, last {agent.last_failure.get(seed, 'no answer yet')})"
+            for seed in seeds
+        )
+        log.warning(
+            "no gossip answer from the bootstrap peers after %.0f s: tried %s; still retrying every "
+            "%g s (is an atomic-peer running there? check --bootstrap)",
+            time.monotonic() - started,
+            tried,
+            agent.config.interval,
+        )
+        wait = min(2 * wait, longest_s)
+    log.info("joined the network through %s after %.1f s", ", ".join(seeds), time.monotonic() - started)
+
+
 async def serve(config: PeerConfig, drain_timeout: float = DEFAULT_DRAIN_S) -> int:
     """Run a node until SIGTERM/SIGINT, then drain and stop."""
     node = await PeerNode.start(config)
@@ -215,6 +241,10 @@ async def serve(config: PeerConfig, drain_timeout: float = DEFAULT_DRAIN_S) -> i
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    watcher = None
+    if node.gossip is not None and config.bootstrap:
+        log.info("joining the network through %s", ", ".join(config.bootstrap))
+        watcher = asyncio.create_task(watch_bootstrap(node.gossip, config.bootstrap))
     try:
         print(
             f"atomic-peer {node.peer_id.short} listening on {node.address} hosting {', '.join(node.models)}",
@@ -224,6 +254,8 @@ async def serve(config: PeerConfig, drain_timeout: float = DEFAULT_DRAIN_S) -> i
         log.info("signal received: draining (up to %.0f s)", drain_timeout)
         await node.drain(drain_timeout)
     finally:
+        if watcher is not None:
+            watcher.cancel()
         await node.stop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 
 import grpc
@@ -93,6 +94,8 @@ class GossipAgent:
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
         self.exchanges_completed = 0
+        self.failures: Counter[str] = Counter()  # failed exchanges by address (a seed's tries)
+        self.last_failure: dict[str, str] = {}  # by address: the status of its latest failure
         self._absorb_events()
 
     @property
@@ -186,6 +189,8 @@ class GossipAgent:
         except aio.AioRpcError as error:
             suspect = error.code() in _SUSPICIOUS
             log.debug("gossip to %s failed: %s", outgoing.address, error.code().name)
+            self.failures[outgoing.address] += 1
+            self.last_failure[outgoing.address] = error.code().name
             follow_ups = self.membership.failed(self._clock(), outgoing, suspect=suspect)
         except Exception as error:  # a malformed answer: the member is up but misbehaving
             log.warning("bad gossip answer from %s: %s", outgoing.address, error)

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import logging
+import socket
 from pathlib import Path
 
 import pytest
 
-from atomic_p2p.cli.peer import build_parser, config_from_args, main
+from atomic_p2p.cli.peer import build_parser, config_from_args, main, watch_bootstrap
 from atomic_p2p.faults import ENV_VAR, FaultPlan
+from atomic_p2p.gossip import GossipConfig
+from atomic_p2p.gossip.transport import GossipAgent
+from atomic_p2p.identity import Identity
 from atomic_p2p.peer.config import PeerConfig
 from peers.examples import PEERS_DIR
 
@@ -67,3 +74,30 @@ def test_bad_flags_are_usage_errors(flags: list[str], capsys: pytest.CaptureFixt
 def test_a_loss_of_one_exits_2_and_says_why(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([SMALL, "--fault-loss", "1"]) == 2
     assert "loss" in capsys.readouterr().err
+
+
+async def test_an_unanswered_bootstrap_is_retried_and_warned_about_with_backoff(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with socket.socket() as probe:  # a port nothing listens on once the probe closes
+        probe.bind(("127.0.0.1", 0))
+        seed = f"127.0.0.1:{probe.getsockname()[1]}"
+    agent = GossipAgent(Identity.generate(), GossipConfig(interval=0.1), seeds=[seed])
+    caplog.set_level(logging.WARNING, logger="atomic_p2p.cli.peer")
+    await agent.start()
+    watcher = asyncio.create_task(watch_bootstrap(agent, [seed], first_s=0.2, longest_s=0.4))
+    try:
+        for _ in range(100):  # bounded: 10 s at most
+            if len(caplog.records) >= 4:
+                break
+            await asyncio.sleep(0.1)
+    finally:
+        watcher.cancel()
+        await agent.stop(leave=False)
+    warnings = caplog.records[:4]
+    assert len(warnings) == 4
+    gaps = [later.created - earlier.created for earlier, later in itertools.pairwise(warnings)]
+    assert gaps[0] >= 0.35 and gaps[1] >= 0.35  # 0.2 s, then doubled to the 0.4 s ceiling
+    last = warnings[-1].getMessage()
+    assert f"tried {seed} (" in last and "last UNAVAILABLE" in last and "check --bootstrap" in last
+    assert agent.failures[seed] >= 2  # gossip kept retrying the seed
