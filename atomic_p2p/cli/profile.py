@@ -4,7 +4,8 @@ From the requester's store: the newest profile per (peer, model, capability) (ou
 posterior, latency quantiles, calibration), the specializations they reveal, the payments per
 peer, each peer's price per example over time (from the bid log), the expected accuracy over
 time (from the profile snapshots), and any strategy observations (``observations`` table).
-``--plot`` draws price and expected accuracy over time per peer (matplotlib, Agg backend).
+``--plot`` draws each quantity over time in a panel of its own (price per example, expected
+accuracy, each observation series), one colour per peer, one legend outside (matplotlib, Agg).
 
 The numbers come from the profiler's own code (:mod:`atomic_p2p.requester.profiler`), so the
 table shows what the evaluator sees; that import brings torch in, which is why it happens in
@@ -43,7 +44,10 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument("--peer", metavar="HEX", help="only this peer (its id, or a unique prefix of it)")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of tables")
     parser.add_argument(
-        "--plot", type=Path, metavar="PNG", help="also draw price and expected accuracy over time to PNG"
+        "--plot",
+        type=Path,
+        metavar="PNG",
+        help="also draw price, expected accuracy and observations over time, one panel each, to PNG",
     )
     parser.set_defaults(handler=handle)
 
@@ -158,7 +162,9 @@ def _prices(store: Store, peer: str | None) -> list[dict[str, Any]]:
 
 
 def _accuracy(store: Store, profiles: Sequence[Profile]) -> list[dict[str, Any]]:
-    """Per profile key: the posterior mean after each stored snapshot (the expected accuracy)."""
+    """Per profile key: the posterior mean in every stored snapshot (the expected accuracy). A
+    snapshot a delivery wrote without an outcome repeats the mean: the line stays flat there
+    rather than skipping it (skipping drew ten snapshots as one lone point)."""
     found = []
     for profile in profiles:
         key = profile.key
@@ -169,8 +175,6 @@ def _accuracy(store: Store, profiles: Sequence[Profile]) -> list[dict[str, Any]]
         for record in history:
             alpha, beta = (float(x) for x in record.snapshot["quality"])
             outcomes = int(record.snapshot.get("outcomes", 0))
-            if points and points[-1]["outcomes"] == outcomes:
-                continue  # a delivery without an outcome: the posterior did not move
             points.append({"at_ms": record.at_ms, "mean": alpha / (alpha + beta), "outcomes": outcomes})
         found.append(
             {"peer": key.peer, "model_id": key.model_id, "capability": key.capability, "points": points}
@@ -303,62 +307,92 @@ def _observation_rows(observations: Sequence[Mapping[str, Any]]) -> list[str]:
 # --- plot ----------------------------------------------------------------------------------------
 
 
+MAX_OBSERVATION_PANELS = 8  # observation quantities drawn, one panel each; the rest are left out
+
+
 def plot(view: Mapping[str, Any], path: Path) -> None:
-    """Price per example and expected accuracy over time per peer (and observations, if any);
-    one colour per (peer, model) across the panels."""
+    """Draw :func:`figure` to a PNG at ``path``."""
     try:
         import matplotlib
     except ImportError as error:
         raise ConfigError("--plot needs matplotlib: pip install matplotlib") from error
     matplotlib.use("Agg")
-    import matplotlib.dates
     import matplotlib.pyplot as plt
 
+    drawn = figure(view)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    drawn.savefig(path, dpi=100, bbox_inches="tight")  # "tight" keeps the outside legend in
+    plt.close(drawn)
+
+
+def panels(view: Mapping[str, Any]) -> list[tuple[str, list[dict[str, Any]], str]]:
+    """One (title, series, field) per quantity: price per example, expected accuracy, then each
+    observation name (``strategy.wins``, ``probe_accuracy`` ...) in a panel of its own."""
     prices = [
         {**series, "points": [point for point in series["points"] if point["per_example"] is not None]}
         for series in view["prices"]
     ]
-    panels = [
-        ("price per example", prices, "per_example", "capability"),
-        ("expected accuracy\n(posterior mean)", view["accuracy"], "mean", "capability"),
+    found = [
+        ("price per example", prices, "per_example"),
+        ("expected accuracy\n(posterior mean)", list(view["accuracy"]), "mean"),
     ]
-    if view["observations"]:
-        panels.append(("strategy observations", view["observations"], "value", "name"))
-    owners = sorted({(s["peer"], s["model_id"]) for _, found, _, _ in panels for s in found})
-    colours = {owner: f"C{index % 10}" for index, owner in enumerate(owners)}
-    figure, axes = plt.subplots(len(panels), 1, figsize=(10, 3.2 * len(panels)), sharex=True, squeeze=False)
-    for (title, found, field, what), row in zip(panels, axes, strict=True):
-        _draw(row[0], title, found, field, what, colours)
+    names = sorted({series["name"] for series in view["observations"]})
+    for name in names[:MAX_OBSERVATION_PANELS]:
+        found.append((name, [s for s in view["observations"] if s["name"] == name], "value"))
+    return found
+
+
+def figure(view: Mapping[str, Any]) -> Any:
+    """Every quantity in its own panel against time; one colour per peer across the panels
+    (its models and capabilities differ by line style); one legend, outside the panels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.dates
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    found = panels(view)
+    peers = sorted({series["peer"] for _, series_list, _ in found for series in series_list})
+    colours = {peer: f"C{index % 10}" for index, peer in enumerate(peers)}
+    drawn, axes = plt.subplots(len(found), 1, figsize=(10, 2.6 * len(found)), sharex=True, squeeze=False)
+    for (title, series_list, field), row in zip(found, axes, strict=True):
+        _draw(row[0], title, series_list, field, colours)
     axes[1][0].set_ylim(0, 1)
     locator = matplotlib.dates.AutoDateLocator()
     axes[-1][0].xaxis.set_major_locator(locator)
     axes[-1][0].xaxis.set_major_formatter(matplotlib.dates.ConciseDateFormatter(locator))
     axes[-1][0].set_xlabel("time (UTC)")
-    figure.suptitle("atomic profile: " + (short(view["peer"]) if view["peer"] else "every peer"))
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    drawn.suptitle("atomic profile: " + (short(view["peer"]) if view["peer"] else "every peer"))
+    drawn.tight_layout()
+    if peers:
+        handles = [Line2D([], [], color=colours[peer], marker=".", label=short(peer)) for peer in peers]
+        drawn.legend(handles=handles, title="peer", loc="center left", bbox_to_anchor=(1.0, 0.5))
+    return drawn
+
+
+_STYLES = ("-", "--", ":", "-.")
 
 
 def _draw(
-    axis: Any,
-    title: str,
-    found: Sequence[Mapping[str, Any]],
-    field: str,
-    what: str,
-    colours: Mapping[tuple[str, str], str],
+    axis: Any, title: str, found: Sequence[Mapping[str, Any]], field: str, colours: Mapping[str, str]
 ) -> None:
-    """One line per series (peer, model and ``what``) of ``field`` against time."""
+    """One line per series against time, in its peer's colour; a peer's second, third ... series
+    in this panel (another model or capability) change the line style."""
     from datetime import UTC, datetime
 
+    seen: dict[str, int] = {}
     for series in found:
         points = series["points"]
         times = [datetime.fromtimestamp(point["at_ms"] / 1000, tz=UTC) for point in points]
-        label = f"{short(series['peer'])} {series['model_id']} ({series[what]})"
-        colour = colours[(series["peer"], series["model_id"])]
-        axis.plot(times, [point[field] for point in points], marker=".", label=label, color=colour)
+        style = _STYLES[seen.get(series["peer"], 0) % len(_STYLES)]
+        seen[series["peer"]] = seen.get(series["peer"], 0) + 1
+        axis.plot(
+            times,
+            [point[field] for point in points],
+            marker=".",
+            color=colours[series["peer"]],
+            linestyle=style,
+        )
     axis.set_ylabel(title)
     axis.grid(alpha=0.3)
-    if found:
-        axis.legend(fontsize="small", loc="best")
