@@ -11,7 +11,7 @@ model, strategy and price). The first starts alone; every later one joins the go
 ``--bootstrap`` of a random peer already serving, a few starting at once. A requester that knows
 only the first peer's address then joins as a member hosting nothing, a progress bar follows its
 directory until all N peers are in it, and the demo workload runs through it: held-out digits,
-the three priority profiles in turn, every auction printed (bids, winner, price, result). Where
+the three weights profiles in turn, every auction printed (bids, winner, price, result). Where
 text peers run, a few held-out docstring sentences are then sold as text (each peer tokenises them
 with its own tokenizer; the predicted package is printed beside the true one), and where the
 language model runs, one generation streams token by token. A summary per peer ends the run (bids,
@@ -61,7 +61,7 @@ from atomic_p2p.progress import progress as progress_bar  # noqa: E402
 from atomic_p2p.requester import Requester, Result  # noqa: E402
 
 DEFAULT_CONFIGS = ("small", "large", "specialist", "text-small", "text-large", "lm-small")
-PRIORITIES = ("balanced", "accuracy", "speed")
+WEIGHTS = ("balanced", "accuracy", "speed")  # the SDK weights profiles the demo cycles through
 CAPABILITY = "classify/digits"
 TEXT_CAPABILITY = "classify/docstrings"
 TEXT_MODELS = {"docstrings-char", "docstrings-word"}
@@ -317,15 +317,15 @@ async def digit_auctions(
     batch: int,
     quiet: bool,
 ) -> int:
-    """The digit workload: held-out digits, the priority profiles in turn; returns the failures."""
+    """The digit workload: held-out digits, the weights profiles in turn; returns the failures."""
     x, y = held_out_digits()
     failures = 0
     for index in progress_bar(range(requests), desc="demo requests", unit="req", enabled=quiet):
         start = (index * batch) % (len(x) - batch)
-        priority = PRIORITIES[index % len(PRIORITIES)]
+        weights = WEIGHTS[index % len(WEIGHTS)]
         try:
             result = await requester.run(
-                CAPABILITY, {"x": x[start : start + batch]}, deadline_s=3.0, weights=priority
+                CAPABILITY, {"x": x[start : start + batch]}, deadline_s=3.0, weights=weights
             )
         except AtomicError as exc:
             failures += 1
@@ -334,8 +334,8 @@ async def digit_auctions(
         predicted = result.outputs["logits"].argmax(dim=1)
         record(tallies, names, result, int((predicted == y[start : start + batch]).sum()), batch)
         if not quiet:
-            print(f"\n=== request {index + 1}/{requests} ({priority}) ===")
-            print(render_text(result, priority))
+            print(f"\n=== request {index + 1}/{requests} ({weights}) ===")
+            print(render_text(result, weights))
     return failures
 
 
@@ -355,10 +355,10 @@ async def text_auctions(
     for index in range(requests):
         start = index * batch
         chunk, truth = sentences[start : start + batch], labels[start : start + batch]
-        priority = PRIORITIES[index % len(PRIORITIES)]
+        weights = WEIGHTS[index % len(WEIGHTS)]
         try:
             result = await requester.run(
-                TEXT_CAPABILITY, text=chunk, deadline_s=3.0, weights=priority, language="en"
+                TEXT_CAPABILITY, text=chunk, deadline_s=3.0, weights=weights, language="en"
             )
         except AtomicError as exc:
             failures += 1
@@ -367,8 +367,8 @@ async def text_auctions(
         predicted = result.outputs["logits"].argmax(dim=1).tolist()
         record(tallies, names, result, sum(p == t for p, t in zip(predicted, truth, strict=True)), len(chunk))
         if not quiet:
-            print(f"\n=== text request {index + 1}/{requests} ({priority}): which package documents it? ===")
-            print(render_text(result, priority))
+            print(f"\n=== text request {index + 1}/{requests} ({weights}): which package documents it? ===")
+            print(render_text(result, weights))
             print(f"  {'predicted':<10}{'truth':<10}sentence")
             for sentence, guess, answer in zip(chunk, predicted, truth, strict=True):
                 print(f"  {text.PACKAGES[guess]:<10}{text.PACKAGES[answer]:<10}{sentence[:72]}")

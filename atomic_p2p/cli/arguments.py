@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
+
+from atomic_p2p.errors import ConfigError
 
 
 def positive(text: str) -> float:
@@ -45,3 +48,31 @@ def peer_address(text: str) -> str:
             f"{text[:100]!r} is not HOST:PORT (e.g. 127.0.0.1:50051), nor a bare PORT of a peer on this machine"
         )
     return text
+
+
+# The profile names of atomic_p2p.requester.weights.PROFILES (a test keeps them equal), spelled
+# out so that parsing arguments does not import the SDK, and with it torch (seconds).
+WEIGHTS = ("accuracy", "balanced", "speed")
+
+
+def add_weights_argument(parser: argparse.ArgumentParser) -> None:
+    """``--weights`` (the SDK's ``weights=``), and ``--priority``, its old spelling: in the SDK
+    ``priority=`` is the queue class, so the CLI no longer uses that word for the weights."""
+    parser.add_argument(
+        "--weights",
+        choices=WEIGHTS,
+        help="how to weigh accuracy, latency and cost, as the SDK's weights= (default: balanced)",
+    )
+    parser.add_argument(
+        "--priority", dest="old_priority", choices=WEIGHTS, help="deprecated spelling of --weights"
+    )
+
+
+def weights_of(args: argparse.Namespace) -> str:
+    """The weights profile asked for; the deprecated ``--priority`` still works, with a warning."""
+    if args.old_priority is not None:
+        print("warning: --priority is deprecated; use --weights (the SDK's weights=)", file=sys.stderr)
+        if args.weights is not None and args.weights != args.old_priority:
+            raise ConfigError(f"--weights {args.weights} and --priority {args.old_priority} disagree")
+        return str(args.weights or args.old_priority)
+    return str(args.weights or "balanced")

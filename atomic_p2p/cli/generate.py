@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from atomic_p2p.cli.arguments import non_negative, peer_address, positive
+from atomic_p2p.cli.arguments import add_weights_argument, non_negative, peer_address, positive, weights_of
 from atomic_p2p.cli.exits import ExitCode
-from atomic_p2p.cli.run import PRIORITIES, load_identity
+from atomic_p2p.cli.run import load_identity
 from atomic_p2p.errors import AuctionError, ConfigError
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     parser.add_argument(
         "--deadline", type=positive, default=10.0, metavar="S", help="seconds in all (default 10)"
     )
-    parser.add_argument("--priority", choices=PRIORITIES, default="balanced")
+    add_weights_argument(parser)
     parser.add_argument("--max-cost", type=non_negative, metavar="COST", help="exclude dearer bids")
     parser.add_argument("--key", type=Path, metavar="PATH", help="signing key (default: the keygen path)")
     parser.set_defaults(handler=handle)
@@ -90,7 +90,7 @@ async def stream(
             prompt,
             max_tokens=args.max_tokens,
             deadline_s=args.deadline,
-            weights=args.priority,
+            weights=args.weights,
             max_cost=args.max_cost,
         )
         async with generation:
@@ -123,6 +123,7 @@ def _clip(text: str, limit: int = 40) -> str:
 
 def handle(args: argparse.Namespace) -> ExitCode:
     prompt = choose_prompt(args)
+    args.weights = weights_of(args)
     identity = load_identity(args.key)
     try:
         result = asyncio.run(stream(args, prompt, identity, sys.stdout))

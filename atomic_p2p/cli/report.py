@@ -75,8 +75,8 @@ def _output_summary(name: str, tensor: torch.Tensor) -> str:
     return f"{head}; first values: {shown}{' ...' if tensor.numel() > 8 else ''}"
 
 
-def render_text(result: Result, priority: str) -> str:
-    return "\n".join(part for part in (_result_text(result, priority), _report_line([result])) if part)
+def render_text(result: Result, profile: str) -> str:
+    return "\n".join(part for part in (_result_text(result, profile), _report_line([result])) if part)
 
 
 def _report_line(results: Sequence[Result]) -> str:
@@ -90,18 +90,18 @@ def _short_ref(task_ref: str) -> str:
     return f"{request[:8]}/{task}"
 
 
-def render_graph_text(graph: GraphResult, priority: str) -> str:
+def render_graph_text(graph: GraphResult, profile: str) -> str:
     """One auction as :func:`render_text`; a sharded batch as each shard's auction, then the whole."""
     if len(graph.results) == 1:
         (result,) = graph.results.values()
-        return render_text(result, priority)
+        return render_text(result, profile)
     rows = [next(iter(r.outputs.values())).shape[0] if r.outputs else 0 for r in graph.results.values()]
     blocks = [
         f"sharded into {len(graph.results)} microtasks of {', '.join(map(str, rows))} rows "
         "(the batch exceeds what one peer takes)"
     ]
     for name, result in graph.results.items():
-        blocks += ["", f"--- {name}", _result_text(result, priority)]
+        blocks += ["", f"--- {name}", _result_text(result, profile)]
     blocks += [
         "",
         f"price     {graph.price:.3f} in all",
@@ -112,7 +112,7 @@ def render_graph_text(graph: GraphResult, priority: str) -> str:
     return "\n".join(blocks).rstrip()
 
 
-def _result_text(result: Result, priority: str) -> str:
+def _result_text(result: Result, profile: str) -> str:
     weights = ", ".join(f"{name} {value:.2f}" for name, value in result.weights.as_dict().items())
     headers = [
         "rank",
@@ -128,7 +128,7 @@ def _result_text(result: Result, priority: str) -> str:
     ]
     winner = result.winner
     lines = [
-        f"auction {result.request_id.hex()[:8]} for {result.capability}, priority {priority} ({weights})",
+        f"auction {result.request_id.hex()[:8]} for {result.capability}, weights {profile} ({weights})",
         "",
         *_table(headers, _answer_rows(result), right={0, 4, 5, 6, 7}),
         "",
@@ -193,33 +193,33 @@ def _output_json(tensor: torch.Tensor) -> dict[str, Any]:
     return document
 
 
-def render_json(result: Result, priority: str) -> str:
-    return json.dumps(_result_json(result, priority), indent=2)
+def render_json(result: Result, profile: str) -> str:
+    return json.dumps(_result_json(result, profile), indent=2)
 
 
-def render_graph_json(graph: GraphResult, priority: str) -> str:
+def render_graph_json(graph: GraphResult, profile: str) -> str:
     """One auction as :func:`render_json`; a sharded batch as ``shards`` (each one auction's
     document) with the combined ``outputs`` and the total ``price``."""
     if len(graph.results) == 1:
         (result,) = graph.results.values()
-        return render_json(result, priority)
+        return render_json(result, profile)
     document = {
         "ok": True,
-        "priority": priority,
+        "weights_profile": profile,
         "price": graph.price,
         "total_ms": graph.total_ms,
-        "shards": [{"name": name, **_result_json(r, priority)} for name, r in graph.results.items()],
+        "shards": [{"name": name, **_result_json(r, profile)} for name, r in graph.results.items()],
         "outputs": {name: _output_json(tensor) for name, tensor in graph.outputs.items()},
     }
     return json.dumps(document, indent=2)
 
 
-def _result_json(result: Result, priority: str) -> dict[str, Any]:
+def _result_json(result: Result, profile: str) -> dict[str, Any]:
     document = {
         "ok": True,
         "request_id": result.request_id.hex(),
         "capability": result.capability,
-        "priority": priority,
+        "weights_profile": profile,
         "weights": result.weights.as_dict(),
         "winner": _bid_json(result.winner),
         "price": result.price,

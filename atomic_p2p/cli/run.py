@@ -9,15 +9,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from atomic_p2p.cli.arguments import non_negative, peer_address, positive
+from atomic_p2p.cli.arguments import add_weights_argument, non_negative, peer_address, positive, weights_of
 from atomic_p2p.cli.exits import ExitCode
 from atomic_p2p.cli.keygen import default_key_path, default_store_path
 from atomic_p2p.errors import AuctionError, ConfigError
 from atomic_p2p.identity import Identity
-
-# The profile names of atomic_p2p.requester.weights.PROFILES (a test keeps them equal), spelled
-# out so that parsing arguments does not import the SDK, and with it torch (seconds).
-PRIORITIES = ("accuracy", "balanced", "speed")
 
 if TYPE_CHECKING:
     import torch
@@ -55,12 +51,7 @@ def _add_auction_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="seconds for the whole auction, fallbacks included (default: 2)",
     )
-    parser.add_argument(
-        "--priority",
-        choices=PRIORITIES,
-        default="balanced",
-        help="how to weigh accuracy, latency and cost (default: balanced)",
-    )
+    add_weights_argument(parser)
     parser.add_argument("--max-cost", type=non_negative, metavar="COST", help="exclude dearer bids")
     parser.add_argument(
         "--no-preview", action="store_true", help="do not send the inputs with the call for bids"
@@ -143,7 +134,7 @@ async def _auction(
             return await requester.submit(
                 Request.single(args.capability, inputs),
                 deadline_s=args.deadline,
-                weights=args.priority,
+                weights=args.weights,
                 max_cost=args.max_cost,
                 preview=not args.no_preview,
             )
@@ -153,7 +144,7 @@ async def _auction(
             text=args.texts,
             language=args.language,
             deadline_s=args.deadline,
-            weights=args.priority,
+            weights=args.weights,
             max_cost=args.max_cost,
             preview=not args.no_preview,
         )
@@ -167,6 +158,7 @@ def handle(args: argparse.Namespace) -> ExitCode:
 
     if args.output is not None:
         tensor_files.check_suffix(args.output, "output file")  # fail before the auction, not after
+    args.weights = weights_of(args)
     inputs = None if args.texts else tensor_files.load_inputs(args.input, args.input_name, args.dtype)
     identity = load_identity(args.key)
     try:
@@ -181,11 +173,11 @@ def handle(args: argparse.Namespace) -> ExitCode:
         tensor_files.save_outputs(result.outputs, args.output)
     if isinstance(result, Result):
         shown = (
-            report.render_json(result, args.priority)
+            report.render_json(result, args.weights)
             if args.json
-            else report.render_text(result, args.priority)
+            else report.render_text(result, args.weights)
         )
     else:
-        shown = (report.render_graph_json if args.json else report.render_graph_text)(result, args.priority)
+        shown = (report.render_graph_json if args.json else report.render_graph_text)(result, args.weights)
     print(shown)
     return ExitCode.OK

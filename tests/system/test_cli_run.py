@@ -117,11 +117,21 @@ def test_a_bare_port_is_a_peer_on_this_machine(tmp_path: Path, capsys: pytest.Ca
     assert "is not HOST:PORT" in capsys.readouterr().err
 
 
-def test_priority_choices_are_the_scoring_profiles() -> None:
-    from atomic_p2p.cli.run import PRIORITIES
+def test_weights_choices_are_the_scoring_profiles() -> None:
+    from atomic_p2p.cli.arguments import WEIGHTS
     from atomic_p2p.requester.weights import PROFILES
 
-    assert tuple(sorted(PROFILES)) == PRIORITIES
+    assert tuple(sorted(PROFILES)) == WEIGHTS
+
+
+def test_weights_and_the_deprecated_priority_must_agree(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    torch.save(torch.zeros(2, 64), tmp_path / "x.pt")
+    base = ["run", "--peer", "127.0.0.1:1", "--capability", "c", "--input", str(tmp_path / "x.pt")]
+    assert main([*base, "--weights", "speed", "--priority", "accuracy"]) == 2
+    err = capsys.readouterr().err
+    assert "--priority is deprecated; use --weights" in err and "disagree" in err
 
 
 def test_help_does_not_import_torch() -> None:
@@ -220,10 +230,10 @@ async def test_run_prints_the_auction_and_saves_outputs(peers: list[PeerNode], t
     Identity.generate().save(key)
     code, out, err = await atomic_async(
         "run", *peer_args(peers), "--capability", "classify/digits", "--input", str(tmp_path / "x.pt"),
-        "--key", str(key), "--priority", "speed", "--output", str(tmp_path / "out.pt"),
+        "--key", str(key), "--weights", "speed", "--output", str(tmp_path / "out.pt"),
     )  # fmt: skip
     assert code == 0, err
-    assert "priority speed" in out
+    assert "weights speed (" in out and "deprecated" not in err
     for node in peers:  # one table row per peer
         assert node.peer_id.short in out
     winner_line = next(line for line in out.splitlines() if line.startswith("winner"))
@@ -244,8 +254,9 @@ async def test_run_json_is_machine_readable(peers: list[PeerNode], tmp_path: Pat
         "--priority", "accuracy", "--json",
     )  # fmt: skip
     assert code == 0, err
+    assert "warning: --priority is deprecated; use --weights" in err  # the old spelling still works
     document = json.loads(out)
-    assert document["ok"] is True and document["priority"] == "accuracy"
+    assert document["ok"] is True and document["weights_profile"] == "accuracy"
     assert {bid["peer_id"] for bid in document["bids"]} == {node.peer_id.hex for node in peers}
     assert document["winner"]["peer_id"] == document["bids"][0]["peer_id"]
     assert document["bids"][0]["rank"] == 1 and set(document["bids"][0]["components"]) == {
