@@ -52,3 +52,27 @@ def test_sections_are_numbered_and_every_citation_names_one() -> None:
         if number not in numbers
     }
     assert cited == set(), "a citation names a section docs/architecture.md does not have"
+
+
+def _config_keys_section() -> str:
+    page = (ROOT / "docs" / "cli.md").read_text()
+    return page[page.index("### Config keys") : page.index("## `atomic keygen")]
+
+
+def test_the_documented_strategies_are_the_registered_ones() -> None:
+    from atomic_p2p.peer.strategies import STRATEGIES
+
+    listed = re.search(r"`strategy` \(one of\s+(.*?);", _config_keys_section(), re.S)
+    assert listed, "docs/cli.md no longer lists the strategies"
+    assert sorted(re.findall(r"`([a-z-]+)`", listed.group(1))) == sorted(STRATEGIES)
+
+
+def test_every_config_key_is_documented() -> None:
+    from atomic_p2p.peer import config
+
+    section = _config_keys_section()
+    tables = {key for key in config._MODEL_KEYS if f"`[models.{key}]`" in section}  # a sub-table
+    missing = sorted(
+        key for key in (config._PEER_KEYS | config._MODEL_KEYS) - tables if f"`{key}`" not in section
+    )
+    assert missing == []
