@@ -128,7 +128,9 @@ def handle(args: argparse.Namespace) -> ExitCode:
     try:
         result = asyncio.run(stream(args, prompt, identity, sys.stdout))
     except AuctionError as error:
-        print(f"\natomic generate: {error}", file=sys.stderr)
+        from atomic_p2p.cli.report import hint
+
+        print(f"\natomic generate: {error}\nwhat next: {hint(error, args.capability)}", file=sys.stderr)
         return ExitCode.FAILED
     print(render(result, by_text=isinstance(prompt, str)), file=sys.stderr)
     return ExitCode.OK

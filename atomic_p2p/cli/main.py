@@ -26,7 +26,10 @@ COMMANDS = (
     "atomic_p2p.cli.outcome",
 )
 
-EPILOG = "exit codes: 0 ok, 1 the command failed (e.g. no usable bid), 2 usage or input error"
+EPILOG = (
+    "exit codes: 0 ok, 1 the command failed (e.g. no usable bid), 2 usage or input error, "
+    "141 stdout was closed early (atomic bids | head)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

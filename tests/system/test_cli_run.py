@@ -124,6 +124,13 @@ def test_weights_choices_are_the_scoring_profiles() -> None:
     assert tuple(sorted(PROFILES)) == WEIGHTS
 
 
+def test_generate_failures_say_what_next(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["generate", "--peer", "1", "--capability", "generate/count", "--prompt-ids", "1,2"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "127.0.0.1:1 unreachable" in err and "what next: a peer did not answer" in err
+
+
 def test_weights_and_the_deprecated_priority_must_agree(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
