@@ -142,7 +142,9 @@ class Executor:
             outputs_digest: bytes | None = None  # hashed as a stream arrives
             if self._policy.stream_outputs:
                 async with aclosing(self._transport.execute_stream(bid.address, call, timeout_s)) as chunks:
-                    reply, outputs_digest = await collect_reply_digest(chunks)
+                    reply, outputs_digest = await collect_reply_digest(
+                        chunks, run_blocking=self._clock.run_blocking
+                    )
             else:
                 reply = await self._transport.execute(bid.address, call, timeout_s)
             receipt = await self._clock.run_blocking(
