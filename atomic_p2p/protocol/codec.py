@@ -161,6 +161,29 @@ def decode_chunk(data: bytes) -> ExecuteChunk:
     raise ProtocolError("an ExecuteStream message holds no tokens, slice or result")
 
 
+def encode_upload_call(call: ExecuteCall) -> bytes:
+    """The first message of ExecuteUpload: ``ExecuteUploadRequest{call}``, the call's inputs left
+    out (they follow as slices: :func:`encode_slice`'s bytes are ``ExecuteUploadRequest{input}``,
+    field 2 in both messages)."""
+    inner = encode(ExecuteCall(call.order, call.bid, (), call.texts))
+    return b"\x0a" + _varint(len(inner)) + inner
+
+
+def decode_upload(data: bytes) -> ExecuteCall | TensorSlice:
+    """Parse one ExecuteUpload message: the call, or an input slice (its data a view of ``data``)."""
+    if data[:1] == _SLICE_KEY:
+        piece = _slice_view(data)
+        if piece is not None:
+            return piece
+    message = parse(market_pb2.ExecuteUploadRequest, data, "ExecuteUploadRequest")
+    which = message.WhichOneof("part")
+    if which == "input":
+        return _slice_from_proto(message.input)
+    if which == "call":
+        return decode(ExecuteCall, message.call.SerializeToString())
+    raise ProtocolError("an ExecuteUpload message holds no call or input slice")
+
+
 def wire_size(message: Any) -> int:
     """How many bytes ``message`` takes on the wire."""
     return len(encode(message))

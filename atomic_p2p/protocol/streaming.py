@@ -24,7 +24,7 @@ import numpy
 from atomic_p2p.errors import LimitExceededError, ProtocolError
 from atomic_p2p.identity import Envelope
 from atomic_p2p.protocol.codec import encode_slice
-from atomic_p2p.protocol.messages import ExecuteChunk, ExecuteReply, TensorSlice
+from atomic_p2p.protocol.messages import ExecuteChunk, ExecuteReply, TensorSlice, TensorSpec
 from atomic_p2p.tensors import DEFAULT_LIMITS, TensorLimits, WireTensor, check_spec, digest_header
 
 SLICE_BYTES = 1024 * 1024  # what a peer puts in one message: well under any gRPC message limit
@@ -62,8 +62,15 @@ class Reassembly:
     the tensor limits, the whole within ``max_bytes``), and each slice is copied into it and
     hashed as it arrives: one copy and one pass of the digest, nothing at the end."""
 
-    def __init__(self, limits: TensorLimits = DEFAULT_LIMITS, max_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        limits: TensorLimits = DEFAULT_LIMITS,
+        max_bytes: int | None = None,
+        expected: Sequence[TensorSpec] | None = None,
+    ) -> None:
         self._limits = limits
+        # Uploaded inputs: only these tensors, each with exactly this dtype and shape.
+        self._expected_specs = None if expected is None else {spec.name: spec for spec in expected}
         self._max_bytes = max_bytes if max_bytes is not None else limits.max_bytes * 4
         self._done: list[WireTensor] = []
         self._current: TensorSlice | None = None
@@ -101,6 +108,12 @@ class Reassembly:
             raise ProtocolError(f"the first slice of {piece.name[:64]!r} starts at {piece.offset}, not 0")
         if any(wire.name == piece.name for wire in self._done):
             raise ProtocolError(f"output {piece.name[:64]!r} arrives twice")
+        if self._expected_specs is not None:
+            spec = self._expected_specs.get(piece.name)
+            if spec is None or (spec.dtype, tuple(spec.shape)) != (piece.dtype, piece.shape):
+                raise ProtocolError(
+                    f"input {piece.name[:64]!r} {piece.dtype}{list(piece.shape)[:8]} is not one the bid was for"
+                )
         self._expected = check_spec(piece.dtype, piece.shape, self._limits)  # bad or too big: refused
         if self._total + self._expected > self._max_bytes:
             raise LimitExceededError(f"streamed output is over {self._max_bytes} bytes")
