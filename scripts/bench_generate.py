@@ -8,8 +8,11 @@ What is measured, all in one run so the noisy machine cancels out (docs/architec
 
 - **generation**: ``Requester.generate`` of ``--tokens`` tokens from the example ``lm-small`` peer
   (peers/lm-small.toml, a char-level GRU): time to first token (from the call, so it includes the
-  auction) and tokens per second after it. Against it, the same weights decoded in this process
-  with the same greedy :class:`~atomic_p2p.peer.generation.Decoder`, no gRPC and no market.
+  auction) and tokens per second after the first message (the tokens after it over the time after
+  it). Against it, the same weights decoded in this process with the same greedy
+  :class:`~atomic_p2p.peer.generation.Decoder`, no gRPC and no market; and beside it the round
+  trip of a bare unary gRPC call to the peer's process, since the auction and the order are two
+  such trips before any token.
 - **tensor streaming**: a ``--mb`` MB float32 output bought over ExecuteStream
   (``ExecutionPolicy(stream_outputs=True)``, 1 MiB slices; the whole ``Requester.run``, auction and
   verification included), against a bare grpc.aio server streaming the same bytes as 1 MiB raw
@@ -53,6 +56,7 @@ MIB = 1024 * 1024
 SLICE = MIB
 RAW_METHOD = "/bench.Raw/Stream"
 FLOOR_METHOD = "/bench.Raw/Floor"
+ECHO_METHOD = "/bench.Raw/Echo"
 PROMPT = "Return the number of "
 TARGET_TTFT_EXTRA_MS = 5.0
 TARGET_TOKENS_RATIO = 0.95
@@ -109,6 +113,9 @@ async def serve(data_dir: Path, megabytes: int) -> None:
 
     fill = _Fill(megabytes * MIB // 4)
 
+    async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return request
+
     async def floor(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         """The bytes stream plus the work the protocol cannot skip, done the cheapest way: the
         model's output made (the same fill), hashed once in a thread while it is sent."""
@@ -125,6 +132,7 @@ async def serve(data_dir: Path, megabytes: int) -> None:
         {
             "Stream": grpc.unary_stream_rpc_method_handler(stream),
             "Floor": grpc.unary_stream_rpc_method_handler(floor),
+            "Echo": grpc.unary_unary_rpc_method_handler(echo),
         },
     )
     raw = grpc.aio.server(options=[("grpc.max_send_message_length", 4 * MIB)])
@@ -210,28 +218,39 @@ def inprocess_generation(model: object, prompt: torch.Tensor, tokens: int) -> tu
     return timing(started, first, time.perf_counter(), count)
 
 
-async def bench_generation(peer: str, rounds: int, tokens: int, warmup: int) -> dict[str, dict[str, float]]:
+async def bench_generation(
+    peer: str, raw: str, rounds: int, tokens: int, warmup: int
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """The generation rows, and the round trip of a bare unary gRPC call to the peer's process
+    (two of them, the auction's and the order's, lie under any market time to first token)."""
     from atomic_p2p.requester import Requester
     from peers.examples import weights_cache_dir
     from peers.text import char_lm
 
     model = char_lm(weights_cache_dir(), max_tokens=max(64, tokens))  # the peer's weights (cached)
     prompt = torch.tensor([model.tokenizer.ids(PROMPT)], dtype=torch.int64)
-    market, local = [], []
-    async with Requester([peer]) as requester:
+    market, local, trips = [], [], []
+    channel = grpc.aio.insecure_channel(raw)
+    echo = channel.unary_unary(ECHO_METHOD)
+    async with channel, Requester([peer]) as requester:
         for _ in range(warmup):
             await market_generation(requester, tokens)
             inprocess_generation(model, prompt, tokens)
+            await echo(PROMPT.encode())
         for _ in progress(rounds, "generation"):  # interleaved: drift hits both alike
             market.append(await market_generation(requester, tokens))
             local.append(inprocess_generation(model, prompt, tokens))
-    return {
+            started = time.perf_counter()
+            await echo(PROMPT.encode())
+            trips.append((time.perf_counter() - started) * 1000)
+    rows = {
         label: {
             "ttft_ms": percentiles([ttft for ttft, _ in samples]),
             "tokens_per_s": percentiles([rate for _, rate in samples]),
         }
         for label, samples in (("market", market), ("in_process", local))
     }
+    return rows, percentiles(trips)
 
 
 async def bench_stream(peer: str, raw: str, megabytes: int, repeats: int) -> dict[str, list[float]]:
@@ -288,7 +307,9 @@ def met(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
-def report(generation: dict, stream: dict[str, list[float]], args: argparse.Namespace) -> dict:
+def report(
+    generation: dict, stream: dict[str, list[float]], round_trip: dict[str, float], args: argparse.Namespace
+) -> dict:
     market, local = generation["market"], generation["in_process"]
     stream_mb_s, raw_mb_s = statistics.median(stream["market"]), statistics.median(stream["raw"])
     floor_mb_s = statistics.median(stream["floor"])
@@ -310,6 +331,10 @@ def report(generation: dict, stream: dict[str, list[float]], args: argparse.Name
         print(
             f"  {label:<14}{ttft['p50']:>13.2f}{ttft['p90']:>13.2f}{rate['p50']:>11.0f}{rate['p90']:>11.0f}"
         )
+    print(
+        f"  raw gRPC round trip to the peer's process: p50 {round_trip['p50']:.2f} ms; the market's first"
+        f" token needs two (auction, order): in-process + 2 trips = {local['ttft_ms']['p50'] + 2 * round_trip['p50']:.2f} ms"
+    )
     print(f"\nstream benchmark: {args.mb} MB float32, {args.repeats} repeats (median)")
     print(f"  ExecuteStream (market)   {stream_mb_s:>9.0f} MB/s")
     print(f"  raw gRPC bytes stream    {raw_mb_s:>9.0f} MB/s")
@@ -359,6 +384,7 @@ def report(generation: dict, stream: dict[str, list[float]], args: argparse.Name
         },
         "generation": flat,
         "generation_detail": generation,
+        "raw_round_trip_ms": round_trip,
         "stream": {
             "mb_per_s": stream_mb_s,
             "raw_mb_per_s": raw_mb_s,
@@ -376,12 +402,12 @@ def report(generation: dict, stream: dict[str, list[float]], args: argparse.Name
     }
 
 
-async def measure(addresses: dict[str, str], args: argparse.Namespace) -> tuple[dict, dict]:
-    generation = await bench_generation(
-        addresses["peer"], args.rounds, args.tokens, warmup=min(3, args.rounds)
+async def measure(addresses: dict[str, str], args: argparse.Namespace) -> tuple[dict, dict, dict]:
+    generation, round_trip = await bench_generation(
+        addresses["peer"], addresses["raw"], args.rounds, args.tokens, warmup=min(3, args.rounds)
     )
     stream = await bench_stream(addresses["peer"], addresses["raw"], args.mb, args.repeats)
-    return generation, stream
+    return generation, stream, round_trip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -412,12 +438,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="atomic-bench-") as tmp:
         child, addresses = start_server(Path(tmp), args.mb, args.threads)
         try:
-            generation, stream = asyncio.run(measure(addresses, args))
+            generation, stream, round_trip = asyncio.run(measure(addresses, args))
         finally:
             assert child.stdin is not None
             child.stdin.close()
             child.wait(timeout=30)
-    document = report(generation, stream, args)
+    document = report(generation, stream, round_trip, args)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(document, indent=2))
     print(f"\nwrote {args.json}")
