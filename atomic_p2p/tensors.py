@@ -70,8 +70,9 @@ class WireTensor:
     name: str
     dtype: str
     shape: tuple[int, ...]
-    data: bytes | bytearray | memoryview  # bytearray: a reassembled stream, which decode takes over;
-    # memoryview: an output a peer streams straight from the tensor's memory (encode(copy=False))
+    data: bytes | bytearray | memoryview  # a writable memoryview: a reassembled stream, which decode
+    # takes over; a read-only one: an output a peer streams straight from the tensor's memory
+    # (encode(copy=False))
 
     @property
     def numel(self) -> int:
@@ -118,7 +119,8 @@ def encode(tensor: torch.Tensor, name: str = "", *, copy: bool = True) -> WireTe
 def decode(wire: WireTensor, limits: TensorLimits = DEFAULT_LIMITS) -> torch.Tensor:
     """Wire form -> torch tensor, validated against ``limits`` before anything is allocated.
 
-    Data held in a ``bytearray`` is not copied: the tensor shares that memory."""
+    Data held in a ``bytearray`` or a writable ``memoryview`` is not copied: the tensor shares
+    that memory."""
     expected = check_spec(wire.dtype, wire.shape, limits)
     if len(wire.data) != expected:
         raise TensorError(
@@ -128,8 +130,10 @@ def decode(wire: WireTensor, limits: TensorLimits = DEFAULT_LIMITS) -> torch.Ten
     dtype = DTYPES[wire.dtype]
     if expected == 0:
         return torch.empty(wire.shape, dtype=dtype)
-    # A bytearray (a reassembled stream's) becomes the tensor's memory; bytes are copied (writable).
-    data = wire.data if isinstance(wire.data, bytearray) else bytearray(wire.data)
+    # Writable memory (a reassembled stream's) becomes the tensor's; anything read-only is copied.
+    data = wire.data
+    if not isinstance(data, bytearray) and (not isinstance(data, memoryview) or data.readonly):
+        data = bytearray(data)
     flat = torch.frombuffer(data, dtype=torch.uint8).view(dtype)
     if sys.byteorder == "big" and flat.element_size() > 1:
         flat = torch.from_numpy(flat.numpy().byteswap())

@@ -8,12 +8,20 @@ What is measured, all in one run so the noisy machine cancels out (docs/architec
 
 - **generation**: ``Requester.generate`` of ``--tokens`` tokens from the example ``lm-small`` peer
   (peers/lm-small.toml, a char-level GRU): time to first token (from the call, so it includes the
-  auction) and tokens per second after it. Against it, the same weights decoded in this process
-  with the same greedy :class:`~atomic_p2p.peer.generation.Decoder`, no gRPC and no market.
+  auction) and tokens per second after the first message (the tokens after it over the time after
+  it). Against it, the same weights decoded in this process with the same greedy
+  :class:`~atomic_p2p.peer.generation.Decoder`, no gRPC and no market; and beside it the round
+  trip of a bare unary gRPC call to the peer's process, since the auction and the order are two
+  such trips before any token.
 - **tensor streaming**: a ``--mb`` MB float32 output bought over ExecuteStream
   (``ExecutionPolicy(stream_outputs=True)``, 1 MiB slices; the whole ``Requester.run``, auction and
   verification included), against a bare grpc.aio server streaming the same bytes as 1 MiB raw
-  messages (generic handler, no protobuf) to one channel.
+  messages (generic handler, no protobuf) to one channel. Beside them, the **floor**: the raw
+  stream plus only the work the protocol cannot skip, done the cheapest way (the server makes the
+  model's output with the same fill and hashes it once in a thread while sending; the client
+  copies each message once into the output tensor and hashes it as it arrives). Raw gRPC does none
+  of that work, so on a machine with fewer cores than busy threads the floor, not raw, bounds
+  ExecuteStream.
 
 The peer and the raw server run in one separate process (a real ``PeerNode`` on 127.0.0.1), so the
 requester's event loop does only the requester's work. 64 MB is the peer's default tensor limit
@@ -24,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import platform
@@ -48,6 +57,8 @@ TENSOR = "bench/tensor"
 MIB = 1024 * 1024
 SLICE = MIB
 RAW_METHOD = "/bench.Raw/Stream"
+FLOOR_METHOD = "/bench.Raw/Floor"
+ECHO_METHOD = "/bench.Raw/Echo"
 PROMPT = "Return the number of "
 TARGET_TTFT_EXTRA_MS = 5.0
 TARGET_TOKENS_RATIO = 0.95
@@ -102,8 +113,29 @@ async def serve(data_dir: Path, megabytes: int) -> None:
         for start in range(0, len(view), SLICE):
             yield bytes(view[start : start + SLICE])
 
+    fill = _Fill(megabytes * MIB // 4)
+
+    async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return request
+
+    async def floor(request: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        """The bytes stream plus the work the protocol cannot skip, done the cheapest way: the
+        model's output made (the same fill), hashed once in a thread while it is sent."""
+        with torch.inference_mode():
+            output = await asyncio.to_thread(fill, torch.ones(1, 1))
+        view = memoryview(output.numpy()).cast("B")
+        hashing = asyncio.ensure_future(asyncio.to_thread(lambda: hashlib.sha256(view).digest()))
+        for start in range(0, len(view), SLICE):
+            yield bytes(view[start : start + SLICE])
+        yield await hashing
+
     handler = grpc.method_handlers_generic_handler(
-        "bench.Raw", {"Stream": grpc.unary_stream_rpc_method_handler(stream)}
+        "bench.Raw",
+        {
+            "Stream": grpc.unary_stream_rpc_method_handler(stream),
+            "Floor": grpc.unary_stream_rpc_method_handler(floor),
+            "Echo": grpc.unary_unary_rpc_method_handler(echo),
+        },
     )
     raw = grpc.aio.server(options=[("grpc.max_send_message_length", 4 * MIB)])
     raw.add_generic_rpc_handlers((handler,))
@@ -152,21 +184,25 @@ def progress(rounds: int, label: str) -> object:
     return progress_bar(range(rounds), desc=label, unit="round", leave=False)
 
 
-def timing(started: float, first: float, ended: float, tokens: int) -> tuple[float, float]:
-    """(time to first token in ms, tokens per second after the first)."""
+def timing(
+    started: float, first: float, ended: float, tokens: int, first_tokens: int = 1
+) -> tuple[float, float]:
+    """(time to first token in ms, tokens per second after the first arrival): the tokens that
+    arrived after the first message over the time after it (a first message holding several
+    tokens does not count them as produced in no time)."""
     rest = ended - first
-    return (first - started) * 1000, (tokens - 1) / rest if rest > 0 else float("inf")
+    return (first - started) * 1000, (tokens - first_tokens) / rest if rest > 0 else float("inf")
 
 
 async def market_generation(requester: object, tokens: int) -> tuple[float, float]:
     started = time.perf_counter()
-    first, count = 0.0, 0
+    first, count, first_tokens = 0.0, 0, 0
     async for chunk in requester.generate(GENERATE, PROMPT, max_tokens=tokens, deadline_s=30.0):
         if not count:
-            first = time.perf_counter()
+            first, first_tokens = time.perf_counter(), len(chunk.tokens)
         count += len(chunk.tokens)
     assert count == tokens, f"the peer produced {count} tokens, not {tokens}"
-    return timing(started, first, time.perf_counter(), count)
+    return timing(started, first, time.perf_counter(), count, first_tokens)
 
 
 def inprocess_generation(model: object, prompt: torch.Tensor, tokens: int) -> tuple[float, float]:
@@ -182,28 +218,39 @@ def inprocess_generation(model: object, prompt: torch.Tensor, tokens: int) -> tu
     return timing(started, first, time.perf_counter(), count)
 
 
-async def bench_generation(peer: str, rounds: int, tokens: int, warmup: int) -> dict[str, dict[str, float]]:
+async def bench_generation(
+    peer: str, raw: str, rounds: int, tokens: int, warmup: int
+) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """The generation rows, and the round trip of a bare unary gRPC call to the peer's process
+    (two of them, the auction's and the order's, lie under any market time to first token)."""
     from atomic_p2p.requester import Requester
     from peers.examples import weights_cache_dir
     from peers.text import char_lm
 
     model = char_lm(weights_cache_dir(), max_tokens=max(64, tokens))  # the peer's weights (cached)
     prompt = torch.tensor([model.tokenizer.ids(PROMPT)], dtype=torch.int64)
-    market, local = [], []
-    async with Requester([peer]) as requester:
+    market, local, trips = [], [], []
+    channel = grpc.aio.insecure_channel(raw)
+    echo = channel.unary_unary(ECHO_METHOD)
+    async with channel, Requester([peer]) as requester:
         for _ in range(warmup):
             await market_generation(requester, tokens)
             inprocess_generation(model, prompt, tokens)
+            await echo(PROMPT.encode())
         for _ in progress(rounds, "generation"):  # interleaved: drift hits both alike
             market.append(await market_generation(requester, tokens))
             local.append(inprocess_generation(model, prompt, tokens))
-    return {
+            started = time.perf_counter()
+            await echo(PROMPT.encode())
+            trips.append((time.perf_counter() - started) * 1000)
+    rows = {
         label: {
             "ttft_ms": percentiles([ttft for ttft, _ in samples]),
             "tokens_per_s": percentiles([rate for _, rate in samples]),
         }
         for label, samples in (("market", market), ("in_process", local))
     }
+    return rows, percentiles(trips)
 
 
 async def bench_stream(peer: str, raw: str, megabytes: int, repeats: int) -> dict[str, list[float]]:
@@ -211,9 +258,9 @@ async def bench_stream(peer: str, raw: str, megabytes: int, repeats: int) -> dic
 
     size = megabytes * MIB
     x = torch.ones(1, 1)
-    market, bare = [], []
+    market, bare, floor = [], [], []
     channel = grpc.aio.insecure_channel(raw, options=[("grpc.max_receive_message_length", 4 * MIB)])
-    call = channel.unary_stream(RAW_METHOD)
+    call, floor_call = channel.unary_stream(RAW_METHOD), channel.unary_stream(FLOOR_METHOD)
     streaming = Requester([peer], execution=ExecutionPolicy(stream_outputs=True))
     async with channel, streaming:
         for index in progress(repeats + 1, "stream"):  # the first of each is a warm-up
@@ -231,7 +278,28 @@ async def bench_stream(peer: str, raw: str, megabytes: int, repeats: int) -> dic
             assert received == size
             if index:
                 bare.append(size / MIB / elapsed)
-    return {"market": market, "raw": bare}
+            started = time.perf_counter()
+            await floor_stream(floor_call, size)
+            elapsed = time.perf_counter() - started
+            if index:
+                floor.append(size / MIB / elapsed)
+    return {"market": market, "raw": bare, "floor": floor}
+
+
+async def floor_stream(call: object, size: int) -> None:
+    """The receiving end of the floor: each message copied once into the output tensor's memory
+    and hashed as it arrives, the digest compared at the end (what a requester cannot skip)."""
+    output = torch.empty(size, dtype=torch.uint8)
+    view = memoryview(output.numpy()).cast("B")
+    hasher, received = hashlib.sha256(), 0
+    async for message in call(b""):
+        if received == size:
+            assert message == hasher.digest(), "the floor's digest does not match"
+            return
+        view[received : received + len(message)] = message
+        hasher.update(message)
+        received += len(message)
+    raise AssertionError("the floor stream ended without its digest")
 
 
 # --------------------------------------------------------------------------- report
@@ -239,14 +307,19 @@ def met(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
 
-def report(generation: dict, stream: dict[str, list[float]], args: argparse.Namespace) -> dict:
+def report(
+    generation: dict, stream: dict[str, list[float]], round_trip: dict[str, float], args: argparse.Namespace
+) -> dict:
     market, local = generation["market"], generation["in_process"]
     stream_mb_s, raw_mb_s = statistics.median(stream["market"]), statistics.median(stream["raw"])
+    floor_mb_s = statistics.median(stream["floor"])
     ratios = {
         "ttft_extra_ms_p50": market["ttft_ms"]["p50"] - local["ttft_ms"]["p50"],
         "ttft_extra_ms_p90": market["ttft_ms"]["p90"] - local["ttft_ms"]["p90"],
         "tokens_per_s": market["tokens_per_s"]["p50"] / local["tokens_per_s"]["p50"],
         "stream_vs_raw": stream_mb_s / raw_mb_s,
+        "stream_vs_floor": stream_mb_s / floor_mb_s,
+        "floor_vs_raw": floor_mb_s / raw_mb_s,
     }
     print(
         f"\ngeneration benchmark: lm-small peer in a separate process (PeerNode on 127.0.0.1), "
@@ -258,9 +331,17 @@ def report(generation: dict, stream: dict[str, list[float]], args: argparse.Name
         print(
             f"  {label:<14}{ttft['p50']:>13.2f}{ttft['p90']:>13.2f}{rate['p50']:>11.0f}{rate['p90']:>11.0f}"
         )
+    print(
+        f"  raw gRPC round trip to the peer's process: p50 {round_trip['p50']:.2f} ms; the market's first"
+        f" token needs two (auction, order): in-process + 2 trips = {local['ttft_ms']['p50'] + 2 * round_trip['p50']:.2f} ms"
+    )
     print(f"\nstream benchmark: {args.mb} MB float32, {args.repeats} repeats (median)")
     print(f"  ExecuteStream (market)   {stream_mb_s:>9.0f} MB/s")
     print(f"  raw gRPC bytes stream    {raw_mb_s:>9.0f} MB/s")
+    print(
+        f"  raw + required work      {floor_mb_s:>9.0f} MB/s   (the floor: fill, sha256 each end, one copy;"
+        f" {ratios['floor_vs_raw']:.2f}x raw)"
+    )
     extra, tokens_ratio, stream_ratio = (
         ratios["ttft_extra_ms_p50"],
         ratios["tokens_per_s"],
@@ -279,6 +360,10 @@ def report(generation: dict, stream: dict[str, list[float]], args: argparse.Name
     print(
         f"  ExecuteStream / raw gRPC        {stream_ratio:>9.2f}x    >= {TARGET_STREAM_RATIO}x      {met(stream_ratio >= TARGET_STREAM_RATIO)}"
     )
+    print(
+        f"  ExecuteStream / floor           {ratios['stream_vs_floor']:>9.2f}x    (no target: how close to it)"
+    )
+    print(f"\n  load average (1 min) at the end: {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus")
     flat = {
         label: {
             f"{metric}_{q}": row[metric][q] for metric in ("ttft_ms", "tokens_per_s") for q in ("p50", "p90")
@@ -299,7 +384,14 @@ def report(generation: dict, stream: dict[str, list[float]], args: argparse.Name
         },
         "generation": flat,
         "generation_detail": generation,
-        "stream": {"mb_per_s": stream_mb_s, "raw_mb_per_s": raw_mb_s, "samples": stream},
+        "raw_round_trip_ms": round_trip,
+        "stream": {
+            "mb_per_s": stream_mb_s,
+            "raw_mb_per_s": raw_mb_s,
+            "floor_mb_per_s": floor_mb_s,
+            "samples": stream,
+        },
+        "load_average_1m": os.getloadavg()[0],  # other work on the machine while this ran
         "ratios": ratios,
         "targets": {
             "ttft_extra_ms_p50": [TARGET_TTFT_EXTRA_MS, extra <= TARGET_TTFT_EXTRA_MS],
@@ -310,12 +402,12 @@ def report(generation: dict, stream: dict[str, list[float]], args: argparse.Name
     }
 
 
-async def measure(addresses: dict[str, str], args: argparse.Namespace) -> tuple[dict, dict]:
-    generation = await bench_generation(
-        addresses["peer"], args.rounds, args.tokens, warmup=min(3, args.rounds)
+async def measure(addresses: dict[str, str], args: argparse.Namespace) -> tuple[dict, dict, dict]:
+    generation, round_trip = await bench_generation(
+        addresses["peer"], addresses["raw"], args.rounds, args.tokens, warmup=min(3, args.rounds)
     )
     stream = await bench_stream(addresses["peer"], addresses["raw"], args.mb, args.repeats)
-    return generation, stream
+    return generation, stream, round_trip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -346,12 +438,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="atomic-bench-") as tmp:
         child, addresses = start_server(Path(tmp), args.mb, args.threads)
         try:
-            generation, stream = asyncio.run(measure(addresses, args))
+            generation, stream, round_trip = asyncio.run(measure(addresses, args))
         finally:
             assert child.stdin is not None
             child.stdin.close()
             child.wait(timeout=30)
-    document = report(generation, stream, args)
+    document = report(generation, stream, round_trip, args)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(document, indent=2))
     print(f"\nwrote {args.json}")

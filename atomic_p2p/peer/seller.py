@@ -74,6 +74,7 @@ from atomic_p2p.protocol.messages import (
     RequestBidsCall,
     RequestBidsReply,
     TaskSpec,
+    TensorSpec,
     TextSpec,
 )
 from atomic_p2p.protocol.messages import NoBid as WireNoBid
@@ -321,8 +322,22 @@ class Seller:
             raise ProtocolError("a generation order (max_tokens, prefix) goes to ExecuteStream")
         return job
 
-    def _open(self, call: ExecuteCall, now_ms: int) -> Job:
-        """The checks every order passes, whichever RPC carries it."""
+    def open_upload(self, call: ExecuteCall, now_ms: int) -> tuple[TensorSpec, ...]:
+        """Before an ExecuteUpload takes any input: the order's checks that need no inputs
+        (signatures, the bid in the book, the order's signer, the deadline), and the inputs the bid
+        was for, the only tensors the upload may carry (each its announced dtype and shape, so
+        nothing is allocated beyond what this peer bid for). The whole call is checked again with
+        its inputs (:meth:`open_stream`)."""
+        if call.inputs:
+            raise ProtocolError("an ExecuteUpload call carries no inputs: they follow it as slices")
+        order, issued = self._authorize(call, now_ms)
+        if order.deadline_ms and order.deadline_ms <= now_ms:
+            raise DeadlineError("the order's deadline has passed")
+        return issued.inputs
+
+    def _authorize(self, call: ExecuteCall, now_ms: int) -> tuple[ExecuteOrder, IssuedBid]:
+        """The order and the bid it names: both signed, the bid ours and in the book, the order
+        signed by the requester the bid was made for."""
         _, bid = codec.open_signed(call.bid, Bid, expected_signer=self.identity.peer_id)
         order_signer, order = codec.open_signed(call.order, ExecuteOrder)
         bid_digest = call.bid.digest
@@ -333,6 +348,11 @@ class Seller:
         issued = self._book.lookup(bid.request_id, bid.task_id, bid_digest, now_ms)
         if order_signer != issued.requester:
             raise SignatureError("the order is not signed by the requester this bid was made for")
+        return order, issued
+
+    def _open(self, call: ExecuteCall, now_ms: int) -> Job:
+        """The checks every order passes, whichever RPC carries it."""
+        order, issued = self._authorize(call, now_ms)
         model, inputs, texts = self._check_inputs(call, order, issued)
         if order.deadline_ms and order.deadline_ms <= now_ms:
             raise DeadlineError("the order's deadline has passed")

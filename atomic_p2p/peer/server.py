@@ -21,16 +21,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
+from dataclasses import replace
 from typing import NoReturn, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from atomic_p2p.errors import AtomicError, DeadlineError, UnavailableError, UnimplementedError
+from atomic_p2p.errors import (
+    AtomicError,
+    DeadlineError,
+    ProtocolError,
+    UnavailableError,
+    UnimplementedError,
+)
 from atomic_p2p.gossip.transport import GossipAgent
+from atomic_p2p.identity import Envelope
 from atomic_p2p.peer.seller import Decision, Seller
 from atomic_p2p.peer.textgen import TextPieces
 from atomic_p2p.peer.workers import WorkerPool
@@ -40,15 +48,17 @@ from atomic_p2p.protocol.messages import (
     ExecuteCall,
     FeedbackCall,
     RequestBidsCall,
+    TensorSlice,
     TokenChunk,
 )
-from atomic_p2p.protocol.streaming import encoded_slices
+from atomic_p2p.protocol.streaming import Reassembly, encoded_slices
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = "atomic.v1.Peer"
 METHODS = ("Gossip", "RequestBids", "Execute", "Feedback", "BidGradient")
 STREAM_METHODS = ("ExecuteStream",)
+UPLOAD_METHODS = ("ExecuteUpload",)
 
 
 def wall_ms() -> int:
@@ -95,6 +105,13 @@ class PeerService:
             raise UnimplementedError(f"atomic.v1.Peer has no method {method!r}")
         return await handler(raw, caller)
 
+    def upload(self, method: str, requests: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+        """Serve one bidirectional call (ExecuteUpload) as :meth:`stream` serves one: its request
+        messages in, its answer messages out."""
+        if method != "ExecuteUpload":
+            raise UnimplementedError(f"atomic.v1.Peer has no bidirectional method {method[:64]!r}")
+        return self.execute_upload(requests)
+
     def stream(self, method: str, raw: bytes) -> AsyncGenerator[bytes, None]:
         """Serve one server-streaming call: its answer messages as bytes; a refusal raises
         AtomicError from the iteration. Closing the iterator early (a client that cancels) stops
@@ -107,6 +124,8 @@ class PeerService:
         handlers = {name: grpc.unary_unary_rpc_method_handler(_rpc(name, self.call)) for name in METHODS}
         for name in STREAM_METHODS:
             handlers[name] = grpc.unary_stream_rpc_method_handler(_stream_rpc(name, self.stream))
+        for name in UPLOAD_METHODS:
+            handlers[name] = grpc.stream_stream_rpc_method_handler(_upload_rpc(name, self.upload))
         return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
     async def request_bids(self, raw: bytes, caller: str = "") -> bytes:
@@ -129,30 +148,67 @@ class PeerService:
 
     async def execute_stream(self, raw: bytes) -> AsyncGenerator[bytes, None]:
         self._refuse_new_work()
-        job = self.seller.open_stream(codec.decode(ExecuteCall, raw), self._now_ms())
+        async with aclosing(self._serve_stream(codec.decode(ExecuteCall, raw))) as messages:
+            async for message in messages:
+                yield message
+
+    async def execute_upload(self, requests: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+        """ExecuteUpload: the call, checked before any input is taken (signatures, the bid), then
+        the input slices, each tensor one the bid was for (allocated only then), then ExecuteStream."""
+        self._refuse_new_work()
+        first = await anext(requests, None)
+        call = codec.decode_upload(first) if first is not None else None
+        if not isinstance(call, ExecuteCall):
+            raise ProtocolError("an ExecuteUpload starts with its call")
+        specs = self.seller.open_upload(call, self._now_ms())
+        reassembly = Reassembly(self.seller.limits, expected=specs)
+        async for raw in requests:
+            piece = codec.decode_upload(raw)
+            if not isinstance(piece, TensorSlice):
+                raise ProtocolError("an ExecuteUpload carries one call, first")
+            reassembly.add(piece)
+        inputs = reassembly.tensors()
+        async with aclosing(self._serve_stream(replace(call, inputs=inputs))) as messages:
+            async for message in messages:
+                yield message
+
+    async def _serve_stream(self, call: ExecuteCall) -> AsyncGenerator[bytes, None]:
+        job = self.seller.open_stream(call, self._now_ms())
         async with self.workers.hold(job.key, job.timeout_s):
             if job.model.generation is None:
                 outputs, compute_ms = await self.workers.step(lambda: self.seller.forward(job, copy=False))
-                # The digest (a pass over every byte) runs in a thread while the slices go out.
+                # The digest (a pass over every byte) runs in a thread while the slices go out
+                # (inline on a fake clock, whose time cannot pass while another thread works).
                 signing = asyncio.ensure_future(
-                    asyncio.to_thread(self.seller.sign_outputs, job, outputs, compute_ms)
+                    self._offload(self.seller.sign_outputs, job, outputs, compute_ms)
                 )
                 try:
                     for message in encoded_slices(outputs):
                         yield message
-                    yield codec.encode_chunk(await signing)
+                    yield codec.encode_chunk(cast(Envelope, await signing))
                 finally:
                     signing.cancel()
                 return
             decoder = job.model.decoder(job.prompt, job.order.prefix_tokens, job.order.max_tokens)
             tokenizer = job.model.tokenizer
             pieces = TextPieces(tokenizer, job.prompt[0].tolist()) if job.texts and tokenizer else None
+
+            def step() -> tuple[int, str] | None:  # in the worker thread, steps back to back
+                token = decoder.step()
+                if token is None:
+                    return None
+                return token, pieces.add(token) if pieces else ""
+
             produced: list[int] = []
-            while (token := await self.workers.step(decoder.step)) is not None:
-                produced.append(token)
-                yield codec.encode_chunk(TokenChunk((token,), pieces.add(token) if pieces else ""))
-                if job.order.deadline_ms and self._now_ms() >= job.order.deadline_ms:
-                    raise DeadlineError("the order's deadline passed during the generation")
+            # Every token ready when the last frame went out travels in the next frame: the model
+            # never waits for the network, and a slow network gets fewer, fuller frames.
+            async with aclosing(self.workers.steps(step)) as batches:
+                async for batch in batches:
+                    tokens = tuple(token for token, _ in batch)
+                    produced.extend(tokens)
+                    yield codec.encode_chunk(TokenChunk(tokens, "".join(piece for _, piece in batch)))
+                    if job.order.deadline_ms and self._now_ms() >= job.order.deadline_ms:
+                        raise DeadlineError("the order's deadline passed during the generation")
             text = pieces.text if pieces else None
             yield codec.encode_chunk(self.seller.sign_tokens(job, produced, decoder.compute_ms, text))
 
@@ -198,6 +254,24 @@ def _stream_rpc(
     async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncGenerator[bytes, None]:
         try:
             async with aclosing(stream(name, raw)) as messages:
+                async for message in messages:
+                    yield message
+        except Exception as error:
+            await _refuse(context, name, error)
+
+    return handle
+
+
+def _upload_rpc(
+    name: str, upload: Callable[[str, AsyncIterator[bytes]], AsyncGenerator[bytes, None]]
+) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], AsyncGenerator[bytes, None]]:
+    """Wrap a bidirectional method as :func:`_stream_rpc` wraps a server-streaming one."""
+
+    async def handle(
+        requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncGenerator[bytes, None]:
+        try:
+            async with aclosing(upload(name, requests)) as messages:
                 async for message in messages:
                     yield message
         except Exception as error:

@@ -7,10 +7,10 @@ one text (``ExecuteStreamRequest.texts``) names its prompt as text, and a contin
 text other peers already produced (``ExecuteOrder.prefix_text``, UTF-8). The peer tokenises
 ``prompt || prefix_text`` with its *own* tokenizer and generates after it, exactly as for token ids.
 
-Each step is streamed as its token id and as text: :class:`TextPieces` decodes the whole sequence
-after each token and sends what it adds beyond the text shown so far, so a tokenizer that joins
-pieces with spaces (or merges bytes into characters) streams exactly the text it would decode at
-once. The signed result covers the UTF-8 text this peer produced (its pieces joined) as one text
+Each step is streamed as its token id and as text: :class:`TextPieces` decodes the last few
+tokens after each step and sends what the new token adds beyond the text they showed before it,
+so a tokenizer that joins pieces with spaces streams exactly the text it would decode at once, at
+a cost per token that does not grow with the sequence. The signed result covers the UTF-8 text this peer produced (its pieces joined) as one text
 under the texts digest of section 4, so the requester checks exactly the text it received.
 """
 
@@ -26,6 +26,8 @@ from atomic_p2p.peer.text import Tokenizer
 from atomic_p2p.protocol.messages import ExecuteOrder
 from atomic_p2p.protocol.streaming import tokens_tensor
 from atomic_p2p.tensors import TextLimits, digest
+
+CONTEXT_WINDOW = 4  # context tokens decoded before the first generated one (TextPieces)
 
 
 def text_inputs(
@@ -79,22 +81,37 @@ def text_prompt(
 
 
 class TextPieces:
-    """The text each generated token adds, decoded incrementally (see the module docstring)."""
+    """The text each generated token adds, decoded incrementally (see the module docstring).
+
+    Each step decodes a window of a few tokens, not the whole sequence: the window starts at the
+    last token before the new one that shows text (so a tokenizer that treats the first token of
+    a text specially, e.g. dropping its leading space, does so on both sides of the compare, and
+    tokens that decode to nothing, like padding, do not hide a separator), and the piece is what
+    the window's text gains by the new token. That is what decoding the whole sequence gives for
+    any tokenizer whose pieces do not reach back past the last token that shows text."""
 
     def __init__(self, tokenizer: Tokenizer, context: Sequence[int]) -> None:
         self._tokenizer = tokenizer
         self._ids = list(context)
-        self._shown = tokenizer.decode(self._ids)
+        self._start = len(self._ids)  # the window: ids[_start:], showing _shown
+        self._shown = ""
+        width = CONTEXT_WINDOW
+        while self._start > 0 and not self._shown:  # back until the window shows some text
+            self._start = max(0, len(self._ids) - width)
+            self._shown = tokenizer.decode(self._ids[self._start :])
+            width *= 2
         self._pieces: list[str] = []
 
     def add(self, token: int) -> str:
         self._ids.append(token)
-        decoded = self._tokenizer.decode(self._ids)
-        if decoded.startswith(self._shown):
-            piece = decoded[len(self._shown) :]
-        else:  # a tokenizer that rewrites earlier text: fall back to the token on its own
-            piece = self._tokenizer.decode([token])
-        self._shown = decoded
+        decoded = self._tokenizer.decode(self._ids[self._start :])
+        alone = self._tokenizer.decode([token])
+        # A tokenizer that rewrites earlier text: fall back to the token on its own.
+        piece = decoded[len(self._shown) :] if decoded.startswith(self._shown) else alone
+        if alone:  # the next window starts at this token
+            self._start, self._shown = len(self._ids) - 1, alone
+        else:  # it shows nothing on its own: keep the window, now one token longer
+            self._shown = decoded
         self._pieces.append(piece)
         return piece
 

@@ -17,8 +17,10 @@ same size; torch releases the GIL, so calls really overlap.
 - Remembered results are capped at ``max_results``; when full of unexpired results, new work is
   refused rather than forgetting a result whose order could still be replayed.
 - A stream (ExecuteStream) holds one slot for its whole length (:meth:`WorkerPool.hold`) and
-  runs each step in a worker (:meth:`WorkerPool.step`); it too runs at most once per key, and a
-  stream that ends, is cancelled or fails frees its slot at once (after the step in progress).
+  runs its work in a worker (:meth:`WorkerPool.step` for one call, :meth:`WorkerPool.steps` for a
+  generation's steps, back to back in one thread while the event loop sends what is ready); it too
+  runs at most once per key, and a stream that ends, is cancelled or fails frees its slot at once
+  (after the step in progress).
 - Callers wait through ``asyncio.shield``: a caller that disconnects does not cancel work that a
   duplicate, or :meth:`WorkerPool.drain`, is waiting for.
 """
@@ -26,9 +28,10 @@ same size; torch releases the GIL, so calls really overlap.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from collections import OrderedDict, deque
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -169,6 +172,76 @@ class WorkerPool(Generic[T]):
             await asyncio.wait([future])
             raise
 
+    async def steps(self, step: Callable[[], U | None]) -> AsyncGenerator[list[U], None]:
+        """Call ``step`` over and over in one worker thread until it returns None, and yield what it
+        produced, in order: every item ready when the caller asks, as one list (never empty).
+
+        The first item is produced alone (:meth:`step`) and yielded as soon as it exists: nothing
+        competes with sending it. From then on the thread never waits for the caller: while the
+        caller sends one batch, the next items are being produced, so a generation's steps run
+        back to back however slow the network is. A step that raises ends the iteration with its
+        exception (after the items before it). Closing the generator (a client that cancels, a
+        deadline) stops the thread after the step in progress and waits for that step, so the
+        slot it frees is really free."""
+        first = await self.step(step)
+        if first is None:
+            return
+        if self._offload is not None:  # a fake clock: one step per offload, inline
+            yield [first]
+            while (item := await self._offload(step)) is not None:  # type: ignore[arg-type]
+                yield [item]  # type: ignore[list-item]
+            return
+        loop = asyncio.get_running_loop()
+        lock = threading.Lock()
+        ready: deque[U] = deque()
+        stop = threading.Event()
+        waiter: list[asyncio.Future[None]] = []  # the caller's wake-up, while it waits (under lock)
+
+        def wake() -> None:  # under lock
+            if waiter:
+                loop.call_soon_threadsafe(_resolve, waiter.pop())
+
+        def produce() -> None:  # in the worker thread
+            while not stop.is_set():
+                item = step()
+                if item is None:
+                    return
+                with lock:
+                    ready.append(item)
+                    wake()
+
+        def ended(_: object) -> None:  # in the loop, once the thread's future is done
+            with lock:
+                if waiter:
+                    _resolve(waiter.pop())
+
+        producing = loop.run_in_executor(self._pool, produce)
+        producing.add_done_callback(ended)
+        try:
+            yield [first]
+            while True:
+                with lock:
+                    batch = list(ready)
+                    ready.clear()
+                    if not batch and not producing.done():
+                        woken: asyncio.Future[None] = loop.create_future()
+                        waiter.append(woken)
+                if batch:
+                    yield batch
+                elif producing.done():
+                    await producing  # the step's exception, if one raised
+                    with lock:
+                        if not ready:
+                            return
+                else:
+                    await woken
+        finally:
+            stop.set()
+            if not producing.done():
+                await asyncio.wait([producing])
+            if not producing.cancelled():
+                producing.exception()  # retrieved: a failure after the caller left is not logged twice
+
     async def drain(self, timeout: float) -> bool:
         """Refuse new work and wait for everything admitted; True if it all finished in time."""
         self._closed = True
@@ -220,3 +293,8 @@ class WorkerPool(Generic[T]):
             del self._finished[key]
         while self._streamed and next(iter(self._streamed.values())) <= now:
             self._streamed.popitem(last=False)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)

@@ -143,7 +143,13 @@ def encode_chunk(chunk: ExecuteChunk) -> bytes:
 
 
 def decode_chunk(data: bytes) -> ExecuteChunk:
-    """Parse one ExecuteStream message; one holding no part is a ProtocolError."""
+    """Parse one ExecuteStream message; one holding no part is a ProtocolError.
+
+    A tensor slice's data is a view of ``data`` (no copy: slices are most of a stream's bytes)."""
+    if data[:1] == _SLICE_KEY:
+        piece = _slice_view(data)
+        if piece is not None:
+            return piece
     message = parse(market_pb2.ExecuteStreamResponse, data, "ExecuteStreamResponse")
     which = message.WhichOneof("part")
     if which == "tokens":
@@ -153,6 +159,29 @@ def decode_chunk(data: bytes) -> ExecuteChunk:
     if which == "result":
         return envelope_from_proto(message.result)
     raise ProtocolError("an ExecuteStream message holds no tokens, slice or result")
+
+
+def encode_upload_call(call: ExecuteCall) -> bytes:
+    """The first message of ExecuteUpload: ``ExecuteUploadRequest{call}``, the call's inputs left
+    out (they follow as slices: :func:`encode_slice`'s bytes are ``ExecuteUploadRequest{input}``,
+    field 2 in both messages)."""
+    inner = encode(ExecuteCall(call.order, call.bid, (), call.texts))
+    return b"\x0a" + _varint(len(inner)) + inner
+
+
+def decode_upload(data: bytes) -> ExecuteCall | TensorSlice:
+    """Parse one ExecuteUpload message: the call, or an input slice (its data a view of ``data``)."""
+    if data[:1] == _SLICE_KEY:
+        piece = _slice_view(data)
+        if piece is not None:
+            return piece
+    message = parse(market_pb2.ExecuteUploadRequest, data, "ExecuteUploadRequest")
+    which = message.WhichOneof("part")
+    if which == "input":
+        return _slice_from_proto(message.input)
+    if which == "call":
+        return decode(ExecuteCall, message.call.SerializeToString())
+    raise ProtocolError("an ExecuteUpload message holds no call or input slice")
 
 
 def wire_size(message: Any) -> int:
@@ -426,6 +455,56 @@ def encode_slice(
     return b"".join(parts)
 
 
+_SLICE_KEY = b"\x12"  # ExecuteStreamResponse.slice: field 2, length-delimited
+_SLICE_DATA = 5  # TensorSlice.data
+
+
+def _slice_view(data: bytes) -> TensorSlice | None:
+    """``ExecuteStreamResponse{slice}`` with the slice's data as a view into ``data``; None for
+    anything but one well-formed slice field (the generic parser then decides, and explains).
+
+    Protobuf's own parser would copy the data twice (into its message, then out as ``bytes``);
+    here the fields other than ``data`` are cut out and parsed by protobuf, in their order, and
+    ``data`` (the last one on the wire wins, as protobuf has it) is only referenced."""
+    view = memoryview(data)
+    size, at = _read_varint(view, 1)
+    if size < 0 or at + size != len(view):  # not exactly one top-level field
+        return None
+    header = bytearray()
+    payload: memoryview | None = None
+    position = at
+    while position < len(view):
+        key, after = _read_varint(view, position)
+        wire_type = key & 7
+        if key >> 3 == 0 or wire_type not in (0, 2):  # TensorSlice: varint and length fields only
+            return None
+        length, start = _read_varint(view, after)
+        if length < 0:
+            return None
+        end = start + length if wire_type == 2 else start
+        if end > len(view):
+            return None
+        if key >> 3 == _SLICE_DATA and wire_type == 2:
+            payload = view[start:end]
+        else:
+            header += view[position:end]
+        position = end
+    message = parse(market_pb2.TensorSlice, bytes(header), "TensorSlice")
+    return _slice_from_proto(message, payload if payload is not None else b"")
+
+
+def _read_varint(view: memoryview, position: int) -> tuple[int, int]:
+    """(value, position after it) of the varint at ``position``; (-1, position) if malformed."""
+    value = shift = 0
+    for index in range(position, min(position + 10, len(view))):
+        byte = view[index]
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, index + 1
+        shift += 7
+    return -1, position
+
+
 def _varint(value: int) -> bytes:
     out = bytearray()
     while value > 0x7F:
@@ -435,21 +514,13 @@ def _varint(value: int) -> bytes:
     return bytes(out)
 
 
-def _slice_to_proto(piece: TensorSlice) -> market_pb2.TensorSlice:
-    return market_pb2.TensorSlice(
-        name=piece.name,
-        dtype=DTYPE_TO_WIRE[piece.dtype],
-        shape=list(piece.shape),
-        offset=piece.offset,
-        data=piece.data,
-    )
-
-
-def _slice_from_proto(message: market_pb2.TensorSlice) -> TensorSlice:
+def _slice_from_proto(message: market_pb2.TensorSlice, data: bytes | memoryview | None = None) -> TensorSlice:
     dtype = WIRE_TO_DTYPE.get(message.dtype)
     if dtype is None:
         raise TensorError(f"tensor slice {message.name[:64]!r} has an unaccepted dtype {message.dtype}")
-    return TensorSlice(message.name, dtype, tuple(message.shape), message.offset, message.data)
+    return TensorSlice(
+        message.name, dtype, tuple(message.shape), message.offset, message.data if data is None else data
+    )
 
 
 def _execute_reply_from_proto(message: market_pb2.ExecuteResponse) -> ExecuteReply:

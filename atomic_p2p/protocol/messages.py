@@ -252,7 +252,7 @@ class TensorSlice:
     dtype: str
     shape: tuple[int, ...]
     offset: int
-    data: bytes
+    data: bytes | memoryview  # memoryview: a view of the received message (codec.decode_chunk)
 
 
 # One message of ExecuteStream: output as produced, and last the signed ExecuteResult (an Envelope).

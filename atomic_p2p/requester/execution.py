@@ -46,6 +46,9 @@ class ExecutionPolicy:
     # Receive outputs over ExecuteStream in slices (docs/protocol.md section 10), so an output is
     # not capped by one gRPC message; the result is verified exactly as a unary one.
     stream_outputs: bool = False
+    # Send inputs over ExecuteUpload in slices after the order (docs/protocol.md section 10), so an
+    # input is not capped by one gRPC message either; outputs then come back in slices too.
+    stream_inputs: bool = False
 
     def call_timeout(self, bid: BidInfo, remaining_s: float) -> float:
         own = max(self.min_call_s, self.latency_slack * bid.expected_latency_ms / 1000.0)
@@ -140,9 +143,15 @@ class Executor:
         try:
             call = ExecuteCall(order, bid.envelope, payload.inputs, payload.texts)
             outputs_digest: bytes | None = None  # hashed as a stream arrives
-            if self._policy.stream_outputs:
-                async with aclosing(self._transport.execute_stream(bid.address, call, timeout_s)) as chunks:
-                    reply, outputs_digest = await collect_reply_digest(chunks)
+            if self._policy.stream_inputs or self._policy.stream_outputs:
+                if self._policy.stream_inputs:
+                    opened = self._transport.execute_upload(bid.address, call, timeout_s)
+                else:
+                    opened = self._transport.execute_stream(bid.address, call, timeout_s)
+                async with aclosing(opened) as chunks:
+                    reply, outputs_digest = await collect_reply_digest(
+                        chunks, run_blocking=self._clock.run_blocking
+                    )
             else:
                 reply = await self._transport.execute(bid.address, call, timeout_s)
             receipt = await self._clock.run_blocking(

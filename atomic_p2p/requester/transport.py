@@ -14,7 +14,7 @@ the call's own timeout); a call with no time left fails at once with DeadlineErr
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from contextlib import aclosing
 from typing import Protocol, TypeVar
 
@@ -22,7 +22,7 @@ import grpc
 from grpc import aio
 
 from atomic_p2p.channels import ChannelPool
-from atomic_p2p.errors import DeadlineError, from_status
+from atomic_p2p.errors import DeadlineError, UnimplementedError, from_status
 from atomic_p2p.protocol import codec
 from atomic_p2p.protocol.messages import (
     BidGradientCall,
@@ -36,6 +36,7 @@ from atomic_p2p.protocol.messages import (
     RequestBidsCall,
     RequestBidsReply,
 )
+from atomic_p2p.protocol.streaming import encoded_slices
 
 R = TypeVar("R")
 
@@ -54,6 +55,13 @@ class Transport(Protocol):
     ) -> AsyncGenerator[ExecuteChunk, None]:
         """ExecuteStream: the peer's messages as they arrive, the signed result last;
         ``timeout_s`` bounds the whole stream. Closing the generator cancels the call."""
+        ...
+
+    def execute_upload(
+        self, address: str, call: ExecuteCall, timeout_s: float
+    ) -> AsyncGenerator[ExecuteChunk, None]:
+        """ExecuteUpload: :meth:`execute_stream` with the call's inputs sent in slices after it,
+        so no input is capped by one message."""
         ...
 
     async def feedback(self, address: str, call: FeedbackCall, timeout_s: float) -> FeedbackReply: ...
@@ -88,6 +96,24 @@ class BytesTransport(ABC):
         async with aclosing(self.send_stream(address, "ExecuteStream", codec.encode(call), timeout_s)) as raw:
             async for data in raw:
                 yield codec.decode_chunk(data)
+
+    async def execute_upload(
+        self, address: str, call: ExecuteCall, timeout_s: float
+    ) -> AsyncGenerator[ExecuteChunk, None]:
+        if timeout_s <= 0:
+            raise DeadlineError("no time left for execution")
+        requests = upload_messages(call)
+        async with aclosing(self.send_upload(address, "ExecuteUpload", requests, timeout_s)) as raw:
+            async for data in raw:
+                yield codec.decode_chunk(data)
+
+    def send_upload(
+        self, address: str, method: str, requests: Iterator[bytes], timeout_s: float
+    ) -> AsyncGenerator[bytes, None]:
+        """A bidirectional call: ``requests`` sent in order (then the client half-closes), the
+        answer messages as they arrive; failures as AtomicError. A transport that carries only
+        unary and server-streaming calls leaves it: ExecuteUpload is then UNIMPLEMENTED."""
+        raise UnimplementedError(f"{type(self).__name__} carries no bidirectional calls ({method})")
 
     @abstractmethod
     def send_stream(
@@ -131,6 +157,33 @@ class GrpcTransport(BytesTransport):
             raise from_status(error.code(), error.details()) from None
         finally:
             call.cancel()  # a no-op once the stream ended; otherwise the peer stops its work
+
+    async def send_upload(
+        self, address: str, method: str, requests: Iterator[bytes], timeout_s: float
+    ) -> AsyncGenerator[bytes, None]:
+        multicallable = self._pool.channel(address).stream_stream(
+            f"/atomic.v1.Peer/{method}", _registered_method=True
+        )
+        call = multicallable(_aiter(requests), timeout=timeout_s)
+        try:
+            async for message in call:
+                yield message
+        except aio.AioRpcError as error:
+            raise from_status(error.code(), error.details()) from None
+        finally:
+            call.cancel()
+
+
+async def _aiter(items: Iterator[bytes]) -> AsyncIterator[bytes]:
+    for item in items:
+        yield item
+
+
+def upload_messages(call: ExecuteCall) -> Iterator[bytes]:
+    """ExecuteUpload's request messages: the call without its inputs, then each input's slices
+    (made as they are sent: one copy of each slice, none of the whole input)."""
+    yield codec.encode_upload_call(call)
+    yield from encoded_slices(call.inputs)
 
 
 def status_name(error: BaseException) -> str:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 
@@ -160,8 +160,8 @@ class InMemoryNetwork:
         for address in list(self._peers):
             self.remove(address)
 
-    async def deliver(self, address: str, method: str, raw: bytes) -> bytes:
-        """What the wire would do with request bytes: the peer's answer bytes, or its refusal."""
+    async def _reach(self, address: str, method: str) -> InMemoryPeer:
+        """What happens before a call reaches the peer: counted, delayed, failed or gone."""
         self.calls[(address, method)] += 1
         peer = self.peer(address)
         delay = peer.delays.get(method, 0.0) + peer.delays.get("", 0.0)
@@ -172,22 +172,32 @@ class InMemoryNetwork:
             raise failure
         if address not in self._peers:
             raise UnavailableError(f"{address} left the network")
+        return peer
+
+    async def deliver(self, address: str, method: str, raw: bytes) -> bytes:
+        """What the wire would do with request bytes: the peer's answer bytes, or its refusal."""
+        peer = await self._reach(address, method)
         return await peer.service.call(method, raw, caller=f"memory:{address}")
 
     async def deliver_stream(self, address: str, method: str, raw: bytes) -> AsyncGenerator[bytes, None]:
         """A streaming call as the wire would carry it: the peer's messages, or its refusal.
         Closing this generator closes the peer's stream, as a client's cancel does."""
-        self.calls[(address, method)] += 1
-        peer = self.peer(address)
-        delay = peer.delays.get(method, 0.0) + peer.delays.get("", 0.0)
-        if delay > 0:
-            await self.clock.sleep(delay)
-        failure = peer.failures.get(method) or peer.failures.get("")
-        if failure is not None:
-            raise failure
-        if address not in self._peers:
-            raise UnavailableError(f"{address} left the network")
+        peer = await self._reach(address, method)
         async with aclosing(peer.service.stream(method, raw)) as messages:
+            async for message in messages:
+                yield message
+
+    async def deliver_upload(
+        self, address: str, method: str, requests: Iterator[bytes]
+    ) -> AsyncGenerator[bytes, None]:
+        """A bidirectional call as the wire would carry it (:meth:`deliver_stream`'s rules)."""
+        peer = await self._reach(address, method)
+
+        async def sent() -> AsyncIterator[bytes]:
+            for request in requests:
+                yield request
+
+        async with aclosing(peer.service.upload(method, sent())) as messages:
             async for message in messages:
                 yield message
 
@@ -211,12 +221,24 @@ class InMemoryTransport(BytesTransport):
         except Exception as error:  # the peer's bug: what gRPC would answer, INTERNAL
             raise from_status(ExecutionError.code, f"{method} failed inside the peer: {error!r}") from None
 
-    async def send_stream(
+    def send_stream(
         self, address: str, method: str, request: bytes, timeout_s: float
     ) -> AsyncGenerator[bytes, None]:
+        return self._received(method, self._network.deliver_stream(address, method, request), timeout_s)
+
+    def send_upload(
+        self, address: str, method: str, requests: Iterator[bytes], timeout_s: float
+    ) -> AsyncGenerator[bytes, None]:
+        return self._received(method, self._network.deliver_upload(address, method, requests), timeout_s)
+
+    async def _received(
+        self, method: str, delivered: AsyncGenerator[bytes, None], timeout_s: float
+    ) -> AsyncGenerator[bytes, None]:
+        """A streaming call's answers as a gRPC client sees them: within the call's timeout on the
+        clock, the peer's refusals as their status codes, its bugs as INTERNAL."""
         clock = self._network.clock
         ends = clock.monotonic() + timeout_s
-        async with aclosing(self._network.deliver_stream(address, method, request)) as messages:
+        async with aclosing(delivered) as messages:
             while True:
                 try:
                     yield await wait_for(clock, anext(messages), ends - clock.monotonic())

@@ -64,6 +64,28 @@ async def test_an_output_over_the_message_limit_arrives_in_slices(tmp_path: Path
                 await unary.run("repeat/wide", {"x": x}, deadline_s=20.0, preview=False)
 
 
+async def test_an_input_over_the_message_limit_travels_in_slices_after_the_order(tmp_path: Path) -> None:
+    model = ModelConfig(
+        model_id="echo",
+        capabilities=("echo/wide",),
+        factory=f"{STAGE_MODELS}:repeat",
+        price_per_example=0.001,
+        strategy="fixed",
+        strategy_options={"confidence": 0.9},
+        options={"features": MIB, "times": 1},  # float32[1, 1 Mi]: a 4 MiB input, and output
+    )
+    config = PeerConfig(name="wide", models=(model,), data_dir=tmp_path / "wide", max_message_bytes=2 * MIB)
+    x = torch.rand(1, MIB)
+    async with await PeerNode.start(config) as node:
+        uploading = Requester([node.address], execution=ExecutionPolicy(stream_inputs=True))
+        async with uploading:
+            result = await uploading.run("echo/wide", {"x": x}, deadline_s=20.0, preview=False)
+        assert torch.equal(result.outputs["y"], x)
+        async with Requester([node.address], execution=ExecutionPolicy(stream_outputs=True)) as unary_input:
+            with pytest.raises(AuctionError, match="RESOURCE_EXHAUSTED"):
+                await unary_input.run("echo/wide", {"x": x}, deadline_s=20.0, preview=False)
+
+
 async def test_a_client_that_cancels_stops_the_peers_generation_and_it_serves_on(tmp_path: Path) -> None:
     config = generator_config("slow", tmp_path, port=0, step_s=0.02, max_concurrency=1)
     async with await PeerNode.start(config) as node, Requester([node.address]) as requester:

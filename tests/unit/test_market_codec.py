@@ -299,6 +299,40 @@ def test_stream_chunks_give_the_generated_codes_bytes_and_decode_back(name: str)
     assert codec.decode_chunk(message.SerializeToString()) == value
 
 
+def test_a_slices_data_is_a_view_of_the_message_and_parses_as_protobuf_does() -> None:
+    value, message = CHUNKS["slice"]
+    raw = message.SerializeToString()
+    piece = codec.decode_chunk(raw)
+    assert isinstance(piece, TensorSlice) and isinstance(piece.data, memoryview)
+    assert piece.data.obj is raw  # no copy of the data
+    # Fields in another order, data twice (the last wins) and shape split in two: protobuf's rules.
+    inner = (
+        market_pb2.TensorSlice(data=b"first", shape=[2]).SerializeToString()
+        + market_pb2.TensorSlice(name="y", offset=8).SerializeToString()
+        + market_pb2.TensorSlice(
+            data=b"\x01" * 16, shape=[3], dtype=tensor_pb2.D_TYPE_FLOAT32
+        ).SerializeToString()
+    )
+    shuffled = market_pb2.ExecuteStreamResponse(slice=market_pb2.TensorSlice.FromString(inner))
+    outer = b"\x12" + bytes([len(inner)]) + inner
+    assert market_pb2.ExecuteStreamResponse.FromString(outer) == shuffled
+    assert codec.decode_chunk(outer) == value
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\x12\x05\x0a\x01y",  # the slice is cut short
+        b"\x12\x03\x0a\x01y\x12\x00",  # a second top-level field after the slice
+        b"\x12\x02\x2a\x05",  # data longer than the message
+        b"\x12\x03\x0a\x01\xff",  # a name that is not UTF-8
+    ],
+)
+def test_a_malformed_slice_is_refused_as_the_generic_parser_refuses_it(raw: bytes) -> None:
+    with pytest.raises((ProtocolError, TensorError)):
+        codec.decode_chunk(raw)
+
+
 def test_a_stream_message_with_no_part_is_refused() -> None:
     with pytest.raises(ProtocolError, match="no tokens, slice or result"):
         codec.decode_chunk(b"")

@@ -7,10 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from atomic_p2p.errors import AuctionError, ProtocolError
 from atomic_p2p.identity import Identity
-from atomic_p2p.peer.text import CharTokenizer
+from atomic_p2p.peer.text import CharTokenizer, WordTokenizer
 from atomic_p2p.peer.textgen import TextPieces, text_prompt
 from atomic_p2p.protocol import codec
 from atomic_p2p.protocol.messages import ExecuteResult
@@ -121,6 +123,21 @@ def test_pieces_are_what_each_token_adds_to_the_decoded_text() -> None:
     pieces = TextPieces(tokenizer, [2])
     assert [pieces.add(3), pieces.add(2)] == ["b", "a"]
     assert pieces.text == "ba"
+
+
+@given(
+    context=st.lists(st.integers(0, 6), max_size=12),
+    tokens=st.lists(st.integers(0, 6), min_size=1, max_size=12),
+    words=st.booleans(),
+)
+def test_pieces_decoded_a_few_tokens_at_a_time_join_to_the_whole_decoded_text(
+    context: list[int], tokens: list[int], words: bool
+) -> None:
+    tokenizer = WordTokenizer(["the", "cat", "sat", "on"]) if words else CharTokenizer("abc d")
+    pieces = TextPieces(tokenizer, context)
+    shown = [pieces.add(token) for token in tokens]
+    whole, before = tokenizer.decode(context + tokens), tokenizer.decode(context)
+    assert "".join(shown) == pieces.text == whole[len(before) :]
 
 
 async def test_a_prefix_that_is_not_utf8_is_invalid_argument_over_the_network(

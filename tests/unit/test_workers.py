@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
 
 import pytest
 
@@ -232,3 +233,71 @@ async def test_drain_waits_for_a_running_stream() -> None:
     assert await pool.drain(timeout=WAIT_S)
     await task
     pool.close()
+
+
+class Counter:
+    """A stream's step in a worker thread: 1, 2, ... up to ``last``; call ``hold_at`` blocks until
+    released (and says so), ``fail_at`` raises."""
+
+    def __init__(self, last: int, hold_at: int = 0, fail_at: int = 0) -> None:
+        self.last, self.hold_at, self.fail_at = last, hold_at, fail_at
+        self.calls = 0
+        self.held = threading.Event()
+        self.release = threading.Event()
+
+    def step(self) -> int | None:
+        self.calls += 1
+        if self.calls == self.hold_at:
+            self.held.set()
+            assert self.release.wait(WAIT_S), "the test never released the step"
+        if self.calls == self.fail_at:
+            raise ExecutionError("the model failed")
+        return self.calls if self.calls <= self.last else None
+
+
+async def test_stream_steps_run_back_to_back_and_what_is_ready_arrives_in_one_batch() -> None:
+    pool: WorkerPool[str] = WorkerPool(max_concurrency=1, queue_limit=0, result_ttl_s=60.0)
+    counter = Counter(last=8, hold_at=6)
+    try:
+        async with pool.hold("key"), aclosing(pool.steps(counter.step)) as batches:
+            assert await anext(batches) == [1]  # the first, alone, as soon as it exists
+            # The caller is busy elsewhere: the thread does not wait for it.
+            assert await asyncio.to_thread(counter.held.wait, WAIT_S)
+            assert await anext(batches) == [2, 3, 4, 5]
+            counter.release.set()
+            rest = [item async for batch in batches for item in batch]
+        assert rest == [6, 7, 8] and counter.calls == 9
+    finally:
+        pool.close()
+
+
+async def test_a_step_that_raises_ends_the_steps_after_what_came_before() -> None:
+    pool: WorkerPool[str] = WorkerPool(max_concurrency=1, queue_limit=0, result_ttl_s=60.0)
+    counter = Counter(last=10, fail_at=4)
+    received: list[int] = []
+    try:
+        with pytest.raises(ExecutionError, match="the model failed"):
+            async for batch in pool.steps(counter.step):
+                received.extend(batch)
+        assert received == [1, 2, 3]
+    finally:
+        pool.close()
+
+
+async def test_closing_the_steps_stops_the_thread_after_the_step_in_progress() -> None:
+    pool: WorkerPool[str] = WorkerPool(max_concurrency=1, queue_limit=0, result_ttl_s=60.0)
+    counter = Counter(last=1000, hold_at=3)
+    try:
+        batches = pool.steps(counter.step)
+        assert await anext(batches) == [1]
+        assert await asyncio.to_thread(counter.held.wait, WAIT_S)
+        closing = asyncio.ensure_future(batches.aclose())
+        await asyncio.sleep(0.01)
+        assert not closing.done()  # it waits for the step in progress
+        counter.release.set()
+        await asyncio.wait_for(closing, WAIT_S)
+        calls = counter.calls
+        await asyncio.sleep(0.05)
+        assert counter.calls == calls == 3
+    finally:
+        pool.close()

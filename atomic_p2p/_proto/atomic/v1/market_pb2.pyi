@@ -600,6 +600,38 @@ class ExecuteStreamRequest(_message.Message):
 Global___ExecuteStreamRequest: _TypeAlias = ExecuteStreamRequest  # noqa: Y015
 
 @_typing.final
+class ExecuteUploadRequest(_message.Message):
+    """One message of ExecuteUpload, Execute for inputs larger than one message: first the call (an
+    ExecuteStreamRequest whose inputs are empty: they follow as slices), then every input tensor's
+    data as TensorSlices (the rules of ExecuteStreamResponse.slice), in the order the inputs digest
+    covers them; the client then half-closes (docs/protocol.md, streamed execution).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CALL_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def call(self) -> Global___ExecuteStreamRequest: ...
+    @_builtins.property
+    def input(self) -> Global___TensorSlice: ...
+    def __init__(
+        self,
+        *,
+        call: Global___ExecuteStreamRequest | None = ...,
+        input: Global___TensorSlice | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "input", b"input", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["call", b"call", "input", b"input", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["call", "input"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___ExecuteUploadRequest: _TypeAlias = ExecuteUploadRequest  # noqa: Y015
+
+@_typing.final
 class TokenChunk(_message.Message):
     """Generated token ids, in the order produced."""
 
@@ -694,6 +726,40 @@ class ExecuteStreamResponse(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
 
 Global___ExecuteStreamResponse: _TypeAlias = ExecuteStreamResponse  # noqa: Y015
+
+@_typing.final
+class ExecuteUploadResponse(_message.Message):
+    """ExecuteUpload's answer: the fields and numbers of ExecuteStreamResponse (the bytes of one parse
+    as the other), and the same messages in the same order.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKENS_FIELD_NUMBER: _builtins.int
+    SLICE_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tokens(self) -> Global___TokenChunk: ...
+    @_builtins.property
+    def slice(self) -> Global___TensorSlice: ...
+    @_builtins.property
+    def result(self) -> _envelope_pb2.SignedEnvelope: ...
+    def __init__(
+        self,
+        *,
+        tokens: Global___TokenChunk | None = ...,
+        slice: Global___TensorSlice | None = ...,
+        result: _envelope_pb2.SignedEnvelope | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["part", b"part", "result", b"result", "slice", b"slice", "tokens", b"tokens"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["part", b"part", "result", b"result", "slice", b"slice", "tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["tokens", "slice", "result"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___ExecuteUploadResponse: _TypeAlias = ExecuteUploadResponse  # noqa: Y015
 
 @_typing.final
 class FeedbackNotice(_message.Message):

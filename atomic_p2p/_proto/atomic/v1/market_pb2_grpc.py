@@ -57,6 +57,11 @@ class PeerStub:
                 request_serializer=atomic_dot_v1_dot_market__pb2.ExecuteStreamRequest.SerializeToString,
                 response_deserializer=atomic_dot_v1_dot_market__pb2.ExecuteStreamResponse.FromString,
                 _registered_method=True)
+        self.ExecuteUpload = channel.stream_stream(
+                '/atomic.v1.Peer/ExecuteUpload',
+                request_serializer=atomic_dot_v1_dot_market__pb2.ExecuteUploadRequest.SerializeToString,
+                response_deserializer=atomic_dot_v1_dot_market__pb2.ExecuteUploadResponse.FromString,
+                _registered_method=True)
         self.Feedback = channel.unary_unary(
                 '/atomic.v1.Peer/Feedback',
                 request_serializer=atomic_dot_v1_dot_market__pb2.FeedbackRequest.SerializeToString,
@@ -102,6 +107,14 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExecuteUpload(self, request_iterator, context):
+        """ExecuteStream whose inputs travel in slices after the call, so no input is capped by one
+        message; the signatures are checked before any input is taken.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Feedback(self, request, context):
         """Win, loss and outcome notices.
         """
@@ -138,6 +151,11 @@ def add_PeerServicer_to_server(servicer, server):
                     servicer.ExecuteStream,
                     request_deserializer=atomic_dot_v1_dot_market__pb2.ExecuteStreamRequest.FromString,
                     response_serializer=atomic_dot_v1_dot_market__pb2.ExecuteStreamResponse.SerializeToString,
+            ),
+            'ExecuteUpload': grpc.stream_stream_rpc_method_handler(
+                    servicer.ExecuteUpload,
+                    request_deserializer=atomic_dot_v1_dot_market__pb2.ExecuteUploadRequest.FromString,
+                    response_serializer=atomic_dot_v1_dot_market__pb2.ExecuteUploadResponse.SerializeToString,
             ),
             'Feedback': grpc.unary_unary_rpc_method_handler(
                     servicer.Feedback,
@@ -259,6 +277,33 @@ class Peer:
             '/atomic.v1.Peer/ExecuteStream',
             atomic_dot_v1_dot_market__pb2.ExecuteStreamRequest.SerializeToString,
             atomic_dot_v1_dot_market__pb2.ExecuteStreamResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecuteUpload(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/atomic.v1.Peer/ExecuteUpload',
+            atomic_dot_v1_dot_market__pb2.ExecuteUploadRequest.SerializeToString,
+            atomic_dot_v1_dot_market__pb2.ExecuteUploadResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,10 @@ class PeerStub:
     """Run a won bid and stream its output: generated tokens as they are produced, or a large
     output in slices; the last message is the signed ExecuteResult.
     """
+    ExecuteUpload: _grpc.StreamStreamMultiCallable[_market_pb2.ExecuteUploadRequest, _market_pb2.ExecuteUploadResponse]
+    """ExecuteStream whose inputs travel in slices after the call, so no input is capped by one
+    message; the signatures are checked before any input is taken.
+    """
     Feedback: _grpc.UnaryUnaryMultiCallable[_market_pb2.FeedbackRequest, _market_pb2.FeedbackResponse]
     """Win, loss and outcome notices."""
     BidGradient: _grpc.UnaryUnaryMultiCallable[_market_pb2.BidGradientRequest, _market_pb2.BidGradientResponse]
@@ -64,6 +68,10 @@ class PeerAsyncStub(PeerStub):
     ExecuteStream: _aio.UnaryStreamMultiCallable[_market_pb2.ExecuteStreamRequest, _market_pb2.ExecuteStreamResponse]  # type: ignore[assignment]
     """Run a won bid and stream its output: generated tokens as they are produced, or a large
     output in slices; the last message is the signed ExecuteResult.
+    """
+    ExecuteUpload: _aio.StreamStreamMultiCallable[_market_pb2.ExecuteUploadRequest, _market_pb2.ExecuteUploadResponse]  # type: ignore[assignment]
+    """ExecuteStream whose inputs travel in slices after the call, so no input is capped by one
+    message; the signatures are checked before any input is taken.
     """
     Feedback: _aio.UnaryUnaryMultiCallable[_market_pb2.FeedbackRequest, _market_pb2.FeedbackResponse]  # type: ignore[assignment]
     """Win, loss and outcome notices."""
@@ -105,6 +113,16 @@ class PeerServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_market_pb2.ExecuteStreamResponse], _abc.AsyncIterator[_market_pb2.ExecuteStreamResponse]]:
         """Run a won bid and stream its output: generated tokens as they are produced, or a large
         output in slices; the last message is the signed ExecuteResult.
+        """
+
+    @_abc_1.abstractmethod
+    def ExecuteUpload(
+        self,
+        request_iterator: _MaybeAsyncIterator[_market_pb2.ExecuteUploadRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_market_pb2.ExecuteUploadResponse], _abc.AsyncIterator[_market_pb2.ExecuteUploadResponse]]:
+        """ExecuteStream whose inputs travel in slices after the call, so no input is capped by one
+        message; the signatures are checked before any input is taken.
         """
 
     @_abc_1.abstractmethod
