@@ -61,6 +61,7 @@ PUBLIC = {
         "Result",
         "Scored",
         "ScoredBid",
+        "Selection",
         "ShardPolicy",
         "Timings",
         "Weights",
