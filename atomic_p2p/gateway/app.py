@@ -26,7 +26,7 @@ import json
 import logging
 import secrets
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 
 import anyio
@@ -253,19 +253,18 @@ class Gateway:
         started: float,
         deadline_s: float,
     ) -> AsyncIterator[bytes]:
-        """The SSE stream: a chunk per piece of text, a last chunk with the finish reason and the
+        """The SSE stream: a chunk per batch of text, a last chunk with the finish reason and the
         market's metadata, the usage chunk when asked, ``[DONE]``; a failure mid-stream is an
         ``error`` event (OpenAI's shape) before ``[DONE]``."""
         scanner = StopScanner(call.stop)
         try:
             opened = False
-            chunk = first
-            while chunk is not None:
-                text = scanner.feed(chunk.text)
-                if text:
-                    yield _sse(responses.chunk(answer, text=text, first=not opened))
-                    opened = True
-                chunk = await anext(generation, None)
+            async with contextlib.aclosing(_batches(generation, first)) as batches:
+                async for batch in batches:
+                    text = "".join(scanner.feed(chunk.text) for chunk in batch)
+                    if text:
+                        yield _sse(responses.chunk(answer, text=text, first=not opened))
+                        opened = True
             result = generation.result
             tail = scanner.flush()
             finish = _finish(scanner.stopped, len(result.tokens), call.max_tokens)
@@ -356,6 +355,45 @@ class _Server(uvicorn.Server):
 
 def _finish(stopped: bool, tokens: int, max_tokens: int) -> str:
     return "length" if not stopped and tokens >= max_tokens else "stop"
+
+
+async def _batches(
+    generation: Generation, first: GeneratedTokens | None
+) -> AsyncGenerator[list[GeneratedTokens], None]:
+    """The generation's chunks (from ``first`` on), grouped: what arrived while the last group was
+    being sent goes out together, so a client that falls behind gets fewer, larger events rather
+    than a backlog of small ones. A task pumps the generation; closing this generator cancels
+    it (the peer's call with it) before the generation is closed."""
+    queue: asyncio.Queue[GeneratedTokens | Exception | None] = asyncio.Queue()
+
+    async def pump() -> None:
+        try:
+            chunk = first
+            while chunk is not None:
+                queue.put_nowait(chunk)
+                chunk = await anext(generation, None)
+            queue.put_nowait(None)
+        except Exception as error:  # handed to the reader, which raises it
+            queue.put_nowait(error)
+
+    task = asyncio.ensure_future(pump())
+    try:
+        while True:
+            items = [await queue.get()]
+            while not queue.empty():
+                items.append(queue.get_nowait())
+            batch = [item for item in items if isinstance(item, GeneratedTokens)]
+            if batch:
+                yield batch
+            end = items[-1]
+            if isinstance(end, Exception):
+                raise end
+            if end is None:
+                return
+    finally:
+        task.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.gather(task, return_exceptions=True)
 
 
 async def _close(generation: Generation) -> None:

@@ -21,7 +21,7 @@ from atomic_p2p.gateway import Access, Gateway
 from atomic_p2p.gossip import GossipConfig
 from atomic_p2p.peer.config import PeerConfig
 from atomic_p2p.peer.node import PeerNode
-from atomic_p2p.requester import Requester
+from atomic_p2p.requester import BidPolicy, Requester
 from atomic_p2p.requester.evaluator import EvaluatorConfig
 from atomic_p2p.testing import text_embedder_config, text_generator_config
 from tests.support.waiting import eventually
@@ -70,6 +70,7 @@ async def market(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Mark
             bootstrap=list(seeds),
             gossip=GOSSIP,
             evaluator=EvaluatorConfig.greedy(),
+            bids=BidPolicy(adaptive_tmax=False),  # every peer's bid counts, however busy the box
             store=tmp / "gateway.db",
         )
         async with requester:

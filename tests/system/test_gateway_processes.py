@@ -16,7 +16,7 @@ import pytest
 
 from atomic_p2p.gateway import Gateway
 from atomic_p2p.gossip import GossipConfig
-from atomic_p2p.requester import Requester
+from atomic_p2p.requester import BidPolicy, Requester
 from atomic_p2p.requester.evaluator import EvaluatorConfig
 from atomic_p2p.testing import peer_processes
 from atomic_p2p.testing._text import ALPHABET
@@ -89,8 +89,9 @@ async def test_a_stream_goes_on_when_its_winner_is_sigkilled(tmp_path: Path) -> 
         ),
     ):
         gossip = GossipConfig(interval=GOSSIP_INTERVAL_S, suspicion_mult=25.0)
+        policy = BidPolicy(adaptive_tmax=False)  # both bids count, however busy the box
         requester = Requester(
-            bootstrap=[favourite.address], gossip=gossip, evaluator=EvaluatorConfig.greedy()
+            bootstrap=[favourite.address], gossip=gossip, evaluator=EvaluatorConfig.greedy(), bids=policy
         )
         async with requester:
             assert await requester.wait_for_peers("generate/text", 2, timeout=30.0)
