@@ -80,6 +80,12 @@ async def serve(args: argparse.Namespace) -> None:
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port is in [0, 65535], got {args.port}")
     keys = load_keys(args.api_keys) if args.api_keys is not None else None
+    if keys is None and args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"atomic gateway: warning: listening on {args.host} without --api-keys: anyone who can reach "
+            "it spends your money",
+            file=sys.stderr,
+        )
     access = Access(keys, args.rate_limit)
     store = None if args.no_store else (args.store or default_store_path())
     if store is not None:
