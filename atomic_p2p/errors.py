@@ -12,6 +12,7 @@
     │   └── StaleRequestError                              issued outside the skew window or before start
     ├── ReplayError                   ALREADY_EXISTS       request id already seen / task already run
     ├── LimitExceededError            RESOURCE_EXHAUSTED   size, count or rate limit
+    │   └── RateLimitedError                               over a rate limit (retry_after_s)
     ├── DeadlineError                 DEADLINE_EXCEEDED    the request's deadline passed
     ├── UnavailableError              UNAVAILABLE          node draining or unreachable
     ├── ExecutionError                INTERNAL             the model raised while running
@@ -77,6 +78,14 @@ class ReplayError(AtomicError):
 
 class LimitExceededError(AtomicError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class RateLimitedError(LimitExceededError):
+    """Over a rate limit; ``retry_after_s`` says when the next call would pass."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class DeadlineError(AtomicError):

@@ -20,6 +20,7 @@ COMMANDS = (
     "atomic_p2p.cli.keygen",
     "atomic_p2p.cli.run",
     "atomic_p2p.cli.generate",
+    "atomic_p2p.cli.gateway",
     "atomic_p2p.cli.peers",
     "atomic_p2p.cli.bids",
     "atomic_p2p.cli.profile",

@@ -30,6 +30,7 @@ from atomic_p2p.requester.generation import GeneratedTokens, Generation, Generat
 from atomic_p2p.requester.gradient import GradientMarket, GradientRound, PeerRound
 from atomic_p2p.requester.graphrun import GraphResult
 from atomic_p2p.requester.ranking import Excluded, Ranking, Scored
+from atomic_p2p.requester.selection import Selection
 from atomic_p2p.requester.types import (
     Attempt,
     BidInfo,
@@ -70,6 +71,7 @@ __all__ = [
     "Result",
     "Scored",
     "ScoredBid",
+    "Selection",
     "ShardPolicy",
     "Timings",
     "Weights",

@@ -39,6 +39,7 @@ from atomic_p2p.requester.memory import MarketMemory
 from atomic_p2p.requester.messages import TaskRef, build_task
 from atomic_p2p.requester.profiler import shape_bucket
 from atomic_p2p.requester.ranking import Decision
+from atomic_p2p.requester.selection import ANY, Selection
 from atomic_p2p.requester.transport import status_name
 from atomic_p2p.requester.types import BidInfo, Result, Timings
 from atomic_p2p.requester.weights import WeightsSpec
@@ -58,6 +59,7 @@ class Terms:
     max_cost: float | None = None
     priority: int = 1
     preview: bool = True
+    selection: Selection = ANY  # the caller's model, peers and fallback (selection.py)
     clock: Clock = field(default=SYSTEM_CLOCK, repr=False, compare=False)
 
     def left_s(self) -> float:
@@ -130,6 +132,7 @@ class Broker:
             payload.inputs,
             preview=terms.preview,
             max_cost=terms.max_cost,
+            model_id=terms.selection.model_id,
             texts=payload.texts,
             language=language,
         )
@@ -203,6 +206,8 @@ class Broker:
 
         executing = self._clock.monotonic()
         ranked = [scored.item for scored in decision.ranked]
+        if not terms.selection.fallback:
+            ranked = ranked[:1]
         executed = await self._executor.run(
             offers.request_id, ranked, item.payload, terms.deadline, self.memory
         )
@@ -255,6 +260,7 @@ class Broker:
             weights=terms.weights,
             bucket=item.bucket,
             batch_size=item.batch,
+            selection=terms.selection,
         )
         decision = self.memory.decide(offers.bids, ask, self._utilization(offers.bids))
         self.memory.log(offers.request_id, ask, decision, offers.no_bids)

@@ -54,6 +54,7 @@ from atomic_p2p.requester.graphrun import GraphResult, GraphRun
 from atomic_p2p.requester.memory import MarketMemory
 from atomic_p2p.requester.messages import ResultReceipt, TaskRef
 from atomic_p2p.requester.ranking import Decision
+from atomic_p2p.requester.selection import ANY, Selection
 from atomic_p2p.requester.transport import GrpcTransport, Transport
 from atomic_p2p.requester.types import Attempt, BidInfo, Result
 from atomic_p2p.requester.weights import WeightsSpec, resolve_weights
@@ -293,6 +294,7 @@ class Requester:
         max_cost: float | None = None,
         preview: bool = True,
         priority: Priority | str | int = Priority.NORMAL,
+        selection: Selection | None = None,
     ) -> Result:
         """Auction one task and return the verified result of the best bid that delivers.
 
@@ -306,13 +308,15 @@ class Requester:
         ``accuracy``, ``latency`` and ``cost`` to non-negative weights. ``max_cost`` excludes
         dearer bids. ``preview`` sends small inputs with the call for bids so peers can judge them.
         ``priority`` ("high", "normal", "low") orders requests that wait for a slot.
+        ``selection`` narrows the auction to a model, excludes or prefers peers, or turns
+        fallback off (:class:`~.selection.Selection`).
         Raises :class:`NoBidsError` or :class:`AuctionError`; bad arguments raise ConfigError.
         """
         texts = _check_text(text, inputs)
         tensors = {} if inputs is None else inputs
         _check_run_arguments(capability, tensors, deadline_s, weights, max_cost, allow_empty=bool(texts))
         started = self.clock.monotonic()
-        terms = self._terms(deadline_s, weights, max_cost, priority, preview)
+        terms = self._terms(deadline_s, weights, max_cost, priority, preview, selection)
         async with self.queue.slot(parse_priority(priority), terms.deadline):
             task_id = f"task-{next(self._task_numbers)}"
             prepared = await self._broker.prepare(task_id, capability, tensors, terms, texts, language)
@@ -331,6 +335,7 @@ class Requester:
         weights: WeightsSpec = None,
         max_cost: float | None = None,
         priority: Priority | str | int = Priority.NORMAL,
+        selection: Selection | None = None,
     ) -> Generation:
         """Auction a prompt (token ids) and stream the generated tokens as peers produce them::
 
@@ -345,10 +350,11 @@ class Requester:
 
         A text prompt (a ``str``) is tokenised by each peer with its own tokenizer; chunks and
         parts then carry text, a runner-up continues from the text so far, and
-        ``generation.result.text`` is the whole generated text."""
+        ``generation.result.text`` is the whole generated text. ``selection`` narrows the
+        auction as in :meth:`run` (with ``fallback=False`` a failed winner fails the generation)."""
         prompt = _check_prompt(prompt_ids, max_tokens)
         _check_terms(deadline_s, weights, max_cost)
-        terms = self._terms(deadline_s, weights, max_cost, priority, preview=False)
+        terms = self._terms(deadline_s, weights, max_cost, priority, False, selection)
         return Generation(self._generate(capability, prompt, max_tokens, terms, deadline_s))
 
     async def _generate(
@@ -369,6 +375,8 @@ class Requester:
 
             walk = GenerationWalk(self._transport, self.identity, self._execution, self.clock, learn)
             ranked = [scored.item for scored in decision.ranked]
+            if not terms.selection.fallback:
+                ranked = ranked[:1]
             steps = walk.run(
                 offers.request_id, task_id, capability, ranked, prepared.payload, max_tokens, terms.deadline
             )
@@ -477,7 +485,10 @@ class Requester:
         max_cost: float | None,
         priority: Priority | str | int,
         preview: bool,
+        selection: Selection | None = None,
     ) -> Terms:
+        if selection is not None and not isinstance(selection, Selection):
+            raise ConfigError(f"selection is a Selection, got {type(selection).__name__}")
         return Terms(
             deadline=self.clock.monotonic() + deadline_s,
             deadline_ms=self.clock.wall_ms() + int(deadline_s * 1000),
@@ -485,5 +496,6 @@ class Requester:
             max_cost=max_cost,
             priority=int(parse_priority(priority)),
             preview=preview,
+            selection=selection if selection is not None else ANY,
             clock=self.clock,
         )

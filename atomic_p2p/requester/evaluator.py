@@ -107,6 +107,7 @@ from atomic_p2p.requester.ranking import (
     peer_key,
 )
 from atomic_p2p.requester.rationale import Rationale
+from atomic_p2p.requester.selection import ANY, Selection
 from atomic_p2p.requester.weights import COMPONENTS, Weights, WeightsSpec, resolve_weights
 from atomic_p2p.terms import ModelConstraints, Resources
 
@@ -138,6 +139,7 @@ class Ask:
     input_tokens: int = 0
     language: str = ""
     max_resources: Resources | None = None  # the most a bid may need; a 0 amount has no limit
+    selection: Selection = ANY  # the caller's model, excluded and preferred peers (selection.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +247,9 @@ def _constraint_problem(bid: Scorable, ask: Ask) -> tuple[Exclusion, str] | None
     """
     if ask.capability and bid.capabilities and ask.capability not in bid.capabilities:
         return Exclusion.CAPABILITY, f"offers {sorted(bid.capabilities)}, not {ask.capability!r}"
+    ruled_out = ask.selection.problem(bid) if ask.selection.narrows else None
+    if ruled_out is not None:
+        return Exclusion.SELECTION, ruled_out
     if ask.batch_size or ask.input_tokens or ask.language:
         found = _input_problem(bid.constraints, ask)
         if found is not None:
@@ -537,6 +542,8 @@ def evaluate(
     if pick is not None:
         index, floor_note = pick
         rows = [rows[index], *rows[:index], *rows[index + 1 :]]
+    if ask.selection.prefer:  # the caller's preferred peers first, the evaluator's order within
+        rows.sort(key=lambda row: ask.selection.preference(row.assessed.item))
     price, price_note = _price(rows, weights, ask, config, promoted=pick is not None)
     ranked = tuple(
         Scored(row.assessed.item, row.score, row.components, rank, row.details)

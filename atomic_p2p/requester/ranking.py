@@ -56,6 +56,7 @@ class Exclusion(Enum):
     RESOURCES = "resources"
     BUDGET = "budget"
     DEADLINE = "deadline"
+    SELECTION = "selection"  # the caller ruled the model or the peer out (Ask.selection)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,13 @@ hosted by :func:`generator_config`, optionally breaking at a sequence length or 
         result = await r.generate("generate/count", [1, 2, 3], max_tokens=6).collect()
     assert result.tokens == (4, 5, 6, 7, 8, 9)  # fragile made 4, 5; steady went on from there
 
+A text embedding model (:func:`text_embedder`, kind ``embedding``: the unit-length mean of seeded
+token vectors) hosted by :func:`text_embedder_config`::
+
+    embedder = network.add_peer(text_embedder_config("embedder", tmp_path, dimensions=16))
+    result = await requester.run("embed/text", text=["a review", "another"])
+    result.outputs["embedding"]  # float32[2, 16], each row of unit length
+
 Gossip members by the thousand run in :class:`GossipSimulator` (a virtual clock, loss, partitions).
 
 Bids for the pure parts (the evaluator, scoring, the bid cache) are real
@@ -62,6 +69,8 @@ from atomic_p2p.testing._network import InMemoryNetwork, InMemoryPeer, InMemoryT
 from atomic_p2p.testing._processes import PeerProcess, peer_command, peer_processes
 from atomic_p2p.testing._text import (
     text_classifier,
+    text_embedder,
+    text_embedder_config,
     text_generator,
     text_generator_config,
     text_seller_config,
@@ -84,6 +93,8 @@ __all__ = [
     "peer_processes",
     "seller_config",
     "text_classifier",
+    "text_embedder",
+    "text_embedder_config",
     "text_generator",
     "text_generator_config",
     "text_seller_config",

@@ -118,13 +118,15 @@ def text_generator(
     max_tokens: int = 64,
     context: int = 256,
     fail_at_length: int = 0,
+    step_s: float = 0.0,
 ) -> BuiltModel:
     """A :class:`~atomic_p2p.testing._models.CountUp` generation model over a built-in tokenizer:
     ``char`` (after a character, the next one of the alphabet) or ``word`` over ``words`` (after a
-    word, the next word of the list), so two peers continue each other's text deterministically."""
+    word, the next word of the list), so two peers continue each other's text deterministically.
+    ``step_s`` makes every step take that long (a slow model)."""
     vocabulary: Tokenizer = CharTokenizer(ALPHABET) if tokenizer == "char" else WordTokenizer(words)
     return BuiltModel(
-        module=CountUp(vocabulary.vocab_size, fail_at_length),
+        module=CountUp(vocabulary.vocab_size, fail_at_length, step_s),
         input_shape=(1,),
         input_dtype="int64",
         validation_accuracy=1.0,
@@ -147,7 +149,7 @@ def text_generator_config(
     **options: Any,
 ) -> PeerConfig:
     """A peer called ``name`` hosting one :func:`text_generator` ``<name>-lm`` (``options``: its
-    tokenizer, words, fail_at_length) that bids ``confidence`` at ``price``, listening on ``port``
+    tokenizer, words, fail_at_length, step_s) that bids ``confidence`` at ``price``, listening on ``port``
     (0: any free port)."""
     return one_model_peer(
         name,
@@ -160,4 +162,70 @@ def text_generator_config(
         options=options,
         constraints=ModelConstraints(max_input_tokens=max_input_tokens, max_batch=1),
         port=port,
+    )
+
+
+TEXT_EMBEDDER_FACTORY = "atomic_p2p.testing:text_embedder"
+
+
+class MeanEmbedding(torch.nn.Module):
+    """The mean of the (unmasked) tokens' vectors, scaled to unit length: ``input_ids``,
+    ``attention_mask`` in, ``embedding: float32[B, dimensions]`` out."""
+
+    def __init__(self, vocab_size: int, dimensions: int, seed: int) -> None:
+        super().__init__()
+        self.vectors = torch.nn.Embedding(vocab_size, dimensions)
+        with torch.no_grad():
+            generator = torch.Generator().manual_seed(seed)
+            self.vectors.weight.copy_(torch.randn(vocab_size, dimensions, generator=generator))
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        mask = attention_mask.unsqueeze(-1).to(torch.float32)
+        mean = (self.vectors(input_ids) * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        return torch.nn.functional.normalize(mean, dim=-1)
+
+
+def text_embedder(
+    cache_dir: Path, *, tokenizer: str = "char", dimensions: int = 16, seed: int = 0, max_tokens: int = 512
+) -> BuiltModel:
+    """A :class:`MeanEmbedding` text embedding model (kind ``embedding``) over a built-in ``char``
+    or ``word`` tokenizer, seeded: the same text gets the same unit vector from every peer that
+    hosts it with the same options; nothing is trained or cached."""
+    vocabulary: Tokenizer = (
+        CharTokenizer(ALPHABET) if tokenizer == "char" else WordTokenizer((*NEGATIVE, *POSITIVE))
+    )
+    tokens = Dim(1, max_tokens)
+    contract = ModelContract(
+        TaskKind.EMBEDDING,
+        (
+            TensorContract("input_ids", "int64", (tokens,)),
+            TensorContract("attention_mask", "int64", (tokens,)),
+        ),
+        (TensorContract("embedding", "float32", (Dim.fixed(dimensions),)),),
+    )
+    module = MeanEmbedding(vocabulary.vocab_size, dimensions, seed)
+    return BuiltModel(module=module, contract=contract, tokenizer=vocabulary)
+
+
+def text_embedder_config(
+    name: str,
+    data_dir: Path,
+    *,
+    capability: str = "embed/text",
+    confidence: float = 0.9,
+    price: float = 0.001,
+    **options: Any,
+) -> PeerConfig:
+    """A peer called ``name`` hosting one :func:`text_embedder` ``<name>-embedder`` (``options``:
+    its tokenizer, dimensions, seed) that bids at ``price`` per text."""
+    return one_model_peer(
+        name,
+        data_dir,
+        model_id=f"{name}-embedder",
+        capability=capability,
+        factory=TEXT_EMBEDDER_FACTORY,
+        confidence=confidence,
+        price=price,
+        options=options,
+        constraints=ModelConstraints(max_batch=256),
     )

@@ -13,6 +13,7 @@ import atomic_p2p
 # What each public module promises, written out: a name added or dropped is a decision, and
 # this is where it shows up in review. Sorted as ruff sorts __all__ (CONSTANTS, Classes, functions).
 PUBLIC = {
+    "atomic_p2p.gateway": ["Access", "Gateway", "load_keys"],
     "atomic_p2p": [
         "AtomicError",
         "AuctionError",
@@ -61,6 +62,7 @@ PUBLIC = {
         "Result",
         "Scored",
         "ScoredBid",
+        "Selection",
         "ShardPolicy",
         "Timings",
         "Weights",
@@ -84,6 +86,8 @@ PUBLIC = {
         "peer_processes",
         "seller_config",
         "text_classifier",
+        "text_embedder",
+        "text_embedder_config",
         "text_generator",
         "text_generator_config",
         "text_seller_config",
