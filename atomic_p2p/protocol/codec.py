@@ -125,6 +125,8 @@ def sign(identity: Identity, message: Signed) -> Envelope:
 def sign_batch(identity: Identity, messages: Sequence[Signed]) -> list[Envelope]:
     """Serialize payloads of one type once each and sign them all with one signature over their
     Merkle root (:meth:`~atomic_p2p.identity.Identity.sign_batch`); one message is signed alone."""
+    if not messages:
+        return []
     payloads = [encode(message) for message in messages]
     types = {PAYLOAD_TYPES[type(message)] for message in messages}
     if len(types) != 1:

@@ -147,6 +147,11 @@ def test_the_seller_signs_a_requests_bids_once_and_each_order_executes(seller: S
         assert result.bid_digest == hashlib.sha256(envelope.payload).digest()
 
 
+def test_a_request_with_no_bid_to_sign_gets_its_no_bids(seller: Seller) -> None:
+    outcomes = _ask(seller, Identity.generate(), ["translate/fr", "translate/de"], batch=True)
+    assert [type(outcome) for outcome in outcomes] == [NoBid, NoBid]
+
+
 def test_a_requester_that_does_not_ask_for_batches_gets_a_signature_per_bid(seller: Seller) -> None:
     outcomes = _ask(seller, Identity.generate(), ["classify/digits", "classify/digits"], batch=False)
     assert all(isinstance(envelope, Envelope) and envelope.batch is None for envelope in outcomes)
