@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test setup lint typecheck protolint proto pytest bench clean
+.PHONY: demo test setup lint typecheck protolint proto pytest bench flamegraph clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,15 @@ proto: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/bench_auction.py
+
+# Where the auction's CPU goes: sampled flame graphs of the requester and the peers' process (py-spy
+# follows the child), for batched rounds (bench_batching) and single rounds (bench_auction).
+flamegraph: $(STAMP)
+	mkdir -p out
+	$(VENV)/bin/py-spy record --subprocesses --rate 250 --output out/flame_batching.svg -- \
+		$(PY) scripts/bench_batching.py --mode batched --repeats 1 --auctions 800
+	$(VENV)/bin/py-spy record --subprocesses --rate 250 --output out/flame_auction.svg -- \
+		$(PY) scripts/bench_auction.py --rounds 300 --json out/flame_auction.json
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache .mypy_cache .ruff_cache

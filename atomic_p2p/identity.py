@@ -12,6 +12,18 @@ another::
 
     u32(len(DOMAIN)) || DOMAIN || u32(len(type)) || type || u64(len(payload)) || payload
 
+**Batches.** One signature may cover many payloads of one type (a peer's bids for one request):
+the signer builds a Merkle tree over them (:mod:`atomic_p2p.merkle`) and signs the batch signing
+input, the same layout under another domain with ``u32(leaf_count) || root`` as its payload::
+
+    u32(len(BATCH_DOMAIN)) || BATCH_DOMAIN || u32(len(type)) || type || u64(36) || u32(count) || root
+
+Each payload then travels in its own envelope, with that one signature and a :class:`BatchProof`
+(its index and Merkle path). A verifier rebuilds the root from the payload and the path and checks
+the signature over it; :func:`verify_many` checks each distinct signature once, so a batch costs
+one Ed25519 verification however many payloads it holds. The two domains keep a batch signature
+from ever passing as a single one, and the other way round.
+
 Verification checks the bytes exactly as received and only then lets the caller parse them; a
 message is never re-serialized to be checked (protobuf encoding is not canonical across
 implementations). docs/protocol.md states the same rule for implementers in other languages.
@@ -39,9 +51,11 @@ from nacl.bindings import crypto_sign_open
 from nacl.exceptions import BadSignatureError
 from nacl.exceptions import ValueError as NaclValueError
 
+from atomic_p2p import merkle
 from atomic_p2p.errors import ConfigError, SignatureError
 
 DOMAIN = b"atomic-p2p/envelope/v1"
+BATCH_DOMAIN = b"atomic-p2p/batch/v1"
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 MAX_PAYLOAD_TYPE_BYTES = 128
@@ -79,13 +93,27 @@ class PeerId:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchProof:
+    """Where an envelope's payload sits in a batch signed once: leaf ``leaf_index`` of
+    ``leaf_count``, and the Merkle inclusion proof (sibling hashes, leaf to root)."""
+
+    leaf_count: int
+    leaf_index: int
+    path: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Envelope:
-    """A signed payload, as it travels (see the module docstring for what is signed)."""
+    """A signed payload, as it travels (see the module docstring for what is signed).
+
+    ``batch`` is set when ``signature`` covers a batch of payloads (a Merkle root) that holds
+    this one, rather than this payload alone."""
 
     public_key: bytes
     payload_type: str
     payload: bytes
     signature: bytes
+    batch: BatchProof | None = None
 
     @property
     def signer(self) -> PeerId:
@@ -97,19 +125,36 @@ class Envelope:
         return hashlib.sha256(self.payload).digest()
 
 
-def signing_input(payload_type: str, payload: bytes) -> bytes:
-    """The exact bytes an envelope signature covers."""
+def signing_input(payload_type: str, payload: bytes, domain: bytes = DOMAIN) -> bytes:
+    """The exact bytes an envelope signature covers (``BATCH_DOMAIN``: a batch's, see
+    :func:`batch_signing_input`)."""
     type_bytes = payload_type.encode()
     return b"".join(
         (
-            struct.pack(">I", len(DOMAIN)),
-            DOMAIN,
+            struct.pack(">I", len(domain)),
+            domain,
             struct.pack(">I", len(type_bytes)),
             type_bytes,
             struct.pack(">Q", len(payload)),
             payload,
         )
     )
+
+
+def batch_signing_input(payload_type: str, leaf_count: int, root: bytes) -> bytes:
+    """The exact bytes a batch signature covers: the root of ``leaf_count`` payloads of one type."""
+    return signing_input(payload_type, struct.pack(">I", leaf_count) + root, BATCH_DOMAIN)
+
+
+def signed_message(envelope: Envelope) -> bytes:
+    """What ``envelope.signature`` must verify over: its own signing input, or for a batched
+    payload the batch signing input of the root its proof leads to (SignatureError for a
+    proof that cannot be one)."""
+    proof = envelope.batch
+    if proof is None:
+        return signing_input(envelope.payload_type, envelope.payload)
+    root = merkle.root_from_proof(envelope.payload, proof.leaf_index, proof.leaf_count, proof.path)
+    return batch_signing_input(envelope.payload_type, proof.leaf_count, root)
 
 
 class Identity:
@@ -176,37 +221,68 @@ class Identity:
         signature = self._private.sign(signing_input(payload_type, payload))
         return Envelope(self.public_key, payload_type, payload, signature)
 
+    def sign_batch(self, payload_type: str, payloads: list[bytes]) -> list[Envelope]:
+        """One envelope per payload, all under one signature over their Merkle root."""
+        root, proofs = merkle.tree(payloads)
+        count = len(payloads)
+        signature = self._private.sign(batch_signing_input(payload_type, count, root))
+        return [
+            Envelope(self.public_key, payload_type, payload, signature, BatchProof(count, index, proof))
+            for index, (payload, proof) in enumerate(zip(payloads, proofs, strict=True))
+        ]
+
 
 def verify(envelope: Envelope, expected_type: str, expected_signer: PeerId | None = None) -> PeerId:
     """Check an envelope and return its signer's peer id, or raise :class:`SignatureError`.
 
-    Checks, in order: sizes, the payload type, the signature over the bytes as received, and
-    (when given) that the signer is the expected peer.
+    Checks, in order: sizes, the payload type, the signature over the bytes as received (for a
+    batched payload: over the root its proof leads to), and (when given) that the signer is the
+    expected peer.
     """
-    if len(envelope.public_key) != PUBLIC_KEY_BYTES:
-        raise SignatureError(f"public key must be {PUBLIC_KEY_BYTES} bytes, got {len(envelope.public_key)}")
-    if len(envelope.signature) != SIGNATURE_BYTES:
-        raise SignatureError(f"signature must be {SIGNATURE_BYTES} bytes, got {len(envelope.signature)}")
-    if envelope.payload_type != expected_type:
-        raise SignatureError(f"expected a signed {expected_type}, got {envelope.payload_type or 'nothing'}")
-    try:
-        crypto_sign_open(
-            envelope.signature + signing_input(envelope.payload_type, envelope.payload), envelope.public_key
-        )
-    except (BadSignatureError, NaclValueError) as exc:
-        raise SignatureError(f"signature on {expected_type} does not verify") from exc
+    _check_shape(envelope, expected_type)
+    _check_signature(envelope.public_key, envelope.signature, signed_message(envelope), expected_type)
     signer = envelope.signer
     if expected_signer is not None and signer != expected_signer:
         raise SignatureError(f"{expected_type} signed by {signer.short}, expected {expected_signer.short}")
     return signer
 
 
+def _check_shape(envelope: Envelope, expected_type: str) -> None:
+    if len(envelope.public_key) != PUBLIC_KEY_BYTES:
+        raise SignatureError(f"public key must be {PUBLIC_KEY_BYTES} bytes, got {len(envelope.public_key)}")
+    if len(envelope.signature) != SIGNATURE_BYTES:
+        raise SignatureError(f"signature must be {SIGNATURE_BYTES} bytes, got {len(envelope.signature)}")
+    if envelope.payload_type != expected_type:
+        raise SignatureError(f"expected a signed {expected_type}, got {envelope.payload_type or 'nothing'}")
+
+
+def _check_signature(public_key: bytes, signature: bytes, message: bytes, what: str) -> None:
+    try:
+        crypto_sign_open(signature + message, public_key)
+    except (BadSignatureError, NaclValueError) as exc:
+        raise SignatureError(f"signature on {what} does not verify") from exc
+
+
 def verify_many(items: list[tuple[Envelope, str]]) -> list[PeerId | SignatureError]:
-    """Verify a batch (meant to run in a worker thread: Ed25519 verification releases the GIL)."""
+    """Verify a batch (meant to run in a worker thread: Ed25519 verification releases the GIL).
+
+    Envelopes of one signed batch share their signature and, when their proofs hold, the message
+    it covers: each distinct (key, signature, message) is verified once, so a peer's batch of
+    bids costs one Ed25519 verification."""
     results: list[PeerId | SignatureError] = []
+    verified: set[tuple[bytes, bytes, bytes]] = set()
     for envelope, expected_type in items:
         try:
-            results.append(verify(envelope, expected_type))
+            if envelope.batch is None:
+                results.append(verify(envelope, expected_type))
+                continue
+            _check_shape(envelope, expected_type)
+            message = signed_message(envelope)
+            key = (envelope.public_key, envelope.signature, message)
+            if key not in verified:
+                _check_signature(envelope.public_key, envelope.signature, message, expected_type)
+                verified.add(key)
+            results.append(envelope.signer)
         except SignatureError as exc:
             results.append(exc)
     return results

@@ -25,7 +25,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-from sklearn.datasets import load_digits
 from torch import nn
 
 from atomic_p2p.peer.models import BuiltModel
@@ -99,6 +98,8 @@ def make_module(recipe: Recipe) -> nn.Module:
 @lru_cache(maxsize=1)
 def dataset() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(train x, train y, held-out x, held-out y), the same split every time."""
+    from sklearn.datasets import load_digits  # training only: a peer serving cached weights never loads it
+
     digits = load_digits()
     x = torch.tensor(digits.data / 16.0, dtype=torch.float32)
     y = torch.tensor(digits.target, dtype=torch.int64)

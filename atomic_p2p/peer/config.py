@@ -134,6 +134,9 @@ class PeerConfig:
     # > 0: every bid says the requester may reuse it this long (never past its validity) for the
     # same capability and input shape, until this node's gossip record changes. 0: bids are single-use.
     bid_reuse_ttl_s: float = 0.0
+    # A model no order has run for this long is re-timed on warm-up inputs, so its latency quote
+    # follows the node's current load (atomic_p2p.peer.latency). 0: never.
+    latency_probe_s: float = 30.0
     max_tasks_per_request: int = DEFAULT_MAX_TASKS
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     # Request ids, issued bids and results remembered at once (each table); beyond that, new work
@@ -177,6 +180,7 @@ _PEER_KEYS = {
     "replay_window_s",
     "bid_validity_s",
     "bid_reuse_ttl_s",
+    "latency_probe_s",
     "max_tasks_per_request",
     "max_message_bytes",
     "max_remembered",
@@ -264,6 +268,7 @@ def _peer_settings(peer: Mapping[str, Any], base_dir: Path, source: str) -> dict
         "replay_window_s": _number(peer, "replay_window_s", where, default=30.0, low=0.001),
         "bid_validity_s": _number(peer, "bid_validity_s", where, default=10.0, low=0.001),
         "bid_reuse_ttl_s": _number(peer, "bid_reuse_ttl_s", where, default=0.0, low=0.0),
+        "latency_probe_s": _number(peer, "latency_probe_s", where, default=30.0, low=0.0),
         "max_tasks_per_request": _integer(
             peer, "max_tasks_per_request", where, default=DEFAULT_MAX_TASKS, low=1
         ),

@@ -31,6 +31,7 @@ from atomic_p2p.gossip import GossipConfig, LoadSummary, ModelAdvert
 from atomic_p2p.gossip.transport import GossipAgent
 from atomic_p2p.identity import Identity, PeerId
 from atomic_p2p.peer.config import PeerConfig
+from atomic_p2p.peer.latency import LatencyProbe
 from atomic_p2p.peer.models import HostedModel, default_device
 from atomic_p2p.peer.seller import Seller
 from atomic_p2p.peer.server import SERVICE_NAME, PeerService, build_server, wall_ms
@@ -97,6 +98,9 @@ class PeerNode:
         self.service = PeerService(
             self.seller, self.workers, draining=lambda: self.draining, gossip=lambda: self.gossip
         )
+        self.latency_probe = LatencyProbe(
+            self._models, config.latency_probe_s, lambda: self.workers.load(self.draining)
+        )
 
     @classmethod
     async def start(
@@ -128,6 +132,7 @@ class PeerNode:
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         await node._start_gossip()
+        node.latency_probe.start()
         log.info("peer %s serving on %s: %s", identity.peer_id.short, node.address, ", ".join(models))
         return node
 
@@ -196,6 +201,7 @@ class PeerNode:
     async def stop(self, grace: float = STOP_GRACE_S) -> None:
         if self.state is NodeState.STOPPED:
             return
+        await self.latency_probe.stop()
         await self.drain(grace)
         if self.gossip is not None:
             await self.gossip.stop(leave=True)  # a signed leave, so others stop soliciting us now

@@ -201,12 +201,27 @@ class Seller:
         return [decide(task, self._candidates, load) for task, _ in opened.tasks]
 
     def answer(self, opened: OpenRequest, decisions: Sequence[Decision], now_ms: int) -> RequestBidsReply:
-        """Sign a bid for every task that got an offer and remember it; a NoBid for the others."""
-        outcomes = [
-            self._outcome(opened, task, task_digest, decision, now_ms)
-            for (task, task_digest), decision in zip(opened.tasks, decisions, strict=True)
-        ]
-        return RequestBidsReply(tuple(outcomes))
+        """Sign a bid for every task that got an offer and remember it; a NoBid for the others.
+
+        A requester that accepts batch signatures gets all the bids under one signature over
+        their Merkle root (docs/protocol.md section 3.1); any other gets one signature per bid."""
+        outcomes: list[Envelope | WireNoBid | None] = []
+        offers: list[tuple[int, Bid, IssuedBid]] = []
+        for (task, task_digest), decision in zip(opened.tasks, decisions, strict=True):
+            if isinstance(decision, NoBid):
+                outcomes.append(WireNoBid(task.task_id, decision.reason, decision.detail))
+            else:
+                offers.append((len(outcomes), *self._offer(opened, task, task_digest, decision, now_ms)))
+                outcomes.append(None)  # the signed bid, once all are signed
+        bids = [bid for _, bid, _ in offers]
+        if opened.request.batch_signatures:
+            envelopes = codec.sign_batch(self.identity, bids)
+        else:
+            envelopes = [codec.sign(self.identity, bid) for bid in bids]
+        for (position, _, issued), envelope in zip(offers, envelopes, strict=True):
+            outcomes[position] = envelope
+            self._book.record(replace(issued, digest=envelope.digest), now_ms)
+        return RequestBidsReply(tuple(outcome for outcome in outcomes if outcome is not None))
 
     def _parse_task(self, raw: bytes) -> tuple[Task, bytes]:
         spec = codec.decode(TaskSpec, raw)
@@ -249,11 +264,15 @@ class Seller:
             raise ProtocolError("text_preview does not match the task's text spec (count, total_bytes)")
         return decode_texts(spec.text_preview, limits)
 
-    def _outcome(
-        self, opened: OpenRequest, task: Task, task_digest: bytes, decision: Decision, now_ms: int
-    ) -> Envelope | WireNoBid:
-        if isinstance(decision, NoBid):
-            return WireNoBid(task.task_id, decision.reason, decision.detail)
+    def _offer(
+        self,
+        opened: OpenRequest,
+        task: Task,
+        task_digest: bytes,
+        decision: tuple[HostedModel, BidTerms],
+        now_ms: int,
+    ) -> tuple[Bid, IssuedBid]:
+        """The unsigned bid for one task, and what the book will remember of it once signed."""
         model, terms = decision
         header = opened.header
         bid_values = self._gradient_bid(header, task, model, now_ms) if opened.request.gradient_mode else []
@@ -277,23 +296,19 @@ class Seller:
             record_seq=self._record_seq(),
             confidence_unknown=terms.confidence_unknown,
         )
-        envelope = codec.sign(self.identity, bid)
-        self._book.record(
-            IssuedBid(
-                request_id=header.request_id,
-                task_id=task.task_id,
-                digest=envelope.digest,
-                requester=header.signer,
-                model_id=model.model_id,
-                valid_until_ms=now_ms + self._validity_ms,
-                cost=terms.cost,
-                inputs=task.inputs,
-                confidence=terms.confidence,
-                text_count=task.text_count,
-            ),
-            now_ms,
+        issued = IssuedBid(
+            request_id=header.request_id,
+            task_id=task.task_id,
+            digest=b"",  # sha256 of the payload, known once signed
+            requester=header.signer,
+            model_id=model.model_id,
+            valid_until_ms=now_ms + self._validity_ms,
+            cost=terms.cost,
+            inputs=task.inputs,
+            confidence=terms.confidence,
+            text_count=task.text_count,
         )
-        return envelope
+        return bid, issued
 
     def _gradient_bid(
         self, header: BidRequestHeader, task: Task, model: HostedModel, now_ms: int

@@ -10,7 +10,8 @@ generated protobuf code would produce for it (field for field; a test holds the 
 tensor or tensor spec with a dtype outside the whitelist. Decoding converts shapes and bytes but
 never allocates a tensor: :func:`atomic_p2p.tensors.decode` does that later, under limits.
 
-Signed payloads: :func:`sign` serializes a payload once and signs those bytes;
+Signed payloads: :func:`sign` serializes a payload once and signs those bytes (:func:`sign_batch`:
+many payloads of one type under one signature over their Merkle root, docs/protocol.md section 3.1);
 :func:`open_signed` verifies an envelope's signature over the bytes exactly as received, then
 decodes them (never the other way round: re-serializing could change the bytes).
 
@@ -20,6 +21,7 @@ codec, so one piece of code maps each wire type.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, TypeVar, cast
 
 from google.protobuf.message import Message
@@ -118,6 +120,21 @@ def decode(kind: type[T], data: bytes) -> T:
 def sign(identity: Identity, message: Signed) -> Envelope:
     """Serialize a payload once and sign exactly those bytes."""
     return identity.sign(PAYLOAD_TYPES[type(message)], encode(message))
+
+
+def sign_batch(identity: Identity, messages: Sequence[Signed]) -> list[Envelope]:
+    """Serialize payloads of one type once each and sign them all with one signature over their
+    Merkle root (:meth:`~atomic_p2p.identity.Identity.sign_batch`); one message is signed alone."""
+    if not messages:
+        return []
+    payloads = [encode(message) for message in messages]
+    types = {PAYLOAD_TYPES[type(message)] for message in messages}
+    if len(types) != 1:
+        raise TypeError("a signed batch holds payloads of exactly one type")
+    (payload_type,) = types
+    if len(payloads) == 1:
+        return [identity.sign(payload_type, payloads[0])]
+    return identity.sign_batch(payload_type, payloads)
 
 
 def open_signed(envelope: Envelope, kind: type[S], expected_signer: PeerId | None = None) -> tuple[PeerId, S]:
@@ -238,6 +255,7 @@ def _bid_request_to_proto(request: BidRequest) -> market_pb2.BidRequest:
         deadline_ms=request.deadline_ms,
         tasks=list(request.tasks),
         gradient_mode=request.gradient_mode,
+        batch_signatures=request.batch_signatures,
     )
 
 
@@ -249,6 +267,7 @@ def _bid_request_from_proto(message: market_pb2.BidRequest) -> BidRequest:
         deadline_ms=message.deadline_ms,
         tasks=tuple(message.tasks),
         gradient_mode=message.gradient_mode,
+        batch_signatures=message.batch_signatures,
     )
 
 

@@ -108,6 +108,7 @@ class BidRequest:
     deadline_ms: int
     tasks: tuple[bytes, ...]
     gradient_mode: bool = False
+    batch_signatures: bool = False  # the requester accepts bids signed in a batch (one Merkle root)
 
 
 @dataclass(frozen=True, slots=True)

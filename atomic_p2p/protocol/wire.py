@@ -12,7 +12,7 @@ from google.protobuf.message import DecodeError, Message
 from atomic_p2p._proto.atomic.v1 import envelope_pb2, gossip_pb2, tensor_pb2
 from atomic_p2p.contract import Dim, TensorContract
 from atomic_p2p.errors import ProtocolError, TensorError
-from atomic_p2p.identity import Envelope
+from atomic_p2p.identity import BatchProof, Envelope
 from atomic_p2p.protocol.messages import TensorSpec
 from atomic_p2p.tensors import DTYPES, WireTensor
 from atomic_p2p.terms import ModelConstraints, Resources
@@ -34,15 +34,25 @@ def parse(message_class: type[M], data: bytes, what: str) -> M:
 
 
 def envelope_from_proto(message: envelope_pb2.SignedEnvelope) -> Envelope:
-    return Envelope(message.public_key, message.payload_type, message.payload, message.signature)
+    batch = None
+    if message.HasField("batch"):
+        proof = message.batch
+        batch = BatchProof(proof.leaf_count, proof.leaf_index, tuple(proof.path))
+    return Envelope(message.public_key, message.payload_type, message.payload, message.signature, batch)
 
 
 def envelope_to_proto(envelope: Envelope) -> envelope_pb2.SignedEnvelope:
+    proof = envelope.batch
     return envelope_pb2.SignedEnvelope(
         public_key=envelope.public_key,
         payload_type=envelope.payload_type,
         payload=envelope.payload,
         signature=envelope.signature,
+        batch=None
+        if proof is None
+        else envelope_pb2.BatchProof(
+            leaf_count=proof.leaf_count, leaf_index=proof.leaf_index, path=list(proof.path)
+        ),
     )
 
 

@@ -212,7 +212,10 @@ class Broker:
             offers.request_id, ranked, item.payload, terms.deadline, self.memory
         )
         finished = self._clock.monotonic()
-        self._feedback.send(offers.request_id, decision, executed)
+        if not offers.cached:
+            # A reused bid was made for an earlier request: a notice under this request's fresh
+            # id names nothing the peer issued, so it would only be signed, sent and declined.
+            self._feedback.send(offers.request_id, decision, executed)
         for attempt in executed.attempts:
             if not attempt.ok:
                 self.memory.failed(attempt.bid, ask)

@@ -67,7 +67,12 @@ How this works
    - utilization: ``utilization_weight * f / (f + utilization_half)`` with f the requester's
      own tasks in flight at that peer.
 4. **Clear** (:mod:`.clearing`). Best score first; ties go to the lower expected latency, then
-   the lower cost, then the earlier bid. The anti-starvation floor may promote a starved peer.
+   the lower cost, then the earlier bid. With the ``accuracy`` priority the most accurate bid
+   wins outright (every bid left fits the budget and the deadline, so it is affordable): the
+   bids whose accuracy component is within ``ACCURACY_TOLERANCE`` of the best keep their score
+   order at the head, the others follow. A weighted sum alone could not promise that: a
+   cheaper model a few points less accurate outscores it on cost. The anti-starvation floor
+   may promote a starved peer.
    The winner is paid its bid, or with ``Pricing.SECOND_SCORE`` the highest cost at which it
    would still have won. A :class:`~.rationale.Rationale` records all of it.
 """
@@ -108,7 +113,7 @@ from atomic_p2p.requester.ranking import (
 )
 from atomic_p2p.requester.rationale import Rationale
 from atomic_p2p.requester.selection import ANY, Selection
-from atomic_p2p.requester.weights import COMPONENTS, Weights, WeightsSpec, resolve_weights
+from atomic_p2p.requester.weights import COMPONENTS, PROFILES, Weights, WeightsSpec, resolve_weights
 from atomic_p2p.terms import ModelConstraints, Resources
 
 logger = logging.getLogger(__name__)
@@ -486,16 +491,31 @@ def _score_all(
     return rows
 
 
+# With the accuracy priority, bids this close to the most accurate count as equally accurate.
+ACCURACY_TOLERANCE = 0.005
+
+
+def _most_accurate_first(rows: list[_Row[T]]) -> list[_Row[T]]:
+    """The accuracy priority's order: the most accurate bids (within ACCURACY_TOLERANCE) first,
+    each group in score order. Accuracy here is the scored component (a Thompson draw when
+    exploring), so exploration still works."""
+    if not rows:
+        return rows
+    best = max(row.components["accuracy"] for row in rows)
+    top = [row for row in rows if row.components["accuracy"] >= best - ACCURACY_TOLERANCE]
+    return top + [row for row in rows if row.components["accuracy"] < best - ACCURACY_TOLERANCE]
+
+
 def _price(
-    rows: Sequence[_Row[Any]], weights: Weights, ask: Ask, config: EvaluatorConfig, promoted: bool
+    rows: Sequence[_Row[Any]], weights: Weights, ask: Ask, config: EvaluatorConfig, promoted: str
 ) -> tuple[float | None, str]:
     if not rows:
         return None, ""
     winner_cost = float(rows[0].assessed.item.cost)
     if config.pricing is Pricing.FIRST:
         return winner_cost, "first price: its own bid"
-    if promoted:
-        return winner_cost, "promoted by the floor: its own bid"
+    if promoted:  # a winner that did not score best pays its own bid
+        return winner_cost, f"{promoted}: its own bid"
 
     def terms(row: _Row[Any]) -> PriceTerms:
         cost_term = weights.cost * row.components.get("cost", 0.0)
@@ -537,6 +557,12 @@ def evaluate(
     _check(ask, config, rng)
     eligible, excluded = _screen(bids, ask, view, config)
     rows = _score_all(eligible, ask, view, config, weights, rng)
+    accuracy_note = ""
+    if resolve_weights(ask.weights) is PROFILES["accuracy"]:
+        by_score = rows
+        rows = _most_accurate_first(rows)
+        if rows and rows[0] is not by_score[0]:
+            accuracy_note = "accuracy priority: the most accurate affordable bid wins"
     pick = starved_pick([(row.assessed.peer, row.score) for row in rows], view.shares, config.floor)
     floor_note = ""
     if pick is not None:
@@ -544,13 +570,21 @@ def evaluate(
         rows = [rows[index], *rows[:index], *rows[index + 1 :]]
     if ask.selection.prefer:  # the caller's preferred peers first, the evaluator's order within
         rows.sort(key=lambda row: ask.selection.preference(row.assessed.item))
-    price, price_note = _price(rows, weights, ask, config, promoted=pick is not None)
+    price, price_note = _price(
+        rows,
+        weights,
+        ask,
+        config,
+        promoted="promoted by the floor" if pick is not None else "most accurate" if accuracy_note else "",
+    )
     ranked = tuple(
         Scored(row.assessed.item, row.score, row.components, rank, row.details)
         for rank, row in enumerate(rows, start=1)
     )
     rationale = (
-        _rationale(ranked, excluded, weights, ask, config, now_ms, (price, price_note), floor_note)
+        _rationale(
+            ranked, excluded, weights, ask, config, now_ms, (price, price_note), floor_note or accuracy_note
+        )
         if explain
         else None
     )

@@ -114,6 +114,7 @@ def sign_bid_request(
             deadline_ms=deadline_ms,
             tasks=tuple(task.spec for task in tasks),
             gradient_mode=gradient_mode,
+            batch_signatures=True,  # every bid check here takes a batch proof (docs/protocol.md 3.1)
         ),
     )
 

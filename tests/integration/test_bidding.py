@@ -74,16 +74,20 @@ def node_of(nodes: dict[str, PeerNode], peer_id: object) -> PeerNode:
 
 
 class CountingTransport(BytesTransport):
-    """gRPC, counting every RequestBids RPC by address: handed to a Requester as its transport."""
+    """gRPC, counting every RequestBids (and Feedback) RPC by address: handed to a Requester as
+    its transport."""
 
     def __init__(self) -> None:
         self.pool = ChannelPool()
         self.calls: Counter[str] = Counter()
+        self.notices: Counter[str] = Counter()
         self._grpc = GrpcTransport(self.pool)
 
     async def send(self, address: str, method: str, request: bytes, timeout_s: float) -> bytes:
         if method == "RequestBids":
             self.calls[address] += 1
+        elif method == "Feedback":
+            self.notices[address] += 1
         return await self._grpc.send(address, method, request, timeout_s)
 
     def send_stream(
@@ -189,6 +193,7 @@ async def test_a_second_request_of_the_same_shape_reuses_the_bids(
     trio: dict[str, PeerNode], counted: CountingTransport
 ) -> None:
     x, _ = digits_batch(16)
+    notices = sum(counted.notices.values())
     async with patient(addresses(trio), evaluator=GREEDY, transport=counted) as requester:
         calls = counted.calls
         first = await asyncio.wait_for(
@@ -199,6 +204,9 @@ async def test_a_second_request_of_the_same_shape_reuses_the_bids(
         )
         assert requester.bids.cache.hits == 1
     assert sum(calls.values()) == 3  # only the first request asked
+    # Only the first request's bidders heard a notice: one under the second request's fresh id
+    # would name no bid the peer issued (it would be declined).
+    assert sum(counted.notices.values()) - notices == 3
     assert not first.cached and second.cached and second.winner.reused and not second.fallbacks
     assert second.winner.digest in {scored.item.digest for scored in first.bids}  # the very bid signed before
     verify(second.receipt, "atomic.v1.ExecuteResult", expected_signer=second.winner.peer_id)

@@ -607,3 +607,37 @@ def test_a_bid_that_cannot_estimate_its_confidence_claims_nothing() -> None:
         [replace(unknown, model_id="m")], ask(), MarketView(profiles={key("regressor"): profile}), GREEDY
     )
     assert profiled.ranked[0].details["expected_accuracy"] == pytest.approx(0.8, abs=0.01)
+
+
+# --- honest latency quotes and the accuracy priority ------------------------------------------
+
+
+def test_the_profile_corrects_a_latency_quote_that_stays_wrong() -> None:
+    # A twin that keeps quoting 76 ms but delivers in 1 ms: its profile brings the expectation
+    # down to what it delivers, and with it the latency component.
+    stale = history("stale", 30, claim=0.95, outcome_rate=0.95, promised_ms=76.0, took_ms=1.0)
+    view = MarketView(profiles={key("stale"): stale})
+    quoted = offer("stale", 0.95, 76.0, 1.0)
+    alone = evaluate([quoted], ask(time_left_ms=100.0), config=GREEDY)
+    corrected = evaluate([quoted], ask(time_left_ms=100.0), view, GREEDY)
+    assert alone.ranked[0].details["expected_latency_ms"] == pytest.approx(76.0)
+    assert corrected.ranked[0].details["expected_latency_ms"] < 5.0
+    assert corrected.ranked[0].components["latency"] > 0.95 > alone.ranked[0].components["latency"]
+
+
+def test_with_the_accuracy_priority_the_most_accurate_affordable_bid_wins() -> None:
+    small = offer("small", 0.95, 1.0, 0.001)
+    large = offer("large", 0.98, 3.0, 0.004)  # 3 points more accurate, 4x the price
+    by_weights = evaluate([small, large], ask(weights="balanced"), config=GREEDY)
+    assert winner(by_weights) == peer("small")
+    accurate = evaluate([small, large], ask(weights="accuracy"), config=GREEDY)
+    assert winner(accurate) == peer("large")
+    assert accurate.ranked[0].score < accurate.ranked[1].score  # won on accuracy, not on score
+    assert accurate.price == pytest.approx(0.004)  # a promoted winner pays its own bid
+    # Not affordable: over the budget, it is excluded and the next most accurate wins.
+    assert winner(evaluate([small, large], ask(weights="accuracy", budget=0.002), config=GREEDY)) == peer(
+        "small"
+    )
+    # Within the tolerance the score decides.
+    near = offer("near", 0.953, 1.0, 0.004)
+    assert winner(evaluate([small, near], ask(weights="accuracy"), config=GREEDY)) == peer("small")

@@ -25,13 +25,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61tomic/v1/envelope.proto\x12\tatomic.v1\"^\n\x0eSignedEnvelope\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x14\n\x0cpayload_type\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18\x61tomic/v1/envelope.proto\x12\tatomic.v1\"\x84\x01\n\x0eSignedEnvelope\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x14\n\x0cpayload_type\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\x12$\n\x05\x62\x61tch\x18\x05 \x01(\x0b\x32\x15.atomic.v1.BatchProof\"B\n\nBatchProof\x12\x12\n\nleaf_count\x18\x01 \x01(\r\x12\x12\n\nleaf_index\x18\x02 \x01(\r\x12\x0c\n\x04path\x18\x03 \x03(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'atomic.v1.envelope_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SIGNEDENVELOPE']._serialized_start=39
-  _globals['_SIGNEDENVELOPE']._serialized_end=133
+  _globals['_SIGNEDENVELOPE']._serialized_start=40
+  _globals['_SIGNEDENVELOPE']._serialized_end=172
+  _globals['_BATCHPROOF']._serialized_start=174
+  _globals['_BATCHPROOF']._serialized_end=240
 # @@protoc_insertion_point(module_scope)

@@ -4,8 +4,10 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -32,6 +34,7 @@ class SignedEnvelope(_message.Message):
     PAYLOAD_TYPE_FIELD_NUMBER: _builtins.int
     PAYLOAD_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
     public_key: _builtins.bytes
     """Raw 32-byte Ed25519 public key of the signer."""
     payload_type: _builtins.str
@@ -40,6 +43,14 @@ class SignedEnvelope(_message.Message):
     """The serialized payload message."""
     signature: _builtins.bytes
     """64-byte Ed25519 signature."""
+    @_builtins.property
+    def batch(self) -> Global___BatchProof:
+        """Set when one signature covers a whole batch of payloads (a Merkle root over them) instead of
+        this payload alone: the proof that this payload is one leaf of that batch. The signature then
+        covers the batch signing input (docs/protocol.md section 3.1), and every envelope of the batch
+        carries the same signature. Only bids are signed in batches.
+        """
+
     def __init__(
         self,
         *,
@@ -47,11 +58,46 @@ class SignedEnvelope(_message.Message):
         payload_type: _builtins.str = ...,
         payload: _builtins.bytes = ...,
         signature: _builtins.bytes = ...,
+        batch: Global___BatchProof | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["payload", b"payload", "payload_type", b"payload_type", "public_key", b"public_key", "signature", b"signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "payload", b"payload", "payload_type", b"payload_type", "public_key", b"public_key", "signature", b"signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SignedEnvelope: _TypeAlias = SignedEnvelope  # noqa: Y015
+
+@_typing.final
+class BatchProof(_message.Message):
+    """Where a payload sits in a batch signed once (docs/protocol.md section 3.1): a Merkle tree as in
+    RFC 9162 section 2.1, leaf hash SHA-256(0x00 || payload), node hash SHA-256(0x01 || left || right).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEAF_COUNT_FIELD_NUMBER: _builtins.int
+    LEAF_INDEX_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    leaf_count: _builtins.int
+    """How many payloads the batch holds (>= 1)."""
+    leaf_index: _builtins.int
+    """This payload's position in the batch, from 0."""
+    @_builtins.property
+    def path(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """The inclusion proof: sibling hashes (32 bytes each) from the leaf up to the root."""
+
+    def __init__(
+        self,
+        *,
+        leaf_count: _builtins.int = ...,
+        leaf_index: _builtins.int = ...,
+        path: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["leaf_count", b"leaf_count", "leaf_index", b"leaf_index", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchProof: _TypeAlias = BatchProof  # noqa: Y015

@@ -180,6 +180,7 @@ class BidRequest(_message.Message):
     DEADLINE_MS_FIELD_NUMBER: _builtins.int
     TASKS_FIELD_NUMBER: _builtins.int
     GRADIENT_MODE_FIELD_NUMBER: _builtins.int
+    BATCH_SIGNATURES_FIELD_NUMBER: _builtins.int
     request_id: _builtins.bytes
     """16 random bytes, unique per request."""
     requester_id: _builtins.bytes
@@ -188,6 +189,10 @@ class BidRequest(_message.Message):
     deadline_ms: _builtins.int
     gradient_mode: _builtins.bool
     """Gradient mode: peers attach a bid value b per example."""
+    batch_signatures: _builtins.bool
+    """The requester accepts bids signed in a batch (SignedEnvelope.batch): a peer may then sign all
+    its bids of this request with one signature over their Merkle root.
+    """
     @_builtins.property
     def tasks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """Each element is one serialized TaskSpec."""
@@ -201,10 +206,11 @@ class BidRequest(_message.Message):
         deadline_ms: _builtins.int = ...,
         tasks: _abc.Iterable[_builtins.bytes] | None = ...,
         gradient_mode: _builtins.bool = ...,
+        batch_signatures: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline_ms", b"deadline_ms", "gradient_mode", b"gradient_mode", "issued_at_ms", b"issued_at_ms", "request_id", b"request_id", "requester_id", b"requester_id", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_signatures", b"batch_signatures", "deadline_ms", b"deadline_ms", "gradient_mode", b"gradient_mode", "issued_at_ms", b"issued_at_ms", "request_id", b"request_id", "requester_id", b"requester_id", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
