@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from atomic_p2p.cli.exits import ExitCode
+from atomic_p2p.cli.observability import configure_logging
 
 COMMANDS = (
     "atomic_p2p.cli.keygen",
@@ -47,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     args = build_parser().parse_args(argv)
     level = (logging.ERROR, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging(level, getattr(args, "log_format", "text"), "%(levelname)s %(name)s: %(message)s")
 
     from atomic_p2p.errors import AtomicError, ConfigError
 

@@ -40,6 +40,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from atomic_p2p import metrics
 from atomic_p2p.errors import (
     BidExpiredError,
     DeadlineError,
@@ -170,6 +171,10 @@ class Seller:
         self.learners: Mapping[str, BidLearner] = load_learners(models, config.data_dir)
         self.gradients = GradientBook(self._validity_ms + window_ms, config.max_remembered)
 
+    @property
+    def bid_book(self) -> BidBook:
+        return self._book
+
     # --- RequestBids --------------------------------------------------------------------------
 
     def open_request(self, call: RequestBidsCall, now_ms: int) -> OpenRequest:
@@ -252,6 +257,7 @@ class Seller:
         self, opened: OpenRequest, task: Task, task_digest: bytes, decision: Decision, now_ms: int
     ) -> Envelope | WireNoBid:
         if isinstance(decision, NoBid):
+            metrics.no_bid(decision.reason)
             return WireNoBid(task.task_id, decision.reason, decision.detail)
         model, terms = decision
         header = opened.header
@@ -277,6 +283,7 @@ class Seller:
             confidence_unknown=terms.confidence_unknown,
         )
         envelope = codec.sign(self.identity, bid)
+        metrics.bid_issued(model.model_id, terms.cost)
         self._book.record(
             IssuedBid(
                 request_id=header.request_id,
@@ -445,6 +452,7 @@ class Seller:
 
     def _signed_result(self, job: Job, outputs_digest: bytes, latency_ms: float) -> Envelope:
         """The receipt for ``job``'s outputs, whichever way they travelled: signed, bound to its bid."""
+        metrics.executed(job.model.model_id, latency_ms)
         result = ExecuteResult(
             request_id=job.order.request_id,
             task_id=job.order.task_id,
@@ -476,6 +484,7 @@ class Seller:
         if signer != issued.requester:
             raise SignatureError("the notice is not signed by the requester this bid was made for")
         self._book.note_feedback(issued, kind, now_ms)
+        metrics.auction_result(issued.model_id, kind)
         strategy = self.models[issued.model_id].strategy
         strategy.learn(
             Notice(

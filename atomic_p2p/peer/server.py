@@ -29,6 +29,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from atomic_p2p import metrics
 from atomic_p2p.errors import AtomicError, DeadlineError, UnavailableError, UnimplementedError
 from atomic_p2p.gossip.transport import GossipAgent
 from atomic_p2p.peer.seller import Decision, Seller
@@ -104,9 +105,14 @@ class PeerService:
         return self.execute_stream(raw)
 
     def handler(self) -> grpc.GenericRpcHandler:
-        handlers = {name: grpc.unary_unary_rpc_method_handler(_rpc(name, self.call)) for name in METHODS}
+        handlers = {
+            name: grpc.unary_unary_rpc_method_handler(metrics.served(name, _rpc(name, self.call)))
+            for name in METHODS
+        }
         for name in STREAM_METHODS:
-            handlers[name] = grpc.unary_stream_rpc_method_handler(_stream_rpc(name, self.stream))
+            handlers[name] = grpc.unary_stream_rpc_method_handler(
+                metrics.served_stream(name, _stream_rpc(name, self.stream))
+            )
         return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
     async def request_bids(self, raw: bytes, caller: str = "") -> bytes:
