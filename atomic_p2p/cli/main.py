@@ -25,6 +25,7 @@ COMMANDS = (
     "atomic_p2p.cli.peers",
     "atomic_p2p.cli.bids",
     "atomic_p2p.cli.profile",
+    "atomic_p2p.cli.top",
 )
 
 EPILOG = "exit codes: 0 ok, 1 the command failed (e.g. no usable bid), 2 usage or input error"
