@@ -22,6 +22,7 @@ metric.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import weakref
 from collections import Counter
@@ -290,11 +291,15 @@ def served(method: str, handle: Unary) -> Unary:
     """``handle`` counted and timed under ``method``; the status is what the context ends with."""
 
     async def counted(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        started = time.perf_counter()
+        started, cancelled = time.perf_counter(), False
         try:
             return await handle(raw, context)
+        except asyncio.CancelledError:  # the caller went away (or its deadline passed)
+            cancelled = True
+            raise
         finally:
-            rpc_served(method, context.code(), time.perf_counter() - started)
+            code = grpc.StatusCode.CANCELLED if cancelled else context.code()
+            rpc_served(method, code, time.perf_counter() - started)
 
     return counted
 

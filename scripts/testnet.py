@@ -530,7 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--store",
         type=Path,
-        help="the requester's SQLite store, for `atomic top` and `atomic bids` (default <data-dir>/requester.db)",
+        help="the requester's SQLite store, for `atomic top` and `atomic bids` (default: none; with "
+        "--stay, <data-dir>/requester.db)",
     )
     parser.add_argument(
         "--stay",
@@ -562,8 +563,16 @@ def options_from(args: argparse.Namespace) -> Options:
         seed=args.seed,
         metrics=args.metrics_port is not None,
         log_format=args.log_format,
-        store=(args.store or args.data_dir / "requester.db").resolve(),
+        store=_store(args),
     )
+
+
+def _store(args: argparse.Namespace) -> Path | None:
+    """The requester's store: --store, else with --stay one under the data dir (for atomic top),
+    else none (a demo run learns nothing from the runs before it)."""
+    if args.store is not None:
+        return Path(args.store).resolve()
+    return (args.data_dir / "requester.db").resolve() if args.stay else None
 
 
 def _terminate(signum: int, frame: Any) -> None:
