@@ -23,6 +23,7 @@ metric.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import weakref
 from collections import Counter
@@ -77,6 +78,7 @@ _NO_BID_REASONS = frozenset(
     }
     | _CODES
 )
+_FEEDBACK_KINDS = frozenset({"win", "loss", "outcome"})
 OTHER = "other"
 
 # --- the peer -----------------------------------------------------------------------------------
@@ -215,39 +217,50 @@ def code_name(code: object) -> str:
     return code.name if isinstance(code, grpc.StatusCode) else OTHER
 
 
+def _child(metric: Any, *labels: str) -> Any:
+    """``metric.labels(*labels)``, remembered: label sets are bounded, and the lookup under
+    prometheus_client's lock costs as much as the increment."""
+    return _children(metric, labels)
+
+
+@functools.lru_cache(maxsize=4096)
+def _children(metric: Any, labels: tuple[str, ...]) -> Any:
+    return metric.labels(*labels)
+
+
 # --- one-line calls at the instrumented spots ---------------------------------------------------
 
 
 def bid_issued(model: str, cost: float) -> None:
-    PEER_BIDS.labels(model).inc()
-    PEER_QUOTED_PRICE.labels(model).observe(cost)
+    _child(PEER_BIDS, model).inc()
+    _child(PEER_QUOTED_PRICE, model).observe(cost)
 
 
 def no_bid(reason: Any) -> None:
     """A peer declined a task; ``reason`` is a NoBidReason."""
-    PEER_NO_BIDS.labels(bounded(str(getattr(reason, "value", reason)), _NO_BID_REASONS)).inc()
+    _child(PEER_NO_BIDS, bounded(str(getattr(reason, "value", reason)), _NO_BID_REASONS)).inc()
 
 
 def auction_result(model: str, kind: Any) -> None:
     """A peer accepted a feedback notice; ``kind`` is a FeedbackKind (win, loss, outcome)."""
-    PEER_AUCTION_RESULTS.labels(model, bounded(str(kind.value), frozenset({"win", "loss", "outcome"}))).inc()
+    _child(PEER_AUCTION_RESULTS, model, bounded(str(kind.value), _FEEDBACK_KINDS)).inc()
 
 
 def executed(model: str, compute_ms: float) -> None:
-    PEER_EXECUTION_SECONDS.labels(model).observe(max(0.0, compute_ms) / 1000)
+    _child(PEER_EXECUTION_SECONDS, model).observe(max(0.0, compute_ms) / 1000)
 
 
 def rpc_served(method: str, code: object, seconds: float) -> None:
     name = code_name(code)
-    RPC_SERVED.labels(method, name).inc()
-    RPC_SERVED_SECONDS.labels(method).observe(seconds)
+    _child(RPC_SERVED, method, name).inc()
+    _child(RPC_SERVED_SECONDS, method).observe(seconds)
     if method == "BidGradient":
-        PEER_GRADIENT_UPDATES.labels("applied" if name == "OK" else "refused", name).inc()
+        _child(PEER_GRADIENT_UPDATES, "applied" if name == "OK" else "refused", name).inc()
 
 
 def rpc_called(method: str, code: object, seconds: float) -> None:
-    RPC_CALLED.labels(method, code_name(code)).inc()
-    RPC_CALLED_SECONDS.labels(method).observe(seconds)
+    _child(RPC_CALLED, method, code_name(code)).inc()
+    _child(RPC_CALLED_SECONDS, method).observe(seconds)
 
 
 def auction_round(collected: Collected) -> None:
@@ -257,24 +270,24 @@ def auction_round(collected: Collected) -> None:
     for bid in collected.bids:
         REQUESTER_QUOTED_PRICE.observe(bid.cost)
     for no_bid in collected.no_bids:
-        REQUESTER_NO_BIDS.labels(no_bid.kind.value, bounded(no_bid.reason, _NO_BID_REASONS)).inc()
+        _child(REQUESTER_NO_BIDS, no_bid.kind.value, bounded(no_bid.reason, _NO_BID_REASONS)).inc()
 
 
 def task_settled(outcome: str, price: float | None = None) -> None:
     """A microtask ended: ``delivered`` (with the price paid), ``no_bids`` or ``failed``."""
-    REQUESTER_TASKS.labels(outcome).inc()
+    _child(REQUESTER_TASKS, outcome).inc()
     if price is not None:
         REQUESTER_PAID.observe(price)
 
 
 def execution(error: BaseException | None, elapsed_ms: float) -> None:
     """One Execute attempt ended (``error`` None: a verified result)."""
-    REQUESTER_EXECUTIONS.labels(code_name(getattr(error, "code", None) if error else None)).inc()
+    _child(REQUESTER_EXECUTIONS, code_name(getattr(error, "code", None) if error else None)).inc()
     REQUESTER_EXECUTION_SECONDS.observe(max(0.0, elapsed_ms) / 1000)
 
 
 def fallback(kind: str) -> None:
-    REQUESTER_FALLBACKS.labels(kind).inc()
+    _child(REQUESTER_FALLBACKS, kind).inc()
 
 
 def first_token(seconds: float) -> None:
