@@ -258,9 +258,16 @@ def rpc_served(method: str, code: object, seconds: float) -> None:
         _child(PEER_GRADIENT_UPDATES, "applied" if name == "OK" else "refused", name).inc()
 
 
-def rpc_called(method: str, code: object, seconds: float) -> None:
+def started() -> float:
+    """The instant a real network call began, for :func:`rpc_called` (a call's own latency on
+    this host's monotonic counter; the requester's logic keeps reading its Clock)."""
+    return time.perf_counter()
+
+
+def rpc_called(method: str, code: object, since: float) -> None:
+    """A requester's call that began at ``since`` (:func:`started`) ended with ``code``."""
     _child(RPC_CALLED, method, code_name(code)).inc()
-    _child(RPC_CALLED_SECONDS, method).observe(seconds)
+    _child(RPC_CALLED_SECONDS, method).observe(time.perf_counter() - since)
 
 
 def auction_round(collected: Collected) -> None:

@@ -13,7 +13,6 @@ the call's own timeout); a call with no time left fails at once with DeadlineErr
 
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
@@ -116,20 +115,20 @@ class GrpcTransport(BytesTransport):
         self._pool = pool
 
     async def send(self, address: str, method: str, request: bytes, timeout_s: float) -> bytes:
-        started = time.perf_counter()
+        started = metrics.started()
         try:
             answer: bytes = await self._pool.method(address, method)(request, timeout=timeout_s)
         except aio.AioRpcError as error:
-            metrics.rpc_called(method, error.code(), time.perf_counter() - started)
+            metrics.rpc_called(method, error.code(), started)
             raise from_status(error.code(), error.details()) from None
-        metrics.rpc_called(method, grpc.StatusCode.OK, time.perf_counter() - started)
+        metrics.rpc_called(method, grpc.StatusCode.OK, started)
         return answer
 
     async def send_stream(
         self, address: str, method: str, request: bytes, timeout_s: float
     ) -> AsyncGenerator[bytes, None]:
         call = self._pool.stream_method(address, method)(request, timeout=timeout_s)
-        started, code = time.perf_counter(), grpc.StatusCode.CANCELLED  # until it ends otherwise
+        started, code = metrics.started(), grpc.StatusCode.CANCELLED  # until it ends otherwise
         try:
             async for message in call:
                 yield message
@@ -139,7 +138,7 @@ class GrpcTransport(BytesTransport):
             raise from_status(error.code(), error.details()) from None
         finally:
             call.cancel()  # a no-op once the stream ended; otherwise the peer stops its work
-            metrics.rpc_called(method, code, time.perf_counter() - started)
+            metrics.rpc_called(method, code, started)
 
 
 def status_name(error: BaseException) -> str:
