@@ -1,7 +1,7 @@
 """A real Prometheus server scrapes a small testnet and answers a query over each family of metrics.
 
-``scripts/testnet.py`` starts three ``atomic-peer`` processes (digits small and specialist, a
-language model) and its requester with ``--metrics-port 0``, runs its workload (digit auctions
+``scripts/testnet.py`` starts two ``atomic-peer`` processes (a digits classifier and a language
+model) and its requester with ``--metrics-port 0``, runs its workload (digit auctions
 and a streamed generation), then stays up. Prometheus (Debian's ``prometheus`` package, which
 ``.ci/run`` installs) scrapes every endpoint each second from a generated config; the test asks
 its HTTP API for every family in docs/observability.md: a value where the workload made one, the
@@ -50,7 +50,7 @@ VALUES = {
     'sum(atomic_requester_executions_total{code="OK"})': 1,
     "sum(atomic_requester_time_to_first_token_seconds_count)": 1,
     'min(atomic_gossip_members{state="alive"})': 1,
-    "sum(atomic_peer_workers)": 3,
+    "sum(atomic_peer_workers)": 2,
     "sum(atomic_peer_bid_book_capacity)": 1,
     "sum(atomic_peer_queue_capacity)": 1,
     "count(atomic_requester_requests_running)": 1,
@@ -123,8 +123,8 @@ def test_prometheus_scrapes_a_testnet_and_answers_each_family(tmp_path: Path) ->
         pytest.skip("no prometheus on PATH: .ci/run installs Debian's package (apt-get install prometheus)")
     testnet = [
         sys.executable, str(ROOT / "scripts" / "testnet.py"),
-        "--peers", "3", "--configs", "small", "specialist", "lm-small",
-        "--requests", "3", "--batch", "4", "--quiet",
+        "--peers", "2", "--configs", "small", "lm-small",
+        "--requests", "2", "--batch", "4", "--quiet",
         "--data-dir", str(tmp_path / "net"), "--cache-dir", str(weights_cache_dir()),
         "--metrics-port", "0", "--stay", "inf",
     ]  # fmt: skip
@@ -134,7 +134,7 @@ def test_prometheus_scrapes_a_testnet_and_answers_each_family(tmp_path: Path) ->
         started(testnet, stdout=subprocess.PIPE, stderr=log, env=env) as net,
     ):
         urls = read_testnet(net)
-        assert len(urls) == 4, urls  # the requester and three peers
+        assert len(urls) == 3, urls  # the requester and two peers
         targets = [urllib.parse.urlsplit(url).netloc for url in urls]
         port = free_port()
         config = tmp_path / "prometheus.yml"
