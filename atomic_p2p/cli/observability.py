@@ -87,10 +87,12 @@ def _port(text: str) -> int:
 
 
 def configure_logging(level: int | str, log_format: str = "text", text_format: str = TEXT_FORMAT) -> None:
-    """Send the root logger's records to stderr as text (``text_format``) or JSON lines."""
+    """Send the root logger's records to stderr as text (``text_format``) or JSON lines. Like
+    ``logging.basicConfig``, it leaves a root logger that already has handlers alone (a host
+    program, or pytest, configured logging first)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(text_format))
-    logging.basicConfig(level=level, handlers=[handler], force=True)
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def start_metrics(args: argparse.Namespace) -> MetricsServer | None:
