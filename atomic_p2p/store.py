@@ -346,6 +346,13 @@ class Store:
         )
         return [DecisionRecord(*_parsed(row)) for row in rows]
 
+    def wins(self) -> dict[str, int]:
+        """How many auctions each peer won (decisions naming it the winner), by peer id."""
+        rows = self._query(
+            "SELECT winner_peer, count(*) FROM decisions WHERE winner_peer IS NOT NULL GROUP BY winner_peer"
+        )
+        return {peer: int(count) for peer, count in rows}
+
     def bids_for(self, request_id: bytes | str, task_id: str | None = None) -> list[BidRecord]:
         """Every bid logged for one request (and task), in arrival order."""
         where, parameters = _filters({"request_id": hex_id(request_id), "task_id": task_id})

@@ -33,6 +33,8 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
+import math
 import os
 import random
 import selectors
@@ -51,6 +53,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "peers"))
 
+from atomic_p2p.cli import observability  # noqa: E402
 from atomic_p2p.cli.report import render_text  # noqa: E402
 from atomic_p2p.errors import AtomicError  # noqa: E402
 from atomic_p2p.faults import ENV_VAR as FAULTS_ENV  # noqa: E402
@@ -85,6 +88,9 @@ class Options:
     faults: FaultPlan = field(default_factory=FaultPlan)
     hosts: bool = False
     seed: int = 0
+    metrics: bool = False  # each peer serves /metrics on a free port (its second stdout line)
+    log_format: str = "text"
+    store: Path | None = None  # the requester's SQLite store (what `atomic top` and `atomic bids` read)
 
 
 @dataclass
@@ -96,6 +102,7 @@ class PeerProcess:
     address: str = ""
     peer_id: str = ""
     models: list[str] = field(default_factory=list)
+    metrics_url: str = ""
 
 
 @dataclass
@@ -134,7 +141,11 @@ def peer_command(
         "5",
         "--log-level",
         "WARNING",
+        "--log-format",
+        options.log_format,
     ]
+    if options.metrics:
+        command += ["--metrics-port", "0", "--metrics-host", host.address if host else "127.0.0.1"]
     if bootstrap:
         command += ["--bootstrap", bootstrap]
     plan = options.faults
@@ -213,6 +224,8 @@ def start_peers(options: Options, network: VirtualNetwork | None, peers: list[Pe
                         f"peer {peer.name} exited with {peer.process.wait()} before serving:\n{tail}"
                     )
                 parse_listening(peer, line)
+                if options.metrics:  # printed right after the listening line
+                    peer.metrics_url = peer.process.stdout.readline().split()[-1]
                 listening.append(peer)
                 bar.update()
     selector.close()
@@ -423,7 +436,11 @@ async def workload(
     return tallies
 
 
-async def demo(net: Testnet, options: Options, requests: int, batch: int, quiet: bool) -> dict[str, Tally]:
+async def demo(
+    net: Testnet, options: Options, requests: int, batch: int, quiet: bool, stay_s: float = 0.0
+) -> dict[str, Tally]:
+    """Join, converge, run the workload; with ``stay_s``, print the summary and keep the network
+    (and the requester's gossip) up that long, for ``atomic top`` or a Prometheus server."""
     if options.faults.active:  # the requester's channel pool reads it (the peers got flags)
         plan = options.faults
         seed = f",seed={plan.seed}" if plan.seed is not None else ""
@@ -431,12 +448,27 @@ async def demo(net: Testnet, options: Options, requests: int, batch: int, quiet:
             f"delay_ms={plan.delay_ms:g},jitter_ms={plan.jitter_ms:g},loss={plan.loss:g}{seed}"
         )
     gossip = GossipConfig(interval=options.gossip_interval)
-    async with Requester(bootstrap=[net.seed_address], gossip=gossip) as requester:
+    async with Requester(bootstrap=[net.seed_address], gossip=gossip, store=options.store) as requester:
         took = await wait_converged(
             requester, len(net.peers), timeout=max(30.0, 40 * options.gossip_interval)
         )
         print(f"the requester's directory lists all {len(net.peers)} peers, {took:.1f} s after joining")
-        return await workload(requester, net.peers, requests, batch, quiet)
+        tallies = await workload(requester, net.peers, requests, batch, quiet)
+        if stay_s > 0:
+            print_summary(net.peers, tallies)
+            await stay(net, options, stay_s)
+        return tallies
+
+
+async def stay(net: Testnet, options: Options, stay_s: float) -> None:
+    """Keep the network up for ``stay_s`` seconds (inf: until Ctrl-C or SIGTERM)."""
+    store = f" --store {options.store}" if options.store else ""
+    until = "until Ctrl-C" if math.isinf(stay_s) else f"for {stay_s:g} s"
+    print(f"\nthe network stays up {until}; watch it with: atomic top --bootstrap {net.seed_address}{store}")
+    sys.stdout.flush()
+    deadline = time.monotonic() + stay_s
+    while (left := deadline - time.monotonic()) > 0:
+        await asyncio.sleep(min(left, 1.0))
 
 
 def print_summary(peers: list[PeerProcess], tallies: dict[str, Tally]) -> None:
@@ -484,6 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=ROOT / ".data" / "testnet",
         help="per-peer keys and logs, shared cached weights; kept so reruns skip training (default .data/testnet)",
     )
+    parser.add_argument(
+        "--cache-dir", type=Path, help="trained weights, shareable between runs (default <data-dir>/weights)"
+    )
     parser.add_argument("--gossip-interval", type=float, default=0.5, metavar="S", help="default 0.5")
     parser.add_argument("--hosts", action="store_true", help="one network namespace per peer (root only)")
     parser.add_argument("--fault-delay-ms", type=float, default=0.0, metavar="MS")
@@ -493,6 +528,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="who bootstraps from whom (default 0)")
     parser.add_argument("--quiet", action="store_true", help="summary only, with a progress bar")
     parser.add_argument("--json", type=Path, help="also write the summary as JSON here")
+    parser.add_argument(
+        "--store",
+        type=Path,
+        help="the requester's SQLite store, for `atomic top` and `atomic bids` (default: none; with "
+        "--stay, <data-dir>/requester.db)",
+    )
+    parser.add_argument(
+        "--stay",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="after the workload keep the network up S seconds (inf: until Ctrl-C), e.g. for atomic top",
+    )
+    observability.add_arguments(parser)
     return parser
 
 
@@ -508,11 +557,23 @@ def options_from(args: argparse.Namespace) -> Options:
         peers=args.peers,
         configs=tuple(args.configs),
         data_dir=args.data_dir.resolve(),
+        cache_dir=args.cache_dir.resolve() if args.cache_dir else None,
         gossip_interval=args.gossip_interval,
         faults=FaultPlan(args.fault_delay_ms, args.fault_jitter_ms, args.fault_loss, args.fault_seed),
         hosts=args.hosts,
         seed=args.seed,
+        metrics=args.metrics_port is not None,
+        log_format=args.log_format,
+        store=_store(args),
     )
+
+
+def _store(args: argparse.Namespace) -> Path | None:
+    """The requester's store: --store, else with --stay one under the data dir (for atomic top),
+    else none (a demo run learns nothing from the runs before it)."""
+    if args.store is not None:
+        return Path(args.store).resolve()
+    return (args.data_dir / "requester.db").resolve() if args.stay else None
 
 
 def _terminate(signum: int, frame: Any) -> None:
@@ -526,21 +587,36 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, AtomicError) as exc:
         print(f"testnet: {exc}", file=sys.stderr)
         return 2
+    if args.stay < 0:
+        print("testnet: --stay takes seconds >= 0 (or inf)", file=sys.stderr)
+        return 2
+    observability.configure_logging(logging.WARNING, args.log_format)
     signal.signal(signal.SIGTERM, _terminate)
+    metrics_server = None
     try:
+        metrics_server = observability.start_metrics(args)
+        if metrics_server is not None:
+            print(f"requester metrics on {metrics_server.url}")
         with testnet(options) as net:
             for peer in net.peers:
+                metrics = f" metrics {peer.metrics_url}" if peer.metrics_url else ""
                 print(
-                    f"peer {peer.name:<20} {peer.peer_id} at {peer.address} hosting {', '.join(peer.models)}"
+                    f"peer {peer.name:<20} {peer.peer_id} at {peer.address} hosting "
+                    f"{', '.join(peer.models)}{metrics}"
                 )
-            tallies = asyncio.run(demo(net, options, args.requests, args.batch, args.quiet))
-            print_summary(net.peers, tallies)
+            sys.stdout.flush()
+            tallies = asyncio.run(demo(net, options, args.requests, args.batch, args.quiet, args.stay))
+            if not args.stay:
+                print_summary(net.peers, tallies)
     except KeyboardInterrupt:
         print("\ninterrupted: peers stopped", file=sys.stderr)
         return 130
     except (RuntimeError, AtomicError) as exc:
         print(f"testnet: {exc}", file=sys.stderr)
         return 1
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         summary = {name: {**vars(t), "latency_ms": t.latency_ms} for name, t in tallies.items()}

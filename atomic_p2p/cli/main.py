@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 
 from atomic_p2p.cli.exits import ExitCode, closed_pipe
+from atomic_p2p.cli.observability import configure_logging
 
 COMMANDS = (
     "atomic_p2p.cli.keygen",
@@ -25,6 +26,7 @@ COMMANDS = (
     "atomic_p2p.cli.bids",
     "atomic_p2p.cli.profile",
     "atomic_p2p.cli.outcome",
+    "atomic_p2p.cli.top",
 )
 
 EPILOG = (
@@ -59,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     args = build_parser().parse_args(argv)  # --help prints here, so it is inside main's guard
     level = (logging.ERROR, logging.INFO, logging.DEBUG)[min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging(level, getattr(args, "log_format", "text"), "%(levelname)s %(name)s: %(message)s")
 
     from atomic_p2p.errors import AtomicError, ConfigError
 

@@ -15,6 +15,10 @@ Once serving, one line goes to stdout, so scripts can wait for it::
 
     atomic-peer 1a2b3c4d listening on 127.0.0.1:50051 hosting digits-small, digits-small-slow
 
+With ``--metrics-port`` a second line follows it:
+``atomic-peer 1a2b3c4d metrics on http://127.0.0.1:9100/metrics``. ``--log-format json`` writes
+the logs on stderr as JSON lines (:mod:`atomic_p2p.cli.observability`).
+
 SIGTERM or SIGINT drains: new work is refused (UNAVAILABLE), work in flight completes, then the
 process exits 0. A bad config or a busy port prints what to change and exits 2.
 """
@@ -31,8 +35,9 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from atomic_p2p.cli import observability
 from atomic_p2p.cli.arguments import non_negative, positive, positive_int
 from atomic_p2p.cli.exits import closed_pipe
 from atomic_p2p.errors import AtomicError, ConfigError
@@ -40,6 +45,9 @@ from atomic_p2p.faults import FaultPlan
 from atomic_p2p.gossip.transport import GossipAgent
 from atomic_p2p.peer.config import PeerConfig, load_configs
 from atomic_p2p.peer.node import PeerNode
+
+if TYPE_CHECKING:
+    from atomic_p2p.metrics import MetricsServer
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -81,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=str.upper,
         help="log verbosity on stderr (default INFO)",
     )
+    observability.add_arguments(parser)
     return parser
 
 
@@ -139,18 +148,21 @@ def _address(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    observability.configure_logging(args.log_level, args.log_format)
+    metrics_server = None
     try:
         config = config_from_args(args)
         check_port_free(config.host, config.port)
-        return asyncio.run(serve(config, drain_timeout=args.drain_timeout))
+        metrics_server = observability.start_metrics(args)
+        return asyncio.run(serve(config, drain_timeout=args.drain_timeout, metrics=metrics_server))
     except BrokenPipeError:  # whoever read the "listening" line has gone
         return closed_pipe()
     except AtomicError as exc:  # a bad config, key file or port: say what to change
         print(f"atomic-peer: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
 
 
 def config_from_args(args: argparse.Namespace) -> PeerConfig:
@@ -234,8 +246,10 @@ async def watch_bootstrap(
     log.info("joined the network through %s after %.1f s", ", ".join(seeds), time.monotonic() - started)
 
 
-async def serve(config: PeerConfig, drain_timeout: float = DEFAULT_DRAIN_S) -> int:
-    """Run a node until SIGTERM/SIGINT, then drain and stop."""
+async def serve(
+    config: PeerConfig, drain_timeout: float = DEFAULT_DRAIN_S, metrics: MetricsServer | None = None
+) -> int:
+    """Run a node until SIGTERM/SIGINT, then drain and stop; ``metrics``: the endpoint to announce."""
     node = await PeerNode.start(config)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -250,6 +264,8 @@ async def serve(config: PeerConfig, drain_timeout: float = DEFAULT_DRAIN_S) -> i
             f"atomic-peer {node.peer_id.short} listening on {node.address} hosting {', '.join(node.models)}",
             flush=True,
         )
+        if metrics is not None:  # a second line, after the one scripts wait for
+            print(f"atomic-peer {node.peer_id.short} metrics on {metrics.url}", flush=True)
         await stop.wait()
         log.info("signal received: draining (up to %.0f s)", drain_timeout)
         await node.drain(drain_timeout)

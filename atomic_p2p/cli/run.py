@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from atomic_p2p.cli import observability
 from atomic_p2p.cli.arguments import add_weights_argument, non_negative, peer_address, positive, weights_of
 from atomic_p2p.cli.exits import ExitCode
 from atomic_p2p.cli.keygen import default_key_path, default_store_path
@@ -30,6 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     _add_auction_arguments(parser)
     _add_io_arguments(parser)
+    observability.add_arguments(parser)
     parser.set_defaults(handler=handle)
 
 
@@ -161,6 +163,7 @@ def handle(args: argparse.Namespace) -> ExitCode:
     args.weights = weights_of(args)
     inputs = None if args.texts else tensor_files.load_inputs(args.input, args.input_name, args.dtype)
     identity = load_identity(args.key)
+    metrics_server = observability.start_metrics(args)
     try:
         result = asyncio.run(_auction(args, inputs, identity))
     except AuctionError as error:
@@ -169,6 +172,9 @@ def handle(args: argparse.Namespace) -> ExitCode:
             file=sys.stdout if args.json else sys.stderr,
         )
         return ExitCode.FAILED
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
     if args.output is not None:
         tensor_files.save_outputs(result.outputs, args.output)
     if isinstance(result, Result):

@@ -25,6 +25,7 @@ import grpc
 import torch
 from grpc_health.v1 import health, health_pb2
 
+from atomic_p2p import metrics
 from atomic_p2p.channels import ChannelPool
 from atomic_p2p.errors import ConfigError
 from atomic_p2p.gossip import GossipConfig, LoadSummary, ModelAdvert
@@ -133,6 +134,7 @@ class PeerNode:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         await node._start_gossip()
         node.latency_probe.start()
+        metrics.watch(node, metrics.peer_reading)
         log.info("peer %s serving on %s: %s", identity.peer_id.short, node.address, ", ".join(models))
         return node
 
@@ -210,6 +212,7 @@ class PeerNode:
         self.workers.close()
         self.journal.close()
         self.state = NodeState.STOPPED
+        metrics.unwatch(self)
         log.info("peer %s stopped", self.peer_id.short)
 
     async def __aenter__(self) -> PeerNode:

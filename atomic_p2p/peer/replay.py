@@ -152,6 +152,11 @@ class BidBook:
             validity_ms + grace_ms, capacity, "feedback notices"
         )
 
+    @property
+    def occupancy(self) -> tuple[int, int]:
+        """(bids remembered, capacity); expired bids count until the next bid prunes them."""
+        return len(self._bids), self._bids.capacity
+
     def has_room(self, now_ms: int, count: int) -> bool:
         self._bids.prune(now_ms)
         return len(self._bids) + count <= self._bids.capacity

@@ -40,6 +40,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from atomic_p2p import metrics
 from atomic_p2p.errors import (
     BidExpiredError,
     DeadlineError,
@@ -171,6 +172,10 @@ class Seller:
         self.learners: Mapping[str, BidLearner] = load_learners(models, config.data_dir)
         self.gradients = GradientBook(self._validity_ms + window_ms, config.max_remembered)
 
+    @property
+    def bid_book(self) -> BidBook:
+        return self._book
+
     # --- RequestBids --------------------------------------------------------------------------
 
     def open_request(self, call: RequestBidsCall, now_ms: int) -> OpenRequest:
@@ -209,6 +214,7 @@ class Seller:
         offers: list[tuple[int, Bid, IssuedBid]] = []
         for (task, task_digest), decision in zip(opened.tasks, decisions, strict=True):
             if isinstance(decision, NoBid):
+                metrics.no_bid(decision.reason)
                 outcomes.append(WireNoBid(task.task_id, decision.reason, decision.detail))
             else:
                 offers.append((len(outcomes), *self._offer(opened, task, task_digest, decision, now_ms)))
@@ -220,6 +226,7 @@ class Seller:
             envelopes = [codec.sign(self.identity, bid) for bid in bids]
         for (position, _, issued), envelope in zip(offers, envelopes, strict=True):
             outcomes[position] = envelope
+            metrics.bid_issued(issued.model_id, issued.cost)
             self._book.record(replace(issued, digest=envelope.digest), now_ms)
         return RequestBidsReply(tuple(outcome for outcome in outcomes if outcome is not None))
 
@@ -480,6 +487,7 @@ class Seller:
 
     def _signed_result(self, job: Job, outputs_digest: bytes, latency_ms: float) -> Envelope:
         """The receipt for ``job``'s outputs, whichever way they travelled: signed, bound to its bid."""
+        metrics.executed(job.model.model_id, latency_ms)
         result = ExecuteResult(
             request_id=job.order.request_id,
             task_id=job.order.task_id,
@@ -511,6 +519,7 @@ class Seller:
         if signer != issued.requester:
             raise SignatureError("the notice is not signed by the requester this bid was made for")
         self._book.note_feedback(issued, kind, now_ms)
+        metrics.auction_result(issued.model_id, kind)
         strategy = self.models[issued.model_id].strategy
         strategy.learn(
             Notice(

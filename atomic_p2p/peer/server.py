@@ -30,6 +30,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from atomic_p2p import metrics
 from atomic_p2p.errors import (
     AtomicError,
     DeadlineError,
@@ -121,9 +122,14 @@ class PeerService:
         return self.execute_stream(raw)
 
     def handler(self) -> grpc.GenericRpcHandler:
-        handlers = {name: grpc.unary_unary_rpc_method_handler(_rpc(name, self.call)) for name in METHODS}
+        handlers = {
+            name: grpc.unary_unary_rpc_method_handler(metrics.served(name, _rpc(name, self.call)))
+            for name in METHODS
+        }
         for name in STREAM_METHODS:
-            handlers[name] = grpc.unary_stream_rpc_method_handler(_stream_rpc(name, self.stream))
+            handlers[name] = grpc.unary_stream_rpc_method_handler(
+                metrics.served_stream(name, _stream_rpc(name, self.stream))
+            )
         for name in UPLOAD_METHODS:
             handlers[name] = grpc.stream_stream_rpc_method_handler(_upload_rpc(name, self.upload))
         return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)

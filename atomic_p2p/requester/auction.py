@@ -37,6 +37,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from atomic_p2p import metrics
 from atomic_p2p.clock import Clock, wait_first
 from atomic_p2p.errors import AtomicError, SignatureError
 from atomic_p2p.identity import Envelope, Identity, PeerId, verify_many
@@ -360,7 +361,7 @@ async def collect_round(
     answers, answered, waited = await _solicit(transport, asks, window, clock)
     bids, duplicates = _one_per_peer([bid for answer in answers for bid in answer.bids])
     no_bids = [no_bid for answer in answers for no_bid in answer.no_bids]
-    return Collected(
+    collected = Collected(
         bids=tuple(bids),
         no_bids=tuple(no_bids + duplicates),
         bids_ms=(clock.monotonic() - started) * 1000,
@@ -368,6 +369,8 @@ async def collect_round(
         answer_ms=answered,
         waited_ms=waited,
     )
+    metrics.auction_round(collected)
+    return collected
 
 
 async def collect_bids(

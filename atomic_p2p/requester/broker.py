@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from atomic_p2p import tensors
+from atomic_p2p import metrics, tensors
 from atomic_p2p.clock import SYSTEM_CLOCK, Clock
 from atomic_p2p.errors import AuctionError, NoBidsError
 from atomic_p2p.requester.bidmanager import BidManager, Offers, Wanted, input_specs
@@ -222,12 +222,14 @@ class Broker:
                 if attempt.bid.reused:
                     self.bids.forget(attempt.bid)
         if executed.success is None:
+            metrics.task_settled("failed")
             raise AuctionError(_failed_message(item.capability, executed))
         success = executed.success
         paid = payment(decision.price, success.receipt.cost_charged, fallback=success.bid is not ranked[0])
         request_id = success.bid.request_id or offers.request_id
         elapsed_ms = executed.attempts[-1].elapsed_ms
         reference = self.memory.delivered(request_id, success.bid, ask, elapsed_ms, paid)
+        metrics.task_settled("delivered", paid)
         timings = Timings(
             bids_ms=bids_ms,
             verify_ms=offers.verify_ms,
@@ -268,6 +270,7 @@ class Broker:
         decision = self.memory.decide(offers.bids, ask, self._utilization(offers.bids))
         self.memory.log(offers.request_id, ask, decision, offers.no_bids)
         if not decision.ranked:
+            metrics.task_settled("no_bids")
             raise NoBidsError(_no_bids_message(item.capability, offers, decision))
         return ask, decision
 

@@ -33,6 +33,7 @@ from typing import Any, Self
 
 import torch
 
+from atomic_p2p import metrics
 from atomic_p2p.channels import ChannelPool
 from atomic_p2p.clock import SYSTEM_CLOCK, Clock
 from atomic_p2p.errors import ConfigError, NoBidsError
@@ -221,6 +222,7 @@ class Requester:
         )
         self.queue = RequestQueue(self.policy.max_concurrent_requests, clock=self.clock)
         self._task_numbers = itertools.count()
+        metrics.watch(self, metrics.requester_reading)
 
     @property
     def memory(self) -> MarketMemory:
@@ -253,6 +255,7 @@ class Requester:
 
     async def close(self) -> None:
         """Let pending notices finish (briefly), leave the gossip, then close every channel."""
+        metrics.unwatch(self)
         await self.bids.close()
         await self._feedback.drain()
         await self.discovery.stop()

@@ -21,6 +21,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from typing import Protocol
 
+from atomic_p2p import metrics
 from atomic_p2p.clock import SYSTEM_CLOCK, Clock
 from atomic_p2p.errors import AtomicError, BidExpiredError
 from atomic_p2p.identity import Envelope, Identity
@@ -121,6 +122,8 @@ class Executor:
             if bid.valid_until_ms <= self._clock.wall_ms():
                 attempts.append(Attempt(bid, 0.0, BidExpiredError("the bid expired before its turn")))
                 continue
+            if attempts:
+                metrics.fallback("execute")
             if tracker is not None:
                 tracker.started(bid)
             try:
@@ -166,6 +169,8 @@ class Executor:
                 elapsed,
                 error,
             )
+            metrics.execution(error, elapsed)
             return Attempt(bid, elapsed, error), None
         elapsed = (self._clock.monotonic() - started) * 1000
+        metrics.execution(None, elapsed)
         return Attempt(bid, elapsed), Success(bid, receipt, reply.result)

@@ -29,6 +29,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
 
+from atomic_p2p import metrics
 from atomic_p2p.clock import SYSTEM_CLOCK, Clock, wait_for
 from atomic_p2p.errors import AtomicError, AuctionError, BidExpiredError, DeadlineError, ProtocolError
 from atomic_p2p.identity import Envelope, Identity, PeerId
@@ -167,6 +168,7 @@ class GenerationWalk:
         text = ""
         parts: list[GenerationPart] = []
         attempts: list[Attempt] = []
+        walk_started, first = self._clock.monotonic(), True
         for bid in ranked:
             remaining = deadline - self._clock.monotonic()
             if remaining <= 0 or len(tokens) >= max_tokens:
@@ -175,6 +177,8 @@ class GenerationWalk:
                 attempts.append(Attempt(bid, 0.0, BidExpiredError("the bid expired before its turn")))
                 self._on_attempt(attempts[-1])
                 continue
+            if attempts:
+                metrics.fallback("generate")
             started = self._clock.monotonic()
             produced: list[int] = []
             produced_text: list[str] = []
@@ -187,6 +191,9 @@ class GenerationWalk:
                 async with aclosing(stream) as pieces:
                     async for piece in pieces:
                         if isinstance(piece, GeneratedTokens):
+                            if first:
+                                metrics.first_token(self._clock.monotonic() - walk_started)
+                                first = False
                             produced.extend(piece.tokens)
                             produced_text.append(piece.text)
                             yield piece

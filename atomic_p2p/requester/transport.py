@@ -21,6 +21,7 @@ from typing import Protocol, TypeVar
 import grpc
 from grpc import aio
 
+from atomic_p2p import metrics
 from atomic_p2p.channels import ChannelPool
 from atomic_p2p.errors import DeadlineError, UnimplementedError, from_status
 from atomic_p2p.protocol import codec
@@ -140,23 +141,30 @@ class GrpcTransport(BytesTransport):
         self._pool = pool
 
     async def send(self, address: str, method: str, request: bytes, timeout_s: float) -> bytes:
+        started = metrics.started()
         try:
             answer: bytes = await self._pool.method(address, method)(request, timeout=timeout_s)
         except aio.AioRpcError as error:
+            metrics.rpc_called(method, error.code(), started)
             raise from_status(error.code(), error.details()) from None
+        metrics.rpc_called(method, grpc.StatusCode.OK, started)
         return answer
 
     async def send_stream(
         self, address: str, method: str, request: bytes, timeout_s: float
     ) -> AsyncGenerator[bytes, None]:
         call = self._pool.stream_method(address, method)(request, timeout=timeout_s)
+        started, code = metrics.started(), grpc.StatusCode.CANCELLED  # until it ends otherwise
         try:
             async for message in call:
                 yield message
+            code = grpc.StatusCode.OK
         except aio.AioRpcError as error:
+            code = error.code()
             raise from_status(error.code(), error.details()) from None
         finally:
             call.cancel()  # a no-op once the stream ended; otherwise the peer stops its work
+            metrics.rpc_called(method, code, started)
 
     async def send_upload(
         self, address: str, method: str, requests: Iterator[bytes], timeout_s: float
