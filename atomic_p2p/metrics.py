@@ -304,13 +304,14 @@ def first_token(seconds: float) -> None:
 # --- gRPC handler wrappers (the peer's server) --------------------------------------------------
 
 Unary = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
-Streaming = Callable[[bytes, grpc.aio.ServicerContext], AsyncGenerator[bytes, None]]
+Streaming = Callable[[Any, grpc.aio.ServicerContext], AsyncGenerator[bytes, None]]
+"""A server-streaming handler (a request's bytes in) or a bidirectional one (an iterator of them)."""
 
 
 def served(method: str, handle: Unary) -> Unary:
     """``handle`` counted and timed under ``method``; the status is what the context ends with."""
 
-    async def counted(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def counted(raw: Any, context: grpc.aio.ServicerContext) -> bytes:
         started, cancelled = time.perf_counter(), False
         try:
             return await handle(raw, context)
@@ -327,7 +328,7 @@ def served(method: str, handle: Unary) -> Unary:
 def served_stream(method: str, handle: Streaming) -> Streaming:
     """A streaming ``handle`` counted and timed (to its last message) under ``method``."""
 
-    async def counted(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncGenerator[bytes, None]:
+    async def counted(raw: Any, context: grpc.aio.ServicerContext) -> AsyncGenerator[bytes, None]:
         started = time.perf_counter()
         try:
             async for message in handle(raw, context):

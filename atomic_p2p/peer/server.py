@@ -131,7 +131,9 @@ class PeerService:
                 metrics.served_stream(name, _stream_rpc(name, self.stream))
             )
         for name in UPLOAD_METHODS:
-            handlers[name] = grpc.stream_stream_rpc_method_handler(_upload_rpc(name, self.upload))
+            handlers[name] = grpc.stream_stream_rpc_method_handler(
+                metrics.served_stream(name, _upload_rpc(name, self.upload))
+            )
         return grpc.method_handlers_generic_handler(SERVICE_NAME, handlers)
 
     async def request_bids(self, raw: bytes, caller: str = "") -> bytes:
