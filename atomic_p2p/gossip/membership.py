@@ -293,10 +293,12 @@ class Membership:
         if summary and not valid_summary_length(len(summary)):
             raise ProtocolError(f"a digest summary of {len(summary)} bytes is not a valid set of ranges")
         records, beats, wanted = self._table.reconcile_listed(request.digest, self._slack, settled)
-        listed = request.digest.get(self._raw)
-        own = self._self.beat
-        if own is not None and (listed is None or listed.heartbeat < self._digest[self._raw].heartbeat):
-            beats.append(own)  # answering proves this node alive: say so with a signed beat
+        if not summary and not request.digest:
+            # "who is at this address": a client learns the id (and addresses, models) behind an
+            # address from the signed record, sent with its latest beat (docs/protocol.md section 2)
+            records.append(self._self)
+        elif self._raw not in request.digest and self._self.beat is not None:
+            beats.append(self._self.beat)  # answering proves this node alive: say so, signed
         ranges: dict[bytes, DigestEntry] = {}
         differing: list[int] = []
         if summary:

@@ -54,7 +54,9 @@ class GossipRequest:
     ``summary`` (range fingerprints, :mod:`atomic_p2p.gossip.ranges`) makes the request
     *summarised*: then ``digest`` lists only some members (those whose beat went stalest here, or
     those asked for after a range comparison) and the summary stands for the rest. ``None``: a
-    full digest, as peers before summaries send; ``b""``: a follow-up that compares no ranges.
+    full digest, as peers before summaries send; ``b""``: a follow-up that compares no ranges,
+    which with an empty ``digest`` asks the responder for its own signed record
+    (:data:`WHO_ARE_YOU`).
     """
 
     sender: Envelope | None
@@ -82,6 +84,8 @@ class GossipResponse:
 
 
 EMPTY_RESPONSE = GossipResponse(updates=())
+WHO_ARE_YOU = GossipRequest(None, EMPTY_DIGEST, (), b"")
+"""Asks a node for its own signed record (and latest beat), nothing else."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ from atomic_p2p.gossip.membership import Membership
 from atomic_p2p.gossip.messages import (
     EMPTY_DIGEST,
     LEFT_HEARTBEAT,
+    WHO_ARE_YOU,
     DigestEntry,
     GossipRequest,
     MemberForgotten,
@@ -31,6 +32,7 @@ from atomic_p2p.gossip.records import (
     ModelAdvert,
     PeerRecord,
     RecordLimits,
+    Rejection,
     RejectReason,
 )
 from atomic_p2p.identity import Envelope, Identity, PeerId
@@ -346,6 +348,19 @@ def test_a_summarised_request_does_not_grow_with_the_table() -> None:
     assert response.differing == () and not response.ranges  # same records: nothing to compare
     a.handle_request(T0 + 1, b.leave(T0 + 1)[0].request, "b:7000")  # b left: out of both fingerprints
     assert b.handle_request(T0 + 2, a.tick(T0 + 2)[0].request, "a:7000").differing == ()
+
+
+def test_who_are_you_gets_the_responders_own_signed_record_and_nothing_else() -> None:
+    a = node("a")
+    a.absorb(T0, [signed_record(identity("carol"), 5)])
+    answer = a.handle_request(T0 + 1, WHO_ARE_YOU, "client")
+    opened = [codec.open_envelope(e, RecordLimits()) for e in answer.updates]
+    assert [type(o.value).__name__ for o in opened if not isinstance(o, Rejection)] == [
+        "PeerRecord",
+        "Heartbeat",
+    ]
+    assert {o.value.peer_id for o in opened if not isinstance(o, Rejection)} == {a.peer_id}
+    assert not answer.wanted and not answer.ranges
 
 
 def test_a_round_is_fanout_exchanges_one_after_another() -> None:

@@ -76,3 +76,13 @@ def test_the_number_of_ranges_is_a_power_of_two_that_grows_with_the_table() -> N
     assert valid_summary_length(8) and valid_summary_length(8 * FINEST)
     assert not any(valid_summary_length(n) for n in (0, 4, 24, 8 * 2 * FINEST))
     assert fingerprint(0, 0) == hashlib.sha256(bytes(24)).digest()[:8]
+
+
+def test_the_documented_test_vectors() -> None:
+    """docs/protocol.md section 11, byte for byte."""
+    index = RangeIndex()
+    assert index.summary(1).hex() == "9d908ecfb6b256de"
+    index.update(bytes([1]) * 32, 1_700_000_000_000, written_off=False)
+    index.update(bytes([0x80]) * 32, 5, written_off=False)
+    assert index.summary(1).hex() == "b8b5fafecdcbfcdc"
+    assert index.summary(2).hex() == "2a547a9dc819791b" + "d778f357128e1bb9"
