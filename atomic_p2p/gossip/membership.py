@@ -390,15 +390,14 @@ class Membership:
         wanted = -(-self.config.beats_per_round // self.config.fanout)
         members, digest = self._members, self._digest
         out: dict[bytes, DigestEntry] = {}
-        keep: list[tuple[float, bytes]] = []
         for advanced_at, raw in self._stalest:
             member = members.get(raw)
-            if member is None or member.advanced_at != advanced_at or member.state.is_down:
+            if member is None or member.advanced_at != advanced_at:
                 continue
-            keep.append((advanced_at, raw))
-            if len(out) < wanted:
+            if member.state is ALIVE or member.state is SUSPECT:
                 out[raw] = digest[raw]
-        self._stalest = keep
+                if len(out) == wanted:
+                    break
         return out
 
     def absorb(self, now: float, envelopes: Iterable[Envelope]) -> None:
