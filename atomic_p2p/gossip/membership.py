@@ -20,6 +20,16 @@ heartbeats (Scuttlebutt's flow control). A heartbeat is forwarded only to a part
 more beats behind unless it has settled, which bounds liveness traffic to about N / slack beats
 per node per round; :mod:`atomic_p2p.gossip.table` holds these reconciliation rules.
 
+Digest summaries (``config.summaries``, the default) keep a request's size independent of N. In
+place of the whole digest a request carries range fingerprints of the records
+(:mod:`atomic_p2p.gossip.ranges`, Meyer's range-based set reconciliation) and lists only the
+members whose beat has gone ``slack - 1`` rounds without advancing here, oldest first, at most
+``beats_per_round / fanout`` of them. The responder answers those with any newer beat, adds its
+own, and names the ranges whose fingerprints differ along with its entries in them; the initiator
+pushes what the responder lacks and pulls what it lacks in one follow-up request
+(``Outgoing.follow_up``, whose answer starts nothing more). A request without a summary is a full
+digest, answered as above: that is what peers before summaries send.
+
 Failure detection, SWIM / Lifeguard style (Das et al., 2002; Dadgar et al., 2018). A member whose
 heartbeat has not advanced for ``suspicion_timeout(N)`` becomes SUSPECT; one still silent
 ``dead_timeout(N)`` later becomes DEAD. Both grow with ``log10 N`` (Lifeguard). A failed RPC to a
