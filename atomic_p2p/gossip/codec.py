@@ -28,6 +28,7 @@ from atomic_p2p._proto.atomic.v1 import gossip_pb2
 from atomic_p2p.contract import TaskKind
 from atomic_p2p.errors import ProtocolError, SignatureError
 from atomic_p2p.gossip.messages import Digest, DigestEntry, GossipRequest, GossipResponse
+from atomic_p2p.gossip.ranges import valid_summary_length
 from atomic_p2p.gossip.records import (
     Heartbeat,
     Leave,
@@ -269,15 +270,23 @@ def request_to_proto(request: GossipRequest) -> gossip_pb2.GossipRequest:
     )
     if request.sender is not None:
         message.sender.CopyFrom(envelope_to_proto(request.sender))
+    if request.summary is not None:
+        message.summary.fingerprints = request.summary
     return message
 
 
 def request_from_proto(message: gossip_pb2.GossipRequest) -> GossipRequest:
     sender = envelope_from_proto(message.sender) if message.HasField("sender") else None
+    summary = message.summary.fingerprints if message.HasField("summary") else None
+    if summary and not valid_summary_length(len(summary)):
+        raise ProtocolError(
+            f"digest summary of {len(summary)} bytes: want 8 bytes per range, a power of two of ranges"
+        )
     return GossipRequest(
         sender=sender,
         digest=digest_from_proto(message.digest),
         updates=tuple(envelope_from_proto(e) for e in message.updates),
+        summary=summary,
     )
 
 
@@ -285,6 +294,8 @@ def response_to_proto(response: GossipResponse) -> gossip_pb2.GossipResponse:
     return gossip_pb2.GossipResponse(
         updates=[envelope_to_proto(e) for e in response.updates],
         wanted=digest_to_proto(response.wanted),
+        differing=response.differing,
+        ranges=digest_to_proto(response.ranges),
     )
 
 
@@ -292,6 +303,8 @@ def response_from_proto(message: gossip_pb2.GossipResponse) -> GossipResponse:
     return GossipResponse(
         updates=tuple(envelope_from_proto(e) for e in message.updates),
         wanted=digest_from_proto(message.wanted),
+        differing=tuple(message.differing),
+        ranges=digest_from_proto(message.ranges),
     )
 
 
@@ -339,8 +352,13 @@ def request_wire_size(request: GossipRequest, digest_bytes: int | None = None) -
     """Encoded size of ``request``; pass ``digest_bytes`` when the digest's size is already known."""
     size = _field_size(envelope_size(request.sender)) if request.sender is not None else 0
     size += digest_size(request.digest) if digest_bytes is None else digest_bytes
+    if request.summary is not None:
+        size += _field_size(_field_size(len(request.summary)) if request.summary else 0)
     return size + _updates_size(request.updates)
 
 
 def response_wire_size(response: GossipResponse) -> int:
-    return _updates_size(response.updates) + digest_size(response.wanted)
+    size = _updates_size(response.updates) + digest_size(response.wanted) + digest_size(response.ranges)
+    if response.differing:  # packed varints
+        size += _field_size(sum(_varint_size(i) for i in response.differing))
+    return size

@@ -3,7 +3,14 @@
 Timeouts follow Lifeguard (Dadgar et al., 2018): they scale with ``max(1, log10(N))`` where N is
 the number of members not yet written off, because an epidemic needs O(log N) rounds to carry a
 heartbeat to everyone. With the defaults at a 1 s interval: a silent member is suspected after
-4 s (N <= 10), 8 s (N = 100) or 12 s (N = 1000), and declared dead as long again later.
+4 s (N <= 10) or 8 s (N = 100), and declared dead as long again later.
+
+Past a few hundred members a byte budget stretches them. Every node must see every member's
+signed beat (about 175 bytes) once per suspicion timeout, so liveness alone costs each node at
+least N * 175 bytes per timeout, whatever the digest. ``beats_per_round`` caps it: a node asks for
+a member's beat only once it is ``slack = ceil(N / beats_per_round)`` rounds old, and suspicion
+waits that much longer. With the defaults: 19 s at N = 1000, 112 s at N = 10,000 (then dead 12 s
+and 16 s later), for at most about 100 beats per node per round.
 """
 
 from __future__ import annotations
@@ -53,17 +60,26 @@ class GossipConfig:
     which leaves three quarters of it for the beat to travel."""
     reconnect_probability: float = 0.1
     """Chance per round of also contacting one DEAD member, so that healed partitions merge."""
+    beats_per_round: int = 100
+    """Liveness budget: about this many members' beats asked for per node per round (see the
+    module docstring); past ``4 * beats_per_round`` members it stretches the timeouts."""
+    summaries: bool = True
+    """Send range fingerprints and only the stalest members instead of the whole digest each
+    exchange (docs/gossip.md). Turn off while the cluster still has peers that predate them: they
+    read a summarised request as a partial digest and answer with everything it does not list."""
     limits: GossipLimits = field(default_factory=GossipLimits)
 
     def __post_init__(self) -> None:
         if self.interval <= 0 or self.fanout < 1 or (self.heartbeat_slack or 1) < 1:
             raise ConfigError("interval must be positive, fanout and heartbeat_slack at least 1")
+        if self.beats_per_round < 1:
+            raise ConfigError("beats_per_round must be at least 1")
 
     def scale(self, members: int) -> float:
         return max(1.0, math.log10(max(members, 1)))
 
     def suspicion_timeout(self, members: int) -> float:
-        return self.suspicion_mult * self.scale(members) * self.interval
+        return (self.suspicion_mult * self.scale(members) + self._stretch(members)) * self.interval
 
     def dead_timeout(self, members: int) -> float:
         return self.dead_mult * self.scale(members) * self.interval
@@ -71,4 +87,11 @@ class GossipConfig:
     def slack(self, members: int) -> int:
         if self.heartbeat_slack is not None:
             return self.heartbeat_slack
+        return self._quarter(members) + self._stretch(members)
+
+    def _quarter(self, members: int) -> int:
         return max(1, int(self.suspicion_mult * self.scale(members) / 4))
+
+    def _stretch(self, members: int) -> int:
+        """Rounds the byte budget adds to the slack and to the suspicion timeout."""
+        return max(0, math.ceil(members / self.beats_per_round) - self._quarter(members))

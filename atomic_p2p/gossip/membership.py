@@ -20,6 +20,16 @@ heartbeats (Scuttlebutt's flow control). A heartbeat is forwarded only to a part
 more beats behind unless it has settled, which bounds liveness traffic to about N / slack beats
 per node per round; :mod:`atomic_p2p.gossip.table` holds these reconciliation rules.
 
+Digest summaries (``config.summaries``, the default) keep a request's size independent of N. In
+place of the whole digest a request carries range fingerprints of the records
+(:mod:`atomic_p2p.gossip.ranges`, Meyer's range-based set reconciliation) and lists only the
+members whose beat has gone ``slack - 1`` rounds without advancing here, oldest first, at most
+``beats_per_round / fanout`` of them. The responder answers those with any newer beat, adds its
+own, and names the ranges whose fingerprints differ along with its entries in them; the initiator
+pushes what the responder lacks and pulls what it lacks in one follow-up request
+(``Outgoing.follow_up``, whose answer starts nothing more). A request without a summary is a full
+digest, answered as above: that is what peers before summaries send.
+
 Failure detection, SWIM / Lifeguard style (Das et al., 2002; Dadgar et al., 2018). A member whose
 heartbeat has not advanced for ``suspicion_timeout(N)`` becomes SUSPECT; one still silent
 ``dead_timeout(N)`` later becomes DEAD. Both grow with ``log10 N`` (Lifeguard). A failed RPC to a
@@ -52,7 +62,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from atomic_p2p.errors import ConfigError, LimitExceededError
+from atomic_p2p.errors import ConfigError, LimitExceededError, ProtocolError
 from atomic_p2p.gossip.codec import Opener, sign_heartbeat, sign_leave, sign_record
 from atomic_p2p.gossip.config import GossipConfig
 from atomic_p2p.gossip.messages import (
@@ -71,6 +81,7 @@ from atomic_p2p.gossip.messages import (
     RecordUpdated,
     StateChanged,
 )
+from atomic_p2p.gossip.ranges import ranges_for, valid_summary_length
 from atomic_p2p.gossip.ratelimit import TokenBuckets
 from atomic_p2p.gossip.records import (
     Heartbeat,
@@ -141,6 +152,7 @@ class Membership:
         self._members = self._table.slots  # aliases: the hot paths skip an attribute lookup
         self._digest = self._table.digest
         self._pending: list[tuple[str, PeerId | None]] = []  # this round's exchanges not yet started
+        self._stalest: list[tuple[float, bytes]] = []  # (advanced_at, member) whose beat is due, oldest first
         self._hot: dict[bytes, float] = {}  # recently issued record or leave -> when to stop pushing
         self._live = 1
         self._slack = config.slack(1)
@@ -280,26 +292,73 @@ class Membership:
         if request.is_push:
             return EMPTY_RESPONSE
         settled = now - self._slack * self.config.interval
-        records, beats, wanted = self._table.reconcile(request.digest, self._slack, settled)
+        if request.summary is None:
+            records, beats, wanted = self._table.reconcile(request.digest, self._slack, settled)
+            updates = self._table.package(records, beats, self._limits.max_updates_per_message, self._rng)
+            return GossipResponse(updates, MappingProxyType(wanted) if wanted else EMPTY_DIGEST)
+        return self._answer_summarised(request, settled)
+
+    def _answer_summarised(self, request: GossipRequest, settled: float) -> GossipResponse:
+        summary = request.summary or b""
+        if summary and not valid_summary_length(len(summary)):
+            raise ProtocolError(f"a digest summary of {len(summary)} bytes is not a valid set of ranges")
+        records, beats, wanted = self._table.reconcile_listed(request.digest, self._slack, settled)
+        if not summary and not request.digest:
+            # "who is at this address": a client learns the id (and addresses, models) behind an
+            # address from the signed record, sent with its latest beat (docs/protocol.md section 2)
+            records.append(self._self)
+        elif self._raw not in request.digest and self._self.beat is not None:
+            beats.append(self._self.beat)  # answering proves this node alive: say so, signed
+        ranges: dict[bytes, DigestEntry] = {}
+        differing: list[int] = []
+        if summary:
+            differing = self._table.ranges.differing(summary)
+            digest = self._digest
+            members = self._table.ranges.members_in(len(summary) // 8, differing)
+            ranges = {raw: digest[raw] for raw in members}
         updates = self._table.package(records, beats, self._limits.max_updates_per_message, self._rng)
-        return GossipResponse(updates, MappingProxyType(wanted) if wanted else EMPTY_DIGEST)
+        return GossipResponse(
+            updates,
+            MappingProxyType(wanted) if wanted else EMPTY_DIGEST,
+            tuple(differing),
+            MappingProxyType(ranges) if ranges else EMPTY_DIGEST,
+        )
 
     def handle_response(self, now: float, outgoing: Outgoing, response: GossipResponse) -> list[Outgoing]:
         """Apply an answer. Returns what to send next: a push of what the responder wanted, and
         the round's next exchange."""
         self.stats.responses_received += 1
         self._apply(now, response.updates)
-        if outgoing.request.is_push:
+        request = outgoing.request
+        if request.is_push:
             return []
-        out: list[Outgoing] = []
+        records: list[Slot] = []
+        beats: list[Envelope] = []
         if response.wanted:
             records, beats = self._table.updates_for(response.wanted)
-            updates = self._table.package(records, beats, self._limits.max_updates_per_message, self._rng)
-            if updates:
-                out.append(
-                    Outgoing(outgoing.address, outgoing.peer_id, GossipRequest(None, EMPTY_DIGEST, updates))
-                )
-        return out + self._next_exchange(now)
+        pull: dict[bytes, DigestEntry] = {}
+        if response.differing and request.summary and not outgoing.follow_up:
+            count = len(request.summary) // 8
+            differing = [i for i in response.differing if i < count]
+            lacking, leaves, pull = self._table.compare_ranges(response.ranges, count, differing)
+            records += lacking
+            beats += leaves
+        out: list[Outgoing] = []
+        budget = self._limits.max_updates_per_message
+        updates = self._table.package(records, beats, budget, self._rng)
+        if updates:
+            out.append(
+                Outgoing(outgoing.address, outgoing.peer_id, GossipRequest(None, EMPTY_DIGEST, updates))
+            )
+        if pull:
+            # a second pull, for what the ranges showed missing here (records come with a beat)
+            asked = (
+                dict(self._rng.sample(sorted(pull.items()), budget // 2)) if len(pull) > budget // 2 else pull
+            )
+            follow_up = GossipRequest(None, asked, (), b"")
+            self.stats.requests_sent += 1
+            out.append(Outgoing(outgoing.address, outgoing.peer_id, follow_up, follow_up=True))
+        return out if outgoing.follow_up else out + self._next_exchange(now)
 
     def failed(self, now: float, outgoing: Outgoing, suspect: bool = True) -> list[Outgoing]:
         """``outgoing`` got no answer. Returns the round's next exchange, if any.
@@ -312,21 +371,44 @@ class Membership:
         member = self._members.get(peer.raw) if peer is not None and suspect else None
         if member is not None and member.state is ALIVE and member is not self._self:
             self._suspect(member, now)
-        return [] if outgoing.request.is_push else self._next_exchange(now)
+        return [] if outgoing.request.is_push or outgoing.follow_up else self._next_exchange(now)
 
     def _next_exchange(self, now: float) -> list[Outgoing]:
         if not self._pending or self.has_left:
             return []
         address, peer = self._pending.pop()
-        request = GossipRequest(
-            # a private copy, typed read-only; not wrapped in a MappingProxyType, whose extra
-            # indirection costs the responder ~10% of its hottest loop
-            self._self.record_envelope,
-            dict(self._digest),
-            self._push_updates(now),
-        )
+        if self.config.summaries:
+            summary = self._table.ranges.summary(ranges_for(self._live))
+            request = GossipRequest(
+                self._self.record_envelope, self._stalest_entries(), self._push_updates(now), summary
+            )
+        else:
+            request = GossipRequest(
+                # a private copy, typed read-only; not wrapped in a MappingProxyType, whose extra
+                # indirection costs the responder ~10% of its hottest loop
+                self._self.record_envelope,
+                dict(self._digest),
+                self._push_updates(now),
+            )
         self.stats.requests_sent += 1
         return [Outgoing(address, peer, request)]
+
+    def _stalest_entries(self) -> dict[bytes, DigestEntry]:
+        """The members whose beat went stalest here (SUSPECT ones first: they are the oldest), at
+        most a ``fanout``-th of the liveness budget; those refreshed by this round's earlier
+        exchanges are skipped. A partner answers each with any newer beat it holds."""
+        wanted = -(-self.config.beats_per_round // self.config.fanout)
+        members, digest = self._members, self._digest
+        out: dict[bytes, DigestEntry] = {}
+        for advanced_at, raw in self._stalest:
+            member = members.get(raw)
+            if member is None or member.advanced_at != advanced_at:
+                continue
+            if member.state is ALIVE or member.state is SUSPECT:
+                out[raw] = digest[raw]
+                if len(out) == wanted:
+                    break
+        return out
 
     def absorb(self, now: float, envelopes: Iterable[Envelope]) -> None:
         """Apply signed records, beats and leaves from elsewhere (a saved snapshot, a seed list).
@@ -542,18 +624,25 @@ class Membership:
         suspect_after = config.suspicion_timeout(self._live)
         dead_after = config.dead_timeout(self._live)
         forget_before = now - config.tombstone_ttl
+        due = now - (self._slack - 1) * config.interval  # asked for again from the slack-th round on
         expired: list[Slot] = []
+        stalest: list[tuple[float, bytes]] = []
         for member in self._members.values():
             state = member.state
             if state is ALIVE:
+                if member.advanced_at <= due and member is not self._self:
+                    stalest.append((member.advanced_at, member.peer_id.raw))
                 if now - member.advanced_at > suspect_after and member is not self._self:
                     self._suspect(member, now)
             elif state is SUSPECT:
+                stalest.append((member.advanced_at, member.peer_id.raw))
                 if now - member.suspect_since > dead_after:
                     self.stats.deaths += 1
                     self._set_state(member, DEAD, now)
             elif member.down_since < forget_before and member is not self._self:
                 expired.append(member)
+        stalest.sort()
+        self._stalest = stalest
         for member in expired:
             self._table.remove(member.peer_id.raw)
             self._hot.pop(member.peer_id.raw, None)

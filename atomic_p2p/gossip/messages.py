@@ -50,26 +50,42 @@ class GossipRequest:
     ``sender`` is the initiator's own signed record (``None`` on a pure push); ``digest`` what it
     holds (empty on a pure push, which asks for nothing back); ``updates`` the signed records,
     heartbeats and leaves it believes the responder lacks.
+
+    ``summary`` (range fingerprints, :mod:`atomic_p2p.gossip.ranges`) makes the request
+    *summarised*: then ``digest`` lists only some members (those whose beat went stalest here, or
+    those asked for after a range comparison) and the summary stands for the rest. ``None``: a
+    full digest, as peers before summaries send; ``b""``: a follow-up that compares no ranges,
+    which with an empty ``digest`` asks the responder for its own signed record
+    (:data:`WHO_ARE_YOU`).
     """
 
     sender: Envelope | None
     digest: Digest
     updates: tuple[Envelope, ...]
+    summary: bytes | None = None
 
     @property
     def is_push(self) -> bool:
-        return not self.digest
+        return not self.digest and self.summary is None
 
 
 @dataclass(frozen=True, slots=True)
 class GossipResponse:
-    """The responder's answer: what the initiator lacks, and what the responder wants in return."""
+    """The responder's answer: what the initiator lacks, and what the responder wants in return.
+
+    To a summarised request, ``differing`` lists the ranges whose fingerprints differed and
+    ``ranges`` holds the responder's entries in them, so that the initiator can work out what each
+    side lacks."""
 
     updates: tuple[Envelope, ...]
     wanted: Digest = field(default_factory=lambda: EMPTY_DIGEST)
+    differing: tuple[int, ...] = ()
+    ranges: Digest = field(default_factory=lambda: EMPTY_DIGEST)
 
 
 EMPTY_RESPONSE = GossipResponse(updates=())
+WHO_ARE_YOU = GossipRequest(None, EMPTY_DIGEST, (), b"")
+"""Asks a node for its own signed record (and latest beat), nothing else."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,12 +94,14 @@ class Outgoing:
 
     ``peer_id`` is ``None`` for a seed known only by address. Report the outcome back with
     :meth:`Membership.handle_response` or, when the call fails (unreachable, timed out),
-    :meth:`Membership.failed`.
+    :meth:`Membership.failed`. ``follow_up`` marks the second pull of an exchange (after a range
+    comparison), whose answer does not start the round's next exchange.
     """
 
     address: str
     peer_id: PeerId | None
     request: GossipRequest
+    follow_up: bool = False
 
 
 class MemberState(Enum):

@@ -30,6 +30,7 @@ from __future__ import annotations
 import random
 
 from atomic_p2p.gossip.messages import LEFT_HEARTBEAT, Digest, DigestEntry, MemberState
+from atomic_p2p.gossip.ranges import RangeIndex, range_of
 from atomic_p2p.gossip.records import PeerRecord
 from atomic_p2p.identity import Envelope
 
@@ -77,7 +78,7 @@ class Slot:
 class MemberTable:
     """Slots and digest, plus the indexes gossip needs (see the module docstring)."""
 
-    __slots__ = ("dead", "digest", "gossipable", "own", "slots")
+    __slots__ = ("dead", "digest", "gossipable", "own", "ranges", "slots")
 
     def __init__(self, own: bytes) -> None:
         self.own = own
@@ -87,13 +88,20 @@ class MemberTable:
         """ALIVE or SUSPECT members other than this node that have an address (ordered set)."""
         self.dead: dict[bytes, None] = {}
         """DEAD members with an address, for reconnection attempts."""
+        self.ranges = RangeIndex()
+        """Range fingerprints of the records held (:mod:`atomic_p2p.gossip.ranges`)."""
 
     def set_version(self, slot: Slot, version: DigestEntry) -> None:
-        self.digest[slot.peer_id.raw] = version
+        raw = slot.peer_id.raw
+        self.digest[raw] = version
+        self.ranges.update(raw, version.seq, version.dead)
 
     def index(self, slot: Slot) -> None:
         """Refresh the indexes after a change of state or address."""
         raw = slot.peer_id.raw
+        version = self.digest.get(raw)
+        if version is not None:  # a beat may have revived a DEAD member behind set_version's back
+            self.ranges.update(raw, version.seq, version.dead)
         if slot.state.is_down or slot.address is None or raw == self.own:
             self.gossipable.pop(raw, None)
         else:
@@ -105,6 +113,7 @@ class MemberTable:
 
     def remove(self, raw: bytes) -> None:
         del self.slots[raw], self.digest[raw]
+        self.ranges.discard(raw)
         self.gossipable.pop(raw, None)
         self.dead.pop(raw, None)
 
@@ -150,6 +159,62 @@ class MemberTable:
             if mine is not None and mine != their:
                 self._offer(raw, mine, their, records, beats)
         return records, beats
+
+    def reconcile_listed(
+        self, theirs: Digest, slack: int, settled: float
+    ) -> tuple[list[Slot], list[Envelope], dict[bytes, DigestEntry]]:
+        """:meth:`reconcile` for a summarised request, which lists only some members: those whose
+        beat went stalest at the partner (so any newer beat goes, slack or not) and those it asks
+        for after comparing ranges. Members it does not list are left to the range comparison."""
+        slots = self.slots
+        records: list[Slot] = []
+        beats: list[Envelope] = []
+        wanted: dict[bytes, DigestEntry] = {}
+        for raw, their in theirs.items():
+            mine = self.digest.get(raw)
+            if mine is None:
+                if not their.dead:
+                    wanted[raw] = NOTHING
+            elif mine == their:
+                continue
+            elif mine.seq > their.seq or (mine.seq == their.seq and mine.heartbeat > their.heartbeat):
+                self._offer(raw, mine, their, records, beats)
+            elif their.dead and their.heartbeat != LEFT_HEARTBEAT:
+                continue  # the partner gave up on it: nothing to ask for
+            else:  # theirs is newer: worth asking for when far ahead, or when ours went quiet
+                ahead = their.seq > mine.seq or their.heartbeat - mine.heartbeat >= slack
+                if ahead or mine.dead or slots[raw].advanced_at <= settled:
+                    wanted[raw] = mine
+        return records, beats, wanted
+
+    def compare_ranges(
+        self, theirs: Digest, ranges: int, which: list[int]
+    ) -> tuple[list[Slot], list[Envelope], dict[bytes, DigestEntry]]:
+        """The partner's entries in the ranges whose fingerprints differed: what it lacks (records,
+        leaves, a beat that revives a member it wrote off) and what to ask it for. Heartbeats alone
+        are no difference here; liveness travels in the listed entries."""
+        records: list[Slot] = []
+        beats: list[Envelope] = []
+        wanted: dict[bytes, DigestEntry] = {}
+        for raw in self.ranges.members_in(ranges, which):
+            mine = self.digest[raw]
+            their = theirs.get(raw, NOTHING)
+            left = mine.heartbeat == LEFT_HEARTBEAT
+            if (
+                mine.seq == their.seq
+                and mine.dead == their.dead
+                and left == (their.heartbeat == LEFT_HEARTBEAT)
+            ):
+                continue
+            if mine.seq > their.seq or (mine.seq == their.seq and mine.heartbeat > their.heartbeat):
+                self._offer(raw, mine, their, records, beats)
+            elif not their.dead or their.heartbeat == LEFT_HEARTBEAT:
+                wanted[raw] = mine
+        chosen = set(which)
+        for raw in sorted(theirs.keys() - self.digest.keys()):
+            if not theirs[raw].dead and range_of(raw, ranges) in chosen:
+                wanted[raw] = NOTHING
+        return records, beats, wanted
 
     def _offer(
         self, raw: bytes, mine: DigestEntry, their: DigestEntry, records: list[Slot], beats: list[Envelope]

@@ -29,8 +29,10 @@ from grpc import aio
 
 from atomic_p2p._proto.atomic.v1 import gossip_pb2
 from atomic_p2p.channels import ChannelPool
+from atomic_p2p.errors import ProtocolError
 from atomic_p2p.gossip.codec import (
     Opener,
+    open_envelope,
     request_from_proto,
     request_to_proto,
     response_from_proto,
@@ -39,8 +41,8 @@ from atomic_p2p.gossip.codec import (
 from atomic_p2p.gossip.config import GossipConfig
 from atomic_p2p.gossip.directory import Directory
 from atomic_p2p.gossip.membership import Membership
-from atomic_p2p.gossip.messages import Outgoing
-from atomic_p2p.gossip.records import LoadSummary, ModelAdvert, Rejection
+from atomic_p2p.gossip.messages import WHO_ARE_YOU, Outgoing
+from atomic_p2p.gossip.records import LoadSummary, ModelAdvert, PeerRecord, RecordLimits, Rejection
 from atomic_p2p.identity import Identity
 from atomic_p2p.protocol.wire import parse
 
@@ -48,6 +50,21 @@ log = logging.getLogger(__name__)
 
 _SUSPICIOUS = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 LEAVE_TIMEOUT_S = 1.0
+
+
+async def fetch_record(pool: ChannelPool, address: str, timeout: float = 5.0) -> PeerRecord:
+    """The signed record of the node at ``address``: its peer id, addresses and models.
+
+    One ``Gossip`` call with :data:`~atomic_p2p.gossip.messages.WHO_ARE_YOU`; the answer's record
+    is verified like any gossiped one. It proves who signed it, not that this address is theirs:
+    a node could relay another's record. Raises :class:`ProtocolError` when no valid record comes
+    back (a node older than digest summaries answers with none), or the call's gRPC error."""
+    answer = await pool.stub(address).Gossip(request_to_proto(WHO_ARE_YOU), timeout=timeout)
+    for envelope in response_from_proto(answer).updates:
+        opened = open_envelope(envelope, RecordLimits())
+        if not isinstance(opened, Rejection) and isinstance(opened.value, PeerRecord):
+            return opened.value
+    raise ProtocolError(f"{address} answered without a valid signed record")
 
 
 class GossipAgent:

@@ -91,7 +91,7 @@ class BidRequestHeader:
     requester_id: bytes  # as claimed in the payload
     signer: PeerId  # as proven by the envelope
     issued_at_ms: int
-    deadline_ms: int  # 0: none
+    deadline_ms: int  # required: 0 is refused
     task_count: int
 
 
@@ -109,6 +109,8 @@ class RequestGuard:
             raise ProtocolError(f"request_id must be {REQUEST_ID_BYTES} bytes, got {len(header.request_id)}")
         if header.requester_id != header.signer.raw:
             raise SignatureError("requester_id is not sha256 of the key that signed the request")
+        if not header.deadline_ms:
+            raise ProtocolError("deadline_ms is required (Unix ms after which the bids are of no use)")
         skew = header.issued_at_ms - now_ms
         if abs(skew) > self.window_ms:
             raise StaleRequestError(
@@ -120,7 +122,7 @@ class RequestGuard:
         if self._seen.contains(header.request_id, now_ms):
             raise ReplayError("this request id was already used; every BidRequest needs a fresh one")
         self._seen.put(header.request_id, None, now_ms)
-        if header.deadline_ms and header.deadline_ms <= now_ms:
+        if header.deadline_ms <= now_ms:
             raise DeadlineError("the request's deadline has passed")
         if header.task_count > self.max_tasks:
             raise LimitExceededError(

@@ -376,12 +376,14 @@ class Seller:
         """The checks every order passes, whichever RPC carries it."""
         order, issued = self._authorize(call, now_ms)
         model, inputs, texts = self._check_inputs(call, order, issued)
-        if order.deadline_ms and order.deadline_ms <= now_ms:
+        if not order.deadline_ms:
+            raise ProtocolError("deadline_ms is required (Unix ms after which the result is of no use)")
+        if order.deadline_ms <= now_ms:
             raise DeadlineError("the order's deadline has passed")
         return Job(
             key=(order.request_id, order.task_id),  # the bid's own ids, unless it is being reused
             fingerprint=issued.digest + order.inputs_digest,
-            timeout_s=(order.deadline_ms - now_ms) / 1000 if order.deadline_ms else None,
+            timeout_s=(order.deadline_ms - now_ms) / 1000,
             model=model,
             inputs=inputs,
             issued=issued,

@@ -308,8 +308,9 @@ class Requester:
         ``supported_languages`` lack it decline.
 
         ``weights`` is "speed", "accuracy", "balanced" (None), or a mapping of the components
-        ``accuracy``, ``latency`` and ``cost`` to non-negative weights. ``max_cost`` excludes
-        dearer bids. ``preview`` sends small inputs with the call for bids so peers can judge them.
+        ``accuracy``, ``latency`` and ``cost`` to non-negative weights. ``max_cost`` excludes bids
+        whose cost (for the whole task, every example) is higher. ``preview`` sends small inputs
+        with the call for bids so peers can judge them.
         ``priority`` ("high", "normal", "low") orders requests that wait for a slot.
         ``selection`` narrows the auction to a model, excludes or prefers peers, or turns
         fallback off (:class:`~.selection.Selection`).

@@ -25,8 +25,8 @@ inputs and their targets and
    is returned;
 5. records the payment ``price_i * sum_b g_ib`` of every peer that ran in the store's ledger.
 
-The price of a bid is its ``cost_estimate`` per example, so a peer holding the whole gate of every
-example is paid exactly its quote. The pure market never sees the wire.
+The price per unit of gate is the bid's ``cost_estimate`` (the task total) divided by the batch
+size, so a peer holding the whole gate of every example is paid exactly its quote. The pure market never sees the wire.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 
 from atomic_p2p._proto.atomic.v1 import gossip_pb2, market_pb2_grpc
+from atomic_p2p.channels import ChannelPool
 from atomic_p2p.cli.peers import observe, render
 from atomic_p2p.gossip import (
     GossipConfig,
@@ -30,6 +31,7 @@ from atomic_p2p.gossip import (
 from atomic_p2p.gossip.codec import RECORD_TYPE, request_to_proto, sign_heartbeat, sign_record
 from atomic_p2p.gossip.messages import EMPTY_DIGEST, DigestEntry
 from atomic_p2p.gossip.records import Heartbeat
+from atomic_p2p.gossip.transport import fetch_record
 from atomic_p2p.identity import Envelope, Identity
 from atomic_p2p.peer.node import PeerNode
 from atomic_p2p.requester import Requester
@@ -133,6 +135,18 @@ async def test_atomic_peers_lists_every_peer_with_its_models(network: list[PeerN
     assert member["models"][0]["kind"] == "classification"
     assert member["models"][0]["contract"].startswith("x: float32[B<=")
     assert "x: float32[B<=" in table and "-> logits: float32[B, 10]" in table
+
+
+async def test_a_client_learns_the_peer_id_behind_an_address_from_its_signed_record(
+    network: list[PeerNode],
+) -> None:
+    pool = ChannelPool()
+    try:
+        record = await fetch_record(pool, network[3].address)
+    finally:
+        await pool.close()
+    assert record.peer_id == network[3].peer_id
+    assert network[3].address in record.addresses and record.models
 
 
 async def test_a_late_joiner_becomes_a_candidate_without_restarts(

@@ -235,6 +235,11 @@ REQUEST_BIDS_REFUSALS: dict[str, tuple[BidRequestEdit, Code, str]] = {
         Code.DEADLINE_EXCEEDED,
         "deadline",
     ),
+    "no deadline": (
+        lambda b: b.bid_request([b.task()], deadline_ms=0),
+        Code.INVALID_ARGUMENT,
+        "deadline_ms is required",
+    ),
     "too many tasks": (
         lambda b: b.bid_request([b.task(f"t{i}") for i in range(65)]),
         Code.RESOURCE_EXHAUSTED,
@@ -417,6 +422,11 @@ EXECUTE_REFUSALS: dict[str, tuple[OrderEdit, Code, str]] = {
         lambda b, bid: _order(b, bid, deadline_ms=now_ms() - 1),
         Code.DEADLINE_EXCEEDED,
         "deadline",
+    ),
+    "no deadline": (
+        lambda b, bid: _order(b, bid, deadline_ms=0),
+        Code.INVALID_ARGUMENT,
+        "deadline_ms is required",
     ),
 }
 

@@ -231,9 +231,16 @@ entries = st.tuples(
     beats=st.lists(st.integers(0, 2**40), max_size=4),
     with_sender=st.booleans(),
     payload_type=st.sampled_from(["", "atomic.v1.Heartbeat", "é" * 70]),
+    summary=st.sampled_from([None, b"", b"\x01" * 8, b"\x02" * 8 * 256]),
+    differing=st.lists(st.integers(0, 4095), max_size=5),
 )
 def test_wire_sizes_equal_the_encoded_sizes(
-    digest: list[tuple[bytes, int, int, bool]], beats: list[int], with_sender: bool, payload_type: str
+    digest: list[tuple[bytes, int, int, bool]],
+    beats: list[int],
+    with_sender: bool,
+    payload_type: str,
+    summary: bytes | None,
+    differing: list[int],
 ) -> None:
     updates = tuple(
         replace(
@@ -243,7 +250,24 @@ def test_wire_sizes_equal_the_encoded_sizes(
     )
     mapping = {raw: DigestEntry(seq, beat, dead) for raw, seq, beat, dead in digest}
     sender = codec.sign_record(ALICE, record()).envelope if with_sender else None
-    request = GossipRequest(sender, mapping, updates)
+    request = GossipRequest(sender, mapping, updates, summary)
     assert codec.request_wire_size(request) == len(codec.request_to_proto(request).SerializeToString())
-    response = GossipResponse(updates, mapping)
+    response = GossipResponse(updates, mapping, tuple(differing), mapping)
     assert codec.response_wire_size(response) == len(codec.response_to_proto(response).SerializeToString())
+
+
+def test_summaries_and_differing_ranges_round_trip_and_a_bad_summary_is_refused() -> None:
+    entry = {bytes(range(32)): DigestEntry(7, 3)}
+    for summary in (None, b"", bytes(range(16))):
+        request = GossipRequest(None, entry, (), summary)
+        assert codec.request_from_proto(codec.request_to_proto(request)) == request
+    response = GossipResponse((), {}, (0, 5), entry)
+    assert codec.response_from_proto(codec.response_to_proto(response)) == response
+    old = gossip_pb2.GossipRequest.FromString(
+        codec.request_to_proto(GossipRequest(None, entry, ())).SerializeToString()
+    )
+    assert not old.HasField("summary")  # a full digest, as before summaries
+    for length in (7, 24, 8 * 8192):  # not 8 bytes a range, not a power of two, too many ranges
+        bad = gossip_pb2.GossipRequest(summary=gossip_pb2.DigestSummary(fingerprints=bytes(length)))
+        with pytest.raises(ProtocolError, match="digest summary"):
+            codec.request_from_proto(bad)

@@ -15,6 +15,7 @@ from atomic_p2p.gossip.membership import Membership
 from atomic_p2p.gossip.messages import (
     EMPTY_DIGEST,
     LEFT_HEARTBEAT,
+    WHO_ARE_YOU,
     DigestEntry,
     GossipRequest,
     MemberForgotten,
@@ -31,6 +32,7 @@ from atomic_p2p.gossip.records import (
     ModelAdvert,
     PeerRecord,
     RecordLimits,
+    Rejection,
     RejectReason,
 )
 from atomic_p2p.identity import Envelope, Identity, PeerId
@@ -288,7 +290,8 @@ def test_too_many_updates_and_a_full_table_are_refused_and_counted() -> None:
 
 
 def test_pull_returns_what_is_missing_and_the_follow_up_pushes_what_the_responder_wants() -> None:
-    a, b = node("a"), node("b")
+    full = replace(CONFIG, summaries=False)  # the whole digest, as peers before summaries send it
+    a, b = node("a", config=full), node("b", config=full)
     carol, dave = identity("carol"), identity("dave")
     a.absorb(T0, [signed_record(carol, 5), b.snapshot()[0]])
     b.absorb(T0, [signed_record(dave, 5), a.snapshot()[0]])
@@ -302,6 +305,62 @@ def test_pull_returns_what_is_missing_and_the_follow_up_pushes_what_the_responde
     b.handle_request(T0 + 1, follow_up[0].request, "a:7000")
     assert a.state_of(dave.peer_id) is MemberState.ALIVE
     assert b.state_of(carol.peer_id) is MemberState.ALIVE
+    assert outgoing[0].request.summary is None and len(outgoing[0].request.digest) == 3
+
+
+def test_a_summarised_exchange_finds_what_each_side_lacks_through_the_differing_ranges() -> None:
+    a, b = node("a"), node("b")
+    carol, dave = identity("carol"), identity("dave")
+    a.absorb(T0, [signed_record(carol, 5), b.snapshot()[0]])
+    b.absorb(T0, [signed_record(dave, 5), a.snapshot()[0]])
+    outgoing = a.tick(T0 + 1)
+    request = outgoing[0].request
+    assert request.summary is not None and not request.is_push
+    assert set(request.digest) <= {b.peer_id.raw, carol.peer_id.raw}  # listed for liveness only
+    response = b.handle_request(T0 + 1, request, "a:7000")
+    assert response.differing == (0,)  # four members: one range
+    assert set(response.ranges) == {a.peer_id.raw, b.peer_id.raw, dave.peer_id.raw}
+    follow_ups = a.handle_response(T0 + 1, outgoing[0], response)
+    pushes = [o for o in follow_ups if o.request.is_push]
+    pulls = [o for o in follow_ups if o.follow_up]
+    assert signed_record(carol, 5) in pushes[0].request.updates
+    assert pulls[0].request.digest == {dave.peer_id.raw: DigestEntry(0, 0)}
+    answer = b.handle_request(T0 + 1, pulls[0].request, "a:7000")
+    assert a.handle_response(T0 + 1, pulls[0], answer) == []  # a follow-up starts nothing more
+    b.handle_request(T0 + 1, pushes[0].request, "a:7000")
+    assert a.state_of(dave.peer_id) is MemberState.ALIVE
+    assert b.state_of(carol.peer_id) is MemberState.ALIVE
+    again = a.tick(T0 + 2)[0]
+    assert b.handle_request(T0 + 2, again.request, "a:7000").differing == ()
+
+
+def test_a_summarised_request_does_not_grow_with_the_table() -> None:
+    strangers = [signed_record(identity(f"s{i}"), 5) for i in range(400)]
+    a, b = node("a"), node("b")
+    for member in (a, b):
+        member.absorb(T0, [*strangers, a.snapshot()[0], b.snapshot()[0]])
+    request = a.tick(T0 + 1)[0].request
+    assert request.summary is not None and len(request.summary) == 8 * 4  # 402 members: 4 ranges
+    assert len(request.digest) <= -(-CONFIG.beats_per_round // CONFIG.fanout)
+    full = codec.digest_size(a.digest())
+    assert codec.request_wire_size(request) < full / 4
+    response = b.handle_request(T0 + 1, request, "a:7000")
+    assert response.differing == () and not response.ranges  # same records: nothing to compare
+    a.handle_request(T0 + 1, b.leave(T0 + 1)[0].request, "b:7000")  # b left: out of both fingerprints
+    assert b.handle_request(T0 + 2, a.tick(T0 + 2)[0].request, "a:7000").differing == ()
+
+
+def test_who_are_you_gets_the_responders_own_signed_record_and_nothing_else() -> None:
+    a = node("a")
+    a.absorb(T0, [signed_record(identity("carol"), 5)])
+    answer = a.handle_request(T0 + 1, WHO_ARE_YOU, "client")
+    opened = [codec.open_envelope(e, RecordLimits()) for e in answer.updates]
+    assert [type(o.value).__name__ for o in opened if not isinstance(o, Rejection)] == [
+        "PeerRecord",
+        "Heartbeat",
+    ]
+    assert {o.value.peer_id for o in opened if not isinstance(o, Rejection)} == {a.peer_id}
+    assert not answer.wanted and not answer.ranges
 
 
 def test_a_round_is_fanout_exchanges_one_after_another() -> None:
@@ -328,12 +387,22 @@ def test_a_round_is_fanout_exchanges_one_after_another() -> None:
 
 
 def test_timeouts_grow_with_log_n() -> None:
-    config = GossipConfig(interval=0.5, suspicion_mult=4, dead_mult=2)
+    config = GossipConfig(interval=0.5, suspicion_mult=4, dead_mult=2, beats_per_round=1000)
     assert config.suspicion_timeout(1) == config.suspicion_timeout(10) == 4 * 0.5
     assert config.suspicion_timeout(100) == pytest.approx(2 * config.suspicion_timeout(10))
     assert config.suspicion_timeout(1000) == pytest.approx(3 * config.suspicion_timeout(10))
     assert config.dead_timeout(1000) == pytest.approx(3 * 2 * 0.5)
     assert config.slack(10) == 1 and config.slack(1000) == 3
+
+
+def test_the_liveness_budget_stretches_slack_and_suspicion_past_a_few_hundred_members() -> None:
+    config = GossipConfig(interval=1.0, beats_per_round=100)
+    assert config.slack(100) == 2 and config.suspicion_timeout(100) == pytest.approx(8)
+    assert config.slack(1000) == 10 and config.suspicion_timeout(1000) == pytest.approx(12 + 7)
+    assert config.slack(10_000) == 100 and config.suspicion_timeout(10_000) == pytest.approx(16 + 96)
+    assert config.dead_timeout(10_000) == pytest.approx(16)
+    with pytest.raises(ConfigError):
+        GossipConfig(beats_per_round=0)
 
 
 def test_a_bigger_table_waits_longer_before_suspecting() -> None:

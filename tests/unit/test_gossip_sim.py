@@ -110,3 +110,33 @@ def test_the_same_seed_gives_the_same_run() -> None:
         return sim.totals.messages, sim.totals.lost, sum(n.bytes_sent for n in sim.nodes)
 
     assert run() == run()
+
+
+def bytes_per_node_round(sim: Simulator, size: int) -> float:
+    sim.run_rounds(3 + sim.config.slack(size))  # until liveness traffic is steady
+    sim.measure_bytes = True
+    sim.run_rounds(2)
+    sim.measure_bytes = False
+    return sum(node.bytes_sent for node in sim.nodes) / size / 2
+
+
+def test_summarised_digests_cost_a_fraction_of_full_ones_and_records_still_spread() -> None:
+    size = 160
+    full = bytes_per_node_round(Simulator(size, config=GossipConfig(summaries=False), seed=11), size)
+    sim = Simulator(size, seed=11)
+    summarised = bytes_per_node_round(sim, size)
+    assert summarised < full / 2  # 160 members: a full digest is 7 KB, sent three times a round
+    origin = sim.nodes[17].membership
+    record = origin.update_record(sim.now, models=())
+    start = sim.now
+    reached: dict[int, float] = {}
+
+    def observe(index: int, now: float, event: MembershipEvent) -> None:
+        if isinstance(event, RecordUpdated) and event.peer_id == origin.peer_id:
+            assert event.record.seq == record.seq
+            reached.setdefault(index, now)
+
+    sim.observer = observe
+    sim.run_rounds(6)
+    assert len(reached) == size - 1
+    assert max(reached.values()) - start <= 5 * sim.config.interval

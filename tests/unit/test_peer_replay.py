@@ -29,7 +29,7 @@ REQUESTER = Identity.from_seed(b"requester").peer_id
 def header(
     request_id: bytes = b"r" * 16, issued_at_ms: int = START + 1000, **changes: object
 ) -> BidRequestHeader:
-    base = BidRequestHeader(request_id, REQUESTER.raw, REQUESTER, issued_at_ms, 0, 1)
+    base = BidRequestHeader(request_id, REQUESTER.raw, REQUESTER, issued_at_ms, START + 60_000, 1)
     return dataclasses.replace(base, **changes)  # type: ignore[arg-type]
 
 
@@ -65,6 +65,7 @@ def test_ids_are_remembered_as_long_as_their_request_could_pass_the_window() -> 
         ({"issued_at_ms": START + 1000 + WINDOW + 1}, START + 1000, StaleRequestError),
         ({"issued_at_ms": START - 1}, START + 1000, StaleRequestError),
         ({"deadline_ms": START + 999}, START + 1000, DeadlineError),
+        ({"deadline_ms": 0}, START + 1000, ProtocolError),  # required
         ({"task_count": 5}, START + 1000, LimitExceededError),
     ],
 )

@@ -326,21 +326,55 @@ class DigestEntry(_message.Message):
 Global___DigestEntry: _TypeAlias = DigestEntry  # noqa: Y015
 
 @_typing.final
+class DigestSummary(_message.Message):
+    """Range fingerprints of the records a node holds (docs/protocol.md, "Gossip digests"): the peer-id
+    space cut into a power of two of equal ranges, 8 bytes per range, concatenated in range order.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FINGERPRINTS_FIELD_NUMBER: _builtins.int
+    fingerprints: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        fingerprints: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fingerprints", b"fingerprints"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DigestSummary: _TypeAlias = DigestSummary  # noqa: Y015
+
+@_typing.final
 class GossipRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SENDER_FIELD_NUMBER: _builtins.int
     DIGEST_FIELD_NUMBER: _builtins.int
     UPDATES_FIELD_NUMBER: _builtins.int
+    SUMMARY_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def sender(self) -> _envelope_pb2.SignedEnvelope:
         """The sender's own signed PeerRecord (or empty for a requester that hosts nothing)."""
 
     @_builtins.property
-    def digest(self) -> _containers.RepeatedCompositeFieldContainer[Global___DigestEntry]: ...
+    def digest(self) -> _containers.RepeatedCompositeFieldContainer[Global___DigestEntry]:
+        """Without a summary: every member the sender holds. With one: only the members listed (those
+        whose heartbeat went stalest at the sender, or those it asks for after a range comparison).
+        """
+
     @_builtins.property
     def updates(self) -> _containers.RepeatedCompositeFieldContainer[_envelope_pb2.SignedEnvelope]:
         """Records (PeerRecord, Heartbeat or Leave envelopes) the sender believes the receiver lacks."""
+
+    @_builtins.property
+    def summary(self) -> Global___DigestSummary:
+        """Set: the request is summarised (see digest). Set with no fingerprints: a follow-up pull that
+        compares no ranges. Unset: a full digest, as sent by peers that predate summaries.
+        """
 
     def __init__(
         self,
@@ -348,10 +382,11 @@ class GossipRequest(_message.Message):
         sender: _envelope_pb2.SignedEnvelope | None = ...,
         digest: _abc.Iterable[Global___DigestEntry] | None = ...,
         updates: _abc.Iterable[_envelope_pb2.SignedEnvelope] | None = ...,
+        summary: Global___DigestSummary | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["sender", b"sender"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["sender", b"sender", "summary", b"summary"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "sender", b"sender", "updates", b"updates"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "sender", b"sender", "summary", b"summary", "updates", b"updates"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -363,6 +398,8 @@ class GossipResponse(_message.Message):
 
     UPDATES_FIELD_NUMBER: _builtins.int
     WANTED_FIELD_NUMBER: _builtins.int
+    DIFFERING_FIELD_NUMBER: _builtins.int
+    RANGES_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def updates(self) -> _containers.RepeatedCompositeFieldContainer[_envelope_pb2.SignedEnvelope]:
         """Records the receiver holds newer than the sender's digest."""
@@ -371,15 +408,25 @@ class GossipResponse(_message.Message):
     def wanted(self) -> _containers.RepeatedCompositeFieldContainer[Global___DigestEntry]:
         """Entries the receiver wants the sender to send on the next exchange."""
 
+    @_builtins.property
+    def differing(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """To a summarised request: the ranges whose fingerprints differed (indices, ascending) and the
+        receiver's entries in them.
+        """
+
+    @_builtins.property
+    def ranges(self) -> _containers.RepeatedCompositeFieldContainer[Global___DigestEntry]: ...
     def __init__(
         self,
         *,
         updates: _abc.Iterable[_envelope_pb2.SignedEnvelope] | None = ...,
         wanted: _abc.Iterable[Global___DigestEntry] | None = ...,
+        differing: _abc.Iterable[_builtins.int] | None = ...,
+        ranges: _abc.Iterable[Global___DigestEntry] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["updates", b"updates", "wanted", b"wanted"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["differing", b"differing", "ranges", b"ranges", "updates", b"updates", "wanted", b"wanted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

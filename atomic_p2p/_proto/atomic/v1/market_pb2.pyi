@@ -98,7 +98,7 @@ class TaskSpec(_message.Message):
     model_id: _builtins.str
     """Optional: restrict bids to this model id."""
     max_cost: _builtins.float
-    """Largest acceptable cost; 0 means no cap."""
+    """Largest acceptable cost_estimate, for the whole task (every example); 0 means no cap."""
     input_tokens: _builtins.int
     """Estimated input size in tokens, checked against max_input_tokens."""
     language: _builtins.str
@@ -249,6 +249,9 @@ class Bid(_message.Message):
     confidence_score: _builtins.float
     expected_latency_ms: _builtins.float
     cost_estimate: _builtins.float
+    """The price for the whole task (every example of the batch), in the market's unit of account;
+    ModelAdvert.price_hint is per example.
+    """
     issued_at_ms: _builtins.int
     valid_until_ms: _builtins.int
     strategy: _builtins.str
