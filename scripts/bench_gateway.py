@@ -59,7 +59,7 @@ GOSSIP = GossipConfig(interval=0.2, suspicion_mult=25.0)
 
 def peer_table(tokens: int, step_ms: float) -> dict[str, Any]:
     return {
-        "peer": {"name": "bench-lm", "port": 0, "gossip_interval_s": 0.2, "max_concurrency": 2},
+        "peer": {"name": "bench-lm", "port": 0, "max_concurrency": 2},
         "models": [
             {
                 "model_id": "bench-lm",
