@@ -45,6 +45,7 @@ import openai
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from atomic_p2p.errors import AtomicError  # noqa: E402
 from atomic_p2p.gossip import GossipConfig  # noqa: E402
 from atomic_p2p.requester import Requester  # noqa: E402
 from atomic_p2p.testing import peer_processes  # noqa: E402
@@ -58,7 +59,7 @@ GOSSIP = GossipConfig(interval=0.2, suspicion_mult=25.0)
 
 def peer_table(tokens: int, step_ms: float) -> dict[str, Any]:
     return {
-        "peer": {"name": "bench-lm", "port": 0, "gossip_interval_s": 0.2, "max_concurrency": 2},
+        "peer": {"name": "bench-lm", "port": 0, "max_concurrency": 2},
         "models": [
             {
                 "model_id": "bench-lm",
@@ -71,6 +72,10 @@ def peer_table(tokens: int, step_ms: float) -> dict[str, Any]:
             }
         ],
     }
+
+
+class PurchaseFailed(Exception):
+    """A purchase through the gateway that got an error status instead of a stream."""
 
 
 Timed = tuple[float, float, str]  # (time to first token ms, total ms, text)
@@ -95,7 +100,9 @@ async def via_httpx(http: httpx.AsyncClient, tokens: int) -> Timed:
     pieces = []
     async with http.stream("POST", "/v1/completions", json=body) as response:
         if response.status_code != 200:
-            raise RuntimeError(f"gateway answered {response.status_code}: {(await response.aread())[:300]!r}")
+            raise PurchaseFailed(
+                f"gateway answered {response.status_code}: {(await response.aread())[:300]!r}"
+            )
         async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
@@ -156,7 +163,7 @@ async def start_gateway(peer: str, log: Path) -> tuple[asyncio.subprocess.Proces
     return process, listening.group(1)
 
 
-async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, list[Timed]]:
+async def measure(args: argparse.Namespace, workdir: Path, failures: list[str]) -> dict[str, list[Timed]]:
     samples: dict[str, list[Timed]] = {"sdk": [], "gateway (httpx)": [], "gateway (openai)": []}
     async with peer_processes([peer_table(args.tokens, args.step_ms)], workdir) as (peer,):
         gateway, url = await start_gateway(peer.address, workdir / "gateway.log")
@@ -174,15 +181,26 @@ async def measure(args: argparse.Namespace, workdir: Path) -> dict[str, list[Tim
                     "gateway (openai)": lambda: via_openai(client, args.tokens),
                 }
                 names = list(ways)
-                for round_number in range(args.warmup + args.rounds):
+                round_number = 0
+                while len(samples["sdk"]) < args.rounds:
                     order = names[round_number % 3 :] + names[: round_number % 3]
-                    results = {name: await ways[name]() for name in order}
+                    try:
+                        results = {name: await ways[name]() for name in order}
+                    except (AtomicError, openai.APIError, httpx.HTTPError, PurchaseFailed) as error:
+                        # A stall on a loaded machine (a peer's token later than the call timeout)
+                        # fails one purchase: the round is dropped and counted, not the benchmark.
+                        failures.append(f"round {round_number}: {str(error).splitlines()[0][:200]}")
+                        if len(failures) > max(3, args.rounds // 5):
+                            raise RuntimeError(f"too many failed rounds: {failures}") from error
+                        round_number += 1
+                        continue
                     texts = {result[2] for result in results.values()}
                     if len(texts) != 1:
                         raise RuntimeError(f"the answers differ: {sorted(texts)}")
                     if round_number >= args.warmup:
                         for name, result in results.items():
                             samples[name].append(result)
+                    round_number += 1
         finally:
             gateway.send_signal(signal.SIGTERM)
             await asyncio.wait_for(gateway.wait(), 30.0)
@@ -275,8 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1 or args.warmup < 0 or not 1 <= args.tokens <= 1000 or args.step_ms < 0:
         parser.error("need --rounds >= 1, --warmup >= 0, 1 <= --tokens <= 1000, --step-ms >= 0")
     with tempfile.TemporaryDirectory(prefix="atomic-bench-gateway-") as tmp:
-        samples = asyncio.run(measure(args, Path(tmp)))
+        failures: list[str] = []
+        samples = asyncio.run(measure(args, Path(tmp), failures))
     document = report(samples, args)
+    document["failed_rounds"] = failures
+    if failures:
+        print(f"  {len(failures)} round(s) dropped: {failures}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(document, indent=2))
     print(f"\nwrote {args.json}")

@@ -35,6 +35,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from atomic_p2p.contract import TaskKind
 from atomic_p2p.errors import (
@@ -219,7 +220,7 @@ class Gateway:
             if first is not None:
                 headers |= {"x-atomic-peer": first.peer_id.hex, "x-atomic-model": first.model_id}
             events = self._events(generation, first, call, answer, started, deadline_s)
-            return StreamingResponse(events, media_type="text/event-stream", headers=headers)
+            return _EventStream(events, generation, headers)
         try:
             text, stopped = await self._collect(generation, first, call.stop)
         except AtomicError as error:
@@ -342,6 +343,21 @@ class Gateway:
             return json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             raise ConfigError("the request body is not valid JSON") from None
+
+
+class _EventStream(StreamingResponse):
+    """Server-sent events that close their generation however the response ends, even when the
+    client left before the first event (the events' own ``finally`` then never runs)."""
+
+    def __init__(self, events: AsyncIterator[bytes], generation: Generation, headers: dict[str, str]) -> None:
+        super().__init__(events, media_type="text/event-stream", headers=headers)
+        self._generation = generation
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await _close(self._generation)
 
 
 class _Server(uvicorn.Server):

@@ -29,9 +29,10 @@ from tests.support.waiting import eventually
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
 CAPABILITY = "generate/text"
-INTERVAL = 0.2
-# A busy two-core CI box can starve gossip for a second: slow to suspect, so peers stay listed.
-GOSSIP = GossipConfig(interval=INTERVAL, suspicion_mult=25.0)
+# A busy two-core CI box can starve gossip for seconds: peers gossip at the default pace (slow to
+# suspect each other) and the gateway's requester pulls often but is slower still to suspect.
+PEER_INTERVAL = 1.0
+GOSSIP = GossipConfig(interval=0.2, suspicion_mult=25.0)
 PROMPT = [{"role": "user", "content": "count with me"}]
 
 
@@ -46,7 +47,7 @@ class Market:
 
 
 def _gossiping(config: PeerConfig, seeds: tuple[str, ...], **fields: Any) -> PeerConfig:
-    return dataclasses.replace(config, bootstrap=seeds, gossip_interval_s=INTERVAL, **fields)
+    return dataclasses.replace(config, bootstrap=seeds, gossip_interval_s=PEER_INTERVAL, **fields)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -25,11 +25,12 @@ from peers.examples import example_table
 pytestmark = pytest.mark.system
 
 LISTENING = re.compile(r"^atomic gateway listening on (http://\S+)$")
-GOSSIP_INTERVAL_S = 0.2
+GOSSIP_INTERVAL_S = 0.2  # the in-process requester pulls often (and is slow to suspect, below)
+PEER_INTERVAL_S = 1.0  # peers gossip at the default pace: slow to suspect each other on a busy box
 
 
 async def test_atomic_gateway_chats_with_the_demo_language_model(tmp_path: Path) -> None:
-    table = example_table("lm-small", gossip_interval_s=GOSSIP_INTERVAL_S)
+    table = example_table("lm-small", gossip_interval_s=PEER_INTERVAL_S)
     async with peer_processes([table], tmp_path) as (peer,):
         log = (tmp_path / "gateway.log").open("wb")
         gateway = await asyncio.create_subprocess_exec(
@@ -66,7 +67,7 @@ async def test_atomic_gateway_chats_with_the_demo_language_model(tmp_path: Path)
 
 def generator_table(name: str, confidence: float, **peer: Any) -> dict[str, Any]:
     return {
-        "peer": {"name": name, "port": 0, "gossip_interval_s": GOSSIP_INTERVAL_S, **peer},
+        "peer": {"name": name, "port": 0, "gossip_interval_s": PEER_INTERVAL_S, **peer},
         "models": [
             {
                 "model_id": f"{name}-lm",
