@@ -240,9 +240,14 @@ async def bench_generation(
             await market_generation(requester, tokens)
             inprocess_generation(model, prompt, tokens)
             await echo(PROMPT.encode())
-        for _ in progress(rounds, "generation"):  # interleaved: drift hits both alike
+        # Interleaved, in alternating order: drift hits both alike, and neither always runs right
+        # after the other (the market's tail, its feedback to the peer, lands on the next run).
+        for index in progress(rounds, "generation"):
+            if index % 2:
+                local.append(inprocess_generation(model, prompt, tokens))
             market.append(await market_generation(requester, tokens))
-            local.append(inprocess_generation(model, prompt, tokens))
+            if not index % 2:
+                local.append(inprocess_generation(model, prompt, tokens))
             started = time.perf_counter()
             await echo(PROMPT.encode())
             trips.append((time.perf_counter() - started) * 1000)
