@@ -3,6 +3,7 @@
 
     python scripts/bench_generate.py                # 50 rounds of 32 tokens, 64 MB x 5, JSON to out/
     python scripts/bench_generate.py --rounds 50 --tokens 64 --mb 16
+    python scripts/bench_generate.py --bid-reuse-s 5   # the peer's bids reusable: cache-hit ttft
 
 What is measured, all in one run so the noisy machine cancels out (docs/architecture.md section 11):
 
@@ -83,7 +84,7 @@ def big_tensor(cache_dir: Path, *, elements: int = 16 * MIB) -> object:
     return BuiltModel(module=_Fill(elements), input_shape=(1,), validation_accuracy=0.9, output_name="y")
 
 
-def peer_config(data_dir: Path, megabytes: int) -> object:
+def peer_config(data_dir: Path, megabytes: int, bid_reuse_s: float = 0.0) -> object:
     import dataclasses
 
     from atomic_p2p.peer import ModelConfig
@@ -99,10 +100,10 @@ def peer_config(data_dir: Path, megabytes: int) -> object:
         strategy_options={"confidence": 0.9},
         options={"elements": megabytes * MIB // 4},
     )
-    return dataclasses.replace(config, models=(*config.models, tensor))
+    return dataclasses.replace(config, models=(*config.models, tensor), bid_reuse_ttl_s=bid_reuse_s)
 
 
-async def serve(data_dir: Path, megabytes: int) -> None:
+async def serve(data_dir: Path, megabytes: int, bid_reuse_s: float) -> None:
     """Child process: the peer and the raw server; print both addresses, wait for EOF."""
     from atomic_p2p.peer import PeerNode
 
@@ -141,7 +142,7 @@ async def serve(data_dir: Path, megabytes: int) -> None:
     raw.add_generic_rpc_handlers((handler,))
     raw_port = raw.add_insecure_port("127.0.0.1:0")
     await raw.start()
-    node = await PeerNode.start(peer_config(data_dir, megabytes))
+    node = await PeerNode.start(peer_config(data_dir, megabytes, bid_reuse_s))
     print(json.dumps({"peer": node.address, "raw": f"127.0.0.1:{raw_port}"}), flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     await node.stop(grace=0.5)
@@ -149,7 +150,7 @@ async def serve(data_dir: Path, megabytes: int) -> None:
 
 
 def start_server(
-    data_dir: Path, megabytes: int, threads: int
+    data_dir: Path, megabytes: int, threads: int, bid_reuse_s: float = 0.0
 ) -> tuple[subprocess.Popen[str], dict[str, str]]:
     command = [
         sys.executable,
@@ -161,6 +162,8 @@ def start_server(
         str(megabytes),
         "--threads",
         str(threads),
+        "--bid-reuse-s",
+        str(bid_reuse_s),
     ]
     child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None
@@ -237,9 +240,14 @@ async def bench_generation(
             await market_generation(requester, tokens)
             inprocess_generation(model, prompt, tokens)
             await echo(PROMPT.encode())
-        for _ in progress(rounds, "generation"):  # interleaved: drift hits both alike
+        # Interleaved, in alternating order: drift hits both alike, and neither always runs right
+        # after the other (the market's tail, its feedback to the peer, lands on the next run).
+        for index in progress(rounds, "generation"):
+            if index % 2:
+                local.append(inprocess_generation(model, prompt, tokens))
             market.append(await market_generation(requester, tokens))
-            local.append(inprocess_generation(model, prompt, tokens))
+            if not index % 2:
+                local.append(inprocess_generation(model, prompt, tokens))
             started = time.perf_counter()
             await echo(PROMPT.encode())
             trips.append((time.perf_counter() - started) * 1000)
@@ -323,7 +331,8 @@ def report(
     }
     print(
         f"\ngeneration benchmark: lm-small peer in a separate process (PeerNode on 127.0.0.1), "
-        f"{args.rounds} rounds of {args.tokens} tokens, {args.threads} torch thread(s)"
+        f"{args.rounds} rounds of {args.tokens} tokens, {args.threads} torch thread(s), "
+        f"bid reuse {args.bid_reuse_s:g} s"
     )
     print(f"  {'what':<14}{'ttft p50 ms':>13}{'ttft p90 ms':>13}{'tok/s p50':>11}{'tok/s p90':>11}")
     for label, row in (("market", market), ("in-process", local)):
@@ -376,6 +385,7 @@ def report(
         "mb": args.mb,
         "repeats": args.repeats,
         "threads": args.threads,
+        "bid_reuse_s": args.bid_reuse_s,
         "peer": "lm-small + bench-tensor in one separate process (PeerNode), requester here",
         "machine": {
             "cpus": os.cpu_count(),
@@ -425,18 +435,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch threads, in the peer and in-process alike"
     )
+    parser.add_argument(
+        "--bid-reuse-s",
+        type=float,
+        default=0.0,
+        help="the peer's bid_reuse_ttl_s (0, as lm-small ships: every generation is auctioned; > 0: "
+        "the requester's bid cache answers repeat auctions, the time to first token on cache hits)",
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "out" / "bench_generate.json")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)  # two processes on a few cores: more threads only contend
     if args.serve:
-        asyncio.run(serve(args.data_dir, args.mb))
+        asyncio.run(serve(args.data_dir, args.mb, args.bid_reuse_s))
         return 0
     if not 1 <= args.tokens <= 64 or not 1 <= args.mb <= 64 or args.rounds < 1 or args.repeats < 1:
         parser.error("need 1 <= --tokens <= 64, 1 <= --mb <= 64, --rounds and --repeats >= 1")
     with tempfile.TemporaryDirectory(prefix="atomic-bench-") as tmp:
-        child, addresses = start_server(Path(tmp), args.mb, args.threads)
+        child, addresses = start_server(Path(tmp), args.mb, args.threads, args.bid_reuse_s)
         try:
             generation, stream, round_trip = asyncio.run(measure(addresses, args))
         finally:

@@ -22,6 +22,7 @@ the base install never imports transformers (the ``atomic-p2p[hf]`` extra brings
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -58,24 +59,31 @@ class HuggingFaceTokenizer:
             tokenizer.pad_token = tokenizer.eos_token  # GPT-style tokenizers pad with their end token
         self._tokenizer = tokenizer
         self._input_names = tuple(input_names)
+        # One call at a time: a fast tokenizer's encode sets its truncation and padding in place,
+        # and a generation decodes its pieces in a worker thread while the event loop may encode
+        # another order's prompt (concurrent use fails with "Already borrowed").
+        self._lock = threading.Lock()
 
     @property
     def vocab_size(self) -> int:
         return len(self._tokenizer)
 
     def count(self, text: str) -> int:
-        return len(self._tokenizer(text)["input_ids"])
+        with self._lock:
+            return len(self._tokenizer(text)["input_ids"])
 
     def encode(self, texts: Sequence[str], max_tokens: int) -> dict[str, torch.Tensor]:
-        encoded = self._tokenizer(
-            list(texts), padding=True, truncation=True, max_length=max_tokens, return_tensors="pt"
-        )
+        with self._lock:
+            encoded = self._tokenizer(
+                list(texts), padding=True, truncation=True, max_length=max_tokens, return_tensors="pt"
+            )
         if self._input_names == ("prompt",):
             return {"prompt": encoded["input_ids"].to(torch.int64)}
         return {name: encoded[name].to(torch.int64) for name in self._input_names}
 
     def decode(self, ids: Sequence[int]) -> str:
-        return str(self._tokenizer.decode(list(ids), skip_special_tokens=True))
+        with self._lock:
+            return str(self._tokenizer.decode(list(ids), skip_special_tokens=True))
 
 
 class _Logits(torch.nn.Module):

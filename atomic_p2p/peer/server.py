@@ -52,7 +52,7 @@ from atomic_p2p.protocol.messages import (
     TensorSlice,
     TokenChunk,
 )
-from atomic_p2p.protocol.streaming import Reassembly, encoded_slices
+from atomic_p2p.protocol.streaming import OFFLOAD_BYTES, Reassembly, encoded_slices
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,10 @@ class PeerService:
             piece = codec.decode_upload(raw)
             if not isinstance(piece, TensorSlice):
                 raise ProtocolError("an ExecuteUpload carries one call, first")
-            reassembly.add(piece)
+            if len(piece.data) >= OFFLOAD_BYTES:  # its copy and hash off the event loop
+                await self._offload(reassembly.add, piece)
+            else:
+                reassembly.add(piece)
         inputs = reassembly.tensors()
         async with aclosing(self._serve_stream(replace(call, inputs=inputs))) as messages:
             async for message in messages:

@@ -11,6 +11,7 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers reads it: nothing here may reach the Hub
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ import torch
 from atomic_p2p.contract import Dim, TaskKind, TensorContract
 from atomic_p2p.errors import ConfigError
 from atomic_p2p.peer.config import load_config
+from atomic_p2p.peer.huggingface import HuggingFaceTokenizer
 from atomic_p2p.peer.models import HostedModel
 from atomic_p2p.peer.node import PeerNode
 from atomic_p2p.requester import Requester
@@ -168,3 +170,28 @@ def test_an_encoder_without_a_head_sells_mean_pooled_embeddings(tmp_path: Path) 
         hidden = encoder(**inputs).last_hidden_state
     assert name == "embedding" and embedding.shape == (2, 32)
     assert torch.allclose(embedding[0], hidden[0, :2].mean(dim=0), atol=1e-5)
+
+
+def test_the_tokenizer_serves_a_decoding_thread_and_an_encoding_one_at_once(tmp_path: Path) -> None:
+    """A generation decodes its pieces in a worker thread while other threads encode prompts with
+    their own truncation (the event loop, strategy previews): each call gives what it gives alone."""
+    save_tokenizer(tmp_path / "words")
+    tokenizer = HuggingFaceTokenizer(
+        transformers.AutoTokenizer.from_pretrained(tmp_path / "words"), ("prompt",)
+    )
+    texts = ["the good movie", "a very dull plot was not fun at all the film is bad"]
+    ids = tokenizer.encode(texts[1:], max_tokens=16)["prompt"][0].tolist()
+    decoded = tokenizer.decode(ids)
+    expected = {limit: tokenizer.encode(texts, max_tokens=limit)["prompt"].tolist() for limit in (3, 9)}
+
+    def encoding(limit: int) -> None:
+        for _ in range(400):
+            assert tokenizer.encode(texts * 8, max_tokens=limit)["prompt"].tolist() == expected[limit] * 8
+
+    def decoding() -> None:
+        for _ in range(400):
+            assert tokenizer.decode(ids) == decoded
+
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        for running in [pool.submit(encoding, 3), pool.submit(encoding, 9), pool.submit(decoding)]:
+            running.result(timeout=60)
