@@ -134,7 +134,7 @@ class GradientMarket:
         self._own_pool = pool is None and transport is None
         self._pool: ChannelPool | None = None
         if transport is None:
-            self._pool = pool or ChannelPool()
+            self._pool = pool if pool is not None else ChannelPool()  # an empty pool is falsy
             transport = GrpcTransport(self._pool)
         self._transport: Transport = transport
         # Each Execute may take the whole round timeout, as a gradient round waits for every peer.

@@ -108,12 +108,16 @@ class BytesTransport(ABC):
 
 
 class GrpcTransport(BytesTransport):
-    """:class:`Transport` over gRPC: one call per RPC on the pool's channel for the address."""
+    """:class:`Transport` over gRPC: one call per RPC on the pool's channel for the address
+    (``host:port`` or ``PEERID@host:port``), which the pool opens pinned to the peer's certificate
+    (:meth:`ChannelPool.open`: PeerIdentityError, PlaintextPeerError or UnavailableError when it
+    cannot)."""
 
     def __init__(self, pool: ChannelPool) -> None:
         self._pool = pool
 
     async def send(self, address: str, method: str, request: bytes, timeout_s: float) -> bytes:
+        await self._pool.open(address, timeout_s=timeout_s)  # a set lookup once the channel is pinned
         try:
             answer: bytes = await self._pool.method(address, method)(request, timeout=timeout_s)
         except aio.AioRpcError as error:
@@ -123,6 +127,7 @@ class GrpcTransport(BytesTransport):
     async def send_stream(
         self, address: str, method: str, request: bytes, timeout_s: float
     ) -> AsyncGenerator[bytes, None]:
+        await self._pool.open(address, timeout_s=timeout_s)
         call = self._pool.stream_method(address, method)(request, timeout=timeout_s)
         try:
             async for message in call:

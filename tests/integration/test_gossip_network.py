@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 
 from atomic_p2p._proto.atomic.v1 import gossip_pb2, market_pb2_grpc
+from atomic_p2p.channels import connect
 from atomic_p2p.cli.peers import observe, render
 from atomic_p2p.gossip import (
     GossipConfig,
@@ -83,7 +84,7 @@ async def network(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[lis
     nodes: list[PeerNode] = []
     try:
         for index in range(PEERS):
-            seeds = (rng.choice(nodes).address,) if nodes else ()
+            seeds = (rng.choice(nodes).dial_address,) if nodes else ()
             nodes.append(await start_node(tmp_path, index, seeds))
         yield nodes
     finally:
@@ -92,7 +93,7 @@ async def network(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[lis
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def requester(network: list[PeerNode]) -> AsyncIterator[Requester]:
-    async with Requester(bootstrap=[network[7].address], gossip=GOSSIP) as requester:
+    async with Requester(bootstrap=[network[7].dial_address], gossip=GOSSIP) as requester:
         assert await requester.wait_for_peers(CAPABILITY, PEERS, timeout=SETTLE_S)
         yield requester
 
@@ -222,7 +223,8 @@ async def test_bad_records_and_a_flood_are_rejected_and_counted_and_the_node_kee
         ],
     }
     beat = sign_heartbeat(attacker, Heartbeat(attacker.peer_id, 1, 1)).envelope
-    async with grpc.aio.insecure_channel(target.address) as channel:
+    channel, _ = await connect(target.dial_address)
+    async with channel:
         stub = market_pb2_grpc.PeerStub(channel)
         for envelopes in bad.values():
             for envelope in envelopes:
