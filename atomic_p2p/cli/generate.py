@@ -29,7 +29,19 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "it fails) and print which peer produced which part.",
     )
     parser.add_argument("prompt", nargs="?", help='the prompt text, e.g. "Once upon a time"')
-    parser.add_argument("--peer", dest="peers", action="append", required=True, metavar="ADDR")
+    parser.add_argument(
+        "--peer",
+        dest="peers",
+        action="append",
+        required=True,
+        metavar="ADDR",
+        help="host:port of a peer, or PEERID@host:port to require that peer id (repeat for each peer)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="talk to peers that serve plaintext (debugging only; by default they are refused)",
+    )
     parser.add_argument("--capability", required=True, help='what to run, e.g. "generate/count"')
     parser.add_argument(
         "--prompt-ids", metavar="IDS", help="a prompt of token ids instead of text, comma-separated: 1,2,3"
@@ -76,7 +88,7 @@ async def stream(
 ) -> GenerationResult:
     from atomic_p2p.requester import Requester
 
-    async with Requester(args.peers, identity) as requester:
+    async with Requester(args.peers, identity, insecure=args.insecure) as requester:
         generation = requester.generate(
             args.capability,
             prompt,

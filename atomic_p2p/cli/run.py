@@ -44,7 +44,12 @@ def _add_auction_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         required=True,
         metavar="ADDR",
-        help="host:port of a peer (repeat for each peer)",
+        help="host:port of a peer, or PEERID@host:port to require that peer id (repeat for each peer)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="talk to peers that serve plaintext (debugging only; by default they are refused)",
     )
     parser.add_argument("--capability", required=True, help='what to run, e.g. "classify/digits"')
     parser.add_argument(
@@ -135,7 +140,9 @@ async def _auction(
 
     store = None if args.no_store else (args.store or default_store_path())
     evaluator = EvaluatorConfig() if args.explore else EvaluatorConfig.greedy()
-    async with Requester(args.peers, identity, store=store, evaluator=evaluator) as requester:
+    async with Requester(
+        args.peers, identity, store=store, evaluator=evaluator, insecure=args.insecure
+    ) as requester:
         return await requester.run(
             args.capability,
             inputs,
