@@ -27,7 +27,7 @@ from grpc import aio
 
 from atomic_p2p import tls
 from atomic_p2p._proto.atomic.v1 import market_pb2_grpc
-from atomic_p2p.errors import PeerIdentityError, PlaintextPeerError
+from atomic_p2p.errors import PeerIdentityError, PlaintextPeerError, UnavailableError
 from atomic_p2p.faults import FaultInjector, FaultPlan
 from atomic_p2p.identity import PeerId
 from atomic_p2p.tensors import DEFAULT_LIMITS
@@ -149,6 +149,21 @@ class ChannelPool:
                     _check_plaintext(address, f"peer {peer.short}'s record", self.allow_plaintext)
                 return Pin(peer, certificate)
         return await _first_contact(address, claims, timeout_s, self.allow_plaintext)
+
+    async def explain(self, address: str, details: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+        """After a call to ``address`` failed with ``details``: when the TLS handshake failed
+        against a pinned certificate, ask the server who it is and raise PeerIdentityError naming
+        both peers if it is someone else (the channel is re-pinned on the next open)."""
+        pin = self._pins.get(_plain(address))
+        if pin is None or pin.peer is None or "handshake" not in details.lower():
+            return
+        try:
+            presented = await tls.fetch_certificate(_plain(address), timeout_s)
+        except (UnavailableError, PlaintextPeerError):
+            return
+        if presented != pin.certificate:
+            self._unready((_plain(address),))
+            tls.check_peer(presented, _plain(address), frozenset({pin.peer}))
 
     def _still_trusted(self, pin: Pin, claims: frozenset[PeerId]) -> bool:
         """Whether an installed pin still serves: it is for a peer the caller accepts, and that

@@ -121,8 +121,14 @@ class GrpcTransport(BytesTransport):
         try:
             answer: bytes = await self._pool.method(address, method)(request, timeout=timeout_s)
         except aio.AioRpcError as error:
+            await self._explain(address, error, timeout_s)
             raise from_status(error.code(), error.details()) from None
         return answer
+
+    async def _explain(self, address: str, error: aio.AioRpcError, timeout_s: float) -> None:
+        """A failed TLS handshake may mean someone else answers at the address: say who."""
+        if error.code() is grpc.StatusCode.UNAVAILABLE:
+            await self._pool.explain(address, error.details() or "", timeout_s)
 
     async def send_stream(
         self, address: str, method: str, request: bytes, timeout_s: float
@@ -133,6 +139,7 @@ class GrpcTransport(BytesTransport):
             async for message in call:
                 yield message
         except aio.AioRpcError as error:
+            await self._explain(address, error, timeout_s)
             raise from_status(error.code(), error.details()) from None
         finally:
             call.cancel()  # a no-op once the stream ended; otherwise the peer stops its work

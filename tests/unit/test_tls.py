@@ -17,7 +17,6 @@ from atomic_p2p.gossip.codec import open_envelope, sign_record
 from atomic_p2p.gossip.records import PeerRecord, RecordLimits, Rejection, RejectReason
 from atomic_p2p.identity import Identity
 from atomic_p2p.tls import (
-    BINDING_OID,
     CERTIFICATE_NAME,
     KEY_NAME,
     TlsCredentials,
@@ -27,6 +26,7 @@ from atomic_p2p.tls import (
     parse_address,
     server_name,
 )
+from tests.support.forged_tls import binding_of, with_binding
 
 ALICE = Identity.from_seed(b"alice")
 MALLORY = Identity.from_seed(b"mallory")
@@ -34,30 +34,6 @@ MALLORY = Identity.from_seed(b"mallory")
 
 def now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
-
-
-def with_binding(binding: bytes, key: ec.EllipticCurvePrivateKey | None = None) -> bytes:
-    """A self-signed certificate (DER) whose binding extension holds ``binding`` as given."""
-    key = key or ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "forged")])
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(1)
-        .not_valid_before(now() - datetime.timedelta(hours=1))
-        .not_valid_after(now() + datetime.timedelta(days=1))
-        .add_extension(x509.UnrecognizedExtension(BINDING_OID, binding), False)
-        .sign(key, hashes.SHA256())
-    )
-    return certificate.public_bytes(serialization.Encoding.DER)
-
-
-def binding_of(der: bytes) -> bytes:
-    extension = x509.load_der_x509_certificate(der).extensions.get_extension_for_oid(BINDING_OID).value
-    assert isinstance(extension, x509.UnrecognizedExtension)
-    return extension.value
 
 
 def test_a_certificate_is_bound_to_its_peer_and_named_for_it() -> None:
