@@ -4,7 +4,7 @@ How this works
 --------------
 grpcio takes no custom certificate verifier in Python (grpc/grpc#32635), so the check that
 libp2p's TLS handshake does in its verifier is done here, before the channel opens, and the
-handshake is left to prove the rest (docs/architecture.md section 11, docs/security.md):
+handshake is left to prove the rest (docs/architecture.md section 14, docs/security.md):
 
 1. Every node makes a TLS key (ECDSA P-256) and a self-signed certificate for it, and puts in
    that certificate a *binding*: its Ed25519 public key and an envelope signature

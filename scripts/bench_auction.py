@@ -16,9 +16,15 @@ What is measured, all in one run so the noisy machine cancels out (docs/architec
   and **direct execute**: calling the same winner without an auction (a bid is still needed to
   execute, so this is RequestBids to that one peer + Execute).
 - **Ed25519 verifications per second**, on one thread and on two.
+- **TLS cost**: every measurement above runs twice in the same run, against peers serving TLS
+  bound to their peer ids (the default; addresses ``PEERID@host:port``) and against the same peers
+  started ``insecure`` (plaintext), and the table gives TLS / plaintext per row; **connect** is the
+  first contact with every peer from a fresh pool (certificate fetched and checked, channel
+  pinned, TLS handshake, one health check), against the same with plaintext.
 
 The peers run in a separate process (``--peer-procs`` of them, the peers split among them) so the
-requester's event loop measures only the requester's work.
+requester's event loop measures only the requester's work; each process hosts both the TLS and the
+plaintext peers (only one set is asked at a time).
 """
 
 from __future__ import annotations
@@ -47,20 +53,27 @@ CAPABILITY = "classify/digits"
 
 # --------------------------------------------------------------------------- peer farm (child)
 async def serve_peers(count: int, data_dir: Path) -> None:
-    """Child process: start ``count`` small digit peers, print their addresses, wait for EOF."""
+    """Child process: start ``count`` small digit peers with TLS and ``count`` plaintext ones,
+    print their addresses, wait for EOF."""
     from peers.examples import start_example_peers
 
-    nodes = []
+    nodes, plain = [], []
     for index in range(count):
         nodes += await start_example_peers(["small"], data_dir / f"p{index}")
-    print(json.dumps([node.address for node in nodes]), flush=True)
+        plain += await start_example_peers(["small"], data_dir / f"plain{index}", insecure=True)
+    addresses = {"tls": [node.dial_address for node in nodes], "plaintext": [node.address for node in plain]}
+    print(json.dumps(addresses), flush=True)
+    nodes += plain
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     for node in nodes:
         await node.stop(grace=0.5)
 
 
-def start_farms(peers: int, procs: int, data_dir: Path) -> tuple[list[subprocess.Popen[str]], list[str]]:
-    farms, addresses = [], []
+def start_farms(
+    peers: int, procs: int, data_dir: Path
+) -> tuple[list[subprocess.Popen[str]], dict[str, list[str]]]:
+    farms: list[subprocess.Popen[str]] = []
+    addresses: dict[str, list[str]] = {"tls": [], "plaintext": []}
     share = [peers // procs + (1 if i < peers % procs else 0) for i in range(procs)]
     for index, count in enumerate(share):
         command = [
@@ -78,7 +91,8 @@ def start_farms(peers: int, procs: int, data_dir: Path) -> tuple[list[subprocess
         line = farm.stdout.readline()
         if not line:
             raise SystemExit("a peer process failed to start; run with --serve-peers 1 to see why")
-        addresses += json.loads(line)
+        for mode, listed in json.loads(line).items():
+            addresses[mode] += listed
     return farms, addresses
 
 
@@ -109,7 +123,7 @@ async def timed(label: str, rounds: int, call: Callable[[], Awaitable[object]]) 
     return samples
 
 
-async def measure(addresses: list[str], rounds: int) -> dict[str, dict[str, float]]:
+async def measure(addresses: list[str], rounds: int, insecure: bool) -> dict[str, dict[str, float]]:
     import torch
 
     from atomic_p2p.requester import Requester, score
@@ -120,9 +134,11 @@ async def measure(addresses: list[str], rounds: int) -> dict[str, dict[str, floa
 
     x = torch.rand(8, 64)
     wire = [encode(x, "x")]
-    async with Requester(addresses) as requester:
+    async with Requester(addresses, insecure=insecure) as requester:
         transport = requester._transport  # the bench drives the requester's own transport
         pool = requester._pool
+        for address in addresses:
+            await pool.open(address)
         health = [health_pb2_grpc.HealthStub(pool.channel(a)) for a in addresses]  # the auction's channels
 
         async def auction_round() -> None:
@@ -139,7 +155,7 @@ async def measure(addresses: list[str], rounds: int) -> dict[str, dict[str, floa
         async def full_request() -> None:
             await requester.run(CAPABILITY, {"x": x}, deadline_s=2.0)
 
-        async with Requester(addresses[:1]) as direct:
+        async with Requester(addresses[:1], insecure=insecure) as direct:
 
             async def direct_execute() -> None:
                 await direct.run(CAPABILITY, {"x": x}, deadline_s=2.0)
@@ -152,7 +168,24 @@ async def measure(addresses: list[str], rounds: int) -> dict[str, dict[str, floa
                 ("direct (1 peer)", direct_execute),
             ]:
                 results[label] = percentiles(await timed(label, rounds, call))
+    results[f"connect ({len(addresses)} peers)"] = percentiles(
+        await timed("connect", max(10, rounds // 10), lambda: first_contact(addresses, insecure))
+    )
     return results
+
+
+async def first_contact(addresses: list[str], insecure: bool) -> None:
+    """A fresh pool opens every peer's channel and makes one call on each (so the handshake runs)."""
+    from atomic_p2p.channels import ChannelPool
+
+    pool = ChannelPool(allow_plaintext=insecure)
+    try:
+        await asyncio.gather(*(pool.open(address) for address in addresses))
+        request = health_pb2.HealthCheckRequest(service="")
+        stubs = [health_pb2_grpc.HealthStub(pool.channel(address)) for address in addresses]
+        await asyncio.gather(*(stub.Check(request, timeout=5.0) for stub in stubs))
+    finally:
+        await pool.close()
 
 
 def verify_rate(count: int = 4000, threads: int = 1) -> float:
@@ -170,7 +203,12 @@ def verify_rate(count: int = 4000, threads: int = 1) -> float:
 
 
 # --------------------------------------------------------------------------- report
-def report(results: dict[str, dict[str, float]], rates: dict[str, float], args: argparse.Namespace) -> dict:
+def report(
+    results: dict[str, dict[str, float]],
+    plaintext: dict[str, dict[str, float]],
+    rates: dict[str, float],
+    args: argparse.Namespace,
+) -> dict:
     bare = results["bare gRPC fan-out"]
     auction = results["auction round"]
     full, direct = results["full request (10 peers)"], results["direct (1 peer)"]
@@ -182,10 +220,15 @@ def report(results: dict[str, dict[str, float]], rates: dict[str, float], args: 
     print(
         f"\nauction benchmark: {args.peers} peers in {args.peer_procs} process(es), {args.rounds} rounds each"
     )
-    print(f"  {'what':<26}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'mean ms':>9}")
+    tls_cost = {label: row["p50_ms"] / plaintext[label]["p50_ms"] for label, row in results.items()}
+    print(
+        f"  {'what (TLS, the default)':<26}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'mean ms':>9}"
+        f"{'plain p50':>11}{'TLS/plain':>11}"
+    )
     for label, row in results.items():
         print(
             f"  {label:<26}{row['p50_ms']:>9.2f}{row['p90_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['mean_ms']:>9.2f}"
+            f"{plaintext[label]['p50_ms']:>11.2f}{tls_cost[label]:>10.2f}x"
         )
     print("\n  ratio                              measured   target")
     print(f"  auction / bare fan-out, p50        {ratios['auction_vs_bare_p50']:>8.2f}x   <= 1.3x")
@@ -208,6 +251,8 @@ def report(results: dict[str, dict[str, float]], rates: dict[str, float], args: 
             "platform": platform.platform(),
         },
         "latency": results,
+        "latency_plaintext": plaintext,
+        "tls_vs_plaintext_p50": tls_cost,
         "ratios": ratios,
         "ed25519": rates,
     }
@@ -230,7 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="atomic-bench-") as tmp:
         farms, addresses = start_farms(args.peers, args.peer_procs, Path(tmp))
         try:
-            results = asyncio.run(measure(addresses, args.rounds))
+            results = asyncio.run(measure(addresses["tls"], args.rounds, insecure=False))
+            plaintext = asyncio.run(measure(addresses["plaintext"], args.rounds, insecure=True))
         finally:
             for farm in farms:
                 assert farm.stdin is not None
@@ -241,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         "verify_per_s_1_thread": verify_rate(threads=1),
         "verify_per_s_2_threads": verify_rate(threads=2),
     }
-    document = report(results, rates, args)
+    document = report(results, plaintext, rates, args)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(document, indent=2))
     print(f"\nwrote {args.json}")
