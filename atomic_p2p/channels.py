@@ -110,8 +110,10 @@ class ChannelPool:
     def forget(self, peer: PeerId) -> None:
         """The member was dropped from the table: its claims go (pinned channels stay)."""
         self._certificates.pop(peer, None)
-        for claims in self._claims.values():
-            claims.pop(peer, None)
+        for address in [a for a, claims in self._claims.items() if peer in claims]:
+            del self._claims[address][peer]
+            if not self._claims[address]:
+                del self._claims[address]
 
     def pin(self, address: str) -> Pin | None:
         """What the channel for ``address`` (``host:port``) trusts, once it was opened."""
