@@ -157,7 +157,8 @@ class ChannelPool:
         against a pinned certificate, ask the server who it is and raise PeerIdentityError naming
         both peers if it is someone else (the channel is re-pinned on the next open)."""
         pin = self._pins.get(_plain(address))
-        if pin is None or pin.peer is None or "handshake" not in details.lower():
+        lowered = details.lower()
+        if pin is None or pin.peer is None or not ("handshake" in lowered or "verif" in lowered):
             return
         try:
             presented = await tls.fetch_certificate(_plain(address), timeout_s)
@@ -166,6 +167,9 @@ class ChannelPool:
         if presented != pin.certificate:
             self._unready((_plain(address),))
             tls.check_peer(presented, _plain(address), frozenset({pin.peer}))
+            # the same peer with a new certificate (its new record is on its way): its binding
+            # proves it as well as the record would, so the next open pins it
+            self._certificates[pin.peer] = presented
 
     def _still_trusted(self, pin: Pin, claims: frozenset[PeerId]) -> bool:
         """Whether an installed pin still serves: it is for a peer the caller accepts, and that

@@ -17,7 +17,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from atomic_p2p._proto.atomic.v1 import gossip_pb2, market_pb2_grpc
 from atomic_p2p.channels import ChannelPool, connect
-from atomic_p2p.errors import NoBidsError, PeerIdentityError, PlaintextPeerError
+from atomic_p2p.errors import (
+    NoBidsError,
+    PeerIdentityError,
+    PlaintextPeerError,
+    SignatureError,
+    UnavailableError,
+)
 from atomic_p2p.gossip import GossipConfig, RejectReason
 from atomic_p2p.gossip.codec import request_to_proto, sign_record
 from atomic_p2p.gossip.messages import EMPTY_DIGEST, GossipRequest
@@ -37,6 +43,7 @@ CAPABILITY = "classify/digits"
 INTERVAL = 0.2
 GOSSIP = GossipConfig(interval=INTERVAL)
 SETTLE_S = 15.0
+BID_TIMEOUT_S = 4.0  # first contact includes a handshake or two; this box is shared
 
 
 async def start(tmp_path: Path, name: str, **overrides: object) -> PeerNode:
@@ -102,12 +109,14 @@ async def test_an_address_bound_to_another_peer_is_refused_as_unauthenticated(
     assert alice.peer_id.short in str(caught.value) and bob.peer_id.short in str(caught.value)
 
     x, _ = digits_batch(4)
-    async with Requester([wrong]) as requester:
+    async with Requester([wrong], bid_timeout_s=BID_TIMEOUT_S) as requester:
         with pytest.raises(NoBidsError) as no_bids:
-            await requester.run(CAPABILITY, {"x": x}, deadline_s=5.0)
+            await requester.run(CAPABILITY, {"x": x}, deadline_s=10.0)
     assert "UNAUTHENTICATED" in str(no_bids.value) and bob.peer_id.short in str(no_bids.value)
-    async with Requester([alice.dial_address]) as requester:  # the right id: served
-        result = await requester.run(CAPABILITY, {"x": x}, deadline_s=5.0)
+    async with Requester(
+        [alice.dial_address], bid_timeout_s=BID_TIMEOUT_S
+    ) as requester:  # the right id: served
+        result = await requester.run(CAPABILITY, {"x": x}, deadline_s=10.0)
     assert result.winner.peer_id == alice.peer_id
 
 
@@ -187,15 +196,15 @@ async def test_plaintext_peers_are_refused_unless_the_requester_allows_them(tmp_
         assert plain.tls is None and plain.gossip is not None and tls_peer.gossip is not None
         assert plain.gossip.membership.local_record.tls_certificate == b""
         x, _ = digits_batch(4)
-        async with Requester([plain.address]) as requester:
+        async with Requester([plain.address], bid_timeout_s=BID_TIMEOUT_S) as requester:
             with pytest.raises(NoBidsError, match="FAILED_PRECONDITION"):
-                await requester.run(CAPABILITY, {"x": x}, deadline_s=5.0)
+                await requester.run(CAPABILITY, {"x": x}, deadline_s=10.0)
         pool = ChannelPool()
         with pytest.raises(PlaintextPeerError, match="--insecure"):
             await pool.open(plain.address)
         await pool.close()
-        async with Requester([plain.address], insecure=True) as requester:
-            result = await requester.run(CAPABILITY, {"x": x}, deadline_s=5.0)
+        async with Requester([plain.address], insecure=True, bid_timeout_s=BID_TIMEOUT_S) as requester:
+            result = await requester.run(CAPABILITY, {"x": x}, deadline_s=10.0)
         assert result.winner.peer_id == plain.peer_id
         # the TLS peer does not gossip with it (5 rounds)
         assert not await tls_peer.gossip.wait_until(lambda: knows(tls_peer, plain.peer_id), 5 * INTERVAL)
@@ -211,8 +220,28 @@ async def test_insecure_works_end_to_end(tmp_path: Path) -> None:
         async with Requester(bootstrap=[second.address], gossip=GOSSIP, insecure=True) as requester:
             assert await requester.wait_for_peers(CAPABILITY, 2, timeout=SETTLE_S)
             x, _ = digits_batch(4)
-            result = await requester.run(CAPABILITY, {"x": x}, deadline_s=5.0)
+            result = await requester.run(CAPABILITY, {"x": x}, deadline_s=10.0)
         assert result.winner.peer_id in {first.peer_id, second.peer_id}
         assert second.gossip is not None and knows(second, first.peer_id)
     finally:
         await asyncio.gather(first.stop(grace=0.5), second.stop(grace=0.5))
+
+
+async def test_a_peer_that_changed_certificate_is_reached_again_at_once(
+    pair: tuple[PeerNode, PeerNode],
+) -> None:
+    alice, _ = pair
+    old = TlsCredentials.generate(alice.identity).certificate_der  # as in a record from before a restart
+    pool = ChannelPool()
+    transport = GrpcTransport(pool)
+    try:
+        pool.learn(alice.peer_id, [alice.address], old)
+        with pytest.raises(UnavailableError):  # the pinned handshake fails once...
+            await transport.send(alice.address, "Feedback", b"", 5.0)
+        # ...and what alice then proves (bound to alice) is pinned: the call reaches her
+        with pytest.raises(SignatureError, match="public key"):  # alice herself refuses an unsigned notice
+            await transport.send(alice.address, "Feedback", b"", 5.0)
+        pin = pool.pin(alice.address)
+        assert alice.tls is not None and pin is not None and pin.certificate == alice.tls.certificate_der
+    finally:
+        await pool.close()
