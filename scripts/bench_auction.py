@@ -18,7 +18,8 @@ What is measured, all in one run so the noisy machine cancels out (docs/architec
 - **Ed25519 verifications per second**, on one thread and on two.
 - **TLS cost**: every measurement above runs twice in the same run, against peers serving TLS
   bound to their peer ids (the default; addresses ``PEERID@host:port``) and against the same peers
-  started ``insecure`` (plaintext), and the table gives TLS / plaintext per row; **connect** is the
+  started ``insecure`` (plaintext), round by round in turn so the machine's load falls on both
+  alike, and the table gives TLS / plaintext per row; **connect** is the
   first contact with every peer from a fresh pool (certificate fetched and checked, channel
   pinned, TLS handshake, one health check), against the same with plaintext.
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -39,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -112,18 +114,52 @@ def percentiles(samples_ms: list[float]) -> dict[str, float]:
     }
 
 
-async def timed(label: str, rounds: int, call: Callable[[], Awaitable[object]]) -> list[float]:
-    for _ in range(min(20, rounds)):  # warm channels, caches and the peers' models
-        await call()
-    samples = []
-    for _ in tqdm(range(rounds), desc=label, unit="round", file=sys.stderr, leave=False):
+Calls = dict[str, Callable[[], Awaitable[object]]]
+
+
+async def timed_pair(
+    label: str, rounds: int, tls: Callable[[], Awaitable[object]], plain: Callable[[], Awaitable[object]]
+) -> tuple[list[float], list[float]]:
+    """Milliseconds per call of the TLS and the plaintext form of one call after a warm-up,
+    alternating round by round so that the machine's load falls on both alike."""
+    for _ in range(min(20, rounds)):
+        await tls()
+        await plain()
+    samples: tuple[list[float], list[float]] = ([], [])
+    for index in tqdm(range(2 * rounds), desc=label, unit="round", file=sys.stderr, leave=False):
+        call = tls if index % 2 == 0 else plain
         started = time.perf_counter()
         await call()
-        samples.append((time.perf_counter() - started) * 1000)
+        samples[index % 2].append((time.perf_counter() - started) * 1000)
     return samples
 
 
-async def measure(addresses: list[str], rounds: int, insecure: bool) -> dict[str, dict[str, float]]:
+async def measure(
+    addresses: dict[str, list[str]], rounds: int
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Every row against the TLS peers and against the plaintext ones, interleaved."""
+    async with contextlib.AsyncExitStack() as stack:
+        calls = {
+            mode: await stack.enter_async_context(_calls(addresses[mode], insecure=mode == "plaintext"))
+            for mode in ("tls", "plaintext")
+        }
+        results: tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]] = ({}, {})
+        for label in calls["tls"]:
+            tls, plain = await timed_pair(label, rounds, calls["tls"][label], calls["plaintext"][label])
+            results[0][label], results[1][label] = percentiles(tls), percentiles(plain)
+    label = f"connect ({len(addresses['tls'])} peers)"
+    tls, plain = await timed_pair(
+        "connect",
+        max(10, rounds // 10),
+        lambda: first_contact(addresses["tls"], False),
+        lambda: first_contact(addresses["plaintext"], True),
+    )
+    results[0][label], results[1][label] = percentiles(tls), percentiles(plain)
+    return results
+
+
+@contextlib.asynccontextmanager
+async def _calls(addresses: list[str], insecure: bool) -> AsyncIterator[Calls]:
     import torch
 
     from atomic_p2p.requester import Requester, score
@@ -134,7 +170,10 @@ async def measure(addresses: list[str], rounds: int, insecure: bool) -> dict[str
 
     x = torch.rand(8, 64)
     wire = [encode(x, "x")]
-    async with Requester(addresses, insecure=insecure) as requester:
+    async with (
+        Requester(addresses, insecure=insecure) as requester,
+        Requester(addresses[:1], insecure=insecure) as direct,
+    ):
         transport = requester._transport  # the bench drives the requester's own transport
         pool = requester._pool
         for address in addresses:
@@ -155,23 +194,15 @@ async def measure(addresses: list[str], rounds: int, insecure: bool) -> dict[str
         async def full_request() -> None:
             await requester.run(CAPABILITY, {"x": x}, deadline_s=2.0)
 
-        async with Requester(addresses[:1], insecure=insecure) as direct:
+        async def direct_execute() -> None:
+            await direct.run(CAPABILITY, {"x": x}, deadline_s=2.0)
 
-            async def direct_execute() -> None:
-                await direct.run(CAPABILITY, {"x": x}, deadline_s=2.0)
-
-            results = {}
-            for label, call in [
-                ("bare gRPC fan-out", bare_fanout),
-                ("auction round", auction_round),
-                ("full request (10 peers)", full_request),
-                ("direct (1 peer)", direct_execute),
-            ]:
-                results[label] = percentiles(await timed(label, rounds, call))
-    results[f"connect ({len(addresses)} peers)"] = percentiles(
-        await timed("connect", max(10, rounds // 10), lambda: first_contact(addresses, insecure))
-    )
-    return results
+        yield {
+            "bare gRPC fan-out": bare_fanout,
+            "auction round": auction_round,
+            "full request (10 peers)": full_request,
+            "direct (1 peer)": direct_execute,
+        }
 
 
 async def first_contact(addresses: list[str], insecure: bool) -> None:
@@ -275,8 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="atomic-bench-") as tmp:
         farms, addresses = start_farms(args.peers, args.peer_procs, Path(tmp))
         try:
-            results = asyncio.run(measure(addresses["tls"], args.rounds, insecure=False))
-            plaintext = asyncio.run(measure(addresses["plaintext"], args.rounds, insecure=True))
+            results, plaintext = asyncio.run(measure(addresses, args.rounds))
         finally:
             for farm in farms:
                 assert farm.stdin is not None
