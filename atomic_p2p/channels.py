@@ -119,6 +119,10 @@ class ChannelPool:
         """What the channel for ``address`` (``host:port``) trusts, once it was opened."""
         return self._pins.get(address)
 
+    def is_open(self, address: str, expected: PeerId | None = None) -> bool:
+        """Whether :meth:`open` would return at once (the channel is pinned and still trusted)."""
+        return (address, expected) in self._ready
+
     async def open(
         self, address: str, expected: PeerId | None = None, timeout_s: float | None = None
     ) -> None:

@@ -13,6 +13,7 @@ the call's own timeout); a call with no time left fails at once with DeadlineErr
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
@@ -117,13 +118,25 @@ class GrpcTransport(BytesTransport):
         self._pool = pool
 
     async def send(self, address: str, method: str, request: bytes, timeout_s: float) -> bytes:
-        await self._pool.open(address, timeout_s=timeout_s)  # a set lookup once the channel is pinned
+        timeout_s = await self._open(address, timeout_s)
         try:
             answer: bytes = await self._pool.method(address, method)(request, timeout=timeout_s)
         except aio.AioRpcError as error:
             await self._explain(address, error, timeout_s)
             raise from_status(error.code(), error.details()) from None
         return answer
+
+    async def _open(self, address: str, timeout_s: float) -> float:
+        """Pin the channel (first contact fetches and checks the certificate); the time it took
+        comes off the call's budget."""
+        if self._pool.is_open(address):
+            return timeout_s
+        started = time.monotonic()
+        await self._pool.open(address, timeout_s=timeout_s)
+        left = timeout_s - (time.monotonic() - started)
+        if left <= 0:
+            raise DeadlineError(f"no time left after first contact with {address[:200]}")
+        return left
 
     async def _explain(self, address: str, error: aio.AioRpcError, timeout_s: float) -> None:
         """A failed TLS handshake may mean someone else answers at the address: say who."""
@@ -133,7 +146,7 @@ class GrpcTransport(BytesTransport):
     async def send_stream(
         self, address: str, method: str, request: bytes, timeout_s: float
     ) -> AsyncGenerator[bytes, None]:
-        await self._pool.open(address, timeout_s=timeout_s)
+        timeout_s = await self._open(address, timeout_s)
         call = self._pool.stream_method(address, method)(request, timeout=timeout_s)
         try:
             async for message in call:
