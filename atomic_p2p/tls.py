@@ -188,8 +188,8 @@ class TlsCredentials:
             if loaded is not None:
                 return loaded
         credentials = cls.generate(identity)
-        _write_private(key_path, credentials.private_key_pem)
-        _write_private(certificate_path, credentials.certificate_pem, mode=0o644)
+        _write_atomically(key_path, credentials.private_key_pem)
+        _write_atomically(certificate_path, credentials.certificate_pem, mode=0o644)
         return credentials
 
     @classmethod
@@ -225,7 +225,7 @@ def _utcnow() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def _write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
+def _write_atomically(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Replace ``path`` atomically with a file created with ``mode`` (never widened)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
