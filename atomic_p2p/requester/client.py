@@ -197,7 +197,9 @@ class Requester:
         self._bid_share = bid_share
         self._pool = ChannelPool(allow_plaintext=insecure)
         self.discovery = Discovery(self.identity, self.peers, bootstrap, self._pool, gossip)
-        self._transport: Transport = transport if transport is not None else GrpcTransport(self._pool)
+        self._transport: Transport = (
+            transport if transport is not None else GrpcTransport(self._pool, self.clock)
+        )
         self._feedback = FeedbackSender(
             self._transport,
             self.identity,

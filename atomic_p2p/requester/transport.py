@@ -13,7 +13,6 @@ the call's own timeout); a call with no time left fails at once with DeadlineErr
 
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
@@ -23,6 +22,7 @@ import grpc
 from grpc import aio
 
 from atomic_p2p.channels import ChannelPool
+from atomic_p2p.clock import SYSTEM_CLOCK, Clock
 from atomic_p2p.errors import DeadlineError, from_status
 from atomic_p2p.protocol import codec
 from atomic_p2p.protocol.messages import (
@@ -114,8 +114,10 @@ class GrpcTransport(BytesTransport):
     (:meth:`ChannelPool.open`: PeerIdentityError, PlaintextPeerError or UnavailableError when it
     cannot)."""
 
-    def __init__(self, pool: ChannelPool) -> None:
+    def __init__(self, pool: ChannelPool, clock: Clock = SYSTEM_CLOCK) -> None:
+        """``clock`` times first contacts (their time comes off the call's budget)."""
         self._pool = pool
+        self._clock = clock
 
     async def send(self, address: str, method: str, request: bytes, timeout_s: float) -> bytes:
         timeout_s = await self._open(address, timeout_s)
@@ -131,9 +133,9 @@ class GrpcTransport(BytesTransport):
         comes off the call's budget."""
         if self._pool.is_open(address):
             return timeout_s
-        started = time.monotonic()
+        started = self._clock.monotonic()
         await self._pool.open(address, timeout_s=timeout_s)
-        left = timeout_s - (time.monotonic() - started)
+        left = timeout_s - (self._clock.monotonic() - started)
         if left <= 0:
             raise DeadlineError(f"no time left after first contact with {address[:200]}")
         return left

@@ -139,7 +139,7 @@ async def test_atomic_peers_lists_every_peer_with_its_models(network: list[PeerN
 async def test_a_late_joiner_becomes_a_candidate_without_restarts(
     network: list[PeerNode], requester: Requester, tmp_path: Path
 ) -> None:
-    joiner = await start_node(tmp_path, PEERS, (network[13].address,))
+    joiner = await start_node(tmp_path, PEERS, (network[13].dial_address,))
     try:
         assert await requester.wait_for_peers(CAPABILITY, PEERS + 1, timeout=SETTLE_S)
         assert joiner.address in requester.discovery.candidates(CAPABILITY, 1)
