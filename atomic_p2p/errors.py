@@ -5,11 +5,13 @@
     │   ├── TensorError               INVALID_ARGUMENT     bad dtype, shape or byte length
     │   └── TextError                 INVALID_ARGUMENT     a text that is not UTF-8
     ├── SignatureError                UNAUTHENTICATED      missing, forged or mismatched signature
+    │   └── PeerIdentityError                              a TLS certificate not bound to the expected peer
     ├── PreconditionError             FAILED_PRECONDITION
     │   ├── UnknownModelError                              no such model / capability here
     │   ├── BidExpiredError                                bid or request past its validity
     │   ├── UnknownTaskError                               report_outcome for a task never run here
-    │   └── StaleRequestError                              issued outside the skew window or before start
+    │   ├── StaleRequestError                              issued outside the skew window or before start
+    │   └── PlaintextPeerError                             a peer without TLS, and plaintext not allowed
     ├── ReplayError                   ALREADY_EXISTS       request id already seen / task already run
     ├── LimitExceededError            RESOURCE_EXHAUSTED   size, count or rate limit
     │   └── RateLimitedError                               over a rate limit (retry_after_s)
@@ -52,6 +54,10 @@ class SignatureError(AtomicError):
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
+class PeerIdentityError(SignatureError):
+    """The server at an address did not prove the expected peer id (docs/security.md)."""
+
+
 class PreconditionError(AtomicError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
@@ -70,6 +76,10 @@ class UnknownTaskError(PreconditionError):
 
 class StaleRequestError(PreconditionError):
     pass
+
+
+class PlaintextPeerError(PreconditionError):
+    """A peer serves (or advertises) plaintext and this side does not allow it (``--insecure``)."""
 
 
 class ReplayError(AtomicError):

@@ -24,6 +24,11 @@ What is measured, all in one run so the noisy machine cancels out (docs/architec
   fresh order, the result verified: the protocol's minimum for a paid call).
 - **idle peer memory**: RSS of a real ``atomic-peer peers/small.toml`` process, idle after start.
 - **Ed25519 verifications per second**, on one thread and on two.
+- **TLS cost**: every row above runs against peers serving TLS bound to their peer ids (the
+  default; addresses ``PEERID@host:port``); the fast rows run again in the same run against the
+  same peers started ``insecure`` (plaintext), and the table gives TLS / plaintext per row, beside
+  **connect**: the first contact with every peer from a fresh pool (certificate fetched and
+  checked, channel pinned, TLS handshake, one health check) against the same in plaintext.
 
 The peers run in a separate process (``--peer-procs`` of them, the peers split among them) so the
 requester's event loop measures only the requester's work.
@@ -56,24 +61,34 @@ CAPABILITY = "classify/digits"
 
 
 # --------------------------------------------------------------------------- peer farm (child)
-async def serve_peers(count: int, data_dir: Path, extra_ms: float, reuse_s: float) -> None:
-    """Child process: start ``count`` small digit peers, print their addresses, wait for EOF."""
+async def serve_peers(count: int, data_dir: Path, extra_ms: float, reuse_s: float, insecure: bool) -> None:
+    """Child process: start ``count`` small digit peers, print their addresses (``PEERID@host:port``
+    with TLS), wait for EOF."""
     from peers.examples import start_example_peers
 
     nodes = []
     model = {"extra_latency_ms": extra_ms}
     for index in range(count):
         nodes += await start_example_peers(
-            ["small"], data_dir / f"p{index}", model_overrides=model, bid_reuse_ttl_s=reuse_s
+            ["small"],
+            data_dir / f"p{index}",
+            model_overrides=model,
+            bid_reuse_ttl_s=reuse_s,
+            insecure=insecure,
         )
-    print(json.dumps([node.address for node in nodes]), flush=True)
+    print(json.dumps([node.address if insecure else node.dial_address for node in nodes]), flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     for node in nodes:
         await node.stop(grace=0.5)
 
 
 def start_farms(
-    peers: int, procs: int, data_dir: Path, extra_ms: float = 0.0, reuse_s: float = 0.0
+    peers: int,
+    procs: int,
+    data_dir: Path,
+    extra_ms: float = 0.0,
+    reuse_s: float = 0.0,
+    insecure: bool = False,
 ) -> tuple[list[subprocess.Popen[str]], list[str]]:
     farms, addresses = [], []
     share = [peers // procs + (1 if i < peers % procs else 0) for i in range(procs)]
@@ -89,6 +104,7 @@ def start_farms(
             str(extra_ms),
             "--reuse-s",
             str(reuse_s),
+            *(["--insecure"] if insecure else []),
         ]
         farm = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         farms.append(farm)
@@ -144,7 +160,9 @@ async def timed(
     return row
 
 
-async def measure(addresses: list[str], rounds: int, peer_pids: list[int]) -> dict[str, dict[str, float]]:
+async def measure(
+    addresses: list[str], rounds: int, peer_pids: list[int], insecure: bool = False
+) -> dict[str, dict[str, float]]:
     import torch
 
     from atomic_p2p.requester import Requester, score
@@ -155,9 +173,11 @@ async def measure(addresses: list[str], rounds: int, peer_pids: list[int]) -> di
 
     x = torch.rand(8, 64)
     wire = [encode(x, "x")]
-    async with Requester(addresses) as requester:
+    async with Requester(addresses, insecure=insecure) as requester:
         transport = requester._transport  # the bench drives the requester's own transport
         pool = requester._pool
+        for address in addresses:  # pinned to each peer's certificate (TLS) before any call
+            await pool.open(address)
         health = [health_pb2_grpc.HealthStub(pool.channel(a)) for a in addresses]  # the auction's channels
 
         async def auction_round() -> None:
@@ -174,7 +194,7 @@ async def measure(addresses: list[str], rounds: int, peer_pids: list[int]) -> di
         async def full_request() -> None:
             await requester.run(CAPABILITY, {"x": x}, deadline_s=2.0)
 
-        async with Requester(addresses[:1]) as direct:
+        async with Requester(addresses[:1], insecure=insecure) as direct:
 
             async def direct_execute() -> None:
                 await direct.run(CAPABILITY, {"x": x}, deadline_s=2.0)
@@ -187,11 +207,36 @@ async def measure(addresses: list[str], rounds: int, peer_pids: list[int]) -> di
                 ("direct (1 peer)", direct_execute),
             ]:
                 results[label] = await timed(label, rounds, call, peer_pids)
+        label = f"connect ({len(addresses)} peers)"
+        results[label] = await timed(
+            label, max(10, rounds // 10), lambda: first_contact(addresses, insecure), peer_pids
+        )
     for label in ("bare gRPC fan-out", "auction round"):  # one call or one bid per peer per round
         row = results[label]
         for side in ("requester", "peers"):
             row[f"{side}_cpu_us_per_bid"] = row[f"{side}_cpu_us_per_call"] / len(addresses)
     return results
+
+
+async def first_contact(addresses: list[str], insecure: bool) -> None:
+    """A fresh pool opens every peer's channel and makes one call on each (so the handshake runs)."""
+    from atomic_p2p.channels import ChannelPool
+
+    pool = ChannelPool(allow_plaintext=insecure)
+    try:
+        await asyncio.gather(*(pool.open(address) for address in addresses))
+        request = health_pb2.HealthCheckRequest(service="")
+        stubs = [health_pb2_grpc.HealthStub(pool.channel(address)) for address in addresses]
+        await asyncio.gather(*(stub.Check(request, timeout=5.0) for stub in stubs))
+    finally:
+        await pool.close()
+
+
+async def measure_plaintext(
+    addresses: list[str], rounds: int, peer_pids: list[int]
+) -> dict[str, dict[str, float]]:
+    """The fast rows against the same peers serving plaintext (``--insecure``)."""
+    return await measure(addresses, rounds, peer_pids, insecure=True)
 
 
 async def measure_5ms(addresses: list[str], rounds: int, peer_pids: list[int]) -> dict[str, dict[str, float]]:
@@ -278,7 +323,11 @@ def verify_rate(count: int = 4000, threads: int = 1) -> float:
 
 # --------------------------------------------------------------------------- report
 def report(
-    results: dict[str, dict[str, float]], rates: dict[str, float], rss_mb: float, args: argparse.Namespace
+    results: dict[str, dict[str, float]],
+    plaintext: dict[str, dict[str, float]],
+    rates: dict[str, float],
+    rss_mb: float,
+    args: argparse.Namespace,
 ) -> dict:
     bare = results["bare gRPC fan-out"]
     auction = results["auction round"]
@@ -293,13 +342,24 @@ def report(
     print(
         f"\nauction benchmark: {args.peers} peers in {args.peer_procs} process(es), {args.rounds} rounds each"
     )
+    tls_cost = {
+        label: row["p50_ms"] / plaintext[label]["p50_ms"]
+        for label, row in results.items()
+        if label in plaintext
+    }
     print(
-        f"  {'what':<26}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'mean ms':>9}{'req CPU us':>12}{'peer CPU us':>12}"
+        f"  {'what (TLS, the default)':<26}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'mean ms':>9}"
+        f"{'req CPU us':>12}{'peer CPU us':>12}{'plain p50':>11}{'TLS/plain':>11}"
     )
     for label, row in results.items():
+        versus = (
+            f"{plaintext[label]['p50_ms']:>11.2f}{tls_cost[label]:>10.2f}x"
+            if label in plaintext
+            else f"{'-':>11}{'-':>11}"
+        )
         print(
             f"  {label:<26}{row['p50_ms']:>9.2f}{row['p90_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['mean_ms']:>9.2f}"
-            f"{row['requester_cpu_us_per_call']:>12.0f}{row['peers_cpu_us_per_call']:>12.0f}"
+            f"{row['requester_cpu_us_per_call']:>12.0f}{row['peers_cpu_us_per_call']:>12.0f}{versus}"
         )
     print("\n  CPU per bid (us)                 requester    peers")
     for label in ("bare gRPC fan-out", "auction round"):
@@ -331,6 +391,8 @@ def report(
             "platform": platform.platform(),
         },
         "latency": results,
+        "latency_plaintext": plaintext,
+        "tls_vs_plaintext_p50": tls_cost,
         "ratios": ratios,
         "cpu_us_per_bid": {
             "requester": auction["requester_cpu_us_per_bid"],
@@ -349,9 +411,10 @@ def run_farm(
     measurement: Callable[[list[str], int, list[int]], Awaitable[dict[str, dict[str, float]]]],
     extra_ms: float = 0.0,
     reuse_s: float = 0.0,
+    insecure: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Start the peer processes, take ``measurement`` against them, stop them."""
-    farms, addresses = start_farms(args.peers, args.peer_procs, data_dir, extra_ms, reuse_s)
+    farms, addresses = start_farms(args.peers, args.peer_procs, data_dir, extra_ms, reuse_s, insecure)
     try:
         return asyncio.run(measurement(addresses, args.rounds, [farm.pid for farm in farms]))
     finally:
@@ -374,19 +437,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--extra-ms", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--reuse-s", type=float, default=0.0, help=argparse.SUPPRESS)
+    parser.add_argument("--insecure", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_peers is not None:
-        asyncio.run(serve_peers(args.serve_peers, args.data_dir, args.extra_ms, args.reuse_s))
+        asyncio.run(serve_peers(args.serve_peers, args.data_dir, args.extra_ms, args.reuse_s, args.insecure))
         return 0
     with tempfile.TemporaryDirectory(prefix="atomic-bench-") as tmp:
         results = run_farm(args, Path(tmp) / "fast", measure)
+        plaintext = run_farm(args, Path(tmp) / "plain", measure_plaintext, insecure=True)
         results.update(run_farm(args, Path(tmp) / "5ms", measure_5ms, extra_ms=5.0, reuse_s=60.0))
         rss_mb = idle_peer_rss_mb(Path(tmp) / "idle")
     rates = {
         "verify_per_s_1_thread": verify_rate(threads=1),
         "verify_per_s_2_threads": verify_rate(threads=2),
     }
-    document = report(results, rates, rss_mb, args)
+    document = report(results, plaintext, rates, rss_mb, args)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(document, indent=2))
     print(f"\nwrote {args.json}")

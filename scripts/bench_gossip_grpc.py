@@ -86,12 +86,21 @@ class LightNode:
         from atomic_p2p.gossip import ModelAdvert
         from atomic_p2p.gossip.transport import GossipAgent
         from atomic_p2p.identity import Identity
+        from atomic_p2p.tls import TlsCredentials
 
+        identity = Identity.generate()
+        credentials = TlsCredentials.generate(identity)  # TLS as every node serves it
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
-        address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+        address = f"127.0.0.1:{server.add_secure_port('127.0.0.1:0', credentials.server_credentials())}"
         tiny = ModelAdvert("digits-tiny", ("classify/digits",), price_hint=0.001, typical_latency_ms=0.05)
         agent = GossipAgent(
-            Identity.generate(), config, addresses=[address], models=[tiny], seeds=seeds, opener=opener
+            identity,
+            config,
+            addresses=[address],
+            models=[tiny],
+            seeds=seeds,
+            opener=opener,
+            tls_certificate=credentials.certificate_der,
         )
 
         async def gossip(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:

@@ -17,6 +17,11 @@ with its own tokenizer; the predicted package is printed beside the true one), a
 language model runs, one generation streams token by token. A summary per peer ends the run (bids,
 wins, mean latency, revenue, accuracy).
 
+Every connection is TLS, each certificate bound to its peer's key (docs/security.md): every
+``--bootstrap`` and the requester's seed name the peer id they expect (``PEERID@host:port``, read
+from the peer's key file), so even first contact is checked. ``--insecure`` runs it all plaintext,
+for debugging.
+
 ``--hosts`` puts every peer in its own network namespace with its own address on a veth bridge
 (:mod:`atomic_p2p.netns`; needs root), so gossip and auctions cross a real virtual network; the
 requester stays in the root namespace and reaches them over the bridge. ``--fault-*`` flags inject
@@ -59,6 +64,7 @@ from atomic_p2p.errors import AtomicError  # noqa: E402
 from atomic_p2p.faults import ENV_VAR as FAULTS_ENV  # noqa: E402
 from atomic_p2p.faults import FaultPlan  # noqa: E402
 from atomic_p2p.gossip import GossipConfig  # noqa: E402
+from atomic_p2p.identity import Identity  # noqa: E402
 from atomic_p2p.netns import Host, VirtualNetwork  # noqa: E402
 from atomic_p2p.progress import progress as progress_bar  # noqa: E402
 from atomic_p2p.requester import Requester, Result  # noqa: E402
@@ -91,6 +97,7 @@ class Options:
     metrics: bool = False  # each peer serves /metrics on a free port (its second stdout line)
     log_format: str = "text"
     store: Path | None = None  # the requester's SQLite store (what `atomic top` and `atomic bids` read)
+    insecure: bool = False
 
 
 @dataclass
@@ -101,8 +108,14 @@ class PeerProcess:
     host: Host | None = None
     address: str = ""
     peer_id: str = ""
+    full_id: str = ""  # hex, from the peer's key file
     models: list[str] = field(default_factory=list)
     metrics_url: str = ""
+
+    @property
+    def dial_address(self) -> str:
+        """``PEERID@host:port``: where to reach this peer, and who must answer there."""
+        return f"{self.full_id}@{self.address}"
 
 
 @dataclass
@@ -112,7 +125,7 @@ class Testnet:
 
     @property
     def seed_address(self) -> str:
-        return self.peers[0].address
+        return self.peers[0].dial_address
 
 
 # --- starting and stopping peers ----------------------------------------------------------------
@@ -148,6 +161,8 @@ def peer_command(
         command += ["--metrics-port", "0", "--metrics-host", host.address if host else "127.0.0.1"]
     if bootstrap:
         command += ["--bootstrap", bootstrap]
+    if options.insecure:
+        command.append("--insecure")
     plan = options.faults
     if plan.active:
         command += [
@@ -185,6 +200,7 @@ def parse_listening(peer: PeerProcess, line: str) -> None:
     if "listening" not in words:
         raise RuntimeError(f"peer {peer.name} printed {line!r} instead of its listening line")
     peer.peer_id, peer.address = words[1], words[words.index("on") + 1]
+    peer.full_id = Identity.load(peer.log.parent / "key.pem").peer_id.hex
     peer.models = [m.strip(",") for m in words[words.index("hosting") + 1 :]]
 
 
@@ -202,7 +218,7 @@ def start_peers(options: Options, network: VirtualNetwork | None, peers: list[Pe
             starting = len(peers) - len(listening)
             room = (STARTING_AT_ONCE if listening else 1) - starting
             while room > 0 and next_index < options.peers:
-                seed = rng.choice(listening).address if listening else None
+                seed = rng.choice(listening).dial_address if listening else None
                 peer = launch(options, next_index, seed, hosts[next_index])
                 peers.append(peer)
                 assert peer.process.stdout is not None
@@ -448,7 +464,9 @@ async def demo(
             f"delay_ms={plan.delay_ms:g},jitter_ms={plan.jitter_ms:g},loss={plan.loss:g}{seed}"
         )
     gossip = GossipConfig(interval=options.gossip_interval)
-    async with Requester(bootstrap=[net.seed_address], gossip=gossip, store=options.store) as requester:
+    async with Requester(
+        bootstrap=[net.seed_address], gossip=gossip, store=options.store, insecure=options.insecure
+    ) as requester:
         took = await wait_converged(
             requester, len(net.peers), timeout=max(30.0, 40 * options.gossip_interval)
         )
@@ -526,6 +544,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fault-loss", type=float, default=0.0, metavar="P")
     parser.add_argument("--fault-seed", type=int, default=None, metavar="N")
     parser.add_argument("--seed", type=int, default=0, help="who bootstraps from whom (default 0)")
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext everywhere (debugging; default: TLS bound to peer ids)",
+    )
     parser.add_argument("--quiet", action="store_true", help="summary only, with a progress bar")
     parser.add_argument("--json", type=Path, help="also write the summary as JSON here")
     parser.add_argument(
@@ -565,6 +588,7 @@ def options_from(args: argparse.Namespace) -> Options:
         metrics=args.metrics_port is not None,
         log_format=args.log_format,
         store=_store(args),
+        insecure=args.insecure,
     )
 
 
@@ -604,6 +628,12 @@ def main(argv: list[str] | None = None) -> int:
                     f"peer {peer.name:<20} {peer.peer_id} at {peer.address} hosting "
                     f"{', '.join(peer.models)}{metrics}"
                 )
+            print(
+                "transport: plaintext (--insecure)"
+                if options.insecure
+                else "transport: TLS on every connection, each certificate bound to its peer id; "
+                "every bootstrap address names the peer id it expects"
+            )
             sys.stdout.flush()
             tallies = asyncio.run(demo(net, options, args.requests, args.batch, args.quiet, args.stay))
             if not args.stay:

@@ -38,14 +38,19 @@ def unit_interval(text: str) -> float:
 
 
 def peer_address(text: str) -> str:
-    """``HOST:PORT`` of a peer; a bare ``PORT`` means a peer on this machine (``127.0.0.1:PORT``)."""
+    """``HOST:PORT`` of a peer, optionally ``PEERID@HOST:PORT`` to require that peer id; a bare
+    ``PORT`` means a peer on this machine (``127.0.0.1:PORT``)."""
     text = text.strip()
-    if text.isdigit() and 0 < int(text) <= 65535:
-        return f"127.0.0.1:{int(text)}"
-    host, colon, port = text.rpartition(":")
+    peer_id, at, rest = text.rpartition("@")
+    if at and not peer_id:
+        raise argparse.ArgumentTypeError(f"{text[:100]!r}: nothing before '@' (PEERID@HOST:PORT)")
+    if rest.isdigit() and 0 < int(rest) <= 65535:
+        return f"{peer_id}{at}127.0.0.1:{int(rest)}"
+    host, colon, port = rest.rpartition(":")
     if not colon or not host or not port.isdigit() or not 0 < int(port) <= 65535:
         raise argparse.ArgumentTypeError(
-            f"{text[:100]!r} is not HOST:PORT (e.g. 127.0.0.1:50051), nor a bare PORT of a peer on this machine"
+            f"{text[:100]!r} is not HOST:PORT (e.g. 127.0.0.1:50051), PEERID@HOST:PORT, nor a bare PORT of a "
+            "peer on this machine"
         )
     return text
 

@@ -36,7 +36,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         required=True,
         type=peer_address,
         metavar="ADDR",
-        help="host:port of a peer, or a bare port for one on this machine (repeat for each peer)",
+        help="host:port of a peer, PEERID@host:port to require that peer id, or a bare port for one on "
+        "this machine (repeat for each peer)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="talk to peers that serve plaintext (debugging only; by default they are refused)",
     )
     parser.add_argument("--capability", required=True, help='what to run, e.g. "generate/count"')
     parser.add_argument(
@@ -84,7 +90,7 @@ async def stream(
 ) -> GenerationResult:
     from atomic_p2p.requester import Requester
 
-    async with Requester(args.peers, identity) as requester:
+    async with Requester(args.peers, identity, insecure=args.insecure) as requester:
         generation = requester.generate(
             args.capability,
             prompt,

@@ -6,8 +6,12 @@
 Several configs make one node hosting every model they list: node settings (the ``[peer]``
 table) come from the first file, models from all of them (model ids must differ).
 
-Joining a network: ``--bootstrap ADDR`` (repeatable) names seed peers to gossip with first;
-``--advertise HOST:PORT`` is the address others should dial (needed behind a wildcard ``--host``).
+Joining a network: ``--bootstrap ADDR`` (repeatable) names seed peers to gossip with first
+(``PEERID@host:port`` checks the seed's identity on first contact; the node logs its own such
+address at startup); ``--advertise HOST:PORT`` is the address others should dial (needed behind a
+wildcard ``--host``). The node serves TLS bound to its key (``data_dir/tls-key.pem``,
+``tls-cert.pem``; docs/security.md); ``--insecure`` serves plaintext and talks to plaintext peers,
+for debugging only.
 ``--fault-*`` flags inject delay, jitter and loss into this node's outgoing calls for testing
 (field by field over ``ATOMIC_P2P_FAULTS``; see :mod:`atomic_p2p.faults`).
 
@@ -45,6 +49,7 @@ from atomic_p2p.faults import FaultPlan
 from atomic_p2p.gossip.transport import GossipAgent
 from atomic_p2p.peer.config import PeerConfig, load_configs
 from atomic_p2p.peer.node import PeerNode
+from atomic_p2p.tls import parse_address
 
 if TYPE_CHECKING:
     from atomic_p2p.metrics import MetricsServer
@@ -73,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--cache-dir", type=Path, help="trained-weight cache, shareable between peers (overrides cache_dir)"
     )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve plaintext and talk to plaintext peers (debugging only; default: TLS bound to the "
+        "node's key, plaintext peers refused)",
+    )
     _add_gossip_arguments(parser)
     _add_fault_arguments(parser)
     parser.add_argument(
@@ -98,9 +109,10 @@ def _add_gossip_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--bootstrap",
         action="append",
-        type=_address,
+        type=_seed,
         metavar="ADDR",
-        help="host:port of a peer to join the network through; repeat for several "
+        help="host:port of a peer to join the network through, or PEERID@host:port to require "
+        "that peer id there (else its certificate is trusted on first use); repeat for several "
         "(replaces [peer] bootstrap)",
     )
     group.add_argument(
@@ -137,6 +149,15 @@ def _add_fault_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--fault-seed", type=int, metavar="N", help="seed of the fault RNG (reproducible runs)"
     )
+
+
+def _seed(text: str) -> str:
+    try:
+        address, _ = parse_address(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    _address(address)
+    return text
 
 
 def _address(text: str) -> str:
@@ -181,6 +202,7 @@ def config_from_args(args: argparse.Namespace) -> PeerConfig:
         gossip_interval_s=args.gossip_interval,
         gossip_fanout=args.gossip_fanout,
         faults=fault_plan(args),
+        insecure=args.insecure or None,
     )
 
 
@@ -264,6 +286,7 @@ async def serve(
             f"atomic-peer {node.peer_id.short} listening on {node.address} hosting {', '.join(node.models)}",
             flush=True,
         )
+        log.info("others can join through --bootstrap %s", node.dial_address)
         if metrics is not None:  # a second line, after the one scripts wait for
             print(f"atomic-peer {node.peer_id.short} metrics on {metrics.url}", flush=True)
         await stop.wait()

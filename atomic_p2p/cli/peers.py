@@ -47,7 +47,13 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         required=True,
         type=peer_address,
         metavar="ADDR",
-        help="host:port of a peer to join through, or a bare port on this machine (repeat for several)",
+        help="host:port of a peer to join through, PEERID@host:port to require that peer id, or a bare "
+        "port on this machine (repeat for several)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="talk to peers that serve plaintext (debugging only; by default they are refused)",
     )
     parser.add_argument(
         "--wait",
@@ -72,7 +78,7 @@ def handle(args: argparse.Namespace) -> ExitCode:
     from atomic_p2p.gossip import GossipConfig
 
     config = GossipConfig(interval=args.interval)
-    view = asyncio.run(observe(args.bootstrap, config, args.wait))
+    view = asyncio.run(observe(args.bootstrap, config, args.wait, insecure=args.insecure))
     print(json.dumps(view.to_json(), indent=2) if args.json else render(view))
     return ExitCode.OK
 
@@ -93,12 +99,17 @@ class NetworkView:
         }
 
 
-async def observe(bootstrap: list[str], config: GossipConfig, wait_s: float) -> NetworkView:
-    """Join through ``bootstrap``, gossip until the first exchange plus one round, then leave."""
+async def observe(
+    bootstrap: list[str], config: GossipConfig, wait_s: float, *, insecure: bool = False
+) -> NetworkView:
+    """Join through ``bootstrap``, gossip until the first exchange plus one round, then leave
+    (``insecure``: plaintext peers too)."""
+    from atomic_p2p.channels import ChannelPool
     from atomic_p2p.gossip.transport import GossipAgent
     from atomic_p2p.identity import Identity
 
-    agent = GossipAgent(Identity.generate(), config, seeds=bootstrap)
+    pool = ChannelPool(allow_plaintext=insecure)
+    agent = GossipAgent(Identity.generate(), config, seeds=bootstrap, pool=pool)
     await agent.start()
     try:
         if not await agent.wait_until(lambda: agent.exchanges_completed > 0, wait_s):
@@ -117,6 +128,7 @@ async def observe(bootstrap: list[str], config: GossipConfig, wait_s: float) -> 
         )
     finally:
         await agent.stop(leave=True)
+        await pool.close()
 
 
 def members(agent: GossipAgent) -> list[dict[str, Any]]:

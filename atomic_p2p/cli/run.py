@@ -43,7 +43,13 @@ def _add_auction_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         type=peer_address,
         metavar="ADDR",
-        help="host:port of a peer, or a bare port for one on this machine (repeat for each peer)",
+        help="host:port of a peer, PEERID@host:port to require that peer id, or a bare port for one on "
+        "this machine (repeat for each peer)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="talk to peers that serve plaintext (debugging only; by default they are refused)",
     )
     parser.add_argument("--capability", required=True, help='what to run, e.g. "classify/digits"')
     parser.add_argument(
@@ -131,7 +137,9 @@ async def _auction(
 
     store = None if args.no_store else (args.store or default_store_path())
     evaluator = EvaluatorConfig() if args.explore else EvaluatorConfig.greedy()
-    async with Requester(args.peers, identity, store=store, evaluator=evaluator) as requester:
+    async with Requester(
+        args.peers, identity, store=store, evaluator=evaluator, insecure=args.insecure
+    ) as requester:
         if inputs is not None and not args.language:
             return await requester.submit(
                 Request.single(args.capability, inputs),

@@ -4,7 +4,8 @@ imports ``atomic_p2p._proto``.
 Signing serializes a record once and signs those bytes with :meth:`Identity.sign`. Opening an
 envelope checks, in order: payload size, payload type, the signature over the bytes exactly as
 received (:func:`atomic_p2p.identity.verify`), that the bytes parse, that ``sha256(public_key)``
-equals the payload's ``peer_id``, and the record's bounds. Every refusal is a
+equals the payload's ``peer_id``, the record's bounds, and that the record's TLS certificate is
+bound to its own peer id (:func:`atomic_p2p.tls.bound_peer`). Every refusal is a
 :class:`~atomic_p2p.gossip.records.Rejection` value with a reason, so the caller can count it;
 nothing in here raises for a hostile envelope. Checks that need the receiver's state (is ``seq``
 newer, is ``issued_at`` in the future) belong to :class:`~atomic_p2p.gossip.membership.Membership`.
@@ -52,6 +53,7 @@ from atomic_p2p.protocol.wire import (
     tensor_contract_from_proto,
     tensor_contract_to_proto,
 )
+from atomic_p2p.tls import bound_peer
 
 RECORD_TYPE = gossip_pb2.PeerRecord.DESCRIPTOR.full_name
 HEARTBEAT_TYPE = gossip_pb2.Heartbeat.DESCRIPTOR.full_name
@@ -116,6 +118,7 @@ def record_to_proto(record: PeerRecord) -> gossip_pb2.PeerRecord:
         seq=record.seq,
         issued_at_ms=record.issued_at_ms,
         load=load_to_proto(record.load),
+        tls_certificate=record.tls_certificate,
     )
 
 
@@ -127,6 +130,7 @@ def record_from_proto(message: gossip_pb2.PeerRecord) -> PeerRecord:
         seq=message.seq,
         issued_at_ms=message.issued_at_ms,
         load=load_from_proto(message.load),
+        tls_certificate=message.tls_certificate,
     )
 
 
@@ -197,8 +201,21 @@ def open_envelope(envelope: Envelope, limits: RecordLimits) -> Opened | Rejectio
     if opened.value.peer_id != signer:
         return Rejection(RejectReason.PEER_ID_MISMATCH, f"signed by {signer.short}")
     if isinstance(opened.value, PeerRecord):
-        return check_record(opened.value, limits) or opened
+        return check_record(opened.value, limits) or _check_binding(opened.value) or opened
     return opened
+
+
+def _check_binding(record: PeerRecord) -> Rejection | None:
+    """A record's TLS certificate must be bound to the record's own peer id (atomic_p2p.tls)."""
+    if not record.tls_certificate:
+        return None
+    try:
+        bound = bound_peer(record.tls_certificate)
+    except SignatureError as exc:
+        return Rejection(RejectReason.BAD_TLS_BINDING, str(exc))
+    if bound != record.peer_id:
+        return Rejection(RejectReason.BAD_TLS_BINDING, f"certificate bound to {bound.short}")
+    return None
 
 
 def _parse(kind: str, envelope: Envelope) -> Opened:

@@ -139,6 +139,7 @@ class Membership:
         load: LoadSummary | None = None,
         seeds: Iterable[str] = (),
         opener: Opener | None = None,
+        tls_certificate: bytes = b"",
     ) -> None:
         self.identity = identity
         self.config = config
@@ -165,7 +166,9 @@ class Membership:
             config.limits.rate_burst,
             config.limits.max_senders_tracked,
         )
-        record = PeerRecord(identity.peer_id, tuple(addresses), tuple(models), 0, 0, self._load)
+        record = PeerRecord(
+            identity.peer_id, tuple(addresses), tuple(models), 0, 0, self._load, tls_certificate
+        )
         self._seeds = tuple(s for s in seeds if s not in record.addresses)
         self._self = self._publish(now, record)
         self._members[self._raw] = self._self
@@ -210,6 +213,7 @@ class Membership:
             old.seq,
             old.issued_at_ms,
             self._load,
+            old.tls_certificate,
         )
         self._publish(now, record)
         self._sign_beat()
@@ -236,7 +240,9 @@ class Membership:
             raise ConfigError(f"local record is out of bounds: {rejection.reason.value} {rejection.detail}")
         now_ms = int(now * 1000)
         seq = max(record.seq + 1, now_ms)
-        record = PeerRecord(record.peer_id, record.addresses, record.models, seq, now_ms, record.load)
+        record = PeerRecord(
+            record.peer_id, record.addresses, record.models, seq, now_ms, record.load, record.tls_certificate
+        )
         signed = sign_record(self.identity, record)
         if len(signed.envelope.payload) > self._limits.record.max_record_bytes:
             raise ConfigError(f"local record is {len(signed.envelope.payload)} bytes, over the limit")

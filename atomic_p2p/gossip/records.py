@@ -75,6 +75,8 @@ class PeerRecord:
     seq: int
     issued_at_ms: int
     load: LoadSummary = field(default_factory=LoadSummary)
+    # DER, bound to peer_id (atomic_p2p.tls); empty: the peer serves plaintext
+    tls_certificate: bytes = b""
 
     @property
     def capabilities(self) -> frozenset[str]:
@@ -127,6 +129,7 @@ class RejectReason(Enum):
     FROM_THE_FUTURE = "from_the_future"
     STALE = "stale"
     TOMBSTONED = "tombstoned"
+    BAD_TLS_BINDING = "bad_tls_binding"
     TABLE_FULL = "table_full"
     TOO_MANY_UPDATES = "too_many_updates"
     RATE_LIMITED = "rate_limited"

@@ -27,9 +27,10 @@ from collections.abc import Callable, Iterable
 import grpc
 from grpc import aio
 
+from atomic_p2p import tls
 from atomic_p2p._proto.atomic.v1 import gossip_pb2
 from atomic_p2p.channels import ChannelPool
-from atomic_p2p.errors import ProtocolError
+from atomic_p2p.errors import PeerIdentityError, PlaintextPeerError, ProtocolError, UnavailableError
 from atomic_p2p.gossip.codec import (
     Opener,
     open_envelope,
@@ -41,7 +42,7 @@ from atomic_p2p.gossip.codec import (
 from atomic_p2p.gossip.config import GossipConfig
 from atomic_p2p.gossip.directory import Directory
 from atomic_p2p.gossip.membership import Membership
-from atomic_p2p.gossip.messages import WHO_ARE_YOU, Outgoing
+from atomic_p2p.gossip.messages import WHO_ARE_YOU, MemberForgotten, MemberJoined, Outgoing, RecordUpdated
 from atomic_p2p.gossip.records import LoadSummary, ModelAdvert, PeerRecord, RecordLimits, Rejection
 from atomic_p2p.identity import Identity
 from atomic_p2p.protocol.wire import parse
@@ -56,13 +57,21 @@ async def fetch_record(pool: ChannelPool, address: str, timeout: float = 5.0) ->
     """The signed record of the node at ``address``: its peer id, addresses and models.
 
     One ``Gossip`` call with :data:`~atomic_p2p.gossip.messages.WHO_ARE_YOU`; the answer's record
-    is verified like any gossiped one. It proves who signed it, not that this address is theirs:
-    a node could relay another's record. Raises :class:`ProtocolError` when no valid record comes
-    back (a node older than digest summaries answers with none), or the call's gRPC error."""
+    is verified like any gossiped one. The record alone proves who signed it, not that this address
+    is theirs (a node could relay another's record); over TLS the channel is opened first
+    (:meth:`ChannelPool.open`), pinned to the certificate the server proves it holds, so only a
+    record whose peer id matches that certificate's is taken. Raises :class:`ProtocolError` when no
+    valid record comes back (a node older than digest summaries answers with none), or the call's
+    gRPC error."""
+    await pool.open(address, timeout_s=timeout)
     answer = await pool.stub(address).Gossip(request_to_proto(WHO_ARE_YOU), timeout=timeout)
+    pin = pool.pin(tls.parse_address(address)[0])
+    proven = None if pin is None or pin.certificate is None else pin.peer
     for envelope in response_from_proto(answer).updates:
         opened = open_envelope(envelope, RecordLimits())
         if not isinstance(opened, Rejection) and isinstance(opened.value, PeerRecord):
+            if proven is not None and opened.value.peer_id != proven:
+                continue  # a relayed record: not the one the handshake proved
             return opened.value
     raise ProtocolError(f"{address} answered without a valid signed record")
 
@@ -87,9 +96,12 @@ class GossipAgent:
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
         opener: Opener | None = None,
+        tls_certificate: bytes = b"",
     ) -> None:
         """``opener`` verifies envelopes and caches the results; agents in one process may share
-        one, as the simulator's nodes do (it changes the CPU spent, never an outcome)."""
+        one, as the simulator's nodes do (it changes the CPU spent, never an outcome).
+        ``tls_certificate`` (DER, bound to ``identity``) goes into the signed record; empty for a
+        node without TLS. Every record learned is handed to the pool, which pins its certificate."""
         self.config = config
         self._clock = clock
         self._load = load
@@ -103,10 +115,11 @@ class GossipAgent:
             seeds=seeds,
             load=load() if load else None,
             opener=opener,
+            tls_certificate=tls_certificate,
         )
         self.directory = Directory()
         self._own_pool = pool is None
-        self._pool = pool or ChannelPool()
+        self._pool = pool if pool is not None else ChannelPool()  # an empty pool is falsy
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._runner: asyncio.Task[None] | None = None
@@ -199,10 +212,16 @@ class GossipAgent:
             self._spawn(follow_up)
 
     async def _send(self, outgoing: Outgoing, timeout: float) -> list[Outgoing]:
-        stub = self._pool.stub(outgoing.address)
         try:
+            await self._pool.open(outgoing.address, outgoing.peer_id, timeout)
+            stub = self._pool.stub(outgoing.address)
             answer = await stub.Gossip(request_to_proto(outgoing.request), timeout=timeout)
             response = response_from_proto(answer)
+        except (PeerIdentityError, UnavailableError, PlaintextPeerError) as error:
+            # not who it should be, or not there: suspect it; plaintext refused: it is up
+            suspect = not isinstance(error, PlaintextPeerError)
+            log.info("gossip to %s refused: %s", outgoing.address, error)
+            follow_ups = self.membership.failed(self._clock(), outgoing, suspect=suspect)
         except aio.AioRpcError as error:
             suspect = error.code() in _SUSPICIOUS
             log.debug("gossip to %s failed: %s", outgoing.address, error.code().name)
@@ -222,4 +241,10 @@ class GossipAgent:
         events = self.membership.pop_events()
         if events:
             self.directory.apply(events)
+            for event in events:
+                if isinstance(event, MemberJoined | RecordUpdated):
+                    record = event.record
+                    self._pool.learn(record.peer_id, record.addresses, record.tls_certificate or None)
+                elif isinstance(event, MemberForgotten):
+                    self._pool.forget(event.peer_id)
         self._changed.set()

@@ -142,7 +142,10 @@ class PeerConfig:
     # Request ids, issued bids and results remembered at once (each table); beyond that, new work
     # is refused with RESOURCE_EXHAUSTED rather than forgetting something a replay check needs.
     max_remembered: int = 100_000
-    # Gossip (docs/gossip.md): seed addresses to join through, the address others should dial
+    # Serve plaintext and talk to plaintext peers (atomic-peer --insecure; debugging only, not
+    # TOML): by default the node serves TLS bound to its key and refuses plaintext peers.
+    insecure: bool = False
+    # Gossip (docs/gossip.md): seed addresses (``host:port`` or ``PEERID@host:port``) to join through, the address others should dial
     # (default: the bound address; set it when listening on a wildcard), round interval and fanout.
     bootstrap: tuple[str, ...] = ()
     advertise: str | None = None

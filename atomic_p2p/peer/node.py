@@ -2,10 +2,12 @@
 
 Contract
 --------
-``node = await PeerNode.start(config)`` loads (or creates, mode 0600) ``data_dir/key.pem``,
-loads every model in the config (training or reading cached weights; on CUDA when there is one),
-binds ``host:port`` (port 0: any free port; see :attr:`PeerNode.address`) and serves
-``atomic.v1.Peer``, ``grpc.health.v1.Health`` and server reflection.
+``node = await PeerNode.start(config)`` loads (or creates, mode 0600) ``data_dir/key.pem`` and
+the TLS key and certificate bound to it (``data_dir/tls-key.pem``, ``tls-cert.pem``;
+:mod:`atomic_p2p.tls`), loads every model in the config (training or reading cached weights; on
+CUDA when there is one), binds ``host:port`` with TLS (plaintext with ``config.insecure``; port 0:
+any free port; see :attr:`PeerNode.address`) and serves ``atomic.v1.Peer``,
+``grpc.health.v1.Health`` and server reflection.
 
 ``await node.drain(timeout)`` stops taking new work: new RequestBids and Execute calls get
 UNAVAILABLE and health says NOT_SERVING, while calls already admitted run to completion.
@@ -40,6 +42,7 @@ from atomic_p2p.peer.strategies import Strategy
 from atomic_p2p.peer.strategies.journal import JOURNAL_NAME, StrategyJournal
 from atomic_p2p.peer.workers import WorkerPool
 from atomic_p2p.tensors import DEFAULT_LIMITS, TensorLimits
+from atomic_p2p.tls import TlsCredentials, parse_address
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +69,11 @@ class PeerNode:
         health_servicer: health.aio.HealthServicer,
         port: int,
         limits: TensorLimits = DEFAULT_LIMITS,
+        tls_credentials: TlsCredentials | None = None,
     ) -> None:
         self.config = config
         self.identity = identity
+        self.tls = tls_credentials  # None: serving plaintext (config.insecure)
         self._models = MappingProxyType(dict(models))
         self._server = server
         self._health = health_servicer
@@ -78,7 +83,7 @@ class PeerNode:
         self.gossip: GossipAgent | None = None
         self.journal = StrategyJournal(config.data_dir / JOURNAL_NAME)
         # Every outgoing call this node makes (gossip) goes through this pool and its FaultPlan.
-        self._pool = ChannelPool(faults=config.faults)
+        self._pool = ChannelPool(faults=config.faults, allow_plaintext=config.insecure)
         self.workers: WorkerPool[bytes] = WorkerPool(
             max_concurrency=config.max_concurrency,
             queue_limit=config.queue_limit,
@@ -116,12 +121,17 @@ class PeerNode:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         if identity is None:
             identity = Identity.load_or_create(config.key_path)
+        for seed in config.bootstrap:
+            parse_address(seed)  # a malformed PEERID@ fails here, not in every gossip round
+        credentials = None if config.insecure else TlsCredentials.load_or_create(config.data_dir, identity)
         server, health_servicer = build_server(max_message_bytes=config.max_message_bytes)
-        port = _bind(server, config)  # before the models: a busy port should not cost a training run
+        port = _bind(
+            server, config, credentials
+        )  # before the models: a busy port should not cost a training run
         node: PeerNode | None = None
         try:
             models = await asyncio.to_thread(load_models, config, device)
-            node = cls(config, identity, models, server, health_servicer, port, limits)
+            node = cls(config, identity, models, server, health_servicer, port, limits, credentials)
             server.add_generic_rpc_handlers((node.service.handler(),))
             await server.start()
         except BaseException:
@@ -135,7 +145,10 @@ class PeerNode:
         await node._start_gossip()
         node.latency_probe.start()
         metrics.watch(node, metrics.peer_reading)
-        log.info("peer %s serving on %s: %s", identity.peer_id.short, node.address, ", ".join(models))
+        security = "plaintext (--insecure)" if credentials is None else "TLS"
+        log.info(
+            "peer %s serving %s on %s: %s", identity.peer_id.short, security, node.address, ", ".join(models)
+        )
         return node
 
     @property
@@ -150,6 +163,12 @@ class PeerNode:
     def advertised_address(self) -> str:
         return self.config.advertise or self.address
 
+    @property
+    def dial_address(self) -> str:
+        """``PEERID@host:port``: the advertised address with the peer id a client must find there
+        (a bootstrap address that checks first contact)."""
+        return f"{self.peer_id.hex}@{self.advertised_address}"
+
     async def _start_gossip(self) -> None:
         config = self.config
         self.gossip = GossipAgent(
@@ -160,6 +179,7 @@ class PeerNode:
             seeds=config.bootstrap,
             pool=self._pool,
             load=self._load_summary,
+            tls_certificate=self.tls.certificate_der if self.tls is not None else b"",
         )
         await self.gossip.start()
 
@@ -262,10 +282,13 @@ def load_models(config: PeerConfig, device: torch.device | None = None) -> dict[
     return models
 
 
-def _bind(server: grpc.aio.Server, config: PeerConfig) -> int:
+def _bind(server: grpc.aio.Server, config: PeerConfig, credentials: TlsCredentials | None) -> int:
     target = f"{config.host}:{config.port}"
     try:
-        port = server.add_insecure_port(target)
+        if credentials is None:
+            port = server.add_insecure_port(target)
+        else:
+            port = server.add_secure_port(target, credentials.server_credentials())
     except RuntimeError as exc:  # gRPC's text only says "failed to bind" and how to debug gRPC
         log.debug("binding %s failed: %s", target, exc)
         port = 0

@@ -59,6 +59,7 @@ from atomic_p2p.requester.selection import ANY, Selection
 from atomic_p2p.requester.transport import GrpcTransport, Transport
 from atomic_p2p.requester.types import Attempt, BidInfo, Result
 from atomic_p2p.requester.weights import WeightsSpec, resolve_weights
+from atomic_p2p.tls import parse_address
 
 PROMPT_NAME = "prompt"  # the input name of a generation task (generation models take it)
 TASK_ID = "task-0"  # the first task id a requester uses; later ones count up
@@ -150,6 +151,11 @@ class Requester:
     timed wait is kept (:mod:`atomic_p2p.clock`; the system clock by default, a ``FakeClock``
     in tests). ``transport`` carries the market calls (:class:`~.transport.Transport`; gRPC over
     the requester's channels by default, :class:`atomic_p2p.testing.InMemoryNetwork` in tests).
+
+    Every channel is TLS pinned to a certificate bound to the peer id (docs/security.md): an
+    address ``PEERID@host:port`` in ``peers`` or ``bootstrap`` must prove that peer id; a plain
+    ``host:port`` is trusted on first use (logged) unless a gossip record claims it. Peers that
+    serve plaintext are refused unless ``insecure=True`` (debugging).
     """
 
     def __init__(
@@ -170,10 +176,13 @@ class Requester:
         shard: ShardPolicy | None = None,
         clock: Clock | None = None,
         transport: Transport | None = None,
+        insecure: bool = False,
     ) -> None:
         for name, addresses in (("peers", peers), ("bootstrap", bootstrap)):
             if isinstance(addresses, str) or not all(isinstance(a, str) and a for a in addresses):
                 raise ConfigError(f"{name} must be a sequence of 'host:port' strings")
+            for address in addresses:
+                parse_address(address)  # 'PEERID@host:port' names the peer that must answer there
         if not peers and not bootstrap:
             raise ConfigError(
                 "give peers=[...] (addresses to ask) or bootstrap=[...] (gossip seeds), or both"
@@ -188,9 +197,11 @@ class Requester:
         self._shard = shard or ShardPolicy()
         self._bid_timeout_s = bid_timeout_s
         self._bid_share = bid_share
-        self._pool = ChannelPool()
+        self._pool = ChannelPool(allow_plaintext=insecure)
         self.discovery = Discovery(self.identity, self.peers, bootstrap, self._pool, gossip)
-        self._transport: Transport = transport if transport is not None else GrpcTransport(self._pool)
+        self._transport: Transport = (
+            transport if transport is not None else GrpcTransport(self._pool, self.clock)
+        )
         self._feedback = FeedbackSender(
             self._transport,
             self.identity,

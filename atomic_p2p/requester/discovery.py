@@ -19,6 +19,7 @@ from atomic_p2p.contract import Spec
 from atomic_p2p.gossip import GossipConfig, Requirements
 from atomic_p2p.gossip.transport import GossipAgent
 from atomic_p2p.identity import Identity, PeerId
+from atomic_p2p.tls import parse_address
 
 
 class Discovery:
@@ -33,6 +34,8 @@ class Discovery:
         gossip: GossipConfig | None = None,
     ) -> None:
         self.peers = tuple(dict.fromkeys(peers))
+        # a fixed peer given as PEERID@host:port is the same candidate as its gossiped host:port
+        self._fixed = frozenset(parse_address(address)[0] for address in self.peers)
         self.bootstrap = tuple(dict.fromkeys(bootstrap))
         self._identity = identity
         self._pool = pool
@@ -59,7 +62,11 @@ class Discovery:
             found = self.agent.directory.candidates(
                 capability, Requirements(batch=batch, inputs=tuple(inputs), text=text)
             )
-            addresses += [c.record.addresses[0] for c in found if c.record.addresses]
+            addresses += [
+                c.record.addresses[0]
+                for c in found
+                if c.record.addresses and c.record.addresses[0] not in self._fixed
+            ]
         return list(dict.fromkeys(addresses))
 
     def limits(self, capability: str) -> dict[str, int]:

@@ -134,8 +134,8 @@ class GradientMarket:
         self._own_pool = pool is None and transport is None
         self._pool: ChannelPool | None = None
         if transport is None:
-            self._pool = pool or ChannelPool()
-            transport = GrpcTransport(self._pool)
+            self._pool = pool if pool is not None else ChannelPool()  # an empty pool is falsy
+            transport = GrpcTransport(self._pool, self.clock)
         self._transport: Transport = transport
         # Each Execute may take the whole round timeout, as a gradient round waits for every peer.
         policy = ExecutionPolicy(max_call_s=timeout_s, min_call_s=timeout_s)

@@ -23,6 +23,7 @@ from grpc import aio
 
 from atomic_p2p import metrics
 from atomic_p2p.channels import ChannelPool
+from atomic_p2p.clock import SYSTEM_CLOCK, Clock
 from atomic_p2p.errors import DeadlineError, UnimplementedError, from_status
 from atomic_p2p.protocol import codec
 from atomic_p2p.protocol.messages import (
@@ -135,24 +136,49 @@ class BytesTransport(ABC):
 
 
 class GrpcTransport(BytesTransport):
-    """:class:`Transport` over gRPC: one call per RPC on the pool's channel for the address."""
+    """:class:`Transport` over gRPC: one call per RPC on the pool's channel for the address
+    (``host:port`` or ``PEERID@host:port``), which the pool opens pinned to the peer's certificate
+    (:meth:`ChannelPool.open`: PeerIdentityError, PlaintextPeerError or UnavailableError when it
+    cannot)."""
 
-    def __init__(self, pool: ChannelPool) -> None:
+    def __init__(self, pool: ChannelPool, clock: Clock = SYSTEM_CLOCK) -> None:
+        """``clock`` times first contacts (their time comes off the call's budget)."""
         self._pool = pool
+        self._clock = clock
 
     async def send(self, address: str, method: str, request: bytes, timeout_s: float) -> bytes:
+        timeout_s = await self._open(address, timeout_s)
         started = metrics.started()
         try:
             answer: bytes = await self._pool.method(address, method)(request, timeout=timeout_s)
         except aio.AioRpcError as error:
             metrics.rpc_called(method, error.code(), started)
+            await self._explain(address, error, timeout_s)
             raise from_status(error.code(), error.details()) from None
         metrics.rpc_called(method, grpc.StatusCode.OK, started)
         return answer
 
+    async def _open(self, address: str, timeout_s: float) -> float:
+        """Pin the channel (first contact fetches and checks the certificate); the time it took
+        comes off the call's budget."""
+        if self._pool.is_open(address):
+            return timeout_s
+        started = self._clock.monotonic()
+        await self._pool.open(address, timeout_s=timeout_s)
+        left = timeout_s - (self._clock.monotonic() - started)
+        if left <= 0:
+            raise DeadlineError(f"no time left after first contact with {address[:200]}")
+        return left
+
+    async def _explain(self, address: str, error: aio.AioRpcError, timeout_s: float) -> None:
+        """A failed TLS handshake may mean someone else answers at the address: say who."""
+        if error.code() is grpc.StatusCode.UNAVAILABLE:
+            await self._pool.explain(address, error.details() or "", timeout_s)
+
     async def send_stream(
         self, address: str, method: str, request: bytes, timeout_s: float
     ) -> AsyncGenerator[bytes, None]:
+        timeout_s = await self._open(address, timeout_s)
         call = self._pool.stream_method(address, method)(request, timeout=timeout_s)
         started, code = metrics.started(), grpc.StatusCode.CANCELLED  # until it ends otherwise
         try:
@@ -169,6 +195,7 @@ class GrpcTransport(BytesTransport):
     async def send_upload(
         self, address: str, method: str, requests: Iterator[bytes], timeout_s: float
     ) -> AsyncGenerator[bytes, None]:
+        timeout_s = await self._open(address, timeout_s)
         multicallable = self._pool.channel(address).stream_stream(
             f"/atomic.v1.Peer/{method}", _registered_method=True
         )
@@ -177,6 +204,7 @@ class GrpcTransport(BytesTransport):
             async for message in call:
                 yield message
         except aio.AioRpcError as error:
+            await self._explain(address, error, timeout_s)
             raise from_status(error.code(), error.details()) from None
         finally:
             call.cancel()

@@ -21,6 +21,8 @@ from typing import Any
 
 import tomli_w
 
+from atomic_p2p.identity import Identity
+
 LISTENING = re.compile(r"^atomic-peer ([0-9a-f]{8}) listening on (\S+) hosting (.+)$")
 
 
@@ -41,6 +43,12 @@ class PeerProcess:
     models: list[str]
     config: Path
     log: Path
+    peer_id: str = ""  # hex, read from the peer's key file once it serves
+
+    @property
+    def dial_address(self) -> str:
+        """``PEERID@host:port``: its address with the peer id that must answer there (TLS checks it)."""
+        return f"{self.peer_id}@{self.address}"
 
 
 @contextlib.asynccontextmanager
@@ -118,6 +126,7 @@ async def _listening(peer: PeerProcess, timeout_s: float) -> None:
         raise RuntimeError(f"peer {peer.name} printed {line!r} (exit {code}) instead of listening:\n{tail}")
     peer.peer_id_short, peer.address = match.group(1), match.group(2)
     peer.models = [model.strip() for model in match.group(3).split(",")]
+    peer.peer_id = Identity.load(peer.config.parent / "data" / "key.pem").peer_id.hex
 
 
 async def _stop_processes(peers: Sequence[PeerProcess], grace_s: float) -> None:

@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 import torch
 
-from atomic_p2p.channels import ChannelPool
+from atomic_p2p.channels import ChannelPool, connect
 from atomic_p2p.errors import PreconditionError
 from atomic_p2p.gossip import GossipConfig
 from atomic_p2p.identity import verify
@@ -118,22 +118,26 @@ def bump_record(node: PeerNode) -> int:
 
 
 class DelayProxy:
-    """Forwards every ``atomic.v1.Peer`` call to a real peer, holding RequestBids back ``delay_s``."""
+    """Forwards every ``atomic.v1.Peer`` call to a real peer, holding RequestBids back ``delay_s``.
 
-    def __init__(self, target: str, delay_s: float = 0.0) -> None:
+    It serves with the peer's own TLS key and certificate (a proxy the peer's operator runs), so
+    clients see the peer's identity; it reaches the peer over a channel pinned the same way."""
+
+    def __init__(self, target: PeerNode, delay_s: float = 0.0) -> None:
         self.target = target
         self.delay_s = delay_s
         self.address = ""
-        self._channel = grpc.aio.insecure_channel(target)
         self._server = grpc.aio.server()
 
     async def __aenter__(self) -> DelayProxy:
+        self._channel, _ = await connect(self.target.dial_address)
         methods = ("RequestBids", "Execute", "Feedback", "Gossip")
         handlers = {name: grpc.unary_unary_rpc_method_handler(self._forward(name)) for name in methods}
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler("atomic.v1.Peer", handlers),)
         )
-        port = self._server.add_insecure_port("127.0.0.1:0")
+        assert self.target.tls is not None
+        port = self._server.add_secure_port("127.0.0.1:0", self.target.tls.server_credentials())
         await self._server.start()
         self.address = f"127.0.0.1:{port}"
         return self
@@ -259,7 +263,7 @@ async def test_a_peer_refuses_to_reuse_a_bid_made_under_an_older_record(trio: di
 
 async def test_a_slow_bidder_does_not_hold_the_auction_past_grace(trio: dict[str, PeerNode]) -> None:
     x, _ = digits_batch(8)
-    async with DelayProxy(trio["specialist"].address, delay_s=3.0) as slow:
+    async with DelayProxy(trio["specialist"], delay_s=3.0) as slow:
         peers = [trio["small"].address, trio["large"].address, slow.address]
         policy = BidPolicy(k_min=2, grace_s=0.05, cache=False)
         async with Requester(peers, bids=policy, bid_timeout_s=4.0) as requester:
@@ -274,7 +278,7 @@ async def test_a_slow_bidder_does_not_hold_the_auction_past_grace(trio: dict[str
 
 async def test_tmax_follows_observed_bid_latency(trio: dict[str, PeerNode]) -> None:
     x, _ = digits_batch(8)
-    async with DelayProxy(trio["specialist"].address) as proxy:
+    async with DelayProxy(trio["specialist"]) as proxy:
         peers = [trio["small"].address, trio["large"].address, proxy.address]
         policy = BidPolicy(k_min=0, tmax_floor_s=0.3, cache=False)
         async with Requester(peers, bids=policy, bid_timeout_s=4.0) as requester:

@@ -18,7 +18,7 @@ import pytest
 import pytest_asyncio
 
 from atomic_p2p._proto.atomic.v1 import gossip_pb2, market_pb2_grpc
-from atomic_p2p.channels import ChannelPool
+from atomic_p2p.channels import ChannelPool, connect
 from atomic_p2p.cli.peers import observe, render
 from atomic_p2p.gossip import (
     GossipConfig,
@@ -85,7 +85,7 @@ async def network(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[lis
     nodes: list[PeerNode] = []
     try:
         for index in range(PEERS):
-            seeds = (rng.choice(nodes).address,) if nodes else ()
+            seeds = (rng.choice(nodes).dial_address,) if nodes else ()
             nodes.append(await start_node(tmp_path, index, seeds))
         yield nodes
     finally:
@@ -94,7 +94,7 @@ async def network(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[lis
 
 @pytest_asyncio.fixture(loop_scope="module")
 async def requester(network: list[PeerNode]) -> AsyncIterator[Requester]:
-    async with Requester(bootstrap=[network[7].address], gossip=GOSSIP) as requester:
+    async with Requester(bootstrap=[network[7].dial_address], gossip=GOSSIP) as requester:
         assert await requester.wait_for_peers(CAPABILITY, PEERS, timeout=SETTLE_S)
         yield requester
 
@@ -152,7 +152,7 @@ async def test_a_client_learns_the_peer_id_behind_an_address_from_its_signed_rec
 async def test_a_late_joiner_becomes_a_candidate_without_restarts(
     network: list[PeerNode], requester: Requester, tmp_path: Path
 ) -> None:
-    joiner = await start_node(tmp_path, PEERS, (network[13].address,))
+    joiner = await start_node(tmp_path, PEERS, (network[13].dial_address,))
     try:
         assert await requester.wait_for_peers(CAPABILITY, PEERS + 1, timeout=SETTLE_S)
         assert joiner.address in requester.discovery.candidates(CAPABILITY, 1)
@@ -236,7 +236,8 @@ async def test_bad_records_and_a_flood_are_rejected_and_counted_and_the_node_kee
         ],
     }
     beat = sign_heartbeat(attacker, Heartbeat(attacker.peer_id, 1, 1)).envelope
-    async with grpc.aio.insecure_channel(target.address) as channel:
+    channel, _ = await connect(target.dial_address)
+    async with channel:
         stub = market_pb2_grpc.PeerStub(channel)
         for envelopes in bad.values():
             for envelope in envelopes:

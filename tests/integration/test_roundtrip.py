@@ -30,6 +30,7 @@ from atomic_p2p.protocol.wire import envelope_from_proto, envelope_to_proto, par
 from atomic_p2p.requester import NoBidKind, Requester
 from atomic_p2p.requester.evaluator import EvaluatorConfig
 from atomic_p2p.tensors import digest, encode
+from atomic_p2p.tls import TlsCredentials
 from peers.examples import PEERS_DIR, example_config
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -259,10 +260,12 @@ class Forger(market_pb2_grpc.PeerServicer):
         raise AssertionError("unreachable")
 
 
-async def serve(servicer: market_pb2_grpc.PeerServicer) -> tuple[grpc.aio.Server, str]:
+async def serve(servicer: Forger) -> tuple[grpc.aio.Server, str]:
+    """A rogue peer with a valid TLS certificate of its own: TLS proves who it is, not that it is honest."""
     server = grpc.aio.server()
     market_pb2_grpc.add_PeerServicer_to_server(servicer, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    credentials = TlsCredentials.generate(servicer.identity)
+    port = server.add_secure_port("127.0.0.1:0", credentials.server_credentials())
     await server.start()
     return server, f"127.0.0.1:{port}"
 

@@ -22,16 +22,17 @@ from typing import Any
 import grpc
 
 from atomic_p2p._proto.atomic.v1 import envelope_pb2, market_pb2, market_pb2_grpc
-from atomic_p2p.identity import Identity
+from atomic_p2p.channels import connect
+from atomic_p2p.identity import Identity, PeerId
 from atomic_p2p.protocol.messages import TensorSpec
 from atomic_p2p.protocol.wire import envelope_to_proto, spec_to_proto, tensor_to_proto
 from atomic_p2p.tensors import WireTensor, digest, encode
 from atomic_p2p.testing import digits_batch
 
-CHANNEL_OPTIONS = [
+CHANNEL_OPTIONS = (
     ("grpc.max_receive_message_length", 128 * 1024 * 1024),
     ("grpc.max_send_message_length", 128 * 1024 * 1024),
-]
+)
 
 
 def now_ms() -> int:
@@ -43,12 +44,17 @@ class HandBuyer:
     """A requester that signs every message by hand and calls a peer through the raw stub."""
 
     def __init__(self, address: str, identity: Identity | None = None) -> None:
+        """``address`` is ``host:port`` or ``PEERID@host:port``; the channel opens on ``async with``,
+        pinned to the certificate the peer presents (checked against PEERID when given), or
+        plaintext for a peer started with ``insecure``."""
         self.address = address
         self.identity = identity or Identity.generate()
-        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-        self.stub = market_pb2_grpc.PeerStub(self.channel)
+        self.peer_id: PeerId | None = None
 
     async def __aenter__(self) -> HandBuyer:
+        self.channel, pin = await connect(self.address, allow_plaintext=True, options=CHANNEL_OPTIONS)
+        self.peer_id = pin.peer
+        self.stub = market_pb2_grpc.PeerStub(self.channel)
         return self
 
     async def __aexit__(

@@ -48,6 +48,13 @@ def test_gossip_flags_override_the_config(tmp_path: Path) -> None:
     assert config.faults is None  # no flag: the pool reads the environment
 
 
+def test_tls_is_the_default_and_a_bootstrap_may_name_its_peer() -> None:
+    assert parse().insecure is False
+    peer = "ab" * 32
+    config = parse("--insecure", "--bootstrap", f"{peer}@127.0.0.1:5001")
+    assert config.insecure is True and config.bootstrap == (f"{peer}@127.0.0.1:5001",)
+
+
 def test_fault_flags_lie_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(ENV_VAR, "delay_ms=5,jitter_ms=3,seed=1")
     config = parse("--fault-loss", "0.2", "--fault-delay-ms", "40", "--fault-seed", "9")
@@ -59,6 +66,8 @@ def test_fault_flags_lie_over_the_environment(monkeypatch: pytest.MonkeyPatch) -
     [
         ["--bootstrap", "nohost"],
         ["--bootstrap", "127.0.0.1:0"],
+        ["--bootstrap", "notapeerid@127.0.0.1:5001"],
+        ["--bootstrap", f"{'ab' * 32}@nohost"],
         ["--gossip-interval", "0"],
         ["--gossip-fanout", "0"],
         ["--fault-jitter-ms", "-1"],

@@ -27,15 +27,15 @@ from atomic_p2p._proto.atomic.v1 import envelope_pb2 as atomic_dot_v1_dot_envelo
 from atomic_p2p._proto.atomic.v1 import tensor_pb2 as atomic_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61tomic/v1/gossip.proto\x12\tatomic.v1\x1a\x18\x61tomic/v1/envelope.proto\x1a\x16\x61tomic/v1/tensor.proto\"\\\n\x10ModelConstraints\x12\x18\n\x10max_input_tokens\x18\x01 \x01(\r\x12\x1b\n\x13supported_languages\x18\x02 \x03(\t\x12\x11\n\tmax_batch\x18\x03 \x01(\r\"S\n\x14ResourceRequirements\x12\x11\n\tcpu_cores\x18\x01 \x01(\x01\x12\x11\n\tmemory_mb\x18\x02 \x01(\x01\x12\x15\n\rgpu_memory_mb\x18\x03 \x01(\x01\"\xeb\x02\n\x0bModelAdvert\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x02 \x03(\t\x12\x30\n\x0b\x63onstraints\x18\x03 \x01(\x0b\x32\x1b.atomic.v1.ModelConstraints\x12\x12\n\nprice_hint\x18\x04 \x01(\x01\x12\x32\n\tresources\x18\x05 \x01(\x0b\x32\x1f.atomic.v1.ResourceRequirements\x12\x1a\n\x12typical_latency_ms\x18\x06 \x01(\x01\x12\x10\n\x08strategy\x18\x07 \x01(\t\x12!\n\x04kind\x18\x08 \x01(\x0e\x32\x13.atomic.v1.TaskKind\x12)\n\x06inputs\x18\t \x03(\x0b\x32\x19.atomic.v1.TensorContract\x12*\n\x07outputs\x18\n \x03(\x0b\x32\x19.atomic.v1.TensorContract\x12\x12\n\ntakes_text\x18\x0b \x01(\x08\"G\n\x0bLoadSummary\x12\x11\n\tin_flight\x18\x01 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\r\x12\x13\n\x0butilization\x18\x03 \x01(\x01\"\xa1\x01\n\nPeerRecord\x12\x0f\n\x07peer_id\x18\x01 \x01(\x0c\x12\x11\n\taddresses\x18\x02 \x03(\t\x12&\n\x06models\x18\x03 \x03(\x0b\x32\x16.atomic.v1.ModelAdvert\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\x14\n\x0cissued_at_ms\x18\x05 \x01(\x04\x12$\n\x04load\x18\x06 \x01(\x0b\x32\x16.atomic.v1.LoadSummary\"i\n\tHeartbeat\x12\x0f\n\x07peer_id\x18\x01 \x01(\x0c\x12\x12\n\nrecord_seq\x18\x02 \x01(\x04\x12\x11\n\theartbeat\x18\x03 \x01(\x04\x12$\n\x04load\x18\x04 \x01(\x0b\x32\x16.atomic.v1.LoadSummary\"B\n\x05Leave\x12\x0f\n\x07peer_id\x18\x01 \x01(\x0c\x12\x12\n\nrecord_seq\x18\x02 \x01(\x04\x12\x14\n\x0cissued_at_ms\x18\x03 \x01(\x04\"L\n\x0b\x44igestEntry\x12\x0f\n\x07peer_id\x18\x01 \x01(\x0c\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x11\n\theartbeat\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x65\x61\x64\x18\x04 \x01(\x08\"%\n\rDigestSummary\x12\x14\n\x0c\x66ingerprints\x18\x01 \x01(\x0c\"\xb9\x01\n\rGossipRequest\x12)\n\x06sender\x18\x01 \x01(\x0b\x32\x19.atomic.v1.SignedEnvelope\x12&\n\x06\x64igest\x18\x02 \x03(\x0b\x32\x16.atomic.v1.DigestEntry\x12*\n\x07updates\x18\x03 \x03(\x0b\x32\x19.atomic.v1.SignedEnvelope\x12)\n\x07summary\x18\x04 \x01(\x0b\x32\x18.atomic.v1.DigestSummary\"\x9f\x01\n\x0eGossipResponse\x12*\n\x07updates\x18\x01 \x03(\x0b\x32\x19.atomic.v1.SignedEnvelope\x12&\n\x06wanted\x18\x02 \x03(\x0b\x32\x16.atomic.v1.DigestEntry\x12\x11\n\tdiffering\x18\x03 \x03(\r\x12&\n\x06ranges\x18\x04 \x03(\x0b\x32\x16.atomic.v1.DigestEntry*\x90\x01\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18TASK_KIND_CLASSIFICATION\x10\x01\x12\x17\n\x13TASK_KIND_EMBEDDING\x10\x02\x12\x18\n\x14TASK_KIND_REGRESSION\x10\x03\x12\x18\n\x14TASK_KIND_GENERATION\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16\x61tomic/v1/gossip.proto\x12\tatomic.v1\x1a\x18\x61tomic/v1/envelope.proto\x1a\x16\x61tomic/v1/tensor.proto\"\\\n\x10ModelConstraints\x12\x18\n\x10max_input_tokens\x18\x01 \x01(\r\x12\x1b\n\x13supported_languages\x18\x02 \x03(\t\x12\x11\n\tmax_batch\x18\x03 \x01(\r\"S\n\x14ResourceRequirements\x12\x11\n\tcpu_cores\x18\x01 \x01(\x01\x12\x11\n\tmemory_mb\x18\x02 \x01(\x01\x12\x15\n\rgpu_memory_mb\x18\x03 \x01(\x01\"\xeb\x02\n\x0bModelAdvert\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x02 \x03(\t\x12\x30\n\x0b\x63onstraints\x18\x03 \x01(\x0b\x32\x1b.atomic.v1.ModelConstraints\x12\x12\n\nprice_hint\x18\x04 \x01(\x01\x12\x32\n\tresources\x18\x05 \x01(\x0b\x32\x1f.atomic.v1.ResourceRequirements\x12\x1a\n\x12typical_latency_ms\x18\x06 \x01(\x01\x12\x10\n\x08strategy\x18\x07 \x01(\t\x12!\n\x04kind\x18\x08 \x01(\x0e\x32\x13.atomic.v1.TaskKind\x12)\n\x06inputs\x18\t \x03(\x0b\x32\x19.atomic.v1.TensorContract\x12*\n\x07outputs\x18\n \x03(\x0b\x32\x19.atomic.v1.TensorContract\x12\x12\n\ntakes_text\x18\x0b \x01(\x08\"G\n\x0bLoadSummary\x12\x11\n\tin_flight\x18\x01 \x01(\r\x12\x10\n\x08\x63\x61pacity\x18\x02 \x01(\r\x12\x13\n\x0butilization\x18\x03 \x01(\x01\"\xba\x01\n\nPeerRecord\x12\x0f\n\x07peer_id\x18\x01 \x01(\x0c\x12\x11\n\taddresses\x18\x02 \x03(\t\x12&\n\x06models\x18\x03 \x03(\x0b\x32\x16.atomic.v1.ModelAdvert\x12\x0b\n\x03seq\x18\x04 \x01(\x04\x12\x14\n\x0cissued_at_ms\x18\x05 \x01(\x04\x12$\n\x04load\x18\x06 \x01(\x0b\x32\x16.atomic.v1.LoadSummary\x12\x17\n\x0ftls_certificate\x18\x07 \x01(\x0c\"i\n\tHeartbeat\x12\x0f\n\x07peer_id\x18\x01 \x01(\x0c\x12\x12\n\nrecord_seq\x18\x02 \x01(\x04\x12\x11\n\theartbeat\x18\x03 \x01(\x04\x12$\n\x04load\x18\x04 \x01(\x0b\x32\x16.atomic.v1.LoadSummary\"B\n\x05Leave\x12\x0f\n\x07peer_id\x18\x01 \x01(\x0c\x12\x12\n\nrecord_seq\x18\x02 \x01(\x04\x12\x14\n\x0cissued_at_ms\x18\x03 \x01(\x04\"L\n\x0b\x44igestEntry\x12\x0f\n\x07peer_id\x18\x01 \x01(\x0c\x12\x0b\n\x03seq\x18\x02 \x01(\x04\x12\x11\n\theartbeat\x18\x03 \x01(\x04\x12\x0c\n\x04\x64\x65\x61\x64\x18\x04 \x01(\x08\"%\n\rDigestSummary\x12\x14\n\x0c\x66ingerprints\x18\x01 \x01(\x0c\"\xb9\x01\n\rGossipRequest\x12)\n\x06sender\x18\x01 \x01(\x0b\x32\x19.atomic.v1.SignedEnvelope\x12&\n\x06\x64igest\x18\x02 \x03(\x0b\x32\x16.atomic.v1.DigestEntry\x12*\n\x07updates\x18\x03 \x03(\x0b\x32\x19.atomic.v1.SignedEnvelope\x12)\n\x07summary\x18\x04 \x01(\x0b\x32\x18.atomic.v1.DigestSummary\"\x9f\x01\n\x0eGossipResponse\x12*\n\x07updates\x18\x01 \x03(\x0b\x32\x19.atomic.v1.SignedEnvelope\x12&\n\x06wanted\x18\x02 \x03(\x0b\x32\x16.atomic.v1.DigestEntry\x12\x11\n\tdiffering\x18\x03 \x03(\r\x12&\n\x06ranges\x18\x04 \x03(\x0b\x32\x16.atomic.v1.DigestEntry*\x90\x01\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x1c\n\x18TASK_KIND_CLASSIFICATION\x10\x01\x12\x17\n\x13TASK_KIND_EMBEDDING\x10\x02\x12\x18\n\x14TASK_KIND_REGRESSION\x10\x03\x12\x18\n\x14TASK_KIND_GENERATION\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'atomic.v1.gossip_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASKKIND']._serialized_start=1512
-  _globals['_TASKKIND']._serialized_end=1656
+  _globals['_TASKKIND']._serialized_start=1537
+  _globals['_TASKKIND']._serialized_end=1681
   _globals['_MODELCONSTRAINTS']._serialized_start=87
   _globals['_MODELCONSTRAINTS']._serialized_end=179
   _globals['_RESOURCEREQUIREMENTS']._serialized_start=181
@@ -45,17 +45,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LOADSUMMARY']._serialized_start=632
   _globals['_LOADSUMMARY']._serialized_end=703
   _globals['_PEERRECORD']._serialized_start=706
-  _globals['_PEERRECORD']._serialized_end=867
-  _globals['_HEARTBEAT']._serialized_start=869
-  _globals['_HEARTBEAT']._serialized_end=974
-  _globals['_LEAVE']._serialized_start=976
-  _globals['_LEAVE']._serialized_end=1042
-  _globals['_DIGESTENTRY']._serialized_start=1044
-  _globals['_DIGESTENTRY']._serialized_end=1120
-  _globals['_DIGESTSUMMARY']._serialized_start=1122
-  _globals['_DIGESTSUMMARY']._serialized_end=1159
-  _globals['_GOSSIPREQUEST']._serialized_start=1162
-  _globals['_GOSSIPREQUEST']._serialized_end=1347
-  _globals['_GOSSIPRESPONSE']._serialized_start=1350
-  _globals['_GOSSIPRESPONSE']._serialized_end=1509
+  _globals['_PEERRECORD']._serialized_end=892
+  _globals['_HEARTBEAT']._serialized_start=894
+  _globals['_HEARTBEAT']._serialized_end=999
+  _globals['_LEAVE']._serialized_start=1001
+  _globals['_LEAVE']._serialized_end=1067
+  _globals['_DIGESTENTRY']._serialized_start=1069
+  _globals['_DIGESTENTRY']._serialized_end=1145
+  _globals['_DIGESTSUMMARY']._serialized_start=1147
+  _globals['_DIGESTSUMMARY']._serialized_end=1184
+  _globals['_GOSSIPREQUEST']._serialized_start=1187
+  _globals['_GOSSIPREQUEST']._serialized_end=1372
+  _globals['_GOSSIPRESPONSE']._serialized_start=1375
+  _globals['_GOSSIPRESPONSE']._serialized_end=1534
 # @@protoc_insertion_point(module_scope)

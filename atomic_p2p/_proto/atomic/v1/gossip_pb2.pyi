@@ -207,10 +207,17 @@ class PeerRecord(_message.Message):
     SEQ_FIELD_NUMBER: _builtins.int
     ISSUED_AT_MS_FIELD_NUMBER: _builtins.int
     LOAD_FIELD_NUMBER: _builtins.int
+    TLS_CERTIFICATE_FIELD_NUMBER: _builtins.int
     peer_id: _builtins.bytes
     seq: _builtins.int
     """Monotonic per peer: a record replaces an older one only with a larger seq."""
     issued_at_ms: _builtins.int
+    tls_certificate: _builtins.bytes
+    """The peer's TLS certificate (DER), bound to peer_id by a signature inside it (see
+    docs/security.md); a client pins it for its channel to the addresses above. Empty: the peer
+    serves plaintext (--insecure), and clients refuse it unless they allow plaintext. A record
+    whose certificate is not bound to peer_id is refused.
+    """
     @_builtins.property
     def addresses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -226,10 +233,11 @@ class PeerRecord(_message.Message):
         seq: _builtins.int = ...,
         issued_at_ms: _builtins.int = ...,
         load: Global___LoadSummary | None = ...,
+        tls_certificate: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["load", b"load"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "issued_at_ms", b"issued_at_ms", "load", b"load", "models", b"models", "peer_id", b"peer_id", "seq", b"seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "issued_at_ms", b"issued_at_ms", "load", b"load", "models", b"models", "peer_id", b"peer_id", "seq", b"seq", "tls_certificate", b"tls_certificate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
