@@ -221,6 +221,8 @@ class GossipAgent:
             # not who it should be, or not there: suspect it; plaintext refused: it is up
             suspect = not isinstance(error, PlaintextPeerError)
             log.info("gossip to %s refused: %s", outgoing.address, error)
+            self.failures[outgoing.address] += 1
+            self.last_failure[outgoing.address] = error.code.name
             follow_ups = self.membership.failed(self._clock(), outgoing, suspect=suspect)
         except aio.AioRpcError as error:
             suspect = error.code() in _SUSPICIOUS
