@@ -29,6 +29,7 @@ from atomic_p2p.channels import ChannelPool
 from atomic_p2p.errors import ConfigError
 from atomic_p2p.gossip import GossipConfig, LoadSummary, ModelAdvert
 from atomic_p2p.gossip.transport import GossipAgent
+from atomic_p2p.guard import SourceLimits
 from atomic_p2p.identity import Identity, PeerId
 from atomic_p2p.peer.config import PeerConfig
 from atomic_p2p.peer.models import HostedModel, default_device
@@ -95,7 +96,11 @@ class PeerNode:
             learned=self._learned,
         )
         self.service = PeerService(
-            self.seller, self.workers, draining=lambda: self.draining, gossip=lambda: self.gossip
+            self.seller,
+            self.workers,
+            draining=lambda: self.draining,
+            gossip=lambda: self.gossip,
+            limits=SourceLimits(config.guard),
         )
 
     @classmethod
@@ -111,7 +116,9 @@ class PeerNode:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         if identity is None:
             identity = Identity.load_or_create(config.key_path)
-        server, health_servicer = build_server(max_message_bytes=config.max_message_bytes)
+        server, health_servicer = build_server(
+            max_message_bytes=config.max_message_bytes, max_pending_calls=config.guard.max_pending_calls
+        )
         port = _bind(server, config)  # before the models: a busy port should not cost a training run
         node: PeerNode | None = None
         try:

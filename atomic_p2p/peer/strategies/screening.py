@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from atomic_p2p.errors import ExecutionError
+from atomic_p2p.errors import ExecutionError, shown
 from atomic_p2p.peer.strategies.bidding import (
     BidTerms,
     InputSpec,
@@ -58,7 +58,7 @@ def screen(task: Task, model: ModelView) -> NoBid | None:
             f"{task.input_tokens} input tokens exceed max_input_tokens {model.max_input_tokens}",
         )
     if not language_supported(model.supported_languages, task.language):
-        return NoBid(NoBidReason.CONSTRAINT_VIOLATED, f"language {task.language[:32]!r} is not supported")
+        return NoBid(NoBidReason.CONSTRAINT_VIOLATED, f"language {shown(task.language, 32)} is not supported")
     return _screen_preview(task, model)
 
 
@@ -108,10 +108,10 @@ def decide(task: Task, candidates: Sequence[tuple[M, Strategy]], load: Load) -> 
     matching = [(m, s) for m, s in candidates if task.capability in m.capabilities]
     if task.model_id:
         if not any(m.model_id == task.model_id for m, _ in candidates):
-            return NoBid(NoBidReason.UNKNOWN_MODEL, f"no model {task.model_id!r} here")
+            return NoBid(NoBidReason.UNKNOWN_MODEL, f"no model {shown(task.model_id)} here")
         matching = [(m, s) for m, s in matching if m.model_id == task.model_id]
     if not matching:
-        return NoBid(NoBidReason.UNKNOWN_CAPABILITY, f"no model here offers {task.capability!r}")
+        return NoBid(NoBidReason.UNKNOWN_CAPABILITY, f"no model here offers {shown(task.capability)}")
     if load.saturated:
         return NoBid(NoBidReason.OVERLOADED, f"{load.in_flight} running and {load.queued} queued")
     offers: list[tuple[M, BidTerms]] = []
