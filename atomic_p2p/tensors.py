@@ -128,7 +128,7 @@ def decode(wire: WireTensor, limits: TensorLimits = DEFAULT_LIMITS) -> torch.Ten
     expected = check_spec(wire.dtype, wire.shape, limits)
     if len(wire.data) != expected:
         raise TensorError(
-            f"tensor {wire.name or '(unnamed)'}: {len(wire.data)} bytes for {wire.dtype}{list(wire.shape)}, "
+            f"tensor {wire.name[:64] or '(unnamed)'}: {len(wire.data)} bytes for {wire.dtype}{list(wire.shape)}, "
             f"expected {expected}"
         )
     dtype = DTYPES[wire.dtype]

@@ -333,6 +333,13 @@ class Membership:
             self._suspect(member, now)
         return [] if outgoing.request.is_push else self._next_exchange(now)
 
+    def suspect(self, now: float, peer: PeerId) -> None:
+        """Evidence from outside gossip (a market call that found ``peer`` unreachable): an ALIVE
+        member becomes SUSPECT at once, as after a failed gossip exchange (:meth:`failed`)."""
+        member = self._members.get(peer.raw)
+        if member is not None and member.state is ALIVE and member is not self._self:
+            self._suspect(member, now)
+
     def _next_exchange(self, now: float) -> list[Outgoing]:
         if not self._pending or self.has_left:
             return []

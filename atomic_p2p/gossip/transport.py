@@ -41,7 +41,7 @@ from atomic_p2p.gossip.directory import Directory
 from atomic_p2p.gossip.membership import Membership
 from atomic_p2p.gossip.messages import Outgoing
 from atomic_p2p.gossip.records import LoadSummary, ModelAdvert, Rejection, RejectReason
-from atomic_p2p.identity import Identity
+from atomic_p2p.identity import Identity, PeerId
 from atomic_p2p.protocol.wire import check_counts, parse
 from atomic_p2p.sources import UNKNOWN, source_of, source_of_address
 
@@ -162,6 +162,12 @@ class GossipAgent:
         finally:
             self._absorb_events()
         return response_to_proto(response).SerializeToString()
+
+    def suspect(self, peer: PeerId) -> None:
+        """This node's own call to ``peer`` found it unreachable: SUSPECT now (Lifeguard), which
+        hides it from the directory until a newer heartbeat or record refutes it."""
+        self.membership.suspect(self._clock(), peer)
+        self._absorb_events()
 
     # --- waiting --------------------------------------------------------------------------------
 

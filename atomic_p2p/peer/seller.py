@@ -417,7 +417,7 @@ class Seller:
         for name, tensor in named:
             if tuple(tensor.shape) != announced.get(name):
                 raise ProtocolError(
-                    f"input {name!r} has shape {list(tensor.shape)}, but the bid was for "
+                    f"input {shown(name)} has shape {list(tensor.shape)}, but the bid was for "
                     f"{list(announced.get(name, ()))}"
                 )
         return model, inputs, tuple(texts)

@@ -6,6 +6,11 @@ the live peers for a capability; a peer that joins later becomes a candidate on 
 and one declared SUSPECT, DEAD or LEFT stops being solicited at once. Fixed ``peers`` are always
 candidates, whatever gossip says.
 
+A peer this requester itself failed to reach (:meth:`Discovery.suspect`) is left out at once: its
+gossip member becomes SUSPECT in the requester's own membership (until a newer heartbeat or record
+of it refutes that), and its address, fixed or gossiped, sits out ``SUSPECT_S`` seconds (unless
+nobody else is left). So a killed peer stops being solicited after the first failed call.
+
 Discovery says who *could* be asked; :func:`~.bidpolicy.prefilter` decides who is (see
 :mod:`.evaluator` for the places a peer is chosen).
 """
@@ -15,10 +20,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from atomic_p2p.channels import ChannelPool
+from atomic_p2p.clock import SYSTEM_CLOCK, Clock
 from atomic_p2p.contract import Spec
 from atomic_p2p.gossip import GossipConfig, Requirements
 from atomic_p2p.gossip.transport import GossipAgent
 from atomic_p2p.identity import Identity, PeerId
+
+SUSPECT_S = 2.0
+"""How long an address this requester failed to reach is left out of the candidates."""
 
 
 class Discovery:
@@ -31,7 +40,10 @@ class Discovery:
         bootstrap: Sequence[str],
         pool: ChannelPool,
         gossip: GossipConfig | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self._clock = clock
+        self._unreachable: dict[str, float] = {}  # address -> until when it sits out
         self.peers = tuple(dict.fromkeys(peers))
         self.bootstrap = tuple(dict.fromkeys(bootstrap))
         self._identity = identity
@@ -60,7 +72,22 @@ class Discovery:
                 capability, Requirements(batch=batch, inputs=tuple(inputs), text=text)
             )
             addresses += [c.record.addresses[0] for c in found if c.record.addresses]
-        return list(dict.fromkeys(addresses))
+        addresses = list(dict.fromkeys(addresses))
+        if self._unreachable:
+            now = self._clock.monotonic()
+            for address, until in list(self._unreachable.items()):
+                if until <= now:
+                    del self._unreachable[address]
+            reachable = [address for address in addresses if address not in self._unreachable]
+            return reachable or addresses
+        return addresses
+
+    def suspect(self, address: str) -> None:
+        """A call to ``address`` found it unreachable: leave it out (see the module docstring)."""
+        self._unreachable[address] = self._clock.monotonic() + SUSPECT_S
+        peer = self.peer_of(address)
+        if peer is not None and self.agent is not None:
+            self.agent.suspect(peer)
 
     def limits(self, capability: str) -> dict[str, int]:
         """The ``max_batch`` each live gossip candidate advertises for ``capability`` (0: none),
