@@ -61,7 +61,7 @@ REQUESTER = textwrap.dedent(
 )
 
 
-QUICK = (3, 2, 6)  # peers, requester lives, results per life
+QUICK = (2, 2, 4)  # peers, requester lives, results per life
 
 
 @dataclass
@@ -157,7 +157,7 @@ async def chaos(workdir: Path, *, peers: int, lives: int, results: int) -> Repor
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="CI size: 3 peers, 2 lives of 6 results")
+    parser.add_argument("--quick", action="store_true", help="CI size: 2 peers, 2 lives of 4 results")
     parser.add_argument("--peers", type=int, default=6)
     parser.add_argument("--lives", type=int, default=10, help="requester processes started (and killed)")
     parser.add_argument("--results", type=int, default=40, help="results each requester life returns")

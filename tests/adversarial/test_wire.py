@@ -79,7 +79,7 @@ async def test_a_gossip_message_of_millions_of_tiny_updates_is_refused_unread(
             attack = [status(gossip(flood, timeout=30)) for _ in range(4)]
             results = await asyncio.gather(*attack, honest_buy(buyer))
     assert {code for code, _ in results[:4]} == {Code.RESOURCE_EXHAUSTED}  # type: ignore[misc]
-    assert lag.worst_s < 0.5, f"the event loop stalled {lag.worst_s:.3f} s"
+    assert lag.worst_s < 1.0, f"the event loop stalled {lag.worst_s:.3f} s"  # was 12 s before the fix
     assert grown[0] < 300 * MIB  # four 15 MiB messages in flight, never converted
     assert node.gossip is not None
     assert node.gossip.membership.stats.updates_received == 0
