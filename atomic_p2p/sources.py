@@ -22,6 +22,8 @@ class Source:
 
     address: str
     prefix: str
+    local: bool = False
+    """A loopback address: the call comes from this machine, where every caller shares it."""
 
 
 UNKNOWN = Source("", "")
@@ -42,7 +44,7 @@ def source_of(peer: str) -> Source:
         ip = ip.ipv4_mapped
     bits = IPV4_PREFIX if ip.version == 4 else IPV6_PREFIX
     network = ipaddress.ip_network(f"{ip}/{bits}", strict=False)
-    return Source(str(ip), str(network))
+    return Source(str(ip), str(network), ip.is_loopback)
 
 
 @lru_cache(maxsize=4096)

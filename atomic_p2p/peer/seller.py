@@ -190,8 +190,9 @@ class Seller:
     # --- RequestBids --------------------------------------------------------------------------
 
     def open_request(self, call: RequestBidsCall, now_ms: int, source: Source = UNKNOWN) -> OpenRequest:
-        """Verify and admit a call for bids from ``source``: the bid book's share of that prefix,
-        and of requesters without history here, must have room for its tasks."""
+        """Verify and admit a call for bids from ``source``: the bid book's share of that prefix
+        (not for a loopback source: every local caller shares it), and of requesters without
+        history here, must have room for its tasks."""
         signer, request = codec.open_signed(call.request, BidRequest)
         header = BidRequestHeader(
             request.request_id,
@@ -206,8 +207,9 @@ class Seller:
         if len({task.task_id for task, _ in tasks}) != len(tasks):
             raise ProtocolError("task ids must be unique within one BidRequest")
         newcomer = not self._book.has_history(signer)
-        self._book.check_room(now_ms, len(tasks), source.prefix, newcomer)
-        return OpenRequest(header, request, tasks, source.prefix, newcomer)
+        prefix = "" if source.local else source.prefix
+        self._book.check_room(now_ms, len(tasks), prefix, newcomer)
+        return OpenRequest(header, request, tasks, prefix, newcomer)
 
     def previews_are_slow(self, opened: OpenRequest) -> bool:
         """True when deciding runs a model slow enough to belong off the event loop."""
