@@ -128,9 +128,10 @@ class GossipAgent:
 
         Sizes and counts are checked on the wire before anything is converted: the message's
         bytes, then its digest entries and updates (:func:`check_counts`). The rate limit is keyed
-        by the sender's peer id when it is a member with history here whose signed record verifies
-        (so one host can run many honest peers), else by the connection's address: fresh
-        identities from one address share one bucket."""
+        by the sender's peer id when it is a member with history here (or calls from this machine,
+        where every peer shares the loopback address) and its signed record verifies, so one host
+        can run many honest peers; else by the connection's address: fresh identities from one
+        address share one bucket."""
         limits = self.config.limits
         rejected = self.membership.stats.rejected
         if len(raw) > limits.max_wire_bytes:
@@ -151,7 +152,7 @@ class GossipAgent:
         sender = request.sender
         if (
             sender is not None
-            and self.membership.has_history(sender.signer)
+            and (source.local or self.membership.has_history(sender.signer))
             and not isinstance(self.membership.opener(sender), Rejection)
         ):
             key = sender.signer.hex
