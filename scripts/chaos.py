@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import signal
 import sys
 import textwrap
@@ -61,6 +62,7 @@ REQUESTER = textwrap.dedent(
 )
 
 
+RETURNED = re.compile(r"^OK ([0-9a-f]{32})\n$")
 QUICK = (2, 2, 4)  # peers, requester lives, results per life
 
 
@@ -104,16 +106,16 @@ async def requester_life(
         await asyncio.sleep(random.uniform(0, 0.05))  # land the kill anywhere in the next auction
         child.send_signal(signal.SIGKILL)
         rest, _ = await asyncio.wait_for(child.communicate(), 30)
-        lines += rest.splitlines()  # printed before the kill landed: returned too
+        lines += rest.splitlines(keepends=True)  # printed before the kill landed: returned too
     finally:
         if child.returncode is None:
             child.kill()
             await child.wait()
     for line in lines:
-        words = line.decode().split()
-        if words and words[0] == "OK":
-            report.returned_ids.append(words[1])
-        elif words and words[0] == "FAILED":
+        returned = RETURNED.match(line.decode())
+        if returned is not None:  # a whole line: a line cut by the kill names no whole id
+            report.returned_ids.append(returned.group(1))
+        elif line.startswith(b"FAILED"):
             report.failed += 1
 
 
