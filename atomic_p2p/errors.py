@@ -150,3 +150,25 @@ def from_status(code: grpc.StatusCode, details: str | None) -> AtomicError:
     if cls is RemoteError:
         error.code = code
     return error
+
+
+# --- echoing untrusted input -----------------------------------------------------------------------
+
+SHOWN_CHARS = 64
+"""How much of an untrusted string a message, a log line or a status text repeats."""
+MAX_STATUS_CHARS = 1024
+"""The longest status text a peer sends (gRPC clients refuse metadata past 16 KiB)."""
+
+
+def shown(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, saying how long the original was: the
+    one way to put untrusted input (a capability, a model id, a name) into a message."""
+    if isinstance(value, str | bytes) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} {'chars' if isinstance(value, str) else 'bytes'})"
+    text = repr(value)
+    return text if len(text) <= limit + 2 else f"{text[:limit]}... ({len(text)} chars)"
+
+
+def bounded(text: str, limit: int = MAX_STATUS_CHARS) -> str:
+    """``text`` cut to ``limit`` characters: what status texts and log lines carry at most."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more chars)"

@@ -93,8 +93,14 @@ def check_spec(dtype: str, shape: Sequence[int], limits: TensorLimits = DEFAULT_
     if len(shape) > limits.max_rank:
         raise TensorError(f"rank {len(shape)} exceeds the limit of {limits.max_rank}")
     if any(dim < 0 for dim in shape):
-        raise TensorError(f"negative dimension in shape {tuple(shape)}")
+        raise TensorError(f"negative dimension in shape {list(shape)[: limits.max_rank]}")
     numel = math.prod(shape)
+    # A shape such as [0, 2**62, 2**62] holds no element, yet torch overflows computing its strides:
+    # every dimension of an empty tensor must fit the element limit too (not a size: malformed).
+    if numel == 0 and any(dim > limits.max_elements for dim in shape):
+        raise TensorError(
+            f"empty shape {list(shape)} has a dimension over the limit of {limits.max_elements} elements"
+        )
     if numel > limits.max_elements:
         raise LimitExceededError(f"{numel} elements exceed the limit of {limits.max_elements}")
     nbytes = numel * _ITEMSIZE[dtype]
@@ -124,7 +130,7 @@ def decode(wire: WireTensor, limits: TensorLimits = DEFAULT_LIMITS) -> torch.Ten
     expected = check_spec(wire.dtype, wire.shape, limits)
     if len(wire.data) != expected:
         raise TensorError(
-            f"tensor {wire.name or '(unnamed)'}: {len(wire.data)} bytes for {wire.dtype}{list(wire.shape)}, "
+            f"tensor {wire.name[:64] or '(unnamed)'}: {len(wire.data)} bytes for {wire.dtype}{list(wire.shape)}, "
             f"expected {expected}"
         )
     dtype = DTYPES[wire.dtype]

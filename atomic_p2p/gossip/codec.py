@@ -245,6 +245,11 @@ class Opener:
         # keyed by signature (hashed in C, once per bytes object), checked against the whole envelope
         self._cache: dict[bytes, tuple[Envelope, Opened | Rejection]] = {}
 
+    def cached(self, envelope: Envelope) -> bool:
+        """Whether opening ``envelope`` costs nothing (its result is cached)."""
+        cached = self._cache.get(envelope.signature)
+        return cached is not None and (cached[0] is envelope or cached[0] == envelope)
+
     def __call__(self, envelope: Envelope) -> Opened | Rejection:
         cached = self._cache.get(envelope.signature)
         if cached is not None and (cached[0] is envelope or cached[0] == envelope):

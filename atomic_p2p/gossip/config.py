@@ -36,7 +36,25 @@ class GossipLimits:
     rate_burst: float = 20.0
     max_senders_tracked: int = 20_000
     max_clock_skew_s: float = 60.0
-    """A record or leave issued further than this in the future is refused."""
+    """A record or leave issued further than this in the future is refused (a record's ``seq``
+    too: it is a millisecond timestamp, so 2**64 - 1 would freeze the member for good)."""
+    max_wire_bytes: int = 16 * 1024 * 1024
+    """A Gossip request larger than this is refused before it is parsed."""
+    new_members_per_s: float = 32.0
+    """Members one source prefix (/24, /64) may introduce per second, sustained: identities cost
+    nothing, addresses do (docs/security.md)."""
+    new_members_burst: float = 1024.0
+    verifications_per_s: float = 2000.0
+    """Envelopes not verified before that one source prefix may have this node verify per second."""
+    verifications_burst: float = 4096.0
+    newcomer_share: float = 0.5
+    """Share of ``max_members`` that members without history may hold. Past it (or in a full
+    table) a new member evicts the oldest newcomer of the prefix that introduced the most."""
+    established_beats: int = 3
+    """Heartbeats a member must have advanced here to have history (never evicted for a newcomer)."""
+    identity_work_bits: int = 0
+    """Leading zero bits a new member's peer id must show (0: none). Each bit doubles the cost of a
+    fresh identity for everyone, honest newcomers included (docs/security.md)."""
 
 
 @dataclass(frozen=True, slots=True)

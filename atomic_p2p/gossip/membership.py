@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from atomic_p2p.errors import ConfigError, LimitExceededError, ProtocolError
-from atomic_p2p.gossip.codec import Opener, sign_heartbeat, sign_leave, sign_record
+from atomic_p2p.gossip.codec import RECORD_TYPE, Opener, sign_heartbeat, sign_leave, sign_record
 from atomic_p2p.gossip.config import GossipConfig
 from atomic_p2p.gossip.messages import (
     EMPTY_DIGEST,
@@ -82,7 +82,7 @@ from atomic_p2p.gossip.messages import (
     StateChanged,
 )
 from atomic_p2p.gossip.ranges import ranges_for, valid_summary_length
-from atomic_p2p.gossip.ratelimit import TokenBuckets
+from atomic_p2p.gossip.ratelimit import TokenBuckets, work_bits
 from atomic_p2p.gossip.records import (
     Heartbeat,
     Leave,
@@ -115,6 +115,8 @@ class GossipStats:
     orphans: int = 0
     """Heartbeats or leaves for a record this node does not hold yet (the record follows)."""
     suspicions: int = 0
+    evictions: int = 0
+    """Newcomers evicted to make room for another newcomer (fair shares per source prefix)."""
     refutations: int = 0
     deaths: int = 0
     leaves: int = 0
@@ -166,6 +168,16 @@ class Membership:
             config.limits.rate_burst,
             config.limits.max_senders_tracked,
         )
+        limits = config.limits
+        self._admissions = TokenBuckets(
+            limits.new_members_per_s, limits.new_members_burst, limits.max_senders_tracked
+        )
+        self._verifications = TokenBuckets(
+            limits.verifications_per_s, limits.verifications_burst, limits.max_senders_tracked
+        )
+        # Members without history yet, by the source prefix that introduced them, oldest first.
+        self._newcomers: dict[str, dict[bytes, None]] = {}
+        self._newcomer_count = 0
         record = PeerRecord(
             identity.peer_id, tuple(addresses), tuple(models), 0, 0, self._load, tls_certificate
         )
@@ -278,11 +290,15 @@ class Membership:
         self._pending.reverse()  # popped from the end
         return self._next_exchange(now)
 
-    def handle_request(self, now: float, request: GossipRequest, sender: str) -> GossipResponse:
+    def handle_request(
+        self, now: float, request: GossipRequest, sender: str, source: str | None = None
+    ) -> GossipResponse:
         """Serve an incoming exchange.
 
-        ``sender`` keys the per-sender rate limit: the transport's choice, e.g. the peer id of a
-        sender whose signed record verifies, else the connection's address. Raises
+        ``sender`` keys the per-sender rate limit: the transport's choice, e.g. the peer id of an
+        established member whose signed record verifies, else the connection's address. ``source``
+        (the connection's address prefix; None: not known) keys the admission of new members and
+        the signature checks it may cost (see :meth:`_apply`). Raises
         :class:`LimitExceededError` when that sender is over its rate or the digest is bigger
         than the table may grow."""
         if not self._buckets.take(sender, now):
@@ -293,8 +309,8 @@ class Membership:
             raise LimitExceededError(f"digest of {len(request.digest)} entries is over the table limit")
         self.stats.requests_received += 1
         if request.sender is not None:
-            self._apply(now, (request.sender,))
-        self._apply(now, request.updates)
+            self._apply(now, (request.sender,), source=source)
+        self._apply(now, request.updates, source=source)
         if request.is_push:
             return EMPTY_RESPONSE
         settled = now - self._slack * self.config.interval
@@ -330,11 +346,14 @@ class Membership:
             MappingProxyType(ranges) if ranges else EMPTY_DIGEST,
         )
 
-    def handle_response(self, now: float, outgoing: Outgoing, response: GossipResponse) -> list[Outgoing]:
+    def handle_response(
+        self, now: float, outgoing: Outgoing, response: GossipResponse, source: str | None = None
+    ) -> list[Outgoing]:
         """Apply an answer. Returns what to send next: a push of what the responder wanted, and
-        the round's next exchange."""
+        the round's next exchange. ``source``: the responder's address prefix, as for
+        :meth:`handle_request`."""
         self.stats.responses_received += 1
-        self._apply(now, response.updates)
+        self._apply(now, response.updates, source=source)
         request = outgoing.request
         if request.is_push:
             return []
@@ -378,6 +397,13 @@ class Membership:
         if member is not None and member.state is ALIVE and member is not self._self:
             self._suspect(member, now)
         return [] if outgoing.request.is_push or outgoing.follow_up else self._next_exchange(now)
+
+    def suspect(self, now: float, peer: PeerId) -> None:
+        """Evidence from outside gossip (a market call that found ``peer`` unreachable): an ALIVE
+        member becomes SUSPECT at once, as after a failed gossip exchange (:meth:`failed`)."""
+        member = self._members.get(peer.raw)
+        if member is not None and member.state is ALIVE and member is not self._self:
+            self._suspect(member, now)
 
     def _next_exchange(self, now: float) -> list[Outgoing]:
         if not self._pending or self.has_left:
@@ -442,6 +468,12 @@ class Membership:
         """Records of ALIVE members other than this node."""
         return [m.record for m in self._members.values() if m.state is ALIVE and m is not self._self]
 
+    def has_history(self, peer: PeerId) -> bool:
+        """Whether ``peer`` is a member that has been here long enough (``established_beats``) to
+        be no newcomer: it gets its own rate limit and is never evicted for a newcomer."""
+        member = self._members.get(peer.raw)
+        return member is not None and member.beats < 0 and member is not self._self
+
     def state_of(self, peer: PeerId) -> MemberState | None:
         member = self._members.get(peer.raw)
         return member.state if member is not None else None
@@ -468,13 +500,26 @@ class Membership:
 
     # --- receiving ----------------------------------------------------------------------------
 
-    def _apply(self, now: float, envelopes: tuple[Envelope, ...], news: bool = True) -> None:
+    def _apply(
+        self, now: float, envelopes: tuple[Envelope, ...], news: bool = True, source: str | None = None
+    ) -> None:
+        """Open and apply envelopes. With a ``source``, cheap checks come first: a record for a
+        member not in the table must pass :meth:`_may_admit` (its prefix's admission rate, the
+        identity's work) before its signature is checked, and each envelope not verified before
+        takes a token of the prefix's verification budget; the rest of a message past it is
+        dropped unverified (counted RATE_LIMITED)."""
         limit = self._limits.max_updates_per_message
         if news and len(envelopes) > limit:
             self.stats.rejected[RejectReason.TOO_MANY_UPDATES] += len(envelopes) - limit
             envelopes = envelopes[:limit]
         self.stats.updates_received += len(envelopes)
-        for envelope in envelopes:
+        for index, envelope in enumerate(envelopes):
+            if source is not None and not self._open.cached(envelope):
+                if envelope.payload_type == RECORD_TYPE and not self._may_admit(now, envelope, source):
+                    continue
+                if not self._verifications.take(source, now):
+                    self.stats.rejected[RejectReason.RATE_LIMITED] += len(envelopes) - index
+                    return
             opened = self._open(envelope)
             if isinstance(opened, Rejection):
                 self.stats.rejected[opened.reason] += 1
@@ -485,7 +530,7 @@ class Membership:
             if isinstance(value, Heartbeat):
                 self._apply_beat(now, envelope, value)
             elif isinstance(value, PeerRecord):
-                self._apply_record(now, envelope, value, news)
+                self._apply_record(now, envelope, value, news, source)
             else:
                 self._apply_leave(now, envelope, value, news)
 
@@ -508,23 +553,38 @@ class Membership:
         member.beat = envelope
         member.load = beat.load
         member.advanced_at = now
+        if member.beats >= 0:  # a newcomer earns history beat by beat
+            member.beats += 1
+            if member.beats >= self._limits.established_beats:
+                self._settle(member)
         self._digest[raw] = _entry(DigestEntry, (version.seq, beat.heartbeat, False))
         self.stats.updates_applied += 1
         if member.state is not ALIVE:
             self.stats.refutations += 1
             self._set_state(member, ALIVE, now)
 
-    def _apply_record(self, now: float, envelope: Envelope, record: PeerRecord, news: bool) -> None:
-        if record.issued_at_ms > (now + self._limits.max_clock_skew_s) * 1000:
+    def _apply_record(
+        self, now: float, envelope: Envelope, record: PeerRecord, news: bool, source: str | None = None
+    ) -> None:
+        horizon_ms = (now + self._limits.max_clock_skew_s) * 1000
+        if record.issued_at_ms > horizon_ms or record.seq > horizon_ms:
+            # seq is a millisecond timestamp too (:meth:`_publish`): 2**64 - 1 would freeze the member
             self.stats.rejected[RejectReason.FROM_THE_FUTURE] += 1
+            return
+        if record.issued_at_ms == 0:  # every record is stamped when signed
+            self.stats.rejected[RejectReason.INVALID_FIELD] += 1
             return
         raw = record.peer_id.raw
         member = self._members.get(raw)
         if member is None:
-            if len(self._members) >= self._limits.max_members:
+            if not self._make_room():
                 self.stats.rejected[RejectReason.TABLE_FULL] += 1
                 return
             member = self._members[raw] = Slot(record, envelope, now)
+            if news:  # absorbed records (a snapshot, a seed list) were members before
+                member.source, member.beats = source or "", 0
+                self._newcomers.setdefault(member.source, {})[raw] = None
+                self._newcomer_count += 1
             self._table.set_version(member, DigestEntry(record.seq, 0, False))
             self._live += 1
             self._table.index(member)
@@ -650,9 +710,59 @@ class Membership:
         stalest.sort()
         self._stalest = stalest
         for member in expired:
-            self._table.remove(member.peer_id.raw)
-            self._hot.pop(member.peer_id.raw, None)
-            self._events.append(MemberForgotten(member.peer_id))
+            self._forget(member)
+
+    # --- admission: fair shares per source ----------------------------------------------------
+
+    def _may_admit(self, now: float, envelope: Envelope, source: str) -> bool:
+        """Cheap checks on a record before its signature is verified: a member already held passes;
+        a new one needs the identity's work and a token of its source prefix's admission rate."""
+        signer = envelope.signer.raw  # sha256 of the key: what the peer id must be
+        if signer in self._members:
+            return True
+        if work_bits(signer) < self._limits.identity_work_bits:
+            self.stats.rejected[RejectReason.NO_WORK] += 1
+            return False
+        if not self._admissions.take(source, now):
+            self.stats.rejected[RejectReason.RATE_LIMITED] += 1
+            return False
+        return True
+
+    def _make_room(self) -> bool:
+        """Room for one more member: in a full table, or once newcomers hold their share, the
+        oldest newcomer of the prefix that introduced the most goes. Members with history are
+        never evicted, so neither one prefix nor a burst of fresh identities can push them out
+        (a member that has left or died goes only at its tombstone's expiry)."""
+        limits = self._limits
+        full = len(self._members) >= limits.max_members
+        if not full and self._newcomer_count < limits.newcomer_share * limits.max_members:
+            return True
+        if not self._newcomers:
+            return not full
+        group = max(self._newcomers.values(), key=len)
+        victim = self._members[next(iter(group))]
+        self.stats.evictions += 1
+        self._forget(victim)
+        return True
+
+    def _settle(self, member: Slot) -> None:
+        """``member`` has history now (or is gone): it leaves the newcomers."""
+        group = self._newcomers.get(member.source)
+        if group is not None and group.pop(member.peer_id.raw, 0) is None:
+            self._newcomer_count -= 1
+            if not group:
+                del self._newcomers[member.source]
+        member.beats = -1
+
+    def _forget(self, member: Slot) -> None:
+        raw = member.peer_id.raw
+        if member.beats >= 0:
+            self._settle(member)
+        if not member.state.is_down:
+            self._live -= 1
+        self._table.remove(raw)
+        self._hot.pop(raw, None)
+        self._events.append(MemberForgotten(member.peer_id))
 
     def _suspect(self, member: Slot, now: float) -> None:
         self.stats.suspicions += 1

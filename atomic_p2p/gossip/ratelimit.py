@@ -1,4 +1,5 @@
-"""Token buckets per key, on a clock the caller passes in (so they work in virtual time too)."""
+"""Token buckets per key, on a clock the caller passes in (so they work in virtual time too), and
+the work a peer id shows."""
 
 from __future__ import annotations
 
@@ -28,3 +29,13 @@ class TokenBuckets:
             del self._buckets[next(iter(self._buckets))]
         self._buckets[key] = (tokens, now)
         return allowed
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+def work_bits(peer_id: bytes) -> int:
+    """Leading zero bits of a raw peer id (sha256 of its public key): the work its key took to
+    find, when a network asks for some (``GossipLimits.identity_work_bits``)."""
+    value = int.from_bytes(peer_id[:8], "big")
+    return 64 - value.bit_length() if value else 64

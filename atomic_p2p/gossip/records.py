@@ -133,6 +133,8 @@ class RejectReason(Enum):
     TABLE_FULL = "table_full"
     TOO_MANY_UPDATES = "too_many_updates"
     RATE_LIMITED = "rate_limited"
+    NO_WORK = "no_work"
+    """A new member's peer id lacks the leading zero bits the node asks for (identity_work_bits)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,12 +45,14 @@ class Slot:
         "address",
         "advanced_at",
         "beat",
+        "beats",
         "down_since",
         "leave",
         "load",
         "peer_id",
         "record",
         "record_envelope",
+        "source",
         "state",
         "suspect_since",
     )
@@ -68,6 +70,10 @@ class Slot:
         """When this node last saw the member's heartbeat (or record) advance."""
         self.suspect_since = now
         self.down_since = now
+        self.source = ""
+        """The source prefix that introduced the member here ("": unknown)."""
+        self.beats = -1
+        """Heartbeat advances seen since it joined; -1: it has history (never evicted)."""
 
     @property
     def latest(self) -> Envelope | None:

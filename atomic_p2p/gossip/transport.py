@@ -30,7 +30,13 @@ from grpc import aio
 from atomic_p2p import tls
 from atomic_p2p._proto.atomic.v1 import gossip_pb2
 from atomic_p2p.channels import ChannelPool
-from atomic_p2p.errors import PeerIdentityError, PlaintextPeerError, ProtocolError, UnavailableError
+from atomic_p2p.errors import (
+    LimitExceededError,
+    PeerIdentityError,
+    PlaintextPeerError,
+    ProtocolError,
+    UnavailableError,
+)
 from atomic_p2p.gossip.codec import (
     Opener,
     open_envelope,
@@ -43,9 +49,10 @@ from atomic_p2p.gossip.config import GossipConfig
 from atomic_p2p.gossip.directory import Directory
 from atomic_p2p.gossip.membership import Membership
 from atomic_p2p.gossip.messages import WHO_ARE_YOU, MemberForgotten, MemberJoined, Outgoing, RecordUpdated
-from atomic_p2p.gossip.records import LoadSummary, ModelAdvert, PeerRecord, RecordLimits, Rejection
-from atomic_p2p.identity import Identity
-from atomic_p2p.protocol.wire import parse
+from atomic_p2p.gossip.records import LoadSummary, ModelAdvert, PeerRecord, RecordLimits, Rejection, RejectReason
+from atomic_p2p.identity import Identity, PeerId
+from atomic_p2p.protocol.wire import check_counts, parse
+from atomic_p2p.sources import UNKNOWN, source_of, source_of_address
 
 log = logging.getLogger(__name__)
 
@@ -157,17 +164,49 @@ class GossipAgent:
     def handle(self, raw: bytes, connection: str) -> bytes:
         """Serve one Gossip RPC (raw request bytes in, raw response bytes out).
 
-        The rate limit is keyed by the sender's peer id when its signed record verifies (so one
-        host can run many honest peers), else by the connection it came from."""
-        request = request_from_proto(parse(gossip_pb2.GossipRequest, raw, "GossipRequest"))
-        key = connection
-        if request.sender is not None and not isinstance(self.membership.opener(request.sender), Rejection):
-            key = request.sender.signer.hex
+        Sizes and counts are checked on the wire before anything is converted: the message's
+        bytes, then its digest entries and updates (:func:`check_counts`). The rate limit is keyed
+        by the sender's peer id when it is a member with history here (or calls from this machine,
+        where every peer shares the loopback address) and its signed record verifies, so one host
+        can run many honest peers; else by the connection's address: fresh identities from one
+        address share one bucket."""
+        limits = self.config.limits
+        rejected = self.membership.stats.rejected
+        if len(raw) > limits.max_wire_bytes:
+            rejected[RejectReason.TOO_LARGE] += 1
+            raise LimitExceededError(
+                f"a Gossip request of {len(raw)} bytes; the limit is {limits.max_wire_bytes}"
+            )
         try:
-            response = self.membership.handle_request(self._clock(), request, key)
+            check_counts(
+                raw, {2: limits.max_members, 3: limits.max_updates_per_message, 1: 1}, "GossipRequest"
+            )
+        except LimitExceededError:
+            rejected[RejectReason.TOO_MANY_UPDATES] += 1  # the whole message, unread
+            raise
+        request = request_from_proto(parse(gossip_pb2.GossipRequest, raw, "GossipRequest"))
+        source = source_of(connection)
+        key = source.address or connection
+        sender = request.sender
+        if (
+            sender is not None
+            and (source.local or self.membership.has_history(sender.signer))
+            and not isinstance(self.membership.opener(sender), Rejection)
+        ):
+            key = sender.signer.hex
+        try:
+            response = self.membership.handle_request(
+                self._clock(), request, key, source.prefix if source is not UNKNOWN else None
+            )
         finally:
             self._absorb_events()
         return response_to_proto(response).SerializeToString()
+
+    def suspect(self, peer: PeerId) -> None:
+        """This node's own call to ``peer`` found it unreachable: SUSPECT now (Lifeguard), which
+        hides it from the directory until a newer heartbeat or record refutes it."""
+        self.membership.suspect(self._clock(), peer)
+        self._absorb_events()
 
     # --- waiting --------------------------------------------------------------------------------
 
@@ -234,7 +273,10 @@ class GossipAgent:
             log.warning("bad gossip answer from %s: %s", outgoing.address, error)
             follow_ups = self.membership.failed(self._clock(), outgoing, suspect=False)
         else:
-            follow_ups = self.membership.handle_response(self._clock(), outgoing, response)
+            source = source_of_address(outgoing.address)
+            follow_ups = self.membership.handle_response(
+                self._clock(), outgoing, response, source.prefix if source is not UNKNOWN else None
+            )
             self.exchanges_completed += 1
         self._absorb_events()
         return follow_ups

@@ -36,6 +36,7 @@ from typing import Any
 from atomic_p2p.contract import Dim, ModelContract, TaskKind, TensorContract
 from atomic_p2p.errors import ConfigError
 from atomic_p2p.faults import FaultPlan
+from atomic_p2p.guard import DEFAULT_GUARD, GuardConfig, Rate
 from atomic_p2p.peer.strategies import STRATEGIES, make_strategy
 from atomic_p2p.terms import ModelConstraints, Resources
 
@@ -154,6 +155,8 @@ class PeerConfig:
     # Delay, jitter and loss injected into this node's outgoing calls (atomic_p2p.faults); set by
     # atomic-peer's --fault-* flags, not by TOML. None: read ATOMIC_P2P_FAULTS.
     faults: FaultPlan | None = None
+    # [peer.guard]: limits per source address and prefix, fair shares (docs/security.md).
+    guard: GuardConfig = DEFAULT_GUARD
 
     @property
     def weights_dir(self) -> Path:
@@ -191,6 +194,7 @@ _PEER_KEYS = {
     "advertise",
     "gossip_interval_s",
     "gossip_fanout",
+    "guard",
 }
 _MODEL_KEYS = {
     "gradient",
@@ -283,7 +287,39 @@ def _peer_settings(peer: Mapping[str, Any], base_dir: Path, source: str) -> dict
         "advertise": peer.get("advertise") and _string(peer, "advertise", where, default=None),
         "gossip_interval_s": _number(peer, "gossip_interval_s", where, default=1.0, low=0.01),
         "gossip_fanout": _integer(peer, "gossip_fanout", where, default=3, low=1),
+        "guard": _guard(_table(peer, "guard", source, "[peer]"), f"{source} [peer.guard]"),
     }
+
+
+_GUARD_RATES = ("address_calls", "prefix_calls", "address_gossip", "prefix_gossip")
+_GUARD_NUMBERS = ("bid_share_per_prefix", "newcomer_bid_share")
+_GUARD_INTEGERS = ("max_pending_calls", "max_sources")
+
+
+def _guard(table: Mapping[str, Any], where: str) -> GuardConfig:
+    """``[peer.guard]``: each rate as ``name = [per_s, burst]``, shares and counts as numbers."""
+    _reject_unknown(table, {*_GUARD_RATES, *_GUARD_NUMBERS, *_GUARD_INTEGERS}, where, "")
+    values: dict[str, Any] = {}
+    for key in _GUARD_RATES:
+        if key in table:
+            rate = table[key]
+            if not (isinstance(rate, list) and len(rate) == 2 and all(_is_number(x) for x in rate)):
+                raise ConfigError(f"{where}: {key} must be [per_second, burst], e.g. {key} = [100.0, 200.0]")
+            values[key] = Rate(float(rate[0]), float(rate[1]))
+    for key in _GUARD_NUMBERS:
+        if key in table:
+            values[key] = _number(table, key, where, default=0.0, low=0.0)
+    for key in _GUARD_INTEGERS:
+        if key in table:
+            values[key] = _integer(table, key, where, default=1, low=1)
+    try:
+        return GuardConfig(**values)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _addresses(table: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:

@@ -32,6 +32,7 @@ from atomic_p2p.channels import ChannelPool
 from atomic_p2p.errors import ConfigError
 from atomic_p2p.gossip import GossipConfig, LoadSummary, ModelAdvert
 from atomic_p2p.gossip.transport import GossipAgent
+from atomic_p2p.guard import SourceLimits
 from atomic_p2p.identity import Identity, PeerId
 from atomic_p2p.peer.config import PeerConfig
 from atomic_p2p.peer.latency import LatencyProbe
@@ -102,7 +103,11 @@ class PeerNode:
             learned=self._learned,
         )
         self.service = PeerService(
-            self.seller, self.workers, draining=lambda: self.draining, gossip=lambda: self.gossip
+            self.seller,
+            self.workers,
+            draining=lambda: self.draining,
+            gossip=lambda: self.gossip,
+            limits=SourceLimits(config.guard),
         )
         self.latency_probe = LatencyProbe(
             self._models, config.latency_probe_s, lambda: self.workers.load(self.draining)
@@ -124,10 +129,10 @@ class PeerNode:
         for seed in config.bootstrap:
             parse_address(seed)  # a malformed PEERID@ fails here, not in every gossip round
         credentials = None if config.insecure else TlsCredentials.load_or_create(config.data_dir, identity)
-        server, health_servicer = build_server(max_message_bytes=config.max_message_bytes)
-        port = _bind(
-            server, config, credentials
-        )  # before the models: a busy port should not cost a training run
+        server, health_servicer = build_server(
+            max_message_bytes=config.max_message_bytes, max_pending_calls=config.guard.max_pending_calls
+        )
+        port = _bind(server, config, credentials)  # before the models: a busy port should not cost a training run
         node: PeerNode | None = None
         try:
             models = await asyncio.to_thread(load_models, config, device)

@@ -23,8 +23,9 @@ Both tables are bounded. When one is full of unexpired entries new requests are 
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Hashable
+import math
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -50,10 +51,13 @@ V = TypeVar("V")
 class ExpiringMap(Generic[K, V]):
     """A bounded map whose entries expire ``ttl_ms`` after insertion, oldest first."""
 
-    def __init__(self, ttl_ms: int, capacity: int, what: str) -> None:
+    def __init__(
+        self, ttl_ms: int, capacity: int, what: str, on_expiry: Callable[[V], None] | None = None
+    ) -> None:
         self.ttl_ms = ttl_ms
         self.capacity = capacity
         self.what = what
+        self._on_expiry = on_expiry  # hears each value as it expires
         self._entries: OrderedDict[K, tuple[int, V]] = OrderedDict()
 
     def __len__(self) -> int:
@@ -77,10 +81,12 @@ class ExpiringMap(Generic[K, V]):
     def prune(self, now_ms: int) -> None:
         # One TTL per map, so insertion order is expiry order (a clock that steps back only delays).
         while self._entries:
-            key, (expires_at, _) = next(iter(self._entries.items()))
+            key, (expires_at, value) = next(iter(self._entries.items()))
             if expires_at > now_ms:
                 return
             del self._entries[key]
+            if self._on_expiry is not None:
+                self._on_expiry(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,17 +148,67 @@ class IssuedBid:
     inputs: tuple[InputSpec, ...]  # every input the bid was for, as the task announced them
     confidence: float = 0.0
     text_count: int = 0  # how many texts the bid was for (a text task)
+    source: str = ""  # the address prefix the call for bids came from ("": not known)
+    newcomer: bool = False  # made for a requester without history here
 
 
 class BidBook:
-    def __init__(self, validity_ms: int, grace_ms: int, capacity: int) -> None:
+    """The bids this node signed, with fair shares (docs/security.md): the live bids asked for
+    from one address prefix may fill at most ``prefix_share`` of the book, those made for
+    requesters without history here (none of their orders ran) at most ``newcomer_share``. A
+    requester with history is held back by neither, so a flood of fresh identities, from one
+    prefix or many, cannot lock established requesters out. Each share is at least
+    ``min_quota`` bids (one full request), and never more than the book."""
+
+    def __init__(
+        self,
+        validity_ms: int,
+        grace_ms: int,
+        capacity: int,
+        *,
+        prefix_share: float = 1.0,
+        newcomer_share: float = 1.0,
+        min_quota: int = 64,
+    ) -> None:
         self.validity_ms = validity_ms
         self._bids: ExpiringMap[tuple[bytes, str], IssuedBid] = ExpiringMap(
-            validity_ms + grace_ms, capacity, "issued bids"
+            validity_ms + grace_ms, capacity, "issued bids", on_expiry=self._expired
         )
         self._feedback: ExpiringMap[tuple[bytes, str, FeedbackKind], None] = ExpiringMap(
             validity_ms + grace_ms, capacity, "feedback notices"
         )
+        self.prefix_quota = min(capacity, max(min_quota, math.ceil(capacity * prefix_share)))
+        self.newcomer_quota = min(capacity, max(min_quota, math.ceil(capacity * newcomer_share)))
+        self._by_source: Counter[str] = Counter()
+        self._newcomer_bids = 0
+        # Requesters with history here (an order of theirs ran), least recent first; bounded.
+        self._history: OrderedDict[bytes, None] = OrderedDict()
+        self._history_capacity = capacity
+
+    def has_history(self, requester: PeerId) -> bool:
+        return requester.raw in self._history
+
+    def vouch(self, requester: PeerId) -> None:
+        """``requester`` had an order run here: from now on it has history."""
+        self._history[requester.raw] = None
+        self._history.move_to_end(requester.raw)
+        if len(self._history) > self._history_capacity:
+            self._history.popitem(last=False)
+
+    def check_room(self, now_ms: int, count: int, source: str = "", newcomer: bool = False) -> None:
+        """Room for ``count`` more bids asked for from ``source`` (its prefix), or the
+        LimitExceededError (RESOURCE_EXHAUSTED) saying which share is used up."""
+        self._bids.prune(now_ms)
+        if len(self._bids) + count > self._bids.capacity:
+            raise LimitExceededError("too many live bids remembered; retry later")
+        if source and self._by_source[source] + count > self.prefix_quota:
+            raise LimitExceededError(
+                f"the live bids asked for from {source} fill its share ({self.prefix_quota}); retry later"
+            )
+        if newcomer and self._newcomer_bids + count > self.newcomer_quota:
+            raise LimitExceededError(
+                "the live bids for requesters new to this peer fill their share; retry later"
+            )
 
     @property
     def occupancy(self) -> tuple[int, int]:
@@ -165,6 +221,18 @@ class BidBook:
 
     def record(self, bid: IssuedBid, now_ms: int) -> None:
         self._bids.put((bid.request_id, bid.task_id), bid, now_ms)
+        if bid.source:
+            self._by_source[bid.source] += 1
+        self._newcomer_bids += bid.newcomer
+
+    def _expired(self, bid: IssuedBid) -> None:
+        if bid.source:
+            left = self._by_source[bid.source] - 1
+            if left > 0:
+                self._by_source[bid.source] = left
+            else:
+                del self._by_source[bid.source]
+        self._newcomer_bids -= bid.newcomer
 
     def find(self, request_id: bytes, task_id: str, now_ms: int) -> IssuedBid | None:
         return self._bids.get((request_id, task_id), now_ms)

@@ -48,6 +48,9 @@ from atomic_p2p.errors import (
     PreconditionError,
     ProtocolError,
     SignatureError,
+    StaleRequestError,
+    TensorError,
+    shown,
 )
 from atomic_p2p.identity import Envelope, Identity
 from atomic_p2p.peer.config import PeerConfig
@@ -79,6 +82,7 @@ from atomic_p2p.protocol.messages import (
     TextSpec,
 )
 from atomic_p2p.protocol.messages import NoBid as WireNoBid
+from atomic_p2p.sources import UNKNOWN, Source
 from atomic_p2p.tensors import (
     DEFAULT_LIMITS,
     DEFAULT_TEXT_LIMITS,
@@ -91,6 +95,9 @@ from atomic_p2p.tensors import (
     digest,
     encode,
 )
+
+# The longest task_id, capability, model_id or language a TaskSpec may carry (refused before use).
+MAX_FIELD_CHARS = 256
 
 # Below this measured forward time, a preview runs inline: a hop to a worker thread and back
 # (~0.2 ms on a 2-core box) would cost more than the forward pass it moves off the loop.
@@ -106,6 +113,8 @@ class OpenRequest:
     header: BidRequestHeader
     request: BidRequest
     tasks: tuple[tuple[Task, bytes], ...]
+    source: str = ""  # the address prefix it came from ("": not known)
+    newcomer: bool = False  # from a requester without history here
 
     @property
     def has_preview(self) -> bool:
@@ -167,7 +176,15 @@ class Seller:
         self._guard = RequestGuard(
             started_at_ms, window_ms, config.max_tasks_per_request, config.max_remembered
         )
-        self._book = BidBook(self._validity_ms, window_ms, config.max_remembered)
+        self._window_ms = window_ms
+        self._book = BidBook(
+            self._validity_ms,
+            window_ms,
+            config.max_remembered,
+            prefix_share=config.guard.bid_share_per_prefix,
+            newcomer_share=config.guard.newcomer_bid_share,
+            min_quota=config.max_tasks_per_request,
+        )
         self._candidates = [(model, model.strategy) for model in models.values()]
         self.learners: Mapping[str, BidLearner] = load_learners(models, config.data_dir)
         self.gradients = GradientBook(self._validity_ms + window_ms, config.max_remembered)
@@ -178,7 +195,10 @@ class Seller:
 
     # --- RequestBids --------------------------------------------------------------------------
 
-    def open_request(self, call: RequestBidsCall, now_ms: int) -> OpenRequest:
+    def open_request(self, call: RequestBidsCall, now_ms: int, source: Source = UNKNOWN) -> OpenRequest:
+        """Verify and admit a call for bids from ``source``: the bid book's share of that prefix
+        (not for a loopback source: every local caller shares it), and of requesters without
+        history here, must have room for its tasks."""
         signer, request = codec.open_signed(call.request, BidRequest)
         header = BidRequestHeader(
             request.request_id,
@@ -192,9 +212,10 @@ class Seller:
         tasks = tuple(self._parse_task(raw) for raw in request.tasks)
         if len({task.task_id for task, _ in tasks}) != len(tasks):
             raise ProtocolError("task ids must be unique within one BidRequest")
-        if not self._book.has_room(now_ms, len(tasks)):
-            raise LimitExceededError("too many live bids remembered; retry later")
-        return OpenRequest(header, request, tasks)
+        newcomer = not self._book.has_history(signer)
+        prefix = "" if source.local else source.prefix
+        self._book.check_room(now_ms, len(tasks), prefix, newcomer)
+        return OpenRequest(header, request, tasks, prefix, newcomer)
 
     def previews_are_slow(self, opened: OpenRequest) -> bool:
         """True when deciding runs a model slow enough to belong off the event loop."""
@@ -234,13 +255,21 @@ class Seller:
         spec = codec.decode(TaskSpec, raw)
         if not spec.task_id:
             raise ProtocolError("every TaskSpec needs a task_id")
+        for name, text in (
+            ("task_id", spec.task_id),
+            ("capability", spec.capability),
+            ("model_id", spec.model_id),
+            ("language", spec.language),
+        ):
+            if len(text) > MAX_FIELD_CHARS:
+                raise ProtocolError(f"a TaskSpec {name} of {len(text)} chars; the limit is {MAX_FIELD_CHARS}")
         if not math.isfinite(spec.max_cost) or spec.max_cost < 0:
             raise ProtocolError(f"max_cost must be a finite number >= 0 (0: no cap), got {spec.max_cost}")
         for input_spec in spec.inputs:
             check_spec(input_spec.dtype, input_spec.shape, self.limits)  # refused now, not at Execute
         # A preview shows a single-input task; strategies judge a task of several inputs without it.
-        shown = spec.preview if len(spec.inputs) == 1 else ()
-        preview = tuple(decode(wire, self.limits) for wire in shown)
+        previewed = spec.preview if len(spec.inputs) == 1 else ()
+        preview = tuple(finite(decode(wire, self.limits), wire.name) for wire in previewed)
         task = Task(
             task_id=spec.task_id,
             capability=spec.capability,
@@ -314,6 +343,8 @@ class Seller:
             inputs=task.inputs,
             confidence=terms.confidence,
             text_count=task.text_count,
+            source=opened.source,
+            newcomer=opened.newcomer,
         )
         return bid, issued
 
@@ -370,6 +401,7 @@ class Seller:
         issued = self._book.lookup(bid.request_id, bid.task_id, bid_digest, now_ms)
         if order_signer != issued.requester:
             raise SignatureError("the order is not signed by the requester this bid was made for")
+        self._check_issued_at(order, bid, now_ms)
         return order, issued
 
     def _open(self, call: ExecuteCall, now_ms: int) -> Job:
@@ -391,6 +423,19 @@ class Seller:
             texts=texts,
         )
 
+    def _check_issued_at(self, order: ExecuteOrder, bid: Bid, now_ms: int) -> None:
+        """An order is signed after its bid and within the replay window of this node's clock
+        (either side, as a BidRequest's issued_at): a captured order cannot be replayed later,
+        once its result is forgotten."""
+        skew = order.issued_at_ms - now_ms
+        if abs(skew) > self._window_ms:
+            raise StaleRequestError(
+                f"the order's issued_at is {skew / 1000:+.1f} s from this node's clock; the window is "
+                f"±{self._window_ms / 1000:g} s (check the requester's clock)"
+            )
+        if order.issued_at_ms + self._window_ms < bid.issued_at_ms:
+            raise StaleRequestError("the order was issued before the bid it names")
+
     def _check_reuse(self, bid: Bid, order: ExecuteOrder, now_ms: int) -> None:
         """An order under new ids for a bid signed earlier: only for a reusable bid, within its
         reuse period, while this node's record is the one it bid under, and with a deadline (a
@@ -407,7 +452,7 @@ class Seller:
     def _check_inputs(
         self, call: ExecuteCall, order: ExecuteOrder, issued: IssuedBid
     ) -> tuple[HostedModel, dict[str, torch.Tensor], tuple[str, ...]]:
-        decoded = [decode(wire, self.limits) for wire in call.inputs]
+        decoded = [finite(decode(wire, self.limits), wire.name) for wire in call.inputs]
         texts = decode_texts(call.texts, self.text_limits)
         if digest(call.inputs, call.texts) != order.inputs_digest:
             raise ProtocolError("the inputs' digest differs from the order's inputs_digest")
@@ -418,7 +463,7 @@ class Seller:
         for name, tensor in named:
             if tuple(tensor.shape) != announced.get(name):
                 raise ProtocolError(
-                    f"input {name!r} has shape {list(tensor.shape)}, but the bid was for "
+                    f"input {shown(name)} has shape {list(tensor.shape)}, but the bid was for "
                     f"{list(announced.get(name, ()))}"
                 )
         return model, inputs, tuple(texts)
@@ -488,8 +533,10 @@ class Seller:
         return self._signed_result(job, generated_digest(tokens, text), compute_ms)
 
     def _signed_result(self, job: Job, outputs_digest: bytes, latency_ms: float) -> Envelope:
-        """The receipt for ``job``'s outputs, whichever way they travelled: signed, bound to its bid."""
+        """The receipt for ``job``'s outputs, whichever way they travelled: signed, bound to its bid.
+        The requester has history here from now on (the bid book's fair shares prefer it)."""
         metrics.executed(job.model.model_id, latency_ms)
+        self._book.vouch(job.issued.requester)
         result = ExecuteResult(
             request_id=job.order.request_id,
             task_id=job.order.task_id,
@@ -557,7 +604,11 @@ class Seller:
         # Applied in one call, with nothing in between the replay check and marking the bid
         # applied: two copies of one update cannot both pass. The step is one small forward and
         # backward pass.
-        output_grad = None if update.output_grad is None else decode(update.output_grad, self.limits)
+        output_grad = (
+            None
+            if update.output_grad is None
+            else finite(decode(update.output_grad, self.limits), "output_grad")
+        )
         applied_norm = learner.apply(
             inputs,
             GradientUpdate(
@@ -569,6 +620,14 @@ class Seller:
         )
         self.gradients.applied(update.request_id, update.task_id, now_ms)
         return BidGradientReply(applied=True, applied_norm=applied_norm)
+
+
+def finite(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    """``tensor``, when it holds no NaN or infinity: inputs that are not numbers are refused
+    (INVALID_ARGUMENT) before they are run or charged (docs/protocol.md)."""
+    if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all()):
+        raise TensorError(f"tensor {shown(name)} holds NaN or infinite values")
+    return tensor
 
 
 def numeric_parameters(snapshot: Mapping[str, object]) -> dict[str, float]:

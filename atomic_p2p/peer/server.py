@@ -37,8 +37,12 @@ from atomic_p2p.errors import (
     ProtocolError,
     UnavailableError,
     UnimplementedError,
+    bounded,
+    shown,
 )
+from atomic_p2p.gossip.ratelimit import TokenBuckets
 from atomic_p2p.gossip.transport import GossipAgent
+from atomic_p2p.guard import SourceLimits
 from atomic_p2p.identity import Envelope
 from atomic_p2p.peer.seller import Decision, Seller
 from atomic_p2p.peer.textgen import TextPieces
@@ -53,8 +57,10 @@ from atomic_p2p.protocol.messages import (
     TokenChunk,
 )
 from atomic_p2p.protocol.streaming import OFFLOAD_BYTES, Reassembly, encoded_slices
+from atomic_p2p.sources import source_of
 
 log = logging.getLogger(__name__)
+_TRACEBACKS = TokenBuckets(rate=0.1, burst=10, max_keys=16)  # per method: 10 at once, then 6 a minute
 
 SERVICE_NAME = "atomic.v1.Peer"
 METHODS = ("Gossip", "RequestBids", "Execute", "Feedback", "BidGradient")
@@ -83,8 +89,11 @@ class PeerService:
         gossip: Callable[[], GossipAgent | None] = lambda: None,
         clock: Callable[[], int] = wall_ms,
         offload: Callable[..., Awaitable[object]] = asyncio.to_thread,
+        limits: SourceLimits | None = None,
     ) -> None:
         self.seller = seller
+        # Calls per source address and prefix, checked before a request is parsed (docs/security.md).
+        self.limits = limits or SourceLimits()
         self.workers = workers
         self._draining = draining
         self._gossip = gossip
@@ -100,25 +109,31 @@ class PeerService:
 
     async def call(self, method: str, raw: bytes, caller: str = "") -> bytes:
         """Serve one call of ``method`` on request bytes; raises AtomicError for a refusal.
-        ``caller`` names the connection (gossip rate limits key on it)."""
+        ``caller`` names the connection as gRPC does (``ipv4:1.2.3.4:5678``): the limits per
+        source address and prefix, and the fair shares further in, key on it."""
         handler = self._methods.get(method)
         if handler is None:
-            raise UnimplementedError(f"atomic.v1.Peer has no method {method!r}")
+            raise UnimplementedError(f"atomic.v1.Peer has no method {shown(method)}")
+        self.limits.admit(method, source_of(caller), time.monotonic())
         return await handler(raw, caller)
 
-    def upload(self, method: str, requests: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+    def upload(
+        self, method: str, requests: AsyncIterator[bytes], caller: str = ""
+    ) -> AsyncGenerator[bytes, None]:
         """Serve one bidirectional call (ExecuteUpload) as :meth:`stream` serves one: its request
         messages in, its answer messages out."""
         if method != "ExecuteUpload":
-            raise UnimplementedError(f"atomic.v1.Peer has no bidirectional method {method[:64]!r}")
+            raise UnimplementedError(f"atomic.v1.Peer has no bidirectional method {shown(method)}")
+        self.limits.admit(method, source_of(caller), time.monotonic())
         return self.execute_upload(requests)
 
-    def stream(self, method: str, raw: bytes) -> AsyncGenerator[bytes, None]:
+    def stream(self, method: str, raw: bytes, caller: str = "") -> AsyncGenerator[bytes, None]:
         """Serve one server-streaming call: its answer messages as bytes; a refusal raises
         AtomicError from the iteration. Closing the iterator early (a client that cancels) stops
         the work after the step in progress and frees its worker slot."""
         if method != "ExecuteStream":
-            raise UnimplementedError(f"atomic.v1.Peer has no streaming method {method[:64]!r}")
+            raise UnimplementedError(f"atomic.v1.Peer has no streaming method {shown(method)}")
+        self.limits.admit(method, source_of(caller), time.monotonic())
         return self.execute_stream(raw)
 
     def handler(self) -> grpc.GenericRpcHandler:
@@ -138,7 +153,9 @@ class PeerService:
 
     async def request_bids(self, raw: bytes, caller: str = "") -> bytes:
         self._refuse_new_work()
-        opened = self.seller.open_request(codec.decode(RequestBidsCall, raw), self._now_ms())
+        opened = self.seller.open_request(
+            codec.decode(RequestBidsCall, raw), self._now_ms(), source_of(caller)
+        )
         load = self.workers.load(self._draining())
         if self.seller.previews_are_slow(opened):
             # Scoring previews runs the models: keep slow ones off the event loop.
@@ -245,11 +262,10 @@ def _rpc(
     name: str, call: Callable[[str, bytes, str], Awaitable[bytes]]
 ) -> Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]:
     """Wrap a method: the one place where errors become gRPC statuses."""
-    wants_connection = name == "Gossip"  # rate limits key on who is calling
 
     async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
         try:
-            return await call(name, raw, context.peer() if wants_connection else "")
+            return await call(name, raw, context.peer())  # limits key on who is calling
         except Exception as error:
             await _refuse(context, name, error)
 
@@ -257,14 +273,14 @@ def _rpc(
 
 
 def _stream_rpc(
-    name: str, stream: Callable[[str, bytes], AsyncGenerator[bytes, None]]
+    name: str, stream: Callable[[str, bytes, str], AsyncGenerator[bytes, None]]
 ) -> Callable[[bytes, grpc.aio.ServicerContext], AsyncGenerator[bytes, None]]:
     """Wrap a streaming method: refusals become statuses as in :func:`_rpc`; a client that
     cancels closes the stream (gRPC cancels the handler), which stops the work."""
 
     async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncGenerator[bytes, None]:
         try:
-            async with aclosing(stream(name, raw)) as messages:
+            async with aclosing(stream(name, raw, context.peer())) as messages:
                 async for message in messages:
                     yield message
         except Exception as error:
@@ -274,7 +290,7 @@ def _stream_rpc(
 
 
 def _upload_rpc(
-    name: str, upload: Callable[[str, AsyncIterator[bytes]], AsyncGenerator[bytes, None]]
+    name: str, upload: Callable[[str, AsyncIterator[bytes], str], AsyncGenerator[bytes, None]]
 ) -> Callable[[AsyncIterator[bytes], grpc.aio.ServicerContext], AsyncGenerator[bytes, None]]:
     """Wrap a bidirectional method as :func:`_stream_rpc` wraps a server-streaming one."""
 
@@ -282,7 +298,7 @@ def _upload_rpc(
         requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> AsyncGenerator[bytes, None]:
         try:
-            async with aclosing(upload(name, requests)) as messages:
+            async with aclosing(upload(name, requests, context.peer())) as messages:
                 async for message in messages:
                     yield message
         except Exception as error:
@@ -292,11 +308,17 @@ def _upload_rpc(
 
 
 async def _refuse(context: grpc.aio.ServicerContext, name: str, error: Exception) -> NoReturn:
-    """The status a failed call ends with: an AtomicError's own code, anything else INTERNAL."""
+    """The status a failed call ends with: an AtomicError's own code, anything else INTERNAL. The
+    text is cut to ``MAX_STATUS_CHARS`` (a message may quote what the caller sent)."""
     if isinstance(error, AtomicError):
-        log.debug("%s refused: %s %s", name, error.code.name, error)
-        await _abort(context, error.code, str(error))
-    log.exception("%s failed unexpectedly; the node keeps serving", name, exc_info=error)
+        details = bounded(str(error))
+        log.debug("%s refused: %s %s", name, error.code.name, details)
+        await _abort(context, error.code, details)
+    # One line per failure, a traceback for a few per minute: a flood of one bug cannot fill the disk.
+    trace = error if _TRACEBACKS.take(name, time.monotonic()) else None
+    log.error(
+        "%s failed unexpectedly (%s); the node keeps serving", name, bounded(repr(error)), exc_info=trace
+    )
     await _abort(context, grpc.StatusCode.INTERNAL, f"{name} failed inside the peer; see its log")
 
 
@@ -305,15 +327,19 @@ async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, detai
     raise AssertionError("context.abort returned")  # it raises; this keeps type checkers honest
 
 
-def build_server(*, max_message_bytes: int) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
-    """A grpc.aio server with grpc.health.v1 and reflection; add :meth:`PeerService.handler` to it."""
+def build_server(
+    *, max_message_bytes: int, max_pending_calls: int | None = None
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """A grpc.aio server with grpc.health.v1 and reflection; add :meth:`PeerService.handler` to it.
+    Past ``max_pending_calls`` calls at once, gRPC answers RESOURCE_EXHAUSTED (docs/protocol.md)."""
     server = grpc.aio.server(
+        maximum_concurrent_rpcs=max_pending_calls,
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
             # gRPC sets SO_REUSEPORT by default, which lets a second node bind a busy port silently.
             ("grpc.so_reuseport", 0),
-        ]
+        ],
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -4,14 +4,14 @@ place."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
 from atomic_p2p._proto.atomic.v1 import envelope_pb2, gossip_pb2, tensor_pb2
 from atomic_p2p.contract import Dim, TensorContract
-from atomic_p2p.errors import ProtocolError, TensorError
+from atomic_p2p.errors import LimitExceededError, ProtocolError, TensorError
 from atomic_p2p.identity import BatchProof, Envelope
 from atomic_p2p.protocol.messages import TensorSpec
 from atomic_p2p.tensors import DTYPES, WireTensor
@@ -31,6 +31,55 @@ def parse(message_class: type[M], data: bytes, what: str) -> M:
     except DecodeError as exc:
         raise ProtocolError(f"malformed {what}: {exc}") from exc
     return message
+
+
+MAX_WIRE_RANK = 64
+"""Dimensions a tensor or tensor spec may list on the wire, checked before they are converted
+(the node's own rank limit, ``TensorLimits.max_rank``, is lower)."""
+_SPARE_FIELDS = 16  # fields a capped message may carry besides the capped ones (newer versions')
+
+
+def check_counts(data: bytes, caps: Mapping[int, int], what: str) -> None:
+    """Count the top-level fields of a serialized message without parsing it, and refuse
+    (LimitExceededError) one where a field in ``caps`` (field number -> most occurrences) repeats
+    more often, or that holds more fields than the caps allow in all: the work is bounded by the
+    caps, not by the message's size. Bytes that are not protobuf raise ProtocolError."""
+    counts = dict.fromkeys(caps, 0)
+    fields_left = sum(caps.values()) + _SPARE_FIELDS
+    index, end = 0, len(data)
+    while index < end:
+        key, index = _varint(data, index, what)
+        field, wire_type = key >> 3, key & 7
+        if wire_type == 0:
+            _, index = _varint(data, index, what)
+        elif wire_type == 2:
+            length, index = _varint(data, index, what)
+            index += length
+        elif wire_type in (1, 5):
+            index += 8 if wire_type == 1 else 4
+        else:
+            raise ProtocolError(f"malformed {what}: wire type {wire_type} at byte {index}")
+        fields_left -= 1
+        if field in counts:
+            counts[field] += 1
+            if counts[field] > caps[field]:
+                raise LimitExceededError(f"{what}: field {field} repeats more than {caps[field]} times")
+        if fields_left < 0:
+            raise LimitExceededError(f"{what}: more fields than the limits allow")
+    if index > end:
+        raise ProtocolError(f"malformed {what}: truncated")
+
+
+def _varint(data: bytes, index: int, what: str) -> tuple[int, int]:
+    value = shift = 0
+    while index < len(data) and shift < 64:
+        byte = data[index]
+        index += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, index
+        shift += 7
+    raise ProtocolError(f"malformed {what}: bad varint")
 
 
 def envelope_from_proto(message: envelope_pb2.SignedEnvelope) -> Envelope:
@@ -60,9 +109,11 @@ def tensor_from_proto(message: tensor_pb2.Tensor) -> WireTensor:
     dtype = WIRE_TO_DTYPE.get(message.dtype)
     if dtype is None:
         raise TensorError(
-            f"tensor {message.name or '(unnamed)'} has dtype {message.dtype}, which is not accepted; "
+            f"tensor {message.name[:64] or '(unnamed)'} has dtype {message.dtype}, which is not accepted; "
             f"use one of {sorted(DTYPES)}"
         )
+    if len(message.shape) > MAX_WIRE_RANK:
+        raise TensorError(f"tensor has {len(message.shape)} dimensions; the limit is {MAX_WIRE_RANK}")
     return WireTensor(message.name, dtype, tuple(message.shape), message.data)
 
 
@@ -82,7 +133,11 @@ def tensors_from_proto(messages: Iterable[tensor_pb2.Tensor]) -> tuple[WireTenso
 def spec_from_proto(message: tensor_pb2.TensorSpec) -> TensorSpec:
     dtype = WIRE_TO_DTYPE.get(message.dtype)
     if dtype is None:
-        raise TensorError(f"input spec {message.name or '(unnamed)'} has an unaccepted dtype {message.dtype}")
+        raise TensorError(
+            f"input spec {message.name[:64] or '(unnamed)'} has an unaccepted dtype {message.dtype}"
+        )
+    if len(message.shape) > MAX_WIRE_RANK:
+        raise TensorError(f"input spec has {len(message.shape)} dimensions; the limit is {MAX_WIRE_RANK}")
     return TensorSpec(message.name, dtype, tuple(message.shape))
 
 

@@ -56,7 +56,7 @@ from atomic_p2p.requester.memory import MarketMemory
 from atomic_p2p.requester.messages import ResultReceipt, TaskRef
 from atomic_p2p.requester.ranking import Decision
 from atomic_p2p.requester.selection import ANY, Selection
-from atomic_p2p.requester.transport import GrpcTransport, Transport
+from atomic_p2p.requester.transport import GrpcTransport, Transport, WatchedTransport
 from atomic_p2p.requester.types import Attempt, BidInfo, Result
 from atomic_p2p.requester.weights import WeightsSpec, resolve_weights
 from atomic_p2p.tls import parse_address
@@ -150,7 +150,12 @@ class Requester:
     whole). ``clock`` is where every deadline, timing, timeout and timestamp is read and every
     timed wait is kept (:mod:`atomic_p2p.clock`; the system clock by default, a ``FakeClock``
     in tests). ``transport`` carries the market calls (:class:`~.transport.Transport`; gRPC over
-    the requester's channels by default, :class:`atomic_p2p.testing.InMemoryNetwork` in tests).
+    the requester's channels by default, :class:`atomic_p2p.testing.InMemoryNetwork` in tests);
+    a call through it that finds a peer unreachable makes that peer a suspect at once
+    (:meth:`.discovery.Discovery.suspect`). ``durable`` (default True): with a ``store``,
+    :meth:`run`, :meth:`submit` and a generation's final result return only once the result's
+    decision and bids, payment and profile update are committed (docs/store.md); False returns
+    sooner and leaves them to the store's writer (a kill within milliseconds may lose them).
 
     Every channel is TLS pinned to a certificate bound to the peer id (docs/security.md): an
     address ``PEERID@host:port`` in ``peers`` or ``bootstrap`` must prove that peer id; a plain
@@ -177,6 +182,7 @@ class Requester:
         clock: Clock | None = None,
         transport: Transport | None = None,
         insecure: bool = False,
+        durable: bool = True,
     ) -> None:
         for name, addresses in (("peers", peers), ("bootstrap", bootstrap)):
             if isinstance(addresses, str) or not all(isinstance(a, str) and a for a in addresses):
@@ -191,6 +197,7 @@ class Requester:
         if not 0 < bid_share < 1:
             raise ConfigError("bid_share must lie strictly between 0 and 1")
         self.peers = tuple(dict.fromkeys(peers))  # keep order, drop duplicates
+        self.durable = durable
         self.clock = clock if clock is not None else SYSTEM_CLOCK
         self.identity = identity or Identity.generate()
         self.policy = bids or BidPolicy()
@@ -198,9 +205,10 @@ class Requester:
         self._bid_timeout_s = bid_timeout_s
         self._bid_share = bid_share
         self._pool = ChannelPool(allow_plaintext=insecure)
-        self.discovery = Discovery(self.identity, self.peers, bootstrap, self._pool, gossip)
-        self._transport: Transport = (
-            transport if transport is not None else GrpcTransport(self._pool, self.clock)
+        self.discovery = Discovery(self.identity, self.peers, bootstrap, self._pool, gossip, self.clock)
+        # Every call that finds a peer unreachable makes it a suspect at once (Discovery.suspect).
+        self._transport: Transport = WatchedTransport(
+            transport if transport is not None else GrpcTransport(self._pool, self.clock), self.discovery.suspect
         )
         self._feedback = FeedbackSender(
             self._transport,
@@ -338,7 +346,16 @@ class Requester:
             soliciting = self.clock.monotonic()
             (offers,) = await self._broker.offers([prepared], terms, deadline_s)
             bids_ms = (self.clock.monotonic() - soliciting) * 1000
-            return await self._broker.settle(prepared, offers, terms, started=started, bids_ms=bids_ms)
+            result = await self._broker.settle(prepared, offers, terms, started=started, bids_ms=bids_ms)
+        await self._acknowledge()
+        return result
+
+    async def _acknowledge(self) -> None:
+        """With ``durable`` (the default) and a store, wait until what a returned result stands
+        for (its decision and bids, its payment, the profile update) is committed: a kill after
+        the return loses none of it (docs/store.md; the wait costs one group commit)."""
+        if self.durable:
+            await self.memory.commit()
 
     def generate(
         self,
@@ -399,6 +416,7 @@ class Requester:
                 async for step in steps:
                     if isinstance(step, GenerationResult):
                         self._generated(offers.request_id, ask, decision, step)
+                        await self._acknowledge()
                     yield step
 
     def _generated(
@@ -448,7 +466,7 @@ class Requester:
             unknown = any(self._broker.limits_unknown(node.capability) for node in request.nodes)
             graph = self._decompose(request, policy)
             try:
-                return await GraphRun(graph, self._broker, terms, prefix=f"{next(self._task_numbers)}/").run()
+                outcome = await GraphRun(graph, self._broker, terms, prefix=f"{next(self._task_numbers)}/").run()
             except NoBidsError:
                 if graph.shards or not unknown or not request.shardable:
                     raise
@@ -456,7 +474,9 @@ class Requester:
                 graph = self._decompose(request, policy)
                 if not graph.shards:
                     raise  # the limits did not split it: the first answer stands
-            return await GraphRun(graph, self._broker, terms, prefix=f"{next(self._task_numbers)}/").run()
+                outcome = await GraphRun(graph, self._broker, terms, prefix=f"{next(self._task_numbers)}/").run()
+        await self._acknowledge()
+        return outcome
 
     def _decompose(self, request: Request, policy: ShardPolicy) -> TaskGraph:
         limits = [self._broker.max_batch(node.capability, policy.min_candidates) for node in request.nodes]

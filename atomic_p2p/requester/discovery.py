@@ -6,6 +6,11 @@ the live peers for a capability; a peer that joins later becomes a candidate on 
 and one declared SUSPECT, DEAD or LEFT stops being solicited at once. Fixed ``peers`` are always
 candidates, whatever gossip says.
 
+A peer this requester itself failed to reach (:meth:`Discovery.suspect`) is left out at once: its
+gossip member becomes SUSPECT in the requester's own membership (until a newer heartbeat or record
+of it refutes that), and its address, fixed or gossiped, sits out ``SUSPECT_S`` seconds (unless
+nobody else is left). So a killed peer stops being solicited after the first failed call.
+
 Discovery says who *could* be asked; :func:`~.bidpolicy.prefilter` decides who is (see
 :mod:`.evaluator` for the places a peer is chosen).
 """
@@ -15,11 +20,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from atomic_p2p.channels import ChannelPool
+from atomic_p2p.clock import SYSTEM_CLOCK, Clock
 from atomic_p2p.contract import Spec
 from atomic_p2p.gossip import GossipConfig, Requirements
 from atomic_p2p.gossip.transport import GossipAgent
 from atomic_p2p.identity import Identity, PeerId
 from atomic_p2p.tls import parse_address
+
+SUSPECT_S = 2.0
+"""How long an address this requester failed to reach is left out of the candidates."""
 
 
 class Discovery:
@@ -32,7 +41,10 @@ class Discovery:
         bootstrap: Sequence[str],
         pool: ChannelPool,
         gossip: GossipConfig | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
+        self._clock = clock
+        self._unreachable: dict[str, float] = {}  # address -> until when it sits out
         self.peers = tuple(dict.fromkeys(peers))
         # a fixed peer given as PEERID@host:port is the same candidate as its gossiped host:port
         self._fixed = frozenset(parse_address(address)[0] for address in self.peers)
@@ -67,7 +79,22 @@ class Discovery:
                 for c in found
                 if c.record.addresses and c.record.addresses[0] not in self._fixed
             ]
-        return list(dict.fromkeys(addresses))
+        addresses = list(dict.fromkeys(addresses))
+        if self._unreachable:
+            now = self._clock.monotonic()
+            for address, until in list(self._unreachable.items()):
+                if until <= now:
+                    del self._unreachable[address]
+            reachable = [address for address in addresses if address not in self._unreachable]
+            return reachable or addresses
+        return addresses
+
+    def suspect(self, address: str) -> None:
+        """A call to ``address`` found it unreachable: leave it out (see the module docstring)."""
+        self._unreachable[address] = self._clock.monotonic() + SUSPECT_S
+        peer = self.peer_of(address)
+        if peer is not None and self.agent is not None:
+            self.agent.suspect(peer)
 
     def limits(self, capability: str) -> dict[str, int]:
         """The ``max_batch`` each live gossip candidate advertises for ``capability`` (0: none),

@@ -106,6 +106,12 @@ class MarketMemory:
         if self.store is not None and self._owns_store:
             self.store.close()
 
+    async def commit(self) -> None:
+        """Return once everything this memory has written so far (decisions and their bids,
+        payments, profiles) is committed: acknowledged, in the sense of docs/store.md."""
+        if self.store is not None:
+            await self.clock.run_blocking(self.store.flush)
+
     def follow(self, main: MarketMemory, payment_kind: PaymentKind) -> None:
         """Learn into ``main`` from now on: its profiles, its load and its store, with payments
         booked as ``payment_kind``; win shares and pending outcomes stay this memory's own.

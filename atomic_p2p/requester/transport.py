@@ -14,7 +14,7 @@ the call's own timeout); a call with no time left fails at once with DeadlineErr
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import aclosing
 from typing import Protocol, TypeVar
 
@@ -24,7 +24,7 @@ from grpc import aio
 from atomic_p2p import metrics
 from atomic_p2p.channels import ChannelPool
 from atomic_p2p.clock import SYSTEM_CLOCK, Clock
-from atomic_p2p.errors import DeadlineError, UnimplementedError, from_status
+from atomic_p2p.errors import DeadlineError, UnavailableError, UnimplementedError, from_status
 from atomic_p2p.protocol import codec
 from atomic_p2p.protocol.messages import (
     BidGradientCall,
@@ -226,3 +226,54 @@ def status_name(error: BaseException) -> str:
     """A short code for tables: the gRPC status name an error maps to."""
     code = getattr(error, "code", grpc.StatusCode.UNKNOWN)
     return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+
+
+class WatchedTransport:
+    """A :class:`Transport` that tells ``unreachable(address)`` of every call that found the peer
+    unreachable (UNAVAILABLE: refused, reset, draining), the moment it fails: a requester's own
+    failed calls are evidence against the peer (:meth:`.discovery.Discovery.suspect`)."""
+
+    def __init__(self, inner: Transport, unreachable: Callable[[str], None]) -> None:
+        self.inner = inner
+        self._unreachable = unreachable
+
+    async def request_bids(self, address: str, call: RequestBidsCall, timeout_s: float) -> RequestBidsReply:
+        return await self._watch(address, self.inner.request_bids(address, call, timeout_s))
+
+    async def execute(self, address: str, call: ExecuteCall, timeout_s: float) -> ExecuteReply:
+        return await self._watch(address, self.inner.execute(address, call, timeout_s))
+
+    async def feedback(self, address: str, call: FeedbackCall, timeout_s: float) -> FeedbackReply:
+        return await self._watch(address, self.inner.feedback(address, call, timeout_s))
+
+    async def bid_gradient(self, address: str, call: BidGradientCall, timeout_s: float) -> BidGradientReply:
+        return await self._watch(address, self.inner.bid_gradient(address, call, timeout_s))
+
+    async def execute_stream(
+        self, address: str, call: ExecuteCall, timeout_s: float
+    ) -> AsyncGenerator[ExecuteChunk, None]:
+        try:
+            async with aclosing(self.inner.execute_stream(address, call, timeout_s)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        except UnavailableError:
+            self._unreachable(address)
+            raise
+
+    async def execute_upload(
+        self, address: str, call: ExecuteCall, timeout_s: float
+    ) -> AsyncGenerator[ExecuteChunk, None]:
+        try:
+            async with aclosing(self.inner.execute_upload(address, call, timeout_s)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
+        except UnavailableError:
+            self._unreachable(address)
+            raise
+
+    async def _watch(self, address: str, call: Awaitable[R]) -> R:
+        try:
+            return await call
+        except UnavailableError:
+            self._unreachable(address)
+            raise

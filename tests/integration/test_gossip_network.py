@@ -242,14 +242,22 @@ async def test_bad_records_and_a_flood_are_rejected_and_counted_and_the_node_kee
         for envelopes in bad.values():
             for envelope in envelopes:
                 await stub.Gossip(push(envelope), timeout=5)
-        await stub.Gossip(push(*[beat] * 600), timeout=5)  # over max_updates_per_message
+        over = await _status(stub.Gossip(push(*[beat] * 600), timeout=5))  # over max_updates_per_message
         flood = request_to_proto(GossipRequest(signed, {attacker.peer_id.raw: DigestEntry(now_ms, 0)}, ()))
+        flooding = time.monotonic()
         codes = await asyncio.gather(*(_status(stub.Gossip(flood, timeout=5)) for _ in range(80)))
+        flooded_s = time.monotonic() - flooding
     for reason, envelopes in bad.items():
         assert stats.rejected[reason] - before[reason] >= len(envelopes), reason
-    assert stats.rejected[RejectReason.TOO_MANY_UPDATES] - before[RejectReason.TOO_MANY_UPDATES] >= 88
-    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= 40
-    assert stats.rejected[RejectReason.RATE_LIMITED] - before[RejectReason.RATE_LIMITED] >= 40
+    assert over is grpc.StatusCode.RESOURCE_EXHAUSTED  # refused on the wire, before any conversion
+    assert stats.rejected[RejectReason.TOO_MANY_UPDATES] - before[RejectReason.TOO_MANY_UPDATES] >= 1
+    # The sender's bucket: a burst, then its rate over however long a loaded machine took to serve
+    # the flood (a fixed count of refusals would depend on that time).
+    limits = target.gossip.config.limits
+    allowed = limits.rate_burst + limits.rate_per_interval / INTERVAL * flooded_s
+    refused = codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert codes.count(grpc.StatusCode.OK) <= allowed + 1 and refused >= 1
+    assert stats.rejected[RejectReason.RATE_LIMITED] - before[RejectReason.RATE_LIMITED] >= refused
     assert target.gossip.membership.record_of(victim.peer_id) == victim_record  # nothing was overwritten
 
     async with HandBuyer(target.address) as buyer:  # the node keeps serving, and gossiping

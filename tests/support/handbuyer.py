@@ -126,6 +126,7 @@ class HandBuyer:
         deadline_ms: int | None = None,
         inputs_digest: bytes | None = None,
         signer: Identity | None = None,
+        issued_at_ms: int | None = None,
     ) -> market_pb2.ExecuteRequest:
         terms = market_pb2.Bid.FromString(bid.payload)
         now = now_ms()
@@ -133,7 +134,7 @@ class HandBuyer:
             request_id=terms.request_id,
             task_id=terms.task_id,
             bid_digest=hashlib.sha256(bid.payload).digest(),
-            issued_at_ms=now,
+            issued_at_ms=now if issued_at_ms is None else issued_at_ms,
             inputs_digest=digest(inputs) if inputs_digest is None else inputs_digest,
             deadline_ms=now + 30_000 if deadline_ms is None else deadline_ms,
         )

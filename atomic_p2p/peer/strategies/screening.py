@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from atomic_p2p.errors import ExecutionError
+from atomic_p2p.errors import ExecutionError, shown
 from atomic_p2p.peer.strategies.bidding import (
     BidTerms,
     InputSpec,
@@ -61,7 +61,7 @@ def screen(task: Task, model: ModelView) -> NoBid | None:
             f"{task.input_tokens} input tokens exceed max_input_tokens {model.max_input_tokens}",
         )
     if not language_supported(model.supported_languages, task.language):
-        return NoBid(NoBidReason.CONSTRAINT_VIOLATED, f"language {task.language[:32]!r} is not supported")
+        return NoBid(NoBidReason.CONSTRAINT_VIOLATED, f"language {shown(task.language, 32)} is not supported")
     return _screen_preview(task, model)
 
 
@@ -111,12 +111,12 @@ def decide(task: Task, candidates: Sequence[tuple[M, Strategy]], load: Load) -> 
     matching = [(m, s) for m, s in candidates if task.capability in m.capabilities]
     if task.model_id:
         if not any(m.model_id == task.model_id for m, _ in candidates):
-            return NoBid(NoBidReason.UNKNOWN_MODEL, f"no model {task.model_id!r} here")
+            return NoBid(NoBidReason.UNKNOWN_MODEL, f"no model {shown(task.model_id)} here")
         matching = [(m, s) for m, s in matching if m.model_id == task.model_id]
     if not matching:
         return NoBid(
             NoBidReason.UNKNOWN_CAPABILITY,
-            f"no model here offers {_cut(task.capability)}; offered: {_offered(candidates)}",
+            f"no model here offers {shown(task.capability)}; offered: {_offered(candidates)}",
         )
     if load.saturated:
         return NoBid(NoBidReason.OVERLOADED, f"{load.in_flight} running and {load.queued} queued")
@@ -133,16 +133,11 @@ def decide(task: Task, candidates: Sequence[tuple[M, Strategy]], load: Load) -> 
     return max(offers, key=lambda offer: (offer[1].confidence, -offer[1].cost))
 
 
-def _cut(name: str) -> str:
-    """``name`` quoted, cut to NAME_CHARS characters: a decline never echoes input unbounded."""
-    return repr(name) if len(name) <= NAME_CHARS else repr(name[:NAME_CHARS]) + f"... ({len(name)} chars)"
-
-
 def _offered(candidates: Sequence[tuple[M, Strategy]]) -> str:
     """What the hosted models do offer, sorted, at most OFFERED_NAMED of them named."""
     names = sorted({capability for model, _ in candidates for capability in model.capabilities})
-    shown = ", ".join(name[:NAME_CHARS] for name in names[:OFFERED_NAMED]) or "nothing"
-    return shown + (f" and {len(names) - OFFERED_NAMED} more" if len(names) > OFFERED_NAMED else "")
+    named = ", ".join(name[:NAME_CHARS] for name in names[:OFFERED_NAMED]) or "nothing"
+    return named + (f" and {len(names) - OFFERED_NAMED} more" if len(names) > OFFERED_NAMED else "")
 
 
 def _ask(strategy: Strategy, task: Task, model: ModelView, load: Load) -> BidTerms | NoBid:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from atomic_p2p.errors import ConfigError
+from atomic_p2p.errors import ConfigError, shown
 from atomic_p2p.peer.strategies.base import BaseStrategy, clamp, list_price, own_confidence
 from atomic_p2p.peer.strategies.bidding import (
     BidTerms,
@@ -147,7 +147,7 @@ class SpecializationStrategy(BaseStrategy):
         return Verdict(
             False,
             self._outside_accuracy(model),
-            f"capability {task.capability!r} is not one of {sorted(settings.capabilities)} {evidence}".strip(),
+            f"capability {shown(task.capability)} is not one of {sorted(settings.capabilities)} {evidence}".strip(),
         )
 
     def _expected_accuracy(self, task: Task, model: ModelView, predicted: Sequence[int]) -> float:

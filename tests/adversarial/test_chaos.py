@@ -1,0 +1,29 @@
+"""scripts/chaos.py at CI size: peer processes SIGKILLed under load and restarted, a requester
+process SIGKILLed and reopened on its store, and nothing that ``run()`` returned is then missing
+from the store (its decision, its bids, its payment). ``python scripts/chaos.py`` runs it at full
+size."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.system
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "chaos.py"
+
+
+async def test_nothing_returned_is_lost_to_sigkills_of_peers_and_the_requester(tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("chaos_script", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    chaos = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = chaos  # its dataclasses look their module up
+    spec.loader.exec_module(chaos)
+    peers, lives, results = chaos.QUICK
+    report = await chaos.chaos(tmp_path, peers=peers, lives=lives, results=results)
+    assert report.peer_kills == lives
+    assert report.returned >= lives * results
+    assert (report.missing_decisions, report.missing_bids, report.missing_payments) == (0, 0, 0)
