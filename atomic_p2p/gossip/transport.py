@@ -49,7 +49,14 @@ from atomic_p2p.gossip.config import GossipConfig
 from atomic_p2p.gossip.directory import Directory
 from atomic_p2p.gossip.membership import Membership
 from atomic_p2p.gossip.messages import WHO_ARE_YOU, MemberForgotten, MemberJoined, Outgoing, RecordUpdated
-from atomic_p2p.gossip.records import LoadSummary, ModelAdvert, PeerRecord, RecordLimits, Rejection, RejectReason
+from atomic_p2p.gossip.records import (
+    LoadSummary,
+    ModelAdvert,
+    PeerRecord,
+    RecordLimits,
+    Rejection,
+    RejectReason,
+)
 from atomic_p2p.identity import Identity, PeerId
 from atomic_p2p.protocol.wire import check_counts, parse
 from atomic_p2p.sources import UNKNOWN, source_of, source_of_address

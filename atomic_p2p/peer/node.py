@@ -132,7 +132,9 @@ class PeerNode:
         server, health_servicer = build_server(
             max_message_bytes=config.max_message_bytes, max_pending_calls=config.guard.max_pending_calls
         )
-        port = _bind(server, config, credentials)  # before the models: a busy port should not cost a training run
+        port = _bind(
+            server, config, credentials
+        )  # before the models: a busy port should not cost a training run
         node: PeerNode | None = None
         try:
             models = await asyncio.to_thread(load_models, config, device)

@@ -208,7 +208,8 @@ class Requester:
         self.discovery = Discovery(self.identity, self.peers, bootstrap, self._pool, gossip, self.clock)
         # Every call that finds a peer unreachable makes it a suspect at once (Discovery.suspect).
         self._transport: Transport = WatchedTransport(
-            transport if transport is not None else GrpcTransport(self._pool, self.clock), self.discovery.suspect
+            transport if transport is not None else GrpcTransport(self._pool, self.clock),
+            self.discovery.suspect,
         )
         self._feedback = FeedbackSender(
             self._transport,
@@ -466,7 +467,9 @@ class Requester:
             unknown = any(self._broker.limits_unknown(node.capability) for node in request.nodes)
             graph = self._decompose(request, policy)
             try:
-                outcome = await GraphRun(graph, self._broker, terms, prefix=f"{next(self._task_numbers)}/").run()
+                outcome = await GraphRun(
+                    graph, self._broker, terms, prefix=f"{next(self._task_numbers)}/"
+                ).run()
             except NoBidsError:
                 if graph.shards or not unknown or not request.shardable:
                     raise
@@ -474,7 +477,9 @@ class Requester:
                 graph = self._decompose(request, policy)
                 if not graph.shards:
                     raise  # the limits did not split it: the first answer stands
-                outcome = await GraphRun(graph, self._broker, terms, prefix=f"{next(self._task_numbers)}/").run()
+                outcome = await GraphRun(
+                    graph, self._broker, terms, prefix=f"{next(self._task_numbers)}/"
+                ).run()
         await self._acknowledge()
         return outcome
 

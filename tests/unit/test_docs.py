@@ -72,6 +72,7 @@ def test_every_config_key_is_documented() -> None:
 
     section = _config_keys_section()
     tables = {key for key in config._MODEL_KEYS if f"`[models.{key}]`" in section}  # a sub-table
+    tables |= {key for key in config._PEER_KEYS if f"`[peer.{key}]`" in section}
     missing = sorted(
         key for key in (config._PEER_KEYS | config._MODEL_KEYS) - tables if f"`{key}`" not in section
     )
