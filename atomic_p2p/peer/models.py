@@ -134,8 +134,6 @@ class HostedModel:
         self.tokenizer = built.tokenizer
         self.strategy: Strategy = make_strategy(config.strategy, config.strategy_options)
         self.latency = LatencyEwma()
-        # Logits computed ahead for the previews of one call for bids (prime_previews), by id.
-        self._primed: dict[int, tuple[tuple[torch.Tensor, ...], torch.Tensor]] = {}
         self._warm_up()
 
     @classmethod
@@ -240,50 +238,8 @@ class HostedModel:
 
     def _preview_logits(self, preview: Sequence[torch.Tensor]) -> torch.Tensor:
         """The model's output on the preview; ExecutionError (a NoBid MODEL_ERROR) if it raises."""
-        primed = self._primed.get(id(preview))
-        if primed is not None and primed[0] is preview:
-            return primed[1]
         rows = torch.cat(list(preview))
         return self._call({self.contract.input_names[0]: rows})[0][1]
-
-    def prime_previews(self, previews: Sequence[tuple[torch.Tensor, ...]]) -> None:
-        """Run the model once over the previews of many tasks (those of one per-example shape and
-        dtype together, at most ``max_batch`` rows a call) and keep each preview's logits, so a
-        call for bids with many tasks costs about one forward pass, not one per task. A group the
-        model fails on is left alone: its tasks then run one by one and fail as they would have.
-        Rows are independent in an eval-mode model, so each preview gets the logits it would get
-        alone. :meth:`forget_previews` drops them."""
-        groups: dict[tuple[tuple[int, ...], torch.dtype], list[tuple[torch.Tensor, ...]]] = {}
-        for preview in previews:
-            if len(preview) == 1 and preview[0].dim() >= 1 and 0 < preview[0].shape[0] <= self.max_batch:
-                groups.setdefault((tuple(preview[0].shape[1:]), preview[0].dtype), []).append(preview)
-        name = self.contract.input_names[0]
-        for group in groups.values():
-            chunk: list[tuple[torch.Tensor, ...]] = []
-            for preview in group:
-                if chunk and sum(p[0].shape[0] for p in chunk) + preview[0].shape[0] > self.max_batch:
-                    self._prime_chunk(name, chunk)
-                    chunk = []
-                chunk.append(preview)
-            if len(chunk) > 1 or len(group) == 1:
-                self._prime_chunk(name, chunk)
-
-    def _prime_chunk(self, name: str, chunk: list[tuple[torch.Tensor, ...]]) -> None:
-        try:
-            logits = self._call({name: torch.cat([preview[0] for preview in chunk])})[0][1]
-        except ExecutionError:
-            return
-        start = 0
-        for preview in chunk:
-            rows = preview[0].shape[0]
-            self._primed[id(preview)] = (preview, logits[start : start + rows])
-            start += rows
-
-    def forget_previews(self, previews: Sequence[tuple[torch.Tensor, ...]]) -> None:
-        for preview in previews:
-            entry = self._primed.get(id(preview))
-            if entry is not None and entry[0] is preview:
-                del self._primed[id(preview)]
 
     # --- execution ----------------------------------------------------------------------------
 

@@ -196,32 +196,8 @@ class Seller:
         return opened.has_preview and slowest > INLINE_FORWARD_MS
 
     def decide(self, opened: OpenRequest, load: Load) -> list[Decision]:
-        """Each task's best offer among the hosted models, or why none (may run models on previews).
-
-        With several previewed tasks, each model first runs once over all the previews it may be
-        asked about (:meth:`HostedModel.prime_previews`): the strategies then read the logits."""
-        primed = self._prime(opened)
-        try:
-            return [decide(task, self._candidates, load) for task, _ in opened.tasks]
-        finally:
-            for model, previews in primed:
-                model.forget_previews(previews)
-
-    def _prime(self, opened: OpenRequest) -> list[tuple[HostedModel, list[tuple[torch.Tensor, ...]]]]:
-        shown = [task for task, _ in opened.tasks if task.preview]
-        if len(shown) < 2:
-            return []
-        primed = []
-        for model in self.models.values():
-            previews = [
-                task.preview
-                for task in shown
-                if task.capability in model.capabilities and task.model_id in ("", model.model_id)
-            ]
-            if len(previews) > 1 and model.kind.has_confidence:
-                model.prime_previews(previews)
-                primed.append((model, previews))
-        return primed
+        """Each task's best offer among the hosted models, or why none (may run models on previews)."""
+        return [decide(task, self._candidates, load) for task, _ in opened.tasks]
 
     def answer(self, opened: OpenRequest, decisions: Sequence[Decision], now_ms: int) -> RequestBidsReply:
         """Sign a bid for every task that got an offer and remember it; a NoBid for the others.

@@ -34,7 +34,6 @@ from atomic_p2p.requester.messages import build_task, sign_bid_request, sign_ord
 from atomic_p2p.requester.types import BidInfo
 from atomic_p2p.tensors import digest, encode
 from atomic_p2p.testing import digits_batch, make_bid, seller_config
-from peers.examples import example_config
 
 NOW = 1_700_000_000_000
 IDLE = Load(in_flight=0, queued=0, capacity=2, queue_limit=4)
@@ -123,30 +122,3 @@ def test_feedback_teaches_the_strategy_once(seller: Seller) -> None:
     assert reply.accepted and reply.strategy_parameters["wins"] == 1
     with pytest.raises(ReplayError):
         seller.feedback(call, NOW + 3)
-
-
-def test_previews_of_one_call_run_through_the_model_once_with_the_same_confidences(tmp_path: Path) -> None:
-    config = example_config("small", tmp_path)  # the confidence strategy: it reads the previews
-    seller = Seller(
-        identity=Identity.generate(),
-        models=load_models(config),
-        config=config,
-        started_at_ms=NOW - 1000,
-        clock=lambda: NOW,
-    )
-    batches = [digits_batch(2, offset=2 * index)[0] for index in range(3)]
-    tasks = [
-        build_task(f"t{i}", "classify/digits", [encode(x, "x")], preview=True, max_cost=None)
-        for i, x in enumerate(batches)
-    ]
-    call = RequestBidsCall(sign_bid_request(Identity.generate(), os.urandom(16), tasks, NOW, NOW + 5000))
-    (model,) = seller.models.values()
-    alone = [model.preview_confidence((x,)) for x in batches]
-    calls: list[int] = []
-    model.module.register_forward_hook(lambda *_: calls.append(1))
-    opened = seller.open_request(call, NOW)
-    decisions = seller.decide(opened, IDLE)
-    assert len(calls) == 1  # one forward pass for the three previews
-    confidences = [decision[1].confidence for decision in decisions if isinstance(decision, tuple)]
-    assert confidences == pytest.approx(alone, abs=1e-5) and len(set(confidences)) == 3
-    assert model._primed == {}  # forgotten once decided
