@@ -41,6 +41,7 @@ from atomic_p2p.protocol.messages import TensorSpec
 from atomic_p2p.tensors import DTYPES, NAMES
 
 WARM_UP_BATCH = 8
+WARM_UP_CALLS = 3  # forward passes at load: one that allocates, two timed (the quicker is the first quote)
 LATENCY_EWMA_ALPHA = 0.2
 PROBE_SAMPLES = 5  # calls per latency probe of an idle model (each fed into the average)
 # How much of a model's exception text a NoBid or an error status may carry: the text may quote
@@ -333,7 +334,7 @@ class HostedModel:
         inputs = self._probe_inputs()
         timings = []
         try:
-            for _ in range(3):
+            for _ in range(WARM_UP_CALLS):
                 started = time.perf_counter()
                 outputs = self._call(inputs)
                 timings.append((time.perf_counter() - started) * 1000)

@@ -41,7 +41,7 @@ from atomic_p2p.channels import ChannelPool
 from atomic_p2p.clock import SYSTEM_CLOCK
 from atomic_p2p.identity import Identity
 from atomic_p2p.peer.config import ModelConfig, PeerConfig
-from atomic_p2p.peer.models import load_factory
+from atomic_p2p.peer.models import WARM_UP_CALLS, load_factory
 from atomic_p2p.peer.node import PeerNode
 from atomic_p2p.progress import progress as progress_bar
 from atomic_p2p.requester.auction import call_for_bids, collect_bids
@@ -58,7 +58,6 @@ DIGITS = PEERS_DIR / "digits.py"
 BENCH_MODELS = PEERS_DIR / "bench_models.py"
 CAPABILITY = "classify/digits"
 SOURCES = (("0-4", 0.4), ("5-9", 0.4), ("mixed", 0.2))
-WARM_UP_CALLS = 2  # HostedModel times two forward passes at load, before any bid
 
 
 @dataclass(frozen=True)
@@ -194,6 +193,7 @@ def peer_config(peer: PeerSpec, stream: StreamSpec, data_dir: Path) -> PeerConfi
         cache_dir=weights_cache_dir(),
         queue_limit=64,
         bid_validity_s=60.0,  # every bid of a task is executed, one after another on a busy box
+        latency_probe_s=0.0,  # the degrader counts its calls: no probe may add any
     )
 
 
