@@ -58,7 +58,7 @@ DIGITS = PEERS_DIR / "digits.py"
 BENCH_MODELS = PEERS_DIR / "bench_models.py"
 CAPABILITY = "classify/digits"
 SOURCES = (("0-4", 0.4), ("5-9", 0.4), ("mixed", 0.2))
-WARM_UP_CALLS = 2  # HostedModel times two forward passes at load, before any bid
+WARM_UP_CALLS = 3  # HostedModel's warm-up: one allocating call, then two timed ones, before any bid
 
 
 @dataclass(frozen=True)
@@ -194,6 +194,7 @@ def peer_config(peer: PeerSpec, stream: StreamSpec, data_dir: Path) -> PeerConfi
         cache_dir=weights_cache_dir(),
         queue_limit=64,
         bid_validity_s=60.0,  # every bid of a task is executed, one after another on a busy box
+        latency_probe_s=0.0,  # no idle re-timing: the degrader counts only previews and executions
     )
 
 
