@@ -56,6 +56,7 @@ from atomic_p2p.requester.memory import MarketMemory
 from atomic_p2p.requester.messages import ResultReceipt, TaskRef
 from atomic_p2p.requester.ranking import Decision
 from atomic_p2p.requester.selection import ANY, Selection
+from atomic_p2p.requester.spotcheck import SpotCheckConfig
 from atomic_p2p.requester.transport import GrpcTransport, Transport
 from atomic_p2p.requester.types import Attempt, BidInfo, Result
 from atomic_p2p.requester.weights import WeightsSpec, resolve_weights
@@ -150,6 +151,8 @@ class Requester:
     timed wait is kept (:mod:`atomic_p2p.clock`; the system clock by default, a ``FakeClock``
     in tests). ``transport`` carries the market calls (:class:`~.transport.Transport`; gRPC over
     the requester's channels by default, :class:`atomic_p2p.testing.InMemoryNetwork` in tests).
+    ``spot_checks`` (:class:`~.spotcheck.SpotCheckConfig`) runs a share of tasks on a second peer
+    as well and learns from the agreement of the two answers (off by default).
     """
 
     def __init__(
@@ -170,6 +173,7 @@ class Requester:
         shard: ShardPolicy | None = None,
         clock: Clock | None = None,
         transport: Transport | None = None,
+        spot_checks: SpotCheckConfig | None = None,
     ) -> None:
         for name, addresses in (("peers", peers), ("bootstrap", bootstrap)):
             if isinstance(addresses, str) or not all(isinstance(a, str) and a for a in addresses):
@@ -219,6 +223,7 @@ class Requester:
             bid_timeout_s=bid_timeout_s,
             bid_share=bid_share,
             clock=self.clock,
+            spot_checks=spot_checks,
         )
         self.queue = RequestQueue(self.policy.max_concurrent_requests, clock=self.clock)
         self._task_numbers = itertools.count()
