@@ -302,7 +302,7 @@ async def interleaved(
     samples: dict[str, list[float]] = {label: [] for label in calls}
     requester_cpu = dict.fromkeys(calls, 0.0)
     peers_cpu = dict.fromkeys(calls, 0.0)
-    for _ in tqdm(range(rounds), desc="5 ms model", unit="round", file=sys.stderr, leave=False):
+    for _ in progress(range(rounds), desc="5 ms model", unit="round", leave=False):
         for label, call in calls.items():
             cpu_before, peers_before = time.process_time(), cpu_seconds(peer_pids)
             started = time.perf_counter()

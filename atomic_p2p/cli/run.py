@@ -109,7 +109,7 @@ def _add_io_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--explore",
         action="store_true",
-        help="Thompson-sample accuracy from the learned profiles instead of ranking greedily",
+        help="explore with the default evaluator (a UCB bonus for little-known peers) instead of ranking greedily",
     )
 
 

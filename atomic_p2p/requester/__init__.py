@@ -31,6 +31,7 @@ from atomic_p2p.requester.gradient import GradientMarket, GradientRound, PeerRou
 from atomic_p2p.requester.graphrun import GraphResult
 from atomic_p2p.requester.ranking import Excluded, Ranking, Scored
 from atomic_p2p.requester.selection import Selection
+from atomic_p2p.requester.spotcheck import SpotCheckConfig
 from atomic_p2p.requester.types import (
     Attempt,
     BidInfo,
@@ -73,6 +74,7 @@ __all__ = [
     "ScoredBid",
     "Selection",
     "ShardPolicy",
+    "SpotCheckConfig",
     "Timings",
     "Weights",
     "resolve_weights",

@@ -19,6 +19,7 @@ each peer said or how each attempt failed.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -33,16 +34,19 @@ from atomic_p2p.requester.clearing import payment
 from atomic_p2p.requester.decomposer import batch_limit
 from atomic_p2p.requester.discovery import Discovery
 from atomic_p2p.requester.evaluator import Ask
-from atomic_p2p.requester.execution import Executed, Executor, Payload
+from atomic_p2p.requester.execution import Executed, Executor, Payload, Success
 from atomic_p2p.requester.feedback import FeedbackSender
 from atomic_p2p.requester.memory import MarketMemory
 from atomic_p2p.requester.messages import TaskRef, build_task
 from atomic_p2p.requester.profiler import shape_bucket
 from atomic_p2p.requester.ranking import Decision
 from atomic_p2p.requester.selection import ANY, Selection
+from atomic_p2p.requester.spotcheck import SpotCheckConfig, agreement
 from atomic_p2p.requester.transport import status_name
 from atomic_p2p.requester.types import BidInfo, Result, Timings
 from atomic_p2p.requester.weights import WeightsSpec
+
+logger = logging.getLogger(__name__)
 
 # Above this many input bytes, encoding and hashing move to a worker thread.
 INLINE_ENCODE_BYTES = 1024 * 1024
@@ -98,8 +102,10 @@ class Broker:
         bid_timeout_s: float,
         bid_share: float,
         clock: Clock = SYSTEM_CLOCK,
+        spot_checks: SpotCheckConfig | None = None,
     ) -> None:
         self.discovery = discovery
+        self.spot_checks = spot_checks or SpotCheckConfig()
         self.bids = bids
         self.memory = memory
         self._executor = executor
@@ -230,6 +236,8 @@ class Broker:
         elapsed_ms = executed.attempts[-1].elapsed_ms
         reference = self.memory.delivered(request_id, success.bid, ask, elapsed_ms, paid)
         metrics.task_settled("delivered", paid)
+        if self.spot_checks.enabled:
+            await self._spot_check(request_id, ask, item, decision, success, terms)
         timings = Timings(
             bids_ms=bids_ms,
             verify_ms=offers.verify_ms,
@@ -253,6 +261,44 @@ class Broker:
             task_ref=reference,
             rationale=decision.rationale,
             cached=offers.cached,
+        )
+
+    async def _spot_check(
+        self,
+        request_id: bytes,
+        ask: Ask,
+        item: Prepared,
+        decision: Decision[BidInfo],
+        success: Success,
+        terms: Terms,
+    ) -> None:
+        """Maybe run the task on another peer too and learn from the agreement (:mod:`.spotcheck`)."""
+        winner: BidInfo = success.bid
+        share = self.spot_checks.share_for(
+            self.memory.estimate(winner, ask), self.memory.config.bias_tolerance
+        )
+        if self.memory.rng.random() >= share:
+            return
+        checker = next(
+            (scored.item for scored in decision.ranked if scored.item.peer_id != winner.peer_id), None
+        )
+        if checker is None:
+            return
+        checked = await self._executor.run(
+            checker.request_id or request_id, [checker], item.payload, terms.deadline, self.memory
+        )
+        if checked.success is None:
+            logger.info("task %s: spot check on %s failed; skipped", ask.task_id, checker.peer_id.short)
+            return
+        score = agreement(success.receipt.outputs, checked.success.receipt.outputs)
+        self.memory.spot_check(
+            request_id,
+            ask,
+            winner,
+            checker,
+            score,
+            latency_ms=checked.attempts[-1].elapsed_ms,
+            paid=checked.success.receipt.cost_charged,
         )
 
     def rank(self, item: Prepared, offers: Offers, terms: Terms) -> tuple[Ask, Decision[BidInfo]]:

@@ -56,6 +56,7 @@ from atomic_p2p.requester.memory import MarketMemory
 from atomic_p2p.requester.messages import ResultReceipt, TaskRef
 from atomic_p2p.requester.ranking import Decision
 from atomic_p2p.requester.selection import ANY, Selection
+from atomic_p2p.requester.spotcheck import SpotCheckConfig
 from atomic_p2p.requester.transport import GrpcTransport, Transport, WatchedTransport
 from atomic_p2p.requester.types import Attempt, BidInfo, Result
 from atomic_p2p.requester.weights import WeightsSpec, resolve_weights
@@ -156,6 +157,8 @@ class Requester:
     :meth:`run`, :meth:`submit` and a generation's final result return only once the result's
     decision and bids, payment and profile update are committed (docs/store.md); False returns
     sooner and leaves them to the store's writer (a kill within milliseconds may lose them).
+    ``spot_checks`` (:class:`~.spotcheck.SpotCheckConfig`) runs a share of tasks on a second peer
+    as well and learns from the agreement of the two answers (off by default).
 
     Every channel is TLS pinned to a certificate bound to the peer id (docs/security.md): an
     address ``PEERID@host:port`` in ``peers`` or ``bootstrap`` must prove that peer id; a plain
@@ -183,6 +186,7 @@ class Requester:
         transport: Transport | None = None,
         insecure: bool = False,
         durable: bool = True,
+        spot_checks: SpotCheckConfig | None = None,
     ) -> None:
         for name, addresses in (("peers", peers), ("bootstrap", bootstrap)):
             if isinstance(addresses, str) or not all(isinstance(a, str) and a for a in addresses):
@@ -239,6 +243,7 @@ class Requester:
             bid_timeout_s=bid_timeout_s,
             bid_share=bid_share,
             clock=self.clock,
+            spot_checks=spot_checks,
         )
         self.queue = RequestQueue(self.policy.max_concurrent_requests, clock=self.clock)
         self._task_numbers = itertools.count()

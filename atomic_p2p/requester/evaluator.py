@@ -44,11 +44,13 @@ How this works
 2. **Expect.** With the peer's profile for (peer, model, capability) (:mod:`.profiler`):
 
    - the claim is corrected by the peer's measured bias: ``calibrated = claim - bias``;
-   - the corrected claim counts as ``claim_strength * trust`` pseudo-outcomes, where
-     ``trust = 1 - |bias| / bias_tolerance`` (clipped to [0, 1]), and is pooled with the
-     observed outcomes: ``accuracy = (k * calibrated + successes) / (k + successes + failures)``.
-     A peer whose promises overstate what it delivers soon has trust 0, and only what it
-     delivered counts;
+   - the corrected claim counts as ``k = trust * (claim_strength + claim_follow * evidence)``
+     pseudo-outcomes, where ``trust = 1 - |bias| / bias_tolerance`` (clipped to [0, 1]) and
+     evidence is the profile's (decayed) outcome count, and is pooled with the observed
+     outcomes: ``accuracy = (k * calibrated + successes) / (k + successes + failures)``. A peer
+     whose promises overstate what it delivers soon has trust 0, and only what it delivered
+     counts; one whose claims proved calibrated keeps its per-task claim (its confidence on this
+     input: a specialist in or out of its domain) ahead of its average record;
    - latency likewise: the claim times the measured delivered/promised ratio, worth
      ``claim_strength`` samples, pooled with the observed quantile over the recent window.
 
@@ -158,26 +160,40 @@ class MarketView:
     shares: WinShares = field(default_factory=WinShares)
 
 
+# The defaults below (UCB with ucb_c 0.05, claim_follow 10, shrink 0.5, a profile memory of about
+# ten outcomes) are the best exploring point of ``scripts/bench_routing.py --tune``, which replays
+# a grid on a market of its own (the ``tuning`` scenario) and never on the markets it reports.
+DEFAULT_DECAY = 0.9
+
+
 @dataclass(frozen=True, slots=True)
 class EvaluatorConfig:
-    """Every knob of the evaluator. :meth:`greedy` turns exploration, floor and penalty off."""
+    """Every knob of the evaluator. :meth:`greedy` turns exploration, floor and penalty off.
 
-    exploration: Exploration = Exploration.THOMPSON
-    ucb_c: float = 0.2
+    ``claim_strength`` is how many outcomes a bid's calibrated claim is worth before the peer has
+    any record; ``claim_follow`` adds that many per outcome of evidence: a peer whose claims have
+    proved calibrated keeps its *per-task* claim in the expectation (its confidence on this very
+    input) instead of having it averaged away by its record (docs/architecture.md section 7).
+    """
+
+    exploration: Exploration = Exploration.UCB
+    ucb_c: float = 0.05
     claim_strength: float = 4.0
+    claim_follow: float = 10.0
     bias_tolerance: float = 0.25
     latency_quantile: float = 0.5
-    shrink: float = 2.0
+    shrink: float = 0.5
     floor: FloorRule = field(default_factory=FloorRule)
     utilization_weight: float = 0.1
     utilization_half: float = 2.0
     pricing: Pricing = Pricing.FIRST
-    profiler: ProfilerConfig = field(default_factory=ProfilerConfig)
+    profiler: ProfilerConfig = field(default_factory=lambda: ProfilerConfig(decay=DEFAULT_DECAY))
 
     def __post_init__(self) -> None:
         numbers = {
             "ucb_c": self.ucb_c,
             "claim_strength": self.claim_strength,
+            "claim_follow": self.claim_follow,
             "utilization_weight": self.utilization_weight,
             "shrink": self.shrink,
         }
@@ -310,7 +326,8 @@ def _expect(
         return _Assessed(index, bid, peer, None, claim, config.claim_strength, claim, claimed_latency)
     bias = estimate_.confidence_bias
     calibrated = _clamp01(claim - bias)
-    claim_weight = config.claim_strength * _clamp01(1.0 - abs(bias) / config.bias_tolerance)
+    trust = _clamp01(1.0 - abs(bias) / config.bias_tolerance)
+    claim_weight = trust * (config.claim_strength + config.claim_follow * estimate_.evidence)
     return _weighed(index, bid, peer, estimate_, calibrated, claim_weight, claimed_latency, config)
 
 

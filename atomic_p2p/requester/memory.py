@@ -32,7 +32,7 @@ from atomic_p2p.errors import UnknownTaskError
 from atomic_p2p.identity import Envelope, PeerId
 from atomic_p2p.requester.clearing import WinShares
 from atomic_p2p.requester.evaluator import Ask, EvaluatorConfig, MarketView, evaluate
-from atomic_p2p.requester.profiler import Observation, Profile, ProfileKey, record
+from atomic_p2p.requester.profiler import Estimate, Observation, Profile, ProfileKey, estimate, record
 from atomic_p2p.requester.ranking import Decision
 from atomic_p2p.requester.types import BidInfo, NoBidInfo
 from atomic_p2p.store import (
@@ -268,6 +268,56 @@ class MarketMemory:
             request_id,
             str(settings.get("bucket") or ""),
         )
+
+    def estimate(self, bid: BidInfo, ask: Ask) -> Estimate | None:
+        """What the profile of ``bid``'s (peer, model, capability) says for ``ask``, if any."""
+        profile = self.profiles.get(ProfileKey(bid.peer_id.hex, bid.model_id, ask.capability))
+        if profile is None:
+            return None
+        return estimate(profile, self.config.profiler, bucket=ask.bucket, shrink=self.config.shrink)
+
+    def spot_check(
+        self,
+        request_id: bytes,
+        ask: Ask,
+        winner: BidInfo,
+        checker: BidInfo,
+        score: float,
+        *,
+        latency_ms: float,
+        paid: float,
+    ) -> None:
+        """A spot check (:mod:`.spotcheck`) compared ``winner``'s answer with ``checker``'s:
+        ``score`` (their agreement, in [0, 1]) is an outcome for both, against the confidence
+        each claimed; the checker's delivery is learnt too and its payment booked as a probe;
+        the store keeps a ``spot_check`` observation per peer."""
+        at = self.clock.wall_ms()
+        checker_key = ProfileKey(checker.peer_id.hex, checker.model_id, ask.capability)
+        self._learn(
+            checker_key,
+            Observation(
+                at,
+                latency_ms=max(0.0, latency_ms),
+                cost=max(0.0, paid),
+                promised_latency_ms=checker.expected_latency_ms,
+                promised_cost=checker.cost,
+                bucket=ask.bucket,
+            ),
+        )
+        for bid, other in ((winner, checker), (checker, winner)):
+            key = ProfileKey(bid.peer_id.hex, bid.model_id, ask.capability)
+            self._learn(
+                key, Observation(at, outcome=score, promised_confidence=claimed(bid), bucket=ask.bucket)
+            )
+            if self.store is not None:
+                detail = {"task": task_reference(request_id, ask.task_id), "against": other.peer_id.hex}
+                self.store.record_observation(
+                    ObservationRecord(at, key.peer, key.model_id, "spot_check", score, detail)
+                )
+        if self.store is not None:
+            self.store.record_payment(
+                PaymentRecord(at, request_id, ask.task_id, checker.peer_id.hex, paid, PaymentKind.PROBE)
+            )
 
     def observe_strategy(self, bid: BidInfo, parameters: Mapping[str, float]) -> None:
         """A peer's strategy parameters, as its Feedback answer reported them: kept over time

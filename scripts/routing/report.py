@@ -212,6 +212,33 @@ def table(policies: Mapping[str, Mapping[str, Any]], liar_after: int) -> str:
     return "\n".join(lines)
 
 
+def scenario_table(scenarios: Mapping[str, Mapping[str, Any]], judged: str, baselines: Sequence[str]) -> str:
+    """One row per scenario: the judged policy's regret against the best baseline's, % of the
+    oracle after warm-up, the liar's share after its task, and whether each goal is met."""
+    header = (
+        f"{'scenario':<19} {'regret':>7} {'best baseline':>15} {'its regret':>10} {'%or>wu':>7} "
+        f"{'liar>N':>7}  {'regret<':>7} {'>=95%':>5} {'liar<5%':>7}"
+    )
+    lines = [header, "-" * len(header)]
+    for name, scenario in scenarios.items():
+        policies, goals = scenario["policies"], scenario["goals"]
+        mine = policies[judged]
+        best = min(baselines, key=lambda base: policies[base]["regret_final"]["mean"])
+        liar = goals.get("liar_share_after_lt_5pct")
+
+        def flag(goal: Mapping[str, Any] | None) -> str:
+            return "-" if goal is None else "yes" if goal["met"] else "NO"
+
+        share = f"{100 * liar['value']:>6.2f}%" if liar else f"{'-':>7}"
+        lines.append(
+            f"{name:<19} {mine['regret_final']['mean']:>7.2f} {best:>15} "
+            f"{policies[best]['regret_final']['mean']:>10.2f} {mine['pct_oracle_after_warmup']['mean']:>6.2f}% "
+            f"{share}  {flag(goals['regret_below_every_baseline']):>7} "
+            f"{flag(goals['pct_oracle_after_warmup_ge_95']):>5} {flag(liar):>7}"
+        )
+    return "\n".join(lines)
+
+
 def calibration_table(rows: Mapping[str, Mapping[str, float]]) -> str:
     header = f"{'peer':<20} {'tasks':>5} {'claim':>6} {'acc':>6} {'Brier':>6} {'bias':>6} {'lat claim':>9} {'lat real':>8} {'MAPE':>6}"
     lines = [header, "-" * len(header)]

@@ -1,7 +1,8 @@
 """A small grid over EvaluatorConfig knobs, replayed on a log, to choose the benchmark's "ours".
 
-Tune on a log collected with another stream seed than the one reported (``bench_routing.py
---tune --stream-seed 1``), so the reported numbers are not fitted to their own stream.
+``bench_routing.py --tune`` replays it on the ``tuning`` scenario only (a market of its own,
+never reported; pass another ``--stream-seed`` than the reported one), so the reported numbers are
+not fitted to their own markets.
 """
 
 from __future__ import annotations
@@ -18,22 +19,30 @@ from atomic_p2p.requester.profiler import ProfilerConfig
 from .policies import Evaluator, LoggedTask, Oracle, replay
 
 EXPLORATIONS = (Exploration.THOMPSON, Exploration.UCB, Exploration.NONE)
-CLAIM_STRENGTHS = (4.0, 10.0, 25.0)
-DECAYS = (0.98, 0.95, 0.9)
-UCB_CS = (0.1, 0.2)
+CLAIM_FOLLOWS = (0.0, 3.0, 10.0, 30.0)
+DECAYS = (0.98, 0.9)
+UCB_CS = (0.05, 0.1, 0.2)
+SHRINKS = (0.5, 2.0)
 
 
 def grid() -> Iterator[tuple[dict[str, Any], EvaluatorConfig]]:
-    for exploration, strength, decay, ucb_c in itertools.product(
-        EXPLORATIONS, CLAIM_STRENGTHS, DECAYS, UCB_CS
+    for exploration, follow, decay, ucb_c, shrink in itertools.product(
+        EXPLORATIONS, CLAIM_FOLLOWS, DECAYS, UCB_CS, SHRINKS
     ):
         if exploration is not Exploration.UCB and ucb_c != UCB_CS[-1]:
             continue  # ucb_c only matters to UCB
-        knobs = {"exploration": exploration.value, "claim_strength": strength, "decay": decay, "ucb_c": ucb_c}
+        knobs = {
+            "exploration": exploration.value,
+            "claim_follow": follow,
+            "decay": decay,
+            "ucb_c": ucb_c,
+            "shrink": shrink,
+        }
         config = EvaluatorConfig(
             exploration=exploration,
-            claim_strength=strength,
+            claim_follow=follow,
             ucb_c=ucb_c,
+            shrink=shrink,
             profiler=ProfilerConfig(decay=decay),
         )
         yield knobs, config

@@ -14,6 +14,7 @@ import json
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -69,16 +70,41 @@ def test_quick_run_reports_every_policy_and_the_oracle_bounds_them(tmp_path: Pat
     args = bench.parse(["--quick", "--out", str(tmp_path), "--no-progress"])
     result = bench.run(args)
 
-    assert set(result["policies"]) == POLICIES
-    assert set(result["goals"]) == {
-        "pct_oracle_after_warmup_ge_95",
-        "regret_below_every_baseline",
-        "liar_share_after_lt_5pct",
-    }
-    assert all(isinstance(goal["met"], bool) for goal in result["goals"].values())
-    assert result["config"]["events"] == {"latecomer joins": 8, "degrader degrades": 16}
-    oracle = result["policies"]["oracle"]
-    for name, metrics in result["policies"].items():
+    assert list(result["scenarios"]) == list(bench.scenarios.REPORTED)
+    assert "tuning" not in result["scenarios"]  # tuned on, never reported
+    assert isinstance(result["goals_met_everywhere"], bool)
+    for scenario_name, scenario in result["scenarios"].items():
+        assert set(scenario["policies"]) == POLICIES, scenario_name
+        judged = {"pct_oracle_after_warmup_ge_95", "regret_below_every_baseline"}
+        if scenario["config"]["liar"] is not None:
+            judged.add("liar_share_after_lt_5pct")
+        assert set(scenario["goals"]) == judged, scenario_name
+        assert all(isinstance(goal["met"], bool) for goal in scenario["goals"].values())
+        check_bounds(scenario["policies"], args)
+    current = result["scenarios"]["current"]
+    assert current["config"]["events"] == {"latecomer joins": 8, "degrader degrades": 16}
+    assert current["policies"]["cheapest"]["liar_share_after"]["mean"] == 1.0  # the liar undercuts all
+    # The simulated markets carry their own events, in task time.
+    assert result["scenarios"]["leave-return"]["config"]["events"] == {"best leaves": 10, "best returns": 21}
+
+    calibration = current["calibration"]
+    assert {"small", "large", "generalist", "spec-0-4", "spec-5-9", "liar", "latecomer"} <= set(calibration)
+    assert {"degrader (before)", "degrader (after)"} <= set(calibration)
+    assert calibration["liar"]["bias"] > 0.2  # it claims 0.99 and delivers a weak model's accuracy
+    assert calibration["latecomer"]["tasks"] == args.tasks - 8
+
+    assert set(current["failed_executions"]) <= set(calibration) | {"degrader"}
+    json.dumps(result)  # the report is plain JSON
+    paths = bench.report.plot(current, tmp_path, bench.JUDGED)
+    assert all(path.stat().st_size > 0 for path in paths)
+    assert "bench-liar" not in STRATEGIES  # the adversary's strategy was registered only for the run
+    table = bench.report.scenario_table(result["scenarios"], bench.JUDGED, list(bench.baselines()))
+    assert all(name in table for name in result["scenarios"])
+
+
+def check_bounds(policies: dict[str, Any], args: Any) -> None:
+    oracle = policies["oracle"]
+    for name, metrics in policies.items():
         assert set(metrics) >= METRICS, name
         assert len(metrics["regret_curve"]) == args.tasks
         assert len(metrics["per_seed"]["utility"]) == args.seeds
@@ -90,16 +116,24 @@ def test_quick_run_reports_every_policy_and_the_oracle_bounds_them(tmp_path: Pat
         assert lowest[0] >= -1e-12 and all(b >= a - 1e-12 for a, b in itertools.pairwise(lowest))
         assert sum(metrics["win_share"].values()) == pytest.approx(1.0)
     assert oracle["pct_oracle"]["mean"] == pytest.approx(100.0)
-    assert result["policies"]["cheapest"]["liar_share_after"]["mean"] == 1.0  # the liar undercuts all
 
-    calibration = result["calibration"]
-    assert {"small", "large", "generalist", "spec-0-4", "spec-5-9", "liar", "latecomer"} <= set(calibration)
-    assert {"degrader (before)", "degrader (after)"} <= set(calibration)
-    assert calibration["liar"]["bias"] > 0.2  # it claims 0.99 and delivers a weak model's accuracy
-    assert calibration["latecomer"]["tasks"] == args.tasks - 8
 
-    assert set(result["failed_executions"]) <= set(calibration) | {"degrader"}
-    json.dumps(result)  # the report is plain JSON
-    paths = bench.report.plot(result, tmp_path, bench.OURS)
-    assert all(path.stat().st_size > 0 for path in paths)
-    assert "bench-liar" not in STRATEGIES  # the adversary's strategy was registered only for the run
+def test_simulated_scenarios_are_seeded_and_keep_their_events() -> None:
+    bench = load()
+    scenarios = bench.scenarios
+    drift = scenarios.SCENARIOS["slow-drift"]
+    first = scenarios.simulate(drift, 80, 16, seed=3)
+    again = scenarios.simulate(drift, 80, 16, seed=3)
+    other = scenarios.simulate(drift, 80, 16, seed=4)
+    assert [task.outcomes for task in first] == [task.outcomes for task in again]
+    assert [task.outcomes for task in first] != [task.outcomes for task in other]
+    # The drifter delivers less late than early while claiming the same.
+    early = [task.outcomes["drifter"].accuracy for task in first[:20]]
+    late = [task.outcomes["drifter"].accuracy for task in first[-20:]]
+    assert sum(late) / 20 < sum(early) / 20 - 0.2
+    assert {task.bid_of("drifter").confidence for task in first} == {0.97}
+    # The best peer of leave-return does not bid while away.
+    away = scenarios.simulate(scenarios.SCENARIOS["leave-return"], 30, 8, seed=0)
+    assert ["best" in task.bidders for task in away] == [not 10 <= i < 20 for i in range(30)]
+    with pytest.raises(ValueError, match="live"):
+        scenarios.simulate(scenarios.SCENARIOS["current"], 4, 4, seed=0)

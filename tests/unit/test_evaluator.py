@@ -249,6 +249,27 @@ def test_an_honest_claim_keeps_its_weight() -> None:
     assert sure.details["expected_accuracy"] > unsure.details["expected_accuracy"]
 
 
+def test_claim_follow_keeps_a_calibrated_peers_per_task_claim_as_its_record_grows() -> None:
+    # A specialist: calibrated on average, sure inside its domain and unsure outside. Without
+    # claim_follow its 40-outcome record outweighs the claim (strength 4); with it, the claim of
+    # this input still decides most of the expectation.
+    honest = history("spec", 40, claim=0.6, outcome_rate=0.6, promised_ms=40, took_ms=40)
+    view = MarketView(profiles={key("spec"): honest})
+    spreads = {}
+    for follow in (0.0, 10.0):
+        config = EvaluatorConfig.greedy(claim_follow=follow)
+        inside = evaluate([offer("spec", 0.95, 40.0, 1.0)], ask(), view, config).ranked[0]
+        outside = evaluate([offer("spec", 0.2, 40.0, 1.0)], ask(), view, config).ranked[0]
+        spreads[follow] = inside.details["expected_accuracy"] - outside.details["expected_accuracy"]
+    assert spreads[0.0] < 0.1 < 0.5 < spreads[10.0]
+    # A liar gains nothing from it: trust 0 makes its claim worth no outcomes at all.
+    liar = history("liar", 40, claim=0.99, outcome_rate=0.5, promised_ms=5, took_ms=5)
+    liar_view = MarketView(profiles={key("liar"): liar})
+    config = EvaluatorConfig.greedy(claim_follow=10.0)
+    scored = evaluate([offer("liar", 0.99, 5.0, 1.0)], ask(), liar_view, config).ranked[0]
+    assert scored.details["expected_accuracy"] == pytest.approx(0.5, abs=0.05)
+
+
 # --- exploration -------------------------------------------------------------------------------
 
 

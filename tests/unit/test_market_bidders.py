@@ -54,24 +54,25 @@ def test_cooperative_learner_lowers_the_requesters_loss() -> None:
     assert losses[-1] < 0.5 * losses[0]
 
 
-@pytest.mark.xfail(
-    reason="known fragile, tracked by the issue on gradient routing: with two peers and a mean shift "
-    "only one mask is positive per example, so the loser's bid gets no gradient and some inits never "
-    "specialise (on this machine torch 2.13 CPU seeds 1-2 specialise, 0 and 3-5 do not); passes or "
-    "fails by CPU numerics, so it is not strict",
-    strict=False,
-)
-def test_cooperative_feed_forward_bids_specialise_by_input() -> None:
-    """Two peers, each right on one half of the inputs: their bids learn who is right where."""
-    torch.manual_seed(0)
+@pytest.mark.parametrize("lr", [0.005, 0.05])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cooperative_feed_forward_bids_specialise_by_input(seed: int, lr: float) -> None:
+    """Two peers, each right on one half of the inputs: their bids learn who is right where.
+
+    Every bidder stays in the mixture (``shift_mode=0.0``, as in
+    scripts/experiments/gradient_routing.py): under the mean shift only one of two masks is
+    positive per example, so the loser's bid gets no gradient and whether a seed specialises is
+    up to its initialisation (2 and 4 of 10 seeds at these learning rates, against 10 of 10 here).
+    """
+    torch.manual_seed(seed)
     inputs = torch.linspace(-1, 1, 16)[:, None]
     sign = torch.sign(inputs)  # peer 0 outputs +1, peer 1 outputs -1; the target is sign(x)
-    learners = [CooperativeLearner(FeedForwardBid(1, hidden=8), lr=0.05) for _ in range(2)]
+    learners = [CooperativeLearner(FeedForwardBid(1, hidden=8), lr=lr) for _ in range(2)]
     outputs = torch.stack([torch.ones(16, 1), -torch.ones(16, 1)])
     losses = []
     for _ in range(150):
         bids = torch.stack([learner.bid(inputs) for learner in learners])
-        result = market_gradients(bids, outputs, sign, squared_error)
+        result = market_gradients(bids, outputs, sign, squared_error, shift_mode=0.0)
         losses.append(float(result.loss))
         for peer, learner in enumerate(learners):
             learner.learn(inputs, result.loss_by_bid[peer])

@@ -64,6 +64,7 @@ PUBLIC = {
         "ScoredBid",
         "Selection",
         "ShardPolicy",
+        "SpotCheckConfig",
         "Timings",
         "Weights",
         "resolve_weights",
