@@ -149,9 +149,7 @@ async def test_a_burst_past_the_pending_call_cap_is_resource_exhausted(tmp_path:
 async def test_a_flood_from_one_address_is_limited_per_source(tmp_path: Path) -> None:
     """Over the real socket every caller is 127.0.0.1: past the per-address market-call limit the
     flood (and, here, anyone else on that address) gets RESOURCE_EXHAUSTED; tokens come back."""
-    guard = GuardConfig(
-        address_calls=dataclasses.replace(GuardConfig().address_calls, per_s=4.0, burst=40.0)
-    )
+    guard = GuardConfig(address_calls=dataclasses.replace(GuardConfig().address_calls, per_s=4.0, burst=40.0))
     async with await PeerNode.start(example_config("small", tmp_path, guard=guard)) as node:
         async with HandBuyer(node.address) as buyer:
             garbage = buyer.raw("RequestBids")

@@ -70,6 +70,7 @@ async def test_a_peer_logs_json_lines_and_serves_metrics_a_requester_does_too(tm
         assert executed is not None and float(executed.group(1)) == 1.0
     events = json_events(peer.log.read_text())
     assert any(
-        event["logger"] == "atomic_p2p.peer.node" and "serving TLS on" in str(event["msg"]) for event in events
+        event["logger"] == "atomic_p2p.peer.node" and "serving TLS on" in str(event["msg"])
+        for event in events
     )
     assert {event["level"] for event in events} <= {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
