@@ -12,12 +12,19 @@ import asyncio
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from atomic_p2p.cli.arguments import non_negative, positive
+from atomic_p2p.cli import observability
+from atomic_p2p.cli.arguments import non_negative, peer_address, positive
 from atomic_p2p.cli.exits import ExitCode
 from atomic_p2p.cli.keygen import default_store_path
 from atomic_p2p.cli.run import load_identity
 from atomic_p2p.errors import ConfigError
+
+if TYPE_CHECKING:
+    from atomic_p2p.gateway import Access
+    from atomic_p2p.identity import Identity
+    from atomic_p2p.metrics import MetricsServer
 
 
 def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,8 +39,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--bootstrap",
         action="append",
         required=True,
+        type=peer_address,
         metavar="ADDR",
-        help="host:port of a peer to join the gossip through (repeat for several)",
+        help="host:port of a peer to join the gossip through, PEERID@host:port to require that peer id, or "
+        "a bare port on this machine (repeat for several)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="talk to peers that serve plaintext (debugging only; by default they are refused)",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1 only)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0: any)")
@@ -65,18 +79,17 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         help=f"SQLite store for the bid log, decisions and profiles (default {default_store_path()})",
     )
     parser.add_argument("--no-store", action="store_true", help="keep nothing of the auctions")
+    observability.add_arguments(parser)
     parser.set_defaults(handler=handle)
 
 
 async def serve(args: argparse.Namespace) -> None:
     try:
-        from atomic_p2p.gateway import Access, Gateway, load_keys
+        from atomic_p2p.gateway import Access, load_keys
     except ImportError as error:  # the gateway extra is missing
         raise ConfigError(
             f"atomic gateway needs the gateway extra: pip install 'atomic-p2p[gateway]' ({error})"
         ) from None
-    from atomic_p2p.requester import Requester
-
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port is in [0, 65535], got {args.port}")
     keys = load_keys(args.api_keys) if args.api_keys is not None else None
@@ -91,7 +104,27 @@ async def serve(args: argparse.Namespace) -> None:
     if store is not None:
         Path(store).parent.mkdir(parents=True, exist_ok=True)
     identity = load_identity(args.key)
-    async with Requester(bootstrap=args.bootstrap, identity=identity, store=store) as requester:
+    metrics_server = observability.start_metrics(args)  # the requester's and the gateway's metrics
+    try:
+        await _serve(args, identity, store, access, metrics_server)
+    finally:
+        if metrics_server is not None:
+            metrics_server.close()
+
+
+async def _serve(
+    args: argparse.Namespace,
+    identity: Identity,
+    store: Path | None,
+    access: Access,
+    metrics_server: MetricsServer | None,
+) -> None:
+    from atomic_p2p.gateway import Gateway
+    from atomic_p2p.requester import Requester
+
+    async with Requester(
+        bootstrap=args.bootstrap, identity=identity, store=store, insecure=args.insecure
+    ) as requester:
         gateway = Gateway(requester, access=access, deadline_s=args.deadline)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -99,6 +132,8 @@ async def serve(args: argparse.Namespace) -> None:
             loop.add_signal_handler(signal_number, stop.set)
         async with gateway.serving(args.host, args.port) as url:
             print(f"atomic gateway listening on {url}", flush=True)
+            if metrics_server is not None:  # a second line, after the one scripts wait for
+                print(f"atomic gateway metrics on {metrics_server.url}", flush=True)
             await stop.wait()
     # Leaving the blocks: finish the calls in flight, leave the gossip, flush the store.
 

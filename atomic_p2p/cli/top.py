@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from atomic_p2p.cli.arguments import positive, positive_int
+from atomic_p2p.cli.arguments import peer_address, positive, positive_int
 from atomic_p2p.cli.exits import ExitCode
 from atomic_p2p.cli.tables import clock, number, short
 from atomic_p2p.errors import UnavailableError
@@ -63,8 +63,15 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "--bootstrap",
         action="append",
         required=True,
+        type=peer_address,
         metavar="ADDR",
-        help="host:port of a peer to join through (repeat for several)",
+        help="host:port of a peer to join through, PEERID@host:port to require that peer id, or a bare "
+        "port on this machine (repeat for several)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="talk to peers that serve plaintext (debugging only; by default they are refused)",
     )
     parser.add_argument(
         "--store",
@@ -233,13 +240,15 @@ def handle(args: argparse.Namespace) -> ExitCode:
 
 
 async def watch(args: argparse.Namespace, *, live: bool) -> ExitCode:
+    from atomic_p2p.channels import ChannelPool
     from atomic_p2p.gossip import GossipConfig
     from atomic_p2p.gossip.transport import GossipAgent
     from atomic_p2p.identity import Identity
 
     config = GossipConfig(interval=args.interval)
     with _open_store(args.store) as store:
-        agent = GossipAgent(Identity.generate(), config, seeds=args.bootstrap)
+        pool = ChannelPool(allow_plaintext=args.insecure)
+        agent = GossipAgent(Identity.generate(), config, seeds=args.bootstrap, pool=pool)
         await agent.start()
         try:
             if not await agent.wait_until(lambda: agent.exchanges_completed > 0, args.wait):
@@ -259,6 +268,7 @@ async def watch(args: argparse.Namespace, *, live: bool) -> ExitCode:
                 print(plain(render(snapshot(), live=False)))
         finally:
             await agent.stop(leave=True)
+            await pool.close()
     return ExitCode.OK
 
 

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import sys
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from peers.examples import example_table
 pytestmark = pytest.mark.system
 
 LISTENING = re.compile(r"^atomic gateway listening on (http://\S+)$")
+METRICS = re.compile(r"^atomic gateway metrics on (http://\S+)$")
 GOSSIP_INTERVAL_S = 0.2  # the in-process requester pulls often (and is slow to suspect, below)
 PEER_INTERVAL_S = 1.0  # peers gossip at the default pace: slow to suspect each other on a busy box
 
@@ -35,7 +37,7 @@ async def test_atomic_gateway_chats_with_the_demo_language_model(tmp_path: Path)
         log = (tmp_path / "gateway.log").open("wb")
         gateway = await asyncio.create_subprocess_exec(
             *(sys.executable, "-m", "atomic_p2p.cli.main", "gateway", "--bootstrap", peer.address),
-            *("--port", "0", "--no-store"),
+            *("--port", "0", "--no-store", "--metrics-port", "0"),
             stdout=asyncio.subprocess.PIPE,
             stderr=log,
             start_new_session=True,
@@ -45,6 +47,9 @@ async def test_atomic_gateway_chats_with_the_demo_language_model(tmp_path: Path)
             line = (await asyncio.wait_for(gateway.stdout.readline(), 60.0)).decode().strip()
             listening = LISTENING.match(line)
             assert listening, (tmp_path / "gateway.log").read_text()
+            line = (await asyncio.wait_for(gateway.stdout.readline(), 10.0)).decode().strip()
+            serving_metrics = METRICS.match(line)
+            assert serving_metrics, line
             async with openai.AsyncOpenAI(base_url=listening.group(1) + "/v1", api_key="none") as client:
                 models = {model.id async for model in client.models.list()}
                 assert {"generate/docstrings", "docstrings-lm"} <= models
@@ -53,6 +58,7 @@ async def test_atomic_gateway_chats_with_the_demo_language_model(tmp_path: Path)
                     messages=[{"role": "user", "content": "Return the"}],
                     max_tokens=12,
                 )
+            scraped = await asyncio.to_thread(_fetch, serving_metrics.group(1))
         finally:
             if gateway.returncode is None:
                 gateway.send_signal(signal.SIGTERM)
@@ -63,6 +69,16 @@ async def test_atomic_gateway_chats_with_the_demo_language_model(tmp_path: Path)
     assert reply.usage is not None and reply.usage.completion_tokens == 12
     assert reply.model_extra and reply.model_extra["atomic"]["model"] == "docstrings-lm"
     assert code == 0  # SIGTERM: calls finished, gossip left, store flushed
+    # the gateway's purchase shows in its own metrics: one auction round, one first token
+    rounds = re.search(r"^atomic_requester_auction_round_seconds_count (\S+)$", scraped, re.M)
+    first_tokens = re.search(r"^atomic_requester_time_to_first_token_seconds_count (\S+)$", scraped, re.M)
+    assert rounds is not None and float(rounds.group(1)) >= 1, scraped[:2000]
+    assert first_tokens is not None and float(first_tokens.group(1)) == 1, scraped[:2000]
+
+
+def _fetch(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return str(answer.read().decode())
 
 
 def generator_table(name: str, confidence: float, **peer: Any) -> dict[str, Any]:
