@@ -184,7 +184,9 @@ class Gateway:
             result.winner,
             result.price,
         )
-        body_out = responses.embeddings(call.model, vectors, as_base64=call.base64, sold=sold)
+        body_out = responses.embeddings(
+            call.model, vectors, as_base64=call.base64, sold=sold, input_tokens=result.input_tokens
+        )
         return JSONResponse(body_out, headers=sold.headers())
 
     # --- generation -----------------------------------------------------------------------------
@@ -230,7 +232,7 @@ class Gateway:
         result = generation.result
         sold = responses.sold_generation(result)
         finish = _finish(stopped, len(result.tokens), call.max_tokens)
-        body = responses.completion(answer, text, finish, len(result.tokens), sold)
+        body = responses.completion(answer, text, finish, result.prompt_tokens, len(result.tokens), sold)
         return JSONResponse(body, headers=sold.headers())
 
     async def _collect(
@@ -274,7 +276,7 @@ class Gateway:
             yield _sse(last)
             if call.include_usage:
                 usage_chunk = responses.chunk(answer, text=None)
-                usage_chunk["usage"] = responses.usage(len(result.tokens))
+                usage_chunk["usage"] = responses.usage(result.prompt_tokens, len(result.tokens))
                 yield _sse(usage_chunk)
         except AtomicError as error:
             failure = self._timed_out(error, started, deadline_s)

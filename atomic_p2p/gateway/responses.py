@@ -91,14 +91,20 @@ def sold_generation(result: GenerationResult) -> Sold:
     )
 
 
-def usage(completion_tokens: int | None) -> dict[str, int | None]:
-    """Token counts: peers tokenise the prompt themselves and report no count of it, so
-    ``prompt_tokens`` (and with it ``total_tokens``) is null; completion tokens are the tokens
-    the selling peers produced, each by its own tokenizer."""
-    return {"prompt_tokens": None, "completion_tokens": completion_tokens, "total_tokens": None}
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    """Token counts, each by the selling peer's own tokenizer: ``prompt_tokens`` as the peer that
+    finished counted the prompt (its signed receipt's ``input_tokens``), ``completion_tokens``
+    the tokens the selling peers produced."""
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
 
 
-def completion(answer: Answer, text: str, finish: str, tokens: int, sold: Sold) -> dict[str, object]:
+def completion(
+    answer: Answer, text: str, finish: str, prompt_tokens: int, tokens: int, sold: Sold
+) -> dict[str, object]:
     if answer.chat:
         choice: dict[str, object] = {
             "index": 0,
@@ -114,7 +120,7 @@ def completion(answer: Answer, text: str, finish: str, tokens: int, sold: Sold) 
         "created": answer.created,
         "model": answer.model,
         "choices": [choice],
-        "usage": usage(tokens),
+        "usage": usage(prompt_tokens, tokens),
         "atomic": sold.to_dict(),
     }
 
@@ -142,7 +148,7 @@ def chunk(
 
 
 def embeddings(
-    model: str, vectors: Sequence[Sequence[float]], *, as_base64: bool, sold: Sold
+    model: str, vectors: Sequence[Sequence[float]], *, as_base64: bool, sold: Sold, input_tokens: int
 ) -> dict[str, object]:
     data = [
         {
@@ -158,7 +164,7 @@ def embeddings(
         "object": "list",
         "data": data,
         "model": model,
-        "usage": {"prompt_tokens": None, "total_tokens": None},
+        "usage": {"prompt_tokens": input_tokens, "total_tokens": input_tokens},
         "atomic": sold.to_dict(),
     }
 

@@ -547,6 +547,7 @@ class Seller:
             latency_ms=latency_ms,
             finished_at_ms=self._clock(),
             cost_charged=job.issued.cost,
+            input_tokens=job.model.total_tokens(job.texts) if job.texts else 0,
         )
         return codec.sign(self.identity, result)
 

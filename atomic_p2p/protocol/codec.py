@@ -358,6 +358,7 @@ def _result_to_proto(result: ExecuteResult) -> market_pb2.ExecuteResult:
         latency_ms=result.latency_ms,
         finished_at_ms=result.finished_at_ms,
         cost_charged=result.cost_charged,
+        input_tokens=result.input_tokens,
     )
 
 
@@ -372,6 +373,7 @@ def _result_from_proto(message: market_pb2.ExecuteResult) -> ExecuteResult:
         latency_ms=message.latency_ms,
         finished_at_ms=message.finished_at_ms,
         cost_charged=message.cost_charged,
+        input_tokens=message.input_tokens,
     )
 
 

@@ -173,6 +173,7 @@ class ExecuteResult:
     latency_ms: float
     finished_at_ms: int
     cost_charged: float
+    input_tokens: int = 0  # the text inputs' tokens by the peer's tokenizer (a generation: its prompt's)
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ from atomic_p2p.protocol.streaming import tokens_tensor
 from atomic_p2p.requester.execution import ExecutionPolicy, Payload
 from atomic_p2p.requester.messages import check_result, sign_order
 from atomic_p2p.requester.transport import Transport, status_name
-from atomic_p2p.requester.types import Attempt, BidInfo
+from atomic_p2p.requester.types import Attempt, BidInfo, receipt_input_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,11 @@ class GenerationPart:
     def verified(self) -> bool:
         return self.receipt is not None
 
+    @property
+    def input_tokens(self) -> int:
+        """The prompt's tokens by this part's peer's tokenizer, from its receipt (0: unverified)."""
+        return 0 if self.receipt is None else receipt_input_tokens(self.receipt)
+
 
 @dataclass(frozen=True, slots=True)
 class GenerationResult:
@@ -86,6 +91,13 @@ class GenerationResult:
     attempts: tuple[Attempt, ...]
     price: float  # what the verified parts charged
     text: str = ""  # a text prompt's generation: the whole text after the prompt, every part's joined
+
+    @property
+    def prompt_tokens(self) -> int:
+        """The prompt's tokens as the peer that finished counted them (its signed receipt; a
+        continuation's prefix not counted); 0 for a prompt of token ids with no tokenizer."""
+        verified = [part for part in self.parts if part.verified]
+        return verified[-1].input_tokens if verified else 0
 
 
 class Generation:

@@ -13,6 +13,8 @@ import torch
 
 from atomic_p2p.errors import AtomicError
 from atomic_p2p.identity import Envelope, PeerId
+from atomic_p2p.protocol import codec
+from atomic_p2p.protocol.messages import ExecuteResult
 from atomic_p2p.requester.ranking import Excluded, Scored
 from atomic_p2p.requester.rationale import Rationale
 from atomic_p2p.requester.weights import Weights
@@ -131,6 +133,12 @@ class Result:
     cached: bool = False  # the bids came from the bid cache: no call for bids was made
 
     @property
+    def input_tokens(self) -> int:
+        """The text inputs' tokens by the winner's own tokenizer, as its signed receipt says (0 for
+        a tensor task); what an OpenAI client reads as ``usage.prompt_tokens``."""
+        return receipt_input_tokens(self.receipt)
+
+    @property
     def fallbacks(self) -> tuple[Attempt, ...]:
         """The attempts that failed before the one that succeeded."""
         return tuple(attempt for attempt in self.attempts if not attempt.ok)
@@ -138,3 +146,8 @@ class Result:
     @property
     def winner_score(self) -> ScoredBid:
         return next(scored for scored in self.bids if scored.item is self.winner)
+
+
+def receipt_input_tokens(receipt: Envelope) -> int:
+    """``input_tokens`` of a verified, signed ExecuteResult (docs/protocol.md section 6)."""
+    return int(codec.decode(ExecuteResult, receipt.payload).input_tokens)

@@ -116,6 +116,9 @@ async def test_a_chat_completion_is_bought_like_the_sdk_buys_it(
     assert reply.choices[0].message.content == expected and len(expected) == 6
     assert reply.choices[0].finish_reason == "length" and reply.object == "chat.completion"
     assert reply.usage is not None and reply.usage.completion_tokens == 6
+    # the prompt as the selling peer's own (character) tokenizer counted it, in its signed receipt
+    assert reply.usage.prompt_tokens == len("user: count with me\nassistant:")
+    assert reply.usage.total_tokens == reply.usage.prompt_tokens + 6
     sold = reply.model_extra["atomic"] if reply.model_extra else {}
     assert sold["peer"] == market.sharp.peer_id.hex == raw.headers["x-atomic-peer"]
     assert sold["model"] == "sharp-lm" == raw.headers["x-atomic-model"]
@@ -139,6 +142,7 @@ async def test_a_streamed_chat_matches_the_whole_answer(client: openai.AsyncOpen
     assert [c.choices[0].finish_reason for c in finishing] == ["length"]
     assert finishing[0].model_extra and finishing[0].model_extra["atomic"]["model"] == "sharp-lm"
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 8
+    assert whole.usage is not None and chunks[-1].usage.prompt_tokens == whole.usage.prompt_tokens > 0
     assert chunks[0].choices[0].delta.role == "assistant"
 
 
@@ -178,6 +182,7 @@ async def test_embeddings_come_from_the_embedding_peer(client: openai.AsyncOpenA
             row == pytest.approx(want, abs=1e-6) for row, want in zip(got, expected, strict=True)
         )
         assert response.model_extra and response.model_extra["atomic"]["peer"] == market.embedder.peer_id.hex
+        assert response.usage.prompt_tokens == len("hello world") + len("goodbye") == direct.input_tokens
     with pytest.raises(openai.BadRequestError, match="not a text generation model"):
         await client.chat.completions.create(model="embed/text", messages=PROMPT)
 

@@ -515,6 +515,7 @@ class ExecuteResult(_message.Message):
     LATENCY_MS_FIELD_NUMBER: _builtins.int
     FINISHED_AT_MS_FIELD_NUMBER: _builtins.int
     COST_CHARGED_FIELD_NUMBER: _builtins.int
+    INPUT_TOKENS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.bytes
     task_id: _builtins.str
     peer_id: _builtins.bytes
@@ -525,6 +526,11 @@ class ExecuteResult(_message.Message):
     latency_ms: _builtins.float
     finished_at_ms: _builtins.int
     cost_charged: _builtins.float
+    input_tokens: _builtins.int
+    """Tokens of the task's text inputs by the peer's own tokenizer (every text, summed); for a
+    generation, of its prompt alone (a continuation's prefix not counted). 0: no text, or a prompt
+    of token ids given as a tensor with no tokenizer. What a client reports as prompt tokens.
+    """
     def __init__(
         self,
         *,
@@ -537,10 +543,11 @@ class ExecuteResult(_message.Message):
         latency_ms: _builtins.float = ...,
         finished_at_ms: _builtins.int = ...,
         cost_charged: _builtins.float = ...,
+        input_tokens: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bid_digest", b"bid_digest", "cost_charged", b"cost_charged", "finished_at_ms", b"finished_at_ms", "latency_ms", b"latency_ms", "model_id", b"model_id", "outputs_digest", b"outputs_digest", "peer_id", b"peer_id", "request_id", b"request_id", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bid_digest", b"bid_digest", "cost_charged", b"cost_charged", "finished_at_ms", b"finished_at_ms", "input_tokens", b"input_tokens", "latency_ms", b"latency_ms", "model_id", b"model_id", "outputs_digest", b"outputs_digest", "peer_id", b"peer_id", "request_id", b"request_id", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
