@@ -167,7 +167,8 @@ class Trial:
         config, n = self.config, self.nodes
         if self.kind == "spread":
             return 10 * config.interval
-        return config.suspicion_timeout(n) + config.dead_timeout(n) + 4 * config.interval
+        # a crashed member's last beat may reach a node up to slack rounds late, then it is timed
+        return (config.slack(n) + 4) * config.interval + config.suspicion_timeout(n) + config.dead_timeout(n)
 
     def done(self) -> bool:
         if self.kind == "loss":

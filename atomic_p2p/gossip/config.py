@@ -7,10 +7,12 @@ heartbeat to everyone. With the defaults at a 1 s interval: a silent member is s
 
 Past a few hundred members a byte budget stretches them. Every node must see every member's
 signed beat (about 175 bytes) once per suspicion timeout, so liveness alone costs each node at
-least N * 175 bytes per timeout, whatever the digest. ``beats_per_round`` caps it: a node asks for
-a member's beat only once it is ``slack = ceil(N / beats_per_round)`` rounds old, and suspicion
-waits that much longer. With the defaults: 19 s at N = 1000, 112 s at N = 10,000 (then dead 12 s
-and 16 s later), for at most about 100 beats per node per round.
+least N * 175 bytes per timeout, whatever the digest. ``beats_per_round`` caps it: a node lists
+twice that many stale members a round (a partner holds a newer beat for about half of them), asks
+for a member's beat only once it is ``slack = ceil(1.5 * N / beats_per_round)`` rounds old (1.5:
+headroom, so that the stale backlog drains), and suspicion waits that much longer. With the
+defaults: SUSPECT after 28 s at N = 1000 and 200 s at N = 10,000 (then DEAD 12 s and 16 s later),
+for at most about 80 beats per node per round.
 """
 
 from __future__ import annotations
@@ -78,9 +80,9 @@ class GossipConfig:
     which leaves three quarters of it for the beat to travel."""
     reconnect_probability: float = 0.1
     """Chance per round of also contacting one DEAD member, so that healed partitions merge."""
-    beats_per_round: int = 100
-    """Liveness budget: about this many members' beats asked for per node per round (see the
-    module docstring); past ``4 * beats_per_round`` members it stretches the timeouts."""
+    beats_per_round: int = 80
+    """Liveness budget: about this many members' beats received per node per round (see the
+    module docstring); past about this many members it stretches the timeouts."""
     summaries: bool = True
     """Send range fingerprints and only the stalest members instead of the whole digest each
     exchange (docs/gossip.md). Turn off while the cluster still has peers that predate them: they
@@ -112,4 +114,4 @@ class GossipConfig:
 
     def _stretch(self, members: int) -> int:
         """Rounds the byte budget adds to the slack and to the suspicion timeout."""
-        return max(0, math.ceil(members / self.beats_per_round) - self._quarter(members))
+        return max(0, math.ceil(1.5 * members / self.beats_per_round) - self._quarter(members))

@@ -24,10 +24,11 @@ Digest summaries (``config.summaries``, the default) keep a request's size indep
 place of the whole digest a request carries range fingerprints of the records
 (:mod:`atomic_p2p.gossip.ranges`, Meyer's range-based set reconciliation) and lists only the
 members whose beat has gone ``slack - 1`` rounds without advancing here, oldest first, at most
-``beats_per_round / fanout`` of them. The responder answers those with any newer beat, adds its
+``2 * beats_per_round / fanout`` of them. The responder answers those with any newer beat, adds its
 own, and names the ranges whose fingerprints differ along with its entries in them; the initiator
 pushes what the responder lacks and pulls what it lacks in one follow-up request
-(``Outgoing.follow_up``, whose answer starts nothing more). A request without a summary is a full
+(``Outgoing.follow_up``, whose answer starts nothing more). Each round also probes up to ``fanout``
+SUSPECT members directly (a follow-up listing only the suspect), so a live one refutes at once. A request without a summary is a full
 digest, answered as above: that is what peers before summaries send.
 
 Failure detection, SWIM / Lifeguard style (Das et al., 2002; Dadgar et al., 2018). A member whose
@@ -156,6 +157,7 @@ class Membership:
         self._digest = self._table.digest
         self._pending: list[tuple[str, PeerId | None]] = []  # this round's exchanges not yet started
         self._stalest: list[tuple[float, bytes]] = []  # (advanced_at, member) whose beat is due, oldest first
+        self._suspects: list[bytes] = []  # SUSPECT members with an address, probed directly
         self._hot: dict[bytes, float] = {}  # recently issued record or leave -> when to stop pushing
         self._live = 1
         self._slack = config.slack(1)
@@ -288,7 +290,22 @@ class Membership:
         self._sweep(now)
         self._pending = self._choose_targets(reconnect=True)
         self._pending.reverse()  # popped from the end
-        return self._next_exchange(now)
+        return self._probes() + self._next_exchange(now)
+
+    def _probes(self) -> list[Outgoing]:
+        """Ask up to ``fanout`` SUSPECT members directly for their latest beat (a small summarised
+        request listing only them), as SWIM probes a suspect: with digest summaries a refuting beat
+        no longer reaches every node within a round or two by itself."""
+        if not self.config.summaries or not self._suspects:
+            return []
+        chosen = self._rng.sample(self._suspects, min(self.config.fanout, len(self._suspects)))
+        out: list[Outgoing] = []
+        for raw in chosen:
+            member = self._members[raw]
+            request = GossipRequest(None, {raw: self._digest[raw]}, (), b"")
+            self.stats.requests_sent += 1
+            out.append(Outgoing(member.address or "", member.peer_id, request, follow_up=True))
+        return out
 
     def handle_request(
         self, now: float, request: GossipRequest, sender: str, source: str | None = None
@@ -427,9 +444,9 @@ class Membership:
 
     def _stalest_entries(self) -> dict[bytes, DigestEntry]:
         """The members whose beat went stalest here (SUSPECT ones first: they are the oldest), at
-        most a ``fanout``-th of the liveness budget; those refreshed by this round's earlier
+        most a ``fanout``-th of twice the liveness budget; those refreshed by this round's earlier
         exchanges are skipped. A partner answers each with any newer beat it holds."""
-        wanted = -(-self.config.beats_per_round // self.config.fanout)
+        wanted = -(-2 * self.config.beats_per_round // self.config.fanout)
         members, digest = self._members, self._digest
         out: dict[bytes, DigestEntry] = {}
         for advanced_at, raw in self._stalest:
@@ -693,6 +710,7 @@ class Membership:
         due = now - (self._slack - 1) * config.interval  # asked for again from the slack-th round on
         expired: list[Slot] = []
         stalest: list[tuple[float, bytes]] = []
+        suspects: list[bytes] = []
         for member in self._members.values():
             state = member.state
             if state is ALIVE:
@@ -702,6 +720,8 @@ class Membership:
                     self._suspect(member, now)
             elif state is SUSPECT:
                 stalest.append((member.advanced_at, member.peer_id.raw))
+                if member.address is not None:
+                    suspects.append(member.peer_id.raw)
                 if now - member.suspect_since > dead_after:
                     self.stats.deaths += 1
                     self._set_state(member, DEAD, now)
@@ -709,6 +729,7 @@ class Membership:
                 expired.append(member)
         stalest.sort()
         self._stalest = stalest
+        self._suspects = suspects
         for member in expired:
             self._forget(member)
 
