@@ -248,21 +248,23 @@ def fault_plan(args: argparse.Namespace) -> FaultPlan | None:
 async def watch_bootstrap(
     agent: GossipAgent, seeds: Sequence[str], *, first_s: float = 2.0, longest_s: float = 60.0
 ) -> None:
-    """Until the first gossip exchange succeeds: warn which seeds were tried, how often and how
-    they failed, after ``first_s``, then at doubling intervals up to ``longest_s``; gossip keeps
-    retrying the seeds every round meanwhile. Logs once when the node has joined."""
+    """Until the first gossip exchange succeeds: warn which seeds were tried, how often, how they
+    failed and when each is tried next, after ``first_s``, then at doubling intervals up to
+    ``longest_s``; gossip retries each seed with exponential backoff meanwhile
+    (``GossipConfig.seed_backoff_max_s``). Logs once when the node has joined."""
     started, wait = time.monotonic(), first_s
     while not await agent.wait_until(lambda: agent.exchanges_completed > 0, wait):
+        now = agent.now()
         tried = ", ".join(
-            f"{seed} ({agent.failures[seed]} tries, last {agent.last_failure.get(seed, 'no answer yet')})"
+            f"{seed} ({agent.failures[seed]} tries, last {agent.last_failure.get(seed, 'no answer yet')}, "
+            f"next in {agent.membership.seed_retry_s(seed, now):.0f} s)"
             for seed in seeds
         )
         log.warning(
-            "no gossip answer from the bootstrap peers after %.0f s: tried %s; still retrying every "
-            "%g s (is an atomic-peer running there? check --bootstrap)",
+            "no gossip answer from the bootstrap peers after %.0f s: tried %s; retrying with backoff "
+            "(is an atomic-peer running there? check --bootstrap)",
             time.monotonic() - started,
             tried,
-            agent.config.interval,
         )
         wait = min(2 * wait, longest_s)
     log.info("joined the network through %s after %.1f s", ", ".join(seeds), time.monotonic() - started)

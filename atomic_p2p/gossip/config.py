@@ -80,6 +80,9 @@ class GossipConfig:
     which leaves three quarters of it for the beat to travel."""
     reconnect_probability: float = 0.1
     """Chance per round of also contacting one DEAD member, so that healed partitions merge."""
+    seed_backoff_max_s: float = 30.0
+    """A bootstrap seed that did not answer is tried again after one interval, then after twice as
+    long each time it fails again, at most this many seconds apart (it answers: back to normal)."""
     beats_per_round: int = 80
     """Liveness budget: about this many members' beats received per node per round (see the
     module docstring); past about this many members it stretches the timeouts."""

@@ -184,6 +184,8 @@ class Membership:
             identity.peer_id, tuple(addresses), tuple(models), 0, 0, self._load, tls_certificate
         )
         self._seeds = tuple(s for s in seeds if s not in record.addresses)
+        # A seed that failed: (failures in a row, when it may be tried again): exponential backoff.
+        self.seed_backoff: dict[str, tuple[int, float]] = {}
         self._self = self._publish(now, record)
         self._members[self._raw] = self._self
         self._sign_beat()
@@ -246,7 +248,7 @@ class Membership:
         self._table.set_version(me, DigestEntry(me.record.seq, LEFT_HEARTBEAT, True))
         me.state = LEFT
         request = GossipRequest(None, EMPTY_DIGEST, (signed.envelope,))
-        return [Outgoing(a, p, request) for a, p in self._choose_targets(reconnect=False)]
+        return [Outgoing(a, p, request) for a, p in self._choose_targets(now, reconnect=False)]
 
     def _publish(self, now: float, record: PeerRecord) -> Slot:
         rejection = check_record(record, self._limits.record)
@@ -288,7 +290,7 @@ class Membership:
         self._beat += 1
         self._sign_beat()
         self._sweep(now)
-        self._pending = self._choose_targets(reconnect=True)
+        self._pending = self._choose_targets(now, reconnect=True)
         self._pending.reverse()  # popped from the end
         return self._probes() + self._next_exchange(now)
 
@@ -370,6 +372,7 @@ class Membership:
         the round's next exchange. ``source``: the responder's address prefix, as for
         :meth:`handle_request`."""
         self.stats.responses_received += 1
+        self._seed_answered(outgoing.address, True, now)
         self._apply(now, response.updates, source=source)
         request = outgoing.request
         if request.is_push:
@@ -409,6 +412,7 @@ class Membership:
         becomes SUSPECT at once (Lifeguard). A peer that answered with an error status (say
         RESOURCE_EXHAUSTED for a rate limit) is alive: pass ``suspect=False``."""
         self.stats.failed_rpcs += 1
+        self._seed_answered(outgoing.address, False, now)
         peer = outgoing.peer_id
         member = self._members.get(peer.raw) if peer is not None and suspect else None
         if member is not None and member.state is ALIVE and member is not self._self:
@@ -654,7 +658,7 @@ class Membership:
 
     # --- sending ------------------------------------------------------------------------------
 
-    def _choose_targets(self, reconnect: bool) -> list[tuple[str, PeerId | None]]:
+    def _choose_targets(self, now: float, reconnect: bool) -> list[tuple[str, PeerId | None]]:
         fanout = self.config.fanout
         pool = list(self._table.gossipable)
         chosen = self._rng.sample(pool, min(fanout, len(pool)))
@@ -665,7 +669,7 @@ class Membership:
                 targets.append((member.address, member.peer_id))
         if len(targets) < fanout and self._seeds:
             known = {address for address, _ in targets}
-            spare = [s for s in self._seeds if s not in known]
+            spare = [s for s in self._seeds if s not in known and self._seed_due(s, now)]
             targets += [(s, None) for s in self._rng.sample(spare, min(fanout - len(targets), len(spare)))]
         dead = self._table.dead
         if reconnect and dead and self._rng.random() < self.config.reconnect_probability:
@@ -673,6 +677,26 @@ class Membership:
             if member.address is not None:
                 targets.append((member.address, member.peer_id))
         return targets
+
+    def _seed_due(self, seed: str, now: float) -> bool:
+        """Whether ``seed`` may be tried this round (not backing off after failed tries)."""
+        backoff = self.seed_backoff.get(seed)
+        return backoff is None or backoff[1] <= now
+
+    def seed_retry_s(self, seed: str, now: float) -> float:
+        """Seconds until ``seed`` is tried again (0: this round)."""
+        backoff = self.seed_backoff.get(seed)
+        return 0.0 if backoff is None else max(0.0, backoff[1] - now)
+
+    def _seed_answered(self, address: str, answered: bool, now: float) -> None:
+        if address not in self._seeds:
+            return
+        if answered:
+            self.seed_backoff.pop(address, None)
+            return
+        failures = self.seed_backoff.get(address, (0, now))[0] + 1
+        wait = min(self.config.interval * 2 ** (failures - 1), self.config.seed_backoff_max_s)
+        self.seed_backoff[address] = (failures, now + wait)
 
     def _mark_hot(self, now: float, raw: bytes, issued_at_ms: int) -> None:
         """Push news unasked while it is young: for ``push_rounds`` intervals after it was issued

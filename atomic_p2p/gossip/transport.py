@@ -257,6 +257,10 @@ class GossipAgent:
         for follow_up in follow_ups:
             self._spawn(follow_up)
 
+    def now(self) -> float:
+        """The clock the membership runs on (seconds)."""
+        return self._clock()
+
     async def _send(self, outgoing: Outgoing, timeout: float) -> list[Outgoing]:
         try:
             await self._pool.open(outgoing.address, outgoing.peer_id, timeout)

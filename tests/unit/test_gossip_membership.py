@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import replace
 
@@ -457,3 +458,31 @@ def test_heartbeat_slack_holds_back_fresh_beats_but_not_settled_ones() -> None:
     assert beat(carol, 5, 7) in settled.updates  # carol went quiet: her last beat goes to everyone
     far_behind = {carol.peer_id.raw: DigestEntry(5, 4), a.peer_id.raw: a.digest()[a.peer_id.raw]}
     assert beat(carol, 5, 7) in a.handle_request(T0 + 1, GossipRequest(None, far_behind, ()), "z").updates
+
+
+def test_a_seed_that_does_not_answer_is_retried_with_exponential_backoff() -> None:
+    config = replace(CONFIG, seed_backoff_max_s=8 * CONFIG.interval)
+    lonely = node("lonely", config=config, seeds=("nobody:7000",))
+    now, tried_at = T0, []
+    for _ in range(40):  # 40 rounds; every contact of the seed fails
+        now += config.interval
+        for outgoing in lonely.tick(now):
+            if outgoing.address == "nobody:7000":
+                tried_at.append(round((now - T0) / config.interval))
+                lonely.failed(now, outgoing)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(tried_at)]
+    assert gaps[:4] == [1, 2, 4, 8]  # one interval, then doubling...
+    assert set(gaps[4:]) == {8}  # ...up to seed_backoff_max_s
+    assert lonely.seed_retry_s("nobody:7000", now) <= 8 * config.interval
+
+
+def test_a_seed_that_answers_is_back_to_every_round() -> None:
+    a, b = node("a"), node("b", seeds=("a:7000",))
+    now = T0 + CONFIG.interval
+    (first,) = [out for out in b.tick(now) if out.address == "a:7000"]
+    b.failed(now, first)
+    assert b.seed_retry_s("a:7000", now) == pytest.approx(CONFIG.interval)
+    now += CONFIG.interval
+    (second,) = [out for out in b.tick(now) if out.address == "a:7000"]
+    b.handle_response(now, second, a.handle_request(now, second.request, "b"))
+    assert b.seed_retry_s("a:7000", now) == 0.0 and "a:7000" not in b.seed_backoff
