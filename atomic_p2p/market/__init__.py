@@ -12,7 +12,13 @@ translates their tensors to and from BidGradient messages.
 """
 
 from atomic_p2p.market.allocation import ShiftMode, TopK, gates, masked_output, masks, mixture, shift, top_k
-from atomic_p2p.market.bidders import CompetitiveLearner, CooperativeLearner, FeedForwardBid, ScalarBid
+from atomic_p2p.market.bidders import (
+    CompetitiveLearner,
+    CooperativeLearner,
+    FeedForwardBid,
+    ScalarBid,
+    anchor_penalty,
+)
 from atomic_p2p.market.gradients import LossFunction, MarketGradients, market_gradients, validate_gradient
 from atomic_p2p.market.payments import payoff, payoff_gradient, revenue
 
@@ -25,6 +31,7 @@ __all__ = [
     "ScalarBid",
     "ShiftMode",
     "TopK",
+    "anchor_penalty",
     "gates",
     "market_gradients",
     "masked_output",

@@ -73,6 +73,25 @@ class FeedForwardBid(nn.Module):
         return functional.softplus(self.net(inputs)[:, capability])
 
 
+# Bids are floored here before their log is taken, so a bid that underflowed to 0 still gets a
+# finite penalty (its gradient through the floor is 0; the bid function's other outputs carry it).
+_LOG_FLOOR = 1e-30
+
+
+def anchor_penalty(bids: torch.Tensor, anchor: float, weight: float) -> torch.Tensor:
+    """R(b) = weight / 2 * (mean_b log b_b - log anchor)^2: pulls the batch's mean log-bid
+    (the log of the geometric mean) toward ``log anchor``.
+
+    The market's gates b_i / sum_j b_j do not change when a peer scales all its bids, so the
+    requester's dL/db carries nothing about scale; R fixes the scale and leaves every ratio
+    between examples free. Its gradient by a pre-activation z with b = softplus(z) is
+    weight * (mean log b - log anchor) / batch * sigmoid(z) / b, which tends to
+    weight * (...) / batch as b -> 0: a collapsed bid is still pulled back (docs/gradient.md).
+    """
+    mean_log = torch.log(bids.clamp_min(_LOG_FLOOR)).mean()
+    return 0.5 * weight * (mean_log - math.log(anchor)) ** 2
+
+
 class _Learner:
     """Holds a bid function and its optimiser; subclasses choose the direction to follow."""
 
@@ -84,10 +103,18 @@ class _Learner:
         max_norm: float = 1.0,
         reject_norm: float | None = None,
         optimizer: torch.optim.Optimizer | None = None,
+        anchor: float | None = None,
+        anchor_weight: float = 1.0,
     ) -> None:
+        if anchor is not None and not (math.isfinite(anchor) and anchor > 0):
+            raise ValueError(f"a bid anchor must be positive and finite, got {anchor!r}")
+        if not (math.isfinite(anchor_weight) and anchor_weight >= 0):
+            raise ValueError(f"anchor_weight must be >= 0 and finite, got {anchor_weight!r}")
         self.bid_function = bid_function
         self.max_norm = max_norm
         self.reject_norm = reject_norm
+        self.anchor = anchor
+        self.anchor_weight = anchor_weight
         self.optimizer = optimizer or torch.optim.Adam(bid_function.parameters(), lr=lr)
 
     def bid(self, inputs: torch.Tensor, capability: int = 0) -> torch.Tensor:
@@ -99,11 +126,15 @@ class _Learner:
         return validate_gradient(gradient, (inputs.shape[0],), self.max_norm, reject_norm=self.reject_norm)
 
     def _descend(self, inputs: torch.Tensor, capability: int, direction: torch.Tensor) -> None:
-        """One optimiser step along -direction, chained through the bid function."""
+        """One optimiser step along -direction, chained through the bid function, plus the
+        scale anchor's own gradient when one is set (:func:`anchor_penalty`)."""
         self.optimizer.zero_grad(set_to_none=True)
         with torch.enable_grad():
             bids = self.bid_function(inputs, capability)
-            bids.backward(direction.to(dtype=bids.dtype, device=bids.device))
+            objective = (bids * direction.to(dtype=bids.dtype, device=bids.device)).sum()
+            if self.anchor is not None and self.anchor_weight > 0:
+                objective = objective + anchor_penalty(bids, self.anchor, self.anchor_weight)
+            objective.backward()
         self.optimizer.step()
 
     def state_dict(self) -> dict[str, Any]:

@@ -67,6 +67,9 @@ class GradientConfig:
     seed: int = 0  # initialises an ffnn bid function
     remote_training: bool = False  # accept dL/dy and train the model on it
     model_lr: float = 0.001  # SGD step for remote training
+    # Pull the mean log-bid of each batch toward log(anchor) (0: off); docs/gradient.md.
+    anchor: float = 0.0
+    anchor_weight: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -495,6 +498,8 @@ def _gradient(table: Mapping[str, Any], where: str) -> GradientConfig:
         seed=_integer(table, "seed", where, default=0, low=0),
         remote_training=table.get("remote_training", False),
         model_lr=_number(table, "model_lr", where, default=0.001, low=0.0),
+        anchor=_number(table, "anchor", where, default=0.0, low=0.0),
+        anchor_weight=_number(table, "anchor_weight", where, default=1.0, low=0.0),
     )
     if config.reject_norm < config.max_norm:
         raise ConfigError(f"{where}: reject_norm must be >= max_norm (clip below it, refuse above it)")

@@ -82,6 +82,8 @@ class BidLearner:
             "lr": config.lr,
             "max_norm": config.max_norm,
             "reject_norm": config.reject_norm,
+            "anchor": config.anchor or None,
+            "anchor_weight": config.anchor_weight,
         }
         self.learner: CooperativeLearner | CompetitiveLearner
         if config.role == "competitive":

@@ -90,6 +90,12 @@ class Config:
     lr: float = 0.003  # the bid functions' Adam
     hidden: int = 16  # the bid functions' width
     eval_every: int = 50
+    # What the market mixes: the peers' "logits" (loss: cross-entropy of the mixture) or their
+    # "probabilities" (softmax; loss: -log of the mixture's probability of the label). The
+    # networked run mixes logits only (the peers answer logits); --in-process runs both.
+    mixing: str = "logits"
+    anchor: float = 0.0  # > 0: the bid learners' scale anchor (docs/gradient.md); 0: off
+    anchor_weight: float = 1.0
 
 
 def peer_table(spec: PeerSpec, index: int, seed: int, config: Config) -> dict[str, Any]:
@@ -112,6 +118,8 @@ def peer_table(spec: PeerSpec, index: int, seed: int, config: Config) -> dict[st
                     "hidden": config.hidden,
                     "lr": config.lr,
                     "seed": seed * 100 + index,
+                    "anchor": config.anchor,
+                    "anchor_weight": config.anchor_weight,
                 },
             }
         ],
@@ -274,12 +282,38 @@ class LocalBidder:
         bid_function = market.FeedForwardBid(64, gradient.hidden)
         torch.random.set_rng_state(state)
         self.learner = market.CooperativeLearner(
-            bid_function, lr=gradient.lr, max_norm=gradient.max_norm, reject_norm=gradient.reject_norm
+            bid_function,
+            lr=gradient.lr,
+            max_norm=gradient.max_norm,
+            reject_norm=gradient.reject_norm,
+            anchor=gradient.anchor or None,
+            anchor_weight=gradient.anchor_weight,
         )
+        self.mixing = config.mixing
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
             return self.model(x)
+
+    def outputs(self, x: torch.Tensor) -> torch.Tensor:
+        """What the market mixes: logits, or probabilities (``Config.mixing``)."""
+        logits = self.logits(x)
+        return logits.softmax(dim=1) if self.mixing == PROBABILITIES else logits
+
+
+PROBABILITIES = "probabilities"
+MIXING_MODES = ("logits", PROBABILITIES)
+
+
+def probability_loss(mixed: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """-log of the mixture's probability of each label, averaged (gates sum to just under 1)."""
+    return functional.nll_loss(torch.log(mixed.clamp_min(1e-12)), labels)
+
+
+def mixture_loss(mixing: str) -> market.LossFunction:
+    if mixing not in MIXING_MODES:
+        raise ValueError(f"mixing must be one of {', '.join(MIXING_MODES)}, got {mixing!r}")
+    return probability_loss if mixing == PROBABILITIES else functional.cross_entropy
 
 
 def local_pass(
@@ -289,7 +323,7 @@ def local_pass(
     bids = torch.stack([b.learner.bid(x) for b in bidders])
     kept = market.top_k(market.masks(bids, market.shift(bids, 0.0)), k or len(bidders))
     gate = market.gates(kept.masks)
-    return market.mixture(gate, torch.stack([b.logits(x) for b in bidders])), bids, gate
+    return market.mixture(gate, torch.stack([b.outputs(x) for b in bidders])), bids, gate
 
 
 def local_evaluation(
@@ -311,6 +345,7 @@ def simulate(seed: int, config: Config, show: bool = True) -> Result:
     x_train, y_train, x_test, y_test = held_out_data()
     names = [spec.name for spec in ROSTER]
     bidders = [LocalBidder(spec, i, seed, config) for i, spec in enumerate(ROSTER)]
+    loss_fn = mixture_loss(config.mixing)
     correct = torch.stack([b.logits(x_test).argmax(dim=1) == y_test for b in bidders])
     evaluations = [local_evaluation(0, bidders, names, x_test, y_test)]
     order = common.batches(len(y_train), config.batch_size, common.derived_generator(seed, BATCH_STREAM))
@@ -321,8 +356,8 @@ def simulate(seed: int, config: Config, show: bool = True) -> Result:
             index = next(order)
             x, y = x_train[index], y_train[index]
             bids = torch.stack([b.learner.bid(x) for b in bidders])
-            outputs = torch.stack([b.logits(x) for b in bidders])
-            round_ = market.market_gradients(bids, outputs, y, functional.cross_entropy, shift_mode=0.0)
+            outputs = torch.stack([b.outputs(x) for b in bidders])
+            round_ = market.market_gradients(bids, outputs, y, loss_fn, shift_mode=0.0)
             for i, bidder in enumerate(bidders):
                 bidder.learner.learn(x, round_.loss_by_bid[i])
                 payments[i] += PRICE * float(round_.gates[i].sum())

@@ -49,3 +49,19 @@ def test_bids_specialise_and_the_market_beats_every_peer() -> None:
     assert end.mixture_accuracy > max(result.solo_accuracy), (end.mixture_accuracy, result.solo_accuracy)
     assert end.top1_accuracy > max(result.solo_accuracy), (end.top1_accuracy, result.solo_accuracy)
     assert end.mixture_accuracy > start.mixture_accuracy
+
+
+@pytest.mark.parametrize("mixing", ["logits", "probabilities"])
+def test_at_lr_0_05_the_bids_collapse_without_the_anchor_and_specialise_with_it(mixing: str) -> None:
+    routing = load_experiment("gradient_routing")
+
+    def run(anchor: float) -> tuple[float, float, list[float]]:
+        config = routing.Config(steps=400, eval_every=400, lr=0.05, mixing=mixing, anchor=anchor)
+        end = routing.simulate(0, config, show=False).end
+        return sum(end.wins[0][:5]) / 5, sum(end.wins[1][5:]) / 5, end.mean_gate
+
+    low, high, gate = run(0.0)
+    # The generalist ("small") took every example; the specialists' bids went to (almost) 0.
+    assert max(low, high) < 0.05 and max(gate[0], gate[1]) < 0.05 and gate[2] > 0.9, (low, high, gate)
+    low, high, gate = run(1.0)
+    assert min(low, high) > 0.6 and min(gate[0], gate[1]) > 0.15, (low, high, gate)
