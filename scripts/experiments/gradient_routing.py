@@ -5,6 +5,7 @@ of the input, come to win the inputs their models handle well (docs/gradient.md,
     python scripts/experiments/gradient_routing.py              # 3 seeds x 1000 rounds
     python scripts/experiments/gradient_routing.py --seed 1 --steps 600
     python scripts/experiments/gradient_routing.py --quick
+    python scripts/experiments/gradient_routing.py --sweep --seeds 1   # lr x mixing x anchor, in process
 
 How this works
 --------------
@@ -41,7 +42,7 @@ import asyncio
 import sys
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -542,11 +543,113 @@ def _cells(matrix: Sequence[Sequence[float]]) -> list[tuple[int, int]]:
     return [(row, col) for row in range(len(matrix)) for col in range(len(matrix[row]))]
 
 
+SWEEP_LRS = (0.005, 0.01, 0.02, 0.05)
+
+
+@dataclass
+class SweepRow:
+    mixing: str
+    lr: float
+    anchor: float
+    seed: int
+    mixture_accuracy: float
+    top1_accuracy: float
+    best_peer_accuracy: float
+    specialist_wins: tuple[float, float]  # spec-0-4 on 0-4, spec-5-9 on 5-9
+    specialist_gates: tuple[float, float]  # their mean gates, held out
+    specialised: bool  # each specialist wins most of its half
+    beats_best_peer: bool
+
+
+def sweep_row(result: Result) -> SweepRow:
+    end, config = result.end, result.config
+    low, high = result.names.index("spec-0-4"), result.names.index("spec-5-9")
+    judged = verdict(result)
+    return SweepRow(
+        mixing=config.mixing,
+        lr=config.lr,
+        anchor=config.anchor,
+        seed=result.seed,
+        mixture_accuracy=end.mixture_accuracy,
+        top1_accuracy=end.top1_accuracy,
+        best_peer_accuracy=max(result.solo_accuracy),
+        specialist_wins=(sum(end.wins[low][:5]) / 5, sum(end.wins[high][5:]) / 5),
+        specialist_gates=(end.mean_gate[low], end.mean_gate[high]),
+        specialised=judged.specialists_win_their_domain,
+        beats_best_peer=judged.beats_every_peer,
+    )
+
+
+def sweep(base: Config, seeds: Sequence[int], anchors: Sequence[float], show: bool) -> list[SweepRow]:
+    """Every learning rate in SWEEP_LRS x both mixing modes x ``anchors``, in this process."""
+    rows = []
+    for mixing in MIXING_MODES:
+        for lr in SWEEP_LRS:
+            for anchor in anchors:
+                config = replace(base, lr=lr, mixing=mixing, anchor=anchor, eval_every=base.steps)
+                rows += [sweep_row(simulate(seed, config, show)) for seed in seeds]
+    return rows
+
+
+def sweep_report(rows: Sequence[SweepRow], config: Config) -> str:
+    headers = [
+        "mixing",
+        "lr",
+        "anchor",
+        "seed",
+        "mixture",
+        "top-1",
+        "best peer",
+        "spec wins (0-4, 5-9)",
+        "spec gates",
+        "specialised",
+        "beats best",
+    ]
+    table = [
+        [
+            r.mixing,
+            r.lr,
+            f"{r.anchor:g} (w {config.anchor_weight:g})" if r.anchor else "off",
+            r.seed,
+            r.mixture_accuracy,
+            r.top1_accuracy,
+            r.best_peer_accuracy,
+            f"{r.specialist_wins[0]:.2f}, {r.specialist_wins[1]:.2f}",
+            f"{r.specialist_gates[0]:.3f}, {r.specialist_gates[1]:.3f}",
+            "yes" if r.specialised else "NO",
+            "yes" if r.beats_best_peer else "NO",
+        ]
+        for r in rows
+    ]
+    return "\n".join(
+        [
+            f"Gradient routing sweep (in this process): {config.steps} rounds of {config.batch_size},"
+            " held-out accuracy at the end; specialised = each specialist wins over half of its digits",
+            common.format_table(headers, table),
+        ]
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = common.experiment_parser(__doc__.splitlines()[0], seeds=3, steps=Config.steps)
     parser.add_argument("--batch-size", type=int, default=Config.batch_size)
     parser.add_argument("--lr", type=float, default=Config.lr, help="the bid functions' learning rate")
     parser.add_argument("--eval-every", type=int, default=Config.eval_every)
+    parser.add_argument(
+        "--mixing",
+        choices=MIXING_MODES,
+        default=Config.mixing,
+        help="mix the peers' logits or their probabilities (probabilities: --in-process only)",
+    )
+    parser.add_argument(
+        "--anchor", type=float, default=Config.anchor, help="the bid learners' scale anchor (0: off)"
+    )
+    parser.add_argument("--anchor-weight", type=float, default=Config.anchor_weight)
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="in process: lr 0.005, 0.01, 0.02, 0.05 x both mixings x anchor off and --anchor (default 1)",
+    )
     parser.add_argument(
         "--in-process",
         action="store_true",
@@ -559,9 +662,23 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         eval_every=10 if args.quick else args.eval_every,
+        mixing=args.mixing,
+        anchor=args.anchor,
+        anchor_weight=args.anchor_weight,
     )
-    results = []
     show = not args.no_progress
+    if args.sweep:
+        anchor = args.anchor or 1.0
+        rows = sweep(config, common.seeds_from(args), (0.0, anchor), show)
+        text = sweep_report(rows, replace(config, anchor=anchor))
+        print(text)
+        payload = {"settings": asdict(config), "report": text, "rows": [asdict(row) for row in rows]}
+        print(f"wrote {common.write_json(args.out / 'gradient_routing_sweep.json', payload)}")
+        anchored = [row for row in rows if row.anchor]
+        return 0 if all(row.specialised for row in anchored) else 1
+    if config.mixing != "logits" and not args.in_process:
+        parser.error("--mixing probabilities runs with --in-process only (the peers answer logits)")
+    results = []
     with tempfile.TemporaryDirectory(prefix="gradient-routing-") as workdir:
         for seed in common.seeds_from(args):
             if args.in_process:

@@ -65,3 +65,17 @@ def test_at_lr_0_05_the_bids_collapse_without_the_anchor_and_specialise_with_it(
     assert max(low, high) < 0.05 and max(gate[0], gate[1]) < 0.05 and gate[2] > 0.9, (low, high, gate)
     low, high, gate = run(1.0)
     assert min(low, high) > 0.6 and min(gate[0], gate[1]) > 0.15, (low, high, gate)
+
+
+def test_the_sweep_covers_every_lr_and_mixing_with_and_without_the_anchor() -> None:
+    routing = load_experiment("gradient_routing")
+    rows = routing.sweep(routing.Config(steps=5), [0], (0.0, 1.0), show=False)
+    settings = {(row.mixing, row.lr, row.anchor) for row in rows}
+    assert len(rows) == len(settings) == 16
+    assert {lr for _, lr, _ in settings} == {0.005, 0.01, 0.02, 0.05}
+    assert {mixing for mixing, _, _ in settings} == {"logits", "probabilities"}
+    for row in rows:
+        assert 0 < row.best_peer_accuracy < 1 and 0 < row.mixture_accuracy < 1
+        assert row.specialised == (min(row.specialist_wins) > 0.5)
+    text = routing.sweep_report(rows, routing.Config(steps=5, anchor=1.0))
+    assert text.count("probabilities") == 8 and "off" in text
