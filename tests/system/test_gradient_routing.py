@@ -20,7 +20,8 @@ pytestmark = pytest.mark.system
 
 async def test_networked_rounds_equal_the_in_process_reference(tmp_path: Path) -> None:
     routing = load_experiment("gradient_routing")
-    config = routing.Config(steps=12, eval_every=6)
+    # At lr 0.05 with the bid-scale anchor: the peers read [models.gradient] anchor from TOML.
+    config = routing.Config(steps=12, eval_every=6, lr=0.05, anchor=1.0)
     networked = await routing.run(3, config, tmp_path, show=False)
     local = routing.simulate(3, config, show=False)
     assert networked.solo_accuracy == local.solo_accuracy

@@ -37,6 +37,8 @@ def test_every_key_is_read(tmp_path: Path) -> None:
         "seed": 3,
         "remote_training": True,
         "model_lr": 0.1,
+        "anchor": 2.0,
+        "anchor_weight": 0.5,
     }
     assert config_with(tmp_path, **keys) == GradientConfig(**keys)
 
@@ -49,6 +51,8 @@ def test_every_key_is_read(tmp_path: Path) -> None:
         ({"enabled": "yes"}, "enabled"),
         ({"max_norm": 5.0, "reject_norm": 1.0}, "reject_norm"),
         ({"lr": -1.0}, "lr"),
+        ({"anchor": -1.0}, "anchor"),
+        ({"anchor_weight": float("nan")}, "anchor_weight"),
         ({"learning_rate": 0.1}, "unknown key"),
     ],
 )
