@@ -36,7 +36,11 @@ typecheck: $(STAMP)
 pytest: $(STAMP)
 	$(PY) -m pytest -q
 
-test: protolint lint typecheck pytest
+# Debian's prometheus for tests/system/test_prometheus.py (as root with apt-get; else that test skips)
+prometheus:
+	bash scripts/install_prometheus.sh
+
+test: protolint lint typecheck prometheus pytest
 
 proto: $(STAMP)
 	$(PY) scripts/gen_proto.py

@@ -3,7 +3,7 @@
 ``scripts/testnet.py`` starts two ``atomic-peer`` processes (a digits classifier and a language
 model) and its requester with ``--metrics-port 0``, runs its workload (digit auctions
 and a streamed generation), then stays up. Prometheus (Debian's ``prometheus`` package, which
-``.ci/run`` installs) scrapes every endpoint each second from a generated config; the test asks
+``make test`` installs, scripts/install_prometheus.sh) scrapes every endpoint each second from a generated config; the test asks
 its HTTP API for every family in docs/observability.md: a value where the workload made one, the
 family's metadata where it did not (fallbacks, gradient updates, refused gossip records).
 """
@@ -120,7 +120,9 @@ def read_testnet(process: subprocess.Popen[str]) -> list[str]:
 def test_prometheus_scrapes_a_testnet_and_answers_each_family(tmp_path: Path) -> None:
     prometheus = shutil.which("prometheus")
     if prometheus is None:
-        pytest.skip("no prometheus on PATH: .ci/run installs Debian's package (apt-get install prometheus)")
+        pytest.skip(
+            "no prometheus on PATH: make test installs Debian's package as root (scripts/install_prometheus.sh), else apt-get install prometheus"
+        )
     testnet = [
         sys.executable, str(ROOT / "scripts" / "testnet.py"),
         "--peers", "2", "--configs", "small", "lm-small",
