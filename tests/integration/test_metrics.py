@@ -101,6 +101,11 @@ async def test_refusals_count_under_their_status_code(node: PeerNode, buyer: Han
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await buyer.raw(method)(b"\xff not a message")
         assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    # gRPC's abort sends the status before the handler's wrapper counts it: wait (bounded) for it
+    for _ in range(100):
+        if deltas("atomic_rpc_server_handled_total", method="BidGradient", code="INVALID_ARGUMENT"):
+            break
+        await asyncio.sleep(0.02)
     assert deltas("atomic_rpc_server_handled_total", method="Execute", code="INVALID_ARGUMENT") == 1
     assert deltas("atomic_rpc_server_handled_total", method="BidGradient", code="INVALID_ARGUMENT") == 1
     assert deltas("atomic_peer_gradient_updates_total", result="refused", code="INVALID_ARGUMENT") == 1
