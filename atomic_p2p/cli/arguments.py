@@ -55,6 +55,28 @@ def peer_address(text: str) -> str:
     return text
 
 
+def add_peer_arguments(parser: argparse.ArgumentParser, flag: str) -> None:
+    """``flag`` (``--peer``: the peers to ask, kept as ``peers``; ``--bootstrap``: the peers to join
+    the gossip through), repeatable and required, each address as :func:`peer_address` takes it;
+    and ``--insecure``, which every command that dials peers takes alike."""
+    what = "a peer to ask" if flag == "--peer" else "a peer to join the gossip through"
+    parser.add_argument(
+        flag,
+        **({"dest": "peers"} if flag == "--peer" else {}),
+        action="append",
+        required=True,
+        type=peer_address,
+        metavar="ADDR",
+        help=f"host:port of {what}, PEERID@host:port to require that peer id, or a bare port for one on "
+        "this machine (repeat for several)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="talk to peers that serve plaintext (debugging only; by default they are refused)",
+    )
+
+
 # The profile names of atomic_p2p.requester.weights.PROFILES (a test keeps them equal), spelled
 # out so that parsing arguments does not import the SDK, and with it torch (seconds).
 WEIGHTS = ("accuracy", "balanced", "speed")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from atomic_p2p.cli import observability
-from atomic_p2p.cli.arguments import non_negative, peer_address, positive
+from atomic_p2p.cli.arguments import add_peer_arguments, non_negative, positive
 from atomic_p2p.cli.exits import ExitCode
 from atomic_p2p.cli.keygen import default_store_path
 from atomic_p2p.cli.run import load_identity
@@ -35,20 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "/v1/chat/completions, /v1/completions and /v1/embeddings: each call is bought through an "
         "auction among the peers (docs/gateway.md).",
     )
-    parser.add_argument(
-        "--bootstrap",
-        action="append",
-        required=True,
-        type=peer_address,
-        metavar="ADDR",
-        help="host:port of a peer to join the gossip through, PEERID@host:port to require that peer id, or "
-        "a bare port on this machine (repeat for several)",
-    )
-    parser.add_argument(
-        "--insecure",
-        action="store_true",
-        help="talk to peers that serve plaintext (debugging only; by default they are refused)",
-    )
+    add_peer_arguments(parser, "--bootstrap")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1 only)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0: any)")
     parser.add_argument(

@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from atomic_p2p.cli.arguments import add_weights_argument, non_negative, peer_address, positive, weights_of
+from atomic_p2p.cli.arguments import (
+    add_peer_arguments,
+    add_weights_argument,
+    non_negative,
+    positive,
+    weights_of,
+)
 from atomic_p2p.cli.exits import ExitCode
 from atomic_p2p.cli.run import load_identity
 from atomic_p2p.errors import AuctionError, ConfigError
@@ -29,21 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "it fails) and print which peer produced which part.",
     )
     parser.add_argument("prompt", nargs="?", help='the prompt text, e.g. "Once upon a time"')
-    parser.add_argument(
-        "--peer",
-        dest="peers",
-        action="append",
-        required=True,
-        type=peer_address,
-        metavar="ADDR",
-        help="host:port of a peer, PEERID@host:port to require that peer id, or a bare port for one on "
-        "this machine (repeat for each peer)",
-    )
-    parser.add_argument(
-        "--insecure",
-        action="store_true",
-        help="talk to peers that serve plaintext (debugging only; by default they are refused)",
-    )
+    add_peer_arguments(parser, "--peer")
     parser.add_argument("--capability", required=True, help='what to run, e.g. "generate/count"')
     parser.add_argument(
         "--prompt-ids", metavar="IDS", help="a prompt of token ids instead of text, comma-separated: 1,2,3"

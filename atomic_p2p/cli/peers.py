@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from atomic_p2p.cli.arguments import peer_address, positive
+from atomic_p2p.cli.arguments import add_peer_arguments, positive
 from atomic_p2p.cli.exits import ExitCode
 from atomic_p2p.errors import UnavailableError
 
@@ -41,20 +41,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "first exchange plus one round, and print every member: peer id, address, state, models, "
         "capabilities, price hints, load (in flight/capacity) and advertised latency.",
     )
-    parser.add_argument(
-        "--bootstrap",
-        action="append",
-        required=True,
-        type=peer_address,
-        metavar="ADDR",
-        help="host:port of a peer to join through, PEERID@host:port to require that peer id, or a bare "
-        "port on this machine (repeat for several)",
-    )
-    parser.add_argument(
-        "--insecure",
-        action="store_true",
-        help="talk to peers that serve plaintext (debugging only; by default they are refused)",
-    )
+    add_peer_arguments(parser, "--bootstrap")
     parser.add_argument(
         "--wait",
         type=positive,

@@ -10,7 +10,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from atomic_p2p.cli import observability
-from atomic_p2p.cli.arguments import add_weights_argument, non_negative, peer_address, positive, weights_of
+from atomic_p2p.cli.arguments import (
+    add_peer_arguments,
+    add_weights_argument,
+    non_negative,
+    positive,
+    weights_of,
+)
 from atomic_p2p.cli.exits import ExitCode
 from atomic_p2p.cli.keygen import default_key_path, default_store_path
 from atomic_p2p.errors import AuctionError, ConfigError
@@ -36,21 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
 
 
 def _add_auction_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--peer",
-        dest="peers",
-        action="append",
-        required=True,
-        type=peer_address,
-        metavar="ADDR",
-        help="host:port of a peer, PEERID@host:port to require that peer id, or a bare port for one on "
-        "this machine (repeat for each peer)",
-    )
-    parser.add_argument(
-        "--insecure",
-        action="store_true",
-        help="talk to peers that serve plaintext (debugging only; by default they are refused)",
-    )
+    add_peer_arguments(parser, "--peer")
     parser.add_argument("--capability", required=True, help='what to run, e.g. "classify/digits"')
     parser.add_argument(
         "--deadline",

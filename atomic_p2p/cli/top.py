@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from atomic_p2p.cli.arguments import peer_address, positive, positive_int
+from atomic_p2p.cli.arguments import add_peer_arguments, positive, positive_int
 from atomic_p2p.cli.exits import ExitCode
 from atomic_p2p.cli.tables import clock, number, short
 from atomic_p2p.errors import UnavailableError
@@ -59,20 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) 
         "the newest decisions from the requester's store. q or Ctrl-C quits. Over a pipe, or with "
         "--once, print the tables once and exit.",
     )
-    parser.add_argument(
-        "--bootstrap",
-        action="append",
-        required=True,
-        type=peer_address,
-        metavar="ADDR",
-        help="host:port of a peer to join through, PEERID@host:port to require that peer id, or a bare "
-        "port on this machine (repeat for several)",
-    )
-    parser.add_argument(
-        "--insecure",
-        action="store_true",
-        help="talk to peers that serve plaintext (debugging only; by default they are refused)",
-    )
+    add_peer_arguments(parser, "--bootstrap")
     parser.add_argument(
         "--store",
         type=Path,
