@@ -269,17 +269,11 @@ class GossipAgent:
             response = response_from_proto(answer)
         except (PeerIdentityError, UnavailableError, PlaintextPeerError) as error:
             # not who it should be, or not there: suspect it; plaintext refused: it is up
-            suspect = not isinstance(error, PlaintextPeerError)
             log.info("gossip to %s refused: %s", outgoing.address, error)
-            self.failures[outgoing.address] += 1
-            self.last_failure[outgoing.address] = error.code.name
-            follow_ups = self.membership.failed(self._clock(), outgoing, suspect=suspect)
+            follow_ups = self._failed(outgoing, error.code, not isinstance(error, PlaintextPeerError))
         except aio.AioRpcError as error:
-            suspect = error.code() in _SUSPICIOUS
             log.debug("gossip to %s failed: %s", outgoing.address, error.code().name)
-            self.failures[outgoing.address] += 1
-            self.last_failure[outgoing.address] = error.code().name
-            follow_ups = self.membership.failed(self._clock(), outgoing, suspect=suspect)
+            follow_ups = self._failed(outgoing, error.code(), error.code() in _SUSPICIOUS)
         except Exception as error:  # a malformed answer: the member is up but misbehaving
             log.warning("bad gossip answer from %s: %s", outgoing.address, error)
             follow_ups = self.membership.failed(self._clock(), outgoing, suspect=False)
@@ -291,6 +285,12 @@ class GossipAgent:
             self.exchanges_completed += 1
         self._absorb_events()
         return follow_ups
+
+    def _failed(self, outgoing: Outgoing, code: grpc.StatusCode, suspect: bool) -> list[Outgoing]:
+        """An exchange that got no answer: counted per address (the bootstrap warning reads it)."""
+        self.failures[outgoing.address] += 1
+        self.last_failure[outgoing.address] = code.name
+        return self.membership.failed(self._clock(), outgoing, suspect=suspect)
 
     def _absorb_events(self) -> None:
         events = self.membership.pop_events()

@@ -249,22 +249,21 @@ class WatchedTransport:
     async def bid_gradient(self, address: str, call: BidGradientCall, timeout_s: float) -> BidGradientReply:
         return await self._watch(address, self.inner.bid_gradient(address, call, timeout_s))
 
-    async def execute_stream(
+    def execute_stream(
         self, address: str, call: ExecuteCall, timeout_s: float
     ) -> AsyncGenerator[ExecuteChunk, None]:
-        try:
-            async with aclosing(self.inner.execute_stream(address, call, timeout_s)) as chunks:
-                async for chunk in chunks:
-                    yield chunk
-        except UnavailableError:
-            self._unreachable(address)
-            raise
+        return self._watch_stream(address, self.inner.execute_stream(address, call, timeout_s))
 
-    async def execute_upload(
+    def execute_upload(
         self, address: str, call: ExecuteCall, timeout_s: float
     ) -> AsyncGenerator[ExecuteChunk, None]:
+        return self._watch_stream(address, self.inner.execute_upload(address, call, timeout_s))
+
+    async def _watch_stream(
+        self, address: str, stream: AsyncGenerator[ExecuteChunk, None]
+    ) -> AsyncGenerator[ExecuteChunk, None]:
         try:
-            async with aclosing(self.inner.execute_upload(address, call, timeout_s)) as chunks:
+            async with aclosing(stream) as chunks:
                 async for chunk in chunks:
                     yield chunk
         except UnavailableError:
