@@ -211,10 +211,9 @@ class HostedModel:
         """The most tokens in one of ``texts`` by this model's own tokenizer; None if it takes no text."""
         return None if self.tokenizer is None else most_tokens(self.tokenizer, texts)
 
-    def total_tokens(self, texts: Sequence[str]) -> int:
-        """Every token of ``texts`` by this model's own tokenizer (0 if it takes no text): what a
-        result reports as its input tokens (a generation's: its prompt, without a continuation's prefix)."""
-        return 0 if self.tokenizer is None else sum(self.tokenizer.count(text) for text in texts)
+    def token_counts(self, texts: Sequence[str]) -> list[int] | None:
+        """Each text's tokens by this model's own tokenizer; None if it takes no text."""
+        return None if self.tokenizer is None else [self.tokenizer.count(text) for text in texts]
 
     def tokenize(self, texts: Sequence[str]) -> list[tuple[str, torch.Tensor]]:
         """The model's inputs for ``texts`` (counted and checked against its limits beforehand)."""

@@ -133,6 +133,7 @@ class Job:
     issued: IssuedBid
     order: ExecuteOrder
     texts: tuple[str, ...] = ()  # a text task's texts, as decoded
+    input_tokens: int = 0  # the texts' tokens by the model's tokenizer (a generation: its prompt's)
 
     @property
     def prompt(self) -> torch.Tensor:
@@ -407,7 +408,7 @@ class Seller:
     def _open(self, call: ExecuteCall, now_ms: int) -> Job:
         """The checks every order passes, whichever RPC carries it."""
         order, issued = self._authorize(call, now_ms)
-        model, inputs, texts = self._check_inputs(call, order, issued)
+        model, inputs, texts, input_tokens = self._check_inputs(call, order, issued)
         if not order.deadline_ms:
             raise ProtocolError("deadline_ms is required (Unix ms after which the result is of no use)")
         if order.deadline_ms <= now_ms:
@@ -421,6 +422,7 @@ class Seller:
             issued=issued,
             order=order,
             texts=texts,
+            input_tokens=input_tokens,
         )
 
     def _check_issued_at(self, order: ExecuteOrder, bid: Bid, now_ms: int) -> None:
@@ -451,14 +453,16 @@ class Seller:
 
     def _check_inputs(
         self, call: ExecuteCall, order: ExecuteOrder, issued: IssuedBid
-    ) -> tuple[HostedModel, dict[str, torch.Tensor], tuple[str, ...]]:
+    ) -> tuple[HostedModel, dict[str, torch.Tensor], tuple[str, ...], int]:
+        """The model, its checked inputs, the texts, and the texts' tokens by its tokenizer."""
         decoded = [finite(decode(wire, self.limits), wire.name) for wire in call.inputs]
         texts = decode_texts(call.texts, self.text_limits)
         if digest(call.inputs, call.texts) != order.inputs_digest:
             raise ProtocolError("the inputs' digest differs from the order's inputs_digest")
         model = self.models[issued.model_id]
         named = [(wire.name, tensor) for wire, tensor in zip(call.inputs, decoded, strict=True)]
-        inputs = model.check_inputs(named + self._tokenized(model, texts, issued))
+        tokenized, input_tokens = self._tokenized(model, texts, issued)
+        inputs = model.check_inputs(named + tokenized)
         announced = {spec.name: spec.shape for spec in issued.inputs}
         for name, tensor in named:
             if tuple(tensor.shape) != announced.get(name):
@@ -466,29 +470,31 @@ class Seller:
                     f"input {shown(name)} has shape {list(tensor.shape)}, but the bid was for "
                     f"{list(announced.get(name, ()))}"
                 )
-        return model, inputs, tuple(texts)
+        return model, inputs, tuple(texts), input_tokens
 
     @staticmethod
     def _tokenized(
         model: HostedModel, texts: Sequence[str], issued: IssuedBid
-    ) -> list[tuple[str, torch.Tensor]]:
+    ) -> tuple[list[tuple[str, torch.Tensor]], int]:
         """The model's inputs for the order's texts: as many as the bid was for, each within the
-        model's token limit by its own tokenizer (refused before any work)."""
+        model's token limit by its own tokenizer (refused before any work); and their tokens, all
+        texts together (what the signed result reports as ``input_tokens``)."""
         if len(texts) != issued.text_count:
             raise ProtocolError(
                 f"the order carries {len(texts)} texts, but the bid was for {issued.text_count}"
             )
         if not texts:
-            return []
-        tokens = model.count_tokens(texts)
-        if tokens is None:
+            return [], 0
+        counts = model.token_counts(texts)
+        if counts is None:
             raise ProtocolError(f"model {model.model_id} takes no text")
+        tokens = max(counts)
         if model.max_input_tokens and tokens > model.max_input_tokens:
             raise ProtocolError(
                 f"a text of {tokens} tokens (by {model.model_id}'s tokenizer) exceeds max_input_tokens "
                 f"{model.max_input_tokens}"
             )
-        return model.tokenize(texts)
+        return model.tokenize(texts), sum(counts)
 
     def perform(self, job: Job) -> ExecuteReply:
         """The paid work (blocking; a worker thread runs it): forward pass, encode, sign the receipt."""
@@ -547,7 +553,7 @@ class Seller:
             latency_ms=latency_ms,
             finished_at_ms=self._clock(),
             cost_charged=job.issued.cost,
-            input_tokens=job.model.total_tokens(job.texts) if job.texts else 0,
+            input_tokens=job.input_tokens,
         )
         return codec.sign(self.identity, result)
 
