@@ -133,6 +133,8 @@ class PeerConfig:
     cache_dir: Path | None = None
     max_concurrency: int = 2
     queue_limit: int = 32
+    # torch intra-op threads for this process; 0: the cores divided among max_concurrency workers.
+    torch_threads: int = 0
     replay_window_s: float = 30.0
     bid_validity_s: float = 10.0
     # > 0: every bid says the requester may reuse it this long (never past its validity) for the
@@ -186,6 +188,7 @@ _PEER_KEYS = {
     "cache_dir",
     "max_concurrency",
     "queue_limit",
+    "torch_threads",
     "replay_window_s",
     "bid_validity_s",
     "bid_reuse_ttl_s",
@@ -275,6 +278,7 @@ def _peer_settings(peer: Mapping[str, Any], base_dir: Path, source: str) -> dict
         "cache_dir": _path(peer, "cache_dir", base_dir, where),
         "max_concurrency": _integer(peer, "max_concurrency", where, default=2, low=1),
         "queue_limit": _integer(peer, "queue_limit", where, default=32, low=0),
+        "torch_threads": _integer(peer, "torch_threads", where, default=0, low=0),
         "replay_window_s": _number(peer, "replay_window_s", where, default=30.0, low=0.001),
         "bid_validity_s": _number(peer, "bid_validity_s", where, default=10.0, low=0.001),
         "bid_reuse_ttl_s": _number(peer, "bid_reuse_ttl_s", where, default=0.0, low=0.0),

@@ -43,6 +43,7 @@ from atomic_p2p.tensors import DTYPES, NAMES
 WARM_UP_BATCH = 8
 WARM_UP_CALLS = 3  # forward passes at load: one that allocates, two timed (the quicker is the first quote)
 LATENCY_EWMA_ALPHA = 0.2
+PRIME_MAX_ROWS = 4096  # rows in one forward pass over several tasks' previews (prime_previews)
 PROBE_SAMPLES = 5  # calls per latency probe of an idle model (each fed into the average)
 # How much of a model's exception text a NoBid or an error status may carry: the text may quote
 # the input (a requester's data), so it is cut, never echoed whole.
@@ -134,6 +135,8 @@ class HostedModel:
         self.tokenizer = built.tokenizer
         self.strategy: Strategy = make_strategy(config.strategy, config.strategy_options)
         self.latency = LatencyEwma()
+        # Previews run together for one call for bids (prime_previews): id -> (preview, logits, confidence).
+        self._primed: dict[int, tuple[Sequence[torch.Tensor], torch.Tensor, float]] = {}
         self._warm_up()
 
     @classmethod
@@ -230,7 +233,57 @@ class HostedModel:
         ]
 
     def preview_confidence(self, preview: Sequence[torch.Tensor]) -> float:
+        primed = self._primed.get(id(preview))
+        if primed is not None and primed[0] is preview:
+            return primed[2]
         return _mean_max_softmax(self._preview_logits(preview))
+
+    def prime_previews(self, previews: Sequence[Sequence[torch.Tensor]]) -> list[int]:
+        """Run the model once over several tasks' previews (one call for bids holds up to 64
+        tasks; one forward pass over all their rows costs about what one small one does), and
+        keep each preview's logits and confidence until :meth:`forget_previews` with the keys
+        returned. Previews whose rows do not fit the first input together are left out: their
+        own call in :meth:`preview_confidence` raises what it would have raised. Thread-safe:
+        each caller's keys are the ids of preview tuples it holds alive until it forgets them."""
+        groups: dict[tuple[torch.dtype, tuple[int, ...]], list[Sequence[torch.Tensor]]] = {}
+        for preview in previews:
+            if not preview or any(t.dim() < 1 or t.shape[1:] != preview[0].shape[1:] for t in preview):
+                continue
+            if (
+                any(t.dtype != preview[0].dtype for t in preview)
+                or sum(t.shape[0] for t in preview) > self.max_batch
+            ):
+                continue  # screening refuses it task by task
+            groups.setdefault((preview[0].dtype, tuple(preview[0].shape[1:])), []).append(preview)
+        keys: list[int] = []
+        name = self.contract.input_names[0]
+        for (dtype, shape), members in groups.items():
+            if len(members) < 2:
+                continue
+            parts = [t for preview in members for t in preview]
+            rows = sum(t.shape[0] for t in parts)
+            spec = TensorSpec(name, NAMES.get(dtype, str(dtype)), (rows, *shape))
+            if rows > PRIME_MAX_ROWS or self.contract.problem([spec]) is not None:
+                continue
+            try:
+                logits = self._call({name: torch.cat(parts)})[0][1]
+            except ExecutionError:
+                continue  # each preview's own call reports it, task by task
+            if logits.dim() < 1 or logits.shape[0] != rows:
+                continue
+            best = _max_softmax_rows(logits)
+            start = 0
+            for preview in members:
+                count = sum(t.shape[0] for t in preview)
+                stop = start + count
+                self._primed[id(preview)] = (preview, logits[start:stop], float(np.mean(best[start:stop])))
+                keys.append(id(preview))
+                start = stop
+        return keys
+
+    def forget_previews(self, keys: Sequence[int]) -> None:
+        for key in keys:
+            self._primed.pop(key, None)
 
     def text_confidence(self, texts: Sequence[str]) -> float:
         """Mean max-softmax on previewed texts (screened for count and tokens beforehand)."""
@@ -242,6 +295,9 @@ class HostedModel:
 
     def _preview_logits(self, preview: Sequence[torch.Tensor]) -> torch.Tensor:
         """The model's output on the preview; ExecutionError (a NoBid MODEL_ERROR) if it raises."""
+        primed = self._primed.get(id(preview))
+        if primed is not None and primed[0] is preview:
+            return primed[1]
         rows = torch.cat(list(preview))
         return self._call({self.contract.input_names[0]: rows})[0][1]
 
@@ -378,12 +434,16 @@ def _contract_of(model_id: str, built: BuiltModel) -> ModelContract:
 
 
 def _mean_max_softmax(logits: torch.Tensor) -> float:
+    return float(np.mean(_max_softmax_rows(logits)))
+
+
+def _max_softmax_rows(logits: torch.Tensor) -> np.ndarray:
     # In numpy: three small torch ops here cost 0.1-3 ms on a busy 2-core machine (each may wake
     # torch's intra-op thread pool), up to 30x the forward pass of a small model; numpy's stay
     # near 30 us. The largest softmax probability of a row is 1 / sum(exp(logits - max)).
     values = logits.detach().to(torch.float32).numpy()
     sums = np.exp(values - values.max(axis=-1, keepdims=True)).sum(axis=-1)
-    return float(np.mean(1.0 / sums))
+    return np.asarray(1.0 / sums).reshape(-1)
 
 
 def _is_batch(value: Any, batch: int) -> bool:

@@ -17,6 +17,7 @@ from atomic_p2p.identity import Identity
 from atomic_p2p.peer.node import load_models
 from atomic_p2p.peer.seller import Seller
 from atomic_p2p.peer.strategies import Load
+from atomic_p2p.peer.strategies import NoBid as Declined
 from atomic_p2p.protocol import codec
 from atomic_p2p.protocol.messages import (
     Bid,
@@ -122,3 +123,67 @@ def test_feedback_teaches_the_strategy_once(seller: Seller) -> None:
     assert reply.accepted and reply.strategy_parameters["wins"] == 1
     with pytest.raises(ReplayError):
         seller.feedback(call, NOW + 3)
+
+
+def _reading_seller(tmp_path: Path) -> Seller:
+    """A seller whose model's strategy reads previews (``confidence``: mean max-softmax)."""
+    config = seller_config("reader", tmp_path, confidence=0.9, price=0.01)
+    model = replace(config.models[0], strategy="confidence", strategy_options={})
+    config = replace(config, models=(model,))
+    return Seller(
+        identity=Identity.generate(),
+        models=load_models(config),
+        config=config,
+        started_at_ms=NOW - 1000,
+        clock=lambda: NOW + 5,
+    )
+
+
+def _previewed_call(buyer: Identity, batches: list[object]) -> RequestBidsCall:
+    tasks = [
+        build_task(f"t{i}", "classify/digits", [encode(x, "x")], preview=True, max_cost=None)  # type: ignore[arg-type]
+        for i, x in enumerate(batches)
+    ]
+    return RequestBidsCall(sign_bid_request(buyer, os.urandom(16), tasks, NOW, NOW + 5000))
+
+
+def _confidences(seller: Seller, call: RequestBidsCall) -> list[float | str]:
+    opened = seller.open_request(call, NOW)
+    answers: list[float | str] = []
+    for decision in seller.decide(opened, IDLE):
+        answers.append(decision.reason.name if isinstance(decision, Declined) else decision[1].confidence)
+    return answers
+
+
+def test_previews_of_one_call_run_in_one_forward_pass_with_the_same_confidences(tmp_path: Path) -> None:
+    seller = _reading_seller(tmp_path)
+    (model,) = seller.models.values()
+    batches = [digits_batch(2, offset=2 * i)[0] for i in range(5)]
+    calls: list[int] = []
+    model.module.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    buyer = Identity.generate()
+    together = _confidences(seller, _previewed_call(buyer, batches))
+    assert calls == [10]  # five tasks of two rows: one pass
+    alone = [_confidences(seller, _previewed_call(buyer, [x]))[0] for x in batches]
+    assert calls == [10, 2, 2, 2, 2, 2]
+    assert together == pytest.approx(alone, abs=1e-6)
+    assert len({round(c, 6) for c in together if isinstance(c, float)}) > 1  # the tasks differ
+    assert not model._primed  # nothing kept past the call
+
+
+def test_a_preview_that_does_not_fit_is_refused_alone_when_previews_run_together(tmp_path: Path) -> None:
+    seller = _reading_seller(tmp_path)
+    good = digits_batch(2)[0]
+    wrong = good[:, :10].contiguous()  # 10 features where the model takes 64
+    answers = _confidences(seller, _previewed_call(Identity.generate(), [good, wrong, good]))
+    assert isinstance(answers[0], float) and answers[0] == answers[2]
+    assert answers[1] == "BAD_INPUT_SPEC"
+
+
+def test_a_node_shares_the_cores_among_its_workers(tmp_path: Path) -> None:
+    from atomic_p2p.peer.node import serving_threads
+
+    config = seller_config("threads", tmp_path)
+    assert serving_threads(replace(config, max_concurrency=2), cores=16) == 8
+    assert serving_threads(replace(config, max_concurrency=4), cores=2) == 1
+    assert serving_threads(replace(config, torch_threads=3), cores=16) == 3

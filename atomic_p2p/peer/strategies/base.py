@@ -105,6 +105,9 @@ class BaseStrategy(ABC):
     """Counters, history and snapshot for a strategy; subclasses implement :meth:`bid`."""
 
     name = "base"
+    reads_previews = True
+    """Whether :meth:`bid` may run the model on a task's preview (the node then runs the previews
+    of one call for bids together, once, before asking)."""
 
     def __init__(self, history_length: int = HISTORY_LENGTH) -> None:
         self.record = Record()
@@ -179,6 +182,7 @@ class WrappingStrategy(BaseStrategy):
     def __init__(self, base: Strategy, history_length: int = HISTORY_LENGTH) -> None:
         super().__init__(history_length)
         self.base = base
+        self.reads_previews = getattr(base, "reads_previews", True)
 
     def learn(self, notice: Notice) -> None:
         self.base.learn(notice)

@@ -26,6 +26,7 @@ class FixedStrategy(CountingStrategy):
     """``fixed``: the same declared confidence for every task, whatever the input."""
 
     name = "fixed"
+    reads_previews = False
 
     def __init__(self, confidence: float) -> None:
         super().__init__()
