@@ -320,6 +320,57 @@ async def interleaved(
     return results
 
 
+IMPORT_RSS = (
+    "import torch",  # what any peer serving a torch model holds
+    "import atomic_p2p.cli.peer",  # everything atomic-peer imports before it loads a model
+)
+
+
+def floor_work_us(data_dir: Path, repeats: int = 2000) -> dict[str, float]:
+    """What one auction round cannot do without, per peer, timed in this process (us, median of
+    five runs): verify the signed BidRequest, run the model on the 8-row preview for its
+    confidence, sign the bid; the requester verifies each bid the same way it verifies a request."""
+    import torch
+
+    from atomic_p2p.identity import Identity, verify
+    from atomic_p2p.peer.node import load_models, serving_threads
+    from atomic_p2p.protocol.codec import BID_REQUEST_TYPE, BID_TYPE
+    from peers.examples import example_config
+
+    config = example_config("small", data_dir)
+    torch.set_num_threads(serving_threads(config))
+    (model,) = load_models(config).values()
+    preview = (torch.rand(8, 64),)
+    key = Identity.generate()
+    payload = os.urandom(400)  # a BidRequest with one previewed task is ~2.4 KB; a bid ~400 B
+    envelope = key.sign(BID_REQUEST_TYPE, payload)
+
+    def per_call_us(work: Callable[[], object]) -> float:
+        runs = []
+        for _ in range(5):
+            started = time.process_time()
+            for _ in range(repeats // 5):
+                work()
+            runs.append((time.process_time() - started) / (repeats // 5) * 1e6)
+        return statistics.median(runs)
+
+    return {
+        "verify_us": per_call_us(lambda: verify(envelope, BID_REQUEST_TYPE)),
+        "model_us": per_call_us(lambda: model.preview_confidence(preview)),
+        "sign_us": per_call_us(lambda: key.sign(BID_TYPE, payload)),
+    }
+
+
+def import_rss_mb(statement: str) -> float:
+    """RSS of a fresh Python process right after ``statement``: the floor under the idle peer."""
+    probe = f"{statement}\nimport pathlib\nprint(pathlib.Path('/proc/self/status').read_text())"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    status = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
+    ).stdout
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+
 def idle_peer_rss_mb(data_dir: Path, settle_s: float = 3.0) -> float:
     """RSS of a real ``atomic-peer peers/small.toml`` process, ``settle_s`` after it listens."""
     from peers.examples import weights_cache_dir
@@ -363,13 +414,25 @@ def report(
     plaintext: dict[str, dict[str, float]],
     rates: dict[str, float],
     rss_mb: float,
+    floors: dict[str, float],
+    work: dict[str, float],
     args: argparse.Namespace,
 ) -> dict:
     bare = results["bare gRPC fan-out"]
     auction = results["auction round"]
     full, direct = results["full request (10 peers)"], results["direct (1 peer)"]
+    # The round's floor on this stack: the bare fan-out, plus what each peer must do (verify the
+    # request, run the model on the preview, sign), one after another for the peers sharing a
+    # process (one GIL), plus the requester's check of the last bid to arrive.
+    per_peer_ms = (work["verify_us"] + work["model_us"] + work["sign_us"]) / 1000
+    peers_per_process = -(-args.peers // args.peer_procs)
+    floor_ms = bare["p50_ms"] + peers_per_process * per_peer_ms + work["verify_us"] / 1000
+    direct_5ms = results["direct 5ms"]["p50_ms"]
     ratios = {
         "auction_vs_bare_p50": auction["p50_ms"] / bare["p50_ms"],
+        "floor_vs_bare_p50": floor_ms / bare["p50_ms"],
+        "auction_vs_floor_p50": auction["p50_ms"] / floor_ms,
+        "floor_full_vs_direct_5ms": (floor_ms + direct_5ms) / direct_5ms,
         "auction_vs_bare_p99": auction["p99_ms"] / bare["p99_ms"],
         "full_vs_direct_p50": full["p50_ms"] / direct["p50_ms"],
         "full_vs_direct_5ms_p50": results["full request 5ms"]["p50_ms"] / results["direct 5ms"]["p50_ms"],
@@ -397,6 +460,10 @@ def report(
             f"  {label:<26}{row['p50_ms']:>9.2f}{row['p90_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['mean_ms']:>9.2f}"
             f"{row['requester_cpu_us_per_call']:>12.0f}{row['peers_cpu_us_per_call']:>12.0f}{versus}"
         )
+    print(
+        f"\n  work per peer per round (us): verify request {work['verify_us']:.0f}, model on preview "
+        f"{work['model_us']:.0f}, sign bid {work['sign_us']:.0f}"
+    )
     print("\n  CPU per bid (us)                 requester    peers")
     for label in ("bare gRPC fan-out", "auction round"):
         row = results[label]
@@ -405,14 +472,22 @@ def report(
     print(
         f"  auction / bare fan-out, p50        {ratios['auction_vs_bare_p50']:>8.2f}x   <= 2.5x (one process)"
     )
+    print(
+        f"    floor / bare fan-out              {ratios['floor_vs_bare_p50']:>8.2f}x   (floor {floor_ms:.2f} ms: "
+        f"bare + {peers_per_process} x {per_peer_ms * 1000:.0f} us + {work['verify_us']:.0f} us)"
+    )
+    print(f"    auction / floor                   {ratios['auction_vs_floor_p50']:>8.2f}x")
     print(f"  auction / bare fan-out, p99        {ratios['auction_vs_bare_p99']:>8.2f}x")
     print(f"  full request / direct, p50         {ratios['full_vs_direct_p50']:>8.2f}x   (1-peer auction)")
     print(f"  full / direct, 5 ms model, p50     {ratios['full_vs_direct_5ms_p50']:>8.2f}x   <= 1.3x")
+    print(f"    floor (auction floor + direct)    {ratios['floor_full_vs_direct_5ms']:>8.2f}x")
     print(f"  cached / direct, 5 ms model, p50   {ratios['cached_vs_direct_5ms_p50']:>8.2f}x   <= 1.1x")
     print(
         f"  auction round p50 / p99 (ms)       {auction['p50_ms']:>5.2f} / {auction['p99_ms']:.2f}   <= 7 / 20"
     )
     print(f"  idle peer RSS (MB)                 {rss_mb:>8.0f}    <= 250")
+    for statement, mb in floors.items():
+        print(f"    floor: RSS after {statement + ' (MB)':<27}{mb:>5.0f}")
     print(
         f"\n  Ed25519 verifications/s, 1 thread  {rates['verify_per_s_1_thread']:>10,.0f}   >= 7,000 per core"
     )
@@ -437,6 +512,8 @@ def report(
             "bare_peers": bare["peers_cpu_us_per_bid"],
         },
         "peer_idle_rss_mb": rss_mb,
+        "peer_rss_floor_mb": floors,
+        "floor": {"round_ms": floor_ms, "peers_per_process": peers_per_process, **work},
         "ed25519": rates,
     }
 
@@ -483,11 +560,13 @@ def main(argv: list[str] | None = None) -> int:
         plaintext = run_farm(args, Path(tmp) / "plain", measure_plaintext, insecure=True)
         results.update(run_farm(args, Path(tmp) / "5ms", measure_5ms, extra_ms=5.0, reuse_s=60.0))
         rss_mb = idle_peer_rss_mb(Path(tmp) / "idle")
+        work = floor_work_us(Path(tmp) / "floor")
+    floors = {statement: import_rss_mb(statement) for statement in IMPORT_RSS}
     rates = {
         "verify_per_s_1_thread": verify_rate(threads=1),
         "verify_per_s_2_threads": verify_rate(threads=2),
     }
-    document = report(results, plaintext, rates, rss_mb, args)
+    document = report(results, plaintext, rates, rss_mb, floors, work, args)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(document, indent=2))
     print(f"\nwrote {args.json}")

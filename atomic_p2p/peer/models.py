@@ -43,6 +43,7 @@ from atomic_p2p.tensors import DTYPES, NAMES
 WARM_UP_BATCH = 8
 WARM_UP_CALLS = 3  # forward passes at load: one that allocates, two timed (the quicker is the first quote)
 LATENCY_EWMA_ALPHA = 0.2
+PROBLEMS_REMEMBERED = 1024  # input shapes whose contract check a model remembers
 PRIME_MAX_ROWS = 4096  # rows in one forward pass over several tasks' previews (prime_previews)
 PROBE_SAMPLES = 5  # calls per latency probe of an idle model (each fed into the average)
 # How much of a model's exception text a NoBid or an error status may carry: the text may quote
@@ -137,6 +138,7 @@ class HostedModel:
         self.latency = LatencyEwma()
         # Previews run together for one call for bids (prime_previews): id -> (preview, logits, confidence).
         self._primed: dict[int, tuple[Sequence[torch.Tensor], torch.Tensor, float]] = {}
+        self._problems: dict[tuple[tuple[str, str, tuple[int, ...]], ...], str | None] = {}
         self._warm_up()
 
     @classmethod
@@ -199,8 +201,17 @@ class HostedModel:
         return tuple(dim.representative for dim in self.contract.inputs[0].dims)
 
     def inputs_problem(self, specs: Sequence[Spec]) -> str | None:
+        # Every task and preview of a call for bids is checked against the same contract, mostly
+        # with the same few shapes: the answers are remembered (a bounded map, emptied when full).
+        key = tuple((spec.name, spec.dtype, tuple(spec.shape)) for spec in specs)
+        if key in self._problems:
+            return self._problems[key]
         problem = self.contract.problem(specs)
-        return None if problem is None else f"{self.model_id} {problem}"
+        answer = None if problem is None else f"{self.model_id} {problem}"
+        if len(self._problems) >= PROBLEMS_REMEMBERED:
+            self._problems.clear()
+        self._problems[key] = answer
+        return answer
 
     def decoder(self, prompt: torch.Tensor, prefix: Sequence[int], max_tokens: int) -> Decoder:
         """A greedy decoder after ``prompt || prefix`` (a generation model only; orders checked)."""
@@ -271,14 +282,14 @@ class HostedModel:
                 continue  # each preview's own call reports it, task by task
             if logits.dim() < 1 or logits.shape[0] != rows:
                 continue
-            best = _max_softmax_rows(logits)
-            start = 0
-            for preview in members:
-                count = sum(t.shape[0] for t in preview)
-                stop = start + count
-                self._primed[id(preview)] = (preview, logits[start:stop], float(np.mean(best[start:stop])))
+            counts = [sum(t.shape[0] for t in preview) for preview in members]
+            starts = np.cumsum([0, *counts[:-1]])
+            means = np.add.reduceat(_max_softmax_rows(logits), starts) / np.asarray(counts)
+            for preview, start, count, mean in zip(
+                members, starts.tolist(), counts, means.tolist(), strict=True
+            ):
+                self._primed[id(preview)] = (preview, logits[start : start + count], mean)
                 keys.append(id(preview))
-                start = stop
         return keys
 
     def forget_previews(self, keys: Sequence[int]) -> None:
