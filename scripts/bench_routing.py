@@ -355,12 +355,13 @@ def run_tune(args: argparse.Namespace) -> int:
         )
     )
     print(
-        f"{'exploration':<11} {'follow':>6} {'decay':>5} {'ucb_c':>5} {'shrink':>6} {'regret':>12} {'%or>wu':>7}"
+        f"{'exploration':<11} {'follow':>6} {'decay':>5} {'ucb_c':>5} {'shrink':>6} {'cal.d':>5} "
+        f"{'regret':>12} {'%or>wu':>7}"
     )
     for row in rows:
         print(
             f"{row['exploration']:<11} {row['claim_follow']:>6g} {row['decay']:>5g} {row['ucb_c']:>5g} "
-            f"{row['shrink']:>6g} "
+            f"{row['shrink']:>6g} {row['calibration_decay']:>5g} "
             f"{row['regret']:>6.2f} ±{row['regret_std']:>4.2f} {row['pct_oracle_after_warmup']:>6.2f}%"
         )
     print(f"wrote {path}")
