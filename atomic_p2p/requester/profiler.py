@@ -428,16 +428,22 @@ def estimate(
     )
 
 
-def _effective_count(mean: RunningMean, decay: float) -> float:
-    """How many equally weighted samples an exponentially weighted mean of ``mean.count``
-    samples is worth: ``(sum w)^2 / sum w^2`` with weights ``decay^age``."""
-    if mean.count == 0:
-        return 0.0
-    if decay >= 1.0:
-        return float(mean.count)
-    total = (1.0 - decay**mean.count) / (1.0 - decay)
-    squares = (1.0 - decay ** (2 * mean.count)) / (1.0 - decay * decay)
-    return total * total / squares
+def _geometric(ratio: float, count: int) -> float:
+    """``sum(ratio**i for i in range(count))``."""
+    return float(count) if ratio >= 1.0 else (1.0 - ratio**count) / (1.0 - ratio)
+
+
+def _difference_spread(short: RunningMean, short_decay: float, long: RunningMean, long_decay: float) -> float:
+    """``sum((a_i - b_i)^2)``: the variance of ``short.mean - long.mean`` per unit variance of a
+    sample, the two being exponentially weighted means (weights ``a_i``, ``b_i`` by age ``i``,
+    each summing to 1) over the same latest samples. The long mean shares the short one's
+    samples, so this is less than the sum of their variances."""
+    short_norm, long_norm = _geometric(short_decay, short.count), _geometric(long_decay, long.count)
+    squares_short = _geometric(short_decay * short_decay, short.count) / short_norm**2
+    squares_long = _geometric(long_decay * long_decay, long.count) / long_norm**2
+    shared = min(short.count, long.count)
+    cross = _geometric(short_decay * long_decay, shared) / (short_norm * long_norm)
+    return max(0.0, squares_short - 2.0 * cross + squares_long)
 
 
 def claim_bias(calibration: Calibration, config: ProfilerConfig) -> RunningMean:
@@ -448,16 +454,13 @@ def claim_bias(calibration: Calibration, config: ProfilerConfig) -> RunningMean:
     evaluator ranks peers on claims corrected by it, so its noise decides rankings: the long
     memory averages it away. When a peer changes (it degrades, its strategy changes) the recent
     misses stop looking like the old ones: the two means then differ by more than ``change_z``
-    standard errors (the spread of a miss is what the Brier score leaves after the bias) and
-    the short memory is used, until the long one has caught up."""
+    standard errors of their difference (the spread of a miss is what the long Brier score
+    leaves after the bias) and the short memory is used, until the long one has caught up."""
     short, long = calibration.confidence_bias, calibration.confidence_bias_long
     if long.count == 0 or config.calibration_decay <= config.decay:
         return short
     variance = max(calibration.brier_long.mean - long.mean * long.mean, _MIN_MISS_VARIANCE)
-    spread = math.sqrt(
-        variance / _effective_count(short, config.decay)
-        + variance / _effective_count(long, config.calibration_decay)
-    )
+    spread = math.sqrt(variance * _difference_spread(short, config.decay, long, config.calibration_decay))
     return short if abs(short.mean - long.mean) > config.change_z * spread else long
 
 

@@ -263,16 +263,23 @@ def test_a_steady_peers_claims_are_corrected_by_its_long_run_bias() -> None:
 
 
 def test_a_peer_that_changes_is_corrected_by_its_recent_bias() -> None:
-    # The same steady record, then the peer degrades: it still claims 0.9 and delivers 0.3.
-    history = [(0.9, 1.0), (0.9, 0.8)] * 40 + [(0.9, 0.3)] * 6
+    # The same steady record, then the peer degrades: it still claims 0.9 and delivers 0.3. The
+    # second such outcome is enough (the long mean shares the short one's samples, so their
+    # difference spreads less than either's noise added up); one could still be bad luck.
+    steady = [(0.9, 1.0), (0.9, 0.8)] * 40
+    once = claims([*steady, (0.9, 0.3)], TWO_TIMESCALES)
+    assert estimate(once, TWO_TIMESCALES, shrink=0.0).confidence_bias == pytest.approx(
+        once.calibration.confidence_bias_long.mean
+    )
+    history = [*steady, (0.9, 0.3), (0.9, 0.3)]
     changed = claims(history, TWO_TIMESCALES)
     bias = estimate(changed, TWO_TIMESCALES, shrink=0.0).confidence_bias
-    assert changed.calibration.confidence_bias_long.mean < 0.1  # the long memory lags
+    assert changed.calibration.confidence_bias_long.mean < 0.05  # the long memory lags
     assert bias == pytest.approx(changed.calibration.confidence_bias.mean)  # the short one is used
     assert bias == pytest.approx(
         estimate(claims(history, SHORT_ONLY), SHORT_ONLY, shrink=0.0).confidence_bias
     )
-    assert bias > 0.25
+    assert bias > 0.1
 
 
 def test_the_long_calibration_memory_survives_a_snapshot_and_can_be_turned_off() -> None:
