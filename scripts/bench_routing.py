@@ -35,6 +35,13 @@ exploration seed. Collection dominates the run time (real RPCs, real sleeps); th
 adapt to who wins, so a reordered log is as valid a stream as a new one, while a fresh log per
 seed (``--fresh-logs``) also varies the batches and the measured latencies.
 
+On a simulated market the roster is known, so a reference is replayed too (not a baseline, never
+judged): ``learn-once`` (``policies.LearnOnce``) values a peer it never bought from at its bid's
+claims, as any policy that starts knowing nothing must, and from its first purchase on at what the
+true profile makes of the bid. It bounds what reading bids and learning can achieve: where it does
+not beat the best baseline, no learner does but by luck (``references.learn-once`` in the JSON, and
+the summary's ``bound`` column).
+
 Writes ``out/bench_routing.json`` and PNGs for the live market (curves, regret, accuracy against
 cost, liar share).
 """
@@ -55,7 +62,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the example peers: peers.examples
 
 from routing import market, report, scenarios, tune
-from routing.policies import LoggedTask, Oracle, PolicyFactory, baselines, ours, replay
+from routing.policies import LearnOnce, LoggedTask, Oracle, PolicyFactory, baselines, ours, replay
 
 from atomic_p2p.progress import progress as progress_bar
 from atomic_p2p.requester.evaluator import EvaluatorConfig, Exploration
@@ -64,6 +71,7 @@ from atomic_p2p.requester.profiler import ProfilerConfig
 ROOT = Path(__file__).resolve().parent.parent
 OURS = "ours"
 JUDGED = "ours-default"  # the issue judges the shipped defaults
+LEARN_ONCE = "learn-once"  # the reference bound of a simulated market (policies.LearnOnce)
 TUNING = "tuning"
 # The evaluator configurations replayed. The goals are judged on "ours-default",
 # EvaluatorConfig() as shipped (its defaults are the best exploring point of `--tune`, which runs
@@ -180,10 +188,12 @@ def replay_all(
     liar: str | None,
     progress: bool,
     label: str = "replay",
+    references: Mapping[str, PolicyFactory] | None = None,
 ) -> dict[str, list[dict[str, Any]]]:
-    """Every policy and the oracle on every seed's stream: per policy, one metrics dict per seed."""
+    """Every policy, the ``references`` and the oracle on every seed's stream: per policy, one
+    metrics dict per seed."""
     peers = sorted({peer for stream in seed_streams for task in stream for peer in task.bidders})
-    factories = policies()
+    factories = {**policies(), **(references or {})}
     per_seed: dict[str, list[dict[str, Any]]] = {name: [] for name in [*factories, "oracle"]}
     jobs = progress_bar(total=len(per_seed) * len(seed_streams), desc=label, enabled=progress)
     for seed, stream in enumerate(seed_streams):
@@ -203,7 +213,16 @@ def run_scenario(args: argparse.Namespace, scenario: scenarios.Scenario, progres
     seed_streams, log = streams(args, scenario, progress)
     collected = time.perf_counter()
     windows = report.Windows(args.warmup, args.window, args.liar_after, rolling=max(5, args.window // 2))
-    per_seed = replay_all(seed_streams, windows, scenario.liar, progress, f"replay {scenario.name}")
+    # A simulated market's roster is known, so the learn-once bound (policies.LearnOnce) is replayed
+    # beside the policies: what any policy that reads bids and learns could at best achieve there.
+    references: dict[str, PolicyFactory] = {}
+    if not scenario.live:
+        expect = scenarios.expectation(scenario, args.tasks)
+        references[LEARN_ONCE] = lambda stream, seed: LearnOnce(expect)
+    per_seed = replay_all(
+        seed_streams, windows, scenario.liar, progress, f"replay {scenario.name}", references
+    )
+    bounds = {name: report.aggregate(per_seed.pop(name)) for name in references}
     if scenario.live:
         events: dict[str, int | None] = dict(market.events(log))
         phases = [[phase.start, phase.stop] for phase in market.phases(log)]
@@ -239,6 +258,7 @@ def run_scenario(args: argparse.Namespace, scenario: scenarios.Scenario, progres
         },
         "roster": roster,
         "policies": {name: report.aggregate(metrics) for name, metrics in per_seed.items()},
+        "references": bounds,
     }
     if scenario.live:
         result["calibration"] = report.calibration(log, events["degrader degrades"], market.DEGRADER)
@@ -332,7 +352,9 @@ def print_report(result: Mapping[str, Any], detail: bool) -> None:
             continue
         kind = "simulated" if scenario["simulated"] else "live"
         print(f"\n[{name}] ({kind}) {scenario['description']}; events {scenario['config']['events']}")
-        print(report.table(scenario["policies"], scenario["config"]["liar_after"]))
+        print(
+            report.table({**scenario["policies"], **scenario["references"]}, scenario["config"]["liar_after"])
+        )
         if "calibration" in scenario:
             print("\nbid calibration (every bid in the log, claimed vs delivered):")
             print(report.calibration_table(scenario["calibration"]))
@@ -355,12 +377,13 @@ def run_tune(args: argparse.Namespace) -> int:
         )
     )
     print(
-        f"{'exploration':<11} {'follow':>6} {'decay':>5} {'ucb_c':>5} {'shrink':>6} {'regret':>12} {'%or>wu':>7}"
+        f"{'exploration':<11} {'follow':>6} {'decay':>5} {'ucb_c':>5} {'shrink':>6} {'cal.d':>5} "
+        f"{'regret':>12} {'%or>wu':>7}"
     )
     for row in rows:
         print(
             f"{row['exploration']:<11} {row['claim_follow']:>6g} {row['decay']:>5g} {row['ucb_c']:>5g} "
-            f"{row['shrink']:>6g} "
+            f"{row['shrink']:>6g} {row['calibration_decay']:>5g} "
             f"{row['regret']:>6.2f} ±{row['regret_std']:>4.2f} {row['pct_oracle_after_warmup']:>6.2f}%"
         )
     print(f"wrote {path}")

@@ -161,8 +161,9 @@ class MarketView:
 
 
 # The defaults below (UCB with ucb_c 0.05, claim_follow 10, shrink 0.5, a profile memory of about
-# ten outcomes) are the best exploring point of ``scripts/bench_routing.py --tune``, which replays
-# a grid on a market of its own (the ``tuning`` scenario) and never on the markets it reports.
+# ten outcomes, and the profiler's longer claim-bias memory, ProfilerConfig.calibration_decay) are
+# among the best exploring points of ``scripts/bench_routing.py --tune``, which replays a grid on a
+# market of its own (the ``tuning`` scenario) and never on the markets it reports.
 DEFAULT_DECAY = 0.9
 
 

@@ -18,7 +18,12 @@ caller's ``random.Random``. Four things are tracked per key:
 3. **Calibration**, promised against delivered, as exponentially weighted means: the Brier
    score ``(confidence - outcome)^2`` and the signed bias ``confidence - outcome``; the MAPE
    of latency and of cost (``|promised - delivered| / delivered``); and the mean log ratio of
-   delivered to promised latency, which the evaluator uses to correct a latency claim.
+   delivered to promised latency, which the evaluator uses to correct a latency claim. The
+   bias and the Brier score are also kept over a longer memory (``calibration_decay``): the
+   bias a claim is corrected by is the long one while the recent misses agree with it, the
+   short one from the moment they differ by more than ``change_z`` standard errors
+   (:func:`claim_bias`: a two-timescale change test), so a steady peer's claims are corrected
+   by a precise bias and a peer that changes is followed as fast as before.
 4. **Specialization**: a Beta posterior per input-shape bucket (:func:`shape_bucket`), at most
    ``max_buckets`` of them (the least-evidenced is evicted). :func:`estimate` pools a bucket's
    posterior with the whole profile's (partial pooling), and :func:`specializations` lists the
@@ -47,6 +52,9 @@ SNAPSHOT_VERSION = 1
 _TINY = 1e-3
 # One absolute percentage error counts for at most this much (a 1000x miss is not 1000x worse).
 _MAX_APE = 10.0
+# A confidence miss spreads at least this much (variance): a peer whose misses were all alike so
+# far does not make every later change look infinitely significant to :func:`claim_bias`.
+_MIN_MISS_VARIANCE = 1e-4
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -60,19 +68,29 @@ class ProfileKey:
 
 @dataclass(frozen=True, slots=True)
 class ProfilerConfig:
-    """Priors and memory. ``decay`` = 1 never forgets; 0.98 remembers about 50 outcomes."""
+    """Priors and memory. ``decay`` = 1 never forgets; 0.98 remembers about 50 outcomes.
+
+    ``calibration_decay`` is the longer memory of the confidence bias (0.99: about 100
+    outcomes), used while the recent misses agree with it within ``change_z`` standard errors
+    (:func:`claim_bias`); a value <= ``decay`` turns the long memory off."""
 
     prior_alpha: float = 1.0
     prior_beta: float = 1.0
     decay: float = 0.98
     latency_window: int = 64
     max_buckets: int = 32
+    calibration_decay: float = 0.99
+    change_z: float = 3.0
 
     def __post_init__(self) -> None:
         if not (self.prior_alpha > 0 and self.prior_beta > 0):
             raise ConfigError("the Beta prior needs alpha > 0 and beta > 0")
         if not 0 < self.decay <= 1:
             raise ConfigError(f"decay must lie in (0, 1], got {self.decay!r}")
+        if not 0 < self.calibration_decay <= 1:
+            raise ConfigError(f"calibration_decay must lie in (0, 1], got {self.calibration_decay!r}")
+        if not (math.isfinite(self.change_z) and self.change_z >= 0):
+            raise ConfigError(f"change_z must be a finite non-negative number, got {self.change_z!r}")
         if self.latency_window < 1 or self.max_buckets < 0:
             raise ConfigError("latency_window must be >= 1 and max_buckets >= 0")
 
@@ -153,9 +171,20 @@ class Calibration:
     latency_ape: RunningMean = RunningMean()
     latency_log_ratio: RunningMean = RunningMean()
     cost_ape: RunningMean = RunningMean()
+    # The same two, remembered over ``calibration_decay`` (longer): see :func:`claim_bias`.
+    brier_long: RunningMean = RunningMean()
+    confidence_bias_long: RunningMean = RunningMean()
 
 
-_CALIBRATION_FIELDS = ("brier", "confidence_bias", "latency_ape", "latency_log_ratio", "cost_ape")
+_CALIBRATION_FIELDS = (
+    "brier",
+    "confidence_bias",
+    "latency_ape",
+    "latency_log_ratio",
+    "cost_ape",
+    "brier_long",
+    "confidence_bias_long",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +314,8 @@ def _record_outcome(profile: Profile, observation: Observation, config: Profiler
             calibration,
             brier=calibration.brier.add(miss * miss, config.decay),
             confidence_bias=calibration.confidence_bias.add(miss, config.decay),
+            brier_long=calibration.brier_long.add(miss * miss, config.calibration_decay),
+            confidence_bias_long=calibration.confidence_bias_long.add(miss, config.calibration_decay),
         )
     buckets = dict(profile.buckets)
     if observation.bucket and config.max_buckets:
@@ -389,12 +420,48 @@ def estimate(
         failures=max(0.0, failures),
         prior=prior,
         outcomes=profile.outcomes,
-        confidence_bias=calibration.confidence_bias.shrunk(shrink),
+        confidence_bias=claim_bias(calibration, config).shrunk(shrink),
         brier=calibration.brier.mean if calibration.brier.count else None,
         latency_ratio=math.exp(calibration.latency_log_ratio.shrunk(shrink)),
         latency_ms=profile.latency.quantile(latency_quantile),
         latency_samples=len(profile.latency.samples),
     )
+
+
+def _geometric(ratio: float, count: int) -> float:
+    """``sum(ratio**i for i in range(count))``."""
+    return float(count) if ratio >= 1.0 else (1.0 - ratio**count) / (1.0 - ratio)
+
+
+def _difference_spread(short: RunningMean, short_decay: float, long: RunningMean, long_decay: float) -> float:
+    """``sum((a_i - b_i)^2)``: the variance of ``short.mean - long.mean`` per unit variance of a
+    sample, the two being exponentially weighted means (weights ``a_i``, ``b_i`` by age ``i``,
+    each summing to 1) over the same latest samples. The long mean shares the short one's
+    samples, so this is less than the sum of their variances."""
+    short_norm, long_norm = _geometric(short_decay, short.count), _geometric(long_decay, long.count)
+    squares_short = _geometric(short_decay * short_decay, short.count) / short_norm**2
+    squares_long = _geometric(long_decay * long_decay, long.count) / long_norm**2
+    shared = min(short.count, long.count)
+    cross = _geometric(short_decay * long_decay, shared) / (short_norm * long_norm)
+    return max(0.0, squares_short - 2.0 * cross + squares_long)
+
+
+def claim_bias(calibration: Calibration, config: ProfilerConfig) -> RunningMean:
+    """The confidence bias to correct claims by: the long memory (``calibration_decay``) while
+    the short one (``decay``) agrees with it, else the short one.
+
+    A peer's bias is a property of how it claims, steady until the peer changes, and the
+    evaluator ranks peers on claims corrected by it, so its noise decides rankings: the long
+    memory averages it away. When a peer changes (it degrades, its strategy changes) the recent
+    misses stop looking like the old ones: the two means then differ by more than ``change_z``
+    standard errors of their difference (the spread of a miss is what the long Brier score
+    leaves after the bias) and the short memory is used, until the long one has caught up."""
+    short, long = calibration.confidence_bias, calibration.confidence_bias_long
+    if long.count == 0 or config.calibration_decay <= config.decay:
+        return short
+    variance = max(calibration.brier_long.mean - long.mean * long.mean, _MIN_MISS_VARIANCE)
+    spread = math.sqrt(variance * _difference_spread(short, config.decay, long, config.calibration_decay))
+    return short if abs(short.mean - long.mean) > config.change_z * spread else long
 
 
 @dataclass(frozen=True, slots=True)

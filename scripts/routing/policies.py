@@ -277,6 +277,38 @@ class BetaThompson:
         self.arms.add(peer, gain)
 
 
+Expectation = Callable[[LoggedTask, str], tuple[float, float]]
+
+
+@dataclass
+class LearnOnce:
+    """A reference, not a baseline: a buyer that learns everything about a peer from one
+    purchase. A peer it never bought from is valued at its bid's claims (confidence, promised
+    latency), as any policy that starts knowing nothing must value it; from its first purchase on,
+    at what the market's true profile makes of the bid (``expect``: expected accuracy and latency),
+    which no online policy can know better. Best expected utility wins. It bounds what reading
+    bids and learning can achieve on a simulated market: if it does not beat a baseline, no
+    learner does by more than luck."""
+
+    expect: Expectation
+    name: str = "learn-once"
+    known: set[str] = field(default_factory=set)
+
+    def choose(self, task: LoggedTask) -> str | None:
+        def value(peer: str) -> tuple[float, str]:
+            bid = task.bid_of(peer)
+            if peer in self.known:
+                accuracy, latency = self.expect(task, peer)
+            else:
+                accuracy, latency = bid.confidence, bid.expected_latency_ms
+            return utility(Outcome(peer, accuracy, latency, bid.cost), task.ask), peer
+
+        return max(task.bidders, key=value, default=None)
+
+    def learn(self, task: LoggedTask, peer: str, outcome: Outcome, gain: float) -> None:
+        self.known.add(peer)
+
+
 # --- ours -------------------------------------------------------------------------------------
 
 

@@ -213,10 +213,11 @@ def table(policies: Mapping[str, Mapping[str, Any]], liar_after: int) -> str:
 
 
 def scenario_table(scenarios: Mapping[str, Mapping[str, Any]], judged: str, baselines: Sequence[str]) -> str:
-    """One row per scenario: the judged policy's regret against the best baseline's, % of the
-    oracle after warm-up, the liar's share after its task, and whether each goal is met."""
+    """One row per scenario: the judged policy's regret against the best baseline's and the
+    reference bound's (``bound``: a simulated market's learn-once regret), % of the oracle after
+    warm-up, the liar's share after its task, and whether each goal is met."""
     header = (
-        f"{'scenario':<19} {'regret':>7} {'best baseline':>15} {'its regret':>10} {'%or>wu':>7} "
+        f"{'scenario':<19} {'regret':>7} {'best baseline':>15} {'its regret':>10} {'bound':>6} {'%or>wu':>7} "
         f"{'liar>N':>7}  {'regret<':>7} {'>=95%':>5} {'liar<5%':>7}"
     )
     lines = [header, "-" * len(header)]
@@ -230,9 +231,11 @@ def scenario_table(scenarios: Mapping[str, Mapping[str, Any]], judged: str, base
             return "-" if goal is None else "yes" if goal["met"] else "NO"
 
         share = f"{100 * liar['value']:>6.2f}%" if liar else f"{'-':>7}"
+        bounds = [bound["regret_final"]["mean"] for bound in scenario.get("references", {}).values()]
+        bound = f"{min(bounds):>6.2f}" if bounds else f"{'-':>6}"
         lines.append(
             f"{name:<19} {mine['regret_final']['mean']:>7.2f} {best:>15} "
-            f"{policies[best]['regret_final']['mean']:>10.2f} {mine['pct_oracle_after_warmup']['mean']:>6.2f}% "
+            f"{policies[best]['regret_final']['mean']:>10.2f} {bound} {mine['pct_oracle_after_warmup']['mean']:>6.2f}% "
             f"{share}  {flag(goals['regret_below_every_baseline']):>7} "
             f"{flag(goals['pct_oracle_after_warmup_ge_95']):>5} {flag(liar):>7}"
         )

@@ -53,9 +53,12 @@ from atomic_p2p.identity import Envelope, PeerId
 from atomic_p2p.requester.evaluator import Ask
 from atomic_p2p.requester.types import BidInfo
 
-from .policies import LoggedTask, Outcome
+from .policies import Expectation, LoggedTask, Outcome
 
 DIGIT_SOURCES: tuple[tuple[str, float], ...] = (("0-4", 0.4), ("5-9", 0.4), ("mixed", 0.2))
+CLAIM_NOISE = 0.01  # std of an honest claim around this task's accuracy (plus its bias)
+LATENCY_SIGMA = 0.2  # log-normal jitter of a delivered latency
+LATENCY_FLOOR_MS = 0.5  # added to every delivered latency
 TEXT_SOURCES: tuple[tuple[str, float], ...] = (("chat", 0.5), ("code", 0.3), ("long", 0.2))
 
 
@@ -344,8 +347,8 @@ def _one(
     if peer.claim is not None:
         claim = peer.claim
     else:
-        claim = min(1.0, max(0.0, here + peer.claim_bias + rng.gauss(0.0, 0.01)))
-    latency = peer.latency_ms * math.exp(rng.gauss(0.0, 0.2)) + 0.5
+        claim = min(1.0, max(0.0, here + peer.claim_bias + rng.gauss(0.0, CLAIM_NOISE)))
+    latency = peer.latency_ms * math.exp(rng.gauss(0.0, LATENCY_SIGMA)) + LATENCY_FLOOR_MS
     promised = peer.claimed_latency_ms if peer.claimed_latency_ms is not None else peer.latency_ms
     cost = peer.price_per_example * batch
     envelope = Envelope(peer_id.raw, "atomic.bench.SimulatedBid", f"{peer.name}/{task_id}".encode(), b"")
@@ -363,6 +366,27 @@ def _one(
         capabilities=(scenario.capability,),
     )
     return bid, Outcome(peer.name, correct / batch, latency, cost, True, False)
+
+
+def expectation(scenario: Scenario, tasks: int) -> Expectation:
+    """What a buyer who knew ``scenario``'s roster would expect of a peer's bid: its accuracy
+    (the profile's mean at this point of the run; an honest claim, less its bias, regressed on
+    as far as it tells this task's accuracy apart from the mean; the plausibly wrong share
+    mixed in) and its mean latency. For :class:`~.policies.LearnOnce`."""
+    peers = {peer.name: peer for peer in scenario.peers}
+
+    def expect(task: LoggedTask, name: str) -> tuple[float, float]:
+        peer = peers[name]
+        mean = peer.accuracy_at(task.source, task.index / tasks)
+        here = mean
+        if peer.claim is None:
+            weight = peer.jitter**2 / (peer.jitter**2 + CLAIM_NOISE**2)
+            here = mean + weight * (task.bid_of(name).confidence - peer.claim_bias - mean)
+        accuracy = (1.0 - peer.wrong_share) * here + peer.wrong_share * peer.wrong_accuracy
+        latency = peer.latency_ms * math.exp(LATENCY_SIGMA**2 / 2) + LATENCY_FLOOR_MS
+        return accuracy, latency
+
+    return expect
 
 
 def roster_table(peers: Sequence[SimPeer]) -> list[dict[str, object]]:

@@ -23,11 +23,12 @@ CLAIM_FOLLOWS = (0.0, 3.0, 10.0, 30.0)
 DECAYS = (0.98, 0.9)
 UCB_CS = (0.05, 0.1, 0.2)
 SHRINKS = (0.5, 2.0)
+CALIBRATION_DECAYS = (None, 0.99)  # None: the claim bias forgets as fast as the posterior (no long memory)
 
 
 def grid() -> Iterator[tuple[dict[str, Any], EvaluatorConfig]]:
-    for exploration, follow, decay, ucb_c, shrink in itertools.product(
-        EXPLORATIONS, CLAIM_FOLLOWS, DECAYS, UCB_CS, SHRINKS
+    for exploration, follow, decay, ucb_c, shrink, calibration_decay in itertools.product(
+        EXPLORATIONS, CLAIM_FOLLOWS, DECAYS, UCB_CS, SHRINKS, CALIBRATION_DECAYS
     ):
         if exploration is not Exploration.UCB and ucb_c != UCB_CS[-1]:
             continue  # ucb_c only matters to UCB
@@ -37,13 +38,16 @@ def grid() -> Iterator[tuple[dict[str, Any], EvaluatorConfig]]:
             "decay": decay,
             "ucb_c": ucb_c,
             "shrink": shrink,
+            "calibration_decay": decay if calibration_decay is None else calibration_decay,
         }
         config = EvaluatorConfig(
             exploration=exploration,
             claim_follow=follow,
             ucb_c=ucb_c,
             shrink=shrink,
-            profiler=ProfilerConfig(decay=decay),
+            profiler=ProfilerConfig(
+                decay=decay, calibration_decay=decay if calibration_decay is None else calibration_decay
+            ),
         )
         yield knobs, config
 

@@ -8,6 +8,7 @@ its invariants are.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import itertools
 import json
@@ -81,6 +82,10 @@ def test_quick_run_reports_every_policy_and_the_oracle_bounds_them(tmp_path: Pat
         assert set(scenario["goals"]) == judged, scenario_name
         assert all(isinstance(goal["met"], bool) for goal in scenario["goals"].values())
         check_bounds(scenario["policies"], args)
+        # A simulated market's roster is known: the learn-once reference is replayed beside the
+        # policies (never judged, never among them); the live one has none.
+        assert set(scenario["references"]) == (set() if scenario_name == "current" else {"learn-once"})
+        check_bounds({**scenario["references"], "oracle": scenario["policies"]["oracle"]}, args)
     current = result["scenarios"]["current"]
     assert current["config"]["events"] == {"latecomer joins": 8, "degrader degrades": 16}
     assert current["policies"]["cheapest"]["liar_share_after"]["mean"] == 1.0  # the liar undercuts all
@@ -137,3 +142,40 @@ def test_simulated_scenarios_are_seeded_and_keep_their_events() -> None:
     assert ["best" in task.bidders for task in away] == [not 10 <= i < 20 for i in range(30)]
     with pytest.raises(ValueError, match="live"):
         scenarios.simulate(scenarios.SCENARIOS["current"], 4, 4, seed=0)
+
+
+def test_the_learn_once_reference_values_unknown_peers_at_their_claims_then_at_the_truth() -> None:
+    bench = load()
+    scenarios = bench.scenarios
+    scenario = scenarios.SCENARIOS["leave-return"]
+    stream = scenarios.simulate(scenario, 60, 16, seed=0)
+    reference = bench.LearnOnce(scenarios.expectation(scenario, 60))
+    steps = bench.replay(reference, stream)
+    # Nothing known: the liar's bid (0.99, 5 ms, the lowest price) is the best claim, so it is
+    # bought first, as any policy that reads bids buys it; once bought, it is known for the
+    # weak, slow peer it is and never bought again.
+    assert steps[0].peer == "liar"
+    assert [step.peer for step in steps[1:]].count("liar") == 0
+    assert reference.known >= {"liar", "best"}
+    # While the best peer is away its stand-in is bought; it is back as soon as it bids again.
+    assert all(step.peer != "best" for step in steps[20:40])
+    assert all(step.peer == "best" for step in steps[40:])
+    # The oracle bounds it task by task; an honest claim moves its expectation of that peer.
+    oracle = bench.replay(bench.Oracle(), stream)
+    assert all(mine.utility <= best.utility + 1e-12 for mine, best in zip(steps, oracle, strict=True))
+    expect = scenarios.expectation(scenario, 60)
+    task = stream[1]
+    sure = bench.LoggedTask(
+        task.index,
+        task.source,
+        task.ask,
+        task.request_id,
+        tuple(
+            dataclasses.replace(bid, confidence=1.0) if task.names[bid.peer_id.hex] == "second" else bid
+            for bid in task.bids
+        ),
+        task.names,
+        task.outcomes,
+    )
+    assert expect(sure, "second")[0] > expect(task, "second")[0]
+    assert expect(sure, "liar") == expect(task, "liar")  # a fixed claim tells nothing

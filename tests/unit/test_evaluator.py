@@ -270,6 +270,43 @@ def test_claim_follow_keeps_a_calibrated_peers_per_task_claim_as_its_record_grow
     assert scored.details["expected_accuracy"] == pytest.approx(0.5, abs=0.05)
 
 
+def _scored_history(name: str, pairs: list[tuple[float, float]], config: ProfilerConfig) -> Profile:
+    """A profile after outcomes ``(claimed confidence, delivered score)``, each delivered in 10 ms."""
+    profile = None
+    for i, (claim, score) in enumerate(pairs):
+        observation = Observation(
+            at_ms=i,
+            outcome=score,
+            latency_ms=10.0,
+            cost=1.0,
+            promised_confidence=claim,
+            promised_latency_ms=10.0,
+            promised_cost=1.0,
+        )
+        profile = record(profile, key(name), observation, config)
+    assert profile is not None
+    return profile
+
+
+def test_an_unlucky_run_does_not_hand_a_steady_peer_s_task_to_a_worse_rival() -> None:
+    # Both peers are calibrated (claim = mean delivered) and deliver 1.0 and 0.8 in turn; the
+    # steady one claims 0.9 and the rival 0.88. The steady peer's last three batches came out at
+    # 0.8: the short memory reads a bias of about +0.03 into that and ranks the rival first; the
+    # long memory (the default) keeps its long-run bias, about 0, and ranks it first.
+    wins = {}
+    for label, profiler in {
+        "default": ProfilerConfig(decay=0.9),
+        "short only": ProfilerConfig(decay=0.9, calibration_decay=0.9),
+    }.items():
+        steady = _scored_history("steady", [(0.9, 1.0), (0.9, 0.8)] * 40 + [(0.9, 0.8)] * 3, profiler)
+        rival = _scored_history("rival", [(0.88, 0.98), (0.88, 0.78)] * 40, profiler)
+        view = MarketView(profiles={key("steady"): steady, key("rival"): rival})
+        bids = [offer("steady", 0.9, 10.0, 1.0, model_id="m"), offer("rival", 0.88, 10.0, 1.0, model_id="m")]
+        wins[label] = winner(evaluate(bids, ask(), view, EvaluatorConfig.greedy(profiler=profiler)))
+    assert wins == {"default": peer("steady"), "short only": peer("rival")}
+    assert EvaluatorConfig().profiler.calibration_decay > EvaluatorConfig().profiler.decay
+
+
 # --- exploration -------------------------------------------------------------------------------
 
 

@@ -235,3 +235,67 @@ def test_any_observations_keep_the_profile_sane(observations: list[Observation])
     assert 0.0 <= summary.posterior.mean <= 1.0
     assert math.isfinite(summary.latency_ratio) and summary.latency_ratio > 0
     assert Profile.from_dict(json.loads(json.dumps(profile.to_dict()))) == profile
+
+
+def claims(pairs: list[tuple[float, float]], config: ProfilerConfig) -> Profile:
+    """A profile after outcomes ``(claimed confidence, delivered score)``, in order."""
+    profile = None
+    for i, (claim, score) in enumerate(pairs):
+        profile = record(profile, KEY, Observation(i, outcome=score, promised_confidence=claim), config)
+    assert profile is not None
+    return profile
+
+
+TWO_TIMESCALES = ProfilerConfig(decay=0.9, calibration_decay=0.99, change_z=3.0)
+SHORT_ONLY = ProfilerConfig(decay=0.9, calibration_decay=0.9)
+
+
+def test_a_steady_peers_claims_are_corrected_by_its_long_run_bias() -> None:
+    # Claims 0.9, delivers 1.0 and 0.8 in turn (no bias), then three 0.8 in a row: an ordinary
+    # unlucky run, which the short memory alone takes for a bias of about +0.03.
+    history = [(0.9, 1.0), (0.9, 0.8)] * 40 + [(0.9, 0.8)] * 3
+    steady = claims(history, TWO_TIMESCALES)
+    short = estimate(claims(history, SHORT_ONLY), SHORT_ONLY, shrink=0.0).confidence_bias
+    long = estimate(steady, TWO_TIMESCALES, shrink=0.0).confidence_bias
+    assert short > 0.02
+    assert abs(long) < 0.01
+    assert long == pytest.approx(steady.calibration.confidence_bias_long.mean)
+
+
+def test_a_peer_that_changes_is_corrected_by_its_recent_bias() -> None:
+    # The same steady record, then the peer degrades: it still claims 0.9 and delivers 0.3. The
+    # second such outcome is enough (the long mean shares the short one's samples, so their
+    # difference spreads less than either's noise added up); one could still be bad luck.
+    steady = [(0.9, 1.0), (0.9, 0.8)] * 40
+    once = claims([*steady, (0.9, 0.3)], TWO_TIMESCALES)
+    assert estimate(once, TWO_TIMESCALES, shrink=0.0).confidence_bias == pytest.approx(
+        once.calibration.confidence_bias_long.mean
+    )
+    history = [*steady, (0.9, 0.3), (0.9, 0.3)]
+    changed = claims(history, TWO_TIMESCALES)
+    bias = estimate(changed, TWO_TIMESCALES, shrink=0.0).confidence_bias
+    assert changed.calibration.confidence_bias_long.mean < 0.05  # the long memory lags
+    assert bias == pytest.approx(changed.calibration.confidence_bias.mean)  # the short one is used
+    assert bias == pytest.approx(
+        estimate(claims(history, SHORT_ONLY), SHORT_ONLY, shrink=0.0).confidence_bias
+    )
+    assert bias > 0.1
+
+
+def test_the_long_calibration_memory_survives_a_snapshot_and_can_be_turned_off() -> None:
+    history = [(0.9, 1.0), (0.9, 0.8)] * 10
+    profile = claims(history, TWO_TIMESCALES)
+    restored = Profile.from_dict(json.loads(json.dumps(profile.to_dict())))
+    assert restored == profile
+    assert restored.calibration.confidence_bias_long.count == 20
+    # A snapshot from before the long memory existed: the short bias is used.
+    old = profile.to_dict()
+    old["calibration"] = {name: value for name, value in old["calibration"].items() if "long" not in name}
+    legacy = Profile.from_dict(old)
+    assert estimate(legacy, TWO_TIMESCALES, shrink=0.0).confidence_bias == pytest.approx(
+        profile.calibration.confidence_bias.mean
+    )
+    with pytest.raises(ConfigError):
+        ProfilerConfig(calibration_decay=0.0)
+    with pytest.raises(ConfigError):
+        ProfilerConfig(change_z=-1.0)
