@@ -14,6 +14,7 @@ import pytest
 
 from atomic_p2p.errors import ReplayError, SignatureError, StaleRequestError
 from atomic_p2p.identity import Identity
+from atomic_p2p.peer.config import PeerConfig
 from atomic_p2p.peer.node import load_models
 from atomic_p2p.peer.seller import Seller
 from atomic_p2p.peer.strategies import Load
@@ -42,7 +43,10 @@ IDLE = Load(in_flight=0, queued=0, capacity=2, queue_limit=4)
 
 @pytest.fixture
 def seller(tmp_path: Path) -> Seller:
-    config = seller_config("sharp", tmp_path, confidence=0.9, price=0.01)
+    return seller_for(seller_config("sharp", tmp_path, confidence=0.9, price=0.01))
+
+
+def seller_for(config: PeerConfig) -> Seller:
     return Seller(
         identity=Identity.generate(),
         models=load_models(config),
@@ -129,14 +133,7 @@ def _reading_seller(tmp_path: Path) -> Seller:
     """A seller whose model's strategy reads previews (``confidence``: mean max-softmax)."""
     config = seller_config("reader", tmp_path, confidence=0.9, price=0.01)
     model = replace(config.models[0], strategy="confidence", strategy_options={})
-    config = replace(config, models=(model,))
-    return Seller(
-        identity=Identity.generate(),
-        models=load_models(config),
-        config=config,
-        started_at_ms=NOW - 1000,
-        clock=lambda: NOW + 5,
-    )
+    return seller_for(replace(config, models=(model,)))
 
 
 def _previewed_call(buyer: Identity, batches: list[object]) -> RequestBidsCall:
