@@ -86,12 +86,12 @@ class WireSizes:
     """A digest entry whose heartbeat is 0, or takes 1, 2 or 3 varint bytes."""
 
     @classmethod
-    def measure(cls, identities: list[Identity], seq: int, new_seq: int) -> WireSizes:
+    def measure(cls, identities: list[Identity], indices: list[int], seq: int, new_seq: int) -> WireSizes:
         def update(envelope: object) -> int:  # a push with one update: just that update's field
             return request_wire_size(GossipRequest(None, EMPTY_DIGEST, (envelope,)))  # type: ignore[arg-type]
 
         records, new_records = [], []
-        for index, identity in enumerate(identities):
+        for index, identity in zip(indices, identities, strict=True):
             address = (f"sim-{index}:7000",)
             old = PeerRecord(identity.peer_id, address, default_models(index), seq, seq)
             records.append(update(sign_record(identity, old).envelope))
@@ -159,22 +159,22 @@ class GossipModel:
         self.now = 0.0
         """Seconds since the start (the simulator's clock minus :data:`START`)."""
         self.rng = np.random.default_rng([seed, size])
+        # the simulator's nodes (same seeds, same keys), numbered here in peer id order, so that
+        # "oldest first, ties by peer id" is "oldest first, ties by column"
         identities = [Identity.from_seed(f"sim/{seed}/{index}".encode()) for index in range(n)]
-        raws = [identity.peer_id.raw for identity in identities]
-        self.top = np.array([int.from_bytes(raw[:4], "big") for raw in raws], dtype=np.int64)
-        order = sorted(range(n), key=raws.__getitem__)
-        self.rank = np.empty(n, dtype=np.int64)
-        self.rank[order] = np.arange(n)
+        self.simulated = sorted(range(n), key=lambda index: identities[index].peer_id.raw)
+        """``simulated[i]``: the simulator's index of node ``i`` here."""
+        identities = [identities[index] for index in self.simulated]
+        self.top = np.array([int.from_bytes(i.peer_id.raw[:4], "big") for i in identities], dtype=np.int64)
         seq = int(START * 1000)
-        self.sizes = WireSizes.measure(identities, seq, seq + 60_000)
+        self.sizes = WireSizes.measure(identities, self.simulated, seq, seq + 60_000)
         self.version = np.zeros((n, n), dtype=np.int32)
         self.advanced = np.zeros((n, n), dtype=np.int32)
         self.state = np.zeros((n, n), dtype=np.int8)
         self.suspected = np.zeros((n, n), dtype=np.int32)
         self.live = np.full(n, n, dtype=np.int64)
         self.dead_count = np.zeros(n, dtype=np.int64)
-        # phases in node order (nodes are interchangeable), so a bucket's ticking rows are one slice
-        self.next_tick = np.sort(self.rng.uniform(0, self.config.interval, n))
+        self.next_tick = self.rng.uniform(0, self.config.interval, n)
         self.next_exchange = np.full(n, np.inf)
         self.targets = np.full((n, self.config.fanout + 1), -1, dtype=np.int64)
         self.pending = np.zeros(n, dtype=np.int64)
@@ -262,51 +262,69 @@ class GossipModel:
         now64 = now.astype(np.int64)
         due = now64 - (timing[:, 0] - 1) * round(config.interval * 1000)
         suspect_before = now64 - timing[:, 1]
-        # one pass over the rows finds every member old enough to list or to suspect, and suspects
-        rows = slice(nodes[0], nodes[-1] + 1) if nodes[-1] - nodes[0] + 1 == len(nodes) else nodes
-        advanced, state = self.advanced[rows], self.state[rows]
-        old = advanced <= np.maximum(due, suspect_before)[:, None].astype(np.int32)
+        if config.heartbeat_slack is not None and np.any(suspect_before > due):
+            raise ConfigError("the model needs the suspicion timeout longer than the slack")
+        advanced, state = self.advanced[nodes], self.state[nodes]
+        rows = np.arange(len(nodes))
+        pr, pc = np.nonzero(state == SUSPECT)
+        # ALIVE members silent since ``due``: listed, and suspected past the suspicion timeout
+        # (a subset: the timeout is longer than the slack)
+        old = advanced <= due[:, None].astype(np.int32)
         old &= state == ALIVE
-        old |= state == SUSPECT
-        r, c = np.nonzero(old)
-        at = advanced[r, c].astype(np.int64)
-        states = state[r, c]
-        mine = c != nodes[r]
-        was_suspect = (states == SUSPECT) & mine
-        newly = (states == ALIVE) & mine & (at < suspect_before[r])
-        stale = was_suspect | ((states == ALIVE) & mine & (at <= due[r]))
-        if newly.any():
-            self.state[nodes[r[newly]], c[newly]] = SUSPECT
-            self.suspected[nodes[r[newly]], c[newly]] = now[r[newly]]
-            self.suspicions += int(newly.sum())
-        dying = was_suspect.copy()
-        dying[was_suspect] = (
-            now64[r[was_suspect]] - self.suspected[nodes[r[was_suspect]], c[was_suspect]]
-            > timing[r[was_suspect], 2]
-        )
+        old[rows, nodes] = False  # never suspects or lists itself
+        backlog = old.sum(axis=1) + np.bincount(pr, minlength=len(nodes))
+        long = np.flatnonzero(backlog > CANDIDATES)
+        short = np.flatnonzero(backlog <= CANDIDATES)
+        if len(long):
+            sr, sc = np.nonzero(old[short])
+            sr = short[sr]
+        else:
+            sr, sc = np.nonzero(old)
+        aged = advanced[sr, sc] < suspect_before[sr]
+        newly_r, newly_c = sr[aged], sc[aged]
+        if len(long):
+            lr, lc = np.nonzero(old[long] & (advanced[long] < suspect_before[long, None].astype(np.int32)))
+            newly_r, newly_c = np.concatenate([newly_r, long[lr]]), np.concatenate([newly_c, lc])
+        if len(newly_r):
+            self.state[nodes[newly_r], newly_c] = SUSPECT
+            self.suspected[nodes[newly_r], newly_c] = now[newly_r]
+            self.suspicions += len(newly_r)
+        # members SUSPECT past the dead timeout: DEAD (still listed and probed this round, as there)
+        dying = now64[pr] - self.suspected[nodes[pr], pc] > timing[pr, 2]
         if dying.any():
-            self.state[nodes[r[dying]], c[dying]] = DEAD
-            counts = np.bincount(r[dying], minlength=len(nodes))
+            self.state[nodes[pr[dying]], pc[dying]] = DEAD
+            counts = np.bincount(pr[dying], minlength=len(nodes))
             self.live[nodes] -= counts
             self.dead_count[nodes] += counts
             self.false_deaths += int(dying.sum())  # the model crashes nobody: every death is false
-        # the stalest members, oldest first (ties by peer id, as the sorted (advanced_at, raw) list)
+        # the stalest members, oldest first, ties by peer id (the sorted (advanced_at, raw) list):
+        # only the first CANDIDATES matter; a long backlog is cut by a partition, not a sort
+        in_short = np.isin(pr, short) if len(long) else np.ones(len(pr), dtype=bool)
+        sr, sc = np.concatenate([sr, pr[in_short]]), np.concatenate([sc, pc[in_short]])
+        if len(long):
+            key = np.where(old[long], advanced[long], np.iinfo(np.int32).max)
+            where = np.flatnonzero(~in_short)
+            position = np.searchsorted(long, pr[where])
+            key[position, pc[where]] = advanced[pr[where], pc[where]]
+            cut = np.partition(key, CANDIDATES - 1, axis=1)[:, CANDIDATES - 1 : CANDIDATES]
+            ties = key == cut
+            room = CANDIDATES - (key < cut).sum(axis=1, keepdims=True)
+            lr, lc = np.nonzero((key < cut) | (ties & (np.cumsum(ties, axis=1) <= room)))
+            sr, sc = np.concatenate([sr, long[lr]]), np.concatenate([sc, lc])
         self.candidates[nodes] = -1
-        sr, sc, sat = r[stale], c[stale], at[stale]
         if len(sr):
-            order = np.lexsort((self.rank[sc], sat, sr))
+            sat = advanced[sr, sc]
+            order = np.lexsort((sc, sat, sr))
             sr, sc, sat = sr[order], sc[order], sat[order]
-            position = np.arange(len(sr)) - np.searchsorted(sr, np.arange(len(nodes)))[sr]
-            keep = position < CANDIDATES
-            self.candidates[nodes[sr[keep]], position[keep]] = sc[keep]
-            self.candidate_at[nodes[sr[keep]], position[keep]] = sat[keep]
+            position = np.arange(len(sr)) - np.searchsorted(sr, rows)[sr]
+            self.candidates[nodes[sr], position] = sc
+            self.candidate_at[nodes[sr], position] = sat
         # probes: up to fanout of the members SUSPECT before this sweep, at random
-        pr, pc = r[was_suspect], c[was_suspect]
         if not len(pr):
             return pr, pc
         order = np.lexsort((self.rng.random(len(pr)), pr))
         pr, pc = pr[order], pc[order]
-        position = np.arange(len(pr)) - np.searchsorted(pr, np.arange(len(nodes)))[pr]
+        position = np.arange(len(pr)) - np.searchsorted(pr, rows)[pr]
         keep = position < config.fanout
         return nodes[pr[keep]], pc[keep]
 
@@ -394,9 +412,7 @@ class GossipModel:
         at = responders[listed_row]
         mine = version[at, listed].astype(np.int64)
         newer = answer & (mine > their)
-        slack = np.array([config.slack(int(live)) for live in self.live[responders]], dtype=np.int64)[
-            listed_row
-        ]
+        slack = self._per_live(self.live[responders])[listed_row, 0]
         settled = arrive[listed_row].astype(np.int64) - slack * int(config.interval * 1000)
         ahead = ((their >> 24) > (mine >> 24)) | (their - mine >= slack)
         quiet = (self.state[at, listed] == DEAD) | (self.advanced[at, listed] <= settled)
