@@ -12,6 +12,10 @@ default) on numpy matrices instead: row ``i`` is node ``i``'s table, column ``j`
   :meth:`GossipModel.publish`), so "newer" is one integer comparison; ``advanced[i, j]``: when
   ``i`` saw it advance (ms, dated by arrival, as ``Slot.advanced_at``); ``state[i, j]``: ALIVE,
   SUSPECT or DEAD; ``suspected[i, j]``: when it became SUSPECT.
+- Node ``i`` is the simulator's node with the ``i``-th smallest peer id (same seeds, same keys), so
+  "oldest first, ties by peer id" is "oldest first, ties by column". A node lists only the first
+  :data:`CANDIDATES` of its stale members; a backlog longer than that (after a start where every
+  member was heard of at once) is cut with a partition, not sorted.
 - Time runs in buckets of ``step`` seconds (default 50 ms, about one exchange's round trip). A
   node ticks once per interval at a random phase: it beats, sweeps its row (SUSPECT after
   ``suspicion_timeout(N)`` of silence, DEAD ``dead_timeout(N)`` later), lists its stalest members
@@ -35,7 +39,8 @@ default) on numpy matrices instead: row ``i`` is node ``i``'s table, column ``j`
   ``ranges_for``): each message's size is the sum of its parts, as protobuf's is.
 
 Left out: rate limits (an honest node stays far below them), newcomer admission and eviction,
-tombstone expiry, crashes, leaves and joins. A member written off (DEAD) still makes its range's
+tombstone expiry, crashes, leaves and joins; an exchange still in flight at the next tick ends
+its chain (in ``Membership`` its answer would start one more of the new round's). A member written off (DEAD) still makes its range's
 fingerprints differ (so the bytes count), but the model does not replay how those entries reconcile.
 ``scripts/bench_gossip.py --model`` runs it beside the simulator at 100 and 1000 nodes and reports
 how closely they agree (docs/gossip.md).
@@ -189,6 +194,8 @@ class GossipModel:
         self.bytes_sent = np.zeros(n, dtype=np.float64)
         self.messages = 0
         self.false_deaths = 0
+        self.death_times: list[float] = []
+        """When each (false) death happened, in seconds since the start."""
         self.suspicions = 0
         self._range_counts_cache: dict[int, Ints] = {}
         self._timings: dict[int, tuple[int, int, int, int]] = {}
@@ -297,6 +304,7 @@ class GossipModel:
             self.live[nodes] -= counts
             self.dead_count[nodes] += counts
             self.false_deaths += int(dying.sum())  # the model crashes nobody: every death is false
+            self.death_times += (now64[pr[dying]] / 1000).tolist()
         # the stalest members, oldest first, ties by peer id (the sorted (advanced_at, raw) list):
         # only the first CANDIDATES matter; a long backlog is cut by a partition, not a sort
         in_short = np.isin(pr, short) if len(long) else np.ones(len(pr), dtype=bool)
@@ -495,15 +503,21 @@ class GossipModel:
         origins = np.array(self.origins, dtype=np.int64)
         lacking = held != held_there
         either_dead = (self.dead_count[initiators] > 0) | (self.dead_count[responders] > 0)
-        for row in np.flatnonzero(lacking.any(axis=1) | either_dead).tolist():
-            count_ranges = int(ranges[row])
-            differing = set((((self.top[origins[lacking[row]]]) * count_ranges) >> 32).tolist())
-            if either_dead[row]:
-                written_off = (self.state[initiators[row]] == DEAD) != (self.state[responders[row]] == DEAD)
-                differing |= set(((self.top[written_off] * count_ranges) >> 32).tolist())
-            counts = self._range_counts(count_ranges)
-            differ[row] = len(differing)
-            members[row] = sum(int(counts[r]) for r in differing)
+        for count_ranges in np.unique(ranges).tolist():
+            rows = np.flatnonzero((ranges == count_ranges) & (lacking.any(axis=1) | either_dead))
+            if not len(rows):
+                continue
+            marked = np.zeros((len(rows), count_ranges), dtype=bool)
+            r, k = np.nonzero(lacking[rows])
+            marked[r, (self.top[origins[k]] * count_ranges) >> 32] = True
+            dead_rows = np.flatnonzero(either_dead[rows])
+            if len(dead_rows):
+                at = rows[dead_rows]
+                written_off = (self.state[initiators[at]] == DEAD) != (self.state[responders[at]] == DEAD)
+                r, c = np.nonzero(written_off)
+                marked[dead_rows[r], (self.top[c] * count_ranges) >> 32] = True
+            differ[rows] = marked.sum(axis=1)
+            members[rows] = marked.astype(np.int64) @ self._range_counts(count_ranges)
         return members * entry, differ
 
     def _follow_ups(
