@@ -277,6 +277,7 @@ class GossipModel:
         # ALIVE members silent since ``due``: listed, and suspected past the suspicion timeout
         # (a subset: the timeout is longer than the slack)
         old = advanced <= due[:, None].astype(np.int32)
+        old |= (self.version[nodes] & (GENERATION - 1)) == 0  # no beat heard yet: asked for at once
         old &= state == ALIVE
         old[rows, nodes] = False  # never suspects or lists itself
         backlog = old.sum(axis=1) + np.bincount(pr, minlength=len(nodes))
