@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -18,6 +20,7 @@ from atomic_p2p.gossip.model import GossipModel, summary_bytes
 from atomic_p2p.gossip.simulator import Network, Simulator
 from atomic_p2p.identity import Identity
 
+ROOT = Path(__file__).resolve().parents[2]
 NODES = 200
 WARMUP = 3 + 4  # 3 + slack(200): liveness traffic is steady by then, as in scripts/bench_gossip.py
 
@@ -78,3 +81,16 @@ def test_wire_sizes_are_the_codecs() -> None:
         assert model.sizes.entries(np.array([heartbeat]))[0] == entry
     assert summary_bytes(128) == request_wire_size(GossipRequest(None, EMPTY_DIGEST, (), bytes(1024)))
     assert summary_bytes(0) == 2  # an empty summary field: a follow-up that compares no ranges
+
+
+def test_the_benchmark_runs_model_trials_and_sets_them_beside_the_simulators() -> None:
+    spec = importlib.util.spec_from_file_location("bench_gossip", ROOT / "scripts" / "bench_gossip.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = [bench.run_trial((engine, "spread", 60, 4, 0.0, 2, True)) for engine in ("simulator", "model")]
+    assert [r["engine"] for r in results] == ["simulator", "model"]
+    assert all(len(r["spread_rounds"]) == 2 and r["false_deaths"] == 0 for r in results)
+    summaries = [bench.summarise(60, r["engine"], [r], 0.1) for r in results]
+    (check,) = bench.validation(summaries)
+    assert 0.8 < check["bytes_per_node_round_p50"]["ratio"] < 1.2
