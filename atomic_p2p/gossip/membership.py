@@ -23,7 +23,8 @@ per node per round; :mod:`atomic_p2p.gossip.table` holds these reconciliation ru
 Digest summaries (``config.summaries``, the default) keep a request's size independent of N. In
 place of the whole digest a request carries range fingerprints of the records
 (:mod:`atomic_p2p.gossip.ranges`, Meyer's range-based set reconciliation) and lists only the
-members whose beat has gone ``slack - 1`` rounds without advancing here, oldest first, at most
+members whose beat has gone ``slack - 1`` rounds without advancing here (or that it has no beat
+from yet), oldest first, at most
 ``2 * beats_per_round / fanout`` of them. The responder answers those with any newer beat, adds its
 own, and names the ranges whose fingerprints differ along with its entries in them; the initiator
 pushes what the responder lacks and pulls what it lacks in one follow-up request
@@ -738,7 +739,10 @@ class Membership:
         for member in self._members.values():
             state = member.state
             if state is ALIVE:
-                if member.advanced_at <= due and member is not self._self:
+                # a member not heard from yet (learned from a snapshot, a seed, or everyone at
+                # once at a cold start) is asked for at once: waiting until it is due puts the
+                # whole table in one backlog, slack rounds later, too close to the timeout
+                if (member.advanced_at <= due or member.beat is None) and member is not self._self:
                     stalest.append((member.advanced_at, member.peer_id.raw))
                 if now - member.advanced_at > suspect_after and member is not self._self:
                     self._suspect(member, now)

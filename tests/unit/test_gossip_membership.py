@@ -353,6 +353,19 @@ def test_a_summarised_request_does_not_grow_with_the_table() -> None:
     assert b.handle_request(T0 + 2, a.tick(T0 + 2)[0].request, "a:7000").differing == ()
 
 
+def test_members_not_heard_from_yet_are_asked_for_at_once_not_when_due() -> None:
+    # with a slack of 5 rounds a member is due 4 rounds after its last beat; one this node has no
+    # beat from at all (a snapshot, a cold start) is listed from the first round, so that a whole
+    # table learned at once does not fall due in one round, too close to the suspicion timeout
+    a = node("a", config=replace(CONFIG, heartbeat_slack=5))
+    strangers = [identity(f"s{i}") for i in range(30)]
+    a.absorb(T0, [signed_record(who, 5) for who in strangers])
+    assert set(a.tick(T0 + 1)[0].request.digest) == {who.peer_id.raw for who in strangers}
+    a.absorb(T0 + 1, [beat(strangers[0], 5, 1)])  # heard from now: asked for again once due
+    listed = a.tick(T0 + 2)[0].request.digest
+    assert strangers[0].peer_id.raw not in listed and len(listed) == 29
+
+
 def test_who_are_you_gets_the_responders_own_signed_record_and_nothing_else() -> None:
     a = node("a")
     a.absorb(T0, [signed_record(identity("carol"), 5)])

@@ -1,0 +1,96 @@
+"""The vectorised gossip model agrees with the simulator (real Memberships) where both can run."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import numpy as np
+
+from atomic_p2p.gossip.codec import digest_size, request_wire_size
+from atomic_p2p.gossip.messages import (
+    EMPTY_DIGEST,
+    DigestEntry,
+    GossipRequest,
+    MembershipEvent,
+    RecordUpdated,
+)
+from atomic_p2p.gossip.model import GossipModel, summary_bytes
+from atomic_p2p.gossip.simulator import Network, Simulator
+from atomic_p2p.identity import Identity
+
+ROOT = Path(__file__).resolve().parents[2]
+NODES = 200
+WARMUP = 3 + 4  # 3 + slack(200): liveness traffic is steady by then, as in scripts/bench_gossip.py
+
+
+def simulator_bytes_and_spread(seed: int) -> tuple[float, list[int]]:
+    sim = Simulator(NODES, network=Network(), seed=seed)
+    sim.run_rounds(WARMUP)
+    sim.measure_bytes = True
+    sim.run_rounds(2)
+    per_round = sum(node.bytes_sent for node in sim.nodes) / NODES / 2
+    sim.measure_bytes = False
+    reached: dict[int, float] = {}
+    origin = sim.nodes[17].membership
+    start = sim.now
+    origin.update_record(sim.now, models=())
+
+    def observe(index: int, now: float, event: MembershipEvent) -> None:
+        if isinstance(event, RecordUpdated) and event.peer_id == origin.peer_id:
+            reached.setdefault(index, now)
+
+    sim.observer = observe
+    sim.run_rounds(6)
+    return per_round, [math.ceil(max(reached.values()) - start - 1e-9)] if len(reached) == NODES - 1 else []
+
+
+def test_bytes_and_spread_agree_with_the_simulator_at_200_nodes() -> None:
+    real_bytes, real_spread = simulator_bytes_and_spread(seed=3)
+    model = GossipModel(NODES, seed=3)
+    model.run_rounds(WARMUP)
+    model.measure_bytes = True
+    model.run_rounds(2)
+    model_bytes = float(model.bytes_sent.sum()) / NODES / 2
+    model.publish(17)
+    model.run_rounds(6)
+    reached = np.delete(model.reached[0], 17)
+    assert not np.isnan(reached).any()
+    model_spread = math.ceil(float(reached.max()) - model.published_at[0] - 1e-9)
+    assert real_spread, "the record reached every node in the simulator"
+    assert abs(model_bytes / real_bytes - 1) < 0.1, (model_bytes, real_bytes)
+    assert abs(model_spread - real_spread[0]) <= 1
+    assert model.false_deaths == model.suspicions == 0
+
+
+def test_under_loss_failed_exchanges_raise_suspicions_that_probes_refute() -> None:
+    model = GossipModel(100, network=Network(loss=0.1), seed=1)
+    config = model.config
+    model.run_rounds(3 + (config.suspicion_timeout(100) + config.dead_timeout(100)) / config.interval)
+    assert model.suspicions > 100  # about one in five exchanges fails at 10% loss per message
+    assert model.false_deaths == 0
+    assert (model.state == 0).mean() > 0.99  # nearly every suspicion is already refuted
+
+
+def test_wire_sizes_are_the_codecs() -> None:
+    model = GossipModel(3)
+    raw = Identity.from_seed(b"sim/0/0").peer_id.raw
+    for heartbeat in (0, 5, 300, 40_000):
+        entry = digest_size({raw: DigestEntry(1_700_000_000_000, heartbeat)})
+        assert model.sizes.entries(np.array([heartbeat]))[0] == entry
+    assert summary_bytes(128) == request_wire_size(GossipRequest(None, EMPTY_DIGEST, (), bytes(1024)))
+    assert summary_bytes(0) == 2  # an empty summary field: a follow-up that compares no ranges
+
+
+def test_the_benchmark_runs_model_trials_and_sets_them_beside_the_simulators() -> None:
+    spec = importlib.util.spec_from_file_location("bench_gossip", ROOT / "scripts" / "bench_gossip.py")
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    results = [bench.run_trial((engine, "spread", 60, 4, 0.0, 2, True)) for engine in ("simulator", "model")]
+    assert [r["engine"] for r in results] == ["simulator", "model"]
+    assert all(len(r["spread_rounds"]) == 2 and r["false_deaths"] == 0 for r in results)
+    summaries = [bench.summarise(60, r["engine"], [r], 0.1) for r in results]
+    (check,) = bench.validation(summaries)
+    assert 0.8 < check["bytes_per_node_round_p50"]["ratio"] < 1.2
