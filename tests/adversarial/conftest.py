@@ -14,17 +14,11 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncGenerator, Iterator
 
-import pytest
-
-from atomic_p2p.peer.config import PeerConfig
-from atomic_p2p.peer.node import PeerNode
 from atomic_p2p.peer.server import PeerService
 from atomic_p2p.requester.transport import BytesTransport
-from peers.examples import example_config
-from tests.support.handbuyer import HandBuyer
+from tests.integration.conftest import buyer, node, node_config  # noqa: F401  (the same fixtures here)
 
 HONEST = "ipv4:10.1.0.1:50000"
 """Where the honest requesters of these tests call from (another /24 than every attacker)."""
@@ -92,20 +86,3 @@ def memory_growth() -> Iterator[list[int]]:
     before = rss_bytes()
     yield grown
     grown.append(rss_bytes() - before)
-
-
-@pytest.fixture
-def node_config(tmp_path: Path) -> PeerConfig:
-    return example_config("small", tmp_path)
-
-
-@pytest.fixture
-async def node(node_config: PeerConfig) -> AsyncIterator[PeerNode]:
-    async with await PeerNode.start(node_config) as running:
-        yield running
-
-
-@pytest.fixture
-async def buyer(node: PeerNode) -> AsyncIterator[HandBuyer]:
-    async with HandBuyer(node.address) as client:
-        yield client

@@ -5,23 +5,17 @@ size."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.system
+from tests.support.scripts import load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "chaos.py"
+pytestmark = pytest.mark.system
 
 
 async def test_nothing_returned_is_lost_to_sigkills_of_peers_and_the_requester(tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("chaos_script", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    chaos = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = chaos  # its dataclasses look their module up
-    spec.loader.exec_module(chaos)
+    chaos = load_script("chaos.py", "chaos_script")
     peers, lives, results = chaos.QUICK
     report = await chaos.chaos(tmp_path, peers=peers, lives=lives, results=results)
     assert report.peer_kills == lives

@@ -3,27 +3,17 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-from types import ModuleType
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_gradient.py"
+from tests.support.scripts import load_script
 
 pytestmark = pytest.mark.system
 
 
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_gradient", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 async def test_the_benchmark_times_both_kinds_of_round_on_the_same_peers() -> None:
-    report = await load_script().bench(["small", "specialist"], rounds=3, batch=8, warmup=1)
+    report = await load_script("bench_gradient.py").bench(
+        ["small", "specialist"], rounds=3, batch=8, warmup=1
+    )
     timings = report["timings"]
     assert set(timings) == {"forward", "gradient", "bids", "execute", "market", "send"}
     assert all(row["n"] == 3 and 0 < row["p50_ms"] <= row["p99_ms"] for row in timings.values())

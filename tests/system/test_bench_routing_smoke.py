@@ -9,10 +9,8 @@ its invariants are.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import itertools
 import json
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,8 +18,8 @@ from typing import Any
 import pytest
 
 from atomic_p2p.peer.strategies import STRATEGIES
+from tests.support.scripts import load_script
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_routing.py"
 POLICIES = {
     "random",
     "cheapest",
@@ -58,12 +56,7 @@ pytestmark = pytest.mark.system
 
 
 def load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_routing", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_routing"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_routing.py")
 
 
 def test_quick_run_reports_every_policy_and_the_oracle_bounds_them(tmp_path: Path) -> None:

@@ -3,27 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 from peers.examples import weights_cache_dir
+from tests.support.scripts import load_script
 
 pytestmark = pytest.mark.system
 
-ROOT = Path(__file__).resolve().parents[2]
-
 
 def load_testnet() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("testnet", ROOT / "scripts" / "testnet.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["testnet"] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    return load_script("testnet.py")
 
 
 def test_the_demo_sells_text_and_streams_a_generation(

@@ -10,9 +10,7 @@ again everywhere and solicited again.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,13 +25,13 @@ from atomic_p2p.gossip import GossipConfig, MemberState
 from atomic_p2p.requester import Requester
 from atomic_p2p.testing import digits_batch
 from peers.examples import weights_cache_dir
+from tests.support.scripts import load_script
 
 pytestmark = [
     pytest.mark.system,
     pytest.mark.skipif(netns.available() is not None, reason=f"no network namespaces: {netns.available()}"),
 ]
 
-ROOT = Path(__file__).resolve().parents[2]
 INTERVAL = 0.5
 GOSSIP = GossipConfig(interval=INTERVAL)
 CAPABILITY = "classify/digits"
@@ -41,12 +39,7 @@ PEERS = 4
 
 
 def load_testnet() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("testnet", ROOT / "scripts" / "testnet.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["testnet"] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    return load_script("testnet.py")
 
 
 async def eventually(predicate: Callable[[], bool], timeout: float, what: str) -> float:

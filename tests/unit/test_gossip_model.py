@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 
@@ -19,8 +17,8 @@ from atomic_p2p.gossip.messages import (
 from atomic_p2p.gossip.model import GossipModel, summary_bytes
 from atomic_p2p.gossip.simulator import Network, Simulator
 from atomic_p2p.identity import Identity
+from tests.support.scripts import load_script
 
-ROOT = Path(__file__).resolve().parents[2]
 NODES = 200
 WARMUP = 3 + 4  # 3 + slack(200): liveness traffic is steady by then, as in scripts/bench_gossip.py
 
@@ -84,10 +82,7 @@ def test_wire_sizes_are_the_codecs() -> None:
 
 
 def test_the_benchmark_runs_model_trials_and_sets_them_beside_the_simulators() -> None:
-    spec = importlib.util.spec_from_file_location("bench_gossip", ROOT / "scripts" / "bench_gossip.py")
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("bench_gossip.py")
     results = [bench.run_trial((engine, "spread", 60, 4, 0.0, 2, True)) for engine in ("simulator", "model")]
     assert [r["engine"] for r in results] == ["simulator", "model"]
     assert all(len(r["spread_rounds"]) == 2 and r["false_deaths"] == 0 for r in results)

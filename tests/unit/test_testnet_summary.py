@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.scripts import load_script
 
 
 def load_testnet() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("testnet", ROOT / "scripts" / "testnet.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["testnet"] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    return load_script("testnet.py")
 
 
 def test_a_peer_that_never_won_shows_dashes(capsys: pytest.CaptureFixture[str]) -> None:
