@@ -40,6 +40,19 @@ def test_signing_input_layout_is_length_prefixed_with_domain() -> None:
     assert data == expected
 
 
+@given(st.binary(min_size=0, max_size=300))
+def test_signatures_are_the_rfc8032_ones_openssl_makes(payload: bytes) -> None:
+    # Signing goes through libsodium (faster); the bytes must be the ones any Ed25519 makes.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    envelope = ALICE.sign("atomic.v1.Bid", payload)
+    expected = ALICE._private.sign(signing_input("atomic.v1.Bid", payload))
+    assert envelope.signature == expected
+    Ed25519PublicKey.from_public_bytes(ALICE.public_key).verify(
+        envelope.signature, signing_input("atomic.v1.Bid", payload)
+    )
+
+
 def test_sign_then_verify_returns_signer() -> None:
     envelope = ALICE.sign("atomic.v1.Bid", b"payload")
     assert verify(envelope, "atomic.v1.Bid") == ALICE.peer_id
