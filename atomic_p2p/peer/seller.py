@@ -263,23 +263,23 @@ class Seller:
         A requester that accepts batch signatures gets all the bids under one signature over
         their Merkle root (docs/protocol.md section 3.1); any other gets one signature per bid."""
         outcomes: list[Envelope | WireNoBid | None] = []
-        offers: list[tuple[int, Bid, IssuedBid]] = []
+        offers: list[tuple[int, Task, Bid]] = []
         for (task, task_digest), decision in zip(opened.tasks, decisions, strict=True):
             if isinstance(decision, NoBid):
                 metrics.no_bid(decision.reason)
                 outcomes.append(WireNoBid(task.task_id, decision.reason, decision.detail))
             else:
-                offers.append((len(outcomes), *self._offer(opened, task, task_digest, decision, now_ms)))
+                offers.append((len(outcomes), task, self._offer(opened, task, task_digest, decision, now_ms)))
                 outcomes.append(None)  # the signed bid, once all are signed
-        bids = [bid for _, bid, _ in offers]
+        bids = [bid for _, _, bid in offers]
         if opened.request.batch_signatures:
             envelopes = codec.sign_batch(self.identity, bids)
         else:
             envelopes = [codec.sign(self.identity, bid) for bid in bids]
-        for (position, _, issued), envelope in zip(offers, envelopes, strict=True):
+        for (position, task, bid), envelope in zip(offers, envelopes, strict=True):
             outcomes[position] = envelope
-            metrics.bid_issued(issued.model_id, issued.cost)
-            self._book.record(replace(issued, digest=envelope.digest), now_ms)
+            metrics.bid_issued(bid.model_id, bid.cost_estimate)
+            self._book.record(self._issued(opened, task, bid, envelope.digest), now_ms)
         return RequestBidsReply(tuple(outcome for outcome in outcomes if outcome is not None))
 
     def _parse_task(self, raw: bytes) -> tuple[Task, bytes]:
@@ -338,8 +338,8 @@ class Seller:
         task_digest: bytes,
         decision: tuple[HostedModel, BidTerms],
         now_ms: int,
-    ) -> tuple[Bid, IssuedBid]:
-        """The unsigned bid for one task, and what the book will remember of it once signed."""
+    ) -> Bid:
+        """The unsigned bid for one task."""
         model, terms = decision
         header = opened.header
         bid_values = self._gradient_bid(header, task, model, now_ms) if opened.request.gradient_mode else []
@@ -363,21 +363,25 @@ class Seller:
             record_seq=self._record_seq(),
             confidence_unknown=terms.confidence_unknown,
         )
-        issued = IssuedBid(
-            request_id=header.request_id,
-            task_id=task.task_id,
-            digest=b"",  # sha256 of the payload, known once signed
-            requester=header.signer,
-            model_id=model.model_id,
-            valid_until_ms=now_ms + self._validity_ms,
-            cost=terms.cost,
+        return bid
+
+    @staticmethod
+    def _issued(opened: OpenRequest, task: Task, bid: Bid, digest: bytes) -> IssuedBid:
+        """What the bid book remembers of a signed bid (``digest``: sha256 of its payload)."""
+        return IssuedBid(
+            request_id=bid.request_id,
+            task_id=bid.task_id,
+            digest=digest,
+            requester=opened.header.signer,
+            model_id=bid.model_id,
+            valid_until_ms=bid.valid_until_ms,
+            cost=bid.cost_estimate,
             inputs=task.inputs,
-            confidence=terms.confidence,
+            confidence=bid.confidence_score,
             text_count=task.text_count,
             source=opened.source,
             newcomer=opened.newcomer,
         )
-        return bid, issued
 
     def _gradient_bid(
         self, header: BidRequestHeader, task: Task, model: HostedModel, now_ms: int

@@ -156,3 +156,19 @@ def test_a_requester_that_does_not_ask_for_batches_gets_a_signature_per_bid(sell
     outcomes = _ask(seller, Identity.generate(), ["classify/digits", "classify/digits"], batch=False)
     assert all(isinstance(envelope, Envelope) and envelope.batch is None for envelope in outcomes)
     assert len({envelope.signature for envelope in outcomes if isinstance(envelope, Envelope)}) == 2
+
+
+def test_a_whole_batch_is_checked_against_its_rebuilt_tree_and_a_bad_proof_still_fails_alone() -> None:
+    envelopes = ALICE.sign_batch(BID, [os.urandom(40) for _ in range(7)])
+    items = [(envelope, BID) for envelope in reversed(envelopes)]  # order does not matter
+    with mock.patch.object(merkle, "root_from_proof", wraps=merkle.root_from_proof) as one_by_one:
+        assert verify_many(items) == [ALICE.peer_id] * 7
+    assert one_by_one.call_count == 0  # every leaf here: the tree is rebuilt once
+    third = envelopes[2]
+    assert third.batch is not None
+    bent = replace(third, batch=BatchProof(7, 2, (os.urandom(32), *third.batch.path[1:])))
+    results = verify_many([(envelope if envelope is not third else bent, BID) for envelope in envelopes])
+    assert isinstance(results[2], SignatureError)
+    assert results[:2] + results[3:] == [ALICE.peer_id] * 6
+    twice = verify_many([(envelopes[0], BID), *((envelope, BID) for envelope in envelopes)])
+    assert twice == [ALICE.peer_id] * 8  # a leaf sent twice: checked one by one, still fine
