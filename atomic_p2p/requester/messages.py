@@ -18,9 +18,10 @@ the market codec (:mod:`atomic_p2p.protocol.codec`); nothing here touches protob
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -53,10 +54,12 @@ class TaskRef:
 
     task_id: str
     spec: bytes
+    digest: bytes = field(
+        init=False, repr=False, compare=False
+    )  # hashed once: every bid is checked against it
 
-    @property
-    def digest(self) -> bytes:
-        return hashlib.sha256(self.spec).digest()
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "digest", hashlib.sha256(self.spec).digest())
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +122,7 @@ def sign_bid_request(
     )
 
 
+@functools.lru_cache(maxsize=65536)  # quotes repeat; numpy's shortest repr costs ~2 us a call
 def _from_float32(value: float) -> float:
     # proto float fields are float32: 0.9 arrives as 0.8999999761581421. The shortest decimal
     # that round-trips through float32 is what the peer meant, and what reports should show.
