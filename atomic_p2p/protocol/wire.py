@@ -4,8 +4,9 @@ place."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import TypeVar
+import functools
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
@@ -165,9 +166,14 @@ def tensor_contract_from_proto(message: tensor_pb2.TensorContract) -> TensorCont
     return TensorContract(message.name, dtype, dims)
 
 
-# A model's terms travel in gossip adverts and in bids as the same two messages.
+# A model's terms travel in gossip adverts and in bids as the same two messages. Every bid of a
+# model carries the same terms, so both directions are remembered (bounded): the messages
+# returned are shared and only ever passed to a constructor, which copies them; the values are
+# frozen.
+_TERMS_REMEMBERED = 1024
 
 
+@functools.lru_cache(maxsize=_TERMS_REMEMBERED)
 def constraints_to_proto(constraints: ModelConstraints) -> gossip_pb2.ModelConstraints:
     return gossip_pb2.ModelConstraints(
         max_input_tokens=constraints.max_input_tokens,
@@ -177,6 +183,10 @@ def constraints_to_proto(constraints: ModelConstraints) -> gossip_pb2.ModelConst
 
 
 def constraints_from_proto(message: gossip_pb2.ModelConstraints) -> ModelConstraints:
+    return _remembered(_CONSTRAINTS, message, _constraints_from_proto)
+
+
+def _constraints_from_proto(message: gossip_pb2.ModelConstraints) -> ModelConstraints:
     return ModelConstraints(
         max_input_tokens=message.max_input_tokens,
         supported_languages=tuple(message.supported_languages),
@@ -184,6 +194,7 @@ def constraints_from_proto(message: gossip_pb2.ModelConstraints) -> ModelConstra
     )
 
 
+@functools.lru_cache(maxsize=_TERMS_REMEMBERED)
 def resources_to_proto(resources: Resources) -> gossip_pb2.ResourceRequirements:
     return gossip_pb2.ResourceRequirements(
         cpu_cores=resources.cpu_cores, memory_mb=resources.memory_mb, gpu_memory_mb=resources.gpu_memory_mb
@@ -191,4 +202,25 @@ def resources_to_proto(resources: Resources) -> gossip_pb2.ResourceRequirements:
 
 
 def resources_from_proto(message: gossip_pb2.ResourceRequirements) -> Resources:
+    return _remembered(_RESOURCES, message, _resources_from_proto)
+
+
+def _resources_from_proto(message: gossip_pb2.ResourceRequirements) -> Resources:
     return Resources(message.cpu_cores, message.memory_mb, message.gpu_memory_mb)
+
+
+V = TypeVar("V")
+_CONSTRAINTS: dict[bytes, ModelConstraints] = {}
+_RESOURCES: dict[bytes, Resources] = {}
+
+
+def _remembered(memory: dict[bytes, V], message: Message, convert: Callable[[Any], V]) -> V:
+    """``convert(message)``, remembered by the message's bytes (emptied when full: a peer that
+    sends ever new terms costs a conversion each, as without the memory)."""
+    key = message.SerializeToString()
+    value = memory.get(key)
+    if value is None:
+        if len(memory) >= _TERMS_REMEMBERED:
+            memory.clear()
+        value = memory[key] = convert(message)
+    return value

@@ -438,3 +438,20 @@ def test_requester_orchestration_reads_time_only_through_its_clock() -> None:
         str(path.relative_to(PACKAGE)) for path in (PACKAGE / "requester").glob("*.py") if _imports_time(path)
     )
     assert readers == []
+
+
+def test_model_terms_are_remembered_by_their_bytes_and_the_memory_stays_bounded() -> None:
+    from atomic_p2p.protocol import wire
+
+    terms = ModelConstraints(max_input_tokens=512, supported_languages=("en", "de"), max_batch=64)
+    message = wire.constraints_to_proto(terms)
+    assert wire.constraints_to_proto(terms) is message  # the same shared message
+    assert wire.constraints_from_proto(message) == terms
+    assert wire.constraints_from_proto(message) is wire.constraints_from_proto(message)
+    assert wire.resources_from_proto(wire.resources_to_proto(Resources(0.5, 16.0, 0.0))) == Resources(
+        0.5, 16.0, 0.0
+    )
+    for batch in range(3 * wire._TERMS_REMEMBERED):  # a peer sending ever new terms
+        fresh = ModelConstraints(max_batch=batch + 1)
+        assert wire.constraints_from_proto(wire.constraints_to_proto(fresh)) == fresh
+        assert len(wire._CONSTRAINTS) <= wire._TERMS_REMEMBERED
