@@ -65,7 +65,12 @@ How this works
 
    - exploration, :class:`Exploration`: THOMPSON draws the accuracy component from the Beta
      that step 2's pooling defines (both parameters floored at 1/2 so the draw is defined);
-     UCB adds ``ucb_c * sqrt(ln(1 + N) / (1 + n))`` with n the bid's evidence and N the total;
+     UCB adds ``ucb_c * sqrt(ln(1 + N) / (1 + n))`` with N the total evidence of the bids and n
+     this bid's: its (decayed) outcome count once it has one, and until then the pseudo-outcomes
+     step 2 gives its claim (``claim_strength``, times trust). A peer never bought from is only as
+     uncertain as its claim is weak, so a claim that already trails the incumbent's is not bought
+     just to learn it; once bought, only outcomes count, because the corrected claim is only as
+     sure as the bias those same outcomes measured;
    - utilization: ``utilization_weight * f / (f + utilization_half)`` with f the requester's
      own tasks in flight at that peer.
 4. **Clear** (:mod:`.clearing`). Best score first; ties go to the lower expected latency, then
@@ -234,6 +239,13 @@ class _Assessed(Generic[T]):
     @property
     def evidence(self) -> float:
         return 0.0 if self.estimate is None else self.estimate.evidence
+
+    @property
+    def explored(self) -> float:
+        """The n of the UCB bonus (step 3): the outcome evidence, or while there is none, the
+        pseudo-outcomes the claim counts for."""
+        evidence = self.evidence
+        return evidence if evidence > 0 else self.claim_weight
 
 
 def _clamp01(value: float) -> float:
@@ -482,7 +494,7 @@ def _score_all(
             accuracy = _accuracy_draw(assessed, rng)
         bonus = 0.0
         if config.exploration is Exploration.UCB:
-            bonus = config.ucb_c * math.sqrt(math.log1p(total_evidence) / (1.0 + assessed.evidence))
+            bonus = config.ucb_c * math.sqrt(math.log1p(total_evidence) / (1.0 + assessed.explored))
         in_flight = max(0, int(view.in_flight.get(assessed.peer, 0)))
         penalty = config.utilization_weight * in_flight / (in_flight + config.utilization_half)
         every = _components(assessed, ask, view, ceiling, accuracy)

@@ -338,11 +338,45 @@ def test_ucb_bonus_favours_the_less_known() -> None:
     decision = evaluate(bids, ask(), view, config)
     bonus = {str(s.item.peer_id): s.details["exploration_bonus"] for s in decision.ranked}
     evidence = next(s.details["evidence"] for s in decision.ranked if str(s.item.peer_id) == peer("known"))
-    assert bonus[peer("new")] == pytest.approx(0.2 * math.sqrt(math.log1p(evidence)))
+    # Never bought: its claim counts claim_strength outcomes (step 2), and the bonus counts them too.
+    strength = config.claim_strength
+    assert bonus[peer("new")] == pytest.approx(0.2 * math.sqrt(math.log1p(evidence) / (1 + strength)))
     assert bonus[peer("known")] == pytest.approx(0.2 * math.sqrt(math.log1p(evidence) / (1 + evidence)))
     assert winner(decision) == peer("new")
     off = evaluate(bids, ask(), view, GREEDY)
     assert all(s.details["exploration_bonus"] == 0 for s in off.ranked)
+
+
+def test_ucb_does_not_buy_a_new_claim_that_trails_by_more_than_its_weight_can_explain() -> None:
+    """A never-bought peer's bonus counts the pseudo-outcomes its claim is worth (claim_strength):
+    one claiming 0.10 less than a well-known, calibrated incumbent at the same price and latency is
+    not bought just to learn it (with n = 0 its bonus, 0.05 * sqrt(ln(1 + N)), would win it the
+    task); a bid that claims nothing (confidence_unknown) still gets the whole bonus; a bought
+    peer's n is its outcome evidence, not the weight its claims earned."""
+    known = history("known", 60, claim=0.9, outcome_rate=0.9, promised_ms=10, took_ms=10)
+    view = MarketView(profiles={key("known"): known})
+    config = EvaluatorConfig.greedy(exploration=Exploration.UCB, ucb_c=0.05)
+    bids = [offer("known", 0.9, 10.0, 1.0), offer("new", 0.8, 10.0, 1.0)]
+    decision = evaluate(bids, ask(), view, config)
+    rows = {str(s.item.peer_id): s for s in decision.ranked}
+    evidence = rows[peer("known")].details["evidence"]
+    total = math.log1p(evidence)
+    assert rows[peer("known")].details["exploration_bonus"] == pytest.approx(
+        0.05 * math.sqrt(total / (1 + evidence))
+    )
+    assert rows[peer("new")].details["exploration_bonus"] == pytest.approx(
+        0.05 * math.sqrt(total / (1 + config.claim_strength))
+    )
+    assert winner(decision) == peer("known")
+    # Had the claim counted nothing, the bonus would outweigh the 0.1 it trails by.
+    gap = rows[peer("known")].score - rows[peer("new")].score
+    assert 0.05 * math.sqrt(total) - rows[peer("known")].details["exploration_bonus"] > gap
+    silent = replace(offer("silent", 0.0, 10.0, 1.0), confidence_unknown=True)
+    unclaimed = evaluate([*bids, silent], ask(), view, config)
+    bonus = next(
+        s.details["exploration_bonus"] for s in unclaimed.ranked if str(s.item.peer_id) == peer("silent")
+    )
+    assert bonus == pytest.approx(0.05 * math.sqrt(total))
 
 
 # --- floor and utilization ---------------------------------------------------------------------
