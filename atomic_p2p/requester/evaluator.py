@@ -110,6 +110,7 @@ from atomic_p2p.requester.ranking import (
     Decision,
     Excluded,
     Exclusion,
+    Explainer,
     Ranking,
     Scorable,
     Scored,
@@ -611,14 +612,18 @@ def evaluate(
         Scored(row.assessed.item, row.score, row.components, rank, row.details)
         for rank, row in enumerate(rows, start=1)
     )
+    frozen_excluded = tuple(excluded)
+    note = floor_note or accuracy_note
     rationale = (
-        _rationale(
-            ranked, excluded, weights, ask, config, now_ms, (price, price_note), floor_note or accuracy_note
+        Explainer(
+            lambda: _rationale(
+                ranked, frozen_excluded, weights, ask, config, now_ms, (price, price_note), note
+            )
         )
         if explain
         else None
     )
-    return Decision(ranked, tuple(excluded), weights, price, rationale)
+    return Decision(ranked, frozen_excluded, weights, price, rationale)
 
 
 _GREEDY = EvaluatorConfig.greedy()

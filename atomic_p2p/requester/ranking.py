@@ -7,7 +7,7 @@ gets its own :class:`~.types.BidInfo` values back, best first.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
@@ -92,15 +92,38 @@ class Ranking(Generic[T]):
     weights: Weights
 
 
+class Explainer:
+    """A rationale not built yet: ``build()``'s arguments are frozen values, so building it
+    later gives what building it at once would have."""
+
+    __slots__ = ("_build",)
+
+    def __init__(self, build: Callable[[], Rationale]) -> None:
+        self._build = build
+
+    def __call__(self) -> Rationale:
+        return self._build()
+
+
 @dataclass(frozen=True, slots=True)
 class Decision(Ranking[T]):
     """A ranking plus its clearing: ``ranked[0]`` won, the rest are fallbacks in order.
 
-    ``price`` is what the winner is paid (None when nothing was eligible).
+    ``price`` is what the winner is paid (None when nothing was eligible). ``rationale`` is
+    built on first read (most auctions are never explained: without a bid log nothing reads it);
+    ``explanation`` holds it, or how to build it.
     """
 
     price: float | None = None
-    rationale: Rationale | None = None
+    explanation: Rationale | Explainer | None = None
+
+    @property
+    def rationale(self) -> Rationale | None:
+        explanation = self.explanation
+        if isinstance(explanation, Explainer):
+            explanation = explanation()
+            object.__setattr__(self, "explanation", explanation)  # built once: it never changes
+        return explanation
 
     @property
     def winner(self) -> Scored[T] | None:

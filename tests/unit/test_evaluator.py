@@ -8,12 +8,14 @@ import math
 import random
 from dataclasses import dataclass, replace
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from atomic_p2p.errors import ConfigError
+from atomic_p2p.requester import evaluator as evaluator_module
 from atomic_p2p.requester.clearing import FloorRule, WinShares, payment
 from atomic_p2p.requester.evaluator import (
     Ask,
@@ -487,6 +489,20 @@ def test_a_fallback_that_delivers_is_not_paid_the_winners_second_score_price() -
     runner_up = decision.runner_ups[0].item
     assert decision.price > decision.winner.item.cost  # second-score lifted the winner's price
     assert payment(decision.price, runner_up.cost, fallback=True) == runner_up.cost
+
+
+def test_the_rationale_is_built_on_first_read_once_and_as_it_would_have_been_at_once() -> None:
+    from atomic_p2p.requester import ranking
+
+    bids, settings = [FAST, SHARP, offer("dear", 0.99, 10.0, 9.0)], ask(budget=5.0)
+    with mock.patch.object(evaluator_module, "_rationale", wraps=evaluator_module._rationale) as built:
+        decision = evaluate(bids, settings, config=SECOND, now_ms=77)
+        assert built.call_count == 0 and isinstance(decision.explanation, ranking.Explainer)
+        first = decision.rationale
+        assert decision.rationale is first and built.call_count == 1
+    again = evaluate(bids, settings, config=SECOND, now_ms=77).rationale
+    assert first is not None and again is not None and first.to_dict() == again.to_dict()
+    assert evaluate(bids, settings, config=SECOND, explain=False).rationale is None
 
 
 def test_rationale_records_the_whole_decision_and_round_trips_json() -> None:
