@@ -38,20 +38,32 @@ def node_hash(left: bytes, right: bytes) -> bytes:
 
 
 def tree(payloads: Sequence[bytes]) -> tuple[bytes, list[tuple[bytes, ...]]]:
-    """The root over ``payloads`` (at least one) and each payload's inclusion proof, in order."""
+    """The root over ``payloads`` (at least one) and each payload's inclusion proof, in order.
+
+    Built level by level: pairing nodes left to right and lifting a last unpaired node as it is
+    makes the same tree as RFC 9162's split at the largest power of two below n (each subtree
+    on the left is then complete), with each node hashed once and each proof grown in place."""
     if not payloads:
         raise ValueError("a Merkle tree needs at least one leaf")
-    return _subtree([leaf_hash(payload) for payload in payloads])
-
-
-def _subtree(leaves: list[bytes]) -> tuple[bytes, list[tuple[bytes, ...]]]:
-    if len(leaves) == 1:
-        return leaves[0], [()]
-    split = 1 << ((len(leaves) - 1).bit_length() - 1)  # the largest power of two below n
-    left, left_proofs = _subtree(leaves[:split])
-    right, right_proofs = _subtree(leaves[split:])
-    proofs = [(*proof, right) for proof in left_proofs] + [(*proof, left) for proof in right_proofs]
-    return node_hash(left, right), proofs
+    level = [leaf_hash(payload) for payload in payloads]
+    count = len(level)
+    paths: list[list[bytes]] = [[] for _ in range(count)]
+    width = 1  # leaves under one node of this level
+    while len(level) > 1:
+        above = []
+        for index in range(0, len(level) - 1, 2):
+            left, right = level[index], level[index + 1]
+            above.append(node_hash(left, right))
+            start = index * width
+            for leaf in range(start, start + width):
+                paths[leaf].append(right)
+            for leaf in range(start + width, min(start + 2 * width, count)):
+                paths[leaf].append(left)
+        if len(level) % 2:
+            above.append(level[-1])
+        level = above
+        width *= 2
+    return level[0], [tuple(path) for path in paths]
 
 
 def root_from_proof(payload: bytes, index: int, count: int, path: Sequence[bytes]) -> bytes:
