@@ -122,7 +122,7 @@ def sign_bid_request(
     )
 
 
-@functools.lru_cache(maxsize=65536)  # quotes repeat; numpy's shortest repr costs ~2 us a call
+@functools.lru_cache(maxsize=4096)  # quotes repeat; numpy's shortest repr costs ~2 us a call
 def _from_float32(value: float) -> float:
     # proto float fields are float32: 0.9 arrives as 0.8999999761581421. The shortest decimal
     # that round-trips through float32 is what the peer meant, and what reports should show.
