@@ -19,7 +19,8 @@ modes take turns ``--repeats`` times and each reports its median run.
 Everything else is equal: every candidate is asked (no pre-filtering), each round waits for
 every answer (no k_min cut, fixed window), and previews travel with the tasks unless
 ``--no-preview``. The peers run in a separate process so the requester's event loop measures
-only the requester's work; on a 2-core box both processes share the CPU.
+only the requester's work; on a 2-core box both processes share the CPU. Each mode also
+reports the CPU each side spends per bid (the requester process, the peers' process).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the example peers: peers.examples
+
+from scripts.bench_auction import cpu_seconds  # noqa: E402
+
 CAPABILITY = "classify/digits"
 
 
@@ -72,7 +76,9 @@ class Farm:
 
 
 # --------------------------------------------------------------------------- measurement
-async def measure(addresses: list[str], mode: str, args: argparse.Namespace) -> dict[str, float]:
+async def measure(
+    addresses: list[str], mode: str, args: argparse.Namespace, farm_pid: int | None = None
+) -> dict[str, float]:
     from atomic_p2p.requester import BidPolicy, Requester
     from atomic_p2p.requester.evaluator import Ask
     from atomic_p2p.testing import digits_batch
@@ -106,10 +112,17 @@ async def measure(addresses: list[str], mode: str, args: argparse.Namespace) -> 
         await asyncio.gather(*(auction(-1 - i) for i in range(args.warmup)))  # channels, caches
         rounds, calls = requester.bids.rounds, requester.bids.calls
         hits = requester.bids.cache.hits
+        peers_cpu = cpu_seconds([farm_pid]) if farm_pid else 0.0
+        requester_cpu = time.process_time()
         started = time.perf_counter()
         bids = await asyncio.gather(*(auction(i) for i in range(args.auctions)))
         elapsed = time.perf_counter() - started
+        requester_cpu = time.process_time() - requester_cpu
+        peers_cpu = cpu_seconds([farm_pid]) - peers_cpu if farm_pid else float("nan")
         return {
+            # CPU per bid received (a cache hit counts its reused bids): each side's work per bid
+            "requester_cpu_us_per_bid": requester_cpu / max(1, sum(bids)) * 1e6,
+            "peers_cpu_us_per_bid": peers_cpu / max(1, sum(bids)) * 1e6,
             "auctions": args.auctions,
             "seconds": elapsed,
             "auctions_per_s": args.auctions / elapsed,
@@ -137,12 +150,14 @@ def report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> di
     )
     print(
         f"  {'mode':<18}{'auctions/s':>12}{'seconds':>9}{'rounds':>8}{'calls':>8}{'calls/auction':>15}{'hits':>7}"
+        f"{'CPU us/bid: requester':>23}{'peers':>7}"
     )
     for mode, row in results.items():
         per = row["request_bids_calls"] / row["auctions"]
         print(
             f"  {mode:<18}{row['auctions_per_s']:>12.1f}{row['seconds']:>9.2f}{row['rounds']:>8.0f}"
             f"{row['request_bids_calls']:>8.0f}{per:>15.2f}{row['cache_hits']:>7.0f}"
+            f"{row['requester_cpu_us_per_bid']:>23.0f}{row['peers_cpu_us_per_bid']:>7.0f}"
         )
     speedup = results["batched"]["auctions_per_s"] / results["unbatched"]["auctions_per_s"]
     cached = results["batched + cache"]["auctions_per_s"] / results["unbatched"]["auctions_per_s"]
@@ -195,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for repeat in range(args.repeats):  # modes interleaved, so a noisy spell hits them all
                 for mode in modes:
-                    run = asyncio.run(measure(farm.addresses, mode, args))
+                    run = asyncio.run(measure(farm.addresses, mode, args, farm.process.pid))
                     runs[mode].append(run)
                     print(f"[{repeat + 1}] {mode}: {run['auctions_per_s']:.1f} auctions/s", file=sys.stderr)
         finally:
