@@ -66,11 +66,15 @@ How this works
    - exploration, :class:`Exploration`: THOMPSON draws the accuracy component from the Beta
      that step 2's pooling defines (both parameters floored at 1/2 so the draw is defined);
      UCB adds ``ucb_c * sqrt(ln(1 + N) / (1 + n))`` with N the total evidence of the bids and n
-     this bid's: its (decayed) outcome count once it has one, and until then the pseudo-outcomes
-     step 2 gives its claim (``claim_strength``, times trust). A peer never bought from is only as
+     this bid's: its (decayed) outcome count plus the pseudo-outcomes step 2 gives its claim
+     before any record (``claim_strength``, times trust). A peer never bought from is only as
      uncertain as its claim is weak, so a claim that already trails the incumbent's is not bought
-     just to learn it; once bought, only outcomes count, because the corrected claim is only as
-     sure as the bias those same outcomes measured;
+     just to learn it; a purchase adds its outcome to that and never makes a peer look *less*
+     known than before it (with n the outcome count alone, a first purchase took a trusted
+     claim's n from ``claim_strength`` to 1, and bought the trailing peer again to learn what its
+     claim had told); ``claim_follow``'s growth of the claim's weight is left out, because the
+     corrected claim is only as sure as the bias those same outcomes measured. A peer whose claims
+     overstate (trust 0) counts its outcomes alone;
    - utilization: ``utilization_weight * f / (f + utilization_half)`` with f the requester's
      own tasks in flight at that peer.
 4. **Clear** (:mod:`.clearing`). Best score first; ties go to the lower expected latency, then
@@ -236,6 +240,7 @@ class _Assessed(Generic[T]):
     claim_weight: float  # pseudo-outcomes the calibrated claim is worth
     expected_accuracy: float
     expected_latency_ms: float
+    claim_base: float  # what the claim is worth before any record: trust x claim_strength
 
     @property
     def evidence(self) -> float:
@@ -243,10 +248,9 @@ class _Assessed(Generic[T]):
 
     @property
     def explored(self) -> float:
-        """The n of the UCB bonus (step 3): the outcome evidence, or while there is none, the
-        pseudo-outcomes the claim counts for."""
-        evidence = self.evidence
-        return evidence if evidence > 0 else self.claim_weight
+        """The n of the UCB bonus (step 3): the outcome evidence plus what the claim is worth
+        before any record (all the claim counts for while there is none)."""
+        return self.evidence + self.claim_base
 
 
 def _clamp01(value: float) -> float:
@@ -337,12 +341,16 @@ def _expect(
     if getattr(bid, "confidence_unknown", False):
         return _unclaimed(index, bid, peer, estimate_, claimed_latency, config)
     if estimate_ is None:
-        return _Assessed(index, bid, peer, None, claim, config.claim_strength, claim, claimed_latency)
+        strength = config.claim_strength
+        return _Assessed(index, bid, peer, None, claim, strength, claim, claimed_latency, strength)
     bias = estimate_.confidence_bias
     calibrated = _clamp01(claim - bias)
     trust = _clamp01(1.0 - abs(bias) / config.bias_tolerance)
     claim_weight = trust * (config.claim_strength + config.claim_follow * estimate_.evidence)
-    return _weighed(index, bid, peer, estimate_, calibrated, claim_weight, claimed_latency, config)
+    claim_base = trust * config.claim_strength
+    return _weighed(
+        index, bid, peer, estimate_, calibrated, claim_weight, claimed_latency, config, claim_base
+    )
 
 
 def _unclaimed(
@@ -352,7 +360,7 @@ def _unclaimed(
     the profile's (the prior's mean while there is none)."""
     if estimate_ is None:
         prior = config.profiler.prior_alpha / (config.profiler.prior_alpha + config.profiler.prior_beta)
-        return _Assessed(index, bid, peer, None, prior, 0.0, prior, claimed_latency)
+        return _Assessed(index, bid, peer, None, prior, 0.0, prior, claimed_latency, 0.0)
     mean = estimate_.posterior.mean
     return _weighed(index, bid, peer, estimate_, mean, 0.0, claimed_latency, config)
 
@@ -366,6 +374,7 @@ def _weighed(
     claim_weight: float,
     claimed_latency: float,
     config: EvaluatorConfig,
+    claim_base: float = 0.0,
 ) -> _Assessed[T]:
     total = claim_weight + estimate_.evidence
     if total > 0:
@@ -378,7 +387,7 @@ def _weighed(
         latency = (config.claim_strength * latency + samples * estimate_.latency_ms) / (
             config.claim_strength + samples
         )
-    return _Assessed(index, bid, peer, estimate_, calibrated, claim_weight, accuracy, latency)
+    return _Assessed(index, bid, peer, estimate_, calibrated, claim_weight, accuracy, latency, claim_base)
 
 
 def _lookup(bid: object, ask: Ask, view: MarketView, config: EvaluatorConfig) -> Estimate | None:

@@ -7,6 +7,9 @@ Definitions (per seed, then mean and standard deviation over seeds):
 - **% gain**: ``100 * (policy - random) / (oracle - random)`` in mean utility: how much of what
   the oracle gains over buying at random a policy gets (% of oracle starts near 85% at random).
 - **regret**: the cumulative sum of ``oracle utility - policy utility``, task by task.
+- **paired difference**: the judged policy's final regret minus the best baseline's, per seed (both
+  replay the same stream), its mean and standard error over seeds, and a verdict: ``ahead`` or
+  ``behind`` beyond two standard errors, else ``tie``.
 - **win share**: the fraction of tasks a peer was bought from; the liar's per window of
   ``window`` tasks and from ``liar_after`` on.
 - **Jain's fairness index** of the win shares over every peer that bid at least once:
@@ -42,6 +45,23 @@ def summary(values: Sequence[float]) -> dict[str, float]:
         "min": min(values),
         "max": max(values),
     }
+
+
+def paired(mine: Sequence[float], theirs: Sequence[float], sigmas: float = 2.0) -> dict[str, Any]:
+    """``mine - theirs`` paired by seed (both replayed on the same stream): the mean difference,
+    its standard error over seeds (``stdev / sqrt(n)``), and a verdict for a lower-is-better
+    metric: ``ahead`` (below zero by more than ``sigmas`` standard errors), ``behind`` (above by
+    more), else ``tie``. One seed has no standard error: a tie."""
+    diffs = [a - b for a, b in zip(mine, theirs, strict=True)]
+    mean = statistics.fmean(diffs)
+    se = statistics.stdev(diffs) / len(diffs) ** 0.5 if len(diffs) > 1 else None
+    if se is not None and mean < -sigmas * se:
+        verdict = "ahead"
+    elif se is not None and mean > sigmas * se:
+        verdict = "behind"
+    else:
+        verdict = "tie"
+    return {"diff": mean, "se": se, "sigmas": sigmas, "per_seed": diffs, "verdict": verdict}
 
 
 def cumulative(values: Sequence[float]) -> list[float]:
@@ -213,18 +233,22 @@ def table(policies: Mapping[str, Mapping[str, Any]], liar_after: int) -> str:
 
 
 def scenario_table(scenarios: Mapping[str, Mapping[str, Any]], judged: str, baselines: Sequence[str]) -> str:
-    """One row per scenario: the judged policy's regret against the best baseline's and the
-    reference bound's (``bound``: a simulated market's learn-once regret), % of the oracle after
-    warm-up, the liar's share after its task, and whether each goal is met."""
+    """One row per scenario: the judged policy's regret against the best baseline's, their paired
+    difference over seeds with its standard error and verdict (``paired``: ahead, behind, or a tie
+    within two standard errors), the reference bound's regret (``bound``: a simulated market's
+    learn-once regret), % of the oracle after warm-up, the liar's share after its task, and whether
+    each goal is met."""
     header = (
-        f"{'scenario':<19} {'regret':>7} {'best baseline':>15} {'its regret':>10} {'bound':>6} {'%or>wu':>7} "
-        f"{'liar>N':>7}  {'regret<':>7} {'>=95%':>5} {'liar<5%':>7}"
+        f"{'scenario':<19} {'regret':>7} {'best baseline':>15} {'its regret':>10} {'diff':>7} {'± se':>6} "
+        f"{'verdict':>7} {'bound':>6} {'%or>wu':>7} {'liar>N':>7}  {'regret<':>7} {'>=95%':>5} {'liar<5%':>7}"
     )
     lines = [header, "-" * len(header)]
     for name, scenario in scenarios.items():
         policies, goals = scenario["policies"], scenario["goals"]
         mine = policies[judged]
         best = min(baselines, key=lambda base: policies[base]["regret_final"]["mean"])
+        versus = scenario["versus_best"]
+        se = f"{versus['se']:>6.2f}" if versus["se"] is not None else f"{'-':>6}"
         liar = goals.get("liar_share_after_lt_5pct")
 
         def flag(goal: Mapping[str, Any] | None) -> str:
@@ -235,7 +259,8 @@ def scenario_table(scenarios: Mapping[str, Mapping[str, Any]], judged: str, base
         bound = f"{min(bounds):>6.2f}" if bounds else f"{'-':>6}"
         lines.append(
             f"{name:<19} {mine['regret_final']['mean']:>7.2f} {best:>15} "
-            f"{policies[best]['regret_final']['mean']:>10.2f} {bound} {mine['pct_oracle_after_warmup']['mean']:>6.2f}% "
+            f"{policies[best]['regret_final']['mean']:>10.2f} {versus['diff']:>+7.2f} {se} {versus['verdict']:>7} "
+            f"{bound} {mine['pct_oracle_after_warmup']['mean']:>6.2f}% "
             f"{share}  {flag(goals['regret_below_every_baseline']):>7} "
             f"{flag(goals['pct_oracle_after_warmup_ge_95']):>5} {flag(liar):>7}"
         )

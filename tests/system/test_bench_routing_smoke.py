@@ -79,6 +79,15 @@ def test_quick_run_reports_every_policy_and_the_oracle_bounds_them(tmp_path: Pat
         # policies (never judged, never among them); the live one has none.
         assert set(scenario["references"]) == (set() if scenario_name == "current" else {"learn-once"})
         check_bounds({**scenario["references"], "oracle": scenario["policies"]["oracle"]}, args)
+        # The judged policy against the best baseline, paired by seed, with a verdict.
+        versus = scenario["versus_best"]
+        best = versus["baseline"]
+        assert best in bench.baselines()
+        mine, theirs = (scenario["policies"][name]["per_seed"]["regret"] for name in (bench.JUDGED, best))
+        assert versus["per_seed"] == pytest.approx([a - b for a, b in zip(mine, theirs, strict=True)])
+        assert versus["diff"] == pytest.approx(sum(versus["per_seed"]) / args.seeds)
+        assert scenario["verdict"] == versus["verdict"] == result["verdicts"][scenario_name]
+        assert versus["verdict"] in {"ahead", "behind", "tie"}
     current = result["scenarios"]["current"]
     assert current["config"]["events"] == {"latecomer joins": 8, "degrader degrades": 16}
     assert current["policies"]["cheapest"]["liar_share_after"]["mean"] == 1.0  # the liar undercuts all
@@ -98,6 +107,30 @@ def test_quick_run_reports_every_policy_and_the_oracle_bounds_them(tmp_path: Pat
     assert "bench-liar" not in STRATEGIES  # the adversary's strategy was registered only for the run
     table = bench.report.scenario_table(result["scenarios"], bench.JUDGED, list(bench.baselines()))
     assert all(name in table for name in result["scenarios"])
+
+
+def test_the_paired_verdict_needs_the_difference_beyond_two_standard_errors() -> None:
+    paired = load().report.paired
+    # Always 1 lower, whatever the seed's level: no spread in the differences, clearly ahead.
+    ahead = paired([4.0, 9.0, 6.0], [5.0, 10.0, 7.0])
+    assert ahead["diff"] == pytest.approx(-1.0) and ahead["se"] == pytest.approx(0.0)
+    assert ahead["verdict"] == "ahead"
+    assert paired([5.0, 10.0, 7.0], [4.0, 9.0, 6.0])["verdict"] == "behind"
+    # Differences -1, +1, -1, +1 around 0 (unpaired means 0.0 apart): a tie. se = stdev/sqrt(n).
+    tie = paired([1.0, 3.0, 1.0, 3.0], [2.0, 2.0, 2.0, 2.0])
+    assert tie["verdict"] == "tie"
+    assert tie["se"] == pytest.approx((4 / 3) ** 0.5 / 2)
+    # Ahead only below -2 se.
+    near = paired([0.0, 1.0], [1.0, 1.0])  # diffs -1, 0: mean -0.5, se 0.5
+    assert near["se"] == pytest.approx(0.5) and near["verdict"] == "tie"
+    # One seed has no standard error: never a verdict but a tie.
+    assert paired([1.0], [5.0]) | {"per_seed": None} == {
+        "diff": -4.0,
+        "se": None,
+        "sigmas": 2.0,
+        "per_seed": None,
+        "verdict": "tie",
+    }
 
 
 def check_bounds(policies: dict[str, Any], args: Any) -> None:

@@ -339,11 +339,14 @@ def test_ucb_bonus_favours_the_less_known() -> None:
     config = EvaluatorConfig.greedy(exploration=Exploration.UCB, ucb_c=0.2)
     decision = evaluate(bids, ask(), view, config)
     bonus = {str(s.item.peer_id): s.details["exploration_bonus"] for s in decision.ranked}
-    evidence = next(s.details["evidence"] for s in decision.ranked if str(s.item.peer_id) == peer("known"))
-    # Never bought: its claim counts claim_strength outcomes (step 2), and the bonus counts them too.
+    known = next(s for s in decision.ranked if str(s.item.peer_id) == peer("known"))
+    evidence = known.details["evidence"]
+    # Never bought: its claim counts claim_strength outcomes (step 2), and the bonus counts them too;
+    # bought: its outcomes, plus the same claim_strength times the trust its bias leaves.
     strength = config.claim_strength
+    known_n = evidence + _trust(known, 0.8, config) * strength
     assert bonus[peer("new")] == pytest.approx(0.2 * math.sqrt(math.log1p(evidence) / (1 + strength)))
-    assert bonus[peer("known")] == pytest.approx(0.2 * math.sqrt(math.log1p(evidence) / (1 + evidence)))
+    assert bonus[peer("known")] == pytest.approx(0.2 * math.sqrt(math.log1p(evidence) / (1 + known_n)))
     assert winner(decision) == peer("new")
     off = evaluate(bids, ask(), view, GREEDY)
     assert all(s.details["exploration_bonus"] == 0 for s in off.ranked)
@@ -354,7 +357,8 @@ def test_ucb_does_not_buy_a_new_claim_that_trails_by_more_than_its_weight_can_ex
     one claiming 0.10 less than a well-known, calibrated incumbent at the same price and latency is
     not bought just to learn it (with n = 0 its bonus, 0.05 * sqrt(ln(1 + N)), would win it the
     task); a bid that claims nothing (confidence_unknown) still gets the whole bonus; a bought
-    peer's n is its outcome evidence, not the weight its claims earned."""
+    peer's n is its outcome evidence plus claim_strength times its trust, not the weight its
+    claims earned since (claim_follow)."""
     known = history("known", 60, claim=0.9, outcome_rate=0.9, promised_ms=10, took_ms=10)
     view = MarketView(profiles={key("known"): known})
     config = EvaluatorConfig.greedy(exploration=Exploration.UCB, ucb_c=0.05)
@@ -363,8 +367,10 @@ def test_ucb_does_not_buy_a_new_claim_that_trails_by_more_than_its_weight_can_ex
     rows = {str(s.item.peer_id): s for s in decision.ranked}
     evidence = rows[peer("known")].details["evidence"]
     total = math.log1p(evidence)
+    known_n = evidence + _trust(rows[peer("known")], 0.9, config) * config.claim_strength
+    assert known_n < evidence + config.claim_strength + config.claim_follow  # not claim_follow's growth
     assert rows[peer("known")].details["exploration_bonus"] == pytest.approx(
-        0.05 * math.sqrt(total / (1 + evidence))
+        0.05 * math.sqrt(total / (1 + known_n))
     )
     assert rows[peer("new")].details["exploration_bonus"] == pytest.approx(
         0.05 * math.sqrt(total / (1 + config.claim_strength))
@@ -379,6 +385,44 @@ def test_ucb_does_not_buy_a_new_claim_that_trails_by_more_than_its_weight_can_ex
         s.details["exploration_bonus"] for s in unclaimed.ranked if str(s.item.peer_id) == peer("silent")
     )
     assert bonus == pytest.approx(0.05 * math.sqrt(total))
+
+
+def _trust(row: Any, claim: float, config: EvaluatorConfig) -> float:
+    """Step 2's trust of a scored bid that claimed ``claim``: from the bias its calibrated claim
+    was corrected by."""
+    bias = claim - row.details["calibrated_confidence"]
+    return min(1.0, max(0.0, 1.0 - abs(bias) / config.bias_tolerance))
+
+
+def test_a_first_purchase_does_not_make_a_trusted_trailing_peer_look_less_known() -> None:
+    """A peer claiming 0.10 under a well-known incumbent is not bought to learn it (its claim is
+    worth claim_strength outcomes to the UCB bonus); one purchase that delivers exactly what it
+    claimed adds an outcome to that, so it is still not bought. Counting its one outcome alone
+    (n from claim_strength down to 1) raised its bonus by half and bought it again."""
+    known = history("known", 60, claim=0.9, outcome_rate=0.9, promised_ms=10, took_ms=10)
+    config = EvaluatorConfig.greedy(exploration=Exploration.UCB, ucb_c=0.05)
+    delivered = Observation(
+        at_ms=0,
+        outcome=0.8,
+        latency_ms=10,
+        cost=1.0,
+        promised_confidence=0.8,
+        promised_latency_ms=10,
+        promised_cost=1.0,
+    )
+    once = record(None, key("new"), delivered, config.profiler)
+    bids = [offer("known", 0.9, 10.0, 1.0), offer("new", 0.8, 10.0, 1.0)]
+    bonus = {}
+    for label, profiles in {
+        "never bought": {key("known"): known},
+        "bought once": {key("known"): known, key("new"): once},
+    }.items():
+        decision = evaluate(bids, ask(), MarketView(profiles=profiles), config)
+        assert winner(decision) == peer("known"), label
+        row = next(s for s in decision.ranked if str(s.item.peer_id) == peer("new"))
+        bonus[label] = row.details["exploration_bonus"]
+    # One more outcome (N grows by one too): the bonus falls a little, never jumps.
+    assert bonus["bought once"] < bonus["never bought"]
 
 
 # --- floor and utilization ---------------------------------------------------------------------
