@@ -65,6 +65,7 @@ CAPABILITY = "classify/digits"
 async def serve_peers(count: int, data_dir: Path, extra_ms: float, reuse_s: float, insecure: bool) -> None:
     """Child process: start ``count`` small digit peers, print their addresses (``PEERID@host:port``
     with TLS), wait for EOF."""
+    from atomic_p2p.peer.node import freeze_heap
     from peers.examples import start_example_peers
 
     nodes = []
@@ -77,6 +78,7 @@ async def serve_peers(count: int, data_dir: Path, extra_ms: float, reuse_s: floa
             bid_reuse_ttl_s=reuse_s,
             insecure=insecure,
         )
+    freeze_heap()  # as atomic-peer does once its node listens
     print(json.dumps([node.address if insecure else node.dial_address for node in nodes]), flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     for node in nodes:

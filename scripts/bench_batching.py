@@ -47,11 +47,13 @@ CAPABILITY = "classify/digits"
 # --------------------------------------------------------------------------- peer farm (child)
 async def serve_peers(count: int, data_dir: Path, reuse_s: float) -> None:
     """Child process: start ``count`` small digit peers, print their addresses, wait for EOF."""
+    from atomic_p2p.peer.node import freeze_heap
     from peers.examples import start_example_peers
 
     nodes = []
     for index in range(count):
         nodes += await start_example_peers(["small"], data_dir / f"p{index}", bid_reuse_ttl_s=reuse_s)
+    freeze_heap()  # as atomic-peer does once its node listens
     print(json.dumps([node.address for node in nodes]), flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     for node in nodes:

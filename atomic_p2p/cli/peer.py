@@ -48,7 +48,7 @@ from atomic_p2p.errors import AtomicError, ConfigError
 from atomic_p2p.faults import FaultPlan
 from atomic_p2p.gossip.transport import GossipAgent
 from atomic_p2p.peer.config import PeerConfig, load_configs
-from atomic_p2p.peer.node import PeerNode
+from atomic_p2p.peer.node import PeerNode, freeze_heap
 from atomic_p2p.tls import parse_address
 
 if TYPE_CHECKING:
@@ -275,6 +275,7 @@ async def serve(
 ) -> int:
     """Run a node until SIGTERM/SIGINT, then drain and stop; ``metrics``: the endpoint to announce."""
     node = await PeerNode.start(config)
+    freeze_heap()  # start-up's objects stay: full collections stop walking them
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

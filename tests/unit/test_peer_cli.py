@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
+import signal
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -110,3 +114,31 @@ async def test_an_unanswered_bootstrap_is_retried_and_warned_about_with_backoff(
     last = warnings[-1].getMessage()
     assert f"tried {seed} (" in last and "last UNAVAILABLE" in last and "check --bootstrap" in last
     assert agent.failures[seed] >= 2  # gossip kept retrying the seed
+
+
+async def test_serve_freezes_the_start_up_heap_once_its_node_listens(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from atomic_p2p.cli import peer as cli
+    from peers.examples import example_config
+
+    frozen: list[int] = []
+
+    def freeze_then_stop() -> None:  # not the real freeze: this test process goes on
+        frozen.append(1)
+        asyncio.get_running_loop().call_soon(os.kill, os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(cli, "freeze_heap", freeze_then_stop)
+    config = example_config("small", tmp_path, insecure=True)
+    assert await asyncio.wait_for(cli.serve(config, drain_timeout=1.0), timeout=60) == 0
+    assert frozen == [1]
+
+
+def test_freeze_heap_moves_what_is_alive_out_of_the_collectors_walks() -> None:
+    probe = (
+        "import gc; from atomic_p2p.peer.node import freeze_heap; freeze_heap(); print(gc.get_freeze_count())"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert int(out.stdout.split()[-1]) > 100_000  # torch's objects and ours
