@@ -61,7 +61,7 @@ class BidPolicy:
 
     batching: bool = True
     max_tasks_per_call: int = 64
-    rounds_in_flight: int = 8
+    rounds_in_flight: int = 4  # bench_batching: 47 tasks a round instead of 27, ~10% less CPU a bid each side
     top_m: int = 32
     exploration_share: float = 0.25
     k_min: int = 3
