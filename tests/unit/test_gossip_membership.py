@@ -338,13 +338,13 @@ def test_a_summarised_exchange_finds_what_each_side_lacks_through_the_differing_
 
 
 def test_a_summarised_request_does_not_grow_with_the_table() -> None:
-    strangers = [signed_record(identity(f"s{i}"), 5) for i in range(400)]
+    strangers = [signed_record(identity(f"s{i}"), 5) for i in range(1000)]
     a, b = node("a"), node("b")
     for member in (a, b):
         member.absorb(T0, [*strangers, a.snapshot()[0], b.snapshot()[0]])
     request = a.tick(T0 + 1)[0].request
-    assert request.summary is not None and len(request.summary) == 8 * 4  # 402 members: 4 ranges
-    assert len(request.digest) <= -(-2 * CONFIG.beats_per_round // CONFIG.fanout)
+    assert request.summary is not None and len(request.summary) == 8 * 8  # 1002 members: 8 ranges
+    assert len(request.digest) <= CONFIG.listed_per_exchange()
     full = codec.digest_size(a.digest())
     assert codec.request_wire_size(request) < full / 4
     response = b.handle_request(T0 + 1, request, "a:7000")
