@@ -8,7 +8,8 @@ heartbeat to everyone. With the defaults at a 1 s interval: a silent member is s
 Past a few hundred members a byte budget stretches them. Every node must see every member's
 signed beat (about 175 bytes) once per suspicion timeout, so liveness alone costs each node at
 least N * 175 bytes per timeout, whatever the digest. ``beats_per_round`` caps it: a node lists
-twice that many stale members a round (a partner holds a newer beat for about half of them), asks
+up to four times that many stale members a round (:data:`LISTING_FACTOR`: a partner holds a newer
+beat for a third to a half of them, and loss takes some of the answers), asks
 for a member's beat only once it is ``slack = ceil(1.5 * N / beats_per_round)`` rounds old (1.5:
 headroom, so that the stale backlog drains), and suspicion waits that much longer. With the
 defaults: SUSPECT after 28 s at N = 1000 and 200 s at N = 10,000 (then DEAD 12 s and 16 s later),
