@@ -8,7 +8,8 @@ heartbeat to everyone. With the defaults at a 1 s interval: a silent member is s
 Past a few hundred members a byte budget stretches them. Every node must see every member's
 signed beat (about 175 bytes) once per suspicion timeout, so liveness alone costs each node at
 least N * 175 bytes per timeout, whatever the digest. ``beats_per_round`` caps it: a node lists
-twice that many stale members a round (a partner holds a newer beat for about half of them), asks
+up to four times that many stale members a round (:data:`LISTING_FACTOR`: a partner holds a newer
+beat for a third to a half of them, and loss takes some of the answers), asks
 for a member's beat only once it is ``slack = ceil(1.5 * N / beats_per_round)`` rounds old (1.5:
 headroom, so that the stale backlog drains), and suspicion waits that much longer. With the
 defaults: SUSPECT after 28 s at N = 1000 and 200 s at N = 10,000 (then DEAD 12 s and 16 s later),
@@ -22,6 +23,15 @@ from dataclasses import dataclass, field
 
 from atomic_p2p.errors import ConfigError
 from atomic_p2p.gossip.records import RecordLimits
+
+LISTING_FACTOR = 4
+"""Members listed per round, in units of ``beats_per_round``. A listed member comes back with a
+newer beat only when the partner holds one (about half of them in steady state, a third while a
+whole table is learned at once, as after a cold start) and both messages arrive (0.81 at 10%
+loss); the stale backlog drains only if the beats that come back outpace the
+``beats_per_round / 1.5`` a round that fall due (``slack``): 4 x 80 x 1/3 x 0.81 = 86 > 53.
+With 2 (the listing before), a cold start of 10,000 members learned 44 beats a round, too few to
+hear from all of them before the 200 s suspicion timeout (docs/gossip.md)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +121,13 @@ class GossipConfig:
         if self.heartbeat_slack is not None:
             return self.heartbeat_slack
         return self._quarter(members) + self._stretch(members)
+
+    def listed_per_exchange(self) -> int:
+        """Stale members a summarised request lists at most: a ``fanout``-th of
+        :data:`LISTING_FACTOR` times ``beats_per_round`` (107 with the defaults, 321 a round).
+        The cap binds only while a backlog of stale members waits (after a start where every
+        member was learned at once); in steady state fewer are due."""
+        return -(-LISTING_FACTOR * self.beats_per_round // self.fanout)
 
     def _quarter(self, members: int) -> int:
         return max(1, int(self.suspicion_mult * self.scale(members) / 4))

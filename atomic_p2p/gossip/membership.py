@@ -25,7 +25,7 @@ place of the whole digest a request carries range fingerprints of the records
 (:mod:`atomic_p2p.gossip.ranges`, Meyer's range-based set reconciliation) and lists only the
 members whose beat has gone ``slack - 1`` rounds without advancing here (or that it has no beat
 from yet), oldest first, at most
-``2 * beats_per_round / fanout`` of them. The responder answers those with any newer beat, adds its
+``4 * beats_per_round / fanout`` of them (``GossipConfig.listed_per_exchange``). The responder answers those with any newer beat, adds its
 own, and names the ranges whose fingerprints differ along with its entries in them; the initiator
 pushes what the responder lacks and pulls what it lacks in one follow-up request
 (``Outgoing.follow_up``, whose answer starts nothing more). Each round also probes up to ``fanout``
@@ -449,9 +449,9 @@ class Membership:
 
     def _stalest_entries(self) -> dict[bytes, DigestEntry]:
         """The members whose beat went stalest here (SUSPECT ones first: they are the oldest), at
-        most a ``fanout``-th of twice the liveness budget; those refreshed by this round's earlier
-        exchanges are skipped. A partner answers each with any newer beat it holds."""
-        wanted = -(-2 * self.config.beats_per_round // self.config.fanout)
+        most ``config.listed_per_exchange()``; those refreshed by this round's earlier exchanges
+        are skipped. A partner answers each with any newer beat it holds."""
+        wanted = self.config.listed_per_exchange()
         members, digest = self._members, self._digest
         out: dict[bytes, DigestEntry] = {}
         for advanced_at, raw in self._stalest:

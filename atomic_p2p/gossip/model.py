@@ -26,7 +26,7 @@ default) on numpy matrices instead: row ``i`` is node ``i``'s table, column ``j`
   together, as one batch.
 - An exchange is the summarised one of ``Membership``: the request carries the initiator's record,
   its own beat, records younger than ``push_rounds`` intervals, the fingerprints of
-  ``ranges_for(N)`` ranges and up to ``ceil(2 * beats_per_round / fanout)`` of the stalest members
+  ``ranges_for(N)`` ranges and up to ``listed_per_exchange()`` of the stalest members
   not refreshed since the tick; the responder answers listed members with any newer beat (records
   when the seq is newer), adds its own beat, asks back for what the initiator holds newer
   (``reconcile_listed``: far ahead, or quiet here for ``slack`` rounds), and returns its entries in
@@ -71,7 +71,7 @@ from atomic_p2p.identity import Identity
 ALIVE, SUSPECT, DEAD = 0, 1, 2
 GENERATION = 1 << 24
 """``version`` of a member's published record with heartbeat 0 (heartbeats stay below it)."""
-CANDIDATES = 256
+CANDIDATES = 384
 """Stalest members kept per node at its tick: enough for ``fanout`` listings of the budget."""
 
 Ints = npt.NDArray[np.int64]
@@ -183,9 +183,11 @@ class GossipModel:
         self.next_exchange = np.full(n, np.inf)
         self.targets = np.full((n, self.config.fanout + 1), -1, dtype=np.int64)
         self.pending = np.zeros(n, dtype=np.int64)
+        self.listing = self.config.listed_per_exchange()
+        if self.listing * self.config.fanout > CANDIDATES:
+            raise ConfigError(f"the model keeps {CANDIDATES} stalest members a tick: list fewer")
         self.candidates = np.full((n, CANDIDATES), -1, dtype=np.int64)
         self.candidate_at = np.zeros((n, CANDIDATES), dtype=np.int32)
-        self.listing = -(-2 * self.config.beats_per_round // self.config.fanout)
         self.origins: list[int] = []
         self.published_at: list[float] = []
         self.reached: list[npt.NDArray[np.float64]] = []
