@@ -269,7 +269,7 @@ class _Market:
         now = _now_ms()
         call = call_for_bids(self.identity, [task], now, now + 30_000)
         request_id = call.request_id
-        addresses = [node.address for node in self.nodes.values()]
+        addresses = [node.dial_address for node in self.nodes.values()]  # PEERID@host:port: pinned, no TOFU
         collected = await collect_bids(self.transport, addresses, call, 5.0, SYSTEM_CLOCK)
         names = self.names
         # One at a time: a logged latency is what that peer delivers when it alone is bought,
