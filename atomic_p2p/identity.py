@@ -296,8 +296,9 @@ def verify_many(items: list[tuple[Envelope, str]]) -> list[PeerId | SignatureErr
             for index in indices:
                 results[index] = exc
         else:
+            signer = envelope.signer  # one hash of the key for the whole batch
             for index in indices:
-                results[index] = envelope.signer
+                results[index] = signer
     for position, (envelope, expected_type) in enumerate(items):
         if results[position] is not None:
             continue

@@ -24,13 +24,14 @@ Digest summaries (``config.summaries``, the default) keep a request's size indep
 place of the whole digest a request carries range fingerprints of the records
 (:mod:`atomic_p2p.gossip.ranges`, Meyer's range-based set reconciliation) and lists only the
 members whose beat has gone ``slack - 1`` rounds without advancing here (or that it has no beat
-from yet), oldest first, at most
-``4 * beats_per_round / fanout`` of them (``GossipConfig.listed_per_exchange``). The responder answers those with any newer beat, adds its
+from yet), oldest first, at most ``4 * beats_per_round / fanout`` of them
+(``GossipConfig.listed_per_exchange``). The responder answers those with any newer beat, adds its
 own, and names the ranges whose fingerprints differ along with its entries in them; the initiator
 pushes what the responder lacks and pulls what it lacks in one follow-up request
-(``Outgoing.follow_up``, whose answer starts nothing more). Each round also probes up to ``fanout``
-SUSPECT members directly (a follow-up listing only the suspect), so a live one refutes at once. A request without a summary is a full
-digest, answered as above: that is what peers before summaries send.
+(``Outgoing.follow_up``, whose answer starts nothing more). Each round also probes up to
+``fanout`` SUSPECT members directly (a follow-up listing only the suspect), so a live one refutes
+at once. A request without a summary is a full digest, answered as above: that is what peers
+before summaries send.
 
 Failure detection, SWIM / Lifeguard style (Das et al., 2002; Dadgar et al., 2018). A member whose
 heartbeat has not advanced for ``suspicion_timeout(N)`` becomes SUSPECT; one still silent
