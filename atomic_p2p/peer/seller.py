@@ -276,10 +276,13 @@ class Seller:
             envelopes = codec.sign_batch(self.identity, bids)
         else:
             envelopes = [codec.sign(self.identity, bid) for bid in bids]
+        costs: dict[str, list[float]] = {}
         for (position, task, bid), envelope in zip(offers, envelopes, strict=True):
             outcomes[position] = envelope
-            metrics.bid_issued(bid.model_id, bid.cost_estimate)
+            costs.setdefault(bid.model_id, []).append(bid.cost_estimate)
             self._book.record(self._issued(opened, task, bid, envelope.digest), now_ms)
+        for model_id, quoted in costs.items():
+            metrics.bids_issued(model_id, quoted)
         return RequestBidsReply(tuple(outcome for outcome in outcomes if outcome is not None))
 
     def _parse_task(self, raw: bytes) -> tuple[Task, bytes]:
