@@ -289,14 +289,11 @@ class Seller:
         spec = codec.decode(TaskSpec, raw)
         if not spec.task_id:
             raise ProtocolError("every TaskSpec needs a task_id")
-        for name, text in (
-            ("task_id", spec.task_id),
-            ("capability", spec.capability),
-            ("model_id", spec.model_id),
-            ("language", spec.language),
-        ):
-            if len(text) > MAX_FIELD_CHARS:
-                raise ProtocolError(f"a TaskSpec {name} of {len(text)} chars; the limit is {MAX_FIELD_CHARS}")
+        if max(len(spec.task_id), len(spec.capability), len(spec.model_id), len(spec.language)) > MAX_FIELD_CHARS:
+            for name in ("task_id", "capability", "model_id", "language"):
+                chars = len(getattr(spec, name))
+                if chars > MAX_FIELD_CHARS:
+                    raise ProtocolError(f"a TaskSpec {name} of {chars} chars; the limit is {MAX_FIELD_CHARS}")
         if not math.isfinite(spec.max_cost) or spec.max_cost < 0:
             raise ProtocolError(f"max_cost must be a finite number >= 0 (0: no cap), got {spec.max_cost}")
         for input_spec in spec.inputs:

@@ -233,17 +233,20 @@ def _task_to_proto(task: TaskSpec) -> market_pb2.TaskSpec:
 
 
 def _task_from_proto(message: market_pb2.TaskSpec) -> TaskSpec:
+    # On every task of every call for bids: map() over the repeated fields, and no tuple() of an
+    # empty one (each costs about a microsecond more the other way).
+    text_preview = message.text_preview
     return TaskSpec(
         task_id=message.task_id,
         capability=message.capability,
         model_id=message.model_id,
-        inputs=tuple(spec_from_proto(spec) for spec in message.inputs),
-        preview=tensors_from_proto(message.preview),
+        inputs=tuple(map(spec_from_proto, message.inputs)),
+        preview=tuple(map(tensor_from_proto, message.preview)),
         max_cost=message.max_cost,
         input_tokens=message.input_tokens,
         language=message.language,
         text=TextSpec(message.text.count, message.text.total_bytes) if message.HasField("text") else None,
-        text_preview=tuple(message.text_preview),
+        text_preview=tuple(text_preview) if text_preview else (),
     )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from atomic_p2p.errors import ReplayError, SignatureError, StaleRequestError
+from atomic_p2p.errors import ProtocolError, ReplayError, SignatureError, StaleRequestError
 from atomic_p2p.identity import Identity
 from atomic_p2p.peer.config import PeerConfig
 from atomic_p2p.peer.node import load_models
@@ -83,6 +83,33 @@ def test_replays_and_stale_requests_are_refused_by_the_callers_clock(seller: Sel
         seller.open_request(call, NOW + 1)
     with pytest.raises(StaleRequestError, match="before this node started"):
         seller.open_request(call_for_bids(buyer, ["classify/digits"], issued=NOW - 2000), NOW)
+
+
+@pytest.mark.parametrize("field", ["task_id", "capability", "model_id", "language"])
+def test_a_task_field_over_the_length_limit_is_refused_by_name(seller: Seller, field: str) -> None:
+    from atomic_p2p.peer.seller import MAX_FIELD_CHARS
+
+    wire = encode(digits_batch(2)[0], "x")
+    buyer = Identity.generate()
+
+    def call_with(chars: int) -> RequestBidsCall:
+        fields = {"task_id": "t0", "capability": "classify/digits", "model_id": "", "language": ""}
+        fields[field] = "y" * chars
+        task = build_task(
+            fields["task_id"],
+            fields["capability"],
+            [wire],
+            preview=False,
+            max_cost=None,
+            model_id=fields["model_id"],
+            language=fields["language"],
+        )
+        return RequestBidsCall(sign_bid_request(buyer, os.urandom(16), [task], NOW, NOW + 5000))
+
+    seller.open_request(call_with(MAX_FIELD_CHARS), NOW)  # at the limit: admitted
+    with pytest.raises(ProtocolError, match=f"a TaskSpec {field} of {MAX_FIELD_CHARS + 1} chars") as refused:
+        seller.open_request(call_with(MAX_FIELD_CHARS + 1), NOW)
+    assert "yyyy" not in str(refused.value)  # the untrusted text is not echoed
 
 
 def _won(seller: Seller, buyer: Identity) -> tuple[BidInfo, ExecuteCall]:
