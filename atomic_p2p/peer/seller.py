@@ -289,7 +289,10 @@ class Seller:
         spec = codec.decode(TaskSpec, raw)
         if not spec.task_id:
             raise ProtocolError("every TaskSpec needs a task_id")
-        if max(len(spec.task_id), len(spec.capability), len(spec.model_id), len(spec.language)) > MAX_FIELD_CHARS:
+        if (
+            max(len(spec.task_id), len(spec.capability), len(spec.model_id), len(spec.language))
+            > MAX_FIELD_CHARS
+        ):
             for name in ("task_id", "capability", "model_id", "language"):
                 chars = len(getattr(spec, name))
                 if chars > MAX_FIELD_CHARS:
