@@ -61,6 +61,7 @@ from atomic_p2p.protocol.wire import (
     constraints_to_proto,
     envelope_from_proto,
     envelope_to_proto,
+    fill_envelope,
     parse,
     resources_from_proto,
     resources_to_proto,
@@ -494,17 +495,24 @@ def _gradient_from_proto(message: market_pb2.BidGradientUpdate) -> BidGradientUp
     )
 
 
-def _outcome_to_proto(outcome: Envelope | NoBid) -> market_pb2.BidOutcome:
-    if isinstance(outcome, NoBid):
-        reason = outcome.reason
-        value = _REASON_TO_WIRE[reason] if isinstance(reason, NoBidReason) else reason
-        no_bid = market_pb2.NoBid(
-            task_id=outcome.task_id,
-            reason=cast(market_pb2.NoBidReason.ValueType, value),
-            detail=outcome.detail,
-        )
-        return market_pb2.BidOutcome(no_bid=no_bid)
-    return market_pb2.BidOutcome(bid=envelope_to_proto(outcome))
+def _reply_to_proto(reply: RequestBidsReply) -> market_pb2.RequestBidsResponse:
+    # Each outcome is written in place (fill_envelope): built apart, it would be copied in.
+    message = market_pb2.RequestBidsResponse()
+    add = message.outcomes.add
+    for outcome in reply.outcomes:
+        entry = add()
+        if isinstance(outcome, NoBid):
+            reason = outcome.reason
+            no_bid = entry.no_bid
+            no_bid.task_id = outcome.task_id
+            no_bid.reason = cast(
+                market_pb2.NoBidReason.ValueType,
+                _REASON_TO_WIRE[reason] if isinstance(reason, NoBidReason) else reason,
+            )
+            no_bid.detail = outcome.detail
+        else:
+            fill_envelope(entry.bid, outcome)
+    return message
 
 
 def _outcome_from_proto(message: market_pb2.BidOutcome) -> Envelope | NoBid:
@@ -618,9 +626,7 @@ _TO_PROTO: dict[type[Any], Any] = {
     FeedbackNotice: _notice_to_proto,
     BidGradientUpdate: _gradient_to_proto,
     RequestBidsCall: lambda m: market_pb2.RequestBidsRequest(request=envelope_to_proto(m.request)),
-    RequestBidsReply: lambda m: market_pb2.RequestBidsResponse(
-        outcomes=[_outcome_to_proto(outcome) for outcome in m.outcomes]
-    ),
+    RequestBidsReply: _reply_to_proto,
     ExecuteCall: lambda m: market_pb2.ExecuteRequest(
         order=envelope_to_proto(m.order),
         bid=envelope_to_proto(m.bid),

@@ -527,3 +527,36 @@ def test_a_batch_of_bids_encodes_each_bid_to_what_encode_gives_it(bids: list[tup
         assert codec.open_signed(envelope, Bid, expected_signer=signer.peer_id)[1] == codec.decode(
             Bid, codec.encode(bid)
         )
+
+
+def test_a_reply_of_batched_bids_encodes_as_the_generated_code_builds_it() -> None:
+    envelopes = Identity.generate().sign_batch("atomic.v1.Bid", [b"first", b"second", b"third"])
+    outcomes = (
+        envelopes[0],
+        NoBid("t1", NoBidReason.OVERLOADED, ""),
+        envelopes[1],
+        NoBid("t3", 42),
+        envelopes[2],
+    )
+    wire_reasons = {"t1": market_pb2.NO_BID_REASON_OVERLOADED, "t3": 42}  # 42: a newer peer's reason
+    expected = market_pb2.RequestBidsResponse(
+        outcomes=[
+            market_pb2.BidOutcome(no_bid=market_pb2.NoBid(task_id=o.task_id, reason=wire_reasons[o.task_id]))  # type: ignore[arg-type]
+            if isinstance(o, NoBid)
+            else market_pb2.BidOutcome(
+                bid=envelope_pb2.SignedEnvelope(
+                    public_key=o.public_key,
+                    payload_type=o.payload_type,
+                    payload=o.payload,
+                    signature=o.signature,
+                    batch=envelope_pb2.BatchProof(
+                        leaf_count=3, leaf_index=o.batch.leaf_index, path=list(o.batch.path)
+                    ),
+                )
+            )
+            for o in outcomes
+        ]
+    )
+    raw = codec.encode(RequestBidsReply(outcomes))
+    assert raw == expected.SerializeToString()
+    assert codec.decode(RequestBidsReply, raw).outcomes == outcomes
