@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
 from atomic_p2p.errors import ProtocolError, ReplayError, SignatureError, StaleRequestError
 from atomic_p2p.identity import Identity
@@ -193,6 +194,24 @@ def test_previews_of_one_call_run_in_one_forward_pass_with_the_same_confidences(
     assert together == pytest.approx(alone, abs=1e-6)
     assert len({round(c, 6) for c in together if isinstance(c, float)}) > 1  # the tasks differ
     assert not model._primed  # nothing kept past the call
+
+
+def test_primed_previews_give_each_task_its_own_rows_of_the_logits(tmp_path: Path) -> None:
+    seller = _reading_seller(tmp_path)
+    (model,) = seller.models.values()
+    previews = [(digits_batch(rows, offset=3 * i)[0].float(),) for i, rows in enumerate([2, 1, 3, 2])]
+    alone = [model._preview_logits(preview) for preview in previews]
+    keys = model.prime_previews(previews)
+    assert len(keys) == len(previews)
+    for preview, own in zip(previews, alone, strict=True):
+        assert torch.allclose(model._preview_logits(preview), own, atol=1e-5)
+        assert model.preview_confidence(preview) == pytest.approx(model_confidence_alone(own), abs=1e-6)
+    model.forget_previews(keys)
+    assert not model._primed
+
+
+def model_confidence_alone(logits: torch.Tensor) -> float:
+    return float(torch.softmax(logits, dim=-1).max(dim=-1).values.mean())
 
 
 def test_a_preview_that_does_not_fit_is_refused_alone_when_previews_run_together(tmp_path: Path) -> None:
