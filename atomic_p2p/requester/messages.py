@@ -31,7 +31,6 @@ from atomic_p2p.errors import BidExpiredError, ProtocolError
 from atomic_p2p.identity import Envelope, Identity, PeerId
 from atomic_p2p.protocol import codec
 from atomic_p2p.protocol.messages import (
-    Bid,
     BidRequest,
     ExecuteOrder,
     ExecuteResult,
@@ -133,7 +132,7 @@ def parse_bid(
     envelope: Envelope, signer: PeerId, address: str, request_id: bytes, task: TaskRef, now_ms: int
 ) -> BidInfo:
     """Check a verified bid envelope binds to this auction; return its terms or raise."""
-    bid = codec.decode(Bid, envelope.payload)
+    bid = codec.decode_bid_fields(envelope.payload)  # its fields: a Bid value would be dropped
     if bid.peer_id != signer.raw:
         raise ProtocolError("bid peer_id is not the hash of the key that signed it")
     if bid.request_id != request_id:

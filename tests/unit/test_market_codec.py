@@ -4,6 +4,7 @@ rule that only codecs and transports import the generated code."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -269,6 +270,16 @@ def test_encode_gives_the_generated_codes_bytes_and_decodes_back(name: str) -> N
     value, message = PAIRS[name]
     assert codec.encode(value) == message.SerializeToString()
     assert codec.decode(type(value), codec.encode(value)) == value
+
+
+def test_bid_fields_are_the_bid_decoded_field_for_field() -> None:
+    bid, _ = PAIRS["Bid"]
+    assert isinstance(bid, Bid)
+    fields = codec.decode_bid_fields(codec.encode(bid))
+    assert fields._fields == tuple(f.name for f in dataclasses.fields(Bid))
+    assert Bid(*fields) == bid == codec.decode(Bid, codec.encode(bid))
+    with pytest.raises(ProtocolError, match="malformed Bid"):
+        codec.decode_bid_fields(b"\xff\xff\xff")
 
 
 CHUNKS = {
