@@ -54,6 +54,7 @@ from nacl.exceptions import ValueError as NaclValueError
 
 from atomic_p2p import merkle
 from atomic_p2p.errors import ConfigError, SignatureError
+from atomic_p2p.frozen import quick_init
 
 DOMAIN = b"atomic-p2p/envelope/v1"
 BATCH_DOMAIN = b"atomic-p2p/batch/v1"
@@ -93,6 +94,7 @@ class PeerId:
         return self.hex
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class BatchProof:
     """Where an envelope's payload sits in a batch signed once: leaf ``leaf_index`` of
@@ -103,6 +105,7 @@ class BatchProof:
     path: tuple[bytes, ...]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """A signed payload, as it travels (see the module docstring for what is signed).

@@ -101,6 +101,7 @@ from types import MappingProxyType
 from typing import Any, Generic
 
 from atomic_p2p.errors import ConfigError
+from atomic_p2p.frozen import quick_init
 from atomic_p2p.requester.clearing import (
     MIN_PRICE,
     FloorRule,
@@ -235,6 +236,7 @@ class EvaluatorConfig:
         return cls(**{**settings, **overrides})
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class _Assessed(Generic[T]):
     """An eligible bid and what the evaluator expects of it (steps 1-2)."""
@@ -493,6 +495,7 @@ def _components(
     return components
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class _Row(Generic[T]):
     assessed: _Assessed[T]
