@@ -61,11 +61,17 @@ _STRAGGLER_MARGIN_S = 0.25
 
 @dataclass(frozen=True, slots=True)
 class CallForBids:
-    """A signed BidRequest and the tasks it carries, in order."""
+    """A signed BidRequest and the tasks it carries, in order. ``frame`` is the one RequestBids
+    call every peer asked with it gets: one value, so a transport encodes it once
+    (:class:`~atomic_p2p.requester.transport.BytesTransport`)."""
 
     request_id: bytes
     tasks: tuple[TaskRef, ...]
     envelope: Envelope
+    frame: RequestBidsCall = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "frame", RequestBidsCall(self.envelope))
 
 
 def call_for_bids(
@@ -157,7 +163,7 @@ async def _ask(
     asked = clock.monotonic()
     answer: Sequence[Envelope | NoBid] | BaseException
     try:
-        answer = (await transport.request_bids(address, RequestBidsCall(call.envelope), timeout_s)).outcomes
+        answer = (await transport.request_bids(address, call.frame, timeout_s)).outcomes
     except asyncio.CancelledError:
         raise
     except Exception as error:
