@@ -42,7 +42,7 @@ import hashlib
 import os
 import stat
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
 
@@ -54,6 +54,7 @@ from nacl.exceptions import ValueError as NaclValueError
 
 from atomic_p2p import merkle
 from atomic_p2p.errors import ConfigError, SignatureError
+from atomic_p2p.frozen import quick_init
 
 DOMAIN = b"atomic-p2p/envelope/v1"
 BATCH_DOMAIN = b"atomic-p2p/batch/v1"
@@ -67,10 +68,13 @@ class PeerId:
     """sha256 of a peer's raw Ed25519 public key."""
 
     raw: bytes
+    # Spelled once: profiles, shares and load maps key every bid's peer by it.
+    _hex: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if len(self.raw) != 32:
             raise SignatureError(f"a peer id is 32 bytes, got {len(self.raw)}")
+        object.__setattr__(self, "_hex", self.raw.hex())
 
     @classmethod
     def from_public_key(cls, public_key: bytes) -> PeerId:
@@ -82,17 +86,18 @@ class PeerId:
 
     @property
     def hex(self) -> str:
-        return self.raw.hex()
+        return self._hex
 
     @property
     def short(self) -> str:
         """First 8 hex digits, for tables and logs."""
-        return self.raw.hex()[:8]
+        return self._hex[:8]
 
     def __str__(self) -> str:
-        return self.hex
+        return self._hex
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class BatchProof:
     """Where an envelope's payload sits in a batch signed once: leaf ``leaf_index`` of
@@ -103,6 +108,7 @@ class BatchProof:
     path: tuple[bytes, ...]
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """A signed payload, as it travels (see the module docstring for what is signed).

@@ -22,7 +22,7 @@ codec, so one piece of code maps each wire type.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 from google.protobuf.message import Message
 
@@ -71,6 +71,7 @@ from atomic_p2p.protocol.wire import (
     tensor_to_proto,
     tensors_from_proto,
 )
+from atomic_p2p.terms import ModelConstraints, Resources
 
 T = TypeVar("T")
 S = TypeVar("S", bound=Signed)
@@ -354,27 +355,64 @@ def _bid_to_proto(bid: Bid) -> market_pb2.Bid:
     )
 
 
-def _bid_from_proto(message: market_pb2.Bid) -> Bid:
-    return Bid(
-        request_id=message.request_id,
-        task_id=message.task_id,
-        task_digest=message.task_digest,
-        peer_id=message.peer_id,
-        model_id=message.model_id,
-        confidence_score=message.confidence_score,
-        expected_latency_ms=message.expected_latency_ms,
-        resource_requirements=resources_from_proto(message.resource_requirements),
-        cost_estimate=message.cost_estimate,
-        capabilities=tuple(message.capabilities),
-        constraints=constraints_from_proto(message.constraints),
-        issued_at_ms=message.issued_at_ms,
-        valid_until_ms=message.valid_until_ms,
-        strategy=message.strategy,
-        bid_values=tuple(message.bid_values),
-        reusable_ttl_ms=message.reusable_ttl_ms,
-        record_seq=message.record_seq,
-        confidence_unknown=message.confidence_unknown,
+class BidFields(NamedTuple):
+    """A Bid payload's fields, decoded exactly as :class:`Bid` holds them, in a plain tuple.
+
+    The requester binds every bid it receives and keeps only its own view of it (a BidInfo):
+    a frozen Bid value, built and dropped per bid, would cost more than decoding the bytes
+    (:func:`decode_bid_fields`). The fields are Bid's, in the same order (a test holds them so).
+    """
+
+    request_id: bytes
+    task_id: str
+    task_digest: bytes
+    peer_id: bytes
+    model_id: str
+    confidence_score: float
+    expected_latency_ms: float
+    resource_requirements: Resources
+    cost_estimate: float
+    capabilities: tuple[str, ...]
+    constraints: ModelConstraints
+    issued_at_ms: int
+    valid_until_ms: int
+    strategy: str
+    bid_values: tuple[float, ...]
+    reusable_ttl_ms: int
+    record_seq: int
+    confidence_unknown: bool
+
+
+def decode_bid_fields(data: bytes) -> BidFields:
+    """:func:`decode` of a Bid payload, as :class:`BidFields` (the same checks and errors)."""
+    return _bid_fields(parse(market_pb2.Bid, data, market_pb2.Bid.DESCRIPTOR.name))
+
+
+def _bid_fields(message: market_pb2.Bid) -> BidFields:
+    return BidFields(
+        message.request_id,
+        message.task_id,
+        message.task_digest,
+        message.peer_id,
+        message.model_id,
+        message.confidence_score,
+        message.expected_latency_ms,
+        resources_from_proto(message.resource_requirements),
+        message.cost_estimate,
+        tuple(message.capabilities),
+        constraints_from_proto(message.constraints),
+        message.issued_at_ms,
+        message.valid_until_ms,
+        message.strategy,
+        tuple(message.bid_values),
+        message.reusable_ttl_ms,
+        message.record_seq,
+        message.confidence_unknown,
     )
+
+
+def _bid_from_proto(message: market_pb2.Bid) -> Bid:
+    return Bid(**_bid_fields(message)._asdict())
 
 
 def _order_to_proto(order: ExecuteOrder) -> market_pb2.ExecuteOrder:

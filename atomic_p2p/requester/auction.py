@@ -36,6 +36,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from atomic_p2p import metrics
 from atomic_p2p.clock import Clock, wait_first
@@ -60,11 +61,17 @@ _STRAGGLER_MARGIN_S = 0.25
 
 @dataclass(frozen=True, slots=True)
 class CallForBids:
-    """A signed BidRequest and the tasks it carries, in order."""
+    """A signed BidRequest and the tasks it carries, in order. ``frame`` is the one RequestBids
+    call every peer asked with it gets: one value, so a transport encodes it once
+    (:class:`~atomic_p2p.requester.transport.BytesTransport`)."""
 
     request_id: bytes
     tasks: tuple[TaskRef, ...]
     envelope: Envelope
+    frame: RequestBidsCall = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "frame", RequestBidsCall(self.envelope))
 
 
 def call_for_bids(
@@ -97,12 +104,34 @@ class Collected:
     verify_ms: float  # verification time summed over peers (it overlaps the waiting)
     answer_ms: Mapping[str, float] = field(default_factory=dict)
     waited_ms: Mapping[str, float] = field(default_factory=dict)
+    # Indexed by task once: a round carries tens of tasks, each asking for its own.
+    _bids_of: dict[str, tuple[BidInfo, ...]] = field(init=False, repr=False, compare=False)
+    _no_bids_of: dict[str, tuple[NoBidInfo, ...]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_bids_of", _by_task(self.bids))
+        object.__setattr__(self, "_no_bids_of", _by_task(self.no_bids))
 
     def bids_for(self, task_id: str) -> tuple[BidInfo, ...]:
-        return tuple(bid for bid in self.bids if bid.task_id == task_id)
+        return self._bids_of.get(task_id, ())
 
     def no_bids_for(self, task_id: str) -> tuple[NoBidInfo, ...]:
-        return tuple(no_bid for no_bid in self.no_bids if no_bid.task_id == task_id)
+        return self._no_bids_of.get(task_id, ())
+
+
+_Of = TypeVar("_Of", BidInfo, NoBidInfo)
+
+
+def _by_task(items: Sequence[_Of]) -> dict[str, tuple[_Of, ...]]:
+    """``items`` grouped by task id, each group in the order given."""
+    groups: dict[str, list[_Of]] = {}
+    for item in items:
+        group = groups.get(item.task_id)
+        if group is None:
+            groups[item.task_id] = [item]
+        else:
+            group.append(item)
+    return {task_id: tuple(group) for task_id, group in groups.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,14 +143,6 @@ class _Window:
     soft_s: float
     k_min: int
     grace_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class _Unverified:
-    address: str
-    task: TaskRef
-    request_id: bytes
-    envelope: Envelope
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,7 +163,7 @@ async def _ask(
     asked = clock.monotonic()
     answer: Sequence[Envelope | NoBid] | BaseException
     try:
-        answer = (await transport.request_bids(address, RequestBidsCall(call.envelope), timeout_s)).outcomes
+        answer = (await transport.request_bids(address, call.frame, timeout_s)).outcomes
     except asyncio.CancelledError:
         raise
     except Exception as error:
@@ -151,12 +172,12 @@ async def _ask(
     unverified, no_bids = _sort_answer(address, answer, call)
     bids: list[BidInfo] = []
     if unverified:
-        items = [(item.envelope, BID_TYPE) for item in unverified]
-        if len({item.envelope.signature for item in unverified}) <= INLINE_SIGNATURES:
+        items = [(envelope, BID_TYPE) for _, envelope in unverified]
+        if len({envelope.signature for envelope, _ in items}) <= INLINE_SIGNATURES:
             checks = verify_many(items)
         else:
             checks = await clock.run_blocking(verify_many, items)
-        bids, invalid = _bind(unverified, checks, clock.wall_ms())
+        bids, invalid = _bind(address, call.request_id, unverified, checks, clock.wall_ms())
         no_bids += invalid
     verify_ms = (clock.monotonic() - started) * 1000
     return _PeerAnswer(bids, no_bids, verify_ms, (started - asked) * 1000)
@@ -264,7 +285,9 @@ def _detail(error: BaseException, reason: str) -> str:
 
 def _sort_answer(
     address: str, answer: Sequence[Envelope | NoBid] | BaseException, call: CallForBids
-) -> tuple[list[_Unverified], list[NoBidInfo]]:
+) -> tuple[list[tuple[TaskRef, Envelope]], list[NoBidInfo]]:
+    """A peer's answer as the bids still to verify, each with the task it is for, and the
+    no-bids (declined; or every task, for a failed call or an answer of the wrong length)."""
     tasks = call.tasks
     if isinstance(answer, BaseException):
         if isinstance(answer, AtomicError):
@@ -285,38 +308,41 @@ def _sort_answer(
             NoBidInfo(address, NoBidKind.INVALID, "INVALID_ARGUMENT", detail, task_id=t.task_id)
             for t in tasks
         ]
-    unverified: list[_Unverified] = []
+    unverified: list[tuple[TaskRef, Envelope]] = []
     no_bids: list[NoBidInfo] = []
     for task, reply in zip(tasks, answer, strict=True):
         if isinstance(reply, NoBid):
             reason = no_bid_reason_name(reply.reason)
             no_bids.append(NoBidInfo(address, NoBidKind.DECLINED, reason, reply.detail, task_id=task.task_id))
         else:
-            unverified.append(_Unverified(address, task, call.request_id, reply))
+            unverified.append((task, reply))
     return unverified, no_bids
 
 
-def _invalid(item: _Unverified, error: AtomicError, signer: PeerId | None) -> NoBidInfo:
-    logger.warning("dropped a bid from %s for task %s: %s", item.address, item.task.task_id, error)
+def _invalid(address: str, task: TaskRef, error: AtomicError, signer: PeerId | None) -> NoBidInfo:
+    logger.warning("dropped a bid from %s for task %s: %s", address, task.task_id, error)
     reason = status_name(error)
-    return NoBidInfo(
-        item.address, NoBidKind.INVALID, reason, _detail(error, reason), signer, item.task.task_id
-    )
+    return NoBidInfo(address, NoBidKind.INVALID, reason, _detail(error, reason), signer, task.task_id)
 
 
 def _bind(
-    items: Sequence[_Unverified], checks: Sequence[PeerId | SignatureError], now_ms: int
+    address: str,
+    request_id: bytes,
+    items: Sequence[tuple[TaskRef, Envelope]],
+    checks: Sequence[PeerId | SignatureError],
+    now_ms: int,
 ) -> tuple[list[BidInfo], list[NoBidInfo]]:
+    """Bind each verified bid of one peer's answer to the call it answers (``request_id``)."""
     bids: list[BidInfo] = []
     invalid: list[NoBidInfo] = []
-    for item, check in zip(items, checks, strict=True):
+    for (task, envelope), check in zip(items, checks, strict=True):
         if isinstance(check, SignatureError):
-            invalid.append(_invalid(item, check, None))
+            invalid.append(_invalid(address, task, check, None))
             continue
         try:
-            bids.append(parse_bid(item.envelope, check, item.address, item.request_id, item.task, now_ms))
+            bids.append(parse_bid(envelope, check, address, request_id, task, now_ms))
         except AtomicError as error:
-            invalid.append(_invalid(item, error, check))
+            invalid.append(_invalid(address, task, error, check))
     return bids, invalid
 
 

@@ -101,6 +101,7 @@ from types import MappingProxyType
 from typing import Any, Generic
 
 from atomic_p2p.errors import ConfigError
+from atomic_p2p.frozen import quick_init
 from atomic_p2p.requester.clearing import (
     MIN_PRICE,
     FloorRule,
@@ -125,7 +126,14 @@ from atomic_p2p.requester.ranking import (
 )
 from atomic_p2p.requester.rationale import Rationale
 from atomic_p2p.requester.selection import ANY, Selection
-from atomic_p2p.requester.weights import COMPONENTS, PROFILES, Weights, WeightsSpec, resolve_weights
+from atomic_p2p.requester.weights import (
+    COMPONENTS,
+    CORE_COMPONENTS,
+    PROFILES,
+    Weights,
+    WeightsSpec,
+    resolve_weights,
+)
 from atomic_p2p.terms import ModelConstraints, Resources
 
 logger = logging.getLogger(__name__)
@@ -228,6 +236,7 @@ class EvaluatorConfig:
         return cls(**{**settings, **overrides})
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class _Assessed(Generic[T]):
     """An eligible bid and what the evaluator expects of it (steps 1-2)."""
@@ -458,22 +467,35 @@ def _accuracy_draw(assessed: _Assessed[Any], rng: random.Random) -> float:
 
 
 def _components(
-    assessed: _Assessed[Any], ask: Ask, view: MarketView, ceiling: float, accuracy: float
+    assessed: _Assessed[Any],
+    ask: Ask,
+    view: MarketView,
+    ceiling: float,
+    accuracy: float,
+    in_play: tuple[str, ...],
 ) -> dict[str, float]:
-    bid = assessed.item
-    latency = 1.0 - assessed.expected_latency_ms / ask.time_left_ms if ask.time_left_ms > 0 else 0.0
-    cost = 1.0 - float(bid.cost) / ceiling if ceiling > 0 else 1.0
-    utilization = _number(view.utilization.get(assessed.peer, 0.0)) if view.utilization else 0.0
-    availability = 1.0 - utilization if utilization is not None and math.isfinite(utilization) else 1.0
-    return {
-        "accuracy": _clamp01(accuracy),
-        "latency": _clamp01(latency),
-        "cost": _clamp01(cost),
-        "availability": _clamp01(availability),
-        "confidence": _clamp01(assessed.calibrated),
+    """The components in play (:meth:`Weights.in_play`: the core ones, then any weighted), in
+    that order; the others are not computed."""
+    time_left = ask.time_left_ms
+    latency = 1.0 - assessed.expected_latency_ms / time_left if time_left > 0 else 0.0
+    cost = 1.0 - float(assessed.item.cost) / ceiling if ceiling > 0 else 1.0
+    components = {
+        "accuracy": min(1.0, max(0.0, accuracy)),  # _clamp01, inline: five per bid
+        "latency": min(1.0, max(0.0, latency)),
+        "cost": min(1.0, max(0.0, cost)),
     }
+    if len(in_play) > len(CORE_COMPONENTS):
+        if "availability" in in_play:
+            utilization = _number(view.utilization.get(assessed.peer, 0.0)) if view.utilization else 0.0
+            finite = utilization is not None and math.isfinite(utilization)
+            availability = 1.0 - utilization if utilization is not None and finite else 1.0
+            components["availability"] = _clamp01(availability)
+        if "confidence" in in_play:
+            components["confidence"] = _clamp01(assessed.calibrated)
+    return components
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class _Row(Generic[T]):
     assessed: _Assessed[T]
@@ -497,19 +519,25 @@ def _score_all(
         ceiling = 0.0
     total_evidence = sum(assessed.evidence for assessed in eligible)
     in_play = weights.in_play()
+    weighed = [getattr(weights, name) for name in in_play]  # per round, not per bid
+    thompson = config.exploration is Exploration.THOMPSON
+    ucb = config.exploration is Exploration.UCB
+    log_evidence = math.log1p(total_evidence) if ucb and eligible else 0.0
+    in_flight_of = view.in_flight
     rows = []
     for assessed in eligible:
         accuracy = assessed.expected_accuracy
-        if config.exploration is Exploration.THOMPSON and rng is not None:
+        if thompson and rng is not None:
             accuracy = _accuracy_draw(assessed, rng)
         bonus = 0.0
-        if config.exploration is Exploration.UCB:
-            bonus = config.ucb_c * math.sqrt(math.log1p(total_evidence) / (1.0 + assessed.explored))
-        in_flight = max(0, int(view.in_flight.get(assessed.peer, 0)))
+        if ucb:
+            bonus = config.ucb_c * math.sqrt(log_evidence / (1.0 + assessed.explored))
+        in_flight = max(0, int(in_flight_of.get(assessed.peer, 0))) if in_flight_of else 0
         penalty = config.utilization_weight * in_flight / (in_flight + config.utilization_half)
-        every = _components(assessed, ask, view, ceiling, accuracy)
-        components = {name: every[name] for name in in_play}
-        total = sum(getattr(weights, name) * value for name, value in components.items()) + bonus - penalty
+        components = _components(assessed, ask, view, ceiling, accuracy, in_play)
+        total = (
+            sum(w * value for w, value in zip(weighed, components.values(), strict=True)) + bonus - penalty
+        )
         details = {
             "expected_accuracy": assessed.expected_accuracy,
             "expected_latency_ms": assessed.expected_latency_ms,

@@ -13,6 +13,7 @@ from enum import Enum
 from types import MappingProxyType
 from typing import Any, Generic, Protocol, TypeVar
 
+from atomic_p2p.frozen import quick_init
 from atomic_p2p.requester.rationale import BidLabel, CandidateNote, ExclusionNote, Rationale
 from atomic_p2p.requester.weights import Weights
 from atomic_p2p.terms import ModelConstraints, Resources
@@ -59,6 +60,7 @@ class Exclusion(Enum):
     SELECTION = "selection"  # the caller ruled the model or the peer out (Ask.selection)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Scored(Generic[T]):
     """One ranked bid: its total score, the components behind it, its 1-based rank.

@@ -76,10 +76,22 @@ class Transport(Protocol):
 class BytesTransport(ABC):
     """A :class:`Transport` that moves codec bytes: subclasses say how one call's request bytes
     reach the peer and its answer bytes come back (:meth:`send`); encoding, decoding and the
-    time budget are done here, once for every transport."""
+    time budget are done here, once for every transport.
+
+    A round asks many peers with one RequestBids value (its tasks' specs and previews, tens of
+    kilobytes): the last one's bytes are kept, so sending the same value again encodes nothing.
+    """
+
+    _bids_call: RequestBidsCall | None = None
+    _bids_bytes: bytes = b""
 
     async def request_bids(self, address: str, call: RequestBidsCall, timeout_s: float) -> RequestBidsReply:
-        return await self._call(address, "RequestBids", call, RequestBidsReply, timeout_s, "bids")
+        if timeout_s <= 0:
+            raise DeadlineError("no time left for bids")
+        if call is not self._bids_call:  # the same frozen value: the same bytes
+            self._bids_bytes, self._bids_call = codec.encode(call), call
+        raw = await self.send(address, "RequestBids", self._bids_bytes, timeout_s)
+        return codec.decode(RequestBidsReply, raw)
 
     async def execute(self, address: str, call: ExecuteCall, timeout_s: float) -> ExecuteReply:
         return await self._call(address, "Execute", call, ExecuteReply, timeout_s, "execution")

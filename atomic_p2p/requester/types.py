@@ -12,6 +12,7 @@ from enum import Enum
 import torch
 
 from atomic_p2p.errors import AtomicError
+from atomic_p2p.frozen import quick_init
 from atomic_p2p.identity import Envelope, PeerId
 from atomic_p2p.protocol import codec
 from atomic_p2p.protocol.messages import ExecuteResult
@@ -21,6 +22,7 @@ from atomic_p2p.requester.weights import Weights
 from atomic_p2p.terms import ModelConstraints, Resources
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class BidInfo:
     """One verified bid: the terms a peer signed, and the envelope exactly as received."""

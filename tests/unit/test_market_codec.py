@@ -4,6 +4,7 @@ rule that only codecs and transports import the generated code."""
 from __future__ import annotations
 
 import ast
+import dataclasses
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,6 +40,8 @@ from atomic_p2p.protocol.messages import (
     TextSpec,
     TokenChunk,
 )
+from atomic_p2p.requester.messages import TaskRef, parse_bid
+from atomic_p2p.requester.types import BidInfo
 from atomic_p2p.tensors import WireTensor
 from atomic_p2p.terms import ModelConstraints, Resources
 
@@ -272,6 +275,45 @@ def test_encode_gives_the_generated_codes_bytes_and_decodes_back(name: str) -> N
     value, message = PAIRS[name]
     assert codec.encode(value) == message.SerializeToString()
     assert codec.decode(type(value), codec.encode(value)) == value
+
+
+def test_bid_fields_are_the_bid_decoded_field_for_field() -> None:
+    bid, _ = PAIRS["Bid"]
+    assert isinstance(bid, Bid)
+    fields = codec.decode_bid_fields(codec.encode(bid))
+    assert fields._fields == tuple(f.name for f in dataclasses.fields(Bid))
+    assert Bid(*fields) == bid == codec.decode(Bid, codec.encode(bid))
+    with pytest.raises(ProtocolError, match="malformed Bid"):
+        codec.decode_bid_fields(b"\xff\xff\xff")
+
+
+def test_a_bound_bid_keeps_every_term_the_peer_signed() -> None:
+    identity = Identity.from_seed(b"bidder")
+    task = TaskRef(BID.task_id, b"spec")
+    bid = dataclasses.replace(BID, peer_id=identity.peer_id.raw, task_digest=task.digest, record_seq=9)
+    envelope = codec.sign(identity, bid)
+    info = parse_bid(envelope, identity.peer_id, "host:1", bid.request_id, task, bid.valid_until_ms - 1)
+    assert info == BidInfo(
+        peer_id=identity.peer_id,
+        address="host:1",
+        task_id=bid.task_id,
+        model_id=bid.model_id,
+        confidence=0.5,
+        expected_latency_ms=1.25,
+        cost=bid.cost_estimate,
+        valid_until_ms=bid.valid_until_ms,
+        strategy=bid.strategy,
+        envelope=envelope,
+        capabilities=bid.capabilities,
+        constraints=bid.constraints,
+        resources=bid.resource_requirements,
+        request_id=bid.request_id,
+        reusable_ttl_ms=2000,
+        record_seq=9,
+        reused=False,
+        bid_values=bid.bid_values,
+        confidence_unknown=True,
+    )
 
 
 CHUNKS = {

@@ -18,6 +18,7 @@ import torch
 from atomic_p2p.errors import AuctionError, ExecutionError, UnavailableError
 from atomic_p2p.peer.config import GradientConfig
 from atomic_p2p.requester import BidPolicy, NoBidKind, Request, Requester, ShardPolicy
+from atomic_p2p.requester.auction import call_for_bids, collect_round
 from atomic_p2p.requester.evaluator import EvaluatorConfig
 from atomic_p2p.requester.transport import status_name
 from atomic_p2p.terms import ModelConstraints
@@ -187,6 +188,29 @@ async def test_shards_of_one_request_share_one_call_for_bids_per_peer(
     assert network.calls[(peers["sharp"].address, "RequestBids")] == 1  # one round for all three
     assert network.calls[(peers["sharp"].address, "Execute")] == 3
     torch.testing.assert_close(result.outputs["logits"], forward(peers["sharp"], x))
+
+
+async def test_peers_asked_with_one_call_get_its_bytes_and_another_call_gets_its_own(
+    network: InMemoryNetwork, clock: FakeClock, tmp_path: Path
+) -> None:
+    # The transport keeps the last call's bytes: the same call again reuses them, another
+    # call (even one sent between two sends of the first) never gets them.
+    one, two, three = sellers(network, tmp_path, one=0.9, two=0.8, three=0.7).values()
+    x, _ = digits_batch(2)
+    async with buyer(network, clock, [one, two, three]) as requester:
+        terms = requester._terms(30.0, None, None, "normal", True)
+        tasks = [
+            (await requester._broker.prepare(f"t{i}", CAPABILITY, {"x": x}, terms)).task for i in range(3)
+        ]
+        now = clock.wall_ms()
+        first = call_for_bids(requester.identity, tasks[:2], now, now + 10_000)
+        second = call_for_bids(requester.identity, tasks[2:], now, now + 10_000)
+        asks = [(one.address, first), (two.address, first), (one.address, second), (three.address, first)]
+        collected = await collect_round(network.transport(), asks, 5.0, clock)
+    assert collected.no_bids == ()  # every bid bound to the request id of the call it answers
+    expected = [(one.address, task) for task in ("t0", "t1", "t2")]
+    expected += [(peer.address, task) for peer in (two, three) for task in ("t0", "t1")]
+    assert sorted((bid.address, bid.task_id) for bid in collected.bids) == sorted(expected)
 
 
 async def test_a_batch_over_a_fixed_peers_unknown_limit_is_learned_then_sharded(
