@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from atomic_p2p.errors import LimitExceededError, TensorError, TextError
+from atomic_p2p.frozen import quick_init
 
 # Wire name -> torch dtype. The names match the DType enum in protos/atomic/v1/tensor.proto.
 DTYPES: dict[str, torch.dtype] = {
@@ -73,6 +74,7 @@ DEFAULT_TEXT_LIMITS = TextLimits()
 TEXTS_MARKER = 0xFFFFFFFF
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class WireTensor:
     name: str
