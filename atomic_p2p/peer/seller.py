@@ -38,7 +38,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 
 from atomic_p2p import metrics
@@ -50,7 +49,6 @@ from atomic_p2p.errors import (
     ProtocolError,
     SignatureError,
     StaleRequestError,
-    TensorError,
     shown,
 )
 from atomic_p2p.identity import Envelope, Identity
@@ -303,7 +301,7 @@ class Seller:
             check_spec(input_spec.dtype, input_spec.shape, self.limits)  # refused now, not at Execute
         # A preview shows a single-input task; strategies judge a task of several inputs without it.
         previewed = spec.preview if len(spec.inputs) == 1 else ()
-        preview = tuple(finite(decode(wire, self.limits), wire.name) for wire in previewed)
+        preview = tuple([decode(wire, self.limits, finite=True) for wire in previewed])
         task = Task(
             task_id=spec.task_id,
             capability=spec.capability,
@@ -492,7 +490,7 @@ class Seller:
         self, call: ExecuteCall, order: ExecuteOrder, issued: IssuedBid
     ) -> tuple[HostedModel, dict[str, torch.Tensor], tuple[str, ...], int]:
         """The model, its checked inputs, the texts, and the texts' tokens by its tokenizer."""
-        decoded = [finite(decode(wire, self.limits), wire.name) for wire in call.inputs]
+        decoded = [decode(wire, self.limits, finite=True) for wire in call.inputs]
         texts = decode_texts(call.texts, self.text_limits)
         if digest(call.inputs, call.texts) != order.inputs_digest:
             raise ProtocolError("the inputs' digest differs from the order's inputs_digest")
@@ -649,9 +647,7 @@ class Seller:
         # applied: two copies of one update cannot both pass. The step is one small forward and
         # backward pass.
         output_grad = (
-            None
-            if update.output_grad is None
-            else finite(decode(update.output_grad, self.limits), "output_grad")
+            None if update.output_grad is None else decode(update.output_grad, self.limits, finite=True)
         )
         applied_norm = learner.apply(
             inputs,
@@ -664,29 +660,6 @@ class Seller:
         )
         self.gradients.applied(update.request_id, update.task_id, now_ms)
         return BidGradientReply(applied=True, applied_norm=applied_norm)
-
-
-def finite(tensor: torch.Tensor, name: str) -> torch.Tensor:
-    """``tensor``, when it holds no NaN or infinity: inputs that are not numbers are refused
-    (INVALID_ARGUMENT) before they are run or charged (docs/protocol.md)."""
-    dtype = tensor.dtype
-    if dtype in _NUMPY_FLOATS:
-        ok = _all_finite(tensor.numpy())
-    elif dtype is torch.bfloat16:  # no numpy dtype
-        ok = bool(torch.isfinite(tensor).all())
-    else:
-        return tensor  # integers and bool hold only numbers
-    if not ok:
-        raise TensorError(f"tensor {shown(name)} holds NaN or infinite values")
-    return tensor
-
-
-_NUMPY_FLOATS = frozenset({torch.float16, torch.float32, torch.float64})
-
-
-def _all_finite(array: np.ndarray) -> bool:
-    # numpy where it can: a quarter of torch's cost on a preview-sized tensor.
-    return bool(np.isfinite(array).all())
 
 
 def numeric_parameters(snapshot: Mapping[str, object]) -> dict[str, float]:

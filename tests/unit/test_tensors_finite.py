@@ -1,5 +1,5 @@
-"""``finite``: a tensor with any NaN or infinity is refused, every other tensor passes, whatever
-its dtype, and finite values whose sum overflows are not mistaken for infinities."""
+"""``decode(..., finite=True)``: a tensor with any NaN or infinity is refused, every other tensor
+passes, whatever its dtype; without ``finite`` nothing is checked."""
 
 from __future__ import annotations
 
@@ -10,16 +10,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from atomic_p2p.errors import TensorError
-from atomic_p2p.peer.seller import finite
+from atomic_p2p.tensors import decode, encode
 
 FLOATS = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 
 
-def refused(tensor: torch.Tensor) -> bool:
+def refused(tensor: torch.Tensor, name: str = "x") -> bool:
     try:
-        finite(tensor, "x")
+        decoded = decode(encode(tensor, name), finite=True)
     except TensorError:
         return True
+    assert torch.equal(decoded, tensor)
     return False
 
 
@@ -42,20 +43,26 @@ def test_refused_exactly_when_an_element_is_nan_or_infinite(
     assert refused(values) == (not bool(torch.isfinite(values).all()))
 
 
+def test_an_empty_tensor_of_any_stride_encodes_and_decodes() -> None:
+    odd = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, 0)).to(torch.float16)  # stride 0
+    assert decode(encode(odd, "x"), finite=True).shape == (0,)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
-def test_finite_values_whose_sum_overflows_pass(dtype: torch.dtype) -> None:
+def test_the_largest_finite_values_pass(dtype: torch.dtype) -> None:
     largest = torch.finfo(dtype).max
     assert not refused(torch.full((64,), largest, dtype=dtype))
     assert not refused(torch.tensor([largest, -largest, largest], dtype=dtype))
 
 
-@pytest.mark.parametrize("dtype", [torch.int64, torch.int8, torch.bool, torch.uint8])
-def test_integer_and_bool_tensors_pass_as_they_are(dtype: torch.dtype) -> None:
-    tensor = torch.ones(3, dtype=dtype)
-    assert finite(tensor, "x") is tensor
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool, torch.uint8])
+def test_integer_and_bool_tensors_pass(dtype: torch.dtype) -> None:
+    assert not refused(torch.ones(3, dtype=dtype))
 
 
-def test_the_refusal_names_the_tensor_within_bounds() -> None:
+def test_without_finite_nothing_is_checked_and_the_refusal_names_the_tensor_within_bounds() -> None:
+    wire = encode(torch.tensor([1.0, float("nan")]), "pixels" * 100)
+    assert torch.isnan(decode(wire)).any()
     with pytest.raises(TensorError, match="holds NaN or infinite values") as caught:
-        finite(torch.tensor([1.0, float("nan")]), "pixels" * 100)
+        decode(wire, finite=True)
     assert len(str(caught.value)) < 200
