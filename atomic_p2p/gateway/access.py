@@ -19,6 +19,7 @@ A bucket holds a minute's worth of requests and refills continuously.
 from __future__ import annotations
 
 import hmac
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,7 +85,7 @@ class Access:
             raise ConfigError("the rate limit is a non-negative number of requests per minute")
         self._keys = dict(keys) if keys is not None else None
         self._per_minute = per_minute
-        self._buckets: dict[str, Bucket] = {}
+        self._buckets: OrderedDict[str, Bucket] = OrderedDict()  # oldest first, dropped in O(1)
 
     @property
     def needs_key(self) -> bool:
@@ -98,7 +99,7 @@ class Access:
             bucket = self._buckets.get(who)
             if bucket is None:
                 if len(self._buckets) >= MAX_CLIENTS + (len(self._keys) if self._keys else 0):
-                    del self._buckets[next(iter(self._buckets))]
+                    self._buckets.popitem(last=False)
                 bucket = self._buckets[who] = Bucket(limit, limit, now)
             wait = bucket.take(now)
             if wait > 0:
