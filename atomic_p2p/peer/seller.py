@@ -209,7 +209,7 @@ class Seller:
             len(request.tasks),
         )
         self._guard.admit(header, now_ms)
-        tasks = tuple(self._parse_task(raw) for raw in request.tasks)
+        tasks = tuple([self._parse_task(raw) for raw in request.tasks])
         if len({task.task_id for task, _ in tasks}) != len(tasks):
             raise ProtocolError("task ids must be unique within one BidRequest")
         newcomer = not self._book.has_history(signer)

@@ -139,6 +139,11 @@ def tensors_from_proto(messages: Iterable[tensor_pb2.Tensor]) -> tuple[WireTenso
 
 
 def spec_from_proto(message: tensor_pb2.TensorSpec) -> TensorSpec:
+    # Every task of a call for bids names its inputs, mostly the same few: remembered by bytes.
+    return _remembered(_SPECS, message, _spec_from_proto)
+
+
+def _spec_from_proto(message: tensor_pb2.TensorSpec) -> TensorSpec:
     dtype = WIRE_TO_DTYPE.get(message.dtype)
     if dtype is None:
         raise TensorError(
@@ -219,6 +224,7 @@ def _resources_from_proto(message: gossip_pb2.ResourceRequirements) -> Resources
 V = TypeVar("V")
 _CONSTRAINTS: dict[bytes, ModelConstraints] = {}
 _RESOURCES: dict[bytes, Resources] = {}
+_SPECS: dict[bytes, TensorSpec] = {}
 
 
 def _remembered(memory: dict[bytes, V], message: Message, convert: Callable[[Any], V]) -> V:

@@ -602,3 +602,19 @@ def test_a_reply_of_batched_bids_encodes_as_the_generated_code_builds_it() -> No
     raw = codec.encode(RequestBidsReply(outcomes))
     assert raw == expected.SerializeToString()
     assert codec.decode(RequestBidsReply, raw).outcomes == outcomes
+
+
+def test_input_specs_are_remembered_by_bytes_bounded_and_refusals_never_remembered() -> None:
+    from atomic_p2p.protocol import wire
+
+    message = wire.spec_to_proto(TensorSpec("x", "float32", (8, 64)))
+    first = wire.spec_from_proto(message)
+    assert first == TensorSpec("x", "float32", (8, 64)) and wire.spec_from_proto(message) is first
+    bad = tensor_pb2.TensorSpec(name="x", dtype=99, shape=[8, 64])
+    for _ in range(2):  # refused every time, never remembered
+        with pytest.raises(TensorError, match="unaccepted dtype"):
+            wire.spec_from_proto(bad)
+    for rows in range(3 * wire._TERMS_REMEMBERED):  # a requester sending ever new shapes
+        spec = TensorSpec("x", "float32", (rows, 64))
+        assert wire.spec_from_proto(wire.spec_to_proto(spec)) == spec
+        assert len(wire._SPECS) <= wire._TERMS_REMEMBERED

@@ -151,7 +151,11 @@ def _ask(strategy: Strategy, task: Task, model: ModelView, load: Load) -> BidTer
         return NoBid(NoBidReason.MODEL_ERROR, str(error))
     if isinstance(terms, NoBid):
         return terms
-    if not all(math.isfinite(x) for x in (terms.confidence, terms.expected_latency_ms, terms.cost)):
+    if not (
+        math.isfinite(terms.confidence)
+        and math.isfinite(terms.expected_latency_ms)
+        and math.isfinite(terms.cost)
+    ):
         # A strategy bug must not put NaN into a signed bid.
         return NoBid(NoBidReason.UNSPECIFIED, f"strategy {strategy.name!r} produced non-finite terms")
     if task.max_cost and terms.cost > task.max_cost:
