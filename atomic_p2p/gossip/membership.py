@@ -60,7 +60,7 @@ drain :meth:`pop_events` after each call.
 from __future__ import annotations
 
 import random
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -180,7 +180,9 @@ class Membership:
             limits.verifications_per_s, limits.verifications_burst, limits.max_senders_tracked
         )
         # Members without history yet, by the source prefix that introduced them, oldest first.
-        self._newcomers: dict[str, dict[bytes, None]] = {}
+        # Per source, its newcomers oldest first: OrderedDicts, so taking the oldest stays O(1)
+        # while a flood keeps evicting them (a dict's first key is found past the holes left).
+        self._newcomers: dict[str, OrderedDict[bytes, None]] = {}
         self._newcomer_count = 0
         record = PeerRecord(
             identity.peer_id, tuple(addresses), tuple(models), 0, 0, self._load, tls_certificate
@@ -606,7 +608,7 @@ class Membership:
             member = self._members[raw] = Slot(record, envelope, now)
             if news:  # absorbed records (a snapshot, a seed list) were members before
                 member.source, member.beats = source or "", 0
-                self._newcomers.setdefault(member.source, {})[raw] = None
+                self._newcomers.setdefault(member.source, OrderedDict())[raw] = None
                 self._newcomer_count += 1
             self._table.set_version(member, DigestEntry(record.seq, 0, False))
             self._live += 1
