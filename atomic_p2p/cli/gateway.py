@@ -107,6 +107,7 @@ async def _serve(
     metrics_server: MetricsServer | None,
 ) -> None:
     from atomic_p2p.gateway import Gateway
+    from atomic_p2p.peer.node import freeze_heap
     from atomic_p2p.requester import Requester
 
     async with Requester(
@@ -119,6 +120,7 @@ async def _serve(
             loop.add_signal_handler(signal_number, stop.set)
         async with gateway.serving(args.host, args.port) as url:
             print(f"atomic gateway listening on {url}", flush=True)
+            freeze_heap()  # as atomic-peer does: full collections stop walking start-up's objects
             if metrics_server is not None:  # a second line, after the one scripts wait for
                 print(f"atomic gateway metrics on {metrics_server.url}", flush=True)
             await stop.wait()
