@@ -276,9 +276,21 @@ def _number(value: object) -> float | None:
 
 
 def _field_problem(bid: object) -> str | None:
-    confidence = _number(getattr(bid, "confidence", None))
-    latency = _number(getattr(bid, "expected_latency_ms", None))
-    cost = _number(getattr(bid, "cost", None))
+    confidence = getattr(bid, "confidence", None)
+    latency = getattr(bid, "expected_latency_ms", None)
+    cost = getattr(bid, "cost", None)
+    if (  # the common case, plain floats in range, in one test (NaN fails every comparison)
+        type(confidence) is float
+        and type(latency) is float
+        and type(cost) is float
+        and 0.0 <= confidence <= 1.0
+        and 0.0 <= latency < math.inf
+        and 0.0 <= cost < math.inf
+    ):
+        return None
+    confidence = _number(confidence)
+    latency = _number(latency)
+    cost = _number(cost)
     if confidence is None or not (math.isfinite(confidence) and 0.0 <= confidence <= 1.0):
         return f"confidence {getattr(bid, 'confidence', None)!r} is not a number in [0, 1]"
     if latency is None or not (math.isfinite(latency) and latency >= 0.0):
