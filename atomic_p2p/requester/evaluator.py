@@ -93,6 +93,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import operator
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -547,9 +548,8 @@ def _score_all(
         in_flight = max(0, int(in_flight_of.get(assessed.peer, 0))) if in_flight_of else 0
         penalty = config.utilization_weight * in_flight / (in_flight + config.utilization_half)
         components = _components(assessed, ask, view, ceiling, accuracy, in_play)
-        total = (
-            sum(w * value for w, value in zip(weighed, components.values(), strict=True)) + bonus - penalty
-        )
+        # map(mul): the products in the same order as a generator would give them, minus its frames
+        total = sum(map(operator.mul, weighed, components.values())) + bonus - penalty
         details = {
             "expected_accuracy": assessed.expected_accuracy,
             "expected_latency_ms": assessed.expected_latency_ms,
