@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from atomic_p2p.errors import LimitExceededError, TensorError, TextError
+from atomic_p2p.errors import LimitExceededError, TensorError, TextError, shown
+from atomic_p2p.frozen import quick_init
 
 # Wire name -> torch dtype. The names match the DType enum in protos/atomic/v1/tensor.proto.
 DTYPES: dict[str, torch.dtype] = {
@@ -73,6 +74,7 @@ DEFAULT_TEXT_LIMITS = TextLimits()
 TEXTS_MARKER = 0xFFFFFFFF
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class WireTensor:
     name: str
@@ -123,6 +125,8 @@ def encode(tensor: torch.Tensor, name: str = "", *, copy: bool = True) -> WireTe
     if tensor.dtype not in NAMES:
         raise TensorError(f"dtype {tensor.dtype} cannot travel; convert to one of {sorted(DTYPES)}")
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    if not flat.numel():  # an empty tensor may keep a stride of 0, which no byte view takes
+        return WireTensor(name, NAMES[tensor.dtype], tuple(tensor.shape), b"")
     raw = flat.view(torch.uint8).numpy()
     if sys.byteorder == "big" and flat.element_size() > 1:
         raw = flat.numpy().byteswap().view("u1")
@@ -130,8 +134,10 @@ def encode(tensor: torch.Tensor, name: str = "", *, copy: bool = True) -> WireTe
     return WireTensor(name, NAMES[tensor.dtype], tuple(tensor.shape), data)
 
 
-def decode(wire: WireTensor, limits: TensorLimits = DEFAULT_LIMITS) -> torch.Tensor:
-    """Wire form -> torch tensor, validated against ``limits`` before anything is allocated.
+def decode(wire: WireTensor, limits: TensorLimits = DEFAULT_LIMITS, *, finite: bool = False) -> torch.Tensor:
+    """Wire form -> torch tensor, validated against ``limits`` before anything is allocated;
+    ``finite``: a float tensor holding NaN or infinity is refused (TensorError), checked on the
+    data before it becomes a tensor.
 
     Data held in a ``bytearray`` or a writable ``memoryview`` is not copied: the tensor shares
     that memory."""
@@ -150,11 +156,21 @@ def decode(wire: WireTensor, limits: TensorLimits = DEFAULT_LIMITS) -> torch.Ten
         data = bytearray(data)
     numpy_dtype = _NUMPY_DTYPES.get(wire.dtype)
     if numpy_dtype is not None:
-        return torch.from_numpy(np.frombuffer(data, dtype=numpy_dtype).reshape(wire.shape))
+        array = np.frombuffer(data, dtype=numpy_dtype).reshape(wire.shape)
+        if finite and numpy_dtype.kind == "f" and not np.isfinite(array).all():
+            raise _not_finite(wire.name)
+        return torch.from_numpy(array)
     flat = torch.frombuffer(data, dtype=torch.uint8).view(dtype)
     if sys.byteorder == "big" and flat.element_size() > 1:
         flat = torch.from_numpy(flat.numpy().byteswap())
-    return flat.reshape(wire.shape)
+    tensor = flat.reshape(wire.shape)
+    if finite and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        raise _not_finite(wire.name)
+    return tensor
+
+
+def _not_finite(name: str) -> TensorError:
+    return TensorError(f"tensor {shown(name)} holds NaN or infinite values")
 
 
 def check_texts(texts: Sequence[bytes], limits: TextLimits = DEFAULT_TEXT_LIMITS) -> None:

@@ -55,7 +55,7 @@ async def serve_peers(count: int, data_dir: Path, reuse_s: float) -> None:
     for index in range(count):
         nodes += await start_example_peers(["small"], data_dir / f"p{index}", bid_reuse_ttl_s=reuse_s)
     freeze_heap()  # as atomic-peer does once its node listens
-    print(json.dumps([node.address for node in nodes]), flush=True)
+    print(json.dumps([node.dial_address for node in nodes]), flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     for node in nodes:
         await node.stop(grace=0.5)

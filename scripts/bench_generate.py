@@ -143,7 +143,7 @@ async def serve(data_dir: Path, megabytes: int, bid_reuse_s: float) -> None:
     raw_port = raw.add_insecure_port("127.0.0.1:0")
     await raw.start()
     node = await PeerNode.start(peer_config(data_dir, megabytes, bid_reuse_s))
-    print(json.dumps({"peer": node.address, "raw": f"127.0.0.1:{raw_port}"}), flush=True)
+    print(json.dumps({"peer": node.dial_address, "raw": f"127.0.0.1:{raw_port}"}), flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     await node.stop(grace=0.5)
     await raw.stop(0.5)

@@ -55,7 +55,7 @@ async def bench(peers: list[str], rounds: int, batch: int, warmup: int) -> dict[
         async with running_peers(peers, Path(tmp), model_overrides={"gradient": gradient}) as nodes:
             market = GradientMarket(
                 Identity.generate(),
-                [node.address for node in nodes],
+                [node.dial_address for node in nodes],
                 capability="classify/digits",
                 shift_mode=0.0,
             )

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from itertools import islice
+from typing import Any
 
 from google.protobuf.message import DecodeError
 
@@ -47,7 +48,7 @@ from atomic_p2p.protocol.wire import (
     constraints_from_proto,
     constraints_to_proto,
     envelope_from_proto,
-    envelope_to_proto,
+    fill_envelope,
     resources_from_proto,
     resources_to_proto,
     tensor_contract_from_proto,
@@ -286,12 +287,10 @@ def digest_from_proto(entries: Iterable[gossip_pb2.DigestEntry]) -> dict[bytes, 
 
 
 def request_to_proto(request: GossipRequest) -> gossip_pb2.GossipRequest:
-    message = gossip_pb2.GossipRequest(
-        digest=digest_to_proto(request.digest),
-        updates=[envelope_to_proto(e) for e in request.updates],
-    )
+    message = gossip_pb2.GossipRequest(digest=digest_to_proto(request.digest))
+    _fill_updates(message.updates, request.updates)
     if request.sender is not None:
-        message.sender.CopyFrom(envelope_to_proto(request.sender))
+        fill_envelope(message.sender, request.sender)
     if request.summary is not None:
         message.summary.fingerprints = request.summary
     return message
@@ -313,12 +312,20 @@ def request_from_proto(message: gossip_pb2.GossipRequest) -> GossipRequest:
 
 
 def response_to_proto(response: GossipResponse) -> gossip_pb2.GossipResponse:
-    return gossip_pb2.GossipResponse(
-        updates=[envelope_to_proto(e) for e in response.updates],
+    message = gossip_pb2.GossipResponse(
         wanted=digest_to_proto(response.wanted),
         differing=response.differing,
         ranges=digest_to_proto(response.ranges),
     )
+    _fill_updates(message.updates, response.updates)
+    return message
+
+
+def _fill_updates(field: Any, updates: Iterable[Envelope]) -> None:
+    """Signed records written in place into a repeated field (not built apart and copied in)."""
+    add = field.add
+    for envelope in updates:
+        fill_envelope(add(), envelope)
 
 
 def response_from_proto(message: gossip_pb2.GossipResponse) -> GossipResponse:

@@ -137,7 +137,8 @@ class HostedModel:
         self.strategy: Strategy = make_strategy(config.strategy, config.strategy_options)
         self.latency = LatencyEwma()
         # Previews run together for one call for bids (prime_previews): id -> (preview, logits, confidence).
-        self._primed: dict[int, tuple[Sequence[torch.Tensor], torch.Tensor, float]] = {}
+        # id(preview) -> (preview, the logits of its whole group, its first row there, its rows, confidence)
+        self._primed: dict[int, tuple[Sequence[torch.Tensor], torch.Tensor, int, int, float]] = {}
         self._problems: dict[tuple[tuple[str, str, tuple[int, ...]], ...], str | None] = {}
         self._warm_up()
 
@@ -246,7 +247,7 @@ class HostedModel:
     def preview_confidence(self, preview: Sequence[torch.Tensor]) -> float:
         primed = self._primed.get(id(preview))
         if primed is not None and primed[0] is preview:
-            return primed[2]
+            return primed[4]
         return _mean_max_softmax(self._preview_logits(preview))
 
     def prime_previews(self, previews: Sequence[Sequence[torch.Tensor]]) -> list[int]:
@@ -256,40 +257,47 @@ class HostedModel:
         returned. Previews whose rows do not fit the first input together are left out: their
         own call in :meth:`preview_confidence` raises what it would have raised. Thread-safe:
         each caller's keys are the ids of preview tuples it holds alive until it forgets them."""
-        groups: dict[tuple[torch.dtype, tuple[int, ...]], list[Sequence[torch.Tensor]]] = {}
+        groups: dict[tuple[torch.dtype, tuple[int, ...]], list[tuple[Sequence[torch.Tensor], int]]] = {}
+        max_batch = self.max_batch
         for preview in previews:
-            if not preview or any(t.dim() < 1 or t.shape[1:] != preview[0].shape[1:] for t in preview):
-                continue
-            if (
-                any(t.dtype != preview[0].dtype for t in preview)
-                or sum(t.shape[0] for t in preview) > self.max_batch
-            ):
-                continue  # screening refuses it task by task
-            groups.setdefault((preview[0].dtype, tuple(preview[0].shape[1:])), []).append(preview)
+            if len(preview) == 1:  # the usual preview: one tensor, nothing to compare it with
+                shape = tuple(preview[0].shape)
+                if not shape or shape[0] > max_batch:
+                    continue  # screening refuses it task by task
+                rows = shape[0]
+            else:
+                if not preview or any(t.dim() < 1 or t.shape[1:] != preview[0].shape[1:] for t in preview):
+                    continue
+                rows = sum(t.shape[0] for t in preview)
+                if any(t.dtype != preview[0].dtype for t in preview) or rows > max_batch:
+                    continue
+                shape = tuple(preview[0].shape)
+            groups.setdefault((preview[0].dtype, shape[1:]), []).append((preview, rows))
         keys: list[int] = []
         name = self.contract.input_names[0]
         for (dtype, shape), members in groups.items():
             if len(members) < 2:
                 continue
-            parts = [t for preview in members for t in preview]
-            rows = sum(t.shape[0] for t in parts)
-            spec = TensorSpec(name, NAMES.get(dtype, str(dtype)), (rows, *shape))
-            if rows > PRIME_MAX_ROWS or self.contract.problem([spec]) is not None:
+            parts = [t for preview, _ in members for t in preview]
+            counts = [rows for _, rows in members]
+            total = sum(counts)
+            spec = TensorSpec(name, NAMES.get(dtype, str(dtype)), (total, *shape))
+            if total > PRIME_MAX_ROWS or self.contract.problem([spec]) is not None:
                 continue
             try:
                 logits = self._call({name: torch.cat(parts)})[0][1]
             except ExecutionError:
                 continue  # each preview's own call reports it, task by task
-            if logits.dim() < 1 or logits.shape[0] != rows:
+            if logits.dim() < 1 or logits.shape[0] != total:
                 continue
-            counts = [sum(t.shape[0] for t in preview) for preview in members]
             starts = np.cumsum([0, *counts[:-1]])
             means = np.add.reduceat(_max_softmax_rows(logits), starts) / np.asarray(counts)
-            for preview, start, count, mean in zip(
-                members, starts.tolist(), counts, means.tolist(), strict=True
-            ):
-                self._primed[id(preview)] = (preview, logits[start : start + count], mean)
-                keys.append(id(preview))
+            primed = self._primed
+            # Each preview's rows are cut out of the logits only if a strategy asks for them.
+            for (preview, count), start, mean in zip(members, starts.tolist(), means.tolist(), strict=True):
+                key = id(preview)
+                primed[key] = (preview, logits, start, count, mean)
+                keys.append(key)
         return keys
 
     def forget_previews(self, keys: Sequence[int]) -> None:
@@ -308,7 +316,8 @@ class HostedModel:
         """The model's output on the preview; ExecutionError (a NoBid MODEL_ERROR) if it raises."""
         primed = self._primed.get(id(preview))
         if primed is not None and primed[0] is preview:
-            return primed[1]
+            _, logits, start, count, _ = primed
+            return logits[start : start + count]
         rows = preview[0] if len(preview) == 1 else torch.cat(list(preview))
         return self._call({self.contract.input_names[0]: rows})[0][1]
 

@@ -39,6 +39,7 @@ from atomic_p2p.errors import (
     SignatureError,
     StaleRequestError,
 )
+from atomic_p2p.frozen import quick_init
 from atomic_p2p.identity import PeerId
 from atomic_p2p.peer.strategies import FeedbackKind, InputSpec
 
@@ -89,6 +90,7 @@ class ExpiringMap(Generic[K, V]):
                 self._on_expiry(value)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class BidRequestHeader:
     """The fields of a verified BidRequest that replay protection looks at."""
@@ -136,6 +138,7 @@ class RequestGuard:
             )
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class IssuedBid:
     request_id: bytes

@@ -38,7 +38,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 
 from atomic_p2p import metrics
@@ -50,7 +49,6 @@ from atomic_p2p.errors import (
     ProtocolError,
     SignatureError,
     StaleRequestError,
-    TensorError,
     shown,
 )
 from atomic_p2p.identity import Envelope, Identity
@@ -276,31 +274,34 @@ class Seller:
             envelopes = codec.sign_batch(self.identity, bids)
         else:
             envelopes = [codec.sign(self.identity, bid) for bid in bids]
+        costs: dict[str, list[float]] = {}
         for (position, task, bid), envelope in zip(offers, envelopes, strict=True):
             outcomes[position] = envelope
-            metrics.bid_issued(bid.model_id, bid.cost_estimate)
+            costs.setdefault(bid.model_id, []).append(bid.cost_estimate)
             self._book.record(self._issued(opened, task, bid, envelope.digest), now_ms)
+        for model_id, quoted in costs.items():
+            metrics.bids_issued(model_id, quoted)
         return RequestBidsReply(tuple(outcome for outcome in outcomes if outcome is not None))
 
     def _parse_task(self, raw: bytes) -> tuple[Task, bytes]:
         spec = codec.decode(TaskSpec, raw)
         if not spec.task_id:
             raise ProtocolError("every TaskSpec needs a task_id")
-        for name, text in (
-            ("task_id", spec.task_id),
-            ("capability", spec.capability),
-            ("model_id", spec.model_id),
-            ("language", spec.language),
+        if (
+            max(len(spec.task_id), len(spec.capability), len(spec.model_id), len(spec.language))
+            > MAX_FIELD_CHARS
         ):
-            if len(text) > MAX_FIELD_CHARS:
-                raise ProtocolError(f"a TaskSpec {name} of {len(text)} chars; the limit is {MAX_FIELD_CHARS}")
+            for name in ("task_id", "capability", "model_id", "language"):
+                chars = len(getattr(spec, name))
+                if chars > MAX_FIELD_CHARS:
+                    raise ProtocolError(f"a TaskSpec {name} of {chars} chars; the limit is {MAX_FIELD_CHARS}")
         if not math.isfinite(spec.max_cost) or spec.max_cost < 0:
             raise ProtocolError(f"max_cost must be a finite number >= 0 (0: no cap), got {spec.max_cost}")
         for input_spec in spec.inputs:
             check_spec(input_spec.dtype, input_spec.shape, self.limits)  # refused now, not at Execute
         # A preview shows a single-input task; strategies judge a task of several inputs without it.
         previewed = spec.preview if len(spec.inputs) == 1 else ()
-        preview = tuple(finite(decode(wire, self.limits), wire.name) for wire in previewed)
+        preview = tuple([decode(wire, self.limits, finite=True) for wire in previewed])
         task = Task(
             task_id=spec.task_id,
             capability=spec.capability,
@@ -489,7 +490,7 @@ class Seller:
         self, call: ExecuteCall, order: ExecuteOrder, issued: IssuedBid
     ) -> tuple[HostedModel, dict[str, torch.Tensor], tuple[str, ...], int]:
         """The model, its checked inputs, the texts, and the texts' tokens by its tokenizer."""
-        decoded = [finite(decode(wire, self.limits), wire.name) for wire in call.inputs]
+        decoded = [decode(wire, self.limits, finite=True) for wire in call.inputs]
         texts = decode_texts(call.texts, self.text_limits)
         if digest(call.inputs, call.texts) != order.inputs_digest:
             raise ProtocolError("the inputs' digest differs from the order's inputs_digest")
@@ -646,9 +647,7 @@ class Seller:
         # applied: two copies of one update cannot both pass. The step is one small forward and
         # backward pass.
         output_grad = (
-            None
-            if update.output_grad is None
-            else finite(decode(update.output_grad, self.limits), "output_grad")
+            None if update.output_grad is None else decode(update.output_grad, self.limits, finite=True)
         )
         applied_norm = learner.apply(
             inputs,
@@ -661,21 +660,6 @@ class Seller:
         )
         self.gradients.applied(update.request_id, update.task_id, now_ms)
         return BidGradientReply(applied=True, applied_norm=applied_norm)
-
-
-def finite(tensor: torch.Tensor, name: str) -> torch.Tensor:
-    """``tensor``, when it holds no NaN or infinity: inputs that are not numbers are refused
-    (INVALID_ARGUMENT) before they are run or charged (docs/protocol.md)."""
-    if tensor.is_floating_point() and tensor.numel() and not _all_finite(tensor):
-        raise TensorError(f"tensor {shown(name)} holds NaN or infinite values")
-    return tensor
-
-
-def _all_finite(tensor: torch.Tensor) -> bool:
-    # numpy where it can (a quarter of torch's cost on a preview-sized tensor); bfloat16 has no numpy dtype.
-    if tensor.dtype is torch.bfloat16:
-        return bool(torch.isfinite(tensor).all())
-    return bool(np.isfinite(tensor.numpy()).all())
 
 
 def numeric_parameters(snapshot: Mapping[str, object]) -> dict[str, float]:

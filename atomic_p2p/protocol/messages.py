@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TYPE_CHECKING
 
+from atomic_p2p.frozen import quick_init
 from atomic_p2p.identity import Envelope
 
 if TYPE_CHECKING:  # named in annotations only, so this module loads without torch or gossip
@@ -54,6 +55,7 @@ class FeedbackKind(Enum):
     OUTCOME = "outcome"
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TensorSpec:
     """dtype and full shape (batch first) of one tensor, without its data (wire ``TensorSpec``)."""
@@ -78,6 +80,7 @@ class TextSpec:
 # --- signed payloads --------------------------------------------------------------------------
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class TaskSpec:
     """One microtask offered for bidding; ``preview`` optionally carries the inputs themselves."""
@@ -98,6 +101,7 @@ class TaskSpec:
         return self.text.count if self.text is not None else 0
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class BidRequest:
     """A requester's signed call for bids; ``tasks`` are serialized :class:`TaskSpec` bytes."""
@@ -111,6 +115,7 @@ class BidRequest:
     batch_signatures: bool = False  # the requester accepts bids signed in a batch (one Merkle root)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Bid:
     """A peer's signed offer for one task of one BidRequest."""
@@ -135,6 +140,7 @@ class Bid:
     confidence_unknown: bool = False  # the model cannot estimate it: confidence_score is no claim
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class NoBid:
     """A peer's answer for a task it does not bid on (not signed: declining proves nothing)."""

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from atomic_p2p._proto.atomic.v1 import envelope_pb2, gossip_pb2, market_pb2, tensor_pb2
 from atomic_p2p.errors import ProtocolError, SignatureError, TensorError
@@ -497,3 +500,105 @@ def test_model_terms_are_remembered_by_their_bytes_and_the_memory_stays_bounded(
         fresh = ModelConstraints(max_batch=batch + 1)
         assert wire.constraints_from_proto(wire.constraints_to_proto(fresh)) == fresh
         assert len(wire._CONSTRAINTS) <= wire._TERMS_REMEMBERED
+
+
+_SHARED_TERMS = (Resources(1.0, 512, 0), ("classify/digits", "classify/any"), ModelConstraints(max_batch=64))
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    bids=st.lists(
+        st.tuples(
+            st.text(max_size=8),  # task id
+            st.binary(max_size=32),  # task digest
+            st.floats(0, 1),  # confidence
+            st.floats(0, 1e4),  # latency
+            st.floats(0, 1e3),  # cost
+            st.lists(st.floats(-10, 10), max_size=3),  # bid values
+            st.booleans(),  # confidence unknown
+            st.sampled_from(["small", "large", ""]),  # model id: bids of several models in one batch
+            st.integers(0, 2),  # record seq (0: left off the wire)
+            st.booleans(),  # the model's own terms objects, or equal copies of them
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_a_batch_of_bids_encodes_each_bid_to_what_encode_gives_it(bids: list[tuple]) -> None:  # type: ignore[type-arg]
+    made = []
+    for task_id, task_digest, confidence, latency, cost, values, unknown, model, seq, same in bids:
+        resources, capabilities, constraints = _SHARED_TERMS
+        if not same:
+            resources, capabilities, constraints = (
+                replace(resources),
+                tuple(capabilities),
+                replace(constraints),
+            )
+        made.append(
+            Bid(
+                request_id=b"\x01" * 16,
+                task_id=task_id,
+                task_digest=task_digest,
+                peer_id=b"\x02" * 32,
+                model_id=model,
+                confidence_score=confidence,
+                expected_latency_ms=latency,
+                resource_requirements=resources,
+                cost_estimate=cost,
+                capabilities=capabilities,
+                constraints=constraints,
+                issued_at_ms=1000,
+                valid_until_ms=31000,
+                strategy="fixed",
+                bid_values=tuple(values),
+                reusable_ttl_ms=5000 if seq else 0,
+                record_seq=seq,
+                confidence_unknown=unknown,
+            )
+        )
+    payloads = codec.encode_bids(made)
+    assert [codec.decode(Bid, payload) for payload in payloads] == [
+        codec.decode(Bid, codec.encode(bid)) for bid in made
+    ]
+    signer = Identity.generate()
+    envelopes = codec.sign_batch(signer, made)
+    assert [envelope.payload for envelope in envelopes] == (
+        payloads if len(made) > 1 else [codec.encode(made[0])]
+    )
+    for envelope, bid in zip(envelopes, made, strict=True):
+        assert codec.open_signed(envelope, Bid, expected_signer=signer.peer_id)[1] == codec.decode(
+            Bid, codec.encode(bid)
+        )
+
+
+def test_a_reply_of_batched_bids_encodes_as_the_generated_code_builds_it() -> None:
+    envelopes = Identity.generate().sign_batch("atomic.v1.Bid", [b"first", b"second", b"third"])
+    outcomes = (
+        envelopes[0],
+        NoBid("t1", NoBidReason.OVERLOADED, ""),
+        envelopes[1],
+        NoBid("t3", 42),
+        envelopes[2],
+    )
+    wire_reasons = {"t1": market_pb2.NO_BID_REASON_OVERLOADED, "t3": 42}  # 42: a newer peer's reason
+    expected = market_pb2.RequestBidsResponse(
+        outcomes=[
+            market_pb2.BidOutcome(no_bid=market_pb2.NoBid(task_id=o.task_id, reason=wire_reasons[o.task_id]))  # type: ignore[arg-type]
+            if isinstance(o, NoBid)
+            else market_pb2.BidOutcome(
+                bid=envelope_pb2.SignedEnvelope(
+                    public_key=o.public_key,
+                    payload_type=o.payload_type,
+                    payload=o.payload,
+                    signature=o.signature,
+                    batch=envelope_pb2.BatchProof(
+                        leaf_count=3, leaf_index=o.batch.leaf_index, path=list(o.batch.path)
+                    ),
+                )
+            )
+            for o in outcomes
+        ]
+    )
+    raw = codec.encode(RequestBidsReply(outcomes))
+    assert raw == expected.SerializeToString()
+    assert codec.decode(RequestBidsReply, raw).outcomes == outcomes

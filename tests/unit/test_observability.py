@@ -90,3 +90,47 @@ def observability_args(argv: list[str]) -> object:
     parser = argparse.ArgumentParser()
     observability.add_arguments(parser)
     return parser.parse_args(argv)
+
+
+def exposition(registry: object) -> str:
+    from prometheus_client import generate_latest
+
+    lines = generate_latest(registry).decode().splitlines()  # type: ignore[arg-type]
+    return "\n".join(line for line in lines if "_created" not in line)  # when it was made differs
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [0.0, 0.5, 0.5, 1.0, 2.5, 1e9, 7.0, 0.001],  # bucket edges, repeats, past the last bound
+        [3.0],
+        [],
+        [1.0, float("nan"), 2.0],  # NaN: in the sum, in no bucket (as observe() does)
+        [-1.0, 5.0],
+    ],
+)
+def test_observe_all_gives_the_exposition_of_observing_one_by_one(values: list[float]) -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    scrapes = []
+    for together in (True, False):
+        registry = CollectorRegistry()
+        histogram = Histogram("price", "quoted", ["model"], buckets=metrics.PRICE_BUCKETS, registry=registry)
+        child = histogram.labels("m")
+        if together:
+            metrics.observe_all(child, values)
+        else:
+            for value in values:
+                child.observe(value)
+        scrapes.append(exposition(registry))
+    assert scrapes[0] == scrapes[1]
+    assert "price_count" in scrapes[0]
+
+
+def test_bids_issued_counts_every_bid_and_every_price() -> None:
+    bids = metrics.PEER_BIDS.labels("observe-all-model")
+    prices = metrics.PEER_QUOTED_PRICE.labels("observe-all-model")
+    before_bids, before_sum = bids._value.get(), prices._sum.get()
+    metrics.bids_issued("observe-all-model", [0.25, 0.25, 4.0])
+    assert bids._value.get() == before_bids + 3
+    assert prices._sum.get() == pytest.approx(before_sum + 4.5)

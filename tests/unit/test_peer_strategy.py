@@ -156,6 +156,9 @@ def test_cost_is_price_times_batch_and_latency_adds_the_simulated_slowdown() -> 
         ({"preview": (torch.rand(2, 32),)}, NoBidReason.BAD_INPUT_SPEC),
         ({"preview": (torch.rand(2, 64, dtype=torch.float64),)}, NoBidReason.BAD_INPUT_SPEC),
         ({"preview": (torch.rand(17, 64),)}, NoBidReason.CONSTRAINT_VIOLATED),
+        ({"preview": (torch.rand(9, 64), torch.rand(9, 64))}, NoBidReason.CONSTRAINT_VIOLATED),  # 18 rows
+        ({"preview": (torch.rand(2, 64), torch.rand(2, 63))}, NoBidReason.BAD_INPUT_SPEC),
+        ({"preview": (torch.rand(2, 64), torch.ones(2, 64, dtype=torch.int64))}, NoBidReason.BAD_INPUT_SPEC),
         ({"max_cost": 0.01}, NoBidReason.BELOW_COST),
     ],
 )

@@ -11,8 +11,9 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
-from atomic_p2p.errors import ReplayError, SignatureError, StaleRequestError
+from atomic_p2p.errors import ProtocolError, ReplayError, SignatureError, StaleRequestError
 from atomic_p2p.identity import Identity
 from atomic_p2p.peer.config import PeerConfig
 from atomic_p2p.peer.node import load_models
@@ -83,6 +84,33 @@ def test_replays_and_stale_requests_are_refused_by_the_callers_clock(seller: Sel
         seller.open_request(call, NOW + 1)
     with pytest.raises(StaleRequestError, match="before this node started"):
         seller.open_request(call_for_bids(buyer, ["classify/digits"], issued=NOW - 2000), NOW)
+
+
+@pytest.mark.parametrize("field", ["task_id", "capability", "model_id", "language"])
+def test_a_task_field_over_the_length_limit_is_refused_by_name(seller: Seller, field: str) -> None:
+    from atomic_p2p.peer.seller import MAX_FIELD_CHARS
+
+    wire = encode(digits_batch(2)[0], "x")
+    buyer = Identity.generate()
+
+    def call_with(chars: int) -> RequestBidsCall:
+        fields = {"task_id": "t0", "capability": "classify/digits", "model_id": "", "language": ""}
+        fields[field] = "y" * chars
+        task = build_task(
+            fields["task_id"],
+            fields["capability"],
+            [wire],
+            preview=False,
+            max_cost=None,
+            model_id=fields["model_id"],
+            language=fields["language"],
+        )
+        return RequestBidsCall(sign_bid_request(buyer, os.urandom(16), [task], NOW, NOW + 5000))
+
+    seller.open_request(call_with(MAX_FIELD_CHARS), NOW)  # at the limit: admitted
+    with pytest.raises(ProtocolError, match=f"a TaskSpec {field} of {MAX_FIELD_CHARS + 1} chars") as refused:
+        seller.open_request(call_with(MAX_FIELD_CHARS + 1), NOW)
+    assert "yyyy" not in str(refused.value)  # the untrusted text is not echoed
 
 
 def _won(seller: Seller, buyer: Identity) -> tuple[BidInfo, ExecuteCall]:
@@ -166,6 +194,24 @@ def test_previews_of_one_call_run_in_one_forward_pass_with_the_same_confidences(
     assert together == pytest.approx(alone, abs=1e-6)
     assert len({round(c, 6) for c in together if isinstance(c, float)}) > 1  # the tasks differ
     assert not model._primed  # nothing kept past the call
+
+
+def test_primed_previews_give_each_task_its_own_rows_of_the_logits(tmp_path: Path) -> None:
+    seller = _reading_seller(tmp_path)
+    (model,) = seller.models.values()
+    previews = [(digits_batch(rows, offset=3 * i)[0].float(),) for i, rows in enumerate([2, 1, 3, 2])]
+    alone = [model._preview_logits(preview) for preview in previews]
+    keys = model.prime_previews(previews)
+    assert len(keys) == len(previews)
+    for preview, own in zip(previews, alone, strict=True):
+        assert torch.allclose(model._preview_logits(preview), own, atol=1e-5)
+        assert model.preview_confidence(preview) == pytest.approx(model_confidence_alone(own), abs=1e-6)
+    model.forget_previews(keys)
+    assert not model._primed
+
+
+def model_confidence_alone(logits: torch.Tensor) -> float:
+    return float(torch.softmax(logits, dim=-1).max(dim=-1).values.mean())
 
 
 def test_a_preview_that_does_not_fit_is_refused_alone_when_previews_run_together(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from atomic_p2p.contract import TaskKind
+from atomic_p2p.frozen import quick_init
 from atomic_p2p.protocol.messages import FeedbackKind, NoBidReason, TensorSpec
 
 if TYPE_CHECKING:
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
 InputSpec = TensorSpec  # dtype and full shape (batch first) of one input a task will carry
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Task:
     """One microtask offered for bidding (wire: ``TaskSpec``), already parsed and validated."""
@@ -67,6 +69,7 @@ class Load:
         return (self.in_flight + self.queued) / max(1, self.capacity + self.queue_limit)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class BidTerms:
     model_id: str
@@ -77,6 +80,7 @@ class BidTerms:
     confidence_unknown: bool = False  # the model cannot estimate it; ``confidence`` is no claim
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class NoBid:
     reason: NoBidReason

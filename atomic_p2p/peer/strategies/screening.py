@@ -34,6 +34,7 @@ from atomic_p2p.peer.strategies.bidding import (
     TextReader,
 )
 from atomic_p2p.peer.text import language_supported
+from atomic_p2p.tensors import NAMES
 
 OFFERED_NAMED = 8  # capabilities an unknown-capability decline names; the rest are counted
 NAME_CHARS = 64  # a capability named in a decline is cut here (the requester's is untrusted)
@@ -85,14 +86,16 @@ def _screen_text(task: Task, model: ModelView) -> NoBid | None:
 def _screen_preview(task: Task, model: ModelView) -> NoBid | None:
     # A preview shows rows of the task's first input; the model must take just that input.
     rows = 0
-    for tensor in task.preview:
-        dtype = str(tensor.dtype).removeprefix("torch.")
-        problem = model.inputs_problem([InputSpec(task.inputs[0].name, dtype, tuple(tensor.shape))])
+    preview = task.preview
+    for tensor in preview:
+        dtype = NAMES.get(tensor.dtype) or str(tensor.dtype).removeprefix("torch.")
+        shape = tuple(tensor.shape)
+        problem = model.inputs_problem([InputSpec(task.inputs[0].name, dtype, shape)])
         if problem is not None:
             return NoBid(NoBidReason.BAD_INPUT_SPEC, f"preview: {problem}")
-        if tensor.shape[1:] != task.preview[0].shape[1:]:
+        if len(preview) > 1 and shape[1:] != tuple(preview[0].shape[1:]):
             return NoBid(NoBidReason.BAD_INPUT_SPEC, "preview: its tensors differ in shape per example")
-        rows += tensor.shape[0]
+        rows += shape[0]
     if rows > model.max_batch:
         # Scoring a preview costs a forward pass; it may not be larger than a paid batch.
         return NoBid(
