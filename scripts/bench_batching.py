@@ -18,10 +18,9 @@ modes take turns ``--repeats`` times and each reports its median run.
 
 Everything else is equal: every candidate is asked (no pre-filtering), each round waits for
 every answer (no k_min cut, fixed window), and previews travel with the tasks unless
-``--no-preview``; each process freezes its start-up heap out of the cyclic collector, as
-atomic-peer and atomic gateway do. The peers run in a separate process so the requester's event
-loop measures only the requester's work; on a 2-core box both processes share the CPU. Each mode
-also reports the CPU each side spends per bid (the requester process, the peers' process).
+``--no-preview``. The peers run in a separate process so the requester's event loop measures
+only the requester's work; on a 2-core box both processes share the CPU. Each mode also
+reports the CPU each side spends per bid (the requester process, the peers' process).
 """
 
 from __future__ import annotations
@@ -82,7 +81,6 @@ class Farm:
 async def measure(
     addresses: list[str], mode: str, args: argparse.Namespace, farm_pid: int | None = None
 ) -> dict[str, float]:
-    from atomic_p2p.peer.node import freeze_heap
     from atomic_p2p.requester import BidPolicy, Requester
     from atomic_p2p.requester.evaluator import Ask
     from atomic_p2p.testing import digits_batch
@@ -114,7 +112,6 @@ async def measure(
                 return len(offers.bids)
 
         await asyncio.gather(*(auction(-1 - i) for i in range(args.warmup)))  # channels, caches
-        freeze_heap()  # as atomic gateway does once it serves (and the peers once they listen)
         rounds, calls = requester.bids.rounds, requester.bids.calls
         hits = requester.bids.cache.hits
         peers_cpu = cpu_seconds([farm_pid]) if farm_pid else 0.0
