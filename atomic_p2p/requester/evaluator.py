@@ -151,6 +151,7 @@ class Pricing(Enum):
     SECOND_SCORE = "second_score"  # the highest cost at which it would still have won
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Ask:
     """What the requester wants of one microtask. Zero or empty means "not constrained"."""
@@ -168,6 +169,7 @@ class Ask:
     selection: Selection = ANY  # the caller's model, excluded and preferred peers (selection.py)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MarketView:
     """What the requester knows besides the bids: profiles, its own in-flight tasks per peer,
