@@ -298,8 +298,7 @@ def auction_round(collected: Collected) -> None:
     """One bid-collection round's latency, bids, quoted prices and no-bids."""
     AUCTION_ROUND_SECONDS.observe(collected.bids_ms / 1000)
     REQUESTER_BIDS.inc(len(collected.bids))
-    for bid in collected.bids:
-        REQUESTER_QUOTED_PRICE.observe(bid.cost)
+    observe_all(REQUESTER_QUOTED_PRICE, [bid.cost for bid in collected.bids])
     for no_bid in collected.no_bids:
         _child(REQUESTER_NO_BIDS, no_bid.kind.value, bounded(no_bid.reason, _NO_BID_REASONS)).inc()
 

@@ -107,6 +107,7 @@ async def _serve(
     metrics_server: MetricsServer | None,
 ) -> None:
     from atomic_p2p.gateway import Gateway
+    from atomic_p2p.peer.node import freeze_heap
     from atomic_p2p.requester import Requester
 
     async with Requester(
@@ -118,6 +119,7 @@ async def _serve(
         for signal_number in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signal_number, stop.set)
         async with gateway.serving(args.host, args.port) as url:
+            freeze_heap()  # as atomic-peer does: full collections stop walking start-up's objects
             print(f"atomic gateway listening on {url}", flush=True)
             if metrics_server is not None:  # a second line, after the one scripts wait for
                 print(f"atomic gateway metrics on {metrics_server.url}", flush=True)

@@ -350,9 +350,10 @@ def _one_per_peer(bids: Sequence[BidInfo]) -> tuple[list[BidInfo], list[NoBidInf
     """A peer gets one bid per task (it may sit behind two addresses); later ones are dropped."""
     kept: list[BidInfo] = []
     dropped: list[NoBidInfo] = []
-    seen: set[tuple[PeerId, str]] = set()
+    seen: set[tuple[bytes, str]] = set()  # the peer id's bytes: their hash is cached, a PeerId's is not
     for bid in bids:
-        if (bid.peer_id, bid.task_id) in seen:
+        key = (bid.peer_id.raw, bid.task_id)
+        if key in seen:
             detail = "a second bid from the same peer for the same task"
             logger.warning("dropped a bid from %s for task %s: %s", bid.address, bid.task_id, detail)
             dropped.append(
@@ -361,7 +362,7 @@ def _one_per_peer(bids: Sequence[BidInfo]) -> tuple[list[BidInfo], list[NoBidInf
                 )
             )
             continue
-        seen.add((bid.peer_id, bid.task_id))
+        seen.add(key)
         kept.append(bid)
     return kept, dropped
 

@@ -39,6 +39,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from atomic_p2p.clock import Clock
+from atomic_p2p.frozen import quick_init
 from atomic_p2p.identity import Identity, PeerId
 from atomic_p2p.requester.auction import CallForBids, Collected, call_for_bids, collect_round
 from atomic_p2p.requester.bidpolicy import (
@@ -58,6 +59,7 @@ from atomic_p2p.requester.types import BidInfo, NoBidInfo
 logger = logging.getLogger(__name__)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Wanted:
     """One task that needs bids. ``window_s`` is the most it may spend collecting them;
@@ -75,6 +77,7 @@ class Wanted:
     priority: int = 1
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Offers:
     """What one task got: bids, no-bids, and how they were obtained.

@@ -28,6 +28,7 @@ import torch
 from atomic_p2p import metrics, tensors
 from atomic_p2p.clock import SYSTEM_CLOCK, Clock
 from atomic_p2p.errors import AuctionError, NoBidsError
+from atomic_p2p.frozen import quick_init
 from atomic_p2p.requester.bidmanager import BidManager, Offers, Wanted, input_specs
 from atomic_p2p.requester.bidpolicy import InputSpecs
 from atomic_p2p.requester.clearing import payment
@@ -52,6 +53,7 @@ logger = logging.getLogger(__name__)
 INLINE_ENCODE_BYTES = 1024 * 1024
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Terms:
     """What the caller asked of a whole request; ``deadline`` is an instant on ``clock``
@@ -70,6 +72,7 @@ class Terms:
         return self.deadline - self.clock.monotonic()
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Prepared:
     """One microtask ready to auction: its TaskSpec, encoded inputs, and how the cache keys it."""

@@ -93,6 +93,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import operator
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -150,6 +151,7 @@ class Pricing(Enum):
     SECOND_SCORE = "second_score"  # the highest cost at which it would still have won
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class Ask:
     """What the requester wants of one microtask. Zero or empty means "not constrained"."""
@@ -167,6 +169,7 @@ class Ask:
     selection: Selection = ANY  # the caller's model, excluded and preferred peers (selection.py)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MarketView:
     """What the requester knows besides the bids: profiles, its own in-flight tasks per peer,
@@ -276,9 +279,21 @@ def _number(value: object) -> float | None:
 
 
 def _field_problem(bid: object) -> str | None:
-    confidence = _number(getattr(bid, "confidence", None))
-    latency = _number(getattr(bid, "expected_latency_ms", None))
-    cost = _number(getattr(bid, "cost", None))
+    confidence = getattr(bid, "confidence", None)
+    latency = getattr(bid, "expected_latency_ms", None)
+    cost = getattr(bid, "cost", None)
+    if (  # the common case, plain floats in range, in one test (NaN fails every comparison)
+        type(confidence) is float
+        and type(latency) is float
+        and type(cost) is float
+        and 0.0 <= confidence <= 1.0
+        and 0.0 <= latency < math.inf
+        and 0.0 <= cost < math.inf
+    ):
+        return None
+    confidence = _number(confidence)
+    latency = _number(latency)
+    cost = _number(cost)
     if confidence is None or not (math.isfinite(confidence) and 0.0 <= confidence <= 1.0):
         return f"confidence {getattr(bid, 'confidence', None)!r} is not a number in [0, 1]"
     if latency is None or not (math.isfinite(latency) and latency >= 0.0):
@@ -535,9 +550,8 @@ def _score_all(
         in_flight = max(0, int(in_flight_of.get(assessed.peer, 0))) if in_flight_of else 0
         penalty = config.utilization_weight * in_flight / (in_flight + config.utilization_half)
         components = _components(assessed, ask, view, ceiling, accuracy, in_play)
-        total = (
-            sum(w * value for w, value in zip(weighed, components.values(), strict=True)) + bonus - penalty
-        )
+        # map(mul): the products in the same order as a generator would give them, minus its frames
+        total = sum(map(operator.mul, weighed, components.values())) + bonus - penalty
         details = {
             "expected_accuracy": assessed.expected_accuracy,
             "expected_latency_ms": assessed.expected_latency_ms,

@@ -11,6 +11,9 @@ import pytest
 
 from atomic_p2p.frozen import quick_init
 from atomic_p2p.identity import BatchProof, Envelope
+from atomic_p2p.requester.bidmanager import Offers, Wanted
+from atomic_p2p.requester.broker import Prepared, Terms
+from atomic_p2p.requester.evaluator import Ask, MarketView
 from atomic_p2p.requester.ranking import Scored
 from atomic_p2p.requester.types import BidInfo
 
@@ -72,7 +75,9 @@ def test_the_class_stays_a_frozen_value() -> None:
     assert hash(envelope) == hash(Envelope(b"k" * 32, "t", b"p", b"s" * 64, BatchProof(2, 1, (b"h" * 32,))))
 
 
-@pytest.mark.parametrize("cls", [BatchProof, Envelope, BidInfo, Scored])
+@pytest.mark.parametrize(
+    "cls", [BatchProof, Envelope, BidInfo, Scored, Ask, MarketView, Terms, Prepared, Wanted, Offers]
+)
 def test_the_hot_types_keep_their_dataclass_signature(cls: type) -> None:
     parameters = list(inspect.signature(cls).parameters.values())
     fields = [f for f in dataclasses.fields(cls) if f.init]

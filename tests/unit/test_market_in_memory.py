@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from atomic_p2p.errors import AuctionError, ExecutionError, UnavailableError
+from atomic_p2p.identity import Identity
 from atomic_p2p.peer.config import GradientConfig
 from atomic_p2p.requester import BidPolicy, NoBidKind, Request, Requester, ShardPolicy
 from atomic_p2p.requester.auction import call_for_bids, collect_round
@@ -211,6 +212,35 @@ async def test_peers_asked_with_one_call_get_its_bytes_and_another_call_gets_its
     expected = [(one.address, task) for task in ("t0", "t1", "t2")]
     expected += [(peer.address, task) for peer in (two, three) for task in ("t0", "t1")]
     assert sorted((bid.address, bid.task_id) for bid in collected.bids) == sorted(expected)
+
+
+async def test_a_peer_behind_two_addresses_gets_one_bid_per_task(
+    network: InMemoryNetwork, clock: FakeClock, tmp_path: Path
+) -> None:
+    key = Identity.from_seed(b"one key, two hosts")
+    first = network.add_peer(seller_config("a", tmp_path), identity=key)
+    second = network.add_peer(seller_config("b", tmp_path), identity=key)
+    other = network.add_peer(seller_config("c", tmp_path))
+    x, _ = digits_batch(2)
+    async with buyer(network, clock, [first, second, other]) as requester:
+        terms = requester._terms(30.0, None, None, "normal", True)
+        task = (await requester._broker.prepare("t0", CAPABILITY, {"x": x}, terms)).task
+        now = clock.wall_ms()
+        call = call_for_bids(requester.identity, [task], now, now + 10_000)
+        collected = await collect_round(
+            network.transport(), [(p.address, call) for p in (first, second, other)], 5.0, clock
+        )
+    assert sorted(bid.peer_id.hex for bid in collected.bids) == sorted(
+        [key.peer_id.hex, other.identity.peer_id.hex]
+    )
+    (dropped,) = collected.no_bids
+    assert (dropped.kind, dropped.reason, dropped.peer_id, dropped.task_id) == (
+        NoBidKind.INVALID,
+        "INVALID_ARGUMENT",
+        key.peer_id,
+        "t0",
+    )
+    assert dropped.detail == "a second bid from the same peer for the same task"
 
 
 async def test_a_batch_over_a_fixed_peers_unknown_limit_is_learned_then_sharded(
