@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -78,6 +78,17 @@ class ExpiringMap(Generic[K, V]):
         if key not in self._entries and len(self._entries) >= self.capacity:
             raise LimitExceededError(f"{self.capacity} {self.what} remembered already; retry later")
         self._entries[key] = (now_ms + self.ttl_ms, value)
+
+    def put_all(self, items: Sequence[tuple[K, V]], now_ms: int) -> None:
+        """``put`` for each (key, value), pruned once: all of them, or (over capacity) none."""
+        self.prune(now_ms)
+        entries = self._entries
+        fresh = sum(1 for key, _ in items if key not in entries)
+        if len(entries) + fresh > self.capacity:
+            raise LimitExceededError(f"{self.capacity} {self.what} remembered already; retry later")
+        expires_at = now_ms + self.ttl_ms
+        for key, value in items:
+            entries[key] = (expires_at, value)
 
     def prune(self, now_ms: int) -> None:
         # One TTL per map, so insertion order is expiry order (a clock that steps back only delays).
@@ -223,10 +234,15 @@ class BidBook:
         return len(self._bids) + count <= self._bids.capacity
 
     def record(self, bid: IssuedBid, now_ms: int) -> None:
-        self._bids.put((bid.request_id, bid.task_id), bid, now_ms)
-        if bid.source:
-            self._by_source[bid.source] += 1
-        self._newcomer_bids += bid.newcomer
+        self.record_all([bid], now_ms)
+
+    def record_all(self, bids: Sequence[IssuedBid], now_ms: int) -> None:
+        """Remember the bids one call for bids was answered with (all, or none over capacity)."""
+        self._bids.put_all([((bid.request_id, bid.task_id), bid) for bid in bids], now_ms)
+        for bid in bids:
+            if bid.source:
+                self._by_source[bid.source] += 1
+            self._newcomer_bids += bid.newcomer
 
     def _expired(self, bid: IssuedBid) -> None:
         if bid.source:

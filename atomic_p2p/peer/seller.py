@@ -262,12 +262,14 @@ class Seller:
         their Merkle root (docs/protocol.md section 3.1); any other gets one signature per bid."""
         outcomes: list[Envelope | WireNoBid | None] = []
         offers: list[tuple[int, Task, Bid]] = []
+        seq = self._record_seq()  # one record for the whole answer
         for (task, task_digest), decision in zip(opened.tasks, decisions, strict=True):
             if isinstance(decision, NoBid):
                 metrics.no_bid(decision.reason)
                 outcomes.append(WireNoBid(task.task_id, decision.reason, decision.detail))
             else:
-                offers.append((len(outcomes), task, self._offer(opened, task, task_digest, decision, now_ms)))
+                bid = self._offer(opened, task, task_digest, decision, now_ms, seq)
+                offers.append((len(outcomes), task, bid))
                 outcomes.append(None)  # the signed bid, once all are signed
         bids = [bid for _, _, bid in offers]
         if opened.request.batch_signatures:
@@ -275,13 +277,15 @@ class Seller:
         else:
             envelopes = [codec.sign(self.identity, bid) for bid in bids]
         costs: dict[str, list[float]] = {}
+        issued = []
         for (position, task, bid), envelope in zip(offers, envelopes, strict=True):
             outcomes[position] = envelope
             costs.setdefault(bid.model_id, []).append(bid.cost_estimate)
-            self._book.record(self._issued(opened, task, bid, envelope.digest), now_ms)
+            issued.append(self._issued(opened, task, bid, envelope.digest))
+        self._book.record_all(issued, now_ms)
         for model_id, quoted in costs.items():
             metrics.bids_issued(model_id, quoted)
-        return RequestBidsReply(tuple(outcome for outcome in outcomes if outcome is not None))
+        return RequestBidsReply(tuple([outcome for outcome in outcomes if outcome is not None]))
 
     def _parse_task(self, raw: bytes) -> tuple[Task, bytes]:
         spec = codec.decode(TaskSpec, raw)
@@ -339,8 +343,9 @@ class Seller:
         task_digest: bytes,
         decision: tuple[HostedModel, BidTerms],
         now_ms: int,
+        record_seq: int,
     ) -> Bid:
-        """The unsigned bid for one task."""
+        """The unsigned bid for one task, under gossip record ``record_seq``."""
         model, terms = decision
         header = opened.header
         bid_values = self._gradient_bid(header, task, model, now_ms) if opened.request.gradient_mode else []
@@ -361,7 +366,7 @@ class Seller:
             strategy=terms.strategy,
             bid_values=tuple(bid_values),
             reusable_ttl_ms=self._reuse_ms,
-            record_seq=self._record_seq(),
+            record_seq=record_seq,
             confidence_unknown=terms.confidence_unknown,
         )
         return bid

@@ -85,6 +85,18 @@ def test_a_full_table_refuses_instead_of_forgetting() -> None:
     assert table.contains("c", 199) and not table.contains("c", 200)
 
 
+def test_put_all_stores_every_pair_or_none_and_prunes_first() -> None:
+    table: ExpiringMap[str, int] = ExpiringMap(ttl_ms=100, capacity=3, what="things")
+    table.put("a", 1, now_ms=0)
+    with pytest.raises(LimitExceededError, match="3 things"):
+        table.put_all([("b", 2), ("c", 3), ("d", 4)], now_ms=50)  # four would not fit: none stored
+    assert not table.contains("b", 50) and len(table) == 1
+    table.put_all([("a", 5), ("b", 2), ("c", 3)], now_ms=60)  # "a" replaced, not counted twice
+    assert (table.get("a", 60), table.get("b", 60), table.get("c", 60)) == (5, 2, 3)
+    table.put_all([("d", 4), ("e", 5), ("f", 6)], now_ms=160)  # all three expired first
+    assert len(table) == 3 and table.get("d", 160) == 4 and not table.contains("d", 260)
+
+
 def issued(digest: bytes = b"d" * 32) -> IssuedBid:
     return IssuedBid(
         b"r" * 16, "t", digest, REQUESTER, "m", START + 10_000, 0.5, (InputSpec("x", "float32", (4, 64)),)
@@ -102,6 +114,24 @@ def test_the_bid_book_knows_live_expired_and_unknown_bids() -> None:
     with pytest.raises(PreconditionError, match="no such bid"):
         book.lookup(b"r" * 16, "t", b"d" * 32, now_ms=START + 10_000 + WINDOW)
     assert book.has_room(START, 10) and not book.has_room(START, 11)
+
+
+def test_a_whole_answer_is_recorded_at_once_and_counted_by_source() -> None:
+    book = BidBook(
+        validity_ms=10_000, grace_ms=WINDOW, capacity=10, prefix_share=0.5, newcomer_share=0.5, min_quota=1
+    )
+    answer = [
+        dataclasses.replace(issued(), task_id=f"t{i}", source="10.0.0.0/24", newcomer=True) for i in range(4)
+    ]
+    book.record_all(answer, now_ms=START)
+    for bid in answer:
+        assert book.lookup(bid.request_id, bid.task_id, bid.digest, now_ms=START) == bid
+    assert book.has_room(START, 6) and not book.has_room(START, 7)
+    book.check_room(START, 1, "10.0.0.0/24", newcomer=True)  # 4 + 1 fit the shares of 5
+    with pytest.raises(LimitExceededError, match=r"10\.0\.0\.0/24 fill its share"):
+        book.check_room(START, 2, "10.0.0.0/24")  # the prefix's live bids are counted
+    with pytest.raises(LimitExceededError, match="new to this peer"):
+        book.check_room(START, 2, "10.9.0.0/24", newcomer=True)  # and the newcomers'
 
 
 def test_each_kind_of_feedback_counts_once_per_bid() -> None:
