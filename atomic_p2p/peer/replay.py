@@ -74,10 +74,7 @@ class ExpiringMap(Generic[K, V]):
         return None if entry is None else entry[1]
 
     def put(self, key: K, value: V, now_ms: int) -> None:
-        self.prune(now_ms)
-        if key not in self._entries and len(self._entries) >= self.capacity:
-            raise LimitExceededError(f"{self.capacity} {self.what} remembered already; retry later")
-        self._entries[key] = (now_ms + self.ttl_ms, value)
+        self.put_all([(key, value)], now_ms)
 
     def put_all(self, items: Sequence[tuple[K, V]], now_ms: int) -> None:
         """``put`` for each (key, value), pruned once: all of them, or (over capacity) none."""

@@ -145,11 +145,11 @@ def sign_batch(identity: Identity, messages: Sequence[Signed]) -> list[Envelope]
 
 def encode_bids(bids: Sequence[Bid]) -> list[bytes]:
     """Each bid's payload bytes, as a batch of bids for one call is encoded: the fields its bids
-    share (all but the task's own: task id and digest, confidence, latency, cost, bid values) are
-    serialized once per distinct set and put before each bid's own fields. Protobuf reads fields
-    in any order, so each payload parses to the same Bid as ``encode(bid)``'s (a test holds them
-    to it); only the order of its fields differs, and a payload is verified as received, never
-    re-serialized (docs/protocol.md section 3). About half the cost of encoding each bid whole."""
+    share (:func:`_bid_shared`) are serialized once per distinct set and put before each bid's
+    own (:func:`_bid_own`). Protobuf reads fields in any order, so each payload parses to the same
+    Bid as ``encode(bid)``'s (a test holds them to it); only the order of its fields differs, and
+    a payload is verified as received, never re-serialized (docs/protocol.md section 3). About
+    half the cost of encoding each bid whole."""
     shared: dict[tuple[object, ...], bytes] = {}
     payloads = []
     for bid in bids:
@@ -169,29 +169,8 @@ def encode_bids(bids: Sequence[Bid]) -> list[bytes]:
         )
         prefix = shared.get(key)
         if prefix is None:
-            prefix = shared[key] = market_pb2.Bid(
-                request_id=bid.request_id,
-                peer_id=bid.peer_id,
-                model_id=bid.model_id,
-                resource_requirements=resources_to_proto(bid.resource_requirements),
-                capabilities=list(bid.capabilities),
-                constraints=constraints_to_proto(bid.constraints),
-                issued_at_ms=bid.issued_at_ms,
-                valid_until_ms=bid.valid_until_ms,
-                strategy=bid.strategy,
-                reusable_ttl_ms=bid.reusable_ttl_ms,
-                record_seq=bid.record_seq,
-            ).SerializeToString()
-        own = market_pb2.Bid(
-            task_id=bid.task_id,
-            task_digest=bid.task_digest,
-            confidence_score=bid.confidence_score,
-            expected_latency_ms=bid.expected_latency_ms,
-            cost_estimate=bid.cost_estimate,
-            bid_values=bid.bid_values,
-            confidence_unknown=bid.confidence_unknown,
-        )
-        payloads.append(prefix + own.SerializeToString())
+            prefix = shared[key] = _bid_shared(bid).SerializeToString()
+        payloads.append(prefix + _bid_own(bid).SerializeToString())
     return payloads
 
 
@@ -333,24 +312,40 @@ def _bid_request_from_proto(message: market_pb2.BidRequest) -> BidRequest:
 
 
 def _bid_to_proto(bid: Bid) -> market_pb2.Bid:
+    message = _bid_shared(bid)
+    message.MergeFrom(_bid_own(bid))  # disjoint halves; serialized in field number order
+    return message
+
+
+# A Bid's fields in two halves, each mapped once: what the bids of one model in one answer share,
+# and what is each task's own (encode_bids puts the first before the second; a test holds that
+# together they are every field of Bid).
+
+
+def _bid_shared(bid: Bid) -> market_pb2.Bid:
     return market_pb2.Bid(
         request_id=bid.request_id,
-        task_id=bid.task_id,
-        task_digest=bid.task_digest,
         peer_id=bid.peer_id,
         model_id=bid.model_id,
-        confidence_score=bid.confidence_score,
-        expected_latency_ms=bid.expected_latency_ms,
         resource_requirements=resources_to_proto(bid.resource_requirements),
-        cost_estimate=bid.cost_estimate,
         capabilities=list(bid.capabilities),
         constraints=constraints_to_proto(bid.constraints),
         issued_at_ms=bid.issued_at_ms,
         valid_until_ms=bid.valid_until_ms,
         strategy=bid.strategy,
-        bid_values=list(bid.bid_values),
         reusable_ttl_ms=bid.reusable_ttl_ms,
         record_seq=bid.record_seq,
+    )
+
+
+def _bid_own(bid: Bid) -> market_pb2.Bid:
+    return market_pb2.Bid(
+        task_id=bid.task_id,
+        task_digest=bid.task_digest,
+        confidence_score=bid.confidence_score,
+        expected_latency_ms=bid.expected_latency_ms,
+        cost_estimate=bid.cost_estimate,
+        bid_values=list(bid.bid_values),
         confidence_unknown=bid.confidence_unknown,
     )
 

@@ -618,3 +618,31 @@ def test_input_specs_are_remembered_by_bytes_bounded_and_refusals_never_remember
         spec = TensorSpec("x", "float32", (rows, 64))
         assert wire.spec_from_proto(wire.spec_to_proto(spec)) == spec
         assert len(wire._SPECS) <= wire._TERMS_REMEMBERED
+
+
+def test_the_two_halves_of_a_bid_are_every_field_of_bid_once() -> None:
+    bid = Bid(
+        request_id=b"\x01" * 16,
+        task_id="t",
+        task_digest=b"\x02" * 32,
+        peer_id=b"\x03" * 32,
+        model_id="m",
+        confidence_score=0.5,
+        expected_latency_ms=2.0,
+        resource_requirements=Resources(1.0, 2.0, 3.0),
+        cost_estimate=0.25,
+        capabilities=("c",),
+        constraints=ModelConstraints(max_input_tokens=5, supported_languages=("en",), max_batch=4),
+        issued_at_ms=1,
+        valid_until_ms=2,
+        strategy="s",
+        bid_values=(0.5,),
+        reusable_ttl_ms=3,
+        record_seq=4,
+        confidence_unknown=True,
+    )
+    shared = {field.name for field, _ in codec._bid_shared(bid).ListFields()}
+    own = {field.name for field, _ in codec._bid_own(bid).ListFields()}
+    assert not shared & own
+    assert shared | own == {field.name for field in market_pb2.Bid.DESCRIPTOR.fields}
+    assert len(market_pb2.Bid.DESCRIPTOR.fields) == len(dataclasses.fields(Bid))  # each set above
