@@ -13,6 +13,12 @@ What is measured, all in one run so the noisy machine cancels out (docs/architec
 - **bare fan-out**: the same number of concurrent unary calls to the same servers over the same
   channels, to the cheapest handler they serve (grpc.health.v1 Check): the floor any protocol
   on this gRPC stack pays.
+- **the floor, measured**: the same fan-out of signed RequestBids calls to minimal peers
+  (``scripts/minimal_peer.py``: verify the request, run the model on the preview, sign a bid,
+  nothing else, on the generated protobuf classes), as many to a process as the real peers and
+  served the same way; beside it, the same raw fan-out to the real peers (no bid scored) and the
+  requester's real round against the minimal peers. The work alone, timed warm in a tight loop,
+  is printed too: in a serving process it runs colder and costs more.
 - **full request**: ``Requester.run`` (auction + Execute on the winner + result verification),
   and **direct execute**: calling the same winner without an auction (a bid is still needed to
   execute, so this is RequestBids to that one peer + Execute).
@@ -39,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import platform
@@ -85,6 +92,31 @@ async def serve_peers(count: int, data_dir: Path, extra_ms: float, reuse_s: floa
         await node.stop(grace=0.5)
 
 
+async def serve_minimal(count: int, data_dir: Path, insecure: bool) -> None:
+    """Child process: ``count`` minimal peers (scripts/minimal_peer.py: the floor), each with its
+    own copy of the small model, served as :func:`serve_peers` serves real ones."""
+    import torch
+
+    from atomic_p2p.peer.node import freeze_heap, load_models, serving_threads
+    from peers.examples import example_config
+    from scripts import minimal_peer
+
+    servers, addresses = [], []
+    for index in range(count):
+        config = example_config("small", data_dir / f"p{index}")
+        torch.set_num_threads(serving_threads(config))
+        (model,) = load_models(config).values()
+        peer, tls = minimal_peer.load(data_dir / f"p{index}" / "minimal", model, CAPABILITY)
+        server, port = await minimal_peer.serve(peer, None if insecure else tls)
+        servers.append(server)
+        addresses.append(f"127.0.0.1:{port}" if insecure else f"{peer.peer_id.hex}@127.0.0.1:{port}")
+    freeze_heap()
+    print(json.dumps(addresses), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    for server in servers:
+        await server.stop(0.5)
+
+
 def start_farms(
     peers: int,
     procs: int,
@@ -92,6 +124,7 @@ def start_farms(
     extra_ms: float = 0.0,
     reuse_s: float = 0.0,
     insecure: bool = False,
+    minimal: bool = False,
 ) -> tuple[list[subprocess.Popen[str]], list[str]]:
     farms, addresses = [], []
     share = [peers // procs + (1 if i < peers % procs else 0) for i in range(procs)]
@@ -108,6 +141,7 @@ def start_farms(
             "--reuse-s",
             str(reuse_s),
             *(["--insecure"] if insecure else []),
+            *(["--minimal"] if minimal else []),
         ]
         farm = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         farms.append(farm)
@@ -164,10 +198,36 @@ async def timed(
 
 
 async def measure(
-    addresses: list[str], rounds: int, peer_pids: list[int], insecure: bool = False
+    addresses: list[str],
+    rounds: int,
+    peer_pids: list[int],
+    insecure: bool = False,
+    minimal_dir: Path | None = None,
+) -> dict[str, dict[str, float]]:
+    """The fast rows; with ``minimal_dir``, also the same fan-out to minimal peers (the floor),
+    started there as many to a process as the real ones."""
+    if minimal_dir is None:
+        return await _measure(addresses, [], rounds, peer_pids, [], insecure)
+    farms, minimal = start_farms(len(addresses), len(peer_pids), minimal_dir, insecure=insecure, minimal=True)
+    try:
+        return await _measure(addresses, minimal, rounds, peer_pids, [farm.pid for farm in farms], insecure)
+    finally:
+        stop_farms(farms)
+
+
+async def _measure(
+    addresses: list[str],
+    minimal: list[str],
+    rounds: int,
+    peer_pids: list[int],
+    minimal_pids: list[int],
+    insecure: bool,
 ) -> dict[str, dict[str, float]]:
     import torch
 
+    from atomic_p2p.identity import verify
+    from atomic_p2p.protocol import codec
+    from atomic_p2p.protocol.messages import RequestBidsReply
     from atomic_p2p.requester import Requester, score
     from atomic_p2p.requester.auction import collect_bids
     from atomic_p2p.requester.client import TASK_ID
@@ -179,7 +239,7 @@ async def measure(
     async with Requester(addresses, insecure=insecure) as requester:
         transport = requester._transport  # the bench drives the requester's own transport
         pool = requester._pool
-        for address in addresses:  # pinned to each peer's certificate (TLS) before any call
+        for address in [*addresses, *minimal]:  # pinned to each peer's certificate (TLS) before any call
             await pool.open(address)
         health = [health_pb2_grpc.HealthStub(pool.channel(a)) for a in addresses]  # the auction's channels
 
@@ -189,6 +249,31 @@ async def measure(
             collected = await collect_bids(transport, addresses, call, 2.0, requester.clock)
             ranking = score(collected.bids_for(TASK_ID), None, 2000.0, None)
             assert len(ranking.ranked) == len(addresses), collected.no_bids
+
+        def round_on(peers: list[str]) -> Callable[[], Awaitable[None]]:
+            async def auction_round() -> None:  # the requester's real path, as above
+                task = build_task(TASK_ID, CAPABILITY, wire, preview=True, max_cost=None)
+                call = requester._call_for_bids(task, 2.0)
+                collected = await collect_bids(transport, peers, call, 2.0, requester.clock)
+                ranking = score(collected.bids_for(TASK_ID), None, 2000.0, None)
+                assert len(ranking.ranked) == len(peers), collected.no_bids
+
+            return auction_round
+
+        grpc_transport = transport.inner  # the bytes a call sends, under the requester's watch
+
+        def fanout_to(peers: list[str]) -> Callable[[], Awaitable[None]]:
+            async def requests_only() -> None:
+                # The least a requester does: sign and send the call, check the last bid to arrive.
+                task = build_task(TASK_ID, CAPABILITY, wire, preview=True, max_cost=None)
+                raw = codec.encode(requester._call_for_bids(task, 2.0).frame)
+                replies = await asyncio.gather(
+                    *(grpc_transport.send(p, "RequestBids", raw, 2.0) for p in peers)
+                )
+                (outcome,) = codec.decode(RequestBidsReply, replies[-1]).outcomes
+                verify(outcome, codec.BID_TYPE)
+
+            return requests_only
 
         async def bare_fanout() -> None:
             request = health_pb2.HealthCheckRequest(service="")
@@ -208,17 +293,38 @@ async def measure(
                 ("auction round", auction_round),
                 ("full request (10 peers)", full_request),
                 ("direct (1 peer)", direct_execute),
+                *(
+                    [
+                        ("RequestBids fan-out", fanout_to(addresses)),
+                        ("minimal: fan-out", fanout_to(minimal)),
+                        ("minimal: auction round", round_on(minimal)),
+                    ]
+                    if minimal
+                    else []
+                ),
             ]:
-                results[label] = await timed(label, rounds, call, peer_pids)
+                pids = minimal_pids if label.startswith("minimal") else peer_pids
+                results[label] = await timed(label, rounds, call, pids)
         label = f"connect ({len(addresses)} peers)"
         results[label] = await timed(
             label, max(10, rounds // 10), lambda: first_contact(addresses, insecure), peer_pids
         )
-    for label in ("bare gRPC fan-out", "auction round"):  # one call or one bid per peer per round
-        row = results[label]
+    for label in PER_BID_ROWS:  # one call or one bid per peer per round
+        row = results.get(label)
+        if row is None:
+            continue
         for side in ("requester", "peers"):
             row[f"{side}_cpu_us_per_bid"] = row[f"{side}_cpu_us_per_call"] / len(addresses)
     return results
+
+
+PER_BID_ROWS = (
+    "bare gRPC fan-out",
+    "auction round",
+    "RequestBids fan-out",
+    "minimal: fan-out",
+    "minimal: auction round",
+)
 
 
 async def first_contact(addresses: list[str], insecure: bool) -> None:
@@ -344,8 +450,8 @@ def floor_work_us(data_dir: Path, repeats: int = 2000) -> dict[str, float]:
     (model,) = load_models(config).values()
     preview = (torch.rand(8, 64),)
     key = Identity.generate()
-    payload = os.urandom(400)  # a BidRequest with one previewed task is ~2.4 KB; a bid ~400 B
-    envelope = key.sign(BID_REQUEST_TYPE, payload)
+    payload = os.urandom(400)  # a bid is ~400 B
+    envelope = key.sign(BID_REQUEST_TYPE, os.urandom(2400))  # a request with one previewed task
 
     def per_call_us(work: Callable[[], object]) -> float:
         runs = []
@@ -430,8 +536,14 @@ def report(
     peers_per_process = -(-args.peers // args.peer_procs)
     floor_ms = bare["p50_ms"] + peers_per_process * per_peer_ms + work["verify_us"] / 1000
     direct_5ms = results["direct 5ms"]["p50_ms"]
+    # The measured floor: the same fan-out to minimal peers (scripts/minimal_peer.py), which do
+    # that work and nothing else, in a process like the real peers' and as warm or cold as it.
+    minimal_ms = results["minimal: fan-out"]["p50_ms"]
     ratios = {
         "auction_vs_bare_p50": auction["p50_ms"] / bare["p50_ms"],
+        "minimal_vs_bare_p50": minimal_ms / bare["p50_ms"],
+        "auction_vs_minimal_p50": auction["p50_ms"] / minimal_ms,
+        "minimal_full_vs_direct_5ms": (minimal_ms + direct_5ms) / direct_5ms,
         "floor_vs_bare_p50": floor_ms / bare["p50_ms"],
         "auction_vs_floor_p50": auction["p50_ms"] / floor_ms,
         "floor_full_vs_direct_5ms": (floor_ms + direct_5ms) / direct_5ms,
@@ -467,7 +579,7 @@ def report(
         f"{work['model_us']:.0f}, sign bid {work['sign_us']:.0f}"
     )
     print("\n  CPU per bid (us)                 requester    peers")
-    for label in ("bare gRPC fan-out", "auction round"):
+    for label in PER_BID_ROWS:
         row = results[label]
         print(f"  {label:<32}{row['requester_cpu_us_per_bid']:>9.0f}{row['peers_cpu_us_per_bid']:>9.0f}")
     print("\n  ratio                              measured   target")
@@ -475,14 +587,19 @@ def report(
         f"  auction / bare fan-out, p50        {ratios['auction_vs_bare_p50']:>8.2f}x   <= 2.5x (one process)"
     )
     print(
-        f"    floor / bare fan-out              {ratios['floor_vs_bare_p50']:>8.2f}x   (floor {floor_ms:.2f} ms: "
-        f"bare + {peers_per_process} x {per_peer_ms * 1000:.0f} us + {work['verify_us']:.0f} us)"
+        f"    minimal peers / bare fan-out      {ratios['minimal_vs_bare_p50']:>8.2f}x   (the measured floor: "
+        f"scripts/minimal_peer.py, {minimal_ms:.2f} ms)"
     )
-    print(f"    auction / floor                   {ratios['auction_vs_floor_p50']:>8.2f}x")
+    print(f"    auction / minimal peers           {ratios['auction_vs_minimal_p50']:>8.2f}x")
+    print(
+        f"    work alone / bare fan-out         {ratios['floor_vs_bare_p50']:>8.2f}x   ({floor_ms:.2f} ms: "
+        f"bare + {peers_per_process} x {per_peer_ms * 1000:.0f} us + {work['verify_us']:.0f} us, timed warm)"
+    )
     print(f"  auction / bare fan-out, p99        {ratios['auction_vs_bare_p99']:>8.2f}x")
     print(f"  full request / direct, p50         {ratios['full_vs_direct_p50']:>8.2f}x   (1-peer auction)")
     print(f"  full / direct, 5 ms model, p50     {ratios['full_vs_direct_5ms_p50']:>8.2f}x   <= 1.3x")
-    print(f"    floor (auction floor + direct)    {ratios['floor_full_vs_direct_5ms']:>8.2f}x")
+    print(f"    floor (minimal peers + direct)    {ratios['minimal_full_vs_direct_5ms']:>8.2f}x")
+    print(f"    work alone (+ direct)             {ratios['floor_full_vs_direct_5ms']:>8.2f}x")
     print(f"  cached / direct, 5 ms model, p50   {ratios['cached_vs_direct_5ms_p50']:>8.2f}x   <= 1.1x")
     print(
         f"  auction round p50 / p99 (ms)       {auction['p50_ms']:>5.2f} / {auction['p99_ms']:.2f}   <= 7 / 20"
@@ -512,10 +629,16 @@ def report(
             "peers": auction["peers_cpu_us_per_bid"],
             "bare_requester": bare["requester_cpu_us_per_bid"],
             "bare_peers": bare["peers_cpu_us_per_bid"],
+            "minimal_peers": results["minimal: fan-out"]["peers_cpu_us_per_bid"],
         },
         "peer_idle_rss_mb": rss_mb,
         "peer_rss_floor_mb": floors,
-        "floor": {"round_ms": floor_ms, "peers_per_process": peers_per_process, **work},
+        "floor": {
+            "minimal_round_ms": minimal_ms,
+            "round_ms": floor_ms,
+            "peers_per_process": peers_per_process,
+            **work,
+        },
         "ed25519": rates,
     }
 
@@ -533,11 +656,15 @@ def run_farm(
     try:
         return asyncio.run(measurement(addresses, args.rounds, [farm.pid for farm in farms]))
     finally:
-        for farm in farms:
-            assert farm.stdin is not None
-            farm.stdin.close()
-        for farm in farms:
-            farm.wait(timeout=30)
+        stop_farms(farms)
+
+
+def stop_farms(farms: list[subprocess.Popen[str]]) -> None:
+    for farm in farms:
+        assert farm.stdin is not None
+        farm.stdin.close()
+    for farm in farms:
+        farm.wait(timeout=30)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -553,12 +680,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra-ms", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--reuse-s", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--insecure", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--minimal", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve_peers is not None and args.minimal:
+        asyncio.run(serve_minimal(args.serve_peers, args.data_dir, args.insecure))
+        return 0
     if args.serve_peers is not None:
         asyncio.run(serve_peers(args.serve_peers, args.data_dir, args.extra_ms, args.reuse_s, args.insecure))
         return 0
     with tempfile.TemporaryDirectory(prefix="atomic-bench-") as tmp:
-        results = run_farm(args, Path(tmp) / "fast", measure)
+        fast = functools.partial(measure, minimal_dir=Path(tmp) / "minimal")
+        results = run_farm(args, Path(tmp) / "fast", fast)
         plaintext = run_farm(args, Path(tmp) / "plain", measure_plaintext, insecure=True)
         results.update(run_farm(args, Path(tmp) / "5ms", measure_5ms, extra_ms=5.0, reuse_s=60.0))
         rss_mb = idle_peer_rss_mb(Path(tmp) / "idle")

@@ -1,0 +1,161 @@
+"""The least a peer can do to answer RequestBids, as plainly as Python and grpc.aio allow: the
+floor under the auction round that ``scripts/bench_auction.py`` measures in the same run.
+
+A real peer's RequestBids handler does more than the protocol strictly needs (source limits, fair
+shares, strategies, screening against the contract, a bid book for Execute, metrics, journals).
+This one keeps only what no answer can skip, each done directly on the generated protobuf
+classes:
+
+- parse the call and check the envelope's shape, payload type and Ed25519 signature;
+- parse the BidRequest, refuse a stale or replayed one (a bounded set of request ids) and one
+  whose deadline has passed;
+- per task: parse the TaskSpec, sha256 its bytes (the bid names the task by them), decode the
+  preview's float32 rows and check them finite, run the model on them for its confidence (mean
+  max-softmax);
+- build each Bid (the fields a requester scores, from a template of the ones that never
+  change), serialize it and sign it as an envelope of its own;
+- serialize the reply.
+
+It serves over the same kind of server a peer does (grpc.aio, TLS bound to its peer id), and
+its bids are real: the requester's own code verifies, binds and scores them
+(tests/system/test_minimal_peer.py). It is not a peer (no Execute, no gossip): a ruler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import OrderedDict
+from pathlib import Path
+
+import grpc
+import numpy as np
+import torch
+from nacl.bindings import crypto_sign_open
+
+from atomic_p2p._proto.atomic.v1 import market_pb2
+from atomic_p2p.identity import Identity, PeerId, signing_input
+from atomic_p2p.peer.models import HostedModel
+from atomic_p2p.peer.server import SERVICE_NAME
+from atomic_p2p.protocol.codec import BID_REQUEST_TYPE, BID_TYPE
+from atomic_p2p.tls import TlsCredentials
+
+REPLAY_WINDOW_MS = 30_000
+REMEMBERED_REQUESTS = 65_536
+BID_VALIDITY_MS = 10_000
+
+
+class MinimalPeer:
+    """One model, one key: RequestBids bytes in, reply bytes out (``grpc.StatusCode`` on refusal)."""
+
+    def __init__(self, identity: Identity, model: HostedModel, capability: str) -> None:
+        self._identity = identity
+        self._public_key = identity.public_key
+        self._module = model.module
+        self._price = model.config.price_per_example
+        self._latency_ms = float(model.expected_latency_ms)
+        self._seen: OrderedDict[bytes, int] = OrderedDict()
+        template = market_pb2.Bid(
+            peer_id=identity.peer_id.raw,
+            model_id=model.model_id,
+            capabilities=[capability],
+            strategy="confidence",
+        )
+        template.resource_requirements.cpu_cores = model.config.resources.cpu_cores
+        template.resource_requirements.memory_mb = model.config.resources.memory_mb
+        template.constraints.max_batch = model.max_batch
+        self._template = template
+
+    @property
+    def peer_id(self) -> PeerId:
+        return self._identity.peer_id
+
+    def request_bids(self, raw: bytes) -> bytes:
+        envelope = market_pb2.RequestBidsRequest.FromString(raw).request
+        if (
+            envelope.payload_type != BID_REQUEST_TYPE
+            or len(envelope.public_key) != 32
+            or len(envelope.signature) != 64
+        ):
+            raise _Refused(grpc.StatusCode.UNAUTHENTICATED, "not a signed BidRequest")
+        message = signing_input(BID_REQUEST_TYPE, envelope.payload)
+        try:
+            crypto_sign_open(envelope.signature + message, envelope.public_key)
+        except Exception as error:
+            raise _Refused(grpc.StatusCode.UNAUTHENTICATED, "signature does not verify") from error
+        request = market_pb2.BidRequest.FromString(envelope.payload)
+        now = time.time_ns() // 1_000_000
+        if abs(now - request.issued_at_ms) > REPLAY_WINDOW_MS or request.deadline_ms <= now:
+            raise _Refused(grpc.StatusCode.FAILED_PRECONDITION, "stale or expired BidRequest")
+        if request.request_id in self._seen:
+            raise _Refused(grpc.StatusCode.ALREADY_EXISTS, "replayed BidRequest")
+        self._seen[request.request_id] = now
+        if len(self._seen) > REMEMBERED_REQUESTS:
+            self._seen.popitem(last=False)
+        reply = market_pb2.RequestBidsResponse()
+        for task_bytes in request.tasks:
+            task = market_pb2.TaskSpec.FromString(task_bytes)
+            preview = task.preview[0]
+            rows = np.frombuffer(preview.data, dtype=np.float32).reshape(tuple(preview.shape))
+            if not np.isfinite(rows).all():
+                raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "preview is not finite")
+            with torch.inference_mode():
+                logits = self._module(torch.from_numpy(rows.copy()))
+                confidence = float(torch.softmax(logits, dim=-1).amax(dim=-1).mean())
+            bid = market_pb2.Bid()
+            bid.CopyFrom(self._template)
+            bid.request_id = request.request_id
+            bid.task_id = task.task_id
+            bid.task_digest = hashlib.sha256(task_bytes).digest()
+            bid.confidence_score = confidence
+            bid.expected_latency_ms = self._latency_ms
+            bid.cost_estimate = self._price * rows.shape[0]
+            bid.issued_at_ms = now
+            bid.valid_until_ms = now + BID_VALIDITY_MS
+            payload = bid.SerializeToString()
+            signed = reply.outcomes.add().bid
+            signed.public_key = self._public_key
+            signed.payload_type = BID_TYPE
+            signed.payload = payload
+            signed.signature = self._identity.sign(BID_TYPE, payload).signature
+        return reply.SerializeToString()
+
+
+class _Refused(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
+async def serve(
+    peer: MinimalPeer, tls: TlsCredentials | None, host: str = "127.0.0.1"
+) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server answering ``atomic.v1.Peer/RequestBids`` with ``peer``; TLS unless None."""
+
+    async def handle(raw: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            return peer.request_bids(raw)
+        except _Refused as refused:
+            await context.abort(refused.code, refused.details)
+            raise
+
+    handler = grpc.method_handlers_generic_handler(
+        SERVICE_NAME, {"RequestBids": grpc.unary_unary_rpc_method_handler(handle)}
+    )
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    server.add_generic_rpc_handlers((handler,))
+    address = f"{host}:0"
+    port = (
+        server.add_secure_port(address, tls.server_credentials())
+        if tls
+        else server.add_insecure_port(address)
+    )
+    await server.start()
+    return server, port
+
+
+def load(directory: Path, model: HostedModel, capability: str) -> tuple[MinimalPeer, TlsCredentials]:
+    """A minimal peer with a node key and TLS credentials kept in ``directory`` (made if absent)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    identity = Identity.load_or_create(directory / "key.pem")
+    return MinimalPeer(identity, model, capability), TlsCredentials.load_or_create(directory, identity)
