@@ -23,10 +23,16 @@ its bids are real: the requester's own code verifies, binds and scores them
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import hashlib
+import json
+import sys
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 import numpy as np
@@ -35,35 +41,69 @@ from nacl.bindings import crypto_sign_open
 
 from atomic_p2p._proto.atomic.v1 import market_pb2
 from atomic_p2p.identity import Identity, PeerId, signing_input
-from atomic_p2p.peer.models import HostedModel
-from atomic_p2p.peer.server import SERVICE_NAME
-from atomic_p2p.protocol.codec import BID_REQUEST_TYPE, BID_TYPE
 from atomic_p2p.tls import TlsCredentials
 
+if TYPE_CHECKING:
+    from atomic_p2p.peer.models import HostedModel
+
+# Only the generated messages, the node key and TLS: importing the peer package would count its
+# modules in the floor's memory (see idle RSS in bench_auction.py).
+SERVICE_NAME = market_pb2.DESCRIPTOR.services_by_name["Peer"].full_name
+BID_REQUEST_TYPE = market_pb2.BidRequest.DESCRIPTOR.full_name
+BID_TYPE = market_pb2.Bid.DESCRIPTOR.full_name
 REPLAY_WINDOW_MS = 30_000
 REMEMBERED_REQUESTS = 65_536
 BID_VALIDITY_MS = 10_000
 
 
+@dataclass(frozen=True)
+class Offer:
+    """What a minimal peer sells: one model and the terms its bids state."""
+
+    module: torch.nn.Module
+    model_id: str
+    capability: str
+    price_per_example: float
+    latency_ms: float
+    max_batch: int
+    cpu_cores: float
+    memory_mb: float
+
+
+def offer_of(model: HostedModel, capability: str) -> Offer:
+    """The offer a real peer's hosted model makes, for a minimal peer to make the same."""
+    config = model.config
+    return Offer(
+        model.module,
+        model.model_id,
+        capability,
+        config.price_per_example,
+        float(model.expected_latency_ms),
+        model.max_batch,
+        config.resources.cpu_cores,
+        config.resources.memory_mb,
+    )
+
+
 class MinimalPeer:
     """One model, one key: RequestBids bytes in, reply bytes out (``grpc.StatusCode`` on refusal)."""
 
-    def __init__(self, identity: Identity, model: HostedModel, capability: str) -> None:
+    def __init__(self, identity: Identity, offer: Offer) -> None:
         self._identity = identity
         self._public_key = identity.public_key
-        self._module = model.module
-        self._price = model.config.price_per_example
-        self._latency_ms = float(model.expected_latency_ms)
+        self._module = offer.module
+        self._price = offer.price_per_example
+        self._latency_ms = offer.latency_ms
         self._seen: OrderedDict[bytes, int] = OrderedDict()
         template = market_pb2.Bid(
             peer_id=identity.peer_id.raw,
-            model_id=model.model_id,
-            capabilities=[capability],
+            model_id=offer.model_id,
+            capabilities=[offer.capability],
             strategy="confidence",
         )
-        template.resource_requirements.cpu_cores = model.config.resources.cpu_cores
-        template.resource_requirements.memory_mb = model.config.resources.memory_mb
-        template.constraints.max_batch = model.max_batch
+        template.resource_requirements.cpu_cores = offer.cpu_cores
+        template.resource_requirements.memory_mb = offer.memory_mb
+        template.constraints.max_batch = offer.max_batch
         self._template = template
 
     @property
@@ -154,8 +194,45 @@ async def serve(
     return server, port
 
 
-def load(directory: Path, model: HostedModel, capability: str) -> tuple[MinimalPeer, TlsCredentials]:
+def load(directory: Path, offer: Offer) -> tuple[MinimalPeer, TlsCredentials]:
     """A minimal peer with a node key and TLS credentials kept in ``directory`` (made if absent)."""
     directory.mkdir(parents=True, exist_ok=True)
     identity = Identity.load_or_create(directory / "key.pem")
-    return MinimalPeer(identity, model, capability), TlsCredentials.load_or_create(directory, identity)
+    return MinimalPeer(identity, offer), TlsCredentials.load_or_create(directory, identity)
+
+
+def small_digits(weights: Path, hidden: int) -> torch.nn.Module:
+    """The small example peer's network (peers/digits.py: Linear 64 -> hidden, ReLU, Linear ->
+    10) with its cached weights; ``load_state_dict`` is strict, so a different network fails."""
+    module = torch.nn.Sequential(torch.nn.Linear(64, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 10))
+    module.load_state_dict(torch.load(weights, weights_only=True)["state"])
+    return module.eval()
+
+
+async def _serve_until_stdin_closes(args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
+    module = small_digits(args.weights, args.hidden)
+    with torch.inference_mode():  # warm, as a peer is once it measured its latency
+        for _ in range(20):
+            module(torch.rand(8, 64))
+    offer = Offer(module, "digits-small", "classify/digits", 0.001, 1.0, 256, 0.25, 16.0)
+    peer, tls = load(args.data_dir, offer)
+    server, port = await serve(peer, tls)
+    print(json.dumps([f"{peer.peer_id.hex}@127.0.0.1:{port}"]), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await server.stop(0.5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One minimal peer serving the small digits model over TLS, as a process of its own (the
+    floor under an idle peer's memory): prints its address, serves until stdin closes."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--weights", type=Path, required=True, help="a digits-small-*.pt weights file")
+    parser.add_argument("--hidden", type=int, default=16)
+    parser.add_argument("--data-dir", type=Path, required=True, help="where its key and TLS files go")
+    asyncio.run(_serve_until_stdin_closes(parser.parse_args(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

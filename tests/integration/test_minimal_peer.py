@@ -32,7 +32,7 @@ CAPABILITY = "classify/digits"
 @pytest.fixture
 async def served(tmp_path: Path) -> AsyncIterator[tuple[minimal_peer.MinimalPeer, str, HostedModel]]:
     (model,) = load_models(example_config("small", tmp_path)).values()
-    peer, tls = minimal_peer.load(tmp_path / "minimal", model, CAPABILITY)
+    peer, tls = minimal_peer.load(tmp_path / "minimal", minimal_peer.offer_of(model, CAPABILITY))
     server, port = await minimal_peer.serve(peer, tls)
     try:
         yield peer, f"{peer.peer_id.hex}@127.0.0.1:{port}", model
