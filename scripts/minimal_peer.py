@@ -18,7 +18,7 @@ classes:
 
 It serves over the same kind of server a peer does (grpc.aio, TLS bound to its peer id), and
 its bids are real: the requester's own code verifies, binds and scores them
-(tests/system/test_minimal_peer.py). It is not a peer (no Execute, no gossip): a ruler.
+(tests/integration/test_minimal_peer.py). It is not a peer (no Execute, no gossip): a ruler.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING
 import grpc
 import numpy as np
 import torch
+from google.protobuf.message import DecodeError
 from nacl.bindings import crypto_sign_open
 
 from atomic_p2p._proto.atomic.v1 import market_pb2
@@ -111,6 +112,12 @@ class MinimalPeer:
         return self._identity.peer_id
 
     def request_bids(self, raw: bytes) -> bytes:
+        try:
+            return self._answer(raw)
+        except (ValueError, IndexError, DecodeError) as error:  # a misshapen message or preview
+            raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "malformed RequestBids") from error
+
+    def _answer(self, raw: bytes) -> bytes:
         envelope = market_pb2.RequestBidsRequest.FromString(raw).request
         if (
             envelope.payload_type != BID_REQUEST_TYPE

@@ -59,7 +59,7 @@ async def test_its_bids_pass_the_requesters_own_checks(
     assert bid.cost == pytest.approx(model.config.price_per_example * 8)
 
 
-async def test_it_refuses_a_forged_or_replayed_request(
+async def test_it_refuses_a_forged_replayed_or_malformed_request(
     served: tuple[minimal_peer.MinimalPeer, str, HostedModel],
 ) -> None:
     _, address, _ = served
@@ -78,3 +78,6 @@ async def test_it_refuses_a_forged_or_replayed_request(
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await rpc(forged, timeout=4.0)
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.aio.AioRpcError) as malformed:
+            await rpc(b"\xff" * 64, timeout=4.0)
+        assert malformed.value.code() == grpc.StatusCode.INVALID_ARGUMENT
