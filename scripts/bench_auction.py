@@ -244,15 +244,8 @@ async def _measure(
             await pool.open(address)
         health = [health_pb2_grpc.HealthStub(pool.channel(a)) for a in addresses]  # the auction's channels
 
-        async def auction_round() -> None:
-            task = build_task(TASK_ID, CAPABILITY, wire, preview=True, max_cost=None)
-            call = requester._call_for_bids(task, 2.0)
-            collected = await collect_bids(transport, addresses, call, 2.0, requester.clock)
-            ranking = score(collected.bids_for(TASK_ID), None, 2000.0, None)
-            assert len(ranking.ranked) == len(addresses), collected.no_bids
-
         def round_on(peers: list[str]) -> Callable[[], Awaitable[None]]:
-            async def auction_round() -> None:  # the requester's real path, as above
+            async def auction_round() -> None:
                 task = build_task(TASK_ID, CAPABILITY, wire, preview=True, max_cost=None)
                 call = requester._call_for_bids(task, 2.0)
                 collected = await collect_bids(transport, peers, call, 2.0, requester.clock)
@@ -261,6 +254,7 @@ async def _measure(
 
             return auction_round
 
+        auction_round = round_on(addresses)
         grpc_transport = transport.inner  # the bytes a call sends, under the requester's watch
 
         def fanout_to(peers: list[str]) -> Callable[[], Awaitable[None]]:
@@ -478,7 +472,7 @@ def import_rss_mb(statement: str) -> float:
     status = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, env=env, check=True
     ).stdout
-    return int(status.split("VmRSS:")[1].split()[0]) / 1024
+    return vm_rss_mb(status)
 
 
 def idle_peer_rss_mb(data_dir: Path, settle_s: float = 3.0) -> float:
@@ -487,21 +481,10 @@ def idle_peer_rss_mb(data_dir: Path, settle_s: float = 3.0) -> float:
 
     command = [sys.executable, "-m", "atomic_p2p.cli.peer", str(ROOT / "peers" / "small.toml")]
     command += ["--data-dir", str(data_dir), "--cache-dir", str(weights_cache_dir())]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    peer = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    try:
-        assert peer.stdout is not None
-        for line in peer.stdout:  # INFO logs, then the line that says it listens
-            if "listening on" in line:
-                break
-        else:
-            raise SystemExit("atomic-peer peers/small.toml did not start")
-        time.sleep(settle_s)
-        status = Path(f"/proc/{peer.pid}/status").read_text()
-        return int(status.split("VmRSS:")[1].split()[0]) / 1024
-    finally:
-        peer.terminate()
-        peer.wait(timeout=30)
+    # INFO logs, then the line that says it listens
+    return settled_rss_mb(
+        "atomic-peer peers/small.toml", command, lambda line: "listening on" in line, settle_s
+    )
 
 
 def minimal_peer_rss_mb(data_dir: Path, settle_s: float = 3.0) -> float:
@@ -518,19 +501,35 @@ def minimal_peer_rss_mb(data_dir: Path, settle_s: float = 3.0) -> float:
     torch.save({"state": small(weights_cache_dir()).module.state_dict()}, weights)
     command = [sys.executable, str(ROOT / "scripts" / "minimal_peer.py"), "--weights", str(weights)]
     command += ["--data-dir", str(data_dir / "node")]
+    return settled_rss_mb(
+        "scripts/minimal_peer.py", command, lambda line: True, settle_s
+    )  # prints its address
+
+
+def settled_rss_mb(what: str, command: list[str], listening: Callable[[str], bool], settle_s: float) -> float:
+    """Start ``command`` (``what`` names it), read its output until a line says it ``listening``, wait ``settle_s``,
+    return its RSS, stop it."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    peer = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
     try:
-        assert peer.stdout is not None
-        if not peer.stdout.readline():
-            raise SystemExit("scripts/minimal_peer.py did not start; run it by hand to see why")
+        assert process.stdout is not None
+        for line in process.stdout:
+            if listening(line):
+                break
+        else:
+            raise SystemExit(f"{what} did not start; run it by hand to see why")
         time.sleep(settle_s)
-        status = Path(f"/proc/{peer.pid}/status").read_text()
-        return int(status.split("VmRSS:")[1].split()[0]) / 1024
+        return vm_rss_mb(Path(f"/proc/{process.pid}/status").read_text())
     finally:
-        assert peer.stdin is not None
-        peer.stdin.close()
-        peer.wait(timeout=30)
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def vm_rss_mb(status: str) -> float:
+    """VmRSS of a ``/proc/PID/status`` text, in MB."""
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
 
 
 def verify_rate(count: int = 4000, threads: int = 1) -> float:
