@@ -18,6 +18,7 @@ import struct
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import torch
@@ -167,6 +168,57 @@ def decode(wire: WireTensor, limits: TensorLimits = DEFAULT_LIMITS, *, finite: b
     if finite and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
         raise _not_finite(wire.name)
     return tensor
+
+
+def decode_many(
+    wires: Sequence[WireTensor], limits: TensorLimits = DEFAULT_LIMITS, *, finite: bool = False
+) -> list[torch.Tensor]:
+    """:func:`decode` of each wire tensor, with the same checks and the same error (for the first
+    bad one), for many small ones at once (the previews of a call for bids: up to 64 of a few KB).
+
+    Every wire's dtype, shape and byte length is checked first. The ones numpy reads are then
+    copied once, into one buffer per dtype, and ``finite`` is checked once over each buffer;
+    each tensor is a view of its rows there. One copy and one check instead of one per tensor
+    is about half of what decoding a 2 KB preview costs (docs/architecture.md section 11).
+    Any refusal is raised by decoding the wires one by one, so it names what :func:`decode`
+    in a loop would have named."""
+    try:
+        return _decode_many(wires, limits, finite)
+    except TensorError:
+        for wire in wires:
+            decode(wire, limits, finite=finite)  # raises for the first bad one
+        raise
+
+
+def _decode_many(wires: Sequence[WireTensor], limits: TensorLimits, finite: bool) -> list[torch.Tensor]:
+    out: list[torch.Tensor | None] = [None] * len(wires)
+    groups: dict[str, list[int]] = {}
+    alone = []
+    for index, wire in enumerate(wires):
+        expected = check_spec(wire.dtype, wire.shape, limits)
+        if len(wire.data) != expected:
+            raise TensorError("a wire tensor's byte length does not match its shape")
+        if expected and wire.dtype in _NUMPY_DTYPES:
+            groups.setdefault(wire.dtype, []).append(index)
+        else:
+            alone.append(index)
+    for name, members in groups.items():
+        if len(members) == 1:
+            alone += members
+            continue
+        numpy_dtype = _NUMPY_DTYPES[name]
+        whole = np.frombuffer(bytearray().join([wires[index].data for index in members]), dtype=numpy_dtype)
+        if finite and numpy_dtype.kind == "f" and not np.isfinite(whole).all():
+            raise TensorError("a wire tensor holds NaN or infinite values")
+        start = 0
+        for index in members:
+            wire = wires[index]
+            end = start + len(wire.data) // numpy_dtype.itemsize
+            out[index] = torch.from_numpy(whole[start:end].reshape(wire.shape))
+            start = end
+    for index in alone:
+        out[index] = decode(wires[index], limits, finite=finite)
+    return cast(list[torch.Tensor], out)
 
 
 def _not_finite(name: str) -> TensorError:

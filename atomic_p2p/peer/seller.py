@@ -90,6 +90,7 @@ from atomic_p2p.tensors import (
     WireTensor,
     check_spec,
     decode,
+    decode_many,
     decode_texts,
     digest,
     encode,
@@ -209,7 +210,7 @@ class Seller:
             len(request.tasks),
         )
         self._guard.admit(header, now_ms)
-        tasks = tuple([self._parse_task(raw) for raw in request.tasks])
+        tasks = self._parse_tasks(request.tasks)
         if len({task.task_id for task, _ in tasks}) != len(tasks):
             raise ProtocolError("task ids must be unique within one BidRequest")
         newcomer = not self._book.has_history(signer)
@@ -287,8 +288,37 @@ class Seller:
             metrics.bids_issued(model_id, quoted)
         return RequestBidsReply(tuple([outcome for outcome in outcomes if outcome is not None]))
 
-    def _parse_task(self, raw: bytes) -> tuple[Task, bytes]:
-        spec = codec.decode(TaskSpec, raw)
+    def _parse_tasks(self, raws: Sequence[bytes]) -> tuple[tuple[Task, bytes], ...]:
+        """Each TaskSpec checked, its preview decoded (all the call's previews at once:
+        :func:`~atomic_p2p.tensors.decode_many`), as a Task with the sha256 of its bytes."""
+        specs = [codec.decode(TaskSpec, raw) for raw in raws]
+        for spec in specs:
+            self._check_task(spec)
+        # A preview shows a single-input task; strategies judge a task of several inputs without it.
+        previewed = [spec.preview if len(spec.inputs) == 1 else () for spec in specs]
+        decoded = iter(decode_many([wire for wires in previewed for wire in wires], self.limits, finite=True))
+        return tuple(
+            [
+                (
+                    Task(
+                        task_id=spec.task_id,
+                        capability=spec.capability,
+                        inputs=spec.inputs,
+                        model_id=spec.model_id,
+                        preview=tuple([next(decoded) for _ in wires]) if wires else (),
+                        max_cost=spec.max_cost,
+                        input_tokens=spec.input_tokens,
+                        language=spec.language,
+                        text_count=spec.text_count,
+                        texts=self._preview_texts(spec),
+                    ),
+                    hashlib.sha256(raw).digest(),
+                )
+                for spec, wires, raw in zip(specs, previewed, raws, strict=True)
+            ]
+        )
+
+    def _check_task(self, spec: TaskSpec) -> None:
         if not spec.task_id:
             raise ProtocolError("every TaskSpec needs a task_id")
         if (
@@ -303,22 +333,6 @@ class Seller:
             raise ProtocolError(f"max_cost must be a finite number >= 0 (0: no cap), got {spec.max_cost}")
         for input_spec in spec.inputs:
             check_spec(input_spec.dtype, input_spec.shape, self.limits)  # refused now, not at Execute
-        # A preview shows a single-input task; strategies judge a task of several inputs without it.
-        previewed = spec.preview if len(spec.inputs) == 1 else ()
-        preview = tuple([decode(wire, self.limits, finite=True) for wire in previewed])
-        task = Task(
-            task_id=spec.task_id,
-            capability=spec.capability,
-            inputs=spec.inputs,
-            model_id=spec.model_id,
-            preview=preview,
-            max_cost=spec.max_cost,
-            input_tokens=spec.input_tokens,
-            language=spec.language,
-            text_count=spec.text_count,
-            texts=self._preview_texts(spec),
-        )
-        return task, hashlib.sha256(raw).digest()
 
     def _preview_texts(self, spec: TaskSpec) -> tuple[str, ...]:
         """A text task's previewed texts, after its announced size passes the text limits."""
