@@ -9,7 +9,9 @@ classes:
 - parse the call and check the envelope's shape, payload type and Ed25519 signature;
 - parse the BidRequest, refuse a stale or replayed one (a bounded set of request ids) and one
   whose deadline has passed;
-- per task: parse the TaskSpec, sha256 its bytes (the bid names the task by them), decode the
+- sha256 each task's bytes (the bid names the task by them); tasks detached beside the envelope
+  (the SDK's form, docs/protocol.md section 3.2) must match the digests the request signs;
+- per task: parse the TaskSpec, decode the
   preview's float32 rows and check them finite, run the model on them for its confidence (mean
   max-softmax);
 - build each Bid (the fields a requester scores, from a template of the ones that never
@@ -118,7 +120,8 @@ class MinimalPeer:
             raise _Refused(grpc.StatusCode.INVALID_ARGUMENT, "malformed RequestBids") from error
 
     def _answer(self, raw: bytes) -> bytes:
-        envelope = market_pb2.RequestBidsRequest.FromString(raw).request
+        call = market_pb2.RequestBidsRequest.FromString(raw)
+        envelope = call.request
         if (
             envelope.payload_type != BID_REQUEST_TYPE
             or len(envelope.public_key) != 32
@@ -140,7 +143,12 @@ class MinimalPeer:
         if len(self._seen) > REMEMBERED_REQUESTS:
             self._seen.popitem(last=False)
         reply = market_pb2.RequestBidsResponse()
-        for task_bytes in request.tasks:
+        # Tasks detached beside the envelope (the SDK's form) each match the digest it signs.
+        raws = call.tasks if request.task_digests else request.tasks
+        digests = [hashlib.sha256(task_bytes).digest() for task_bytes in raws]
+        if request.task_digests and (request.tasks or digests != list(request.task_digests)):
+            raise _Refused(grpc.StatusCode.UNAUTHENTICATED, "tasks do not match the signed digests")
+        for task_bytes, task_digest in zip(raws, digests, strict=True):
             task = market_pb2.TaskSpec.FromString(task_bytes)
             preview = task.preview[0]
             rows = np.frombuffer(preview.data, dtype=np.float32).reshape(tuple(preview.shape))
@@ -153,7 +161,7 @@ class MinimalPeer:
             bid.CopyFrom(self._template)
             bid.request_id = request.request_id
             bid.task_id = task.task_id
-            bid.task_digest = hashlib.sha256(task_bytes).digest()
+            bid.task_digest = task_digest
             bid.confidence_score = confidence
             bid.expected_latency_ms = self._latency_ms
             bid.cost_estimate = self._price * rows.shape[0]

@@ -41,6 +41,7 @@ def vectors() -> list[tuple[str, str, str]]:
         ExecuteResult,
         FeedbackKind,
         FeedbackNotice,
+        RequestBidsCall,
         TaskSpec,
         TensorSpec,
     )
@@ -75,7 +76,8 @@ def vectors() -> list[tuple[str, str, str]]:
     rows.append(
         ("TaskSpec", 'task_id "t0", capability "classify/digits", inputs [x float32 [1, 2]]', task.hex())
     )
-    rows.append(("task digest", "SHA-256(TaskSpec bytes)", hashlib.sha256(task).hexdigest()))
+    task_digest = hashlib.sha256(task).digest()
+    rows.append(("task digest", "SHA-256(TaskSpec bytes)", task_digest.hex()))
     rows.append(("tensor digest", "one tensor x, float32, shape [1, 2], data [1.0, 2.0]", digest([x]).hex()))
     inputs_digest = digest([x], [b"ok"])
     rows.append(("inputs digest", 'the tensor above, then the text "ok"', inputs_digest.hex()))
@@ -85,6 +87,22 @@ def vectors() -> list[tuple[str, str, str]]:
         "BidRequest",
         "request_id 00..0f, requester_id alice, issued_at T0, deadline T0+5000, tasks [TaskSpec], batch_signatures",
         codec.sign(alice, request),
+    )
+    detached = BidRequest(
+        request_id, alice.peer_id.raw, T0, T0 + 5000, (), batch_signatures=True, task_digests=(task_digest,)
+    )
+    detached_envelope = codec.sign(alice, detached)
+    signed(
+        "detached BidRequest",
+        "the BidRequest above with task_digests [task digest] in place of tasks (section 3.2)",
+        detached_envelope,
+    )
+    rows.append(
+        (
+            "detached RequestBidsRequest",
+            "request: the detached BidRequest's envelope, tasks [TaskSpec]",
+            codec.encode(RequestBidsCall(detached_envelope, (task,))).hex(),
+        )
     )
 
     def bid(task_id: str, cost: float) -> Bid:

@@ -106,6 +106,29 @@ INLINE_FORWARD_MS = 0.5
 Decision = tuple[HostedModel, BidTerms] | NoBid
 
 
+def signed_tasks(call: RequestBidsCall, request: BidRequest) -> tuple[Sequence[bytes], list[bytes]]:
+    """The TaskSpec bytes that a verified BidRequest signs, and the sha256 of each (its task
+    digest): carried in the request itself, or detached beside its envelope with only their
+    digests signed (docs/protocol.md section 3.2), where each must match its signed digest."""
+    if not request.task_digests:
+        if call.tasks:
+            raise ProtocolError(
+                "TaskSpecs beside the envelope need their digests signed (BidRequest.task_digests)"
+            )
+        return request.tasks, [hashlib.sha256(raw).digest() for raw in request.tasks]
+    if request.tasks:
+        raise ProtocolError("a BidRequest carries its tasks or their digests, not both")
+    if len(call.tasks) != len(request.task_digests):
+        raise ProtocolError(
+            f"{len(call.tasks)} TaskSpecs for {len(request.task_digests)} signed task digests"
+        )
+    digests = [hashlib.sha256(raw).digest() for raw in call.tasks]
+    if digests != list(request.task_digests):
+        index = next(i for i, signed in enumerate(request.task_digests) if digests[i] != signed)
+        raise SignatureError(f"task {index} does not match the digest its BidRequest signs")
+    return call.tasks, digests
+
+
 @dataclass(frozen=True, slots=True)
 class OpenRequest:
     """A verified, admitted BidRequest with its tasks parsed (and each task's digest)."""
@@ -201,16 +224,17 @@ class Seller:
         (not for a loopback source: every local caller shares it), and of requesters without
         history here, must have room for its tasks."""
         signer, request = codec.open_signed(call.request, BidRequest)
+        raws, digests = signed_tasks(call, request)
         header = BidRequestHeader(
             request.request_id,
             request.requester_id,
             signer,
             request.issued_at_ms,
             request.deadline_ms,
-            len(request.tasks),
+            len(raws),
         )
         self._guard.admit(header, now_ms)
-        tasks = self._parse_tasks(request.tasks)
+        tasks = self._parse_tasks(raws, digests)
         if len({task.task_id for task, _ in tasks}) != len(tasks):
             raise ProtocolError("task ids must be unique within one BidRequest")
         newcomer = not self._book.has_history(signer)
@@ -288,9 +312,9 @@ class Seller:
             metrics.bids_issued(model_id, quoted)
         return RequestBidsReply(tuple([outcome for outcome in outcomes if outcome is not None]))
 
-    def _parse_tasks(self, raws: Sequence[bytes]) -> tuple[tuple[Task, bytes], ...]:
+    def _parse_tasks(self, raws: Sequence[bytes], digests: Sequence[bytes]) -> tuple[tuple[Task, bytes], ...]:
         """Each TaskSpec checked, its preview decoded (all the call's previews at once:
-        :func:`~atomic_p2p.tensors.decode_many`), as a Task with the sha256 of its bytes."""
+        :func:`~atomic_p2p.tensors.decode_many`), as a Task with its digest."""
         specs = [codec.decode(TaskSpec, raw) for raw in raws]
         for spec in specs:
             self._check_task(spec)
@@ -312,9 +336,9 @@ class Seller:
                         text_count=spec.text_count,
                         texts=self._preview_texts(spec),
                     ),
-                    hashlib.sha256(raw).digest(),
+                    digest,
                 )
-                for spec, wires, raw in zip(specs, previewed, raws, strict=True)
+                for spec, wires, digest in zip(specs, previewed, digests, strict=True)
             ]
         )
 

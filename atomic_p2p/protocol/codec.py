@@ -296,6 +296,7 @@ def _bid_request_to_proto(request: BidRequest) -> market_pb2.BidRequest:
         tasks=list(request.tasks),
         gradient_mode=request.gradient_mode,
         batch_signatures=request.batch_signatures,
+        task_digests=list(request.task_digests),
     )
 
 
@@ -308,6 +309,7 @@ def _bid_request_from_proto(message: market_pb2.BidRequest) -> BidRequest:
         tasks=tuple(message.tasks),
         gradient_mode=message.gradient_mode,
         batch_signatures=message.batch_signatures,
+        task_digests=tuple(message.task_digests),
     )
 
 
@@ -658,7 +660,9 @@ _TO_PROTO: dict[type[Any], Any] = {
     ExecuteResult: _result_to_proto,
     FeedbackNotice: _notice_to_proto,
     BidGradientUpdate: _gradient_to_proto,
-    RequestBidsCall: lambda m: market_pb2.RequestBidsRequest(request=envelope_to_proto(m.request)),
+    RequestBidsCall: lambda m: market_pb2.RequestBidsRequest(
+        request=envelope_to_proto(m.request), tasks=list(m.tasks)
+    ),
     RequestBidsReply: _reply_to_proto,
     ExecuteCall: lambda m: market_pb2.ExecuteRequest(
         order=envelope_to_proto(m.order),
@@ -689,7 +693,7 @@ _FROM_PROTO: dict[type[Any], tuple[type[Message], Any]] = {
     BidGradientUpdate: (market_pb2.BidGradientUpdate, _gradient_from_proto),
     RequestBidsCall: (
         market_pb2.RequestBidsRequest,
-        lambda m: RequestBidsCall(envelope_from_proto(m.request)),
+        lambda m: RequestBidsCall(envelope_from_proto(m.request), tuple(m.tasks)),
     ),
     RequestBidsReply: (
         market_pb2.RequestBidsResponse,

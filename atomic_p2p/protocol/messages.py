@@ -104,7 +104,9 @@ class TaskSpec:
 @quick_init
 @dataclass(frozen=True, slots=True)
 class BidRequest:
-    """A requester's signed call for bids; ``tasks`` are serialized :class:`TaskSpec` bytes."""
+    """A requester's signed call for bids; ``tasks`` are serialized :class:`TaskSpec` bytes, or,
+    with detached tasks, ``tasks`` is empty and ``task_digests`` holds the sha256 of each, the
+    TaskSpec bytes travelling beside the envelope (:class:`RequestBidsCall`)."""
 
     request_id: bytes
     requester_id: bytes
@@ -113,6 +115,7 @@ class BidRequest:
     tasks: tuple[bytes, ...]
     gradient_mode: bool = False
     batch_signatures: bool = False  # the requester accepts bids signed in a batch (one Merkle root)
+    task_digests: tuple[bytes, ...] = ()  # detached tasks: their digests, in order (docs/protocol.md 3.2)
 
 
 @quick_init
@@ -223,6 +226,7 @@ Signed = BidRequest | Bid | ExecuteOrder | ExecuteResult | FeedbackNotice | BidG
 @dataclass(frozen=True, slots=True)
 class RequestBidsCall:
     request: Envelope  # a signed BidRequest
+    tasks: tuple[bytes, ...] = ()  # the TaskSpec bytes of a BidRequest that signs their digests
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,17 +61,20 @@ _STRAGGLER_MARGIN_S = 0.25
 
 @dataclass(frozen=True, slots=True)
 class CallForBids:
-    """A signed BidRequest and the tasks it carries, in order. ``frame`` is the one RequestBids
+    """A signed BidRequest and the tasks it is for, in order. ``frame`` is the one RequestBids
     call every peer asked with it gets: one value, so a transport encodes it once
-    (:class:`~atomic_p2p.requester.transport.BytesTransport`)."""
+    (:class:`~atomic_p2p.requester.transport.BytesTransport`). ``detached``: the BidRequest signs
+    the tasks' digests and the frame carries their bytes beside it (docs/protocol.md section 3.2)."""
 
     request_id: bytes
     tasks: tuple[TaskRef, ...]
     envelope: Envelope
+    detached: bool = False
     frame: RequestBidsCall = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "frame", RequestBidsCall(self.envelope))
+        beside = tuple(task.spec for task in self.tasks) if self.detached else ()
+        object.__setattr__(self, "frame", RequestBidsCall(self.envelope, beside))
 
 
 def call_for_bids(
@@ -82,12 +85,14 @@ def call_for_bids(
     *,
     gradient_mode: bool = False,
 ) -> CallForBids:
-    """A fresh 16-byte request id and ``identity``'s signed BidRequest carrying ``tasks``."""
+    """A fresh 16-byte request id and ``identity``'s signed BidRequest for ``tasks``, with the
+    tasks detached: it signs their digests, 32 bytes a task, so a peer verifies a signature over
+    a few hundred bytes instead of every task's bytes (docs/protocol.md section 3.2)."""
     request_id = os.urandom(16)
     envelope = sign_bid_request(
-        identity, request_id, tasks, issued_at_ms, deadline_ms, gradient_mode=gradient_mode
+        identity, request_id, tasks, issued_at_ms, deadline_ms, gradient_mode=gradient_mode, detached=True
     )
-    return CallForBids(request_id, tuple(tasks), envelope)
+    return CallForBids(request_id, tuple(tasks), envelope, detached=True)
 
 
 @dataclass(frozen=True, slots=True)

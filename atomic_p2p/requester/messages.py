@@ -106,7 +106,10 @@ def sign_bid_request(
     deadline_ms: int,
     *,
     gradient_mode: bool = False,
+    detached: bool = False,
 ) -> Envelope:
+    """``identity``'s signed BidRequest for ``tasks``; ``detached``: it signs their digests and
+    the TaskSpec bytes travel beside it (RequestBidsCall.tasks, docs/protocol.md section 3.2)."""
     return codec.sign(
         identity,
         BidRequest(
@@ -114,9 +117,10 @@ def sign_bid_request(
             requester_id=identity.peer_id.raw,
             issued_at_ms=issued_at_ms,
             deadline_ms=deadline_ms,
-            tasks=tuple(task.spec for task in tasks),
+            tasks=() if detached else tuple(task.spec for task in tasks),
             gradient_mode=gradient_mode,
             batch_signatures=True,  # every bid check here takes a batch proof (docs/protocol.md 3.1)
+            task_digests=tuple(task.digest for task in tasks) if detached else (),
         ),
     )
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from atomic_p2p._proto.atomic.v1 import market_pb2
 from atomic_p2p.peer.models import HostedModel
 from atomic_p2p.peer.node import load_models
 from atomic_p2p.peer.server import SERVICE_NAME
@@ -73,11 +74,19 @@ async def test_it_refuses_a_forged_replayed_or_malformed_request(
         with pytest.raises(grpc.aio.AioRpcError) as replayed:
             await rpc(raw, timeout=4.0)
         assert replayed.value.code() == grpc.StatusCode.ALREADY_EXISTS
-        fresh = codec.encode(requester._call_for_bids(task, 4.0).frame)
-        forged = fresh[:-1] + bytes([fresh[-1] ^ 1])  # the last byte is the signature's
-        with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await rpc(forged, timeout=4.0)
-        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        for part in ("signature", "task"):
+            message = market_pb2.RequestBidsRequest.FromString(
+                codec.encode(requester._call_for_bids(task, 4.0).frame)
+            )
+            if part == "signature":
+                message.request.signature = (
+                    bytes([message.request.signature[0] ^ 1]) + message.request.signature[1:]
+                )
+            else:  # the task beside the envelope is not the one whose digest it signs
+                message.tasks[0] = message.tasks[0] + b"\x38\x01"
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await rpc(message.SerializeToString(), timeout=4.0)
+            assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED, part
         with pytest.raises(grpc.aio.AioRpcError) as malformed:
             await rpc(b"\xff" * 64, timeout=4.0)
         assert malformed.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -197,7 +197,40 @@ def _unknown_dtype(buyer: HandBuyer) -> market_pb2.RequestBidsRequest:
     return buyer.bid_request([spec.SerializeToString()])
 
 
+def _detached_tampered(buyer: HandBuyer) -> market_pb2.RequestBidsRequest:
+    request = buyer.bid_request([buyer.task("a"), buyer.task("b")], detached=True)
+    request.tasks[1] = buyer.task("b", max_cost=9.0)  # another task than the digest signed
+    return request
+
+
+def _detached_short(buyer: HandBuyer) -> market_pb2.RequestBidsRequest:
+    request = buyer.bid_request([buyer.task("a"), buyer.task("b")], detached=True)
+    del request.tasks[1]
+    return request
+
+
+def _beside_unsigned(buyer: HandBuyer) -> market_pb2.RequestBidsRequest:
+    request = buyer.bid_request([buyer.task("a")])
+    request.tasks.append(buyer.task("b"))  # a task no signature covers
+    return request
+
+
+def _tasks_and_digests(buyer: HandBuyer) -> market_pb2.RequestBidsRequest:
+    request = buyer.bid_request([buyer.task("a")], detached=True)
+    payload = market_pb2.BidRequest.FromString(request.request.payload)
+    payload.tasks.append(buyer.task("a"))
+    return market_pb2.RequestBidsRequest(request=buyer.sign(payload), tasks=request.tasks)
+
+
 REQUEST_BIDS_REFUSALS: dict[str, tuple[BidRequestEdit, Code, str]] = {
+    "detached task not the one signed": (_detached_tampered, Code.UNAUTHENTICATED, "task 1 does not match"),
+    "detached task missing": (
+        _detached_short,
+        Code.INVALID_ARGUMENT,
+        "1 TaskSpecs for 2 signed task digests",
+    ),
+    "task beside an inline request": (_beside_unsigned, Code.INVALID_ARGUMENT, "need their digests signed"),
+    "tasks and task digests": (_tasks_and_digests, Code.INVALID_ARGUMENT, "not both"),
     "garbage bytes": (lambda b: b"\xff\xff\xff\xff", Code.INVALID_ARGUMENT, "malformed RequestBidsRequest"),
     "garbage payload": (_garbage_payload, Code.INVALID_ARGUMENT, "malformed BidRequest"),
     "garbage task": (lambda b: b.bid_request([b"\xff\xff\xff"]), Code.INVALID_ARGUMENT, "malformed TaskSpec"),
@@ -273,6 +306,19 @@ async def test_request_bids_refusals(node: PeerNode, buyer: HandBuyer, case: str
     raw = request if isinstance(request, bytes) else request.SerializeToString()
     code, details = await refusal(buyer.raw("RequestBids")(raw, timeout=10))
     assert code is expected and detail in details, details
+    await buy_and_check(buyer, node)
+
+
+async def test_detached_tasks_get_the_bids_inline_ones_get(node: PeerNode, buyer: HandBuyer) -> None:
+    """Both forms of a call for bids (docs/protocol.md section 3.2): each bid names its task by
+    the same digest, the one the detached request signed."""
+    tasks = [buyer.task("a"), buyer.task("b", capability="translate/en-de")]
+    for detached in (False, True):
+        request = buyer.bid_request(tasks, detached=detached)
+        response = await buyer.stub.RequestBids(request, timeout=10)
+        bid = market_pb2.Bid.FromString(response.outcomes[0].bid.payload)
+        assert bid.task_digest == hashlib.sha256(tasks[0]).digest()
+        assert response.outcomes[1].no_bid.reason == market_pb2.NO_BID_REASON_UNKNOWN_CAPABILITY
     await buy_and_check(buyer, node)
 
 

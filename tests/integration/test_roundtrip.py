@@ -237,7 +237,7 @@ class Forger(market_pb2_grpc.PeerServicer):
     ) -> market_pb2.RequestBidsResponse:
         call = parse(market_pb2.BidRequest, envelope_from_proto(request.request).payload, "bid request")
         outcomes = []
-        for spec in call.tasks:
+        for spec in request.tasks if call.task_digests else call.tasks:  # detached, as the SDK sends
             task = market_pb2.TaskSpec.FromString(spec)
             now = int(time.time() * 1000)
             bid = market_pb2.Bid(

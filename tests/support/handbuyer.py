@@ -106,17 +106,22 @@ class HandBuyer:
         deadline_ms: int | None = None,
         signer: Identity | None = None,
         gradient_mode: bool = False,
+        detached: bool = False,
     ) -> market_pb2.RequestBidsRequest:
+        """A signed call for ``tasks``; ``detached``: the BidRequest signs their digests and the
+        TaskSpec bytes travel beside it (docs/protocol.md section 3.2)."""
         now = now_ms()
         payload = market_pb2.BidRequest(
             request_id=request_id or secrets.token_bytes(16),
             requester_id=self.identity.peer_id.raw,
             issued_at_ms=now if issued_at_ms is None else issued_at_ms,
             deadline_ms=now + 30_000 if deadline_ms is None else deadline_ms,
-            tasks=list(tasks),
+            tasks=[] if detached else list(tasks),
             gradient_mode=gradient_mode,
+            task_digests=[hashlib.sha256(task).digest() for task in tasks] if detached else [],
         )
-        return market_pb2.RequestBidsRequest(request=self.sign(payload, signer))
+        beside = list(tasks) if detached else []
+        return market_pb2.RequestBidsRequest(request=self.sign(payload, signer), tasks=beside)
 
     def order(
         self,

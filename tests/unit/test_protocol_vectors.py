@@ -57,6 +57,21 @@ def test_every_documented_signature_verifies_over_its_documented_payload() -> No
     assert hashlib.sha256(task).hexdigest() == vectors["task digest"]
 
 
+def test_the_detached_request_signs_the_task_digest_and_carries_the_task_beside() -> None:
+    """Section 3.2: the detached BidRequest verifies, its field 8 holds the task digest and no
+    task, and the RequestBidsRequest holds its envelope (field 1) and the TaskSpec (field 2)."""
+    vectors = _documented()
+    payload = bytes.fromhex(vectors["detached BidRequest payload"])
+    signature = bytes.fromhex(vectors["detached BidRequest signature"])
+    alice = bytes.fromhex(vectors["alice public key"])
+    crypto_sign_open(signature + signing_input("atomic.v1.BidRequest", payload), alice)
+    digest, task = bytes.fromhex(vectors["task digest"]), bytes.fromhex(vectors["TaskSpec"])
+    assert bytes([8 << 3 | 2, 32]) + digest in payload  # field 8, length-delimited, 32 bytes
+    assert task not in payload
+    call = bytes.fromhex(vectors["detached RequestBidsRequest"])
+    assert call.endswith(bytes([2 << 3 | 2, len(task)]) + task) and payload in call and signature in call
+
+
 def test_every_documented_batch_proof_leads_to_the_signed_root() -> None:
     vectors = _documented()
     payloads = [

@@ -181,6 +181,7 @@ class BidRequest(_message.Message):
     TASKS_FIELD_NUMBER: _builtins.int
     GRADIENT_MODE_FIELD_NUMBER: _builtins.int
     BATCH_SIGNATURES_FIELD_NUMBER: _builtins.int
+    TASK_DIGESTS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.bytes
     """16 random bytes, unique per request."""
     requester_id: _builtins.bytes
@@ -197,6 +198,13 @@ class BidRequest(_message.Message):
     def tasks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """Each element is one serialized TaskSpec."""
 
+    @_builtins.property
+    def task_digests(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Detached tasks: the sha256 of each serialized TaskSpec (its task digest), in order, while the
+        TaskSpecs themselves travel in RequestBidsRequest.tasks and `tasks` above stays empty. The
+        signature then covers 32 bytes a task instead of every task's bytes (docs/protocol.md 3.2).
+        """
+
     def __init__(
         self,
         *,
@@ -207,10 +215,11 @@ class BidRequest(_message.Message):
         tasks: _abc.Iterable[_builtins.bytes] | None = ...,
         gradient_mode: _builtins.bool = ...,
         batch_signatures: _builtins.bool = ...,
+        task_digests: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_signatures", b"batch_signatures", "deadline_ms", b"deadline_ms", "gradient_mode", b"gradient_mode", "issued_at_ms", b"issued_at_ms", "request_id", b"request_id", "requester_id", b"requester_id", "tasks", b"tasks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_signatures", b"batch_signatures", "deadline_ms", b"deadline_ms", "gradient_mode", b"gradient_mode", "issued_at_ms", b"issued_at_ms", "request_id", b"request_id", "requester_id", b"requester_id", "task_digests", b"task_digests", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -361,18 +370,26 @@ class RequestBidsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REQUEST_FIELD_NUMBER: _builtins.int
+    TASKS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def request(self) -> _envelope_pb2.SignedEnvelope:
         """A SignedEnvelope whose payload is a BidRequest."""
+
+    @_builtins.property
+    def tasks(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """The serialized TaskSpecs of a BidRequest that signs their digests (BidRequest.task_digests),
+        in the same order; empty when the BidRequest carries its tasks itself.
+        """
 
     def __init__(
         self,
         *,
         request: _envelope_pb2.SignedEnvelope | None = ...,
+        tasks: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request", "tasks", b"tasks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
