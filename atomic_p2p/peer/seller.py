@@ -58,6 +58,7 @@ from atomic_p2p.peer.gradients import BidLearner, GradientBook, GradientUpdate, 
 from atomic_p2p.peer.models import HostedModel
 from atomic_p2p.peer.replay import BidBook, BidRequestHeader, IssuedBid, RequestGuard
 from atomic_p2p.peer.strategies import BidTerms, Load, NoBid, Notice, Strategy, Task, decide
+from atomic_p2p.peer.strategies.screening import Screened
 from atomic_p2p.peer.textgen import generated_digest, text_inputs
 from atomic_p2p.protocol import codec
 from atomic_p2p.protocol.messages import (
@@ -255,7 +256,8 @@ class Seller:
         64 tasks then costs one model call per model, not 64."""
         primed = self._prime(opened, load)
         try:
-            return [decide(task, self._candidates, load) for task, _ in opened.tasks]
+            screened: Screened = {}  # tasks of one shape are screened once
+            return [decide(task, self._candidates, load, screened) for task, _ in opened.tasks]
         finally:
             for model, keys in primed:
                 model.forget_previews(keys)

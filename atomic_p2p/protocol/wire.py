@@ -120,9 +120,10 @@ def tensor_from_proto(message: tensor_pb2.Tensor) -> WireTensor:
             f"tensor {message.name[:64] or '(unnamed)'} has dtype {message.dtype}, which is not accepted; "
             f"use one of {sorted(DTYPES)}"
         )
-    if len(message.shape) > MAX_WIRE_RANK:
-        raise TensorError(f"tensor has {len(message.shape)} dimensions; the limit is {MAX_WIRE_RANK}")
-    return WireTensor(message.name, dtype, tuple(message.shape), message.data)
+    shape = message.shape  # each read of a repeated field builds a new container
+    if len(shape) > MAX_WIRE_RANK:
+        raise TensorError(f"tensor has {len(shape)} dimensions; the limit is {MAX_WIRE_RANK}")
+    return WireTensor(message.name, dtype, tuple(shape), message.data)
 
 
 def tensor_to_proto(wire: WireTensor) -> tensor_pb2.Tensor:

@@ -40,6 +40,7 @@ from atomic_p2p.peer.strategies import (
     read_journal,
     register_strategy,
 )
+from atomic_p2p.peer.strategies.screening import Screened
 from atomic_p2p.terms import ModelConstraints
 
 IDLE = Load(in_flight=0, queued=0, capacity=2, queue_limit=4)
@@ -141,31 +142,49 @@ def test_cost_is_price_times_batch_and_latency_adds_the_simulated_slowdown() -> 
     assert 500.0 < terms.expected_latency_ms < 600.0
 
 
-@pytest.mark.parametrize(
-    ("changes", "reason"),
-    [
-        ({"capability": "translate/en-de"}, NoBidReason.UNKNOWN_CAPABILITY),
-        ({"model_id": "nope"}, NoBidReason.UNKNOWN_MODEL),
-        ({"inputs": (InputSpec("x", "float64", (4, 64)),)}, NoBidReason.BAD_INPUT_SPEC),
-        ({"inputs": (InputSpec("x", "float32", (4, 63)),)}, NoBidReason.BAD_INPUT_SPEC),
-        ({"inputs": (InputSpec("x", "float32", (4, 8, 8)),)}, NoBidReason.BAD_INPUT_SPEC),
-        ({"inputs": (InputSpec("image", "float32", (4, 64)),)}, NoBidReason.BAD_INPUT_SPEC),
-        ({"inputs": (InputSpec("x", "float32", (0, 64)),)}, NoBidReason.BAD_INPUT_SPEC),
-        ({"inputs": ()}, NoBidReason.BAD_INPUT_SPEC),
-        ({"inputs": (InputSpec("x", "float32", (17, 64)),)}, NoBidReason.CONSTRAINT_VIOLATED),
-        ({"preview": (torch.rand(2, 32),)}, NoBidReason.BAD_INPUT_SPEC),
-        ({"preview": (torch.rand(2, 64, dtype=torch.float64),)}, NoBidReason.BAD_INPUT_SPEC),
-        ({"preview": (torch.rand(17, 64),)}, NoBidReason.CONSTRAINT_VIOLATED),
-        ({"preview": (torch.rand(9, 64), torch.rand(9, 64))}, NoBidReason.CONSTRAINT_VIOLATED),  # 18 rows
-        ({"preview": (torch.rand(2, 64), torch.rand(2, 63))}, NoBidReason.BAD_INPUT_SPEC),
-        ({"preview": (torch.rand(2, 64), torch.ones(2, 64, dtype=torch.int64))}, NoBidReason.BAD_INPUT_SPEC),
-        ({"max_cost": 0.01}, NoBidReason.BELOW_COST),
-    ],
-)
+REFUSALS = [
+    ({"capability": "translate/en-de"}, NoBidReason.UNKNOWN_CAPABILITY),
+    ({"model_id": "nope"}, NoBidReason.UNKNOWN_MODEL),
+    ({"inputs": (InputSpec("x", "float64", (4, 64)),)}, NoBidReason.BAD_INPUT_SPEC),
+    ({"inputs": (InputSpec("x", "float32", (4, 63)),)}, NoBidReason.BAD_INPUT_SPEC),
+    ({"inputs": (InputSpec("x", "float32", (4, 8, 8)),)}, NoBidReason.BAD_INPUT_SPEC),
+    ({"inputs": (InputSpec("image", "float32", (4, 64)),)}, NoBidReason.BAD_INPUT_SPEC),
+    ({"inputs": (InputSpec("x", "float32", (0, 64)),)}, NoBidReason.BAD_INPUT_SPEC),
+    ({"inputs": ()}, NoBidReason.BAD_INPUT_SPEC),
+    ({"inputs": (InputSpec("x", "float32", (17, 64)),)}, NoBidReason.CONSTRAINT_VIOLATED),
+    ({"preview": (torch.rand(2, 32),)}, NoBidReason.BAD_INPUT_SPEC),
+    ({"preview": (torch.rand(2, 64, dtype=torch.float64),)}, NoBidReason.BAD_INPUT_SPEC),
+    ({"preview": (torch.rand(17, 64),)}, NoBidReason.CONSTRAINT_VIOLATED),
+    ({"preview": (torch.rand(9, 64), torch.rand(9, 64))}, NoBidReason.CONSTRAINT_VIOLATED),  # 18 rows
+    ({"preview": (torch.rand(2, 64), torch.rand(2, 63))}, NoBidReason.BAD_INPUT_SPEC),
+    ({"preview": (torch.rand(2, 64), torch.ones(2, 64, dtype=torch.int64))}, NoBidReason.BAD_INPUT_SPEC),
+    ({"max_cost": 0.01}, NoBidReason.BELOW_COST),
+]
+
+
+@pytest.mark.parametrize(("changes", "reason"), REFUSALS)
 def test_tasks_a_model_cannot_do_get_a_reasoned_no_bid(changes: dict[str, Any], reason: NoBidReason) -> None:
     answer = decide(dataclasses.replace(task(), **changes), offer(hosted()), IDLE)
     assert reason_of(answer) is reason
     assert isinstance(answer, NoBid) and answer.detail
+
+
+def test_one_calls_screening_memory_changes_no_answer() -> None:
+    """The tasks of one call share ``screened`` (each task shape is screened once): every case
+    above, its own id and preview values each, answered in one call, in two orders, gets what
+    it gets alone, confidence and cost included."""
+    changes = [dict(case[0]) for case in REFUSALS] + [{}, {"batch": 2}, {"preview": (torch.rand(2, 64),)}]
+    tasks = []
+    for index, change in enumerate(changes * 2):
+        batch = change.pop("batch", 4)
+        change = {**change, "preview": tuple(t.clone().random_(0, 5) for t in change.get("preview", ()))}
+        tasks.append(dataclasses.replace(task(batch), task_id=f"t{index}", **change))
+    models = offer(hosted("a", logits=[2.0] + [0.0] * 9), hosted("b", accuracy=0.7, max_batch=2))
+    for ordered in (tasks, tasks[::-1]):
+        screened: Screened = {}
+        together = [decide(one, models, IDLE, screened) for one in ordered]
+        assert together == [decide(one, models, IDLE) for one in ordered]
+        assert len(screened) < len(ordered)  # shapes repeat: the memory was used
 
 
 def test_an_unknown_capability_decline_names_what_the_peer_offers_within_bounds() -> None:

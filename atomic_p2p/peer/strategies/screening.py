@@ -107,10 +107,50 @@ def _screen_preview(task: Task, model: ModelView) -> NoBid | None:
 # --- stage 2: ask the strategies, keep the best offer ------------------------------------------
 
 
-def decide(task: Task, candidates: Sequence[tuple[M, Strategy]], load: Load) -> tuple[M, BidTerms] | NoBid:
-    """The node's answer to one task: the best (model, terms), or why it declines."""
+# What screening a call's tasks found, per task shape (see decide's ``screened``).
+Screened = dict[tuple[object, ...], "NoBid | list[tuple[M, Strategy, NoBid | None]]"]
+
+
+def decide(
+    task: Task, candidates: Sequence[tuple[M, Strategy]], load: Load, screened: Screened | None = None
+) -> tuple[M, BidTerms] | NoBid:
+    """The node's answer to one task: the best (model, terms), or why it declines.
+
+    ``screened``: a memory for the tasks of one call for bids (one ``load``). Tasks that differ
+    only in their preview's values and their id (a batch cut into microtasks: the same
+    capability, inputs, preview shapes, limits) get the same screening, so it runs once for them
+    and each task asks only the strategies; a text task is screened on its own texts."""
     if load.draining:
         return NoBid(NoBidReason.DRAINING, "the node is shutting down")
+    found: NoBid | list[tuple[M, Strategy, NoBid | None]] | None
+    if screened is None or task.text_count:
+        found = _screen_all(task, candidates, load)
+    else:
+        shapes = tuple([(tensor.dtype, tensor.shape) for tensor in task.preview])
+        key = (task.capability, task.model_id, task.inputs, shapes, task.input_tokens, task.language)
+        found = screened.get(key)
+        if found is None:
+            found = screened[key] = _screen_all(task, candidates, load)
+    if isinstance(found, NoBid):
+        return found
+    offers: list[tuple[M, BidTerms]] = []
+    declines: list[NoBid] = []
+    for model, strategy, refusal in found:
+        answer = refusal or _ask(strategy, task, model, load)
+        if isinstance(answer, NoBid):
+            declines.append(answer)
+        else:
+            offers.append((model, answer))
+    if not offers:
+        return declines[0]
+    return max(offers, key=lambda offer: (offer[1].confidence, -offer[1].cost))
+
+
+def _screen_all(
+    task: Task, candidates: Sequence[tuple[M, Strategy]], load: Load
+) -> NoBid | list[tuple[M, Strategy, NoBid | None]]:
+    """Why no hosted model can take ``task`` at all, or each matching model with its refusal
+    from :func:`screen` (None: its strategy is asked)."""
     matching = [(m, s) for m, s in candidates if task.capability in m.capabilities]
     if task.model_id:
         if not any(m.model_id == task.model_id for m, _ in candidates):
@@ -123,17 +163,7 @@ def decide(task: Task, candidates: Sequence[tuple[M, Strategy]], load: Load) -> 
         )
     if load.saturated:
         return NoBid(NoBidReason.OVERLOADED, f"{load.in_flight} running and {load.queued} queued")
-    offers: list[tuple[M, BidTerms]] = []
-    declines: list[NoBid] = []
-    for model, strategy in matching:
-        answer = screen(task, model) or _ask(strategy, task, model, load)
-        if isinstance(answer, NoBid):
-            declines.append(answer)
-        else:
-            offers.append((model, answer))
-    if not offers:
-        return declines[0]
-    return max(offers, key=lambda offer: (offer[1].confidence, -offer[1].cost))
+    return [(model, strategy, screen(task, model)) for model, strategy in matching]
 
 
 def _offered(candidates: Sequence[tuple[M, Strategy]]) -> str:
