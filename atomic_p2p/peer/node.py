@@ -267,15 +267,28 @@ class PeerNode:
         await self.stop()
 
 
+# Allocations of tracked objects between young collections in a serving process (Python's own
+# default is 700). See freeze_heap.
+YOUNG_COLLECTION_THRESHOLD = 10_000
+
+
 def freeze_heap() -> None:
     """Collect once, then keep every object alive now out of the cyclic collector's walks
     (:func:`gc.freeze`): what start-up built (torch's ~190,000 objects, the models, the server)
     stays for the life of the process, yet each full collection walked all of it, ~40 ms here,
     about once a second at a thousand bids a second. For a process that serves from now on
     (``atomic-peer`` calls it once its node listens); cycles among frozen objects are never
-    collected, so not for a process that keeps starting and dropping nodes (tests)."""
+    collected, so not for a process that keeps starting and dropping nodes (tests).
+
+    Then young collections run every :data:`YOUNG_COLLECTION_THRESHOLD` allocations instead of
+    700: a peer answering ~16,000 bids a second (``scripts/bench_batching.py``) ran one every
+    ~70 bids, and each one moved the bids its book keeps a step closer to a full collection,
+    which walks all of them: the collector took 5.5% of the peers' CPU, and 1% after. What waits
+    for the next young collection is at most that many objects."""
     gc.collect()
     gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, older, oldest)
 
 
 def advert(model: HostedModel) -> ModelAdvert:

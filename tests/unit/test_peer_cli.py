@@ -136,9 +136,12 @@ async def test_serve_freezes_the_start_up_heap_once_its_node_listens(
 
 def test_freeze_heap_moves_what_is_alive_out_of_the_collectors_walks() -> None:
     probe = (
-        "import gc; from atomic_p2p.peer.node import freeze_heap; freeze_heap(); print(gc.get_freeze_count())"
+        "import gc; from atomic_p2p.peer.node import freeze_heap; freeze_heap();"
+        "print(gc.get_freeze_count(), *gc.get_threshold())"
     )
     out = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
     )
-    assert int(out.stdout.split()[-1]) > 100_000  # torch's objects and ours
+    frozen, young, older, oldest = map(int, out.stdout.split()[-4:])
+    assert frozen > 100_000  # torch's objects and ours
+    assert (young, older, oldest) == (10_000, 10, 10)  # young collections every 10,000 allocations
