@@ -323,20 +323,22 @@ class Seller:
         # A preview shows a single-input task; strategies judge a task of several inputs without it.
         previewed = [spec.preview if len(spec.inputs) == 1 else () for spec in specs]
         decoded = iter(decode_many([wire for wires in previewed for wire in wires], self.limits, finite=True))
+        # Task's fields in order, not by name (0.5 us less a task): task_id, capability, inputs,
+        # model_id, preview, max_cost, input_tokens, language, text_count, texts.
         return tuple(
             [
                 (
                     Task(
-                        task_id=spec.task_id,
-                        capability=spec.capability,
-                        inputs=spec.inputs,
-                        model_id=spec.model_id,
-                        preview=tuple([next(decoded) for _ in wires]) if wires else (),
-                        max_cost=spec.max_cost,
-                        input_tokens=spec.input_tokens,
-                        language=spec.language,
-                        text_count=spec.text_count,
-                        texts=self._preview_texts(spec),
+                        spec.task_id,
+                        spec.capability,
+                        spec.inputs,
+                        spec.model_id,
+                        tuple([next(decoded) for _ in wires]) if wires else (),
+                        spec.max_cost,
+                        spec.input_tokens,
+                        spec.language,
+                        spec.text_count,
+                        self._preview_texts(spec),
                     ),
                     digest,
                 )

@@ -270,20 +270,22 @@ def _task_to_proto(task: TaskSpec) -> market_pb2.TaskSpec:
 
 
 def _task_from_proto(message: market_pb2.TaskSpec) -> TaskSpec:
-    # On every task of every call for bids: map() over the repeated fields, and no tuple() of an
-    # empty one (each costs about a microsecond more the other way).
+    # On every task of every call for bids: map() over the repeated fields, no tuple() of an
+    # empty one, and the fields passed in order, not by name (each costs about 0.5 us a task
+    # the other way). The order is TaskSpec's: task_id, capability, model_id, inputs, preview,
+    # max_cost, input_tokens, language, text, text_preview.
     text_preview = message.text_preview
     return TaskSpec(
-        task_id=message.task_id,
-        capability=message.capability,
-        model_id=message.model_id,
-        inputs=tuple(map(spec_from_proto, message.inputs)),
-        preview=tuple(map(tensor_from_proto, message.preview)),
-        max_cost=message.max_cost,
-        input_tokens=message.input_tokens,
-        language=message.language,
-        text=TextSpec(message.text.count, message.text.total_bytes) if message.HasField("text") else None,
-        text_preview=tuple(text_preview) if text_preview else (),
+        message.task_id,
+        message.capability,
+        message.model_id,
+        tuple(map(spec_from_proto, message.inputs)),
+        tuple(map(tensor_from_proto, message.preview)),
+        message.max_cost,
+        message.input_tokens,
+        message.language,
+        TextSpec(message.text.count, message.text.total_bytes) if message.HasField("text") else None,
+        tuple(text_preview) if text_preview else (),
     )
 
 
