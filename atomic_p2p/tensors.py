@@ -210,6 +210,12 @@ def _decode_many(wires: Sequence[WireTensor], limits: TensorLimits, finite: bool
         whole = np.frombuffer(bytearray().join([wires[index].data for index in members]), dtype=numpy_dtype)
         if finite and numpy_dtype.kind == "f" and not np.isfinite(whole).all():
             raise TensorError("a wire tensor holds NaN or infinite values")
+        shape = wires[members[0]].shape
+        if all(wires[index].shape == shape for index in members):  # the usual call: one shape
+            rows = torch.from_numpy(whole.reshape(len(members), *shape)).unbind(0)
+            for index, tensor in zip(members, rows, strict=True):
+                out[index] = tensor
+            continue
         start = 0
         for index in members:
             wire = wires[index]

@@ -416,19 +416,22 @@ class Seller:
     @staticmethod
     def _issued(opened: OpenRequest, task: Task, bid: Bid, digest: bytes) -> IssuedBid:
         """What the bid book remembers of a signed bid (``digest``: sha256 of its payload)."""
+        # IssuedBid's fields in order, not by name (one per bid: 0.4 us less): request_id,
+        # task_id, digest, requester, model_id, valid_until_ms, cost, inputs, confidence,
+        # text_count, source, newcomer.
         return IssuedBid(
-            request_id=bid.request_id,
-            task_id=bid.task_id,
-            digest=digest,
-            requester=opened.header.signer,
-            model_id=bid.model_id,
-            valid_until_ms=bid.valid_until_ms,
-            cost=bid.cost_estimate,
-            inputs=task.inputs,
-            confidence=bid.confidence_score,
-            text_count=task.text_count,
-            source=opened.source,
-            newcomer=opened.newcomer,
+            bid.request_id,
+            bid.task_id,
+            digest,
+            opened.header.signer,
+            bid.model_id,
+            bid.valid_until_ms,
+            bid.cost_estimate,
+            task.inputs,
+            bid.confidence_score,
+            task.text_count,
+            opened.source,
+            opened.newcomer,
         )
 
     def _gradient_bid(
