@@ -42,28 +42,32 @@ def tree(payloads: Sequence[bytes]) -> tuple[bytes, list[tuple[bytes, ...]]]:
 
     Built level by level: pairing nodes left to right and lifting a last unpaired node as it is
     makes the same tree as RFC 9162's split at the largest power of two below n (each subtree
-    on the left is then complete), with each node hashed once and each proof grown in place."""
+    on the left is then complete), with each node hashed once. A leaf's proof is then read off
+    the levels: at each one its node's sibling, if it has one (a lifted node has none)."""
     if not payloads:
         raise ValueError("a Merkle tree needs at least one leaf")
-    level = [leaf_hash(payload) for payload in payloads]
-    count = len(level)
-    paths: list[list[bytes]] = [[] for _ in range(count)]
-    width = 1  # leaves under one node of this level
+    level = [hashlib.sha256(_LEAF + payload).digest() for payload in payloads]
+    levels = [level]
     while len(level) > 1:
-        above = []
-        for index in range(0, len(level) - 1, 2):
-            left, right = level[index], level[index + 1]
-            above.append(node_hash(left, right))
-            start = index * width
-            for leaf in range(start, start + width):
-                paths[leaf].append(right)
-            for leaf in range(start + width, min(start + 2 * width, count)):
-                paths[leaf].append(left)
+        above = [
+            hashlib.sha256(_NODE + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)
+        ]
         if len(level) % 2:
             above.append(level[-1])
+        levels.append(above)
         level = above
-        width *= 2
-    return level[0], [tuple(path) for path in paths]
+    below = levels[:-1]
+    paths = []
+    for leaf in range(len(payloads)):
+        path = []
+        index = leaf
+        for nodes in below:
+            sibling = index ^ 1
+            if sibling < len(nodes):
+                path.append(nodes[sibling])
+            index >>= 1
+        paths.append(tuple(path))
+    return level[0], paths
 
 
 def root_from_proof(payload: bytes, index: int, count: int, path: Sequence[bytes]) -> bytes:

@@ -62,11 +62,12 @@ from atomic_p2p.protocol.wire import (
     envelope_from_proto,
     envelope_to_proto,
     fill_envelope,
+    fill_spec,
+    fill_tensor,
     parse,
     resources_from_proto,
     resources_to_proto,
     spec_from_proto,
-    spec_to_proto,
     tensor_from_proto,
     tensor_to_proto,
     tensors_from_proto,
@@ -253,12 +254,12 @@ def no_bid_reason_name(reason: NoBidReason | int) -> str:
 
 
 def _task_to_proto(task: TaskSpec) -> market_pb2.TaskSpec:
-    return market_pb2.TaskSpec(
+    # Inputs and previews are written into the message in place: passed to its constructor, each
+    # would be built and then copied, preview data and all (2.6 us of 5.6 for a 2 KB preview).
+    message = market_pb2.TaskSpec(
         task_id=task.task_id,
         capability=task.capability,
         model_id=task.model_id,
-        inputs=[spec_to_proto(spec) for spec in task.inputs],
-        preview=[tensor_to_proto(wire) for wire in task.preview],
         max_cost=task.max_cost,
         input_tokens=task.input_tokens,
         language=task.language,
@@ -267,6 +268,11 @@ def _task_to_proto(task: TaskSpec) -> market_pb2.TaskSpec:
         else market_pb2.TextSpec(count=task.text.count, total_bytes=task.text.total_bytes),
         text_preview=list(task.text_preview),
     )
+    for spec in task.inputs:
+        fill_spec(message.inputs.add(), spec)
+    for wire in task.preview:
+        fill_tensor(message.preview.add(), wire)
+    return message
 
 
 def _task_from_proto(message: market_pb2.TaskSpec) -> TaskSpec:

@@ -127,12 +127,18 @@ def tensor_from_proto(message: tensor_pb2.Tensor) -> WireTensor:
 
 
 def tensor_to_proto(wire: WireTensor) -> tensor_pb2.Tensor:
-    return tensor_pb2.Tensor(
-        name=wire.name,
-        dtype=DTYPE_TO_WIRE[wire.dtype],
-        shape=list(wire.shape),
-        data=bytes(wire.data),  # a copy only for a bytearray
-    )
+    message = tensor_pb2.Tensor()
+    fill_tensor(message, wire)
+    return message
+
+
+def fill_tensor(message: tensor_pb2.Tensor, wire: WireTensor) -> None:
+    """Write ``wire`` into an empty Tensor in place (an entry just added to a repeated field:
+    one built apart and then put there is copied, data and all, as :func:`fill_envelope` says)."""
+    message.name = wire.name
+    message.dtype = DTYPE_TO_WIRE[wire.dtype]
+    message.shape.extend(wire.shape)
+    message.data = bytes(wire.data)  # a copy only for a bytearray
 
 
 def tensors_from_proto(messages: Iterable[tensor_pb2.Tensor]) -> tuple[WireTensor, ...]:
@@ -156,7 +162,16 @@ def _spec_from_proto(message: tensor_pb2.TensorSpec) -> TensorSpec:
 
 
 def spec_to_proto(spec: TensorSpec) -> tensor_pb2.TensorSpec:
-    return tensor_pb2.TensorSpec(name=spec.name, dtype=DTYPE_TO_WIRE[spec.dtype], shape=list(spec.shape))
+    message = tensor_pb2.TensorSpec()
+    fill_spec(message, spec)
+    return message
+
+
+def fill_spec(message: tensor_pb2.TensorSpec, spec: TensorSpec) -> None:
+    """Write ``spec`` into an empty TensorSpec in place (see :func:`fill_tensor`)."""
+    message.name = spec.name
+    message.dtype = DTYPE_TO_WIRE[spec.dtype]
+    message.shape.extend(spec.shape)
 
 
 def tensor_contract_to_proto(tensor: TensorContract) -> tensor_pb2.TensorContract:
