@@ -140,10 +140,12 @@ class RequestGuard:
         self._seen.put(header.request_id, None, now_ms)
         if header.deadline_ms <= now_ms:
             raise DeadlineError("the request's deadline has passed")
-        if header.task_count > self.max_tasks:
-            raise LimitExceededError(
-                f"{header.task_count} tasks in one request; the limit is {self.max_tasks}"
-            )
+        self.check_task_count(header.task_count)
+
+    def check_task_count(self, count: int) -> None:
+        """LimitExceededError (RESOURCE_EXHAUSTED) for more tasks than one request may carry."""
+        if count > self.max_tasks:
+            raise LimitExceededError(f"{count} tasks in one request; the limit is {self.max_tasks}")
 
 
 @quick_init

@@ -107,15 +107,19 @@ INLINE_FORWARD_MS = 0.5
 Decision = tuple[HostedModel, BidTerms] | NoBid
 
 
-def signed_tasks(call: RequestBidsCall, request: BidRequest) -> tuple[Sequence[bytes], list[bytes]]:
+def signed_tasks(
+    call: RequestBidsCall, request: BidRequest, check_count: Callable[[int], None]
+) -> tuple[Sequence[bytes], list[bytes]]:
     """The TaskSpec bytes that a verified BidRequest signs, and the sha256 of each (its task
     digest): carried in the request itself, or detached beside its envelope with only their
-    digests signed (docs/protocol.md section 3.2), where each must match its signed digest."""
+    digests signed (docs/protocol.md section 3.2), where each must match its signed digest.
+    ``check_count`` refuses too many tasks before any is hashed."""
     if not request.task_digests:
         if call.tasks:
             raise ProtocolError(
                 "TaskSpecs beside the envelope need their digests signed (BidRequest.task_digests)"
             )
+        check_count(len(request.tasks))
         return request.tasks, [hashlib.sha256(raw).digest() for raw in request.tasks]
     if request.tasks:
         raise ProtocolError("a BidRequest carries its tasks or their digests, not both")
@@ -123,6 +127,7 @@ def signed_tasks(call: RequestBidsCall, request: BidRequest) -> tuple[Sequence[b
         raise ProtocolError(
             f"{len(call.tasks)} TaskSpecs for {len(request.task_digests)} signed task digests"
         )
+    check_count(len(call.tasks))
     digests = [hashlib.sha256(raw).digest() for raw in call.tasks]
     if digests != list(request.task_digests):
         index = next(i for i, signed in enumerate(request.task_digests) if digests[i] != signed)
@@ -225,7 +230,7 @@ class Seller:
         (not for a loopback source: every local caller shares it), and of requesters without
         history here, must have room for its tasks."""
         signer, request = codec.open_signed(call.request, BidRequest)
-        raws, digests = signed_tasks(call, request)
+        raws, digests = signed_tasks(call, request, self._guard.check_task_count)
         header = BidRequestHeader(
             request.request_id,
             request.requester_id,

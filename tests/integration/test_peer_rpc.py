@@ -278,6 +278,11 @@ REQUEST_BIDS_REFUSALS: dict[str, tuple[BidRequestEdit, Code, str]] = {
         Code.RESOURCE_EXHAUSTED,
         "limit is 64",
     ),
+    "too many detached tasks (refused before they are hashed)": (
+        lambda b: b.bid_request([b.task(f"t{i}") for i in range(65)], detached=True),
+        Code.RESOURCE_EXHAUSTED,
+        "limit is 64",
+    ),
     "negative max cost": (
         lambda b: b.bid_request([b.task(max_cost=-1.0)]),
         Code.INVALID_ARGUMENT,
