@@ -12,9 +12,10 @@ no-bids it got. For each task, in order:
 2. **Queue.** Otherwise the task waits for a round, in order of priority class, then deadline.
    With ``batching`` a round starts whenever fewer than ``rounds_in_flight`` are running, and
    takes every waiting task (up to ``max_tasks_per_call``): tasks handed over together (the
-   ready microtasks of a graph, the shards of a batch) share a round, and under load tasks
-   that arrive while rounds run ride together in the next one. Without it every task gets a
-   round of its own at once.
+   ready microtasks of a graph, the shards of a batch, or separate callers' tasks handed over
+   in one event-loop turn: rounds are made up at the end of the turn) share a round, and under
+   load tasks that arrive while rounds run ride together in the next one. Without it every
+   task gets a round of its own at once.
 3. **Round.** Each task's candidates are pre-filtered (top M by profile plus explorers). Each
    address gets ONE RequestBids carrying every task of the round it is a candidate for; peers
    asked about the same set of tasks share one signed BidRequest. The round may last as long
@@ -135,6 +136,7 @@ class BidManager:
         self._pending: list[_Pending] = []
         self._arrivals = itertools.count()
         self._in_flight = 0
+        self._dispatch_due = False  # a _dispatch is scheduled for this event-loop turn's end
         self._rounds: set[asyncio.Task[None]] = set()
         self._peer_at: dict[str, str] = {}  # address -> peer id (hex), learned from bids
         self._max_batch: dict[tuple[str, str], int] = {}  # (address, capability) -> max_batch
@@ -199,7 +201,19 @@ class BidManager:
         return Offers(bids, (), request_id, cached=True, asked=tuple(b.address for b in bids))
 
     def _pump(self) -> None:
-        """Start rounds for waiting tasks while the policy allows."""
+        """Start rounds for waiting tasks while the policy allows: at once without batching;
+        with it, once the callbacks ready now have run (:meth:`_dispatch`), so that tasks handed
+        over in the same event-loop turn by separate callers (a burst of ``run`` calls gathered
+        together) share rounds, rather than the first ``rounds_in_flight`` of them each going
+        out alone. That costs no wait: a round's calls go out on the next turn either way."""
+        if not self.policy.batching:
+            self._dispatch()
+        elif not self._dispatch_due:
+            self._dispatch_due = True
+            asyncio.get_running_loop().call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        self._dispatch_due = False
         policy = self.policy
         while self._pending and (not policy.batching or self._in_flight < policy.rounds_in_flight):
             size = policy.max_tasks_per_call if policy.batching else 1

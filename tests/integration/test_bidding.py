@@ -190,6 +190,29 @@ async def test_ready_microtasks_share_one_request_bids_per_peer(
     assert sum(calls.values()) == 12  # a round per task
 
 
+async def test_separate_requests_handed_over_in_one_turn_share_rounds(
+    trio: dict[str, PeerNode], counted: CountingTransport
+) -> None:
+    """Six ``run`` calls gathered together: their tasks reach the bid manager in one event-loop
+    turn from six callers, and ride one round, one call per peer (not one round each for the
+    first ``rounds_in_flight`` of them); each still gets every peer's bid and its own result."""
+    x, _ = digits_batch(48)
+    batches = [x[8 * i : 8 * (i + 1)] for i in range(6)]
+    async with patient(addresses(trio), transport=counted) as requester:
+        counted.calls.clear()
+        calls = counted.calls
+        results = await asyncio.wait_for(
+            asyncio.gather(*(requester.run(CAPABILITY, {"x": batch}, deadline_s=5.0) for batch in batches)),
+            timeout=30,
+        )
+        assert requester.bids.rounds == 1
+    assert dict(calls) == {address: 1 for address in addresses(trio)}
+    for batch, result in zip(batches, results, strict=True):
+        assert {scored.item.peer_id for scored in result.bids} == {node.peer_id for node in trio.values()}
+        expected = node_of(trio, result.winner.peer_id).models[result.winner.model_id].run(batch)
+        assert torch.allclose(result.outputs["logits"], expected, atol=1e-5)
+
+
 # --- the bid cache --------------------------------------------------------------------------------
 
 
