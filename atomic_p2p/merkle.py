@@ -46,12 +46,10 @@ def tree(payloads: Sequence[bytes]) -> tuple[bytes, list[tuple[bytes, ...]]]:
     the levels: at each one its node's sibling, if it has one (a lifted node has none)."""
     if not payloads:
         raise ValueError("a Merkle tree needs at least one leaf")
-    level = [hashlib.sha256(_LEAF + payload).digest() for payload in payloads]
+    level = [leaf_hash(payload) for payload in payloads]
     levels = [level]
     while len(level) > 1:
-        above = [
-            hashlib.sha256(_NODE + level[i] + level[i + 1]).digest() for i in range(0, len(level) - 1, 2)
-        ]
+        above = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
         if len(level) % 2:
             above.append(level[-1])
         levels.append(above)
