@@ -114,25 +114,26 @@ def signed_tasks(
     digest): carried in the request itself, or detached beside its envelope with only their
     digests signed (docs/protocol.md section 3.2), where each must match its signed digest.
     ``check_count`` refuses too many tasks before any is hashed."""
-    if not request.task_digests:
-        if call.tasks:
+    if request.task_digests:
+        if request.tasks:
+            raise ProtocolError("a BidRequest carries its tasks or their digests, not both")
+        if len(call.tasks) != len(request.task_digests):
             raise ProtocolError(
-                "TaskSpecs beside the envelope need their digests signed (BidRequest.task_digests)"
+                f"{len(call.tasks)} TaskSpecs for {len(request.task_digests)} signed task digests"
             )
-        check_count(len(request.tasks))
-        return request.tasks, [hashlib.sha256(raw).digest() for raw in request.tasks]
-    if request.tasks:
-        raise ProtocolError("a BidRequest carries its tasks or their digests, not both")
-    if len(call.tasks) != len(request.task_digests):
+        raws = call.tasks
+    elif call.tasks:
         raise ProtocolError(
-            f"{len(call.tasks)} TaskSpecs for {len(request.task_digests)} signed task digests"
+            "TaskSpecs beside the envelope need their digests signed (BidRequest.task_digests)"
         )
-    check_count(len(call.tasks))
-    digests = [hashlib.sha256(raw).digest() for raw in call.tasks]
-    if digests != list(request.task_digests):
+    else:
+        raws = request.tasks
+    check_count(len(raws))
+    digests = [hashlib.sha256(raw).digest() for raw in raws]
+    if request.task_digests and digests != list(request.task_digests):
         index = next(i for i, signed in enumerate(request.task_digests) if digests[i] != signed)
         raise SignatureError(f"task {index} does not match the digest its BidRequest signs")
-    return call.tasks, digests
+    return raws, digests
 
 
 @dataclass(frozen=True, slots=True)
