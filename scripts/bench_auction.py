@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Benchmark: one auction round over 10 peers on loopback, against a bare gRPC fan-out.
 
-    python scripts/bench_auction.py                 # 10 peers, 300 rounds, JSON to out/bench_auction.json
-    python scripts/bench_auction.py --rounds 1000 --peers 10
+    python scripts/bench_auction.py                 # 10 peers, 5 x 300 rounds, JSON to out/bench_auction.json
+    python scripts/bench_auction.py --rounds 1000 --peers 10 --repeats 3
     make flamegraph                                 # where the round's CPU goes (py-spy, out/flame_*.svg)
 
 What is measured, all in one run so the noisy machine cancels out (docs/architecture.md section 11):
@@ -19,6 +19,14 @@ What is measured, all in one run so the noisy machine cancels out (docs/architec
   served the same way; beside it, the same raw fan-out to the real peers (no bid scored) and the
   requester's real round against the minimal peers. The work alone, timed warm in a tight loop,
   is printed too: in a serving process it runs colder and costs more.
+- **stored replies**: the same fan-out to servers like the minimal peers' that send their first
+  answer again for every call without reading it: these very request and reply bytes over
+  this stack, with no work. The three fan-outs split the round: transport (stored / bare), the
+  protocol's minimum in Python (minimal / stored), a real peer's features (auction / minimal).
+- **repeats**: the fast rows run ``--repeats`` times in turn, every row once per repeat, back to
+  back; each row's percentiles pool all its calls, and each ratio is the median of the repeats'
+  own (``ratio_runs`` in the JSON), so a slow spell of the shared machine moves a repeat, not a
+  ratio.
 - **full request**: ``Requester.run`` (auction + Execute on the winner + result verification),
   and **direct execute**: calling the same winner without an auction (a bid is still needed to
   execute, so this is RequestBids to that one peer + Execute).
@@ -57,6 +65,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -64,6 +73,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # the example peers: peers.examples
 
 from atomic_p2p.progress import progress  # noqa: E402
+
+if TYPE_CHECKING:
+    from scripts.minimal_peer import Answers
 
 CAPABILITY = "classify/digits"
 
@@ -92,9 +104,10 @@ async def serve_peers(count: int, data_dir: Path, extra_ms: float, reuse_s: floa
         await node.stop(grace=0.5)
 
 
-async def serve_minimal(count: int, data_dir: Path, insecure: bool) -> None:
+async def serve_minimal(count: int, data_dir: Path, insecure: bool, stored: bool = False) -> None:
     """Child process: ``count`` minimal peers (scripts/minimal_peer.py: the floor), each with its
-    own copy of the small model, served as :func:`serve_peers` serves real ones."""
+    own copy of the small model, served as :func:`serve_peers` serves real ones; ``stored``: each
+    sends its first answer again for every later call (:class:`StoredReply`)."""
     import torch
 
     from atomic_p2p.peer.node import freeze_heap, load_models, serving_threads
@@ -108,7 +121,8 @@ async def serve_minimal(count: int, data_dir: Path, insecure: bool) -> None:
         (model,) = load_models(config).values()
         offer = minimal_peer.offer_of(model, CAPABILITY)
         peer, tls = minimal_peer.load(data_dir / f"p{index}" / "minimal", offer)
-        server, port = await minimal_peer.serve(peer, None if insecure else tls)
+        answers: minimal_peer.Answers = StoredReply(peer) if stored else peer
+        server, port = await minimal_peer.serve(answers, None if insecure else tls)
         servers.append(server)
         addresses.append(f"127.0.0.1:{port}" if insecure else f"{peer.peer_id.hex}@127.0.0.1:{port}")
     freeze_heap()
@@ -116,6 +130,21 @@ async def serve_minimal(count: int, data_dir: Path, insecure: bool) -> None:
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     for server in servers:
         await server.stop(0.5)
+
+
+class StoredReply:
+    """A minimal peer's first answer, sent again for every later call without reading the call:
+    the same request and reply bytes as the floor's fan-out, and no work (its bid still verifies:
+    the requester's fan-out checks the last bid's signature, not its request id)."""
+
+    def __init__(self, peer: Answers) -> None:
+        self._peer = peer
+        self._reply: bytes | None = None
+
+    def request_bids(self, raw: bytes) -> bytes:
+        if self._reply is None:
+            self._reply = self._peer.request_bids(raw)
+        return self._reply
 
 
 def start_farms(
@@ -126,6 +155,7 @@ def start_farms(
     reuse_s: float = 0.0,
     insecure: bool = False,
     minimal: bool = False,
+    stored: bool = False,
 ) -> tuple[list[subprocess.Popen[str]], list[str]]:
     farms, addresses = [], []
     share = [peers // procs + (1 if i < peers % procs else 0) for i in range(procs)]
@@ -143,6 +173,7 @@ def start_farms(
             str(reuse_s),
             *(["--insecure"] if insecure else []),
             *(["--minimal"] if minimal else []),
+            *(["--stored"] if stored else []),
         ]
         farm = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         farms.append(farm)
@@ -180,11 +211,19 @@ def cpu_seconds(pids: list[int]) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-async def timed(
+class Run(NamedTuple):
+    """One row measured once: each call's latency (ms), and the CPU seconds each side used."""
+
+    samples_ms: list[float]
+    requester_cpu_s: float
+    peers_cpu_s: float
+
+
+async def sampled(
     label: str, rounds: int, call: Callable[[], Awaitable[object]], peer_pids: list[int]
-) -> dict[str, float]:
-    """Latency percentiles of ``rounds`` calls, and the CPU each side used per call."""
-    for _ in range(min(20, rounds)):  # warm channels, caches and the peers' models
+) -> Run:
+    """``rounds`` calls, after a few to warm channels, caches and the peers' models."""
+    for _ in range(min(20, rounds)):
         await call()
     samples = []
     requester_cpu, peers_cpu = time.process_time(), cpu_seconds(peer_pids)
@@ -192,10 +231,25 @@ async def timed(
         started = time.perf_counter()
         await call()
         samples.append((time.perf_counter() - started) * 1000)
-    row = percentiles(samples)
-    row["requester_cpu_us_per_call"] = (time.process_time() - requester_cpu) / rounds * 1e6
-    row["peers_cpu_us_per_call"] = (cpu_seconds(peer_pids) - peers_cpu) / rounds * 1e6
+    return Run(samples, time.process_time() - requester_cpu, cpu_seconds(peer_pids) - peers_cpu)
+
+
+def pooled(runs: list[Run]) -> dict[str, Any]:
+    """A row from its runs: latency percentiles over every call, the CPU each side used per call,
+    and each run's own p50 (``p50_ms_runs``), the ratios' same-period pairs."""
+    samples = [sample for run in runs for sample in run.samples_ms]
+    row: dict[str, Any] = percentiles(samples)
+    row["requester_cpu_us_per_call"] = sum(run.requester_cpu_s for run in runs) / len(samples) * 1e6
+    row["peers_cpu_us_per_call"] = sum(run.peers_cpu_s for run in runs) / len(samples) * 1e6
+    row["p50_ms_runs"] = [percentiles(run.samples_ms)["p50_ms"] for run in runs]
     return row
+
+
+async def timed(
+    label: str, rounds: int, call: Callable[[], Awaitable[object]], peer_pids: list[int]
+) -> dict[str, Any]:
+    """Latency percentiles of ``rounds`` calls, and the CPU each side used per call."""
+    return pooled([await sampled(label, rounds, call, peer_pids)])
 
 
 async def measure(
@@ -204,26 +258,39 @@ async def measure(
     peer_pids: list[int],
     insecure: bool = False,
     minimal_dir: Path | None = None,
-) -> dict[str, dict[str, float]]:
-    """The fast rows; with ``minimal_dir``, also the same fan-out to minimal peers (the floor),
-    started there as many to a process as the real ones."""
-    if minimal_dir is None:
-        return await _measure(addresses, [], rounds, peer_pids, [], insecure)
-    farms, minimal = start_farms(len(addresses), len(peer_pids), minimal_dir, insecure=insecure, minimal=True)
+    repeats: int = 1,
+) -> dict[str, dict[str, Any]]:
+    """The fast rows, ``repeats`` times in turn; with ``minimal_dir``, also the same fan-out to
+    minimal peers (the floor) and to stored replies (the same bytes, no work), each started there
+    as many to a process as the real ones."""
+    farms: list[subprocess.Popen[str]] = []
+    floors: dict[str, tuple[list[str], list[int]]] = {}
     try:
-        return await _measure(addresses, minimal, rounds, peer_pids, [farm.pid for farm in farms], insecure)
+        if minimal_dir is not None:
+            for name, stored in (("minimal", False), ("stored", True)):
+                started, served = start_farms(
+                    len(addresses),
+                    len(peer_pids),
+                    minimal_dir / name,
+                    insecure=insecure,
+                    minimal=True,
+                    stored=stored,
+                )
+                farms += started
+                floors[name] = (served, [farm.pid for farm in started])
+        return await _measure(addresses, rounds, peer_pids, insecure, repeats, floors)
     finally:
         stop_farms(farms)
 
 
 async def _measure(
     addresses: list[str],
-    minimal: list[str],
     rounds: int,
     peer_pids: list[int],
-    minimal_pids: list[int],
     insecure: bool,
-) -> dict[str, dict[str, float]]:
+    repeats: int,
+    floors: dict[str, tuple[list[str], list[int]]],
+) -> dict[str, dict[str, Any]]:
     import torch
 
     from atomic_p2p.identity import verify
@@ -237,10 +304,12 @@ async def _measure(
 
     x = torch.rand(8, 64)
     wire = [encode(x, "x")]
+    minimal, minimal_pids = floors.get("minimal", ([], []))
+    stored, stored_pids = floors.get("stored", ([], []))
     async with Requester(addresses, insecure=insecure) as requester:
         transport = requester._transport  # the bench drives the requester's own transport
         pool = requester._pool
-        for address in [*addresses, *minimal]:  # pinned to each peer's certificate (TLS) before any call
+        for address in [*addresses, *minimal, *stored]:  # pinned to each one's certificate (TLS)
             await pool.open(address)
         health = [health_pb2_grpc.HealthStub(pool.channel(a)) for a in addresses]  # the auction's channels
 
@@ -282,8 +351,7 @@ async def _measure(
             async def direct_execute() -> None:
                 await direct.run(CAPABILITY, {"x": x}, deadline_s=2.0)
 
-            results = {}
-            for label, call in [
+            rows = [
                 ("bare gRPC fan-out", bare_fanout),
                 ("auction round", auction_round),
                 ("full request (10 peers)", full_request),
@@ -293,13 +361,21 @@ async def _measure(
                         ("RequestBids fan-out", fanout_to(addresses)),
                         ("minimal: fan-out", fanout_to(minimal)),
                         ("minimal: auction round", round_on(minimal)),
+                        ("stored replies: fan-out", fanout_to(stored)),
                     ]
                     if minimal
                     else []
                 ),
-            ]:
-                pids = minimal_pids if label.startswith("minimal") else peer_pids
-                results[label] = await timed(label, rounds, call, pids)
+            ]
+            pids = {"minimal": minimal_pids, "stored replies": stored_pids}
+            # Every row once, then again: a repeat's ratios are measured in the same spell.
+            runs: dict[str, list[Run]] = {label: [] for label, _ in rows}
+            for repeat in range(repeats):
+                for label, call in rows:
+                    desc = f"{label} ({repeat + 1}/{repeats})" if repeats > 1 else label
+                    served_by = pids.get(label.split(":")[0], peer_pids)
+                    runs[label].append(await sampled(desc, rounds, call, served_by))
+            results = {label: pooled(label_runs) for label, label_runs in runs.items()}
         label = f"connect ({len(addresses)} peers)"
         results[label] = await timed(
             label, max(10, rounds // 10), lambda: first_contact(addresses, insecure), peer_pids
@@ -319,6 +395,7 @@ PER_BID_ROWS = (
     "RequestBids fan-out",
     "minimal: fan-out",
     "minimal: auction round",
+    "stored replies: fan-out",
 )
 
 
@@ -569,10 +646,23 @@ def report(
     # The measured floor: the same fan-out to minimal peers (scripts/minimal_peer.py), which do
     # that work and nothing else, in a process like the real peers' and as warm or cold as it.
     minimal_ms = results["minimal: fan-out"]["p50_ms"]
+
+    def same_spell(numerator: str, denominator: str) -> list[float]:
+        """Two rows' p50 ratio in each repeat, whose rows ran back to back."""
+        pairs = zip(results[numerator]["p50_ms_runs"], results[denominator]["p50_ms_runs"], strict=True)
+        return [above / below for above, below in pairs]
+
+    # The transport of these very bytes (stored replies), then the protocol's minimum on top
+    # (minimal peers), then everything else a real peer does (the auction round).
+    ratio_runs = {
+        "auction_vs_bare_p50": same_spell("auction round", "bare gRPC fan-out"),
+        "minimal_vs_bare_p50": same_spell("minimal: fan-out", "bare gRPC fan-out"),
+        "auction_vs_minimal_p50": same_spell("auction round", "minimal: fan-out"),
+        "stored_vs_bare_p50": same_spell("stored replies: fan-out", "bare gRPC fan-out"),
+        "minimal_vs_stored_p50": same_spell("minimal: fan-out", "stored replies: fan-out"),
+    }
     ratios = {
-        "auction_vs_bare_p50": auction["p50_ms"] / bare["p50_ms"],
-        "minimal_vs_bare_p50": minimal_ms / bare["p50_ms"],
-        "auction_vs_minimal_p50": auction["p50_ms"] / minimal_ms,
+        **{key: statistics.median(values) for key, values in ratio_runs.items()},
         "minimal_full_vs_direct_5ms": (minimal_ms + direct_5ms) / direct_5ms,
         "floor_vs_bare_p50": floor_ms / bare["p50_ms"],
         "auction_vs_floor_p50": auction["p50_ms"] / floor_ms,
@@ -612,15 +702,33 @@ def report(
     for label in PER_BID_ROWS:
         row = results[label]
         print(f"  {label:<32}{row['requester_cpu_us_per_bid']:>9.0f}{row['peers_cpu_us_per_bid']:>9.0f}")
-    print("\n  ratio                              measured   target")
+
+    def spread(key: str) -> str:
+        values = ratio_runs[key]
+        return f" ({min(values):.2f}-{max(values):.2f} in {len(values)} repeats)" if len(values) > 1 else ""
+
+    repeated = f", median of {args.repeats} repeats" if args.repeats > 1 else ""
+    print(f"\n  ratio{repeated:<31}measured   target")
     print(
         f"  auction / bare fan-out, p50        {ratios['auction_vs_bare_p50']:>8.2f}x   <= 2.5x (one process)"
+        f"{spread('auction_vs_bare_p50')}"
+    )
+    print(
+        f"    stored replies / bare fan-out     {ratios['stored_vs_bare_p50']:>8.2f}x   (the same bytes, no work)"
+        f"{spread('stored_vs_bare_p50')}"
     )
     print(
         f"    minimal peers / bare fan-out      {ratios['minimal_vs_bare_p50']:>8.2f}x   (the measured floor: "
-        f"scripts/minimal_peer.py, {minimal_ms:.2f} ms)"
+        f"scripts/minimal_peer.py, {minimal_ms:.2f} ms){spread('minimal_vs_bare_p50')}"
     )
-    print(f"    auction / minimal peers           {ratios['auction_vs_minimal_p50']:>8.2f}x")
+    print(
+        f"    minimal peers / stored replies    {ratios['minimal_vs_stored_p50']:>8.2f}x   (the protocol's "
+        f"minimum, in Python){spread('minimal_vs_stored_p50')}"
+    )
+    print(
+        f"    auction / minimal peers           {ratios['auction_vs_minimal_p50']:>8.2f}x   (what a real peer "
+        f"does beyond it){spread('auction_vs_minimal_p50')}"
+    )
     print(
         f"    work alone / bare fan-out         {ratios['floor_vs_bare_p50']:>8.2f}x   ({floor_ms:.2f} ms: "
         f"bare + {peers_per_process} x {per_peer_ms * 1000:.0f} us + {work['verify_us']:.0f} us, timed warm)"
@@ -646,6 +754,7 @@ def report(
         "peers": args.peers,
         "peer_procs": args.peer_procs,
         "rounds": args.rounds,
+        "repeats": args.repeats,
         "machine": {
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
@@ -655,12 +764,14 @@ def report(
         "latency_plaintext": plaintext,
         "tls_vs_plaintext_p50": tls_cost,
         "ratios": ratios,
+        "ratio_runs": ratio_runs,
         "cpu_us_per_bid": {
             "requester": auction["requester_cpu_us_per_bid"],
             "peers": auction["peers_cpu_us_per_bid"],
             "bare_requester": bare["requester_cpu_us_per_bid"],
             "bare_peers": bare["peers_cpu_us_per_bid"],
             "minimal_peers": results["minimal: fan-out"]["peers_cpu_us_per_bid"],
+            "stored_reply_peers": results["stored replies: fan-out"]["peers_cpu_us_per_bid"],
         },
         "peer_idle_rss_mb": rss_mb,
         "peer_rss_floor_mb": floors,
@@ -705,6 +816,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peers", type=int, default=10)
     parser.add_argument("--peer-procs", type=int, default=1, help="processes the peers are split across")
     parser.add_argument("--rounds", type=int, default=300)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="measure the fast rows this many times in turn (each `--rounds` rounds); ratios are the median",
+    )
     parser.add_argument("--json", type=Path, default=ROOT / "out" / "bench_auction.json")
     parser.add_argument("--serve-peers", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
@@ -712,15 +829,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reuse-s", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--insecure", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--minimal", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--stored", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve_peers is not None and args.minimal:
-        asyncio.run(serve_minimal(args.serve_peers, args.data_dir, args.insecure))
+        asyncio.run(serve_minimal(args.serve_peers, args.data_dir, args.insecure, args.stored))
         return 0
     if args.serve_peers is not None:
         asyncio.run(serve_peers(args.serve_peers, args.data_dir, args.extra_ms, args.reuse_s, args.insecure))
         return 0
     with tempfile.TemporaryDirectory(prefix="atomic-bench-") as tmp:
-        fast = functools.partial(measure, minimal_dir=Path(tmp) / "minimal")
+        fast = functools.partial(measure, minimal_dir=Path(tmp) / "floors", repeats=args.repeats)
         results = run_farm(args, Path(tmp) / "fast", fast)
         plaintext = run_farm(args, Path(tmp) / "plain", measure_plaintext, insecure=True)
         results.update(run_farm(args, Path(tmp) / "5ms", measure_5ms, extra_ms=5.0, reuse_s=60.0))

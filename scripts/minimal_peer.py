@@ -34,7 +34,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 import numpy as np
@@ -86,6 +86,12 @@ def offer_of(model: HostedModel, capability: str) -> Offer:
         config.resources.cpu_cores,
         config.resources.memory_mb,
     )
+
+
+class Answers(Protocol):
+    """What :func:`serve` serves: RequestBids bytes in, reply bytes out (``_Refused`` on refusal)."""
+
+    def request_bids(self, raw: bytes) -> bytes: ...
 
 
 class MinimalPeer:
@@ -183,7 +189,7 @@ class _Refused(Exception):
 
 
 async def serve(
-    peer: MinimalPeer, tls: TlsCredentials | None, host: str = "127.0.0.1"
+    peer: Answers, tls: TlsCredentials | None, host: str = "127.0.0.1"
 ) -> tuple[grpc.aio.Server, int]:
     """A grpc.aio server answering ``atomic.v1.Peer/RequestBids`` with ``peer``; TLS unless None."""
 
