@@ -351,29 +351,28 @@ async def _measure(
             async def direct_execute() -> None:
                 await direct.run(CAPABILITY, {"x": x}, deadline_s=2.0)
 
+            # Each row: its label, its call, and the processes serving it (their CPU is its cost).
             rows = [
-                ("bare gRPC fan-out", bare_fanout),
-                ("auction round", auction_round),
-                ("full request (10 peers)", full_request),
-                ("direct (1 peer)", direct_execute),
+                ("bare gRPC fan-out", bare_fanout, peer_pids),
+                ("auction round", auction_round, peer_pids),
+                ("full request (10 peers)", full_request, peer_pids),
+                ("direct (1 peer)", direct_execute, peer_pids),
                 *(
                     [
-                        ("RequestBids fan-out", fanout_to(addresses)),
-                        ("minimal: fan-out", fanout_to(minimal)),
-                        ("minimal: auction round", round_on(minimal)),
-                        ("stored replies: fan-out", fanout_to(stored)),
+                        ("RequestBids fan-out", fanout_to(addresses), peer_pids),
+                        ("minimal: fan-out", fanout_to(minimal), minimal_pids),
+                        ("minimal: auction round", round_on(minimal), minimal_pids),
+                        ("stored replies: fan-out", fanout_to(stored), stored_pids),
                     ]
                     if minimal
                     else []
                 ),
             ]
-            pids = {"minimal": minimal_pids, "stored replies": stored_pids}
             # Every row once, then again: a repeat's ratios are measured in the same spell.
-            runs: dict[str, list[Run]] = {label: [] for label, _ in rows}
+            runs: dict[str, list[Run]] = {label: [] for label, _, _ in rows}
             for repeat in range(repeats):
-                for label, call in rows:
+                for label, call, served_by in rows:
                     desc = f"{label} ({repeat + 1}/{repeats})" if repeats > 1 else label
-                    served_by = pids.get(label.split(":")[0], peer_pids)
                     runs[label].append(await sampled(desc, rounds, call, served_by))
             results = {label: pooled(label_runs) for label, label_runs in runs.items()}
         label = f"connect ({len(addresses)} peers)"
@@ -420,7 +419,7 @@ async def measure_plaintext(
     return await measure(addresses, rounds, peer_pids, insecure=True)
 
 
-async def measure_5ms(addresses: list[str], rounds: int, peer_pids: list[int]) -> dict[str, dict[str, float]]:
+async def measure_5ms(addresses: list[str], rounds: int, peer_pids: list[int]) -> dict[str, dict[str, Any]]:
     """Full request, bid-cache hit and direct execution on peers whose model takes 5 ms."""
     import torch
 
@@ -471,7 +470,7 @@ async def interleaved(
     rounds: int,
     peer_pids: list[int],
     settle: Callable[[], Awaitable[object]],
-) -> dict[str, dict[str, float]]:
+) -> dict[str, dict[str, Any]]:
     """Like :func:`timed` for several calls taken in turn, round after round, so a noisy spell on
     the shared machine hits them all alike; ``settle`` runs after each call, outside its time
     but inside its CPU (background work the call started is its cost)."""
@@ -491,13 +490,7 @@ async def interleaved(
             await settle()
             requester_cpu[label] += time.process_time() - cpu_before
             peers_cpu[label] += cpu_seconds(peer_pids) - peers_before
-    results = {}
-    for label in calls:
-        row = percentiles(samples[label])
-        row["requester_cpu_us_per_call"] = requester_cpu[label] / rounds * 1e6
-        row["peers_cpu_us_per_call"] = peers_cpu[label] / rounds * 1e6
-        results[label] = row
-    return results
+    return {label: pooled([Run(samples[label], requester_cpu[label], peers_cpu[label])]) for label in calls}
 
 
 MINIMAL_PEER = "idle minimal peer"
